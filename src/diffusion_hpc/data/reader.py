@@ -1,0 +1,74 @@
+"""Reader for datasets written by ``dhpc generate`` (see :mod:`diffusion_hpc.data.writer`)."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from diffusion_hpc.data.schema import decode
+from diffusion_hpc.errors import InputError
+
+
+class Dataset:
+    """A dataset directory: iterate over decoded samples, read the manifest and config.
+
+    Each sample is a dict with ``key``, ``image`` (H, W, 3) uint8, ``mask`` (H, W) bool, ``depth``
+    (H, W) float32 metres (0 = background), ``K`` (3, 3), ``body_model``, ``params`` (dict of
+    arrays), ``joints3d`` ({joint set: (J, 3)} camera frame, metres), ``keypoints2d`` (17, 3)
+    COCO-17 pixels + visibility, ``mode``, ``prompt``, ``seed``, ``index`` and the rest of the
+    record's metadata (see :mod:`diffusion_hpc.data.schema`).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.root = Path(path)
+        if not (self.root / "config.yaml").is_file():
+            raise InputError(f"{self.root} is not a Diffusion-HPC dataset (no config.yaml)")
+
+    @property
+    def shards(self) -> list[Path]:
+        """Committed shard files, in index order."""
+        return sorted((self.root / "shards").glob("shard-*.tar"))
+
+    @property
+    def config(self) -> dict:
+        import yaml
+
+        return yaml.safe_load((self.root / "config.yaml").read_text())
+
+    def manifest(self) -> list[dict]:
+        """Manifest rows of the committed shards (accepted and failed samples), in index order."""
+        rows = []
+        for shard in self.shards:
+            part = self.root / "manifest" / (shard.stem + ".jsonl")
+            rows.extend(json.loads(line) for line in part.read_text().splitlines() if line.strip())
+        return rows
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for shard in self.shards:
+            yield from iter_shard(shard)
+
+    def __len__(self) -> int:
+        return sum(1 for row in self.manifest() if row["status"] == "ok")
+
+
+def iter_shard(path: Path) -> Iterator[dict[str, Any]]:
+    """Decoded samples of one shard, grouped by key in file order."""
+    current: str | None = None
+    members: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path, "r") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                key, _, ext = info.name.partition(".")
+                if current is not None and key != current:
+                    yield decode(members)
+                    members = {}
+                current = key
+                members[ext] = tar.extractfile(info).read()
+    except tarfile.TarError as exc:
+        raise InputError(f"shard {path} is unreadable ({exc}); regenerate it with --resume after deleting it") from exc
+    if members:
+        yield decode(members)

@@ -1,0 +1,130 @@
+"""The sample record (schema version 1) and its encoding as WebDataset tar members.
+
+One sample is stored in a shard as members sharing a key (``<key>.<ext>``):
+
+- ``image.png``  (H, W, 3) uint8 RGB
+- ``mask.png``   (H, W) uint8, 255 = person
+- ``depth.png``  (H, W) uint16, camera-frame z in millimetres, 0 = background
+- ``params.npz`` body parameters (unbatched arrays; no pickles)
+- ``json``       everything else: ``schema``, ``key``, ``index``, ``seed``, ``K`` (3x3),
+  ``body_model``, ``joints3d`` ({joint-set name: (J, 3) camera-frame metres}),
+  ``keypoints2d`` (COCO-17, (17, 3): u, v in pixels and COCO visibility 0 = outside the image,
+  1 = in the image but hidden by the body, 2 = visible), ``mode``, ``prompt``, ``generator``,
+  ``pose_source``, ``scores``, ``unet_evals``, ``timings``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+DEPTH_SCALE = 1000.0  # depth.png units per metre (millimetres)
+
+
+@dataclass
+class SampleRecord:
+    """One labelled sample. Arrays are numpy; the camera frame is OpenCV (x right, y down, z forward)."""
+
+    key: str
+    index: int
+    seed: int
+    image: np.ndarray  # (H, W, 3) uint8
+    mask: np.ndarray  # (H, W) bool
+    depth: np.ndarray  # (H, W) float32 metres, 0 = background
+    K: np.ndarray  # (3, 3)
+    body_model: str
+    params: dict[str, np.ndarray]
+    joints3d: dict[str, np.ndarray]  # joint-set name -> (J, 3)
+    keypoints2d: np.ndarray  # (17, 3) COCO-17 u, v, visibility
+    mode: str
+    prompt: str = ""
+    generator: str = ""
+    pose_source: str = ""
+    scores: dict[str, float] = field(default_factory=dict)
+    unet_evals: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    schema: int = SCHEMA_VERSION
+
+
+def _png(array: np.ndarray) -> bytes:
+    import cv2
+
+    if array.ndim == 3:
+        array = array[..., ::-1]  # RGB -> BGR for OpenCV
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(array), [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    if not ok:  # pragma: no cover
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def _unpng(data: bytes) -> np.ndarray:
+    import cv2
+
+    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if array is None:
+        raise ValueError("not a PNG image")
+    if array.ndim == 3:
+        array = np.ascontiguousarray(array[..., ::-1])
+    return array
+
+
+def encode(record: SampleRecord) -> dict[str, bytes]:
+    """Tar members (extension -> bytes) of a record."""
+    depth_mm = np.round(np.asarray(record.depth, np.float64) * DEPTH_SCALE)
+    depth_mm = np.where(record.mask, np.clip(depth_mm, 1, 65535), 0).astype(np.uint16)
+    params = io.BytesIO()
+    np.savez(params, **{k: np.asarray(v, np.float32) for k, v in record.params.items()})
+    meta = {
+        "schema": record.schema,
+        "key": record.key,
+        "index": record.index,
+        "seed": record.seed,
+        "K": np.asarray(record.K, np.float64).tolist(),
+        "body_model": record.body_model,
+        "joints3d": {k: np.asarray(v, np.float64).tolist() for k, v in record.joints3d.items()},
+        "keypoints2d": np.asarray(record.keypoints2d, np.float64).tolist(),
+        "mode": record.mode,
+        "prompt": record.prompt,
+        "generator": record.generator,
+        "pose_source": record.pose_source,
+        "scores": record.scores,
+        "unet_evals": record.unet_evals,
+        "timings": record.timings,
+        "image_size": [int(record.image.shape[0]), int(record.image.shape[1])],
+    }
+    return {
+        "image.png": _png(np.asarray(record.image, np.uint8)),
+        "mask.png": _png(np.asarray(record.mask, bool).astype(np.uint8) * 255),
+        "depth.png": _png(depth_mm),
+        "params.npz": params.getvalue(),
+        "json": json.dumps(meta, sort_keys=True).encode(),
+    }
+
+
+def decode(members: dict[str, bytes]) -> dict[str, Any]:
+    """A record dict from tar members (inverse of :func:`encode`, depth rounded to 1 mm)."""
+    missing = {"image.png", "mask.png", "depth.png", "params.npz", "json"} - set(members)
+    if missing:
+        raise ValueError(f"sample lacks members {sorted(missing)}")
+    meta = json.loads(members["json"])
+    if meta.get("schema") != SCHEMA_VERSION:
+        raise ValueError(f"sample schema {meta.get('schema')!r} is not supported (this version reads {SCHEMA_VERSION})")
+    with np.load(io.BytesIO(members["params.npz"]), allow_pickle=False) as npz:
+        params = {k: npz[k] for k in npz.files}
+    depth = _unpng(members["depth.png"]).astype(np.float32) / np.float32(DEPTH_SCALE)
+    record = dict(meta)
+    record.update(
+        image=_unpng(members["image.png"]),
+        mask=_unpng(members["mask.png"]) > 127,
+        depth=depth,
+        K=np.asarray(meta["K"], np.float64),
+        params=params,
+        joints3d={k: np.asarray(v, np.float64) for k, v in meta["joints3d"].items()},
+        keypoints2d=np.asarray(meta["keypoints2d"], np.float64),
+    )
+    return record

@@ -1,0 +1,1 @@
+"""Rotations, cameras and projection (pure functions, batch first)."""

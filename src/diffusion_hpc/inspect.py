@@ -1,0 +1,123 @@
+"""``dhpc inspect``: a dataset summary and a preview grid (image | depth | silhouette + keypoints)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+# COCO-17 skeleton edges (pairs of joint indices) for drawing.
+COCO_EDGES = (
+    (0, 1), (0, 2), (1, 3), (2, 4), (5, 6), (5, 7), (7, 9), (6, 8), (8, 10), (5, 11), (6, 12),
+    (11, 12), (11, 13), (13, 15), (12, 14), (14, 16),
+)  # fmt: skip
+
+
+def depth_to_rgb(depth: np.ndarray) -> np.ndarray:
+    """(H, W) metric depth -> (H, W, 3) uint8 (near = bright, background black)."""
+    import cv2
+
+    fg = depth > 0
+    out = np.zeros(depth.shape + (3,), np.uint8)
+    if fg.any():
+        lo, hi = depth[fg].min(), depth[fg].max()
+        scaled = np.zeros(depth.shape, np.uint8)
+        scaled[fg] = (255 - 200 * (depth[fg] - lo) / max(hi - lo, 1e-6)).astype(np.uint8)
+        out = cv2.applyColorMap(scaled, cv2.COLORMAP_INFERNO)[..., ::-1].copy()
+        out[~fg] = 0
+    return out
+
+
+def overlay(mask: np.ndarray, keypoints2d: np.ndarray) -> np.ndarray:
+    """Silhouette in grey with the COCO skeleton: visible joints green, hidden orange."""
+    import cv2
+
+    canvas = np.where(mask[..., None], 150, 30).astype(np.uint8).repeat(3, axis=2)
+    radius = max(2, mask.shape[0] // 128)
+    pts = [(int(round(u)), int(round(v))) for u, v, _ in keypoints2d]
+    for a, b in COCO_EDGES:
+        if keypoints2d[a, 2] > 0 and keypoints2d[b, 2] > 0:
+            cv2.line(canvas, pts[a], pts[b], (80, 160, 255), max(1, radius // 2), cv2.LINE_AA)
+    for (u, v), vis in zip(pts, keypoints2d[:, 2]):
+        if vis > 0:
+            cv2.circle(canvas, (u, v), radius, (60, 220, 60) if vis == 2 else (255, 150, 0), -1, cv2.LINE_AA)
+    return canvas
+
+
+def preview_grid(samples: list[dict], tile: int = 192) -> np.ndarray:
+    """(rows * tile, 3 * tile, 3) uint8: one row per sample, image | depth | silhouette + keypoints."""
+    import cv2
+
+    rows = []
+    for s in samples:
+        panels = [s["image"], depth_to_rgb(s["depth"]), overlay(s["mask"], s["keypoints2d"])]
+        h, w = s["image"].shape[:2]
+        scale = tile / max(h, w)
+        size = (int(round(w * scale)), int(round(h * scale)))
+        resized = [cv2.resize(p, size, interpolation=cv2.INTER_AREA) for p in panels]
+        row = np.zeros((tile, 3 * tile, 3), np.uint8)
+        for i, p in enumerate(resized):
+            row[: p.shape[0], i * tile : i * tile + p.shape[1]] = p
+        rows.append(row)
+    return np.concatenate(rows, axis=0) if rows else np.zeros((tile, 3 * tile, 3), np.uint8)
+
+
+def write_preview(path: str | Path, count: int = 8, out: str | Path | None = None) -> Path:
+    """Write ``preview.png`` (first ``count`` samples) into the dataset or to ``out``; returns its path."""
+    import cv2
+
+    from diffusion_hpc.data import open_dataset
+    from diffusion_hpc.data.writer import atomic_write_bytes
+
+    dataset = open_dataset(path)
+    samples = []
+    for sample in dataset:
+        samples.append(sample)
+        if len(samples) >= count:
+            break
+    grid = preview_grid(samples)
+    target = Path(out) if out else Path(path) / "preview.png"
+    ok, buf = cv2.imencode(".png", grid[..., ::-1])
+    atomic_write_bytes(target, buf.tobytes())
+    return target
+
+
+def _histogram(values: list[float], bins: int = 8, width: int = 30) -> list[str]:
+    if not values:
+        return ["  (none)"]
+    counts, edges = np.histogram(values, bins=bins)
+    top = max(counts.max(), 1)
+    return [f"  {edges[i]:8.3f} .. {edges[i + 1]:8.3f} | {'#' * int(round(width * c / top)):<{width}} {c}" for i, c in enumerate(counts)]
+
+
+def summarize(path: str | Path) -> str:
+    """A readable summary of a dataset: counts, failures by reason, timings, score histograms."""
+    from diffusion_hpc.data import open_dataset
+
+    dataset = open_dataset(path)
+    rows = dataset.manifest()
+    config = dataset.config
+    ok = [r for r in rows if r["status"] == "ok"]
+    failed = [r for r in rows if r["status"] != "ok"]
+    lines = [
+        f"dataset   {Path(path)}",
+        f"mode      {config.get('mode')}  generator {config.get('generator')}  body model {config.get('body_model')}  poses {config.get('poses')}",
+        f"samples   {len(ok)} accepted, {len(failed)} failed, of {config.get('n')} requested; {len(dataset.shards)} shards",
+    ]
+    if failed:
+        lines.append("failures by reason:")
+        for reason, count in Counter(r["reason"].split(":")[0] for r in failed).most_common():
+            lines.append(f"  {reason:<24} {count}")
+    if ok:
+        evals = [r.get("unet_evals", 0) for r in ok]
+        lines.append(f"UNet evaluations per accepted sample: {sum(evals) / len(ok):.1f}")
+        stages = sorted({k for r in ok for k in (r.get("timings") or {})})
+        if stages:
+            means = {k: 1000 * np.mean([(r.get("timings") or {}).get(k, 0.0) for r in ok]) for k in stages}
+            lines.append("time per sample (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in means.items()) + f"; total {sum(means.values()):.1f}")
+        score_names = sorted({k for r in ok for k in (r.get("scores") or {})})
+        for name in score_names:
+            lines.append(f"score {name}:")
+            lines.extend(_histogram([r["scores"][name] for r in ok if name in (r.get("scores") or {})]))
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""The generation pipeline: orchestration only, every stage behind its interface."""
