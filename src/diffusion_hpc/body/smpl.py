@@ -125,8 +125,8 @@ class SMPLBody(BodyModel):
 
     def root_rest_position(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
         batch = params["betas"].shape[0]
-        out = self.model(betas=params["betas"].float(), body_pose=None, global_orient=torch.zeros(batch, 3),
-                         transl=torch.zeros(batch, 3))
+        out = self.model(betas=params["betas"].float(), body_pose=torch.zeros(batch, 3 * self.num_body_joints),
+                         global_orient=torch.zeros(batch, 3), transl=torch.zeros(batch, 3))
         return out.joints[:, 0]
 
     def forward(self, params: Mapping[str, torch.Tensor]) -> BodyOutput:
