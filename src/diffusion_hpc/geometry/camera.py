@@ -83,25 +83,28 @@ def fit_translation(
     points = np.asarray(points, dtype=np.float64)
     K = np.asarray(K, dtype=np.float64)
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
-    local = points - (points.min(0) + points.max(0)) / 2.0
+    centre = (points.min(0) + points.max(0)) / 2.0
+    local = points - centre
+    # Solve on a subsample plus the extreme points (fast); check containment on all points.
+    extremes = np.concatenate([local.argmin(0), local.argmax(0)])
+    probe = np.concatenate([local[:: max(1, len(local) // 2000)], local[extremes]])
     for _ in range(50):
         z = 3.0
         for _ in range(30):  # fixed point: depth at which the box spans `fill`
-            depth = z + local[:, 2]
-            span_u = np.ptp(fx * local[:, 0] / depth) / (width - 1)
-            span_v = np.ptp(fy * local[:, 1] / depth) / (height - 1)
+            depth = z + probe[:, 2]
+            span_u = np.ptp(fx * probe[:, 0] / depth) / (width - 1)
+            span_v = np.ptp(fy * probe[:, 1] / depth) / (height - 1)
             z *= max(span_u, span_v) / fill
         z = max(z, 0.1 - local[:, 2].min())
         t = np.array([0.0, 0.0, z])
         for _ in range(10):  # shift the projected box centre to its target
-            uv = project(local + t, K)
+            uv = project(probe + t, K)
             lo, hi = uv.min(0), uv.max(0)
             slack = np.array([(width - 1) - (hi[0] - lo[0]), (height - 1) - (hi[1] - lo[1])]) / 2.0
-            target = np.array([cx, cy]) + np.asarray(offset) * np.maximum(slack, 0.0)
-            mid = (lo + hi) / 2.0
-            t[:2] += (target - mid) * z / np.array([fx, fy])
+            target = np.array([cx, cy]) + np.asarray(offset) * np.maximum(slack, 0.0) * 0.98
+            t[:2] += (target - (lo + hi) / 2.0) * z / np.array([fx, fy])
         uv = project(local + t, K)
         if uv.min() >= 0.0 and uv[:, 0].max() <= width - 1 and uv[:, 1].max() <= height - 1:
-            return t - (points.min(0) + points.max(0)) / 2.0
+            return t - centre
         fill *= 0.95
     raise RuntimeError("could not fit the body in frame")
