@@ -56,7 +56,7 @@ def _png(array: np.ndarray) -> bytes:
 
     if array.ndim == 3:
         array = array[..., ::-1]  # RGB -> BGR for OpenCV
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(array), [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(array), [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:  # pragma: no cover
         raise RuntimeError("PNG encoding failed")
     return buf.tobytes()

@@ -61,10 +61,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def _tar_bytes(records: Iterable[SampleRecord]) -> bytes:
     """A WebDataset tar (members ``<key>.<ext>``, deterministic headers) of ``records``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    # PNG encoding releases the GIL: encode the records on all cores, write them in order.
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        encoded = list(pool.map(encode, records))
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for record in records:
-            for ext, data in encode(record).items():
+        for record, members in zip(records, encoded):
+            for ext, data in members.items():
                 info = tarfile.TarInfo(f"{record.key}.{ext}")
                 info.size = len(data)
                 info.mtime = 0
