@@ -263,3 +263,55 @@ def test_cli_help_reads_well():
     for args in (["--help"], ["generate", "--help"], ["inspect", "--help"], ["poses", "import", "--help"]):
         proc = run_cli(*args)
         assert proc.returncode == 0 and "usage: dhpc" in proc.stdout
+
+
+def test_cli_and_python_api_make_the_same_dataset(dataset, tmp_path):
+    out = tmp_path / "cli"
+    proc = run_cli("generate", "--mode", "D", "--poses", "builtin", "-n", "7", "--seed", "5", "--image-size", "96x128",
+                   "--batch-size", "3", "--shard-size", "4", "--out", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "7 samples accepted" in proc.stdout and "preview:" in proc.stdout
+    assert (out / "config.yaml").read_text() == (dataset / "config.yaml").read_text()
+    assert _digest(out) == _digest(dataset)
+
+
+def test_yaml_config_file_with_flag_overrides(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("n: 2\nseed: 9\nimage_size: [64, 64]\ncamera:\n  fov_deg: [40, 45]\nrender_baseline:\n  augment: false\n")
+    out = tmp_path / "y"
+    proc = run_cli("generate", "--config", str(cfg), "-n", "3", "--out", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["n"] == 3 and saved["seed"] == 9 and saved["camera"]["fov_deg"] == [40.0, 45.0]
+    assert saved["render_baseline"]["augment"] is False
+    assert len(open_dataset(out)) == 3
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("n: [unclosed\n")
+    proc = run_cli("generate", "--config", str(bad), "--out", str(tmp_path / "z"), "--no-progress")
+    assert proc.returncode == 2 and "not valid YAML" in proc.stderr and not (tmp_path / "z").exists()
+    bad.write_text("n: 3\nfrobnicate: 1\n")
+    proc = run_cli("generate", "--config", str(bad), "--out", str(tmp_path / "z"), "--no-progress")
+    assert proc.returncode == 2 and "frobnicate" in proc.stderr and not (tmp_path / "z").exists()
+
+
+def test_user_backgrounds_folder(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "bg"
+    folder.mkdir()
+    Image.fromarray(np.full((80, 120, 3), (10, 200, 30), np.uint8)).save(folder / "green.png")
+    out = tmp_path / "bgrun"
+    proc = run_cli("generate", "-n", "2", "--image-size", "64", "--backgrounds", str(folder), "--no-augment",
+                   "--out", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    for s in open_dataset(out):
+        background = s["image"][~s["mask"]].astype(int)
+        # far from the silhouette's soft edge, the background is the user's image
+        far = background[np.abs(background - [10, 200, 30]).sum(1) < 6]
+        assert len(far) > 0.8 * len(background)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    proc = run_cli("generate", "-n", "2", "--image-size", "64", "--backgrounds", str(folder), "--out",
+                   str(tmp_path / "bgrun2"), "--no-progress")
+    assert proc.returncode == 2 and "broken.jpg" in proc.stderr and not (tmp_path / "bgrun2").exists()
