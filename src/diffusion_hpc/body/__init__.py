@@ -1,12 +1,26 @@
-"""Body models behind one interface. ``get_body_model("anny")`` is the default."""
+"""Body models behind one interface. ``get_body_model("anny")`` is the default.
+
+Importing this package is cheap (torch loads with the first model); :mod:`.joint_sets` is pure data.
+"""
 
 from __future__ import annotations
 
-from diffusion_hpc.body.base import BodyModel, BodyOutput, Params, transform_params
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from diffusion_hpc.body.base import BodyModel
 
 BODY_MODELS = ("anny", "smpl", "smplx")
 
-_INSTANCES: dict[tuple, BodyModel] = {}
+_INSTANCES: dict[tuple, "BodyModel"] = {}
+
+
+def __getattr__(name: str):
+    if name in ("BodyModel", "BodyOutput", "Params", "transform_params"):
+        from diffusion_hpc.body import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def check_body_model(name: str, model_path: str | None = None, gender: str = "neutral") -> None:
@@ -19,7 +33,7 @@ def check_body_model(name: str, model_path: str | None = None, gender: str = "ne
         raise ValueError(f"unknown body model {name!r}; choose one of {BODY_MODELS}")
 
 
-def get_body_model(name: str = "anny", model_path: str | None = None, gender: str = "neutral") -> BodyModel:
+def get_body_model(name: str = "anny", model_path: str | None = None, gender: str = "neutral") -> "BodyModel":
     """The body model ``name``, created once per process and reused.
 
     Args:

@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from diffusion_hpc.body.joint_sets import ANNY_CMU31
 from diffusion_hpc.generate.backgrounds import BackgroundSource, ProceduralBackgrounds
 from diffusion_hpc.render.base import RenderOutput
 
@@ -31,13 +32,7 @@ BODY_PARTS: tuple[str, ...] = (
 PART_INDEX: dict[str, int] = {name: i for i, name in enumerate(BODY_PARTS)}
 
 #: Anny ``cmu_mb`` rig bone names (31, in rig order)
-CMU_BONES: tuple[str, ...] = (
-    "Hips", "LHipJoint", "LeftUpLeg", "LeftLeg", "LeftFoot", "LeftToeBase", "LowerBack", "Spine",
-    "Spine1", "LeftShoulder", "LeftArm", "LeftForeArm", "LeftHand", "LThumb", "LeftFingerBase",
-    "LeftHandFinger1", "Neck", "Neck1", "Head", "RightShoulder", "RightArm", "RightForeArm",
-    "RightHand", "RThumb", "RightFingerBase", "RightHandFinger1", "RHipJoint", "RightUpLeg",
-    "RightLeg", "RightFoot", "RightToeBase",
-)
+CMU_BONES: tuple[str, ...] = ANNY_CMU31
 
 #: ``cmu_mb`` bone name -> body part name
 CMU_BONE_TO_PART: dict[str, str] = {

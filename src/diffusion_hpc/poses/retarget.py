@@ -38,15 +38,9 @@ from typing import Literal
 
 import numpy as np
 
-#: Anny ``cmu_mb`` bones (same as :data:`diffusion_hpc.body.joint_sets.ANNY_CMU31`, repeated here so
-#: that this module does not import torch through :mod:`diffusion_hpc.body`).
-ANNY_BONES = (
-    "Hips", "LHipJoint", "LeftUpLeg", "LeftLeg", "LeftFoot", "LeftToeBase", "LowerBack", "Spine",
-    "Spine1", "LeftShoulder", "LeftArm", "LeftForeArm", "LeftHand", "LThumb", "LeftFingerBase",
-    "LeftHandFinger1", "Neck", "Neck1", "Head", "RightShoulder", "RightArm", "RightForeArm",
-    "RightHand", "RThumb", "RightFingerBase", "RightHandFinger1", "RHipJoint", "RightUpLeg",
-    "RightLeg", "RightFoot", "RightToeBase",
-)  # fmt: skip
+from diffusion_hpc.body.joint_sets import ANNY_CMU31 as ANNY_BONES  # pure data: imports no torch
+
+#: Parent of each Anny ``cmu_mb`` bone (-1 for the root).
 ANNY_PARENTS = (
     -1, 0, 1, 2, 3, 4, 0, 6, 7, 8, 9, 10, 11, 12, 12, 14, 8, 16, 17, 8, 19, 20, 21, 22, 22, 24, 0, 26, 27, 28, 29,
 )  # fmt: skip
