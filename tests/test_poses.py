@@ -428,3 +428,24 @@ def test_load_errors(tmp_path):
         message = str(info.value)
         assert path.name in message, (label, message)
         assert fragment in message, (label, message)
+
+
+def test_cli_import_then_generate_from_the_pose_file(tmp_path, synthetic):
+    """A user's BVH -> `dhpc poses import` -> `dhpc generate --poses FILE`: the generated samples use
+    exactly the imported poses (in the camera frame, only the root orientation changes)."""
+    from conftest import run_cli
+
+    from diffusion_hpc.data import open_dataset
+
+    path, motion, go, bp = synthetic
+    poses_file = tmp_path / "mine.npz"
+    proc = run_cli("poses", "import", str(path), "--out", str(poses_file))
+    assert proc.returncode == 0 and "4 poses" in proc.stdout, proc.stderr
+    proc = run_cli("poses", "show", str(poses_file))
+    assert proc.returncode == 0 and "4 poses" in proc.stdout
+    out = tmp_path / "d"
+    proc = run_cli("generate", "--poses", str(poses_file), "-n", "3", "--image-size", "64", "--out", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    for sample in open_dataset(out):
+        frame = int(sample["pose_source"].rsplit("_f", 1)[1])  # pose names are <file>_f<frame>
+        assert np.allclose(sample["params"]["body_pose"], bp[frame], atol=1e-5)

@@ -94,6 +94,27 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--max-frames", type=int, help="at most this many frames per file")
     show = psub.add_parser("show", help="print what a pose file holds")
     show.add_argument("file", help="pose file (.npz) or 'builtin'")
+
+    e = sub.add_parser("export", help="export a dataset for other training code (SPIN npz, COCO json)",
+                       description="Write a dataset as a SPIN-style npz or a COCO keypoints json, with the images "
+                       "in an images/ folder beside the output file. Crop cameras (focal 5000 at 224 px) are "
+                       "computed here; the dataset keeps the full-image camera.")
+    e.add_argument("dataset", type=Path, help="dataset directory")
+    e.add_argument("--format", required=True, choices=["spin-npz", "coco-json"], dest="fmt")
+    e.add_argument("--out", required=True, type=Path, help="output file (.npz or .json)")
+    e.add_argument("--box-expand", type=float, default=1.2, help="person box = mask box x this (default 1.2)")
+
+    pr = sub.add_parser("prior", help="pose priors: fit the Anny prior on your own poses",
+                        description="Pose-prior tools. The default Anny prior ships in the package, fitted on "
+                        "CMU mocap poses; refit it on your own corpus (e.g. AMASS or BVH imports).")
+    prsub = pr.add_subparsers(dest="prior_command", metavar="ACTION")
+    fit = prsub.add_parser("fit", help="fit the Anny pose prior on a pose file",
+                           description="Fit the Anny pose prior (Gaussian in a PCA subspace of 6D joint rotations, "
+                           "model chosen by held-out log-likelihood with folds split by subject) and write it "
+                           "as a safetensors file.")
+    fit.add_argument("--poses", required=True, help="'builtin' or an Anny pose file (.npz; see dhpc poses import)")
+    fit.add_argument("--out", required=True, type=Path, help="prior file to write (.safetensors)")
+    fit.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -157,6 +178,30 @@ def cmd_poses(args, parser) -> int:
     return 2
 
 
+def cmd_export(args) -> int:
+    from diffusion_hpc.data.export import export_dataset
+
+    result = export_dataset(args.dataset, args.fmt, args.out, box_expand=args.box_expand)
+    print(f"{result.count} samples -> {result.path} (images in {result.images})")
+    return 0
+
+
+def cmd_prior(args, parser) -> int:
+    if args.prior_command != "fit":
+        parser.parse_args(["prior", "--help"])
+        return 2
+    from diffusion_hpc.poses import builtin_poses, load_pose_file
+    from diffusion_hpc.prior.fit import fit_prior, format_report
+
+    poses = builtin_poses() if args.poses == "builtin" else load_pose_file(args.poses)
+    if poses.body_model != "anny":
+        raise DhpcError(f"{args.poses} holds {poses.body_model!r} poses; the prior fit takes Anny poses (for SMPL use VPoser)")
+    result = fit_prior(poses, args.out, seed=args.seed, training_data=f"{args.poses}: {len(poses)} poses")
+    print(format_report(result))
+    print(f"wrote {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -171,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_inspect(args)
         if args.command == "poses":
             return cmd_poses(args, parser)
+        if args.command == "export":
+            return cmd_export(args)
+        if args.command == "prior":
+            return cmd_prior(args, parser)
     except DhpcError as exc:
         print(f"dhpc: error: {exc}", file=sys.stderr)
         return 2

@@ -48,12 +48,31 @@ ANNY_CMU31 = (
     "RightLeg", "RightFoot", "RightToeBase",
 )  # fmt: skip
 
+#: SPIN's 24 ground-truth joints, in the order of ``part`` and 24-joint ``S`` in SPIN npz files.
+#: Joints meaning the same point as ours share our names; the others are named for their source
+#: (``lsp_neck``, ``mpii_thorax``, ``jaw``, ``h36m_head``).
+SPIN24 = (
+    "right_ankle", "right_knee", "right_hip", "left_hip", "left_knee", "left_ankle",
+    "right_wrist", "right_elbow", "right_shoulder", "left_shoulder", "left_elbow", "left_wrist",
+    "lsp_neck", "head_top", "pelvis", "mpii_thorax", "spine", "jaw", "h36m_head",
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
+)  # fmt: skip
+
+_LEG_SWAP = {
+    "right_hip": "left_hip", "right_knee": "left_knee", "right_ankle": "left_ankle",
+    "left_hip": "right_hip", "left_knee": "right_knee", "left_ankle": "right_ankle",
+}  # fmt: skip
+#: SkiPose ``3D`` label order: H36M-17 with the legs exchanged (indices 1-3 hold the left leg).
+SKIPOSE17 = tuple(_LEG_SWAP.get(n, n) for n in H36M17)
+
 JOINT_SETS: dict[str, tuple[str, ...]] = {
     "coco17": COCO17,
     "h36m17": H36M17,
     "smpl24": SMPL24,
     "body25": BODY25,
     "anny_cmu31": ANNY_CMU31,
+    "spin24": SPIN24,
+    "skipose17": SKIPOSE17,
 }
 
 #: H36M-17 for Anny, defined from the ``cmu_mb`` rig's posed bones: joint name -> (bone, end).

@@ -1,0 +1,1 @@
+"""Evaluation: pose metrics (MPJPE, PA-MPJPE, PCK) and benchmark protocols (:mod:`.metrics`)."""
