@@ -54,3 +54,26 @@ def test_prior_fit_cli(tmp_path):
 
     prior = load_prior_file(out)
     assert np.isfinite(prior.hard_threshold)
+
+
+def test_estimate_cli_on_a_real_photo_and_a_blank_image(tmp_path):
+    pytest.importorskip("mediapipe")
+    skimage_data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(skimage_data.astronaut()).save(folder / "astronaut.png")
+    Image.fromarray(np.full((128, 128, 3), 200, np.uint8)).save(folder / "blank.png")
+    out = tmp_path / "est.npz"
+    proc = run_cli("estimate", "--images", str(folder), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "1 of 2 images fitted" in proc.stdout
+    with np.load(out, allow_pickle=False) as npz:
+        assert npz["ok"].tolist() == [True, False]
+        assert npz["keypoints2d"].shape == (2, 17, 3)
+    assert sorted(p.name for p in (tmp_path / "est_preview").iterdir()) == ["astronaut.png", "blank.png"]
+    bad = folder / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 nope")
+    proc = run_cli("estimate", "--images", str(bad), "--out", str(tmp_path / "e2.npz"))
+    assert proc.returncode == 2 and "broken.jpg" in proc.stderr and not (tmp_path / "e2.npz").exists()

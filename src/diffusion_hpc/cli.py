@@ -95,6 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     show = psub.add_parser("show", help="print what a pose file holds")
     show.add_argument("file", help="pose file (.npz) or 'builtin'")
 
+    est = sub.add_parser("estimate", help="fit body meshes to the people in images (MediaPipe + body-model fit)",
+                         description="Detect the most prominent person per image (MediaPipe Pose), fit the body "
+                         "model to its 2D and 3D landmarks, and write per image: ok/reason, body parameters "
+                         "(camera frame), K, joints3d, keypoints2d, confidence, plus a preview with the mesh.")
+    est.add_argument("--images", required=True, nargs="+", type=Path, help="image files or a folder")
+    est.add_argument("--out", required=True, type=Path, help="results file (.npz)")
+    est.add_argument("--body-model", choices=["anny", "smpl", "smplx"], default="anny")
+    est.add_argument("--smpl-path", type=Path, help="SMPL / SMPL-X model file or folder")
+    est.add_argument("--preview", type=Path, help="folder for preview PNGs (default: next to --out)")
+    est.add_argument("--batch-size", type=int, default=16, help="images fitted together (default 16)")
+    est.add_argument("--prior", action="store_true", help="regularise the fit with the default pose prior")
+
     e = sub.add_parser("export", help="export a dataset for other training code (SPIN npz, COCO json)",
                        description="Write a dataset as a SPIN-style npz or a COCO keypoints json, with the images "
                        "in an images/ folder beside the output file. Crop cameras (focal 5000 at 224 px) are "
@@ -178,6 +190,22 @@ def cmd_poses(args, parser) -> int:
     return 2
 
 
+def cmd_estimate(args) -> int:
+    from diffusion_hpc.estimate.run import estimate_files
+
+    prior = None
+    if args.prior:
+        from diffusion_hpc.prior import get_prior
+
+        prior = get_prior("anny" if args.body_model == "anny" else "vposer")
+    images = [str(p) for p in args.images]
+    preview = args.preview if args.preview else args.out.with_suffix("").with_name(args.out.stem + "_preview")
+    arrays = estimate_files(images if len(images) > 1 else images[0], args.out, body_model=args.body_model,
+                            preview_dir=preview, batch_size=args.batch_size, model_path=args.smpl_path, prior=prior)
+    print(f"{int(arrays['ok'].sum())} of {len(arrays['ok'])} images fitted -> {args.out}; previews in {preview}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from diffusion_hpc.data.export import export_dataset
 
@@ -216,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_inspect(args)
         if args.command == "poses":
             return cmd_poses(args, parser)
+        if args.command == "estimate":
+            return cmd_estimate(args)
         if args.command == "export":
             return cmd_export(args)
         if args.command == "prior":

@@ -39,6 +39,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from diffusion_hpc.data.schema import encode_png
 from diffusion_hpc.body.joint_sets import COCO17
 from diffusion_hpc.data.benchmarks import (
     BOX_EXPAND,
@@ -173,18 +174,6 @@ def crop_camera(
     return cam_t, cam
 
 
-def _png(image: np.ndarray) -> bytes:
-    import cv2
-
-    array = np.asarray(image, np.uint8)
-    if array.ndim == 3:
-        array = array[..., ::-1]  # RGB -> BGR
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(array))
-    if not ok:  # pragma: no cover
-        raise RuntimeError("PNG encoding failed")
-    return buf.tobytes()
-
-
 def _sample_fields(sample: dict[str, Any], box_expand: float) -> dict[str, Any]:
     """Everything both formats need from one decoded sample."""
     image = sample["image"]
@@ -208,7 +197,7 @@ def _sample_fields(sample: dict[str, Any], box_expand: float) -> dict[str, Any]:
         cam_t = cam = np.full(3, np.nan)
     return {
         "key": str(sample["key"]),
-        "image_png": _png(image),
+        "image_png": encode_png(image),
         "image_hw": (h, w),
         "K": K,
         "center": np.asarray(center, np.float64),

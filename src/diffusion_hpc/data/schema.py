@@ -51,7 +51,8 @@ class SampleRecord:
     schema: int = SCHEMA_VERSION
 
 
-def _png(array: np.ndarray) -> bytes:
+def encode_png(array: np.ndarray) -> bytes:
+    """PNG bytes of an (H, W, 3) RGB or (H, W) grey uint8/uint16 array."""
     import cv2
 
     if array.ndim == 3:
@@ -62,7 +63,8 @@ def _png(array: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def _unpng(data: bytes) -> np.ndarray:
+def decode_png(data: bytes) -> np.ndarray:
+    """Inverse of :func:`encode_png` (RGB order); ``ValueError`` if not a PNG."""
     import cv2
 
     array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -98,9 +100,9 @@ def encode(record: SampleRecord) -> dict[str, bytes]:
         "image_size": [int(record.image.shape[0]), int(record.image.shape[1])],
     }
     return {
-        "image.png": _png(np.asarray(record.image, np.uint8)),
-        "mask.png": _png(np.asarray(record.mask, bool).astype(np.uint8) * 255),
-        "depth.png": _png(depth_mm),
+        "image.png": encode_png(np.asarray(record.image, np.uint8)),
+        "mask.png": encode_png(np.asarray(record.mask, bool).astype(np.uint8) * 255),
+        "depth.png": encode_png(depth_mm),
         "params.npz": params.getvalue(),
         "json": json.dumps(meta, sort_keys=True).encode(),
     }
@@ -116,11 +118,11 @@ def decode(members: dict[str, bytes]) -> dict[str, Any]:
         raise ValueError(f"sample schema {meta.get('schema')!r} is not supported (this version reads {SCHEMA_VERSION})")
     with np.load(io.BytesIO(members["params.npz"]), allow_pickle=False) as npz:
         params = {k: npz[k] for k in npz.files}
-    depth = _unpng(members["depth.png"]).astype(np.float32) / np.float32(DEPTH_SCALE)
+    depth = decode_png(members["depth.png"]).astype(np.float32) / np.float32(DEPTH_SCALE)
     record = dict(meta)
     record.update(
-        image=_unpng(members["image.png"]),
-        mask=_unpng(members["mask.png"]) > 127,
+        image=decode_png(members["image.png"]),
+        mask=decode_png(members["mask.png"]) > 127,
         depth=depth,
         K=np.asarray(meta["K"], np.float64),
         params=params,

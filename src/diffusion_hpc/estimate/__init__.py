@@ -1,0 +1,50 @@
+"""Mesh estimation: a body mesh (pose, shape, camera) for the person in a photo.
+
+``get_estimator("mediapipe")`` is the default (free, offline, CPU): MediaPipe Pose landmarks, then a
+batched body-model fit. Importing this package is cheap: MediaPipe and torch load with the first
+estimator.
+
+    from diffusion_hpc.estimate import get_estimator, load_image
+    est = get_estimator()                   # Anny, fallback pose regulariser
+    [e] = est.estimate([load_image("person.jpg")])
+    e.ok, e.params["body_pose"].shape, e.keypoints2d
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from diffusion_hpc.estimate.base import Estimate, MeshEstimator, check_image, load_image
+
+if TYPE_CHECKING:  # pragma: no cover
+    from diffusion_hpc.prior.base import PosePrior
+
+ESTIMATORS = ("mediapipe",)
+
+
+def get_estimator(name: str = "mediapipe", body_model: str = "anny", prior: "PosePrior | None" = None,
+                  **kwargs) -> MeshEstimator:
+    """A mesh estimator.
+
+    Args:
+        name: backend; ``"mediapipe"`` (default).
+        body_model: ``"anny"`` (default) or ``"smpl"``/``"smplx"`` (pass ``model_path=``).
+        prior: pose prior whose ``penalty`` regularises the fit; None: a documented L2 + joint-limit
+            regulariser (:func:`diffusion_hpc.estimate.mediapipe_fit.fallback_pose_penalty`).
+        **kwargs: backend options (mediapipe: ``fov_deg``, ``weights``, ``model_path``).
+    """
+    if name == "mediapipe":
+        from diffusion_hpc.estimate.mediapipe_fit import MediaPipeFitter
+
+        return MediaPipeFitter(body_model=body_model, prior=prior, **kwargs)
+    raise ValueError(f"unknown mesh estimator {name!r}; choose one of {ESTIMATORS}")
+
+
+def estimate_files(*args, **kwargs):
+    """See :func:`diffusion_hpc.estimate.run.estimate_files`."""
+    from diffusion_hpc.estimate.run import estimate_files as run
+
+    return run(*args, **kwargs)
+
+
+__all__ = ["Estimate", "MeshEstimator", "get_estimator", "load_image", "check_image", "estimate_files", "ESTIMATORS"]

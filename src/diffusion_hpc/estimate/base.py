@@ -1,0 +1,121 @@
+"""The mesh-estimator interface: photos in, one fitted body per photo out.
+
+An estimator takes a list of RGB images and returns one :class:`Estimate` per image, for the most
+prominent person in it. Estimates follow the dataset conventions (DESIGN §4): parameters and 3D
+joints in the OpenCV camera frame (x right, y down, z forward; metres), intrinsics ``K`` in pixels
+of the input image, COCO-17 keypoints in pixels with a confidence.
+
+A photo without a person gives ``Estimate(ok=False, reason="no person found")``, never an
+exception; malformed input (not an (H, W, 3) uint8 array, an unreadable file) raises
+:class:`~diffusion_hpc.errors.InputError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from diffusion_hpc.errors import InputError
+
+
+@dataclass
+class Estimate:
+    """The fitted body for one image.
+
+    Attributes:
+        ok: True when a person was found and fitted.
+        reason: why ``ok`` is False ("no person found", ...); "" when ok.
+        body_model: body-model name, e.g. ``"anny"``.
+        params: body parameters, camera frame, unbatched numpy float32 arrays, e.g. for Anny
+            global_orient (3,), body_pose (30, 3), phenotype (6,), transl (3,). Empty when not ok.
+        K: (3, 3) intrinsics assumed for the image (pixels).
+        joints3d: joint-set name -> (J, 3) camera-frame joints in metres of the fitted body.
+        keypoints2d: (17, 3) COCO-17 of the fitted body projected with ``K``: u, v in pixels and the
+            detector's confidence of the joint in [0, 1] (0 where it did not see it).
+        confidence: overall confidence in [0, 1] (detector confidence times fit agreement).
+        landmarks2d: the detector's own 2D landmarks, (L, 3) u, v pixels + visibility (MediaPipe:
+            L = 33), for diagnostics; zeros when not ok.
+        landmarks3d: the detector's 3D landmarks (L, 3) if it has them (MediaPipe: metres, hip-centred,
+            camera-aligned axes), else zeros.
+        person_mask: (H, W) float32 in [0, 1], the detector's person segmentation, or None.
+        fit_error_px: median distance in pixels between the fitted COCO keypoints and the detector's
+            (confident joints only); NaN when not ok.
+        image_size: (height, width) of the input image.
+    """
+
+    ok: bool
+    reason: str = ""
+    body_model: str = ""
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+    K: np.ndarray = field(default_factory=lambda: np.eye(3))
+    joints3d: dict[str, np.ndarray] = field(default_factory=dict)
+    keypoints2d: np.ndarray = field(default_factory=lambda: np.zeros((17, 3)))
+    confidence: float = 0.0
+    landmarks2d: np.ndarray = field(default_factory=lambda: np.zeros((33, 3)))
+    landmarks3d: np.ndarray = field(default_factory=lambda: np.zeros((33, 3)))
+    person_mask: np.ndarray | None = None
+    fit_error_px: float = float("nan")
+    image_size: tuple[int, int] = (0, 0)
+
+
+class MeshEstimator:
+    """Interface of a mesh estimator. Subclasses implement :meth:`estimate`."""
+
+    #: registry name
+    name: str = ""
+    #: body model the estimates are expressed in
+    body_model: str = ""
+
+    def estimate(self, images: Sequence[np.ndarray]) -> list[Estimate]:  # pragma: no cover
+        """One :class:`Estimate` per image (the most prominent person), batched internally.
+
+        Args:
+            images: list of (H, W, 3) uint8 RGB arrays (sizes may differ).
+        """
+        raise NotImplementedError
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[Estimate]:
+        return self.estimate(images)
+
+
+def check_image(image: object, name: str = "image") -> np.ndarray:
+    """Return ``image`` if it is an (H, W, 3) uint8 RGB array, else raise :class:`InputError`.
+
+    Args:
+        image: candidate array.
+        name: what to call it in the message (a file name or ``images[3]``).
+    """
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"{name} is a {type(image).__name__}, not a numpy array; load files with "
+                         "diffusion_hpc.estimate.load_image(path)")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise InputError(f"{name} has shape {image.shape} and dtype {image.dtype}; expected (H, W, 3) uint8 RGB "
+                         "(convert grey or RGBA images to RGB and floats to 0..255 uint8, or use load_image(path))")
+    if image.shape[0] < 16 or image.shape[1] < 16:
+        raise InputError(f"{name} is {image.shape[1]}x{image.shape[0]} pixels; at least 16x16 is needed")
+    return image
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB pixels of an image file (grey and RGBA are converted; EXIF rotation applied).
+
+    Raises:
+        InputError: the file is missing or not a readable image; the message names the file.
+    """
+    import cv2
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"image file {path} does not exist")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise InputError(f"image file {path} is not a readable image (corrupt or unsupported format; "
+                         f"use one of {', '.join(IMAGE_SUFFIXES)})")
+    return np.ascontiguousarray(image[..., ::-1])

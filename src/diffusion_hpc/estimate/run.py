@@ -1,0 +1,179 @@
+"""``dhpc estimate``: fit a body to each photo of a folder or file list; one npz plus previews.
+
+The npz (written atomically; no object arrays, loads with ``np.load(path)`` without pickles) holds,
+for N images in input order:
+
+- ``path`` (N,) unicode: the image file; ``ok`` (N,) bool; ``reason`` (N,) unicode
+- ``body_model`` () unicode; ``image_size`` (N, 2) int (height, width)
+- ``K`` (N, 3, 3); ``confidence`` (N,); ``fit_error_px`` (N,) (NaN where not ok)
+- ``params/<key>`` (N, ...) float32 camera-frame body parameters (zeros where not ok)
+- ``joints3d/<set>`` (N, J, 3) camera-frame metres (zeros where not ok)
+- ``keypoints2d`` (N, 17, 3) COCO-17 u, v pixels + confidence
+- ``landmarks2d`` (N, 33, 3) and ``landmarks3d`` (N, 33, 3): the detector's landmarks
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from diffusion_hpc.errors import InputError
+from diffusion_hpc.estimate.base import IMAGE_SUFFIXES, Estimate, load_image
+
+log = logging.getLogger(__name__)
+
+#: skeleton edges of COCO-17 for previews (pairs of joint names)
+COCO17_EDGES = (
+    ("left_ankle", "left_knee"), ("left_knee", "left_hip"), ("right_ankle", "right_knee"),
+    ("right_knee", "right_hip"), ("left_hip", "right_hip"), ("left_shoulder", "left_hip"),
+    ("right_shoulder", "right_hip"), ("left_shoulder", "right_shoulder"), ("left_shoulder", "left_elbow"),
+    ("left_elbow", "left_wrist"), ("right_shoulder", "right_elbow"), ("right_elbow", "right_wrist"),
+    ("nose", "left_eye"), ("nose", "right_eye"), ("left_eye", "left_ear"), ("right_eye", "right_ear"),
+)  # fmt: skip
+
+
+def collect_images(paths_or_dir: str | Path | Iterable[str | Path]) -> list[Path]:
+    """Image files from a folder (sorted, by suffix), a single file, or a list of files/folders.
+
+    Raises:
+        InputError: a path does not exist, or nothing to process was found.
+    """
+    items = [paths_or_dir] if isinstance(paths_or_dir, (str, Path)) else list(paths_or_dir)
+    files: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise InputError(f"--images {path}: no such file or folder")
+    if not files:
+        raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {', '.join(map(str, items))}")
+    return files
+
+
+def estimates_to_arrays(estimates: Sequence[Estimate], paths: Sequence[str], body_model: str) -> dict[str, np.ndarray]:
+    """Stack estimates into fixed-size arrays (see the module docstring for the keys)."""
+    n = len(estimates)
+    template = next((e for e in estimates if e.ok), None)
+    out: dict[str, np.ndarray] = {
+        "path": np.array([str(p) for p in paths], dtype=np.str_),
+        "ok": np.array([e.ok for e in estimates], dtype=bool),
+        "reason": np.array([e.reason for e in estimates], dtype=np.str_),
+        "body_model": np.array(body_model, dtype=np.str_),
+        "image_size": np.array([e.image_size for e in estimates], dtype=np.int64).reshape(n, 2),
+        "K": np.stack([np.asarray(e.K, np.float64) for e in estimates]),
+        "confidence": np.array([e.confidence for e in estimates], dtype=np.float32),
+        "fit_error_px": np.array([e.fit_error_px for e in estimates], dtype=np.float32),
+        "keypoints2d": np.stack([np.asarray(e.keypoints2d, np.float32) for e in estimates]),
+        "landmarks2d": np.stack([np.asarray(e.landmarks2d, np.float32) for e in estimates]),
+        "landmarks3d": np.stack([np.asarray(e.landmarks3d, np.float32) for e in estimates]),
+    }
+    if template is not None:
+        for group, ref in (("params", template.params), ("joints3d", template.joints3d)):
+            for key, value in ref.items():
+                stack = np.zeros((n,) + np.shape(value), np.float32)
+                for i, e in enumerate(estimates):
+                    if e.ok:
+                        stack[i] = getattr(e, group)[key]
+                out[f"{group}/{key}"] = stack
+    return out
+
+
+def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write an uncompressed-member npz via a temporary file and ``os.replace`` (no pickles)."""
+    from diffusion_hpc.data.writer import atomic_write_bytes
+
+    for key, value in arrays.items():
+        if value.dtype == object:  # pragma: no cover - guarded by construction
+            raise ValueError(f"array {key!r} has dtype object; npz outputs must load without pickles")
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def render_preview(image: np.ndarray, estimate: Estimate, body=None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB: the photo with the fitted mesh's silhouette (tinted) and outline, the
+    detector's landmarks (red dots) and the fitted COCO-17 skeleton (green); a banner when not ok."""
+    import cv2
+
+    canvas = image.copy()
+    height, width = image.shape[:2]
+    if estimate.ok and body is not None:
+        import torch
+
+        from diffusion_hpc.render import get_renderer
+
+        params = {k: torch.as_tensor(v)[None] for k, v in estimate.params.items()}
+        with torch.no_grad():
+            verts = body(params).vertices.numpy()
+        mask = get_renderer("auto").render(verts, body.faces.numpy(), np.asarray(estimate.K, np.float32)[None],
+                                           (height, width)).mask[0]
+        tint = np.array([60, 140, 255], np.float32)
+        canvas[mask] = (0.55 * canvas[mask] + 0.45 * tint).astype(np.uint8)
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(canvas, contours, -1, (255, 255, 255), 1, lineType=cv2.LINE_AA)
+    radius = max(2, round(min(height, width) / 150))
+    if estimate.ok:
+        from diffusion_hpc.body.joint_sets import COCO17
+
+        kp = estimate.keypoints2d
+        for a, b in COCO17_EDGES:
+            i, j = COCO17.index(a), COCO17.index(b)
+            p, q = tuple(np.round(kp[i, :2]).astype(int)), tuple(np.round(kp[j, :2]).astype(int))
+            cv2.line(canvas, p, q, (40, 220, 40), max(1, radius // 2), lineType=cv2.LINE_AA)
+    for u, v, vis in np.asarray(estimate.landmarks2d):
+        if vis >= 0.3:
+            cv2.circle(canvas, (int(round(u)), int(round(v))), radius, (230, 30, 30), -1, lineType=cv2.LINE_AA)
+    if not estimate.ok:
+        cv2.putText(canvas, estimate.reason, (5, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 40, 40), 1, cv2.LINE_AA)
+    return canvas
+
+
+def estimate_files(paths_or_dir, out_npz: str | Path, body_model: str = "anny", preview_dir: str | Path | None = None,
+                   estimator=None, batch_size: int = 16, model_path: str | None = None, prior=None) -> dict[str, np.ndarray]:
+    """What ``dhpc estimate --images DIR_OR_FILES --out FILE.npz [--body-model anny|smpl]`` does.
+
+    Every input is read first (an unreadable file fails before any model loads, naming the file),
+    then images are estimated ``batch_size`` at a time, the npz written atomically, and with
+    ``preview_dir`` one ``<stem>.png`` preview per image (see :func:`render_preview`).
+
+    Returns:
+        the arrays written to ``out_npz``.
+    """
+    from diffusion_hpc.data.schema import encode_png  # RGB -> PNG bytes
+
+    out_npz = Path(out_npz)
+    if out_npz.suffix != ".npz":
+        raise InputError(f"--out {out_npz} must end in .npz")
+    files = collect_images(paths_or_dir)
+    images = [load_image(p) for p in files]
+    if estimator is None:
+        from diffusion_hpc.estimate import get_estimator
+
+        estimator = get_estimator("mediapipe", body_model=body_model, prior=prior, model_path=model_path)
+    estimates: list[Estimate] = []
+    for lo in range(0, len(images), batch_size):
+        estimates.extend(estimator.estimate(images[lo:lo + batch_size]))
+    arrays = estimates_to_arrays(estimates, [str(p) for p in files], body_model)
+    write_npz_atomic(out_npz, arrays)
+    if preview_dir is not None:
+        from diffusion_hpc.data.writer import atomic_write_bytes
+
+        preview_dir = Path(preview_dir)
+        preview_dir.mkdir(parents=True, exist_ok=True)
+        body = getattr(estimator, "body", None)
+        stems: dict[str, int] = {}
+        for path, image, est in zip(files, images, estimates):
+            stem = path.stem if path.stem not in stems else f"{path.stem}-{stems[path.stem]}"
+            stems[path.stem] = stems.get(path.stem, 0) + 1
+            atomic_write_bytes(preview_dir / f"{stem}.png", encode_png(render_preview(image, est, body)))
+    ok = int(arrays["ok"].sum())
+    log.info("estimated %d of %d images (%s)", ok, len(files), out_npz)
+    return arrays
