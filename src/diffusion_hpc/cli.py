@@ -107,6 +107,44 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--batch-size", type=int, default=16, help="images fitted together (default 16)")
     est.add_argument("--prior", action="store_true", help="regularise the fit with the default pose prior")
 
+    t = sub.add_parser("train", help="fine-tune an HMR regressor on synthetic (+ real) data",
+                       description="Fine-tune an HMR regressor (ResNet-50 / ViT backbone from transformers, "
+                       "iterative error-feedback head) on our synthetic shards mixed per sample with real "
+                       "benchmarks. Runs on Lightning: --devices/--num-nodes/--strategy scale it out.",
+                       epilog="real sources: spin:FILE.npz, skipose:ROOT_OR_labels.h5, smart:FILE_OR_DIR.json")
+    t.add_argument("--synthetic", nargs="*", default=[], metavar="DIR", help="dataset folders from dhpc generate")
+    t.add_argument("--real", nargs="*", default=[], metavar="SOURCE", help="real benchmark sources (see below)")
+    t.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, logs, exported regressor)")
+    t.add_argument("--checkpoint", help="initial weights (run folder, .safetensors or .ckpt); weights only")
+    t.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoints/last.ckpt")
+    t.add_argument("--max-steps", type=int, default=10000)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--real-ratio", type=float, default=0.5, help="share of real samples per batch (default 0.5)")
+    t.add_argument("--backbone", default="resnet50", choices=["resnet50", "vit", "tiny"])
+    t.add_argument("--pretrained", help="local transformers checkpoint folder for the backbone")
+    t.add_argument("--body-model", default="anny", choices=["anny", "smpl", "smplx"])
+    t.add_argument("--smpl-path", help="SMPL / SMPL-X model file or folder")
+    t.add_argument("--crop-size", type=int, default=224)
+    t.add_argument("--devices", default="1", help="devices per node (number or 'auto')")
+    t.add_argument("--num-nodes", type=int, default=1)
+    t.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp")
+    t.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
+    t.add_argument("--workers", type=int, default=2, help="data-loading workers per device")
+    t.add_argument("--max-minutes", type=float, help="stop after this much training time (total over resumes)")
+
+    ev = sub.add_parser("evaluate", help="evaluate a regressor: MPJPE / PA-MPJPE / PCK under a benchmark protocol",
+                        description="SkiPose: H36M-17, root-centred, joint 9 dropped, mm (test split). SMART: PCK at "
+                        "0.1 x crop size over visible joints, averaged per image. Our datasets: H36M-17 "
+                        "root-centred MPJPE / PA-MPJPE and PCK.")
+    ev.add_argument("--checkpoint", required=True, help="exported regressor (a dhpc train run folder)")
+    ev.add_argument("--data", required=True, help="skipose:PATH, smart:PATH, spin:PATH or a dataset folder")
+    ev.add_argument("--out", type=Path, help="results JSON (default: print only)")
+    ev.add_argument("--limit", type=int, help="evaluate the first N samples only")
+    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--crop-size", type=int, default=224)
+    ev.add_argument("--smpl-path", help="SMPL model file or folder, for SMPL regressors")
+
     e = sub.add_parser("export", help="export a dataset for other training code (SPIN npz, COCO json)",
                        description="Write a dataset as a SPIN-style npz or a COCO keypoints json, with the images "
                        "in an images/ folder beside the output file. Crop cameras (focal 5000 at 224 px) are "
@@ -206,6 +244,32 @@ def cmd_estimate(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from diffusion_hpc.hmr.train import train
+
+    if not args.synthetic and not args.real:
+        raise DhpcError("dhpc train needs data: pass --synthetic DIR... and/or --real SOURCE...")
+    devices = int(args.devices) if str(args.devices).isdigit() else args.devices
+    train(args.synthetic, args.real, args.out, args.max_steps, args.batch_size, lr=args.lr, real_ratio=args.real_ratio,
+          checkpoint=args.checkpoint, resume=args.resume, devices=devices, num_nodes=args.num_nodes,
+          strategy=args.strategy, accelerator=args.accelerator, backbone=args.backbone, pretrained_path=args.pretrained,
+          body_model=args.body_model, smpl_path=args.smpl_path, crop_size=args.crop_size, num_workers=args.workers,
+          max_minutes=args.max_minutes, progress=True)
+    print(f"run folder: {args.out} (regressor: {args.out / 'regressor.safetensors'})")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from diffusion_hpc.eval.evaluate import evaluate, format_table
+
+    result = evaluate(args.checkpoint, args.data, out=args.out, batch_size=args.batch_size, limit=args.limit,
+                      crop_size=args.crop_size, smpl_path=args.smpl_path)
+    print(format_table(result))
+    if args.out:
+        print(f"results: {args.out}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from diffusion_hpc.data.export import export_dataset
 
@@ -246,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_poses(args, parser)
         if args.command == "estimate":
             return cmd_estimate(args)
+        if args.command == "train":
+            return cmd_train(args)
+        if args.command == "evaluate":
+            return cmd_evaluate(args)
         if args.command == "export":
             return cmd_export(args)
         if args.command == "prior":

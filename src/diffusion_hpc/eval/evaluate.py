@@ -1,0 +1,170 @@
+"""``dhpc evaluate``: a trained regressor on a benchmark, under the benchmark's protocol.
+
+Three steps, kept apart so each can be checked on its own:
+
+1. :func:`load_targets` — crops and ground truth of a source (SkiPose test split, SMART, SPIN npz,
+   or one of our datasets), without augmentation;
+2. :func:`predict` — the regressor + body model on the crops (batched, no gradients);
+3. :func:`score` — the protocol's metrics on (predictions, targets): MPJPE / PA-MPJPE in mm on
+   H36M-17 (SkiPose: root-centred, joint 9 dropped; our datasets: root-centred, all 17) and PCK at
+   0.1 x crop size on visible COCO joints (SMART's scored joints), averaged per image.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffusion_hpc.body.joint_sets import H36M17
+from diffusion_hpc.errors import InputError
+from diffusion_hpc.eval import metrics
+
+#: 3D protocol for our own datasets: H36M-17, root-centred on the pelvis, every joint scored.
+DATASET_PROTOCOL = metrics.Protocol3D(name="h36m17 root-centred", joint_set="h36m17", root="pelvis", scored=H36M17)
+
+
+@dataclass
+class Targets:
+    """Crops and labels of an evaluation source.
+
+    Attributes:
+        name: source description; kind: "skipose" | "smart" | "spin" | "dataset".
+        images: (N, 3, S, S) float32 crops in [0, 1].
+        keypoints2d: (N, 17, 3) COCO-17 in crop pixels + visibility (0 = not scored).
+        joints3d: (N, 17, 3) H36M-17 metres (root-relative is fine) or None.
+    """
+
+    name: str
+    kind: str
+    images: np.ndarray
+    keypoints2d: np.ndarray
+    joints3d: np.ndarray | None
+    crop_size: int
+
+
+def _source_kind(source: str) -> tuple[str, Path]:
+    kind, _, rest = str(source).partition(":")
+    if kind in ("skipose", "smart", "spin") and rest:
+        return kind, Path(rest)
+    path = Path(source)
+    if (path / "config.yaml").is_file() and (path / "shards").is_dir():
+        return "dataset", path
+    if path.suffix == ".npz":
+        return "spin", path
+    if path.suffix == ".h5" or (path / "test" / "labels.h5").is_file():
+        return "skipose", path
+    if path.suffix == ".json" or (path.is_dir() and any(path.glob("*.json"))):
+        return "smart", path
+    raise InputError(
+        f"cannot tell the format of --data {source!r}: pass skipose:PATH, smart:PATH, spin:PATH or a dataset folder"
+    )
+
+
+def load_targets(source: str, crop_size: int = 224, limit: int | None = None, body_model: str = "anny") -> Targets:
+    """Crops and ground truth of ``source`` (SkiPose uses its test split)."""
+    import torch
+
+    from diffusion_hpc.hmr.data import RealDataset, crop_sample
+
+    kind, path = _source_kind(source)
+    if not path.exists():
+        raise InputError(f"--data {path} does not exist")
+    items: list[dict[str, torch.Tensor]] = []
+    if kind == "dataset":
+        from diffusion_hpc.data import open_dataset
+
+        for i, rec in enumerate(open_dataset(path)):
+            if limit is not None and i >= limit:
+                break
+            items.append(crop_sample(rec["image"], rec["keypoints2d"], rec["joints3d"], None, rec["K"], bbox_from="mask",
+                                     size=crop_size, augment=None, mask=rec["mask"], body_model=body_model))
+    else:
+        from diffusion_hpc.data import benchmarks
+
+        data = {"skipose": lambda: benchmarks.load_skipose(path, "test", limit=limit),
+                "smart": lambda: benchmarks.load_smart(path), "spin": lambda: benchmarks.load_spin_npz(path)}[kind]()
+        dataset = RealDataset(data, size=crop_size, augment=None, body_model=body_model)
+        n = len(dataset) if limit is None else min(limit, len(dataset))
+        items = [dataset[i] for i in range(n)]
+    if not items:
+        raise InputError(f"--data {source} holds no samples")
+    kp = np.stack([it["keypoints2d"].numpy() for it in items]).astype(np.float64)
+    kp[..., :2] = (kp[..., :2] + 1.0) / 2.0 * (crop_size - 1)  # normalised [-1, 1] -> crop pixels
+    has_3d = np.array([float(it["has_3d"]) > 0 for it in items])
+    joints3d = np.stack([it["joints3d"].numpy()[..., :3] for it in items]).astype(np.float64) if has_3d.all() else None
+    images = np.stack([it["image"].numpy() for it in items]).astype(np.float32)
+    return Targets(str(source), kind, images, kp, joints3d, crop_size)
+
+
+def load_model(checkpoint: str | Path, smpl_path: str | Path | None = None):
+    """An exported regressor (run folder or its ``regressor.safetensors``) and its body model."""
+    from diffusion_hpc.body import check_body_model, get_body_model
+    from diffusion_hpc.hmr.model import load_regressor
+
+    regressor = load_regressor(checkpoint).eval()
+    name = regressor.spec.name
+    check_body_model(name, smpl_path)
+    return regressor, get_body_model(name, model_path=smpl_path)
+
+
+def predict(regressor, body_model, images: np.ndarray, batch_size: int = 32) -> dict[str, np.ndarray]:
+    """``{"keypoints2d": (N, 17, 2) crop pixels, "joints3d": (N, 17, 3) H36M-17 metres}``."""
+    import torch
+
+    from diffusion_hpc.hmr.train import regress
+
+    size = images.shape[-1]
+    kps, joints = [], []
+    with torch.no_grad():
+        for lo in range(0, len(images), batch_size):
+            out = regress(regressor, body_model, torch.as_tensor(images[lo : lo + batch_size]))
+            kps.append((out["keypoints2d"].numpy() + 1.0) / 2.0 * (size - 1))
+            joints.append(out["joints"]["h36m17"].numpy())
+    return {"keypoints2d": np.concatenate(kps).astype(np.float64), "joints3d": np.concatenate(joints).astype(np.float64)}
+
+
+def score(predictions: dict[str, np.ndarray], targets: Targets) -> dict[str, Any]:
+    """The protocol's metrics (means over samples, with counts)."""
+    result: dict[str, Any] = {"source": targets.name, "kind": targets.kind, "samples": int(len(targets.images))}
+    if targets.joints3d is not None:
+        protocol = metrics.SKIPOSE_PROTOCOL if targets.kind == "skipose" else DATASET_PROTOCOL
+        per = metrics.evaluate_3d(predictions["joints3d"], targets.joints3d, protocol, pred_joint_set="h36m17", gt_joint_set="h36m17")
+        result["protocol_3d"] = protocol.name
+        result["mpjpe_mm"] = float(np.nanmean(per["mpjpe"]))
+        result["pa_mpjpe_mm"] = float(np.nanmean(per["pa_mpjpe"]))
+    pck = metrics.evaluate_2d(predictions["keypoints2d"], targets.keypoints2d, float(targets.crop_size), metrics.SMART_PROTOCOL,
+                              pred_joint_set="coco17", gt_joint_set="coco17")
+    scored = np.isfinite(pck)
+    result["protocol_2d"] = metrics.SMART_PROTOCOL.name
+    result["pck"] = float(np.mean(pck[scored]) * 100.0) if scored.any() else float("nan")
+    result["pck_images"] = int(scored.sum())
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The result as a small readable table."""
+    rows = [("source", result["source"]), ("samples", result["samples"])]
+    if "mpjpe_mm" in result:
+        rows += [(f"MPJPE ({result['protocol_3d']})", f"{result['mpjpe_mm']:.2f} mm"),
+                 (f"PA-MPJPE ({result['protocol_3d']})", f"{result['pa_mpjpe_mm']:.2f} mm")]
+    rows += [(f"PCK ({result['protocol_2d']})", f"{result['pck']:.2f} % over {result['pck_images']} images")]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def evaluate(checkpoint: str | Path, source: str, out: str | Path | None = None, batch_size: int = 32,
+             limit: int | None = None, crop_size: int = 224, smpl_path: str | Path | None = None) -> dict[str, Any]:
+    """Python API of ``dhpc evaluate``: load, predict, score, and write ``out`` (JSON) if given."""
+    regressor, body = load_model(checkpoint, smpl_path=smpl_path)
+    targets = load_targets(source, crop_size=crop_size, limit=limit, body_model=body.name)
+    result = score(predict(regressor, body, targets.images, batch_size=batch_size), targets)
+    result["checkpoint"] = str(checkpoint)
+    if out is not None:
+        from diffusion_hpc.data.writer import atomic_write_bytes
+
+        atomic_write_bytes(Path(out), json.dumps(result, indent=2, sort_keys=True).encode())
+    return result

@@ -1,0 +1,333 @@
+"""Training glue: a Lightning module around regressor + body model + losses, and :func:`train`.
+
+Run layout (``out_dir``):
+
+- ``checkpoints/last.ckpt`` (written at every periodic save and at the end) and
+  ``checkpoints/step=NNNNNNN.ckpt`` (the latest periodic one): Lightning checkpoints (weights,
+  optimiser, loop state). They are read back with ``torch.load(..., weights_only=True)`` only:
+  resuming passes ``weights_only=True`` to ``Trainer.fit``; fine-tuning reads the weights itself.
+- ``regressor.safetensors`` + ``regressor.json``: the trained regressor alone (exported at the end),
+  loadable with :func:`diffusion_hpc.hmr.model.load_regressor`.
+- ``logs/version_N/metrics.csv``: the loss terms per logged step (Lightning ``CSVLogger``; one
+  version folder per run, so a resumed run starts a new file with step numbers continuing).
+
+Multi-GPU / multi-node goes through Lightning's ``strategy`` / ``devices`` / ``num_nodes`` flags
+(e.g. ``strategy="ddp"``); each rank reads its own shards (see :class:`.data.SyntheticShards`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from diffusion_hpc.errors import ConfigError, InputError
+from diffusion_hpc.hmr.losses import LossWeights, hmr_losses
+from diffusion_hpc.hmr.model import HMRRegressor, export_regressor, load_state_strict, project_normalised
+
+log = logging.getLogger(__name__)
+
+try:  # Lightning is an optional dependency of the package (the `train` extra)
+    import pytorch_lightning as pl
+except ImportError:  # pragma: no cover
+    pl = None
+
+
+def _require_lightning():
+    if pl is None:  # pragma: no cover
+        raise ConfigError("training needs pytorch-lightning: pip install 'diffusion-hpc[train]'")
+
+
+def regress(regressor: HMRRegressor, body_model, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Regressor + body-model forward: the regressor's outputs plus the body's joints.
+
+    Adds ``joints`` ({joint set: (B, J, 3)}, body at the origin: no translation), ``keypoints2d``
+    (B, 17, 2) normalised crop coordinates of the projected COCO-17 joints (with ``cam_t``).
+    The body model runs on its own device (CPU for Anny); results come back to the images' device.
+    """
+    pred = regressor(images)
+    spec = regressor.spec
+    body_device = torch.device("cpu")
+    params = {
+        "global_orient": pred["global_orient"].to(body_device),
+        "body_pose": pred["body_pose"].to(body_device),
+        spec.shape_key: pred["shape"].to(body_device),
+        "transl": torch.zeros_like(pred["global_orient"]).to(body_device),
+    }
+    out = body_model(params)
+    joints = {k: v.to(images.device) for k, v in out.joints.items()}
+    pred["joints"] = joints
+    pred["keypoints2d"] = project_normalised(joints["coco17"], pred["cam_t"])
+    return pred
+
+
+_LightningBase = pl.LightningModule if pl is not None else torch.nn.Module
+
+
+class HMRModule(_LightningBase):
+    """Lightning wrapper: regressor (trained), body model (frozen, not saved), losses, Adam.
+
+    Args mirror :class:`~diffusion_hpc.hmr.model.HMRRegressor`; ``weights`` overrides
+    :class:`~diffusion_hpc.hmr.losses.LossWeights` fields; ``smpl_path`` is the SMPL model file
+    when ``body_model`` is ``"smpl"``.
+    """
+
+    def __init__(
+        self,
+        body_model: str = "anny",
+        backbone: str = "resnet50",
+        pretrained_path: str | None = None,
+        num_iterations: int = 3,
+        lr: float = 1e-4,
+        weights: Mapping[str, float] | None = None,
+        smpl_path: str | None = None,
+        backbone_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        _require_lightning()
+        super().__init__()
+        self.save_hyperparameters()
+        self.regressor = HMRRegressor(
+            body_model, backbone=backbone, pretrained_path=pretrained_path, num_iterations=num_iterations,
+            backbone_config=backbone_config,
+        )
+        self.weights = LossWeights(**dict(weights or {}))
+        self.lr = lr
+        object.__setattr__(self, "_body", None)  # shared frozen body model: not a submodule, not saved
+
+    @property
+    def body(self):
+        if self._body is None:
+            from diffusion_hpc.body import get_body_model
+
+            object.__setattr__(self, "_body", get_body_model(self.hparams.body_model, model_path=self.hparams.smpl_path))
+        return self._body
+
+    def compute_losses(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Loss terms for a collated batch (see :mod:`.data` for its keys)."""
+        import roma
+
+        pred = regress(self.regressor, self.body, batch["image"])
+        gt_rot = roma.rotvec_to_rotmat(torch.cat([batch["global_orient"][:, None], batch["body_pose"]], dim=1))
+        pred_terms = {
+            "keypoints2d": pred["keypoints2d"],
+            "joints3d": pred["joints"]["h36m17"],
+            "rotmat": pred["rotmat"],
+            "shape": pred["shape"],
+            "cam": pred["cam"],
+        }
+        gt_terms = {
+            "keypoints2d": batch["keypoints2d"],
+            "joints3d": batch["joints3d"],
+            "rotmat": gt_rot,
+            "shape": batch["shape"],
+            "has_2d": batch["has_2d"],
+            "has_3d": batch["has_3d"],
+            "has_params": batch["has_params"],
+        }
+        return hmr_losses(pred_terms, gt_terms, self.weights)
+
+    def training_step(self, batch, batch_idx):
+        losses = self.compute_losses(batch)
+        size = batch["image"].shape[0]
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, on_step=True, on_epoch=False, batch_size=size)
+        self.log("train/real_fraction", batch["is_real"].mean(), on_step=True, on_epoch=False, batch_size=size)
+        return losses["total"]
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.regressor.parameters(), lr=self.lr)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints.
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Regressor weights from a Lightning ``.ckpt`` (``regressor.*`` keys), a ``.safetensors`` file,
+    a plain ``torch.save``-d state dict, or a run folder (its ``regressor.safetensors``).
+
+    Uses ``torch.load(..., weights_only=True)``: no code in a checkpoint is executed.
+    """
+    from diffusion_hpc.hmr.model import EXPORT_WEIGHTS
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / EXPORT_WEIGHTS
+    if not p.is_file():
+        raise InputError(f"checkpoint {p} not found")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(p))
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors of many types
+        raise InputError(f"cannot read checkpoint {p} with weights_only=True: {exc}") from None
+    if isinstance(obj, Mapping) and "state_dict" in obj:
+        state = obj["state_dict"]
+        prefix = "regressor."
+        if any(k.startswith(prefix) for k in state):
+            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        return dict(state)
+    if isinstance(obj, Mapping) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return dict(obj)
+    raise InputError(f"checkpoint {p} holds no state dict")
+
+
+def last_checkpoint(out_dir: str | Path) -> Path | None:
+    """``out_dir/checkpoints/last.ckpt`` if present."""
+    path = Path(out_dir) / "checkpoints" / "last.ckpt"
+    return path if path.is_file() else None
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """Global step stored in a Lightning checkpoint (``weights_only=True``)."""
+    return int(torch.load(path, map_location="cpu", weights_only=True).get("global_step", 0))
+
+
+def _callbacks(out: Path, checkpoint_every: int):
+    from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+
+    class FinalSave(Callback):
+        """At the end: ``last.ckpt`` (all ranks call, rank 0 writes) and the safetensors export."""
+
+        def on_train_end(self, trainer, module):
+            trainer.save_checkpoint(str(out / "checkpoints" / "last.ckpt"), weights_only=False)
+            if trainer.is_global_zero:
+                export_regressor(module.regressor, out)
+
+    periodic = ModelCheckpoint(
+        dirpath=str(out / "checkpoints"),
+        filename="{step:07d}",
+        every_n_train_steps=checkpoint_every,
+        save_top_k=1,
+        monitor="step",
+        mode="max",
+        save_last=True,
+    )
+    return [periodic, FinalSave()]
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry point.
+
+
+def train(
+    synthetic_dirs: Sequence[str | Path],
+    real_sources: Sequence[Any] = (),
+    out_dir: str | Path = "runs/hmr",
+    max_steps: int = 1000,
+    batch_size: int = 64,
+    lr: float = 1e-4,
+    real_ratio: float = 0.5,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    devices: int | str = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    accelerator: str = "cpu",
+    *,
+    body_model: str = "anny",
+    smpl_path: str | None = None,
+    backbone: str = "resnet50",
+    pretrained_path: str | Path | None = None,
+    backbone_config: Mapping[str, Any] | None = None,
+    num_iterations: int = 3,
+    crop_size: int = 224,
+    weights: Mapping[str, float] | None = None,
+    augment: bool = True,
+    num_workers: int = 0,
+    checkpoint_every: int = 500,
+    log_every: int = 10,
+    seed: int = 0,
+    max_minutes: float | None = None,
+    progress: bool = False,
+) -> HMRModule:
+    """Fine-tune an HMR regressor on synthetic shards mixed with real benchmarks (DESIGN §2).
+
+    Args:
+        synthetic_dirs: dataset folders written by ``dhpc generate``.
+        real_sources: benchmark sources (see :func:`.data.load_real_source`), mixed in per sample
+            with probability ``real_ratio``.
+        out_dir: run folder (checkpoints, logs, exported regressor).
+        max_steps: total optimiser steps (a resumed run continues up to this count).
+        checkpoint: initial weights (Lightning ckpt, safetensors or run folder); weights only,
+            strict about keys and shapes (:class:`~diffusion_hpc.errors.InputError` otherwise).
+        resume: continue ``out_dir/checkpoints/last.ckpt`` (weights, optimiser, global step).
+        devices, num_nodes, strategy, accelerator: Lightning ``Trainer`` flags.
+        backbone, pretrained_path, num_iterations: see :class:`~diffusion_hpc.hmr.model.HMRRegressor`.
+        backbone_config: a ``transformers`` config dict replacing the named architecture.
+        crop_size: crop side in pixels (224 as in SPIN; smaller for tests).
+        weights: overrides of :class:`~diffusion_hpc.hmr.losses.LossWeights` fields.
+        augment: rotation / scale / colour / flip augmentation (:class:`.data.AugmentConfig`).
+        num_workers: DataLoader worker processes per rank.
+        checkpoint_every: steps between periodic checkpoints (``last.ckpt`` is also written at the end).
+        max_minutes: wall-clock bound of the run (Lightning ``max_time``), besides ``max_steps``; like
+            ``max_steps`` it is a total: Lightning restores the elapsed time on resume.
+    Returns:
+        The trained :class:`HMRModule`.
+    """
+    _require_lightning()
+    from pytorch_lightning.loggers import CSVLogger
+
+    from diffusion_hpc.hmr.data import AugmentConfig, MixedStream, RealDataset, SyntheticShards
+
+    out = Path(out_dir)
+    if resume and checkpoint is not None:
+        raise ConfigError("give either --resume (continue this run) or --checkpoint (start from weights), not both")
+    ckpt_path = None
+    start_step = 0
+    if resume:
+        ckpt_path = last_checkpoint(out)
+        if ckpt_path is None:
+            raise InputError(f"nothing to resume: {out / 'checkpoints' / 'last.ckpt'} does not exist")
+        start_step = checkpoint_step(ckpt_path)
+        if start_step >= max_steps:
+            log.warning("run %s is already at step %d >= max_steps %d; nothing to do", out, start_step, max_steps)
+    pl.seed_everything(seed + start_step, workers=True, verbose=False)
+
+    aug = AugmentConfig() if augment else None
+    synthetic = (
+        SyntheticShards(synthetic_dirs, size=crop_size, augment=aug, body_model=body_model, seed=seed) if synthetic_dirs else None
+    )
+    real = None
+    if real_sources:
+        parts = [RealDataset(s, size=crop_size, augment=aug, body_model=body_model, seed=seed) for s in real_sources]
+        real = parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
+    stream = MixedStream(synthetic, real, real_ratio=real_ratio, seed=seed)
+    stream.set_start(start_step)
+    loader = torch.utils.data.DataLoader(
+        stream, batch_size=batch_size, num_workers=num_workers, persistent_workers=False, pin_memory=False
+    )
+
+    module = HMRModule(
+        body_model=body_model, backbone=backbone, pretrained_path=None if pretrained_path is None else str(pretrained_path),
+        num_iterations=num_iterations, lr=lr, weights=weights, smpl_path=smpl_path,
+        backbone_config=None if backbone_config is None else dict(backbone_config),
+    )  # fmt: skip
+    if checkpoint is not None:
+        load_state_strict(module.regressor, load_weights(checkpoint), source=str(checkpoint))
+
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = pl.Trainer(
+        default_root_dir=str(out),
+        max_steps=max_steps,
+        max_epochs=-1,
+        max_time=None if max_minutes is None else {"minutes": float(max_minutes)},
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        logger=CSVLogger(str(out), name="logs"),
+        callbacks=_callbacks(out, max(1, checkpoint_every)),
+        log_every_n_steps=max(1, log_every),
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        use_distributed_sampler=False,  # the stream shards itself by rank and worker
+        deterministic=False,
+    )
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=None if ckpt_path is None else str(ckpt_path), weights_only=True)
+    return module

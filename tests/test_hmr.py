@@ -1,0 +1,241 @@
+"""HMR regressor, losses, crops / flips and Lightning training (tiny backbone, 64-px crops)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("pytorch_lightning")
+
+CROP = 64
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    from diffusion_hpc.config import GenerateConfig
+    from diffusion_hpc.pipeline.generate import generate
+
+    out = tmp_path_factory.mktemp("hmr") / "d"
+    generate(GenerateConfig(n=8, image_size=(96, 96), batch_size=8), out=out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_dataset, tmp_path_factory):
+    """2 steps, export copied to ``initial``, then resumed to 20 steps."""
+    from diffusion_hpc.hmr.train import train
+
+    run = tmp_path_factory.mktemp("hmr") / "run"
+    common = dict(out_dir=run, batch_size=8, backbone="tiny", crop_size=CROP, lr=1e-3, augment=False, log_every=1, checkpoint_every=5)
+    train([tiny_dataset], max_steps=2, **common)
+    initial = run.parent / "initial"
+    initial.mkdir()
+    for name in ("regressor.json", "regressor.safetensors"):
+        shutil.copy(run / name, initial / name)
+    module = train([tiny_dataset], max_steps=20, resume=True, **common)
+    return run, initial, module
+
+
+def _fixed_batch(dataset_dir):
+    from diffusion_hpc.hmr.data import SyntheticShards
+
+    ds = SyntheticShards([dataset_dir], size=CROP, augment=None, shuffle_buffer=1, repeat=False)
+    return torch.utils.data.default_collate(list(ds))
+
+
+def _eval_loss(regressor_dir, batch) -> float:
+    from diffusion_hpc.hmr.model import load_regressor
+    from diffusion_hpc.hmr.train import HMRModule
+
+    module = HMRModule(backbone="tiny")
+    module.regressor = load_regressor(regressor_dir)
+    module.eval()
+    with torch.no_grad():
+        return float(module.compute_losses(batch)["total"])
+
+
+def test_training_lowers_loss(trained_run, tiny_dataset):
+    run, initial, _ = trained_run
+    batch = _fixed_batch(tiny_dataset)
+    before, after = _eval_loss(initial, batch), _eval_loss(run, batch)
+    assert after < 0.8 * before, (before, after)
+
+
+def test_resume_continues_step_count(trained_run):
+    from diffusion_hpc.hmr.train import checkpoint_step
+
+    run, _, module = trained_run
+    assert module.trainer.global_step == 20
+    assert checkpoint_step(run / "checkpoints" / "last.ckpt") == 20
+    import csv
+
+    rows = list(csv.DictReader((run / "logs" / "version_1" / "metrics.csv").open()))
+    steps = [int(r["step"]) for r in rows if r.get("train/total")]
+    assert steps[0] == 2 and steps[-1] == 19
+    assert all(np.isfinite(float(r["train/total"])) for r in rows if r.get("train/total"))
+
+
+def test_finetune_checkpoint_is_strict(trained_run):
+    from diffusion_hpc.errors import InputError
+    from diffusion_hpc.hmr.model import HMRRegressor, load_state_strict
+    from diffusion_hpc.hmr.train import load_weights
+
+    run, _, _ = trained_run
+    state = load_weights(run / "checkpoints" / "last.ckpt")
+    load_state_strict(HMRRegressor("anny", backbone="tiny"), state)  # same architecture: fine
+    with pytest.raises(InputError, match="shape mismatches"):
+        load_state_strict(HMRRegressor("smpl", backbone="tiny"), state)
+
+
+@pytest.mark.parametrize("rotation", [0.0, 20.0])
+def test_flip_is_consistent_with_mirrored_params(tiny_dataset, rotation):
+    from diffusion_hpc.body import get_body_model
+    from diffusion_hpc.data import open_dataset
+    from diffusion_hpc.geometry.camera import project
+    from diffusion_hpc.hmr.data import Augmentation, crop_sample, denormalise_keypoints
+
+    body = get_body_model("anny")
+    for rec in list(open_dataset(tiny_dataset))[:3]:
+        args = (rec["image"], rec["keypoints2d"], rec["joints3d"], rec["params"], rec["K"])
+        plain = crop_sample(*args, size=CROP, mask=rec["mask"], augment=Augmentation(rotation_deg=rotation))
+        flip = crop_sample(*args, size=CROP, mask=rec["mask"], augment=Augmentation(rotation_deg=rotation, flip=True))
+        assert torch.equal(flip["image"], plain["image"].flip(-1))
+        params = {k: flip[k][None] for k in ("global_orient", "body_pose", "transl")} | {"phenotype": flip["shape"][None]}
+        out = body(params)
+        uv = project(out.joints["coco17"][0].numpy(), flip["K"].numpy())
+        np.testing.assert_allclose(uv, denormalise_keypoints(flip["keypoints2d"][:, :2].numpy(), CROP), atol=0.3)
+        np.testing.assert_allclose(out.joints["h36m17"][0].numpy(), flip["joints3d"][:, :3].numpy(), atol=3e-3)
+        # the flipped keypoints are the mirrored, left/right-swapped unflipped ones
+        from diffusion_hpc.body.joint_sets import flip_permutation
+
+        mirrored = plain["keypoints2d"][flip_permutation("coco17")] * torch.tensor([-1.0, 1.0, 1.0])
+        torch.testing.assert_close(flip["keypoints2d"], mirrored, atol=1e-5, rtol=0)
+
+
+def test_output_shapes_anny_smpl_vit():
+    from transformers import ViTConfig
+
+    from diffusion_hpc.hmr.model import BODY_SPECS, HMRRegressor
+
+    images = torch.rand(2, 3, CROP, CROP)
+    anny = HMRRegressor("anny", backbone="tiny").eval()
+    out = anny(images)
+    assert out["pose6d"].shape == (2, 31, 6) and out["rotmat"].shape == (2, 31, 3, 3)
+    assert out["global_orient"].shape == (2, 3) and out["body_pose"].shape == (2, 30, 3)
+    assert out["phenotype"].shape == (2, 6) and bool(((out["phenotype"] > 0) & (out["phenotype"] < 1)).all())
+    assert out["cam"].shape == (2, 3) and out["cam_t"].shape == (2, 3) and out["states"].shape[0] == 3
+    # the IEF head starts near the mean: upright, facing the camera, neutral shape
+    root = torch.tensor(BODY_SPECS["anny"].canonical_to_camera)
+    assert torch.allclose(out["rotmat"][:, 0], root.expand(2, 3, 3), atol=0.05)
+    assert torch.allclose(out["phenotype"], torch.full((2, 6), 0.5), atol=0.05)
+
+    smpl = HMRRegressor("smpl", backbone="tiny", num_iterations=2)(images)
+    assert smpl["body_pose"].shape == (2, 23, 3) and smpl["betas"].shape == (2, 10) and smpl["rotmat"].shape == (2, 24, 3, 3)
+
+    tiny_vit = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=CROP, patch_size=16)
+    vit = HMRRegressor("anny", backbone="vit", backbone_config=tiny_vit.to_dict())(images)
+    assert vit["body_pose"].shape == (2, 30, 3)
+
+
+def test_pretrained_dir(tmp_path):
+    from transformers import ResNetModel
+
+    from diffusion_hpc.errors import MissingModelError
+    from diffusion_hpc.hmr.model import BACKBONE_CONFIGS, HMRRegressor
+
+    missing = tmp_path / "no-such-backbone"
+    with pytest.raises(MissingModelError, match="no-such-backbone"):
+        HMRRegressor("anny", backbone="tiny", pretrained_path=missing)
+    from transformers import ResNetConfig
+
+    cfg = {k: v for k, v in BACKBONE_CONFIGS["tiny"].items() if k != "kind"}
+    saved = ResNetModel(ResNetConfig(**cfg))
+    saved.save_pretrained(tmp_path / "tiny")
+    model = HMRRegressor("anny", backbone="tiny", pretrained_path=tmp_path / "tiny")
+    for name, value in saved.state_dict().items():
+        torch.testing.assert_close(model.backbone.state_dict()[name], value)
+
+
+def test_losses_are_masked():
+    from diffusion_hpc.hmr.losses import LossWeights, hmr_losses, rotmat_loss
+
+    pred = torch.zeros(2, 4, 3, 3, requires_grad=True)
+    gt = torch.stack([torch.zeros(4, 3, 3), torch.ones(4, 3, 3)])
+    assert float(rotmat_loss(pred.detach(), gt, torch.tensor([1.0, 0.0]))) == 0.0
+    assert float(rotmat_loss(pred.detach(), gt, torch.tensor([0.0, 1.0]))) == 1.0
+    zero = rotmat_loss(pred, gt, torch.tensor([0.0, 0.0]))
+    zero.backward()
+    assert float(zero) == 0.0 and pred.grad is not None
+    assert LossWeights().keypoints2d == 5.0 and LossWeights().rotmat == 1.0 and LossWeights().shape == 0.001
+    terms = hmr_losses(
+        {"keypoints2d": torch.zeros(2, 17, 2), "joints3d": torch.zeros(2, 17, 3), "rotmat": pred, "shape": torch.zeros(2, 6), "cam": torch.ones(2, 3)},
+        {"keypoints2d": torch.ones(2, 17, 3), "joints3d": torch.zeros(2, 17, 4), "rotmat": gt, "shape": torch.zeros(2, 6),
+         "has_2d": torch.ones(2), "has_3d": torch.zeros(2), "has_params": torch.tensor([0.0, 1.0])},
+    )  # fmt: skip
+    assert float(terms["keypoints2d"]) == 1.0 and float(terms["rotmat"]) == 1.0
+    assert float(terms["total"]) == pytest.approx(5.0 + 1.0 + float(terms["camera"]))
+
+
+def test_shards_split_across_consumers(tiny_dataset, monkeypatch):
+    from diffusion_hpc.hmr.data import SyntheticShards, consumer_id
+
+    ds = SyntheticShards([tiny_dataset], size=CROP, augment=None, repeat=False)
+    keys = []
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        cid, count = consumer_id()
+        keys.append({r["key"] for r in ds._records(np.random.default_rng(0), cid, count)})
+    assert keys[0].isdisjoint(keys[1]) and len(keys[0] | keys[1]) == 8
+
+
+def test_mixed_stream_masks(tiny_dataset):
+    from diffusion_hpc.hmr.data import MixedStream, SyntheticShards
+
+    class FakeReal(torch.utils.data.Dataset):
+        def __init__(self, like):
+            self.like = like
+
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return self.like | {"has_params": torch.tensor(0.0), "has_3d": torch.tensor(0.0), "is_real": torch.tensor(1.0)}
+
+    syn = SyntheticShards([tiny_dataset], size=CROP, augment=None)
+    sample = next(iter(syn))
+    stream = iter(MixedStream(syn, FakeReal(sample), real_ratio=0.5, seed=1))
+    batch = torch.utils.data.default_collate([next(stream) for _ in range(40)])
+    frac = float(batch["is_real"].mean())
+    assert 0.2 < frac < 0.8
+    assert torch.equal(batch["has_params"], 1.0 - batch["is_real"])
+
+
+def test_real_dataset_from_benchmark_set(tiny_dataset, tmp_path):
+    import cv2
+
+    from diffusion_hpc.data import open_dataset
+    from diffusion_hpc.data.benchmarks import BenchmarkSet, box_from_keypoints
+    from diffusion_hpc.hmr.data import RealDataset
+
+    recs = list(open_dataset(tiny_dataset))[:2]
+    paths = []
+    for i, rec in enumerate(recs):
+        paths.append(tmp_path / f"{i}.png")
+        cv2.imwrite(str(paths[-1]), rec["image"][..., ::-1])
+    kp = np.stack([r["keypoints2d"] for r in recs])
+    kp[..., 2] = kp[..., 2] > 0
+    center, scale = box_from_keypoints(kp, "coco17")
+    bench = BenchmarkSet(
+        name="fake", image_paths=paths, center=center, scale=scale, keypoints2d=kp, joint_set="coco17",
+        joints3d=np.stack([r["joints3d"]["h36m17"] for r in recs]), joints3d_set="h36m17",
+    )  # fmt: skip
+    ds = RealDataset(bench, size=CROP, augment=None)
+    sample = ds[0]
+    assert sample["image"].shape == (3, CROP, CROP) and float(sample["is_real"]) == 1.0
+    assert float(sample["has_2d"]) == 1.0 and float(sample["has_3d"]) == 1.0 and float(sample["has_params"]) == 0.0
+    assert bool((sample["keypoints2d"][:, :2].abs() <= 1.0).all())
