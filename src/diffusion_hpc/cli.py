@@ -145,6 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--crop-size", type=int, default=224)
     ev.add_argument("--smpl-path", help="SMPL model file or folder, for SMPL regressors")
 
+    bb = sub.add_parser("backbone", help="diffusion backbones: write a tiny random one for smoke tests",
+                        description="Backbone tools. 'tiny' writes a tiny randomly initialised text-to-image + "
+                        "depth-to-image + ControlNet-depth set (64x64, offline CLIP tokenizer) that --backbone accepts, "
+                        "to check an install without a GPU. Its images are noise by design.")
+    bbsub = bb.add_subparsers(dest="backbone_command", metavar="ACTION")
+    tiny = bbsub.add_parser("tiny", help="write the tiny random backbone set")
+    tiny.add_argument("--out", required=True, type=Path, help="folder to write")
+    tiny.add_argument("--seed", type=int, default=0)
+
     e = sub.add_parser("export", help="export a dataset for other training code (SPIN npz, COCO json)",
                        description="Write a dataset as a SPIN-style npz or a COCO keypoints json, with the images "
                        "in an images/ folder beside the output file. Crop cameras (focal 5000 at 224 px) are "
@@ -270,6 +279,17 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_backbone(args, parser) -> int:
+    if args.backbone_command != "tiny":
+        parser.parse_args(["backbone", "--help"])
+        return 2
+    from diffusion_hpc.generate.tiny import write_tiny_backbone
+
+    path = write_tiny_backbone(args.out, seed=args.seed)
+    print(f"tiny backbone -> {path or args.out} (use --backbone {args.out})")
+    return 0
+
+
 def cmd_export(args) -> int:
     from diffusion_hpc.data.export import export_dataset
 
@@ -298,6 +318,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # the ML libraries' own chatter (read when they are first imported)
+        import os
+
+        for name in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
+            os.environ.setdefault(name, "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if args.command is None:
         parser.print_help()
         return 2
@@ -314,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(args)
         if args.command == "evaluate":
             return cmd_evaluate(args)
+        if args.command == "backbone":
+            return cmd_backbone(args, parser)
         if args.command == "export":
             return cmd_export(args)
         if args.command == "prior":

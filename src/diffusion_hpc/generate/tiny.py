@@ -1,0 +1,181 @@
+"""A tiny, randomly initialised diffusion backbone for smoke tests (``dhpc backbone tiny --out DIR``).
+
+It produces noise-like images, but every code path of the real backbones runs on it: text encoder,
+tokenizer, VAE, UNet, scheduler, depth channel, ControlNet residuals. Layout of ``DIR``::
+
+    DIR/dhpc_backbone.json      describes the bundle (read by diffusion_hpc.generate.weights)
+    DIR/text2img/               StableDiffusionPipeline (UNet 4 -> 4 channels)
+    DIR/depth2img/              StableDiffusionDepth2ImgPipeline (UNet 5 -> 4: latents + depth),
+                                saved without a depth estimator
+    DIR/controlnet_depth/       ControlNetModel for the text2img UNet
+
+All three share the same VAE (downsampling factor 8: 64x64 images -> 8x8 latents), CLIP text
+encoder and an offline byte-level CLIP tokenizer (514 tokens: 256 byte symbols, 256 word-final
+byte symbols, start / end tokens; no merges). The tokenizer is far smaller than CLIP's 49,408 tokens,
+so ``model_index.json`` carries ``"_dhpc_tiny": true`` and each pipeline folder a ``dhpc_tiny.json``
+sidecar: :func:`diffusion_hpc.generate.weights.check_tokenizer` accepts small tokenizers only there.
+
+The output is a deterministic function of ``seed`` (same weights, same files' contents).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+#: file describing a backbone bundle
+BUNDLE_FILE = "dhpc_backbone.json"
+#: sidecar marking a pipeline folder as a tiny test backbone (small tokenizer allowed)
+TINY_MARKER = "dhpc_tiny.json"
+#: image side of the tiny backbone
+TINY_IMAGE_SIZE = 64
+
+_CROSS_DIM = 32
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2 / CLIP's reversible byte -> printable unicode symbol table (256 entries)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\u00a1"), ord("\u00ac") + 1))
+    printable += list(range(ord("\u00ae"), ord("\u00ff") + 1))
+    codes = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            codes.append(256 + extra)
+            extra += 1
+    return {b: chr(c) for b, c in zip(printable, codes)}
+
+
+def byte_level_vocab() -> tuple[dict[str, int], list[str]]:
+    """A CLIP-style byte-level BPE vocabulary with no merges: (vocab token -> id, merges).
+
+    Tokens are GPT-2's byte-to-unicode symbols, then the same symbols with the word-final ``</w>``
+    suffix, then ``<|startoftext|>`` and ``<|endoftext|>`` (ids 512, 513).
+    """
+    symbols = list(bytes_to_unicode().values())
+    tokens = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
+    return {t: i for i, t in enumerate(tokens)}, []
+
+
+def tiny_tokenizer():
+    """The offline tiny :class:`transformers.CLIPTokenizer` (514 tokens, max length 77)."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = byte_level_vocab()
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def _text_encoder(vocab_size: int, bos: int, eos: int):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=_CROSS_DIM, intermediate_size=37, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, bos_token_id=bos, eos_token_id=eos,
+        pad_token_id=eos, projection_dim=_CROSS_DIM,
+    )  # fmt: skip
+    return CLIPTextModel(cfg).eval()
+
+
+def _vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(16, 16, 32, 32), in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1, norm_num_groups=8, sample_size=TINY_IMAGE_SIZE,
+    ).eval()  # fmt: skip
+
+
+_UNET_KW = dict(
+    block_out_channels=(32, 64), layers_per_block=2, norm_num_groups=8,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), cross_attention_dim=_CROSS_DIM,
+    attention_head_dim=8,
+)  # fmt: skip
+
+
+def _unet(in_channels: int):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        in_channels=in_channels, out_channels=4, up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        sample_size=TINY_IMAGE_SIZE // 8, **_UNET_KW,
+    ).eval()
+
+
+def _controlnet():
+    from diffusers import ControlNetModel
+
+    return ControlNetModel(
+        in_channels=4, conditioning_embedding_out_channels=(8, 8, 16, 16), **_UNET_KW
+    ).eval()
+
+
+def _scheduler():
+    from diffusers import DDIMScheduler
+
+    # Stable Diffusion's training schedule
+    return DDIMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
+    )  # fmt: skip
+
+
+def _mark_tiny(folder: Path, seed: int) -> None:
+    index = folder / "model_index.json"
+    data = json.loads(index.read_text())
+    data["_dhpc_tiny"] = True  # leading underscore: diffusers ignores it when loading
+    index.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    (folder / TINY_MARKER).write_text(json.dumps({"tiny": True, "seed": seed}) + "\n")
+
+
+def write_tiny_backbone(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write the tiny text2img + depth2img + ControlNet-depth bundle to ``out_dir`` (created).
+
+    Args:
+        out_dir: target directory; existing files of the bundle are overwritten.
+        seed: weight initialisation seed (same seed -> same weights).
+
+    Returns:
+        ``out_dir`` as a Path; pass it as ``--backbone``.
+    """
+    import torch
+    from diffusers import StableDiffusionDepth2ImgPipeline, StableDiffusionPipeline
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = tiny_tokenizer()
+    bos, eos = tokenizer.convert_tokens_to_ids(["<|startoftext|>", "<|endoftext|>"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text_encoder = _text_encoder(len(tokenizer), bos, eos)
+        vae = _vae()
+        unet = _unet(4)
+        unet_depth = _unet(5)
+        controlnet = _controlnet()
+
+    t2i = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=_scheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    t2i.save_pretrained(out / "text2img")
+    d2i = StableDiffusionDepth2ImgPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet_depth, scheduler=_scheduler(),
+        depth_estimator=None, feature_extractor=None,
+    )  # fmt: skip
+    d2i.save_pretrained(out / "depth2img")
+    controlnet.save_pretrained(out / "controlnet_depth")
+    for sub in ("text2img", "depth2img"):
+        _mark_tiny(out / sub, seed)
+    bundle = {
+        "format": "dhpc-backbone",
+        "version": 1,
+        "tiny": True,
+        "seed": int(seed),
+        "image_size": [TINY_IMAGE_SIZE, TINY_IMAGE_SIZE],
+        "text2img": "text2img",
+        "depth2img": "depth2img",
+        "controlnet_depth": "controlnet_depth",
+    }
+    (out / BUNDLE_FILE).write_text(json.dumps(bundle, indent=2, sort_keys=True) + "\n")
+    return out

@@ -1,0 +1,321 @@
+"""Diffusion generators, conditioning, weights and segmenters on the tiny random backbone."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+from diffusion_hpc.errors import MissingModelError  # noqa: E402
+from diffusion_hpc.generate import conditioning as C  # noqa: E402
+from diffusion_hpc.generate.base import (  # noqa: E402
+    NEGATIVE_PROMPT,
+    PRESETS,
+    GenerationBatch,
+    expected_unet_evals,
+    format_prompt,
+    prompt_for_sample,
+)
+from diffusion_hpc.generate.weights import check_models, check_tokenizer  # noqa: E402
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny UNet is ~70x slower with 2 threads on a shared 2-core machine (oversubscription)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+    from diffusion_hpc.generate.tiny import write_tiny_backbone
+
+    return write_tiny_backbone(tmp_path_factory.mktemp("tiny") / "bb", seed=0)
+
+
+@pytest.fixture(scope="module")
+def t2i(backbone):
+    from diffusion_hpc.generate.diffusion import Text2ImageGenerator
+
+    return Text2ImageGenerator(backbone, preset="default", steps=2)
+
+
+@pytest.fixture(scope="module")
+def d2i(backbone):
+    from diffusion_hpc.generate.diffusion import DepthRegenerator
+
+    return DepthRegenerator(backbone, method="depth2img", preset="default", steps=4, strength=0.7)
+
+
+@pytest.fixture(scope="module")
+def cnet(backbone, t2i):
+    from diffusion_hpc.generate.diffusion import DepthRegenerator
+
+    return DepthRegenerator(backbone, method="controlnet", preset="default", steps=4, strength=0.7, share_with=t2i)
+
+
+def _scene(b: int, first: int = 0):
+    """Start images (item i from its own rng), a box-shaped person with a depth ramp, an occluder bar."""
+    images = np.stack([np.random.default_rng(7 + first + i).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+                       for i in range(b)])  # fmt: skip
+    depth = np.zeros((b, SIZE, SIZE), np.float32)
+    depth[:, 12:52, 22:42] = 3.0 + np.linspace(0.0, 0.5, 20, dtype=np.float32)[None, None, :]
+    occ = np.zeros((b, SIZE, SIZE), bool)
+    occ[:, 40:46, :] = True
+    return images, depth, depth > 0, occ
+
+
+def _regen_batch(seeds, start=True, first=0):
+    b = len(seeds)
+    images, depth, sil, occ = _scene(b, first)
+    return GenerationBatch(seeds=list(seeds), prompts=[format_prompt("doing a backflip", first + i) for i in range(b)],
+                           start_images=images if start else None, person_masks=sil if start else None,
+                           silhouettes=sil, occluder_masks=occ, depth=depth)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# pure functions
+
+
+def test_depth_to_disparity_matches_the_original_formula():
+    depth = torch.tensor([[[0.0, 2.0, 3.0], [4.0, 0.0, 0.0]]])
+    out = C.depth_to_disparity(depth, scheme="original")
+    # foreground 2, 3, 4 m -> rescaled to 150, 180, 210 -> max + 50 - d = 260 - d
+    expected = torch.tensor([[[0.0, 110.0, 80.0], [50.0, 0.0, 0.0]]])
+    assert torch.allclose(out, expected)
+    inv = C.depth_to_disparity(depth, scheme="inverse")
+    assert torch.allclose(inv, torch.tensor([[[0.0, 1.0, 2 / 3], [0.5, 0.0, 0.0]]]))
+    # per sample, constant foreground -> 50 (the span is 0), empty sample -> all 0
+    batch = torch.stack([torch.tensor([[0.0, 5.0], [5.0, 0.0]]), torch.zeros(2, 2)])
+    out = C.depth_to_disparity(batch)
+    assert torch.equal(out, torch.tensor([[[0.0, 50.0], [50.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]]))
+
+
+def test_occluders_are_zeroed_in_the_conditioning_depth():
+    _, depth, _, occ = _scene(2)
+    depth, occ = torch.from_numpy(depth), torch.from_numpy(occ)
+    for scheme in ("original", "inverse"):
+        free = C.depth_to_disparity(depth, scheme=scheme)
+        out = C.depth_to_disparity(depth, occ, scheme=scheme)
+        assert (out[occ] == 0).all() and (free[occ & (depth > 0)] > 0).all()
+        assert torch.equal(out[~occ], free[~occ])  # the rest is unchanged
+
+
+def test_composited_start_latents_are_noise_inside_and_image_outside():
+    g = torch.Generator().manual_seed(0)
+    lat = torch.randn(2, 4, 8, 8, generator=g)
+    noise = torch.randn(2, 4, 8, 8, generator=g)
+    person = np.zeros((2, 64, 64), bool)
+    person[0, 10:30, 20:40] = True
+    sil = np.zeros_like(person)
+    sil[1, 33:34, 5:6] = True  # one pixel: the "any" rule takes its whole latent cell
+    occ = np.zeros_like(person)
+    occ[0, 10:30, 32:40] = True
+    region = torch.from_numpy(C.human_region(person, sil, occ))
+    out = C.composite_start_latents(lat, region, noise)
+    cell = C.latent_mask(region, (8, 8)).unsqueeze(1).expand_as(lat)
+    assert cell[0, 0, 1:4, 2:4].all() and not cell[0, 0, 1:4, 4:5].any()
+    assert cell[1, 0, 4, 0] and cell[1].sum() == 4  # 1 cell x 4 channels
+    assert torch.equal(out[cell], noise[cell]) and torch.equal(out[~cell], lat[~cell])
+    area = C.latent_mask(region, (8, 8), rule="area")
+    assert not area[1].any() and area[0, 1:4, 3].all() and area[0, 2, 2] and not area[0, 1, 2]  # 6/8 x 4/8 < 0.5
+
+
+def test_blur_augment_radius_and_determinism():
+    img = np.zeros((32, 32, 3), np.uint8)
+    img[:, 16:] = 255
+    a = C.blur_augment(img, np.random.default_rng(1))
+    b = C.blur_augment(img, np.random.default_rng(1))
+    assert np.array_equal(a, b) and not np.array_equal(a, img)
+    radii = [C.sample_blur_radius(np.random.default_rng(s)) for s in range(50)]
+    assert min(radii) >= 1.0 and max(radii) <= 2.5
+
+
+def test_prompts_and_expected_costs():
+    assert format_prompt("skiing", 1) == "a side shot of a person skiing"
+    assert prompt_for_sample("diving", 5) == prompt_for_sample("diving", 5)
+    assert NEGATIVE_PROMPT == "deformed, bad anatomy"
+    orig = PRESETS["original"]
+    t = expected_unet_evals(orig.txt2img_steps, orig.guidance)
+    r = expected_unet_evals(orig.regen_steps, orig.guidance, orig.strength)
+    assert (t, r) == (100, 70)
+    d = PRESETS["default"]
+    assert expected_unet_evals(d.txt2img_steps, d.guidance) + expected_unet_evals(d.regen_steps, d.guidance, 0.7) <= 70
+
+
+def test_importing_generate_and_segment_is_light():
+    code = ("import sys, diffusion_hpc.generate.base, diffusion_hpc.generate.weights, "
+            "diffusion_hpc.generate.conditioning, diffusion_hpc.generate.diffusion, diffusion_hpc.generate.tiny, "
+            "diffusion_hpc.segment, diffusion_hpc.segment.instance, diffusion_hpc.segment.mediapipe_seg; "
+            "bad = [m for m in ('torch', 'diffusers', 'transformers', 'mediapipe') if m in sys.modules]; "
+            "assert not bad, bad")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# --------------------------------------------------------------------------------------------
+# weights
+
+
+def test_missing_models_are_reported_together_before_any_work(tmp_path):
+    specs = {"backbone": "nobody-dhpc/missing-backbone", "controlnet": str(tmp_path / "no-controlnet"),
+             "segmenter": "nobody-dhpc/missing-segmenter"}  # fmt: skip
+    with pytest.raises(MissingModelError) as err:
+        check_models(specs)
+    msg = str(err.value)
+    assert msg.startswith("3 models are missing")
+    for spec in specs.values():
+        assert spec in msg
+    assert "hf download nobody-dhpc/missing-backbone" in msg and "Hugging Face cache" in msg
+    assert str(tmp_path / "no-controlnet") in msg and "--controlnet DIR" in msg
+    from diffusion_hpc.generate.diffusion import DepthRegenerator
+
+    with pytest.raises(MissingModelError):
+        DepthRegenerator("nobody-dhpc/missing-backbone", method="controlnet", controlnet=str(tmp_path / "x"))
+
+
+def test_tokenizer_trap_is_caught(backbone, tmp_path):
+    broken = tmp_path / "sd"
+    shutil.copytree(backbone / "text2img", broken)
+    (broken / "dhpc_tiny.json").unlink()
+    index = json.loads((broken / "model_index.json").read_text())
+    index.pop("_dhpc_tiny")
+    (broken / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(MissingModelError, match="only 514 tokens"):
+        check_models({"backbone": str(broken)})
+    found = check_models({"backbone": str(backbone), "segmenter": "mediapipe"})  # the tiny one is allowed
+    assert found["backbone"] == backbone.resolve()
+
+    class TwoTokens:
+        def __len__(self):
+            return 2
+
+    with pytest.raises(MissingModelError, match="only 2 tokens"):
+        check_tokenizer(TwoTokens(), "openai/clip-vit-large-patch14")
+
+
+def test_tiny_backbone_is_deterministic(backbone, tmp_path):
+    from diffusion_hpc.generate.tiny import write_tiny_backbone
+
+    other = write_tiny_backbone(tmp_path / "again", seed=0)
+    for part in ("text2img/unet", "depth2img/unet", "controlnet_depth"):
+        a = (backbone / part / "diffusion_pytorch_model.safetensors").read_bytes()
+        assert a == (other / part / "diffusion_pytorch_model.safetensors").read_bytes()
+
+
+# --------------------------------------------------------------------------------------------
+# generators
+
+
+def test_txt2img_is_deterministic_per_seed_and_batch_free(t2i):
+    prompts = [format_prompt("pole vaulting", i) for i in range(3)]
+    out = t2i.generate(GenerationBatch(seeds=[11, 12, 13], prompts=prompts, size=(SIZE, SIZE)))
+    assert out.images.shape == (3, SIZE, SIZE, 3) and out.images.dtype == np.uint8
+    again = t2i.generate(GenerationBatch(seeds=[11, 12, 13], prompts=prompts, size=(SIZE, SIZE)))
+    assert np.array_equal(out.images, again.images)
+    alone = t2i.generate(GenerationBatch(seeds=[12], prompts=prompts[1:2], size=(SIZE, SIZE)))
+    diff = np.abs(alone.images[0].astype(int) - out.images[1])
+    assert diff.max() <= 2  # batched kernels round differently; no change beyond that
+    assert not np.array_equal(out.images[0], out.images[2])
+    assert (out.unet_evals == 2 * 2).all()  # 2 steps x guidance
+
+
+@pytest.mark.parametrize("which", ["d2i", "cnet"])
+def test_depth_regeneration_runs_and_counts(which, request):
+    gen = request.getfixturevalue(which)
+    out = gen.generate(_regen_batch([1, 2]))
+    assert out.images.shape == (2, SIZE, SIZE, 3)
+    assert out.info["steps_run"] == round(0.7 * 4) == 3
+    assert (out.unet_evals == 3 * 2).all()
+    assert (out.controlnet_evals == (6 if which == "cnet" else 0)).all()
+    again = gen.generate(_regen_batch([1, 2]))
+    assert np.array_equal(out.images, again.images)
+    alone = gen.generate(_regen_batch([2], first=1))
+    assert np.abs(alone.images[0].astype(int) - out.images[1]).max() <= 2
+    # mode D: no start image -> all steps from noise
+    d = gen.generate(_regen_batch([3], start=False))
+    assert d.info["steps_run"] == 4 and (d.unet_evals == 8).all()
+
+
+def test_unet_counts_equal_steps_times_guidance_factor(backbone, t2i):
+    from diffusion_hpc.generate.diffusion import DepthRegenerator, Text2ImageGenerator
+
+    off = Text2ImageGenerator(backbone, steps=3, guidance=1.0)
+    out = off.generate(GenerationBatch(seeds=[1, 2], prompts=["a", "b"], size=(SIZE, SIZE)))
+    assert (out.unet_evals == 3).all() and off.unet_evals_per_sample() == 3
+    assert t2i.unet_evals_per_sample() == 4
+    for guidance, factor in ((7.5, 2), (1.0, 1)):
+        gen = DepthRegenerator(backbone, method="depth2img", preset="original", guidance=guidance)
+        out = gen.generate(_regen_batch([5]))
+        assert out.info["steps_run"] == 35  # strength 0.7 of 50 steps
+        assert (out.unet_evals == 35 * factor).all() and gen.unet_evals_per_sample() == 35 * factor
+
+
+# --------------------------------------------------------------------------------------------
+# segmenters
+
+
+def test_instance_masks_from_instances():
+    from diffusion_hpc.segment.instance import masks_from_instances
+
+    m = np.zeros((4, 20, 20), bool)
+    m[0, 2:10, 2:8] = True  # person
+    m[1, 8:12, 6:14] = True  # overlaps the person box: occluder
+    m[2, 15:19, 15:19] = True  # far away: not an occluder
+    m[3, 3:5, 3:5] = True  # person-box overlap but low score: ignored
+    person, occ, score = masks_from_instances(m, np.array([0, 5, 5, 7]), np.array([0.9, 0.8, 0.9, 0.3]), [0])
+    assert np.array_equal(person, m[0]) and score == pytest.approx(0.9)
+    assert np.array_equal(occ, m[1] & ~m[0]) and not (occ & m[2]).any()
+
+
+def test_mediapipe_person_mask_on_a_real_photo():
+    import importlib.util
+    from pathlib import Path
+
+    pytest.importorskip("mediapipe")
+    spec = importlib.util.find_spec("skimage")
+    if spec is None:
+        pytest.skip("scikit-image (ships the astronaut photo) is not installed")
+    from PIL import Image
+
+    from diffusion_hpc.segment import make_segmenter
+
+    photo = Path(spec.origin).parent / "data" / "astronaut.png"
+    image = np.asarray(Image.open(photo).convert("RGB"))
+    seg = make_segmenter("mediapipe").segment(image)
+    assert seg.person.shape == (1, 512, 512) and seg.person_found[0]
+    assert 0.2 < seg.person[0].mean() < 0.8 and not seg.occluders.any()
+    # the astronaut fills the lower centre of the photo; the top corners are background
+    assert seg.person[0, 400:, 200:300].mean() > 0.8 and seg.person[0, :60, :60].mean() < 0.2
+
+
+def test_instance_segmenter_with_a_tiny_random_mask2former(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from diffusion_hpc.segment import make_segmenter
+
+    swin = transformers.SwinConfig(image_size=64, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
+                                   window_size=4, out_features=["stage1", "stage2", "stage3", "stage4"])  # fmt: skip
+    cfg = transformers.Mask2FormerConfig(
+        backbone_config=swin, hidden_dim=32, mask_feature_size=32, feature_size=32, encoder_layers=1,
+        decoder_layers=2, num_queries=6, num_attention_heads=2, encoder_feedforward_dim=32, dim_feedforward=32,
+        id2label={0: "person", 1: "chair"}, label2id={"person": 0, "chair": 1},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.Mask2FormerForUniversalSegmentation(cfg).save_pretrained(tmp_path / "m2f")
+    transformers.Mask2FormerImageProcessor(size={"shortest_edge": 64, "longest_edge": 64}).save_pretrained(tmp_path / "m2f")
+    seg = make_segmenter(str(tmp_path / "m2f"), score_threshold=0.0)  # random weights: low scores
+    images = np.random.default_rng(0).integers(0, 256, (2, 48, 40, 3), dtype=np.uint8)
+    out = seg.segment(images)
+    assert out.person.shape == out.occluders.shape == (2, 48, 40)
+    assert not (out.person & out.occluders).any()
+    assert np.array_equal(out.person_found, out.person.reshape(2, -1).any(axis=1))
