@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from diffusion_hpc.atomic import atomic_write_bytes  # noqa: F401  (re-exported for callers)
 from diffusion_hpc.data.schema import SampleRecord, encode
 from diffusion_hpc.data.seeds import shard_name
 from diffusion_hpc.errors import DhpcError
@@ -46,17 +47,6 @@ class ManifestRow:
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _tar_bytes(records: Iterable[SampleRecord]) -> bytes:

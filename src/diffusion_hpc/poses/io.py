@@ -46,7 +46,6 @@ funding from NSF EIA-0196217.
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -54,6 +53,7 @@ from typing import Sequence
 
 import numpy as np
 
+from diffusion_hpc.atomic import atomic_path
 from diffusion_hpc.errors import ConfigError, InputError
 
 FORMAT = "dhpc-poses/1"
@@ -244,21 +244,8 @@ def save_pose_file(path: str | os.PathLike, pose_set: PoseSet, rotation_dtype=np
             arrays[key] = np.asarray(value, dtype=str)
     if pose_set.subject is not None:
         arrays["subject"] = np.asarray(pose_set.subject, dtype=np.int32)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            (np.savez_compressed if compress else np.savez)(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_path(p) as tmp, open(tmp, "wb") as fh:
+        (np.savez_compressed if compress else np.savez)(fh, **arrays)
     return p
 
 

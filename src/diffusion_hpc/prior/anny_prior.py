@@ -358,26 +358,16 @@ class AnnyPosePrior(PosePrior):
 
 def save_prior_file(path: str | os.PathLike, params: dict[str, torch.Tensor], metadata: dict) -> Path:
     """Write prior parameters and JSON metadata to a safetensors file, atomically."""
-    import tempfile
-
     from safetensors.torch import save_file
+
+    from diffusion_hpc.atomic import atomic_path
 
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: torch.as_tensor(params[k], dtype=torch.float32).contiguous() for k in PARAM_NAMES}
     meta = {"format": FORMAT, "dhpc": json.dumps(metadata, sort_keys=True)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_path(p) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return p
 
 
