@@ -15,6 +15,11 @@ from diffusion_hpc.errors import DhpcError
 
 EPILOG_GENERATE = """examples:
   dhpc generate --mode D --poses builtin -n 16 --out runs/demo
+  dhpc backbone tiny --out tiny   # a tiny random backbone: checks an install (images are noise)
+  dhpc generate --mode T --prompt "doing a backflip" --backbone DIR -k 3 -n 300 --hard-only --out runs/t
+  dhpc generate --mode T --prompts actions.txt --backbone DIR --generator controlnet --controlnet DIR --out runs/t2
+  dhpc generate --mode R --guides photos/ --backbone stabilityai/stable-diffusion-2-depth --min-agreement 0.5 --out runs/r
+  dhpc generate --mode D --poses builtin --generator depth2img --backbone DIR --prompt "a photo of a gymnast" --out runs/d
   dhpc generate --mode D --poses my_poses.npz -n 1000 --out runs/gym --seed 3 --backgrounds photos/
   dhpc generate --config run.yaml --out runs/big --resume
 """
@@ -60,12 +65,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--out", required=True, type=Path, help="dataset directory to create (or continue with --resume)")
     g.add_argument("--config", type=Path, help="YAML config file; flags given here override it")
-    g.add_argument("--mode", choices=["D"], help="D: from body poses (default D; T and R need a diffusion backbone)")
-    g.add_argument("--poses", help="'builtin' (CMU mocap poses retargeted to Anny) or a pose file (.npz)")
+    g.add_argument("--mode", choices=["T", "R", "D"],
+                   help="T: from text prompts; R: from your real images (--guides); D: from body poses (default D)")
+    g.add_argument("--prompt", help="T (R, D: optional): an action phrase put into the prompt templates "
+                   "('doing a backflip'), or a full prompt (starts with a/an/the or holds a comma)")
+    g.add_argument("--prompts", type=Path, help="text file: one prompt or action phrase per line (instead of --prompt)")
+    g.add_argument("--guides", type=Path, help="R: folder of your real images of the domain (start images)")
+    g.add_argument("--poses", help="D: 'builtin' (CMU mocap poses retargeted to Anny) or a pose file (.npz)")
     g.add_argument("-n", "--num-samples", dest="n", type=int, help="number of samples (default 16)")
+    g.add_argument("-k", type=int, help="T, R: variants per guide, the estimate + k-1 augmented poses (default 3)")
     g.add_argument("--seed", type=int, help="run seed (default 0)")
     g.add_argument("--resume", action="store_true", help="continue a killed run in --out (same options)")
-    g.add_argument("--generator", choices=["render"], help="image generator (default: render, the shaded-mesh baseline)")
+    g.add_argument("--generator", choices=["render", "depth2img", "controlnet"],
+                   help="image generator: render (shaded-mesh baseline, default in mode D), depth2img "
+                   "(SD-2-depth, default in T and R) or controlnet (ControlNet-depth)")
+    g.add_argument("--backbone", help="diffusion backbone: local directory, or a hub id from the local cache (offline)")
+    g.add_argument("--controlnet", help="ControlNet-depth model directory or cached hub id (--generator controlnet)")
+    g.add_argument("--segmenter", help="mediapipe (default) or a transformers instance-segmentation checkpoint")
+    g.add_argument("--preset", choices=["original", "default", "fast"],
+                   help="sampler preset: original (paper: 50 steps), default (DPM++ 20 steps), fast (LCM backbones)")
+    g.add_argument("--hard-only", action="store_true", default=None,
+                   help="T, R: keep only guides whose pose-prior score is >= the hard threshold")
+    g.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
+                   help="re-estimate the body in the final image and record pck_agreement / mask_iou "
+                   "(default: on for diffusion generators)")
+    g.add_argument("--min-agreement", type=float, help="drop samples whose pck_agreement is below this (0..1)")
+    g.add_argument("--cycles", type=int, help="extra estimate -> regenerate cycles on the output image (default 0)")
+    g.add_argument("--prior-path", type=Path, help="pose-prior weights (default: the shipped Anny prior)")
     g.add_argument("--body-model", choices=["anny", "smpl", "smplx"], help="body model (default anny)")
     g.add_argument("--smpl-path", type=Path, help="SMPL / SMPL-X model file or folder (for --body-model smpl|smplx)")
     g.add_argument("--image-size", type=_size, help="SIZE or HEIGHTxWIDTH in pixels (default 512)")
@@ -184,9 +210,14 @@ def _generate_config(args):
         "mode": args.mode, "poses": args.poses, "n": args.n, "seed": args.seed, "generator": args.generator,
         "body_model": args.body_model, "smpl_path": args.smpl_path, "image_size": args.image_size,
         "batch_size": args.batch_size, "shard_size": args.shard_size, "renderer": args.renderer,
+        "prompt": args.prompt, "prompts": args.prompts, "guides": args.guides, "k": args.k,
+        "backbone": args.backbone, "controlnet": args.controlnet, "segmenter": args.segmenter,
+        "preset": args.preset, "hard_only": args.hard_only, "verify": args.verify,
+        "min_agreement": args.min_agreement, "cycles": args.cycles, "prior_path": args.prior_path,
     }  # fmt: skip
     flat = {k: v for k, v in flat.items() if v is not None}
-    base = GenerateConfig.from_yaml(args.config).model_dump() if args.config else {}
+    # a config file's values as written (not its mode-resolved defaults, which flags may change)
+    base = GenerateConfig.from_yaml(args.config).model_dump(exclude_unset=True) if args.config else {}
     base.update(flat)
     if args.backgrounds is not None or args.no_augment:
         rb = dict(base.get("render_baseline") or {})
@@ -206,6 +237,8 @@ def cmd_generate(args) -> int:
     config = _generate_config(args)
     result = generate(config, args.out, resume=args.resume, progress=not args.no_progress)
     print(f"{result.accepted} samples accepted, {result.failed} failed, in {result.seconds:.1f} s -> {result.out}")
+    for reason, count in sorted(result.failures.items(), key=lambda kv: -kv[1]):
+        print(f"  failed: {count} x {reason}")
     if result.skipped_shards:
         print(f"(resumed: {result.skipped_shards} shards were already complete)")
     if result.preview:

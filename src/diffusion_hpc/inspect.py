@@ -91,33 +91,75 @@ def _histogram(values: list[float], bins: int = 8, width: int = 30) -> list[str]
     return [f"  {edges[i]:8.3f} .. {edges[i + 1]:8.3f} | {'#' * int(round(width * c / top)):<{width}} {c}" for i, c in enumerate(counts)]
 
 
+#: per-sample fields that are costs or flags, summarised in one line instead of a histogram
+SUMMARY_ONLY = ("controlnet_evals", "hard", "person_found")
+#: UNet evaluations per sample of the original (DESIGN §2)
+ORIGINAL_UNET_EVALS = {"T": 170, "R": 70}
+
+
+def cost_summary(rows: list[dict]) -> dict:
+    """UNet evaluations spent (accepted and failed samples) and per accepted sample."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    spent = float(sum(r.get("unet_evals", 0) or 0 for r in rows))
+    wasted = float(sum(r.get("unet_evals", 0) or 0 for r in rows if r["status"] != "ok"))
+    cn = float(sum((r.get("scores") or {}).get("controlnet_evals", 0) for r in rows))
+    return {"spent": spent, "wasted": wasted, "accepted": len(ok), "candidates": len(rows),
+            "per_accepted": spent / len(ok) if ok else float("nan"),
+            "per_candidate": spent / len(rows) if rows else float("nan"), "controlnet": cn}
+
+
 def summarize(path: str | Path) -> str:
-    """A readable summary of a dataset: counts, failures by reason, timings, score histograms."""
+    """A readable summary of a dataset: counts, failures by reason, cost, timings, score histograms."""
+    import json
+
     from diffusion_hpc.data import open_dataset
 
     dataset = open_dataset(path)
     rows = dataset.manifest()
     config = dataset.config
+    mode = config.get("mode")
     ok = [r for r in rows if r["status"] == "ok"]
     failed = [r for r in rows if r["status"] != "ok"]
+    source = {"T": f"prompt {config.get('prompt') or config.get('prompts')}", "R": f"guides {config.get('guides')}",
+              "D": f"poses {config.get('poses')}"}.get(mode, "")  # fmt: skip
     lines = [
         f"dataset   {Path(path)}",
-        f"mode      {config.get('mode')}  generator {config.get('generator')}  body model {config.get('body_model')}  poses {config.get('poses')}",
+        f"mode      {mode}  generator {config.get('generator')}  body model {config.get('body_model')}  {source}",
         f"samples   {len(ok)} accepted, {len(failed)} failed, of {config.get('n')} requested; {len(dataset.shards)} shards",
     ]
+    if config.get("backbone"):
+        lines.append(f"backbone  {config.get('backbone')}  preset {config.get('preset')}  k {config.get('k')}  "
+                     f"verify {config.get('verify')}  min agreement {config.get('min_agreement')}  cycles {config.get('cycles')}")
     if failed:
         lines.append("failures by reason:")
-        for reason, count in Counter(r["reason"].split(":")[0] for r in failed).most_common():
-            lines.append(f"  {reason:<24} {count}")
+        for reason, count in Counter(r["reason"][:70] for r in failed).most_common():
+            lines.append(f"  {reason:<70} {count}")
+        drifted = sum(1 for r in failed if r["reason"].startswith("verify: drifted"))
+        if drifted:
+            lines.append(f"drifted (verification below --min-agreement): {drifted}")
+    cost = cost_summary(rows)
     if ok:
-        evals = [r.get("unet_evals", 0) for r in ok]
-        lines.append(f"UNet evaluations per accepted sample: {sum(evals) / len(ok):.1f}")
+        lines.append(f"UNet evaluations per accepted sample: {cost['per_accepted']:.1f}")
+    lines.append(f"UNet evaluations: {cost['spent']:.0f} spent on {cost['candidates']} candidates "
+                 f"({cost['per_candidate']:.1f} per candidate), {cost['wasted']:.0f} of them on failed samples; "
+                 f"mode {mode}" + (f" (original: {ORIGINAL_UNET_EVALS[mode]} per candidate)" if mode in ORIGINAL_UNET_EVALS else "")
+                 + (f"; ControlNet evaluations {cost['controlnet']:.0f}" if cost["controlnet"] else ""))
+    if ok:
         stages = sorted({k for r in ok for k in (r.get("timings") or {})})
         if stages:
             means = {k: 1000 * np.mean([(r.get("timings") or {}).get(k, 0.0) for r in ok]) for k in stages}
+            run = Path(path) / "run.json"
+            write = json.loads(run.read_text()).get("write_seconds_per_sample") if run.is_file() else None
+            if write is not None:
+                means["write"] = 1000 * write
             lines.append("time per sample (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in means.items()) + f"; total {sum(means.values()):.1f}")
         score_names = sorted({k for r in ok for k in (r.get("scores") or {})})
         for name in score_names:
+            values = [r["scores"][name] for r in ok if name in (r.get("scores") or {})]
+            values = [v for v in values if v is not None and not (isinstance(v, float) and np.isnan(v))]
+            if name in SUMMARY_ONLY or (values and min(values) == max(values)):
+                lines.append(f"score {name}: mean {np.mean(values):.3f} over {len(values)}" if values else f"score {name}: none")
+                continue
             lines.append(f"score {name}:")
-            lines.extend(_histogram([r["scores"][name] for r in ok if name in (r.get("scores") or {})]))
+            lines.extend(_histogram(values))
     return "\n".join(lines)

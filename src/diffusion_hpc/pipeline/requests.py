@@ -71,3 +71,80 @@ def make_request(config: GenerateConfig, index: int, num_poses: int, shape_sampl
         offset=offset,
         generator_seed=generator_seed,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# modes T and R: guides and their variants
+
+#: spawn-key word of the guide stream ("GUID"), so guide seeds never equal sample seeds
+GUIDE_STREAM = 0x47554944
+#: sub-streams of a guide seed
+AUGMENT_STREAM = 0x41554730  # "AUG0"
+
+
+def guide_seed(run_seed: int, guide: int) -> int:
+    """A 63-bit seed for guide ``guide`` (its start image, prompt template and augmentation).
+
+    Drawn from a stream separate from :func:`~diffusion_hpc.data.seeds.sample_seed`, so guide g and
+    sample g do not share noise. All k variants of a guide read it, so resuming or sharding a run
+    remakes the same start image for each of them.
+    """
+    words = np.random.SeedSequence(entropy=int(run_seed), spawn_key=(GUIDE_STREAM, int(guide))).generate_state(2, np.uint32)
+    return int((int(words[0]) << 31) ^ int(words[1])) & ((1 << 63) - 1)
+
+
+def augment_seed(run_seed: int, guide: int) -> int:
+    """Seed of the pose augmentation of guide ``guide`` (its k-1 variants)."""
+    words = np.random.SeedSequence([guide_seed(run_seed, guide), AUGMENT_STREAM]).generate_state(2, np.uint32)
+    return int((int(words[0]) << 31) ^ int(words[1])) & ((1 << 63) - 1)
+
+
+def split_index(index: int, k: int) -> tuple[int, int]:
+    """Sample index -> (guide index, variant index): guide = index // k, variant = index % k.
+
+    Variant 0 is the estimate itself; variants 1..k-1 are augmented poses.
+    """
+    return int(index) // int(k), int(index) % int(k)
+
+
+def variants_in_run(guide: int, k: int, n: int) -> int:
+    """How many samples of an ``n``-sample run belong to ``guide`` (k, or fewer for the last guide).
+
+    A guide's start-image cost is shared by exactly these samples, so the shares add up to what
+    was spent.
+    """
+    return max(0, min(int(k), int(n) - int(guide) * int(k)))
+
+
+def guides_of(indices: range, k: int) -> list[int]:
+    """The guides whose samples make up ``indices`` (a shard: whole guides, see GenerateConfig)."""
+    return sorted({split_index(i, k)[0] for i in indices})
+
+
+FULL_PROMPT_STARTS = ("a ", "an ", "the ")
+
+
+def is_full_prompt(text: str) -> bool:
+    """A prompt line is used verbatim when it starts with an article ("a photo of a skier") or
+    holds a comma; otherwise it is an action phrase put into the templates ("doing a backflip")."""
+    t = text.strip().lower()
+    return t.startswith(FULL_PROMPT_STARTS) or "," in t
+
+
+def prompt_text(line: str, seed: int) -> str:
+    """The prompt of a guide (or mode-D sample) from one prompt line and its seed.
+
+    Full prompts are used as they are; an action phrase goes into a template of DESIGN §2 chosen
+    by ``seed`` (:func:`~diffusion_hpc.generate.base.prompt_for_sample`); a line with an
+    ``{action}`` placeholder is refused (it is a template, not a prompt).
+    """
+    from diffusion_hpc.generate.base import prompt_for_sample
+
+    if "{action}" in line:
+        raise ValueError(f"prompt {line!r} is a template; pass the action phrase itself")
+    return line.strip() if is_full_prompt(line) else prompt_for_sample(line, seed)
+
+
+def pick_line(lines: list[str], item: int) -> str:
+    """Prompt line of guide (mode T/R) or sample (mode D) ``item``: round robin over the lines."""
+    return lines[int(item) % len(lines)]

@@ -1,0 +1,98 @@
+"""The user's inputs of modes T and R, read and checked before any model loads or file is written.
+
+- Prompts (``--prompt TEXT`` or ``--prompts FILE``): one prompt or action phrase per line; blank
+  lines and lines starting with ``#`` are skipped. An empty file is an error.
+- Guides (``--guides DIR``, mode R): every image file of the folder (sorted by name, suffixes of
+  :data:`~diffusion_hpc.estimate.base.IMAGE_SUFFIXES`) is decoded once up front, so a corrupt
+  file stops the run before any work, naming the file (friendlier than a failure row per sample
+  after hours of generation). Guide g of the run uses file ``g % F``: with more guides than files
+  the files are reused, each time with other seeds (other augmentations and regeneration noise).
+  Guides are resized to the run's ``image_size`` by a centred crop to its aspect ratio ("cover"),
+  then area resampling, so the estimate's camera is that of the saved image.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from diffusion_hpc.errors import InputError
+
+
+def read_prompt_lines(prompt: str | None, prompts: Path | None, default: str | None = None) -> list[str]:
+    """The prompt lines of a run: [prompt], the lines of ``prompts``, or [default]."""
+    if prompt is not None:
+        return [prompt.strip()]
+    if prompts is not None:
+        path = Path(prompts)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"--prompts {path}: cannot read the file ({exc.strerror})") from None
+        except UnicodeDecodeError:
+            raise InputError(f"--prompts {path} is not a UTF-8 text file; write one prompt per line") from None
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+        if not lines:
+            raise InputError(f"--prompts {path} holds no prompts; write one prompt or action phrase per line "
+                             "(e.g. 'doing a backflip')")
+        for i, line in enumerate(lines):
+            if "{action}" in line:
+                raise InputError(f"--prompts {path} line {i + 1} {line!r} is a template; write the action phrase itself")
+        return lines
+    if default is None:
+        raise InputError("no prompt given: pass --prompt TEXT or --prompts FILE")
+    return [default]
+
+
+def list_guides(folder: Path) -> list[Path]:
+    """Image files of a guides folder, sorted; an error naming the folder when there are none."""
+    from diffusion_hpc.estimate.base import IMAGE_SUFFIXES
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"--guides {folder}: no such folder; pass the folder of your real images")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InputError(f"--guides {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def fit_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) uint8 -> (h, w, 3): centred crop to the aspect ratio of ``size``, then resize."""
+    import cv2
+
+    h, w = size
+    ih, iw = image.shape[:2]
+    scale = max(h / ih, w / iw)
+    ch, cw = min(ih, int(round(h / scale))), min(iw, int(round(w / scale)))
+    y0, x0 = (ih - ch) // 2, (iw - cw) // 2
+    crop = image[y0:y0 + ch, x0:x0 + cw]
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    return np.ascontiguousarray(cv2.resize(crop, (w, h), interpolation=interp))
+
+
+class GuideImages:
+    """The guide files of mode R: all checked at construction, loaded per batch."""
+
+    def __init__(self, folder: Path, size: tuple[int, int]) -> None:
+        from diffusion_hpc.estimate.base import load_image
+
+        self.files = list_guides(folder)
+        self.size = tuple(size)
+        for path in self.files:  # fail fast: decode everything once (InputError names the file)
+            image = load_image(path)
+            if min(image.shape[:2]) < 16:
+                raise InputError(f"guide image {path} is {image.shape[1]}x{image.shape[0]} pixels; at least 16x16 is needed")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def path(self, guide: int) -> Path:
+        return self.files[int(guide) % len(self.files)]
+
+    def load(self, guide: int) -> np.ndarray:
+        """(H, W, 3) uint8 start image of guide ``guide``, at the run's image size."""
+        from diffusion_hpc.estimate.base import load_image
+
+        return fit_image(load_image(self.path(guide)), self.size)

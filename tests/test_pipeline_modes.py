@@ -1,0 +1,387 @@
+"""Modes T, R and D end to end on the tiny random backbone (64x64): labels, cost counting,
+verification, failures, missing weights, determinism and resume.
+
+The tiny backbone draws noise, so in mode T its start images hold no person: the real txt2img run
+checks failure rows and the waste they count; a second T run swaps its noise for real photos
+(the stage is behind the ImageGenerator interface) so the rest of mode T runs on a person.
+Real photos: scikit-image's astronaut and camera, matplotlib's grace_hopper.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+from diffusion_hpc.config import DEFAULT_PROMPT, GenerateConfig  # noqa: E402
+from diffusion_hpc.data import open_dataset  # noqa: E402
+from diffusion_hpc.errors import ConfigError, InputError, MissingModelError  # noqa: E402
+from diffusion_hpc.generate.base import PRESETS, expected_unet_evals  # noqa: E402
+from diffusion_hpc.pipeline.generate import Generator, generate  # noqa: E402
+
+from conftest import run_cli  # noqa: E402
+
+SIZE = 64
+P = PRESETS["default"]
+TXT2IMG_EVALS = expected_unet_evals(P.txt2img_steps, P.guidance)  # 40
+REGEN_EVALS = expected_unet_evals(P.regen_steps, P.guidance, P.strength)  # 28
+FULL_EVALS = expected_unet_evals(P.regen_steps, P.guidance)  # 40: mode D, no start image
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+    from diffusion_hpc.generate.tiny import write_tiny_backbone
+
+    return write_tiny_backbone(tmp_path_factory.mktemp("tiny") / "bb", seed=0)
+
+
+@pytest.fixture(scope="module")
+def guides(tmp_path_factory):
+    skdata = pytest.importorskip("skimage.data")
+    import matplotlib
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("guides")
+    Image.fromarray(skdata.astronaut()).save(folder / "astronaut.png")
+    Image.fromarray(skdata.camera()).save(folder / "camera.png")
+    shutil.copy(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg", folder / "grace_hopper.jpg")
+    return folder
+
+
+def r_config(backbone, guides, **kw) -> GenerateConfig:
+    base = dict(mode="R", guides=guides, backbone=str(backbone), image_size=(SIZE, SIZE), n=6, k=2, seed=3,
+                batch_size=8, shard_size=2)  # fmt: skip
+    return GenerateConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def r_dataset(tmp_path_factory, backbone, guides):
+    out = tmp_path_factory.mktemp("r") / "d"
+    result = generate(r_config(backbone, guides), out, progress=False)
+    assert result.accepted + result.failed == 6
+    return out
+
+
+class PhotoStart:
+    """Mode T's start stage with the tiny backbone's cost but a real photo per guide.
+
+    Runs the real tiny txt2img (so its UNet evaluations are counted as a real backbone's would be)
+    and replaces each noise image by a photo of a person: what a real backbone would draw.
+    """
+
+    name = "txt2img"
+    requires = ("prompts", "seeds")
+
+    def __init__(self, inner, photos):
+        self.inner, self.photos = inner, photos
+
+    def generate(self, batch):
+        result = self.inner.generate(batch)
+        result.images = np.stack([self.photos[int(s) % len(self.photos)] for s in batch.seeds])
+        return result
+
+
+@pytest.fixture(scope="module")
+def t_dataset(tmp_path_factory, backbone, guides):
+    from diffusion_hpc.pipeline.inputs import GuideImages
+
+    photos = [GuideImages(guides, (SIZE, SIZE)).load(i) for i in range(3)]
+    cfg = GenerateConfig(mode="T", prompt="doing a backflip", backbone=str(backbone), image_size=(SIZE, SIZE), n=5,
+                         k=2, seed=1, batch_size=8)  # fmt: skip
+    gen = Generator(cfg, progress=False)
+    gen.load_models()
+    gen.stages.start = PhotoStart(gen.stages.start, photos)
+    out = tmp_path_factory.mktemp("t") / "d"
+    gen.run(out)
+    return out
+
+
+def check_labels(root: Path, body) -> int:
+    """The foundation's integrity checks on every sample; returns the number of samples."""
+    from diffusion_hpc.geometry.camera import project
+    from diffusion_hpc.render import get_renderer
+
+    renderer = get_renderer("auto")
+    count = 0
+    for s in open_dataset(root):
+        uv = project(s["joints3d"]["coco17"], s["K"])
+        assert np.abs(uv - s["keypoints2d"][:, :2]).max() <= 0.5
+        params = {k: torch.as_tensor(v)[None] for k, v in s["params"].items()}
+        with torch.no_grad():
+            out = body(params)
+        for name, joints in s["joints3d"].items():
+            assert np.abs(out.joints[name][0].numpy() - joints).max() <= 1e-3, name
+        assert s["mask"].any() and np.array_equal(s["depth"] > 0, s["mask"])
+        fresh = renderer.render(out.vertices.numpy(), body.faces.numpy(), s["K"][None], s["mask"].shape)
+        inter, union = (fresh.mask[0] & s["mask"]).sum(), (fresh.mask[0] | s["mask"]).sum()
+        assert inter / union >= 0.98
+        assert s["image"].shape == (SIZE, SIZE, 3)
+        count += 1
+    return count
+
+
+# --- mode R ------------------------------------------------------------------------------------
+
+
+def test_mode_r_labels_scores_and_cost(r_dataset, anny_body):
+    assert check_labels(r_dataset, anny_body) >= 4  # the estimator finds the person in all three photos
+    ds = open_dataset(r_dataset)
+    rows = ds.manifest()
+    assert [r["index"] for r in rows] == list(range(6))
+    for s in ds:
+        assert s["mode"] == "R" and s["prompt"] == DEFAULT_PROMPT and s["generator"] == "depth2img"
+        assert s["pose_source"].startswith("guide:") and s["pose_source"].endswith(f"#variant{s['index'] % 2}")
+        # no start image in mode R: the regeneration only, round(0.7 * 20) steps x 2 (guidance)
+        assert s["unet_evals"] == REGEN_EVALS == 28
+        assert 0.0 <= s["scores"]["pck_agreement"] <= 1.0 and 0.0 <= s["scores"]["mask_iou"] <= 1.0
+        assert s["scores"]["prior_score"] is not None
+        assert {"start", "segment", "estimate", "prior", "render", "regenerate", "verify"} <= set(s["timings"])
+    # variants of one guide: the same start photo, other poses
+    by_guide = {}
+    for s in ds:
+        by_guide.setdefault(s["index"] // 2, []).append(s)
+    pairs = [v for v in by_guide.values() if len(v) == 2]
+    assert pairs
+    for a, b in pairs:
+        assert a["pose_source"].split("#")[0] == b["pose_source"].split("#")[0]
+        assert not np.allclose(a["params"]["body_pose"], b["params"]["body_pose"])
+    run = json.loads((r_dataset / "run.json").read_text())
+    assert run["unet_evals_total"] == sum(r["unet_evals"] for r in rows)
+
+
+def _strip(data: bytes) -> bytes:
+    out = []
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for info in tar:
+            content = tar.extractfile(info).read()
+            if info.name.endswith(".json"):
+                meta = json.loads(content)
+                meta.pop("timings")
+                content = json.dumps(meta, sort_keys=True).encode()
+            out.append(info.name.encode() + content)
+    return b"".join(out)
+
+
+def _digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted((root / "shards").glob("*.tar")):
+        h.update(p.name.encode() + _strip(p.read_bytes()))
+    for p in sorted((root / "manifest").glob("*.jsonl")):
+        rows = [json.loads(line) for line in p.read_text().splitlines()]
+        for r in rows:
+            r.pop("timings")
+        h.update(p.name.encode() + json.dumps(rows).encode())
+    return h.hexdigest()
+
+
+def test_determinism_same_seed_same_samples(r_dataset, backbone, guides, tmp_path):
+    """A 2-sample run with the same seed remakes shard 0 byte for byte (labels, images, scores)."""
+    out = tmp_path / "again"
+    generate(r_config(backbone, guides, n=2), out, progress=False)
+    name = "shards/shard-000000.tar"
+    assert _strip((out / name).read_bytes()) == _strip((r_dataset / name).read_bytes())
+
+
+@pytest.mark.slow
+def test_resume_mode_r_after_sigkill(r_dataset, backbone, guides, tmp_path):
+    out = tmp_path / "killed"
+    args = ["generate", "--mode", "R", "--guides", str(guides), "--backbone", str(backbone), "--image-size", "64",
+            "-n", "6", "-k", "2", "--seed", "3", "--batch-size", "8", "--shard-size", "2", "--out", str(out),
+            "--no-progress"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "diffusion_hpc.cli", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if len(list((out / "shards").glob("*.tar"))) >= 1 if (out / "shards").exists() else False:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(list((out / "shards").glob("*.tar"))) < 3
+    done = run_cli(*args, "--resume", env={"OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    rows = open_dataset(out).manifest()
+    assert sorted(r["index"] for r in rows) == list(range(6))
+    keys = [s["key"] for s in open_dataset(out)]
+    assert len(keys) == len(set(keys)) == sum(r["status"] == "ok" for r in rows)
+    assert _digest(out) == _digest(r_dataset)
+
+
+def test_min_agreement_drops_and_counts_cli(backbone, guides, tmp_path):
+    out = tmp_path / "strict"
+    proc = run_cli("generate", "--mode", "R", "--guides", str(guides), "--backbone", str(backbone), "--image-size",
+                   "64", "-n", "3", "-k", "1", "--min-agreement", "0.5", "--out", str(out), "--no-progress",
+                   env={"OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = open_dataset(out).manifest()
+    # noise images from the tiny backbone: no agreement with the label, every sample drifted
+    assert [r["reason"] for r in rows] == ["verify: drifted"] * 3
+    for r in rows:
+        assert r["scores"]["pck_agreement"] < 0.5 and "mask_iou" in r["scores"] and r["unet_evals"] == REGEN_EVALS
+    assert json.loads((out / "run.json").read_text())["drifted"] == 3
+    assert "0 samples accepted, 3 failed" in proc.stdout and "verify: drifted" in proc.stdout
+    shown = run_cli("inspect", str(out))
+    assert shown.returncode == 0, shown.stderr
+    assert "drifted (verification below --min-agreement): 3" in shown.stdout
+    assert f"{3 * REGEN_EVALS} spent on 3 candidates" in shown.stdout
+
+
+def test_hard_only_filter_and_cycles(backbone, guides, tmp_path):
+    # every guide counts as easy when the threshold is out of reach: all filtered, none crash
+    cfg = r_config(backbone, guides, n=2, k=2, hard_only=True)
+    gen = Generator(cfg, progress=False)
+    gen.load_models()
+    prior = gen.stages.prior
+    saved = prior.hard_threshold
+    prior.hard_threshold = float("inf")
+    try:
+        gen.run(tmp_path / "easy")
+    finally:
+        prior.hard_threshold = saved
+    rows = open_dataset(tmp_path / "easy").manifest()
+    assert [r["reason"] for r in rows] == ["filter: easy pose"] * 2
+    assert all(r["scores"]["hard"] == 0.0 and r["unet_evals"] == 0 for r in rows)
+    # one extra cycle: the noise output has no person, so the cycle fails with its reason and cost
+    generate(r_config(backbone, guides, n=1, k=1, cycles=1), tmp_path / "cycle", progress=False)
+    [row] = open_dataset(tmp_path / "cycle").manifest()
+    assert row["status"] == "failed" and row["reason"].startswith("cycle 1: ")
+    assert row["unet_evals"] == REGEN_EVALS
+
+
+# --- mode T ------------------------------------------------------------------------------------
+
+
+def test_mode_t_labels_and_cost_share(t_dataset, anny_body):
+    assert check_labels(t_dataset, anny_body) >= 3
+    rows = open_dataset(t_dataset).manifest()
+    assert len(rows) == 5
+    for r in rows:
+        # guides of 2 variants (the last guide has 1 sample in a 5-sample run) share the start image's cost
+        share = TXT2IMG_EVALS / (2 if r["index"] < 4 else 1)
+        expected = share + (REGEN_EVALS if r["status"] == "ok" or r["reason"].startswith("verify") else 0)
+        assert r["unet_evals"] == pytest.approx(expected), r
+    spent = sum(r["unet_evals"] for r in rows)
+    assert spent == pytest.approx(3 * TXT2IMG_EVALS + REGEN_EVALS * sum(r["status"] == "ok" for r in rows))
+    for s in open_dataset(t_dataset):
+        assert s["mode"] == "T" and "doing a backflip" in s["prompt"] and s["pose_source"].startswith("txt2img:")
+        assert "pck_agreement" in s["scores"]
+
+
+def test_mode_t_tiny_backbone_failures_count_waste(backbone, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# actions\ndoing a backflip\n\na photo of a diver, mid-air\n")
+    cfg = GenerateConfig(mode="T", prompts=prompts, backbone=str(backbone), image_size=(SIZE, SIZE), n=4, k=2, seed=0)
+    result = generate(cfg, tmp_path / "t", progress=False)
+    rows = open_dataset(tmp_path / "t").manifest()
+    assert result.accepted + result.failed == 4 == len(rows)
+    for r in rows:
+        if r["status"] == "failed" and r["reason"].split(":")[0] in ("segment", "estimate"):
+            assert r["unet_evals"] == TXT2IMG_EVALS / 2  # the waste of a rejected start image
+        else:
+            assert r["unet_evals"] == TXT2IMG_EVALS / 2 + REGEN_EVALS
+    assert sum(r["unet_evals"] for r in rows) >= 2 * TXT2IMG_EVALS
+
+
+# --- mode D ------------------------------------------------------------------------------------
+
+
+def test_mode_d_diffusion_generator(backbone, anny_body, tmp_path):
+    cfg = GenerateConfig(mode="D", generator="depth2img", backbone=str(backbone), image_size=(SIZE, SIZE), n=3, seed=2)
+    result = generate(cfg, tmp_path / "d", progress=False)
+    assert result.accepted == 3
+    assert check_labels(tmp_path / "d", anny_body) == 3
+    for s in open_dataset(tmp_path / "d"):
+        assert s["unet_evals"] == FULL_EVALS and s["prompt"] == DEFAULT_PROMPT and "pck_agreement" in s["scores"]
+
+
+# --- errors before any work ----------------------------------------------------------------------
+
+
+def test_missing_weights_one_error_no_output(tmp_path):
+    out = tmp_path / "never"
+    proc = run_cli("generate", "--mode", "T", "--prompt", "doing a backflip", "--generator", "controlnet",
+                   "--backbone", str(tmp_path / "no-backbone"), "--controlnet", str(tmp_path / "no-cn"),
+                   "--segmenter", str(tmp_path / "no-seg"), "--out", str(out), "--no-progress")  # fmt: skip
+    assert proc.returncode == 2
+    assert "3 models are missing" in proc.stderr
+    for name in ("no-backbone", "no-cn", "no-seg"):
+        assert name in proc.stderr
+    assert proc.stderr.count("dhpc: error") == 1 and not out.exists()
+    # the Python API does the same: one error, before the output directory exists
+    cfg = GenerateConfig(mode="D", generator="depth2img", backbone=str(tmp_path / "no-backbone"), image_size=(SIZE, SIZE))
+    with pytest.raises(MissingModelError, match="no-backbone"):
+        generate(cfg, out)
+    assert not out.exists()
+
+
+def test_backbone_without_what_the_mode_needs(backbone, tmp_path):
+    only_depth = backbone / "depth2img"
+    cfg = GenerateConfig(mode="T", prompt="diving", backbone=str(only_depth), image_size=(SIZE, SIZE))
+    with pytest.raises(MissingModelError, match="text-to-image"):
+        Generator(cfg)
+
+
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        (dict(mode="T", backbone="x"), "prompt"),
+        (dict(mode="R", backbone="x"), "guides"),
+        (dict(mode="D", generator="depth2img"), "backbone"),
+        (dict(mode="T", prompt="diving", backbone="x", k=3, shard_size=10), "shard_size"),
+        (dict(mode="T", prompt="diving", backbone="x", generator="render"), "generator"),
+        (dict(mode="D", k=3), "k:"),
+        (dict(mode="D", min_agreement=0.5), "min_agreement"),
+        (dict(mode="T", prompt="a", prompts="f.txt", backbone="x"), "prompt"),
+        (dict(mode="D", prompt="diving"), "prompt: the render baseline"),
+        (dict(mode="D", cycles=1), "cycles"),
+    ],
+)
+def test_config_errors_name_the_field(kw, field):
+    from diffusion_hpc.config import build
+
+    with pytest.raises(ConfigError, match=field):
+        build(GenerateConfig, kw)
+
+
+def test_input_errors_before_any_work(backbone, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n# nothing\n")
+    out = tmp_path / "out"
+    proc = run_cli("generate", "--mode", "T", "--prompts", str(empty), "--backbone", str(backbone), "--out", str(out),
+                   "--no-progress")  # fmt: skip
+    assert proc.returncode == 2 and "holds no prompts" in proc.stderr and not out.exists()
+    folder = tmp_path / "g"
+    folder.mkdir()
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    with pytest.raises(InputError, match="broken.jpg"):
+        Generator(GenerateConfig(mode="R", guides=folder, backbone=str(backbone), image_size=(SIZE, SIZE)))
+    assert not out.exists()
+    # the config stores resolved defaults and round-trips through YAML
+    cfg = GenerateConfig(mode="T", prompt="diving", backbone=str(backbone))
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    again = GenerateConfig.from_yaml(path)
+    assert again == cfg and again.k == 3 and again.shard_size % 3 == 0 and again.verify is True
