@@ -345,3 +345,49 @@ def test_resize_clean_is_pil_bicubic_float():
     np.testing.assert_allclose(out[:, :, 1], np.clip(ref, 0, 255))
     masked = mask_background(im[0], mk[0])
     assert (masked[~mk[0]] == 0).all() and (masked[mk[0]] == im[0][mk[0]]).all()
+
+
+def test_quality_cli_missing_weights_is_one_clear_line(tmp_path):
+    import sys
+    import subprocess
+
+    real = tmp_path / "real"
+    real.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "diffusion_hpc.cli", "quality", "--real", str(real), "--generated", str(tmp_path / "g"),
+         "--out", str(tmp_path / "rep"), "--fid-weights", str(tmp_path / "nope.pth")],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2 and "pt_inception" in proc.stderr and proc.stderr.count("\n") == 1
+    assert not (tmp_path / "rep").exists()
+
+
+def test_quality_cli_end_to_end_on_two_datasets(tmp_path, anny_body):
+    """`dhpc quality` with random Inception weights: a dataset against itself and against another run."""
+    import json
+    import subprocess
+    import sys
+
+    from diffusion_hpc.config import GenerateConfig
+    from diffusion_hpc.eval.inception import FIDInceptionV3, init_random_, save_state_dict
+    from diffusion_hpc.pipeline.generate import generate
+
+    weights = tmp_path / "inception.pth"
+    model = FIDInceptionV3()
+    init_random_(model, 0)
+    save_state_dict(model, weights)
+    a, b = tmp_path / "a", tmp_path / "b"
+    generate(GenerateConfig(n=4, image_size=(48, 48), batch_size=4, seed=1), a, progress=False)
+    generate(GenerateConfig(n=4, image_size=(48, 48), batch_size=4, seed=2), b, progress=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "diffusion_hpc.cli", "quality", "--real", str(a), "--generated", str(a), str(b),
+         "--out", str(tmp_path / "rep"), "--fid-weights", str(weights), "--kid-subsets", "5", "--batch-size", "8"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "rep" / "quality.json").read_text())
+    assert (tmp_path / "rep" / "quality.html").stat().st_size > 0
+    rows = report["comparison"]
+    assert len(rows) == 2
+    assert abs(rows[0]["fid"]) < 1e-3 * max(1.0, rows[1]["fid"]) and rows[1]["fid"] > 0  # a vs a ~ 0 < a vs b
+    assert "h_fid" in rows[0]

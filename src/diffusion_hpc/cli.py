@@ -180,6 +180,26 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--out", required=True, type=Path, help="folder to write")
     tiny.add_argument("--seed", type=int, default=0)
 
+    q = sub.add_parser("quality", help="FID / KID, human-only H-FID / H-KID and dataset statistics vs a real set",
+                       description="Standard Inception-v3 FID and KID (clean-fid conventions: PIL bicubic resize to "
+                       "299; KID unbiased, over subsets, with its std and the sample counts), the same on human-only "
+                       "images (non-person pixels blacked out: dataset masks for generated data, the segmenter for "
+                       "real images), and the manifest figures (prior scores, label agreement, drops, UNet cost). "
+                       "Several --generated sets give one comparison table. Writes quality.json and quality.html.",
+                       epilog="FID weights: pass --fid-weights FILE (pytorch-fid's pt_inception-2015-12-05-6726825d.pth), "
+                       "or set DHPC_FID_WEIGHTS, or put the file in DHPC_CACHE_DIR/fid/. Nothing is downloaded.")
+    q.add_argument("--real", required=True, help="a folder of real images or one of our datasets")
+    q.add_argument("--generated", required=True, nargs="+", help="dataset folders to compare")
+    q.add_argument("--out", required=True, type=Path, help="report folder")
+    q.add_argument("--no-human-only", dest="human_only", action="store_false",
+                   help="skip the human-only H-FID / H-KID (on by default)")
+    q.add_argument("--fid-weights", help="Inception-v3 FID weights file")
+    q.add_argument("--kid-subsets", type=int, default=100)
+    q.add_argument("--kid-subset-size", type=int, default=1000)
+    q.add_argument("--batch-size", type=int, default=32)
+    q.add_argument("--limit", type=int, help="at most this many images per set")
+    q.add_argument("--segmenter", default="mediapipe", help="person segmenter for real image folders")
+
     e = sub.add_parser("export", help="export a dataset for other training code (SPIN npz, COCO json)",
                        description="Write a dataset as a SPIN-style npz or a COCO keypoints json, with the images "
                        "in an images/ folder beside the output file. Crop cameras (focal 5000 at 224 px) are "
@@ -323,6 +343,16 @@ def cmd_backbone(args, parser) -> int:
     return 0
 
 
+def cmd_quality(args) -> int:
+    from diffusion_hpc.eval.quality import quality
+
+    result = quality(args.real, args.generated, args.out, human_only=args.human_only, weights=args.fid_weights,
+                     kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size, batch_size=args.batch_size,
+                     limit=args.limit, segmenter=args.segmenter)
+    print(f"report: {result['files']['html']}  figures: {result['files']['json']}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from diffusion_hpc.data.export import export_dataset
 
@@ -375,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_evaluate(args)
         if args.command == "backbone":
             return cmd_backbone(args, parser)
+        if args.command == "quality":
+            return cmd_quality(args)
         if args.command == "export":
             return cmd_export(args)
         if args.command == "prior":
