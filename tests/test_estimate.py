@@ -17,12 +17,14 @@ skdata = pytest.importorskip("skimage.data")
 
 from diffusion_hpc.errors import InputError  # noqa: E402
 
-# Measured (see scripts/bench_estimate.py): PA-MPJPE on H36M-17 of near-frontal renders is
-# 50-120 mm per image (median ~90); a fit that ignored the image (rest pose) scores 150-250 mm.
-RENDER_PA_MPJPE_MEDIAN_MM = 130.0
-RENDER_KEYPOINT_MEDIAN_PX = 8.0  # fitted COCO-17 vs the renders' true keypoints, 256 px images
-PHOTO_KEYPOINT_MEDIAN_PX = 15.0  # fitted COCO-17 vs MediaPipe's landmarks (measured 3.7 / 11 px)
-PHOTO_MASK_IOU = 0.5  # fitted silhouette vs MediaPipe's person mask (measured 0.64 / 0.76)
+# Measured (see scripts/bench_estimate.py; default estimator = shipped Anny prior): PA-MPJPE on
+# H36M-17 of renders is ~62 mm mean / ~52 mm median over 105 easy renders; on this file's four
+# renders 113 / 56 / 77 / 93 mm (median 85); a fit that ignored the image (the prior's mean pose)
+# scores 150-250 mm.
+RENDER_PA_MPJPE_MEDIAN_MM = 110.0
+RENDER_KEYPOINT_MEDIAN_PX = 5.0  # fitted COCO-17 vs the renders' true keypoints, 256 px images
+PHOTO_KEYPOINT_MEDIAN_PX = 10.0  # fitted COCO-17 vs MediaPipe's landmarks (measured ~5 / ~2 px)
+PHOTO_MASK_IOU = 0.55  # fitted silhouette vs MediaPipe's person mask (measured ~0.65 / ~0.77)
 
 
 def pa_mpjpe(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -60,6 +62,13 @@ def estimator():
 
 
 @pytest.fixture(scope="module")
+def fallback_estimator():
+    from diffusion_hpc.estimate import get_estimator
+
+    return get_estimator("mediapipe", prior=None)
+
+
+@pytest.fixture(scope="module")
 def results(estimator, rendered):
     images = [s["image"] for s in rendered] + list(photos().values()) + [np.full((240, 320, 3), 128, np.uint8)]
     return estimator.estimate(images)
@@ -83,6 +92,19 @@ def test_rendered_pose_is_recovered(rendered, results):
         assert np.linalg.norm(fit[9] - gt[9]) < np.linalg.norm(fit[9] - gt[10]) + 1.0
     assert np.median(errors) < RENDER_PA_MPJPE_MEDIAN_MM, errors
     assert np.median(px) < RENDER_KEYPOINT_MEDIAN_PX, px
+
+
+def test_default_uses_the_prior_and_none_the_fallback(estimator, fallback_estimator):
+    from diffusion_hpc.prior.base import PosePrior
+
+    assert isinstance(estimator.prior, PosePrior) and fallback_estimator.prior is None
+
+
+def test_fallback_regulariser_still_fits(fallback_estimator, rendered):
+    [est] = fallback_estimator.estimate([rendered[0]["image"]])
+    assert est.ok and est.fit_hypothesis in ("base", "swap")
+    assert pa_mpjpe(est.joints3d["h36m17"], rendered[0]["joints3d"]["h36m17"]) * 1000 < 200.0
+    assert np.median(np.linalg.norm(est.keypoints2d[:, :2] - rendered[0]["keypoints2d"][:, :2], axis=1)) < 8.0
 
 
 def test_params_reproduce_joints(estimator, rendered, results):
@@ -143,7 +165,7 @@ def test_fast_joints_match_full_forward(estimator):
     with torch.no_grad():
         full = body(params).joints["coco17"]
         fast = estimator._fast(params)[0]
-    assert (fast - full).norm(dim=-1).max() < 0.005  # metres
+    assert (fast - full).norm(dim=-1).max() < 1e-4  # metres: the reduced pass is exact up to rounding
 
 
 def test_estimate_files_end_to_end(tmp_path, estimator):
@@ -170,3 +192,19 @@ def test_estimate_files_end_to_end(tmp_path, estimator):
     with pytest.raises(InputError, match="zz.jpg"):
         estimate_files(folder, tmp_path / "again.npz", estimator=estimator)
     assert not (tmp_path / "again.npz").exists()
+
+
+def test_swapped_labels_hypothesis_wins_on_swapped_landmarks(estimator, rendered):
+    """Detector labels left/right the wrong way round: the 'swap' hypothesis of the batched
+    multi-start fit must be the one kept, and the fit must still put each wrist on its own."""
+    from diffusion_hpc.estimate.mediapipe_fit import Detection, MEDIAPIPE33
+
+    sample = rendered[0]
+    [det] = estimator.detect([sample["image"]])
+    flip = [MEDIAPIPE33.index(n.replace("left", "@").replace("right", "left").replace("@", "right")) for n in MEDIAPIPE33]
+    swapped = Detection(det.landmarks2d[flip], det.world[flip], det.mask)
+    [est] = estimator.fit([swapped], [sample["image"].shape[:2]])
+    assert est.ok and est.fit_hypothesis == "swap"
+    gt, fit = sample["keypoints2d"][:, :2], est.keypoints2d[:, :2]
+    assert np.linalg.norm(fit[9] - gt[9]) < np.linalg.norm(fit[9] - gt[10]) + 1.0
+    assert pa_mpjpe(est.joints3d["h36m17"], sample["joints3d"]["h36m17"]) * 1000 < RENDER_PA_MPJPE_MEDIAN_MM * 1.5

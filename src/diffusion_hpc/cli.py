@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--smpl-path", type=Path, help="SMPL / SMPL-X model file or folder")
     est.add_argument("--preview", type=Path, help="folder for preview PNGs (default: next to --out)")
     est.add_argument("--batch-size", type=int, default=16, help="images fitted together (default 16)")
-    est.add_argument("--prior", action="store_true", help="regularise the fit with the default pose prior")
+    est.add_argument("--no-prior", dest="prior", action="store_false",
+                     help="regularise the fit with a plain L2 / joint-limit penalty instead of the default pose prior")
 
     t = sub.add_parser("train", help="fine-tune an HMR regressor on synthetic (+ real) data",
                        description="Fine-tune an HMR regressor (ResNet-50 / ViT backbone from transformers, "
@@ -293,11 +294,7 @@ def cmd_poses(args, parser) -> int:
 def cmd_estimate(args) -> int:
     from diffusion_hpc.estimate.run import estimate_files
 
-    prior = None
-    if args.prior:
-        from diffusion_hpc.prior import get_prior
-
-        prior = get_prior("anny" if args.body_model == "anny" else "vposer")
+    prior = "default" if args.prior else None  # "default": the shipped Anny prior (fallback for SMPL)
     images = [str(p) for p in args.images]
     preview = args.preview if args.preview else args.out.with_suffix("").with_name(args.out.stem + "_preview")
     arrays = estimate_files(images if len(images) > 1 else images[0], args.out, body_model=args.body_model,

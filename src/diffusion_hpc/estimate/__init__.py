@@ -5,7 +5,7 @@ batched body-model fit. Importing this package is cheap: MediaPipe and torch loa
 estimator.
 
     from diffusion_hpc.estimate import get_estimator, load_image
-    est = get_estimator()                   # Anny, fallback pose regulariser
+    est = get_estimator()                   # Anny, regularised by the shipped Anny pose prior
     [e] = est.estimate([load_image("person.jpg")])
     e.ok, e.params["body_pose"].shape, e.keypoints2d
 """
@@ -22,15 +22,16 @@ if TYPE_CHECKING:  # pragma: no cover
 ESTIMATORS = ("mediapipe",)
 
 
-def get_estimator(name: str = "mediapipe", body_model: str = "anny", prior: "PosePrior | None" = None,
+def get_estimator(name: str = "mediapipe", body_model: str = "anny", prior: "PosePrior | str | None" = "default",
                   **kwargs) -> MeshEstimator:
     """A mesh estimator.
 
     Args:
         name: backend; ``"mediapipe"`` (default).
         body_model: ``"anny"`` (default) or ``"smpl"``/``"smplx"`` (pass ``model_path=``).
-        prior: pose prior whose ``penalty`` regularises the fit; None: a documented L2 + joint-limit
-            regulariser (:func:`diffusion_hpc.estimate.mediapipe_fit.fallback_pose_penalty`).
+        prior: pose prior whose ``penalty`` regularises the fit; ``"default"`` (default): the shipped
+            Anny prior when ``body_model`` is Anny, else the fallback; None: a documented L2 +
+            joint-limit regulariser (:func:`diffusion_hpc.estimate.mediapipe_fit.fallback_pose_penalty`).
         **kwargs: backend options (mediapipe: ``fov_deg``, ``weights``, ``model_path``).
     """
     if name == "mediapipe":

@@ -44,6 +44,9 @@ class Estimate:
         fit_error_px: median distance in pixels between the fitted COCO keypoints and the detector's
             (confident joints only); NaN when not ok.
         image_size: (height, width) of the input image.
+        fit_hypothesis: which initial hypothesis of the fit won (MediaPipe fitter: ``"base"``, or
+            ``"swap"`` when the detector's left/right labels were exchanged; see
+            :data:`~diffusion_hpc.estimate.mediapipe_fit.HYPOTHESES`); "" when not ok.
     """
 
     ok: bool
@@ -59,6 +62,7 @@ class Estimate:
     person_mask: np.ndarray | None = None
     fit_error_px: float = float("nan")
     image_size: tuple[int, int] = (0, 0)
+    fit_hypothesis: str = ""
 
 
 class MeshEstimator:

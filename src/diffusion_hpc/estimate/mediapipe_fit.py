@@ -10,15 +10,30 @@ The body is then fitted to all images of a call at once (one batched Adam optimi
 minimising per image
 
     E = w_2d   * sum_j c_j * rho(|| pi(K, J_j) - u_j || / s)        robust 2D reprojection, COCO-17
-      + w_3d   * sum_j c_j * || (J_j - J_hip) - (W_j - W_hip) ||^2   relative 3D vs world landmarks
+      + w_3d   * sum_j c_j r_j * || (J_j - J_hip) - R (W_j - W_hip) ||^2   relative 3D vs world landmarks
       + w_pose * P(body_pose)                                         pose prior (or the fallback)
       + w_shape * || phenotype - 0.5 ||^2                             shape prior
 
 with J the model's COCO-17 joints in the camera frame, u the detected landmarks, c their
 visibilities, s the person's height in pixels, rho Geman-McClure (:func:`geman_mcclure`), W the
-world landmarks, and P either ``prior.penalty`` or :func:`fallback_pose_penalty`. The phenotype is
-kept in [0, 1] through a sigmoid. The 3D term fixes what the 2D term cannot: depth ordering of the
-limbs (which elbow is in front) and which way the person faces.
+world landmarks (rotated by R, the weighted Kabsch fit onto the model, so the 3D term constrains
+articulation, not the global orientation), r_j their per-joint reliability
+(:data:`COCO17_WORLD_WEIGHT`: torso 1, elbows/knees 0.6, wrists/ankles 0.35, face 0.2-0.3), and P
+either ``prior.penalty`` (default: the shipped Anny prior, ``w_pose`` 0.03, pose started from
+``prior.mean_pose()``; free bones the prior does not model, the clavicles, get an L2 pull) or
+:func:`fallback_pose_penalty` (``prior=None``, ``w_fallback`` 1e-3, pose started from zeros). The
+phenotype is kept in [0, 1] through a sigmoid. The 3D term fixes what the 2D term cannot: depth
+ordering of the limbs (which elbow is in front) and which way the person faces.
+
+Hypotheses: every image is fitted from :attr:`FitWeights.hypotheses` starts at once (rows of one
+batch), by default ``base`` and ``swap`` (MediaPipe's left/right labels exchanged, which it gets
+wrong on some back views); the final energy picks one per image (``Estimate.fit_hypothesis``).
+
+Measured with ``scripts/bench_estimate.py`` (112 renders, seed 2024, 105 easy; PA-MPJPE mean /
+median, H36M-17): the old defaults (no prior, rest-pose start, w_3d 10) 82 / 74 mm; + prior and
+mean-pose start 73 / 65; w_pose 0.01 66 / 60; + w_3d 3 64 / 56; + reliability weights 63 / 55;
+w_pose 0.03 62 / 52 (MediaPipe's own world landmarks: 80 / 75 on COCO-17). A robust 3D loss,
+the depth-mirrored hypothesis, scale alignment, more iterations and cosine schedules did not help.
 
 Camera: the focal length comes from an assumed field of view, :data:`DEFAULT_FOV_DEG` across the
 image's longer side, principal point at the centre (a single photo does not determine the focal
@@ -29,8 +44,9 @@ Initialisation: the global orientation is the Kabsch rotation from the rest body
 hips, in camera orientation) to the world landmarks' torso; the translation is the linear
 least-squares solution of the projection equations given that rotation.
 
-For Anny, the fit runs a reduced forward pass (:class:`AnnyFitJoints`: rest skeleton and about a
-thousand vertices only, instead of 13,718), then one full forward gives the outputs.
+For Anny, the fit runs a reduced forward pass (:class:`AnnyFitJoints`: rest skeleton, forward
+kinematics and the COCO regressor contracted with the skinning weights and blendshapes in advance,
+exact; no per-vertex work), then one full forward gives the outputs.
 """
 
 from __future__ import annotations
@@ -88,26 +104,68 @@ ANNY_FIXED_BONES = frozenset({
 DEFAULT_FOV_DEG = 55.0
 #: landmarks with a visibility below this do not enter the fit
 MIN_VISIBILITY = 0.3
+#: initial hypotheses the fit can run side by side (:attr:`FitWeights.hypotheses`): ``base`` the
+#: detector's landmarks as they are; ``swap`` its left/right labels exchanged; ``depth`` the world
+#: landmarks' limb depths mirrored about their shoulder / hip
+HYPOTHESES = ("base", "swap", "depth")
+
+
+#: Reliability of MediaPipe's world landmarks per COCO-17 joint in the 3D term (relative weights):
+#: the torso (shoulders, hips) is trusted most, the extremities least (their depth is what the
+#: detector gets wrong most often).
+COCO17_WORLD_WEIGHT = np.array([
+    {"nose": 0.3, "left_eye": 0.2, "right_eye": 0.2, "left_ear": 0.3, "right_ear": 0.3,
+     "left_shoulder": 1.0, "right_shoulder": 1.0, "left_elbow": 0.6, "right_elbow": 0.6,
+     "left_wrist": 0.35, "right_wrist": 0.35, "left_hip": 1.0, "right_hip": 1.0,
+     "left_knee": 0.6, "right_knee": 0.6, "left_ankle": 0.35, "right_ankle": 0.35}[n] for n in COCO17
+], dtype=np.float32)
+
+#: COCO-17 index of each joint's left/right counterpart (itself for the nose)
+COCO17_FLIP = np.array([COCO17.index(n.replace("left", "@").replace("right", "left").replace("@", "right"))
+                        for n in COCO17], dtype=np.int64)
 
 
 @dataclass(frozen=True)
 class FitWeights:
-    """Weights and schedule of the fit (see the module docstring for the energy)."""
+    """Weights and schedule of the fit (see the module docstring for the energy).
+
+    The defaults were tuned with ``scripts/bench_estimate.py`` (112 renders, seed 2024) with the
+    shipped Anny prior; the figures are in the module docstring.
+    """
 
     w_2d: float = 1.0
-    w_3d: float = 10.0
-    w_pose: float = 1e-3
+    w_3d: float = 3.0
+    #: weight of ``prior.penalty`` (score / 2)
+    w_pose: float = 0.03
+    #: weight of :func:`fallback_pose_penalty` when no prior is given
+    w_fallback: float = 1e-3
     w_shape: float = 1e-2
     #: Geman-McClure scale, as a share of the person's height in pixels
     robust_sigma: float = 0.1
+    #: Geman-McClure scale of the 3D term in metres (0: plain squared residuals)
+    sigma_3d: float = 0.0
+    #: use :data:`COCO17_WORLD_WEIGHT` in the 3D term (else the 2D weights :data:`COCO17_FIT_WEIGHT`)
+    world_reliability: bool = True
+    #: weight of an L2 pull to the initial pose on free bones the pose prior does not model
+    #: (Anny's clavicles); only with a prior
+    w_unmodelled: float = 1.0
     #: iterations of the first stage (global orientation and translation, torso joints only)
     iters_global: int = 30
     #: iterations of the second stage (everything)
     iters_full: int = 90
     lr: float = 0.03
+    #: learning rate at the end of stage 2 as a share of ``lr`` (cosine decay); 1: constant
+    lr_final: float = 1.0
+    #: initial hypotheses per image, optimised side by side in one batch, lowest energy kept
+    #: (see :data:`HYPOTHESES`)
+    hypotheses: tuple[str, ...] = ("base", "swap")
+    #: start the pose from ``prior.mean_pose()`` when the prior has one (else from zeros)
+    init_mean_pose: bool = True
     #: rotate the world landmarks onto the model's joints (weighted Kabsch, no gradient) before the
     #: 3D term, so it constrains articulation and depth order, not the global orientation
     align_3d: bool = True
+    #: also scale the aligned world landmarks to the model's size (least squares, no gradient)
+    align_scale: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,6 +254,26 @@ def fallback_pose_penalty(body_pose: "torch.Tensor", max_angle: float = 2.0) -> 
     return (body_pose**2).sum(dim=(-1, -2)) + 100.0 * torch.relu(angle - max_angle).pow(2).sum(-1)
 
 
+def resolve_prior(prior: "PosePrior | str | None", body_model: str) -> "PosePrior | None":
+    """The pose prior a fitter uses: ``"default"`` -> the shipped Anny prior for ``body_model``
+    ``"anny"`` (None, i.e. the fallback regulariser, for other body models or when the weights file
+    is missing, with a warning); None -> None; a :class:`PosePrior` -> itself."""
+    if prior is None or not isinstance(prior, str):
+        return prior
+    if prior != "default":
+        raise ValueError(f"prior must be a PosePrior, 'default' or None, not {prior!r}")
+    if body_model != "anny":
+        return None
+    from diffusion_hpc.errors import MissingModelError
+    from diffusion_hpc.prior import get_prior
+
+    try:
+        return get_prior("anny")
+    except MissingModelError as exc:  # pragma: no cover - broken install
+        log.warning("no default pose prior (%s); fitting with the fallback regulariser", exc)
+        return None
+
+
 def intrinsics_for_image(width: int, height: int, fov_deg: float = DEFAULT_FOV_DEG) -> np.ndarray:
     """(3, 3) intrinsics with ``fov_deg`` across the longer image side, principal point at the centre."""
     f = (max(width, height) / 2.0) / math.tan(math.radians(fov_deg) / 2.0)
@@ -267,30 +345,41 @@ class MediaPipeDetector:
 class AnnyFitJoints:
     """COCO-17 and bone heads of Anny from a reduced forward pass (for the optimisation loop).
 
-    Computes the rest skeleton from the phenotype, forward kinematics, and skins only the vertices
-    that carry most of each COCO keypoint's regression weight (``top_k`` per keypoint, weights
-    renormalised), instead of all 13,718 vertices. The keypoints differ from the full regressor by
-    a few millimetres (checked in the tests); the final outputs come from the full forward pass.
-    Relies on anny 0.6.2 internals (``get_rest_model`` parts, ``get_bone_transforms``).
+    Computes the rest skeleton from the phenotype and forward kinematics, but never the 13,718
+    skinned vertices: the COCO-17 regressor is linear in the posed vertices and linear blend
+    skinning is linear in the rest vertices, so each keypoint is
+
+        k_j = sum_n R_n A_jn + c_jn t_n,   A_jn = sum_v W_jv w_vn v_v(phenotype),  c_jn = sum_v W_jv w_vn
+
+    with (R_n, t_n) the bone transforms, W the regressor and w the skinning weights. A_jn is itself
+    linear in the phenotype blendshape coefficients, so its template and blendshape parts are
+    contracted once here (17 x bones x 3 numbers per blendshape). The keypoints equal the full
+    forward's up to float rounding (checked in the tests); the final outputs come from the full
+    forward pass. Relies on anny 0.6.2 internals (``get_rest_model`` parts, ``get_bone_transforms``).
+
+    Args:
+        body: the Anny body model.
+        top_k: ignored (kept for compatibility; the contraction is exact over all vertices).
     """
 
-    def __init__(self, body, top_k: int = 48) -> None:
+    def __init__(self, body, top_k: int | None = None) -> None:
         import torch
 
         core = body._core
         self.body = body
         self.core = core
-        weights = body._regressor.regression_weights[:17].detach()  # (17, V)
-        top = weights.abs().topk(top_k, dim=1)
-        self.vertex_ids, inverse = torch.unique(top.indices.reshape(-1), return_inverse=True)
-        w = top.values * torch.sign(weights.gather(1, top.indices))
-        self.kp_weights = (w / w.sum(1, keepdim=True)).float()  # (17, k)
-        self.kp_slots = inverse.reshape(17, top_k)  # (17, k) into vertex_ids
-        ids = self.vertex_ids
-        self.template = core.template_vertices[ids].float()
-        self.blendshapes = core.blendshapes[:, ids].float()
-        self.bone_w = core.vertex_bone_weights[ids].float()
-        self.bone_i = core.vertex_bone_indices[ids].long()
+        weights = body._regressor.regression_weights[:17].detach().double()  # (17, V)
+        support = torch.nonzero(weights.abs().sum(0) > 0).squeeze(1)  # vertices any keypoint uses
+        bone_w = core.vertex_bone_weights[support].double()  # (S, 7)
+        bone_i = core.vertex_bone_indices[support].long()
+        n_bones = int(core.template_bone_heads.shape[0])
+        dense = torch.zeros(len(support), n_bones, dtype=torch.float64).scatter_add_(1, bone_i, bone_w)  # (S, nb)
+        m = weights[:, support, None] * dense[None]  # (17, S, nb)
+        self.bones = torch.nonzero(m.abs().sum((0, 1)) > 0).squeeze(1)  # bones that move a keypoint
+        m = m[:, :, self.bones]
+        self.kp_const = m.sum(1).float()  # (17, nb') c_jn
+        self.kp_template = torch.einsum("jsn,sd->jnd", m, core.template_vertices[support].double()).float()
+        self.kp_blend = torch.einsum("jsn,csd->cjnd", m, core.blendshapes[:, support].double()).float()
 
     def __call__(self, params: dict) -> tuple["torch.Tensor", "torch.Tensor"]:
         """(coco17 (B, 17, 3), bone heads (B, 31, 3)) in the frame of ``params``."""
@@ -301,7 +390,6 @@ class AnnyFitJoints:
         core = self.core
         _, phen, lc, fa = core.get_tensor_inputs(None, params["phenotype"], None, None)
         coeffs = core._get_phenotype_blendshape_coefficients(phen, lc, fa)
-        rest_v = skinning.apply_linear_blendshape(self.template, self.blendshapes, coeffs)
         heads = skinning.apply_linear_blendshape(core.template_bone_heads, core.bone_heads_blendshapes, coeffs)
         tails = skinning.apply_linear_blendshape(core.template_bone_tails, core.bone_tails_blendshapes, coeffs)
         rest_poses = kinematics.get_bone_poses(heads, tails, core.bone_rolls_rotmat, y_axis=core.y_axis,
@@ -310,11 +398,9 @@ class AnnyFitJoints:
             rest_poses = rest_poses.clone()
             rest_poses[:, 0, :3, :3] = torch.eye(3, dtype=rest_poses.dtype)
         transforms, poses = core.get_bone_transforms(self.body.pose_transforms(params), rest_poses)
-        # linear blend skinning of the selected vertices: sum_k w_k (R_k v + t_k)
-        T = transforms[:, self.bone_i]  # (B, S, 7, 4, 4)
-        v = torch.einsum("bskij,bsj->bski", T[..., :3, :3], rest_v.expand(T.shape[0], -1, -1)) + T[..., :3, 3]
-        verts = (self.bone_w[None, :, :, None] * v).sum(2)  # (B, S, 3)
-        coco = torch.einsum("jk,bjkd->bjd", self.kp_weights, verts[:, self.kp_slots])
+        T = transforms[:, self.bones].float()  # (B, nb', 4, 4)
+        A = self.kp_template[None] + torch.einsum("bc,cjnd->bjnd", coeffs.float(), self.kp_blend)  # (B, 17, nb', 3)
+        coco = torch.einsum("bnid,bjnd->bji", T[..., :3, :3], A) + torch.einsum("jn,bni->bji", self.kp_const, T[..., :3, 3])
         bone_heads, _ = core.get_bone_ends(heads, tails, rest_poses, poses)
         return coco, bone_heads
 
@@ -329,7 +415,8 @@ class MediaPipeFitter(MeshEstimator):
     Args:
         body_model: body-model name (``"anny"`` default; ``"smpl"``/``"smplx"`` need ``model_path``).
         prior: a :class:`~diffusion_hpc.prior.base.PosePrior` whose ``penalty`` regularises the pose;
-            None uses :func:`fallback_pose_penalty`.
+            ``"default"`` (default): the shipped Anny prior for Anny (:func:`resolve_prior`; other body
+            models have no shipped prior and use the fallback); None: :func:`fallback_pose_penalty`.
         fov_deg: assumed field of view across the longer image side.
         weights: :class:`FitWeights`.
         model_path: SMPL model file or folder (ignored for Anny).
@@ -337,7 +424,7 @@ class MediaPipeFitter(MeshEstimator):
 
     name = "mediapipe"
 
-    def __init__(self, body_model: str = "anny", prior: "PosePrior | None" = None, fov_deg: float = DEFAULT_FOV_DEG,
+    def __init__(self, body_model: str = "anny", prior: "PosePrior | str | None" = "default", fov_deg: float = DEFAULT_FOV_DEG,
                  weights: FitWeights | None = None, model_path: str | None = None) -> None:
         from diffusion_hpc.body import check_body_model
 
@@ -346,7 +433,7 @@ class MediaPipeFitter(MeshEstimator):
             raise ValueError(f"fov_deg must lie in [5, 150] degrees, got {fov_deg}")
         self.body_model = body_model
         self.model_path = model_path
-        self.prior = prior
+        self.prior = resolve_prior(prior, body_model)
         self.fov_deg = float(fov_deg)
         self.weights = weights or FitWeights()
         self.detector = MediaPipeDetector()
@@ -379,14 +466,29 @@ class MediaPipeFitter(MeshEstimator):
             return self._fast(params)[0]
         return self.body(params).joints["coco17"]
 
+    def _init_pose(self) -> "torch.Tensor":
+        """(J-1, 3) the pose the fit starts from: the prior's mean pose if it has one and
+        ``weights.init_mean_pose``, else zeros (the rest pose)."""
+        import torch
+
+        body = self.body
+        if self.weights.init_mean_pose and self.prior is not None and hasattr(self.prior, "mean_pose"):
+            pose = torch.as_tensor(self.prior.mean_pose(), dtype=torch.float32).reshape(-1, 3)
+            if pose.shape[0] == body.num_body_joints:
+                return pose.detach().clone()
+        return torch.zeros(body.num_body_joints, 3)
+
     def _rest_joints_camera(self) -> np.ndarray:
-        """(17, 3) COCO-17 of the neutral body in camera orientation (rotation only), hip-centred."""
+        """(17, 3) COCO-17 of the neutral-shape body in the initial pose (:meth:`_init_pose`), in
+        camera orientation (rotation only), hip-centred."""
         if self._rest_coco is None:
             import torch
 
             body = self.body
+            params = body.neutral_params(1)
+            params["body_pose"] = self._init_pose()[None]
             with torch.no_grad():
-                coco = self._joints(body.neutral_params(1))[0].double().numpy()
+                coco = self._joints(params)[0].double().numpy()
             self._hip_canonical = coco[[COCO17.index("left_hip"), COCO17.index("right_hip")]].mean(0)
             coco = coco @ body.canonical_to_camera.double().numpy().T
             self._rest_coco = coco - coco[[COCO17.index("left_hip"), COCO17.index("right_hip")]].mean(0)
@@ -430,104 +532,158 @@ class MediaPipeFitter(MeshEstimator):
 
     # -- the optimisation -----------------------------------------------------------------------
 
+    def _targets(self, det: Detection, hypothesis: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(uv (17, 2), visibility (17,), hip-centred world landmarks (17, 3)) for one hypothesis."""
+        lm = coco17_from_mediapipe(det.landmarks2d)
+        w3 = coco17_from_mediapipe(det.world)
+        uv, vis = lm[:, :2], lm[:, 2]
+        if hypothesis == "swap":  # the detector's left/right labels swapped
+            uv, vis, w3 = uv[COCO17_FLIP], vis[COCO17_FLIP], w3[COCO17_FLIP]
+        world = w3 - w3[[COCO17.index("left_hip"), COCO17.index("right_hip")]].mean(0)
+        if hypothesis == "depth":  # limb depths mirrored about their shoulder / hip
+            world = world.copy()
+            for root, chain in (("shoulder", ("elbow", "wrist")), ("hip", ("knee", "ankle"))):
+                for side in ("left", "right"):
+                    z0 = world[COCO17.index(f"{side}_{root}"), 2]
+                    for j in chain:
+                        k = COCO17.index(f"{side}_{j}")
+                        world[k, 2] = 2 * z0 - world[k, 2]
+        return uv, vis, world
+
     def _fit_batch(self, todo) -> list[Estimate]:
-        import roma
         import torch
 
         body = self.body
         cw = self.weights
-        B = len(todo)
-        coco_w = COCO17_FIT_WEIGHT
+        hyps = tuple(cw.hypotheses) or ("base",)
+        unknown = set(hyps) - set(HYPOTHESES)
+        if unknown:
+            raise ValueError(f"unknown fit hypotheses {sorted(unknown)}; choose from {HYPOTHESES}")
+        B, M = len(todo), len(hyps)
+        N = B * M  # hypothesis-major: row h * B + b
         l_hip, r_hip = COCO17.index("left_hip"), COCO17.index("right_hip")
         torso_idx = np.array([COCO17.index(n) for n in TORSO])
         rest = self._rest_joints_camera()
         c2c = body.canonical_to_camera.double().numpy()
+        w2_joint = COCO17_FIT_WEIGHT
+        w3_joint = COCO17_WORLD_WEIGHT if cw.world_reliability else COCO17_FIT_WEIGHT
 
-        uv = np.zeros((B, 17, 2))
-        conf = np.zeros((B, 17))
-        world = np.zeros((B, 17, 3))
-        Ks = np.zeros((B, 3, 3))
-        scale = np.zeros(B)
-        orient0 = np.zeros((B, 3))
-        transl0 = np.zeros((B, 3))
-        for b, (_, det, K, _) in enumerate(todo):
-            lm = coco17_from_mediapipe(det.landmarks2d)
-            uv[b], Ks[b] = lm[:, :2], K
-            conf[b] = np.where(lm[:, 2] >= MIN_VISIBILITY, lm[:, 2], 0.0)
-            w3 = coco17_from_mediapipe(det.world)
-            world[b] = w3 - w3[[l_hip, r_hip]].mean(0)
-            seen = conf[b] > 0
-            scale[b] = max(np.ptp(uv[b][seen], axis=0).max(), 16.0)
-            R = kabsch_rotation(rest[torso_idx], world[b][torso_idx], np.maximum(conf[b][torso_idx], 0.05))
-            orient0[b] = _rotvec(R @ c2c)
-            # translation: the rest joints under R, hip-centred, projected onto the 2D landmarks
-            transl0[b] = solve_translation(rest @ R.T, uv[b], K, conf[b] * coco_w)
-            # the root (pivot) is not the hip midpoint: shift by the rotated rest root offset
-            transl0[b] -= self._hip_offset() @ (R @ c2c).T
+        uv = np.zeros((N, 17, 2))
+        conf = np.zeros((N, 17))
+        world = np.zeros((N, 17, 3))
+        world_sel = np.zeros((N, 17, 3))  # the 3D target the hypotheses are compared on
+        Ks = np.zeros((N, 3, 3))
+        scale = np.zeros(N)
+        orient0 = np.zeros((N, 3))
+        transl0 = np.zeros((N, 3))
+        for h, hyp in enumerate(hyps):
+            for b, (_, det, K, _) in enumerate(todo):
+                n = h * B + b
+                uv[n], vis, world[n] = self._targets(det, hyp)
+                world_sel[n] = world[n] if hyp != "depth" else self._targets(det, "base")[2]
+                Ks[n] = K
+                conf[n] = np.where(vis >= MIN_VISIBILITY, vis, 0.0)
+                seen = conf[n] > 0
+                scale[n] = max(np.ptp(uv[n][seen], axis=0).max(), 16.0)
+                R = kabsch_rotation(rest[torso_idx], world[n][torso_idx], np.maximum(conf[n][torso_idx], 0.05))
+                orient0[n] = _rotvec(R @ c2c)
+                # translation: the rest joints under R, hip-centred, projected onto the 2D landmarks
+                transl0[n] = solve_translation(rest @ R.T, uv[n], K, conf[n] * w2_joint)
+                # the root (pivot) is not the hip midpoint: shift by the rotated rest root offset
+                transl0[n] -= self._hip_offset() @ (R @ c2c).T
 
         tt = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
-        uv_t, conf_t, world_t, K_t = tt(uv), tt(conf * coco_w), tt(world), tt(Ks)
-        scale_t = tt(scale)
-        free = tt(self._free_joint_mask())[None, :, None]
+        uv_t, K_t, world_t, scale_t = tt(uv), tt(Ks), tt(world), tt(scale)
+        w2_t = tt(conf * w2_joint)
+        w3_t = tt(conf * w3_joint)
+        free_np = self._free_joint_mask()
+        free = tt(free_np)[None, :, None]
+        # free bones the prior does not model get an L2 pull to their initial value
+        unmodelled = free_np.copy()
+        if self.prior is not None and hasattr(self.prior, "mean_pose"):
+            from diffusion_hpc.prior.anny_prior import ARTICULATED_INDEX
+
+            if body.name == "anny":
+                unmodelled[list(ARTICULATED_INDEX)] = 0.0
+        else:
+            unmodelled[:] = 0.0
+        unmodelled_t = tt(unmodelled)[None, :, None]
+        pose0 = self._init_pose()[None]
         orient = tt(orient0).requires_grad_(True)
         transl = tt(transl0).requires_grad_(True)
-        pose = torch.zeros(B, body.num_body_joints, 3, requires_grad=True)
+        delta = torch.zeros(N, body.num_body_joints, 3, requires_grad=True)
         neutral = body.neutral_params(1)[body.shape_key]
-        shape_logit = torch.zeros(B, body.shape_dim, requires_grad=True)
+        shape_logit = torch.zeros(N, body.shape_dim, requires_grad=True)
 
         def params_now():
             shape = torch.sigmoid(shape_logit) if body.shape_key == "phenotype" else shape_logit * 3.0
-            return {"global_orient": orient, "body_pose": pose * free, body.shape_key: shape, "transl": transl}
+            return {"global_orient": orient, "body_pose": pose0 + delta * free, body.shape_key: shape, "transl": transl}
 
         torso_mask = torch.zeros(17)
         torso_mask[torso_idx] = 1.0
+        ones = torch.ones(17)
 
-        def energy(p, joints_mask):
-            coco = self._joints(p)  # (B, 17, 3)
+        def energy(p, joints_mask, world_t=world_t):
+            coco = self._joints(p)  # (N, 17, 3)
             z = coco[..., 2:3].clamp(min=1e-2)
             proj = torch.einsum("bij,bkj->bki", K_t, coco / z)[..., :2]
             e2 = ((proj - uv_t) ** 2).sum(-1) / scale_t[:, None] ** 2
-            w = conf_t * joints_mask
-            loss_2d = (w * geman_mcclure(e2, cw.robust_sigma)).sum(-1) / cw.robust_sigma**2
+            w2 = w2_t * joints_mask
+            loss_2d = (w2 * geman_mcclure(e2, cw.robust_sigma)).sum(-1) / cw.robust_sigma**2
             rel = coco - coco[:, [l_hip, r_hip]].mean(1, keepdim=True)
+            w3 = w3_t * joints_mask
             target = world_t
             if cw.align_3d:
                 with torch.no_grad():
-                    target = world_t @ batched_kabsch(world_t, rel, w).transpose(1, 2)
-            loss_3d = (w * ((rel - target) ** 2).sum(-1)).sum(-1)
+                    target = world_t @ batched_kabsch(world_t, rel, w3).transpose(1, 2)
+                    if cw.align_scale:  # the detector's body size is not the model's
+                        num = (w3[..., None] * rel * target).sum((1, 2))
+                        den = (w3[..., None] * target * target).sum((1, 2)).clamp_min(1e-9)
+                        target = target * (num / den).clamp(0.7, 1.4)[:, None, None]
+            d3 = ((rel - target) ** 2).sum(-1)
+            if cw.sigma_3d > 0:
+                d3 = geman_mcclure(d3, cw.sigma_3d)
+            loss_3d = (w3 * d3).sum(-1)
             if self.prior is not None:
-                loss_pose = self.prior.penalty(p["body_pose"])
+                loss_pose = cw.w_pose * self.prior.penalty(p["body_pose"])
+                if cw.w_unmodelled > 0 and unmodelled.any():
+                    loss_pose = loss_pose + cw.w_unmodelled * ((delta * unmodelled_t) ** 2).sum((-1, -2))
             else:
-                loss_pose = fallback_pose_penalty(p["body_pose"])
+                loss_pose = cw.w_fallback * fallback_pose_penalty(p["body_pose"])
             loss_shape = ((p[body.shape_key] - neutral) ** 2).sum(-1)
-            total = cw.w_2d * loss_2d + cw.w_3d * loss_3d + cw.w_pose * loss_pose + cw.w_shape * loss_shape
-            return total, e2
+            return cw.w_2d * loss_2d + cw.w_3d * loss_3d + loss_pose + cw.w_shape * loss_shape
 
         stage1 = torch.optim.Adam([orient, transl], lr=cw.lr)
         for _ in range(cw.iters_global):
             stage1.zero_grad()
-            total, _ = energy(params_now(), torso_mask)
-            total.sum().backward()
+            energy(params_now(), torso_mask).sum().backward()
             stage1.step()
-        stage2 = torch.optim.Adam([orient, transl, pose, shape_logit], lr=cw.lr)
-        ones = torch.ones(17)
-        for _ in range(cw.iters_full):
+        stage2 = torch.optim.Adam([orient, transl, delta, shape_logit], lr=cw.lr)
+        for it in range(cw.iters_full):
+            if cw.lr_final != 1.0:
+                f = cw.lr_final + (1 - cw.lr_final) * 0.5 * (1 + math.cos(math.pi * it / max(cw.iters_full - 1, 1)))
+                for g in stage2.param_groups:
+                    g["lr"] = cw.lr * f
             stage2.zero_grad()
-            total, _ = energy(params_now(), ones)
-            total.sum().backward()
+            energy(params_now(), ones).sum().backward()
             stage2.step()
 
         with torch.no_grad():
             final = {k: v.detach() for k, v in params_now().items()}
+            total = energy(final, ones, tt(world_sel)).reshape(M, B)
+            best = total.argmin(0)  # (B,) hypothesis per image
+            rows = best * B + torch.arange(B)
+            final = {k: v[rows] for k, v in final.items()}
             out = body(final)
-        return self._estimates(todo, final, out, conf)
+        conf_best = conf.reshape(M, B, 17)[best.numpy(), np.arange(B)]
+        return self._estimates(todo, final, out, conf_best, [hyps[int(h)] for h in best])
 
     def _hip_offset(self) -> np.ndarray:
         """(3,) hip midpoint of the neutral body relative to its root joint, canonical frame."""
         self._rest_joints_camera()
         return self._hip_canonical
 
-    def _estimates(self, todo, final, out, conf) -> list[Estimate]:
+    def _estimates(self, todo, final, out, conf, hypotheses=None) -> list[Estimate]:
         from diffusion_hpc.geometry.camera import project
 
         results = []
@@ -535,6 +691,8 @@ class MediaPipeFitter(MeshEstimator):
             joints = {name: j[b].numpy().astype(np.float32) for name, j in out.joints.items()}
             uv = project(joints["coco17"].astype(np.float64), K)
             detected = coco17_from_mediapipe(det.landmarks2d)
+            if hypotheses is not None and hypotheses[b] == "swap":
+                detected = detected[COCO17_FLIP]
             seen = conf[b] > 0
             err = np.linalg.norm(uv - detected[:, :2], axis=1)
             fit_px = float(np.median(err[seen])) if seen.any() else float("nan")
@@ -547,6 +705,7 @@ class MediaPipeFitter(MeshEstimator):
                 K=K, joints3d=joints, keypoints2d=np.concatenate([uv, detected[:, 2:3]], axis=1),
                 confidence=confidence, landmarks2d=det.landmarks2d, landmarks3d=det.world,
                 person_mask=det.mask, fit_error_px=fit_px, image_size=size,
+                fit_hypothesis="" if hypotheses is None else hypotheses[b],
             ))
         return results
 

@@ -137,7 +137,7 @@ def render_preview(image: np.ndarray, estimate: Estimate, body=None) -> np.ndarr
 
 
 def estimate_files(paths_or_dir, out_npz: str | Path, body_model: str = "anny", preview_dir: str | Path | None = None,
-                   estimator=None, batch_size: int = 16, model_path: str | None = None, prior=None) -> dict[str, np.ndarray]:
+                   estimator=None, batch_size: int = 16, model_path: str | None = None, prior="default") -> dict[str, np.ndarray]:
     """What ``dhpc estimate --images DIR_OR_FILES --out FILE.npz [--body-model anny|smpl]`` does.
 
     Every input is read first (an unreadable file fails before any model loads, naming the file),
