@@ -28,3 +28,57 @@ def run_cli(*args: str, timeout: float = 600, env: dict | None = None):
         [sys.executable, "-m", "diffusion_hpc.cli", *args],
         capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
     )
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread: the tiny UNet is ~70x slower with 2 threads on a shared 2-core machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory):
+    """The tiny random diffusion backbone set (``dhpc backbone tiny``), written once per session."""
+    pytest.importorskip("diffusers")
+    from diffusion_hpc.generate.tiny import write_tiny_backbone
+
+    return write_tiny_backbone(tmp_path_factory.mktemp("tiny") / "bb", seed=0)
+
+
+def strip_timings(tar_bytes: bytes) -> bytes:
+    """A shard's members as bytes with the per-sample ``timings`` (which vary run to run) removed."""
+    import io
+    import json
+    import tarfile
+
+    out = []
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
+        for info in tar:
+            content = tar.extractfile(info).read()
+            if info.name.endswith(".json"):
+                meta = json.loads(content)
+                meta.pop("timings")
+                content = json.dumps(meta, sort_keys=True).encode()
+            out.append(info.name.encode() + content)
+    return b"".join(out)
+
+
+def dataset_digest(root: Path) -> str:
+    """Hash of a dataset's shards and manifest parts, timings excluded: equal digests = same data."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    for p in sorted((root / "shards").glob("*.tar")):
+        h.update(p.name.encode() + strip_timings(p.read_bytes()))
+    for p in sorted((root / "manifest").glob("*.jsonl")):
+        rows = [json.loads(line) for line in p.read_text().splitlines()]
+        for r in rows:
+            r.pop("timings")
+        h.update(p.name.encode() + json.dumps(rows, sort_keys=True).encode())
+    return h.hexdigest()

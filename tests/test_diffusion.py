@@ -28,20 +28,12 @@ from diffusion_hpc.generate.weights import check_models, check_tokenizer  # noqa
 SIZE = 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny UNet is ~70x slower with 2 threads on a shared 2-core machine (oversubscription)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def backbone(tmp_path_factory):
-    from diffusion_hpc.generate.tiny import write_tiny_backbone
-
-    return write_tiny_backbone(tmp_path_factory.mktemp("tiny") / "bb", seed=0)
+def backbone(tiny_backbone):
+    return tiny_backbone
 
 
 @pytest.fixture(scope="module")

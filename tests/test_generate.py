@@ -3,7 +3,6 @@ and clear errors on bad input."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -19,6 +18,7 @@ from diffusion_hpc.config import GenerateConfig
 from diffusion_hpc.data import open_dataset
 from diffusion_hpc.pipeline.generate import generate
 
+from conftest import dataset_digest as _digest
 from conftest import run_cli
 
 SMALL = dict(image_size=(96, 128), batch_size=3, shard_size=4)
@@ -93,40 +93,6 @@ def test_shards_are_webdataset_readable(dataset):
     urls = [str(p) for p in sorted((dataset / "shards").glob("*.tar"))]
     keys = [sample["__key__"] for sample in wds.WebDataset(urls, shardshuffle=False)]
     assert keys == [f"{i:09d}" for i in range(7)]
-
-
-def _digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted((root / "shards").glob("*.tar")) + sorted((root / "manifest").glob("*.jsonl")):
-        data = p.read_bytes()
-        if p.suffix == ".jsonl":  # timings differ from run to run; everything else must not
-            import json
-
-            rows = [json.loads(line) for line in data.decode().splitlines()]
-            for r in rows:
-                r.pop("timings")
-            data = json.dumps(rows).encode()
-        else:
-            data = _strip_timings_from_tar(data)
-        h.update(p.name.encode() + data)
-    return h.hexdigest()
-
-
-def _strip_timings_from_tar(data: bytes) -> bytes:
-    import io
-    import json
-    import tarfile
-
-    out = []
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        for info in tar:
-            content = tar.extractfile(info).read()
-            if info.name.endswith(".json"):
-                meta = json.loads(content)
-                meta.pop("timings")
-                content = json.dumps(meta, sort_keys=True).encode()
-            out.append(info.name.encode() + content)
-    return b"".join(out)
 
 
 def test_same_seed_same_bytes_and_different_seed_differs(dataset, tmp_path):

@@ -9,15 +9,12 @@ Real photos: scikit-image's astronaut and camera, matplotlib's grace_hopper.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -33,7 +30,7 @@ from diffusion_hpc.errors import ConfigError, InputError, MissingModelError  # n
 from diffusion_hpc.generate.base import PRESETS, expected_unet_evals  # noqa: E402
 from diffusion_hpc.pipeline.generate import Generator, generate  # noqa: E402
 
-from conftest import run_cli  # noqa: E402
+from conftest import dataset_digest, run_cli, strip_timings  # noqa: E402
 
 SIZE = 64
 P = PRESETS["default"]
@@ -42,19 +39,12 @@ REGEN_EVALS = expected_unet_evals(P.regen_steps, P.guidance, P.strength)  # 28
 FULL_EVALS = expected_unet_evals(P.regen_steps, P.guidance)  # 40: mode D, no start image
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def backbone(tmp_path_factory):
-    from diffusion_hpc.generate.tiny import write_tiny_backbone
-
-    return write_tiny_backbone(tmp_path_factory.mktemp("tiny") / "bb", seed=0)
+def backbone(tiny_backbone):
+    return tiny_backbone
 
 
 @pytest.fixture(scope="module")
@@ -171,37 +161,12 @@ def test_mode_r_labels_scores_and_cost(r_dataset, anny_body):
     assert run["unet_evals_total"] == sum(r["unet_evals"] for r in rows)
 
 
-def _strip(data: bytes) -> bytes:
-    out = []
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        for info in tar:
-            content = tar.extractfile(info).read()
-            if info.name.endswith(".json"):
-                meta = json.loads(content)
-                meta.pop("timings")
-                content = json.dumps(meta, sort_keys=True).encode()
-            out.append(info.name.encode() + content)
-    return b"".join(out)
-
-
-def _digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted((root / "shards").glob("*.tar")):
-        h.update(p.name.encode() + _strip(p.read_bytes()))
-    for p in sorted((root / "manifest").glob("*.jsonl")):
-        rows = [json.loads(line) for line in p.read_text().splitlines()]
-        for r in rows:
-            r.pop("timings")
-        h.update(p.name.encode() + json.dumps(rows).encode())
-    return h.hexdigest()
-
-
 def test_determinism_same_seed_same_samples(r_dataset, backbone, guides, tmp_path):
     """A 2-sample run with the same seed remakes shard 0 byte for byte (labels, images, scores)."""
     out = tmp_path / "again"
     generate(r_config(backbone, guides, n=2), out, progress=False)
     name = "shards/shard-000000.tar"
-    assert _strip((out / name).read_bytes()) == _strip((r_dataset / name).read_bytes())
+    assert strip_timings((out / name).read_bytes()) == strip_timings((r_dataset / name).read_bytes())
 
 
 @pytest.mark.slow
@@ -227,7 +192,7 @@ def test_resume_mode_r_after_sigkill(r_dataset, backbone, guides, tmp_path):
     assert sorted(r["index"] for r in rows) == list(range(6))
     keys = [s["key"] for s in open_dataset(out)]
     assert len(keys) == len(set(keys)) == sum(r["status"] == "ok" for r in rows)
-    assert _digest(out) == _digest(r_dataset)
+    assert dataset_digest(out) == dataset_digest(r_dataset)
 
 
 def test_min_agreement_drops_and_counts_cli(backbone, guides, tmp_path):
