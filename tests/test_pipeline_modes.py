@@ -146,6 +146,12 @@ def test_mode_r_labels_scores_and_cost(r_dataset, anny_body):
         # no start image in mode R: the regeneration only, round(0.7 * 20) steps x 2 (guidance)
         assert s["unet_evals"] == REGEN_EVALS == 28
         assert 0.0 <= s["scores"]["pck_agreement"] <= 1.0 and 0.0 <= s["scores"]["mask_iou"] <= 1.0
+        # the segmenter's mask of the final image is stored beside the label silhouette, and mask_iou is theirs
+        from diffusion_hpc.pipeline.verify import mask_iou
+
+        assert s["image_mask"] is not None and s["image_mask"].shape == s["mask"].shape
+        iou = mask_iou(s["image_mask"], s["mask"])
+        assert (np.isnan(iou) and s["scores"]["mask_iou"] is None) or abs(iou - s["scores"]["mask_iou"]) < 1e-9
         assert s["scores"]["prior_score"] is not None
         assert {"start", "segment", "estimate", "prior", "render", "regenerate", "verify"} <= set(s["timings"])
     # variants of one guide: the same start photo, other poses

@@ -17,7 +17,8 @@ class Dataset:
     Each sample is a dict with ``key``, ``image`` (H, W, 3) uint8, ``mask`` (H, W) bool, ``depth``
     (H, W) float32 metres (0 = background), ``K`` (3, 3), ``body_model``, ``params`` (dict of
     arrays), ``joints3d`` ({joint set: (J, 3)} camera frame, metres), ``keypoints2d`` (17, 3)
-    COCO-17 pixels + visibility, ``mode``, ``prompt``, ``seed``, ``index`` and the rest of the
+    COCO-17 pixels + visibility, ``mode``, ``prompt``, ``seed``, ``index``, ``image_mask`` (the
+    segmenter's person mask of the final image, or None when verification did not run) and the rest of the
     record's metadata (see :mod:`diffusion_hpc.data.schema`).
     """
 

@@ -6,6 +6,8 @@ One sample is stored in a shard as members sharing a key (``<key>.<ext>``):
 - ``mask.png``   (H, W) uint8, 255 = person
 - ``depth.png``  (H, W) uint16, camera-frame z in millimetres, 0 = background
 - ``params.npz`` body parameters (unbatched arrays; no pickles)
+- ``image_mask.png`` (optional) (H, W) uint8, 255 = person as the segmenter sees it in the final
+  image (written when label verification ran); ``mask`` is always the label mesh's silhouette
 - ``json``       everything else: ``schema``, ``key``, ``index``, ``seed``, ``K`` (3x3),
   ``body_model``, ``joints3d`` ({joint-set name: (J, 3) camera-frame metres}),
   ``keypoints2d`` (COCO-17, (17, 3): u, v in pixels and COCO visibility 0 = outside the image,
@@ -48,6 +50,7 @@ class SampleRecord:
     scores: dict[str, float] = field(default_factory=dict)
     unet_evals: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    image_mask: np.ndarray | None = None  # (H, W) bool, segmenter's person mask of the final image
     schema: int = SCHEMA_VERSION
 
 
@@ -99,13 +102,16 @@ def encode(record: SampleRecord) -> dict[str, bytes]:
         "timings": record.timings,
         "image_size": [int(record.image.shape[0]), int(record.image.shape[1])],
     }
-    return {
+    members = {
         "image.png": encode_png(np.asarray(record.image, np.uint8)),
         "mask.png": encode_png(np.asarray(record.mask, bool).astype(np.uint8) * 255),
         "depth.png": encode_png(depth_mm),
         "params.npz": params.getvalue(),
         "json": json.dumps(meta, sort_keys=True).encode(),
     }
+    if record.image_mask is not None:
+        members["image_mask.png"] = encode_png(np.asarray(record.image_mask, bool).astype(np.uint8) * 255)
+    return members
 
 
 def decode(members: dict[str, bytes]) -> dict[str, Any]:
@@ -128,5 +134,6 @@ def decode(members: dict[str, bytes]) -> dict[str, Any]:
         params=params,
         joints3d={k: np.asarray(v, np.float64) for k, v in meta["joints3d"].items()},
         keypoints2d=np.asarray(meta["keypoints2d"], np.float64),
+        image_mask=decode_png(members["image_mask.png"]) > 127 if "image_mask.png" in members else None,
     )
     return record

@@ -143,6 +143,7 @@ class Candidate:
     joints3d: dict = field(default_factory=dict)
     keypoints2d: np.ndarray | None = None
     render_slot: int = -1
+    image_mask: np.ndarray | None = None  # segmenter's person mask of the final image (verification)
 
 
 class Stages:
@@ -526,6 +527,7 @@ class Generator:
         for i, (c, est) in enumerate(zip(cands, estimates)):
             c.scores["pck_agreement"] = pck_agreement(est.keypoints2d if est.ok else None, c.keypoints2d, c.mask)
             c.scores["mask_iou"] = mask_iou(seg.person[i], c.mask)
+            c.image_mask = seg.person[i]
             c.scores["person_found"] = float(est.ok)
             if cfg.min_agreement is not None and not (c.scores["pck_agreement"] >= cfg.min_agreement):
                 c.reason = "verify: drifted"
@@ -564,7 +566,7 @@ class Generator:
                 key=sample_key(c.index), index=c.index, seed=c.seed, image=c.image, mask=c.mask, depth=c.depth,
                 K=c.K, body_model=cfg.body_model, params=c.params, joints3d=c.joints3d, keypoints2d=c.keypoints2d,
                 mode=cfg.mode, prompt=c.prompt, generator=cfg.generator, pose_source=c.pose_source,
-                scores=scores, unet_evals=evals, timings=timings,
+                scores=scores, unet_evals=evals, timings=timings, image_mask=c.image_mask,
             ))  # fmt: skip
             rows.append(ManifestRow(sample_key(c.index), c.index, 0, c.seed, "ok", scores=scores, unet_evals=evals,
                                     timings=timings))  # fmt: skip
