@@ -50,7 +50,8 @@ def _load_anny_core():
         try:  # anny's skinning kernels use NVIDIA warp, which prints a banner on first use
             import warp
 
-            warp.config.quiet = True
+            warp.config.quiet = True  # older warp
+            warp.config.log_level = 40  # warp >= 1.19: LOG_ERROR (its banner and kernel-cache lines are INFO)
         except ImportError:  # pragma: no cover
             pass
         import anny
