@@ -133,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--batch-size", type=int, default=16, help="images fitted together (default 16)")
     est.add_argument("--no-prior", dest="prior", action="store_false",
                      help="regularise the fit with a plain L2 / joint-limit penalty instead of the default pose prior")
+    est.add_argument("--estimator", choices=["mediapipe", "hmr", "spin"], default="mediapipe",
+                     help="mediapipe: landmarks + body-model fit (default); hmr: a regressor from dhpc train "
+                     "(--checkpoint RUN_DIR); spin: SPIN's SMPL model_checkpoint.pt (--checkpoint, --smpl-path)")
+    est.add_argument("--checkpoint", type=Path, help="hmr / spin: the regressor checkpoint")
+    est.add_argument("--mean-params", type=Path,
+                     help="spin: smpl_mean_params.npz, when the checkpoint lacks the mean-parameter buffers")
 
     t = sub.add_parser("train", help="fine-tune an HMR regressor on synthetic (+ real) data",
                        description="Fine-tune an HMR regressor (ResNet-50 / ViT backbone from transformers, "
@@ -297,8 +303,18 @@ def cmd_estimate(args) -> int:
     prior = "default" if args.prior else None  # "default": the shipped Anny prior (fallback for SMPL)
     images = [str(p) for p in args.images]
     preview = args.preview if args.preview else args.out.with_suffix("").with_name(args.out.stem + "_preview")
+    options: dict = {}
+    if args.estimator != "mediapipe":
+        if args.checkpoint is None:
+            raise DhpcError(f"--estimator {args.estimator} needs --checkpoint PATH (the regressor's weights)")
+        options = {"checkpoint": args.checkpoint}
+        if args.estimator == "spin":
+            options.update(smpl_path=args.smpl_path, mean_params=args.mean_params)
+        else:
+            options.update(model_path=args.smpl_path)
     arrays = estimate_files(images if len(images) > 1 else images[0], args.out, body_model=args.body_model,
-                            preview_dir=preview, batch_size=args.batch_size, model_path=args.smpl_path, prior=prior)
+                            preview_dir=preview, batch_size=args.batch_size, model_path=args.smpl_path, prior=prior,
+                            estimator_name=args.estimator, estimator_options=options)
     print(f"{int(arrays['ok'].sum())} of {len(arrays['ok'])} images fitted -> {args.out}; previews in {preview}")
     return 0
 

@@ -19,7 +19,7 @@ from diffusion_hpc.estimate.base import Estimate, MeshEstimator, check_image, lo
 if TYPE_CHECKING:  # pragma: no cover
     from diffusion_hpc.prior.base import PosePrior
 
-ESTIMATORS = ("mediapipe",)
+ESTIMATORS = ("mediapipe", "hmr", "spin")
 
 
 def get_estimator(name: str = "mediapipe", body_model: str = "anny", prior: "PosePrior | str | None" = "default",
@@ -27,17 +27,24 @@ def get_estimator(name: str = "mediapipe", body_model: str = "anny", prior: "Pos
     """A mesh estimator.
 
     Args:
-        name: backend; ``"mediapipe"`` (default).
-        body_model: ``"anny"`` (default) or ``"smpl"``/``"smplx"`` (pass ``model_path=``).
+        name: backend; ``"mediapipe"`` (default), ``"hmr"`` (the project's regressor, ``checkpoint=``
+            the folder from ``dhpc train``) or ``"spin"`` (SPIN's ``model_checkpoint.pt``, ``smpl_path=``).
+        body_model: ``"anny"`` (default) or ``"smpl"``/``"smplx"`` (pass ``model_path=``); mediapipe only
+            (a regressor's body model is its checkpoint's).
         prior: pose prior whose ``penalty`` regularises the fit; ``"default"`` (default): the shipped
             Anny prior when ``body_model`` is Anny, else the fallback; None: a documented L2 +
             joint-limit regulariser (:func:`diffusion_hpc.estimate.mediapipe_fit.fallback_pose_penalty`).
-        **kwargs: backend options (mediapipe: ``fov_deg``, ``weights``, ``model_path``).
+        **kwargs: backend options (mediapipe: ``fov_deg``, ``weights``, ``model_path``; hmr / spin: see
+            :class:`~diffusion_hpc.estimate.hmr_adapter.HMREstimator` / :class:`~diffusion_hpc.estimate.spin.SPINEstimator`).
     """
     if name == "mediapipe":
         from diffusion_hpc.estimate.mediapipe_fit import MediaPipeFitter
 
         return MediaPipeFitter(body_model=body_model, prior=prior, **kwargs)
+    if name in ("hmr", "spin"):  # regressor checkpoints: the body model is the checkpoint's
+        from diffusion_hpc.estimate.hmr_adapter import make_estimator
+
+        return make_estimator(name, **kwargs)
     raise ValueError(f"unknown mesh estimator {name!r}; choose one of {ESTIMATORS}")
 
 

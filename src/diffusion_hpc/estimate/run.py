@@ -137,8 +137,13 @@ def render_preview(image: np.ndarray, estimate: Estimate, body=None) -> np.ndarr
 
 
 def estimate_files(paths_or_dir, out_npz: str | Path, body_model: str = "anny", preview_dir: str | Path | None = None,
-                   estimator=None, batch_size: int = 16, model_path: str | None = None, prior="default") -> dict[str, np.ndarray]:
+                   estimator=None, batch_size: int = 16, model_path: str | None = None, prior="default",
+                   estimator_name: str = "mediapipe", estimator_options: dict | None = None) -> dict[str, np.ndarray]:
     """What ``dhpc estimate --images DIR_OR_FILES --out FILE.npz [--body-model anny|smpl]`` does.
+
+    ``estimator`` (an instance) or ``estimator_name`` + ``estimator_options`` choose the backend
+    (:func:`diffusion_hpc.estimate.get_estimator`); ``body_model``, ``model_path`` and ``prior``
+    apply to the default MediaPipe fitter, a regressor's body model is its checkpoint's.
 
     Every input is read first (an unreadable file fails before any model loads, naming the file),
     then images are estimated ``batch_size`` at a time, the npz written atomically, and with
@@ -157,7 +162,12 @@ def estimate_files(paths_or_dir, out_npz: str | Path, body_model: str = "anny", 
     if estimator is None:
         from diffusion_hpc.estimate import get_estimator
 
-        estimator = get_estimator("mediapipe", body_model=body_model, prior=prior, model_path=model_path)
+        if estimator_name == "mediapipe":
+            estimator = get_estimator("mediapipe", body_model=body_model, prior=prior, model_path=model_path,
+                                      **(estimator_options or {}))
+        else:
+            estimator = get_estimator(estimator_name, **(estimator_options or {}))
+    body_model = getattr(estimator, "body_model", body_model)
     estimates: list[Estimate] = []
     for lo in range(0, len(images), batch_size):
         estimates.extend(estimator.estimate(images[lo:lo + batch_size]))

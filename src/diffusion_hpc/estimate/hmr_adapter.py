@@ -1,0 +1,283 @@
+"""Mesh estimation with an HMR-style regressor checkpoint (the project's own :mod:`diffusion_hpc.hmr`).
+
+Pipeline per call: a person box per image (from MediaPipe Pose landmarks, or given by the caller),
+a square crop, one batched regressor forward, then the crop camera turned into a camera for the
+full image.
+
+Box: the visible MediaPipe landmarks (visibility >= :data:`~.mediapipe_fit.MIN_VISIBILITY`), their
+bounding box's longer side times :data:`BOX_EXPAND` (1.2), square, same centre. An image without a
+person gives ``Estimate(ok=False, reason="no person found")``.
+
+Crop: :func:`diffusion_hpc.hmr.data.crop_matrix` (image px -> crop px,
+``u -> (S / b)(u - c) + (S - 1) / 2`` for box centre ``c``, side ``b``, crop side ``S``), bilinear,
+zero border, RGB in [0, 1], exactly as the training crops.
+
+Camera conversion. The regressor predicts SPIN's weak-perspective camera ``(s, tx, ty)`` in
+normalised crop coordinates and its translation ``t_c = (tx, ty, f_n / s)``, with the fixed
+normalised focal ``f_n = 2 * 5000 / 224`` (:data:`~diffusion_hpc.hmr.model.NORMALISED_FOCAL`):
+a crop point is ``u_n = f_n (X + t_c)_xy / (X + t_c)_z``. Mapped back to image pixels through the
+crop transform this is a pinhole camera with principal point at the box centre ``c`` and focal
+
+    f = f_n * b / 2 = 5000 * b / 224    (= 5000 * b / S at SPIN's S = 224; pixels of the full image)
+
+so the full-image ``K`` uses that focal (one per image: it depends on the box side) and the
+principal point ``p`` at the image centre ``((W - 1) / 2, (H - 1) / 2)``. Moving the principal
+point from ``c`` to ``p`` is compensated by shifting the body sideways at its root depth
+``z = t_c[2]``:
+
+    t = t_c + ((c_x - p_x) z / f, (c_y - p_y) z / f, 0)
+
+This is exact for points at depth ``z``; a point at depth ``z'`` lands ``(c - p)(z - z') / z'``
+pixels away from the crop-space projection (a fraction of a pixel: ``z`` is tens of metres with
+SPIN's focal, the body's depth extent tenths). ``principal_point="box"`` instead puts the principal
+point of ``K`` at the box centre and keeps ``t = t_c`` (exact, but an off-centre ``K``).
+
+``params`` are the regressor's camera-frame rotations and shape plus ``transl = t``; ``joints3d``
+is the body model's forward pass with them; ``keypoints2d`` is COCO-17 of ``joints3d`` projected
+through ``K``, with the detector's COCO-17 visibilities as the third column (ones when the box came
+from the caller). ``confidence``: the detector's mean COCO-17 visibility times
+``exp(-fit_px / (0.05 * person_px))`` (``fit_px``: median distance between the projected and the
+detected COCO-17 keypoints), as in the MediaPipe fitter; 1.0 for caller boxes (no evidence).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from diffusion_hpc.estimate.base import Estimate, MeshEstimator, check_image
+from diffusion_hpc.errors import MissingModelError
+
+BOX_EXPAND = 1.2
+#: regressor forward batch size
+BATCH = 16
+
+Box = tuple  # (centre (2,), side px)
+
+
+def _check_options(detector: str | None, principal_point: str) -> None:
+    if detector not in ("mediapipe", None):
+        raise ValueError(f"detector must be 'mediapipe' or None, got {detector!r}")
+    if principal_point not in ("image", "box"):
+        raise ValueError(f"principal_point must be 'image' or 'box', got {principal_point!r}")
+
+
+def box_from_landmarks(landmarks2d: np.ndarray, min_visibility: float | None = None, expand: float = BOX_EXPAND):
+    """Square ``(centre (2,), side)`` around (L, 3) landmarks (u, v, visibility) seen with at least
+    ``min_visibility``; None when fewer than two are seen."""
+    from diffusion_hpc.estimate.mediapipe_fit import MIN_VISIBILITY
+
+    lm = np.asarray(landmarks2d, np.float64)
+    seen = lm[:, 2] >= (MIN_VISIBILITY if min_visibility is None else min_visibility)
+    if seen.sum() < 2:
+        return None
+    lo, hi = lm[seen, :2].min(0), lm[seen, :2].max(0)
+    return (lo + hi) / 2.0, float(max(expand * (hi - lo).max(), 8.0))
+
+
+def crop_image(image: np.ndarray, center: np.ndarray, side: float, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """((3, S, S) float32 RGB in [0, 1], (3, 3) image px -> crop px) for a square box."""
+    import cv2
+
+    from diffusion_hpc.hmr.data import crop_matrix
+
+    A = crop_matrix(np.asarray(center, np.float64), float(side), size)
+    crop = cv2.warpAffine(np.ascontiguousarray(image), A[:2], (size, size), flags=cv2.INTER_LINEAR, borderValue=0)
+    return (crop.astype(np.float32) / 255.0).transpose(2, 0, 1), A
+
+
+def image_camera(cam_t: np.ndarray, center: np.ndarray, side: float, image_size: tuple[int, int],
+                 normalised_focal: float | None = None, principal_point: str = "image") -> tuple[np.ndarray, np.ndarray]:
+    """Full-image ``(K (3, 3), transl (3,))`` from the crop-camera translation (module docstring).
+
+    Args:
+        cam_t: (3,) crop-camera translation ``(tx, ty, f_n / s)``.
+        center, side: the crop's box in image pixels.
+        image_size: (height, width) of the image.
+        normalised_focal: ``f_n`` (default the regressor's, ``2 * 5000 / 224``).
+        principal_point: ``"image"`` (image centre, body shifted) or ``"box"`` (box centre, exact).
+    """
+    from diffusion_hpc.hmr.model import NORMALISED_FOCAL
+
+    fn = NORMALISED_FOCAL if normalised_focal is None else normalised_focal
+    f = fn * float(side) / 2.0
+    c = np.asarray(center, np.float64)
+    t = np.asarray(cam_t, np.float64).copy()
+    if principal_point == "box":
+        p = c
+    elif principal_point == "image":
+        height, width = image_size
+        p = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
+        t[:2] += (c - p) * t[2] / f
+    else:
+        raise ValueError(f"principal_point must be 'image' or 'box', got {principal_point!r}")
+    K = np.array([[f, 0.0, p[0]], [0.0, f, p[1]], [0.0, 0.0, 1.0]])
+    return K, t
+
+
+class HMREstimator(MeshEstimator):
+    """Mesh estimator from an exported :class:`~diffusion_hpc.hmr.model.HMRRegressor`.
+
+    Args:
+        checkpoint: folder (or a file in it) with ``regressor.json`` + ``regressor.safetensors``
+            (:func:`~diffusion_hpc.hmr.model.export_regressor`); loaded now, a missing one raises
+            :class:`~diffusion_hpc.errors.MissingModelError` before any image is processed.
+        detector: ``"mediapipe"`` (person boxes from MediaPipe Pose) or None (boxes must be passed
+            to :meth:`estimate`).
+        crop_size: crop side S in pixels (default: the ViT's image size, else 224).
+        model_path: SMPL/SMPL-X model file for SMPL regressors (ignored for Anny).
+        principal_point: see :func:`image_camera`.
+    """
+
+    name = "hmr"
+
+    def __init__(self, checkpoint: str | Path, detector: str | None = "mediapipe", crop_size: int | None = None,
+                 model_path: str | Path | None = None, principal_point: str = "image") -> None:
+        from diffusion_hpc.hmr.model import load_regressor
+
+        if checkpoint is None or not Path(checkpoint).expanduser().exists():
+            raise MissingModelError(f"HMR checkpoint {checkpoint} does not exist (pass the folder written by "
+                                    "export_regressor: regressor.json + regressor.safetensors)")
+        _check_options(detector, principal_point)
+        regressor = load_regressor(Path(checkpoint).expanduser()).eval()
+        self._setup(regressor, regressor.spec.name, regressor.spec.shape_key, model_path, detector, principal_point,
+                    int(crop_size) if crop_size else self._default_crop(regressor))
+
+    def _setup(self, regressor, body_model: str, shape_key: str, model_path, detector, principal_point: str,
+               crop_size: int) -> None:
+        """State shared by every regressor estimator (the body model is checked now, loaded lazily)."""
+        from diffusion_hpc.body import check_body_model
+
+        check_body_model(body_model, model_path)
+        self.regressor = regressor
+        self.body_model, self.shape_key, self.model_path = body_model, shape_key, model_path
+        self.principal_point, self.crop_size = principal_point, crop_size
+        self.detector_name = detector
+        self._detector = None
+        self._body = None
+
+    # -- pieces ------------------------------------------------------------------------------
+    @staticmethod
+    def _default_crop(regressor) -> int:
+        from diffusion_hpc.hmr.model import REFERENCE_CROP
+
+        cfg = regressor.backbone.config
+        return int(getattr(cfg, "image_size", REFERENCE_CROP)) if regressor._kind == "vit" else REFERENCE_CROP
+
+    @property
+    def body(self):
+        if self._body is None:
+            from diffusion_hpc.body import get_body_model
+
+            self._body = get_body_model(self.body_model, model_path=self.model_path)
+        return self._body
+
+    @property
+    def detector(self):
+        if self._detector is None and self.detector_name == "mediapipe":
+            from diffusion_hpc.estimate.mediapipe_fit import MediaPipeDetector
+
+            self._detector = MediaPipeDetector()
+        return self._detector
+
+    def regress_crops(self, crops: np.ndarray) -> dict[str, np.ndarray]:
+        """Regressor outputs (numpy) for (N, 3, S, S) crops, in batches of :data:`BATCH`."""
+        import torch
+
+        outs: list[dict] = []
+        with torch.no_grad():
+            for i in range(0, len(crops), BATCH):
+                pred = self.regressor(torch.as_tensor(crops[i : i + BATCH]))
+                outs.append({k: v.numpy() for k, v in pred.items() if k != "states"})
+        return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+    # -- interface ---------------------------------------------------------------------------
+    def estimate(self, images: Sequence[np.ndarray], boxes: Sequence[Box | None] | None = None) -> list[Estimate]:
+        """One :class:`Estimate` per image.
+
+        Args:
+            images: (H, W, 3) uint8 RGB arrays.
+            boxes: optional ``(centre (2,), side px)`` square person box per image (None entries
+                use the detector); required when the estimator has no detector.
+        """
+        images = [check_image(im, f"images[{i}]") for i, im in enumerate(images)]
+        if boxes is not None and len(boxes) != len(images):
+            raise ValueError(f"{len(boxes)} boxes for {len(images)} images")
+        results: list[Estimate | None] = [None] * len(images)
+        todo = []  # (index, centre, side, detection or None)
+        for i, image in enumerate(images):
+            box = None if boxes is None else boxes[i]
+            det = None
+            if box is None:
+                if self.detector is None:
+                    raise ValueError("this HMR estimator has no detector (detector=None): pass boxes=")
+                det = self.detector.detect(image)
+                box = None if det is None else box_from_landmarks(det.landmarks2d)
+            if box is None:
+                results[i] = Estimate(ok=False, reason="no person found", body_model=self.body_model,
+                                      image_size=image.shape[:2])
+                continue
+            todo.append((i, np.asarray(box[0], np.float64), float(box[1]), det))
+        if todo:
+            for i, est in zip([t[0] for t in todo], self._estimate_boxes(images, todo)):
+                results[i] = est
+        return results  # type: ignore[return-value]
+
+    def _estimate_boxes(self, images, todo) -> list[Estimate]:
+        import torch
+
+        from diffusion_hpc.estimate.mediapipe_fit import coco17_from_mediapipe
+        from diffusion_hpc.geometry.camera import project
+
+        S = self.crop_size
+        crops = np.stack([crop_image(images[i], c, b, S)[0] for i, c, b, _ in todo])
+        pred = self.regress_crops(crops)
+        cams = [image_camera(pred["cam_t"][n], c, b, images[i].shape[:2], principal_point=self.principal_point)
+                for n, (i, c, b, _) in enumerate(todo)]
+        params = {
+            "global_orient": torch.as_tensor(pred["global_orient"]),
+            "body_pose": torch.as_tensor(pred["body_pose"]),
+            self.shape_key: torch.as_tensor(pred["shape"]),
+            "transl": torch.as_tensor(np.stack([t for _, t in cams]), dtype=torch.float32),
+        }
+        with torch.no_grad():
+            out = self.body(params)
+        results = []
+        for n, (i, c, b, det) in enumerate(todo):
+            K = cams[n][0]
+            joints = {name: j[n].numpy().astype(np.float32) for name, j in out.joints.items()}
+            uv = project(joints["coco17"].astype(np.float64), K)
+            if det is not None:
+                detected = coco17_from_mediapipe(det.landmarks2d)
+                seen = detected[:, 2] > 0.3
+                err = np.linalg.norm(uv - detected[:, :2], axis=1)
+                fit_px = float(np.median(err[seen])) if seen.any() else float("nan")
+                person_px = max(np.ptp(detected[seen, :2], axis=0).max(), 1.0) if seen.any() else 1.0
+                agree = math.exp(-fit_px / (0.05 * person_px)) if seen.any() else 0.0
+                confidence = float(np.clip(detected[:, 2].mean() * agree, 0.0, 1.0))
+                vis, lm2d, lm3d, mask = detected[:, 2:3], det.landmarks2d, det.world, det.mask
+            else:
+                fit_px, confidence = float("nan"), 1.0
+                vis, lm2d, lm3d, mask = np.ones((17, 1)), np.zeros((33, 3)), np.zeros((33, 3)), None
+            results.append(Estimate(
+                ok=True, reason="", body_model=self.body_model,
+                params={k: v[n].numpy().astype(np.float32) for k, v in params.items()},
+                K=K, joints3d=joints, keypoints2d=np.concatenate([uv, vis], axis=1), confidence=confidence,
+                landmarks2d=lm2d, landmarks3d=lm3d, person_mask=mask, fit_error_px=fit_px,
+                image_size=tuple(images[i].shape[:2]), fit_hypothesis="",
+            ))
+        return results
+
+
+def make_estimator(name: str, **kwargs) -> MeshEstimator:
+    """``"hmr"`` -> :class:`HMREstimator`, ``"spin"`` -> :class:`~diffusion_hpc.estimate.spin.SPINEstimator`."""
+    if name == "hmr":
+        return HMREstimator(**kwargs)
+    if name == "spin":
+        from diffusion_hpc.estimate.spin import SPINEstimator
+
+        return SPINEstimator(**kwargs)
+    raise ValueError(f"unknown regressor estimator {name!r}; choose 'hmr' or 'spin'")
