@@ -208,3 +208,27 @@ def test_swapped_labels_hypothesis_wins_on_swapped_landmarks(estimator, rendered
     gt, fit = sample["keypoints2d"][:, :2], est.keypoints2d[:, :2]
     assert np.linalg.norm(fit[9] - gt[9]) < np.linalg.norm(fit[9] - gt[10]) + 1.0
     assert pa_mpjpe(est.joints3d["h36m17"], sample["joints3d"]["h36m17"]) * 1000 < RENDER_PA_MPJPE_MEDIAN_MM * 1.5
+
+
+def test_native_log_chatter_is_filtered_and_nothing_else_is_lost(capfd):
+    import os
+
+    from diffusion_hpc.estimate.mediapipe_fit import filtered_native_stderr
+
+    with filtered_native_stderr():
+        os.write(2, b"W0000 00:00:1 feedback_manager.cc:114] chatter\nreal problem: disk full\n")
+        os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
+    err = capfd.readouterr().err
+    assert err == "real problem: disk full\n"
+
+
+def test_estimating_a_photo_prints_no_native_chatter(tmp_path):
+    """A user running ``dhpc estimate`` sees the tool's output, not MediaPipe's start-up log lines."""
+    from conftest import run_cli
+
+    from diffusion_hpc.data.schema import encode_png
+
+    (tmp_path / "astronaut.png").write_bytes(encode_png(skdata.astronaut()))
+    proc = run_cli("estimate", "--images", str(tmp_path / "astronaut.png"), "--out", str(tmp_path / "e.npz"))
+    assert proc.returncode == 0, proc.stderr
+    assert "W0000" not in proc.stderr and "TensorFlow Lite" not in proc.stderr, proc.stderr
