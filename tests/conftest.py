@@ -50,6 +50,51 @@ def tiny_backbone(tmp_path_factory):
     return write_tiny_backbone(tmp_path_factory.mktemp("tiny") / "bb", seed=0)
 
 
+@pytest.fixture(scope="session")
+def tiny_sdxl_backbone(tmp_path_factory):
+    """The tiny random SDXL backbone set (``dhpc backbone tiny --sdxl``: text2img + ControlNet-depth)."""
+    pytest.importorskip("diffusers")
+    from diffusion_hpc.generate.tiny import write_tiny_backbone
+
+    return write_tiny_backbone(tmp_path_factory.mktemp("tiny-sdxl") / "bb", seed=0, sdxl=True)
+
+
+#: image side of the tiny backbones (generate/tiny.py)
+TINY_SIZE = 64
+
+
+def regen_scene(b: int, first: int = 0):
+    """A regeneration scene at TINY_SIZE: start images (item i from its own rng), a box-shaped person
+    with a depth ramp, an occluder bar.
+
+    Returns:
+        images (b, S, S, 3) uint8, depth (b, S, S) float32 metres (0 = background), silhouettes
+        (b, S, S) bool, occluders (b, S, S) bool.
+    """
+    import numpy as np
+
+    s = TINY_SIZE
+    images = np.stack([np.random.default_rng(7 + first + i).integers(0, 256, (s, s, 3), dtype=np.uint8)
+                       for i in range(b)])  # fmt: skip
+    depth = np.zeros((b, s, s), np.float32)
+    depth[:, 12:52, 22:42] = 3.0 + np.linspace(0.0, 0.5, 20, dtype=np.float32)[None, None, :]
+    occ = np.zeros((b, s, s), bool)
+    occ[:, 40:46, :] = True
+    return images, depth, depth > 0, occ
+
+
+def regen_batch(seeds, start: bool = True, first: int = 0):
+    """A regeneration GenerationBatch of :func:`regen_scene` (prompt i: template first + i);
+    ``start=False``: no start image nor person mask (mode D)."""
+    from diffusion_hpc.generate.base import GenerationBatch, format_prompt
+
+    b = len(seeds)
+    images, depth, sil, occ = regen_scene(b, first)
+    return GenerationBatch(seeds=list(seeds), prompts=[format_prompt("doing a backflip", first + i) for i in range(b)],
+                           start_images=images if start else None, person_masks=sil if start else None,
+                           silhouettes=sil, occluder_masks=occ, depth=depth)  # fmt: skip
+
+
 def strip_timings(tar_bytes: bytes) -> bytes:
     """A shard's members as bytes with the per-sample ``timings`` (which vary run to run) removed."""
     import io

@@ -25,7 +25,8 @@ from diffusion_hpc.generate.base import (  # noqa: E402
 )
 from diffusion_hpc.generate.weights import check_models, check_tokenizer  # noqa: E402
 
-SIZE = 64
+from conftest import TINY_SIZE as SIZE  # noqa: E402
+from conftest import regen_batch, regen_scene  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -57,25 +58,6 @@ def cnet(backbone, t2i):
     return DepthRegenerator(backbone, method="controlnet", preset="default", steps=4, strength=0.7, share_with=t2i)
 
 
-def _scene(b: int, first: int = 0):
-    """Start images (item i from its own rng), a box-shaped person with a depth ramp, an occluder bar."""
-    images = np.stack([np.random.default_rng(7 + first + i).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
-                       for i in range(b)])  # fmt: skip
-    depth = np.zeros((b, SIZE, SIZE), np.float32)
-    depth[:, 12:52, 22:42] = 3.0 + np.linspace(0.0, 0.5, 20, dtype=np.float32)[None, None, :]
-    occ = np.zeros((b, SIZE, SIZE), bool)
-    occ[:, 40:46, :] = True
-    return images, depth, depth > 0, occ
-
-
-def _regen_batch(seeds, start=True, first=0):
-    b = len(seeds)
-    images, depth, sil, occ = _scene(b, first)
-    return GenerationBatch(seeds=list(seeds), prompts=[format_prompt("doing a backflip", first + i) for i in range(b)],
-                           start_images=images if start else None, person_masks=sil if start else None,
-                           silhouettes=sil, occluder_masks=occ, depth=depth)  # fmt: skip
-
-
 # --------------------------------------------------------------------------------------------
 # pure functions
 
@@ -95,7 +77,7 @@ def test_depth_to_disparity_matches_the_original_formula():
 
 
 def test_occluders_are_zeroed_in_the_conditioning_depth():
-    _, depth, _, occ = _scene(2)
+    _, depth, _, occ = regen_scene(2)
     depth, occ = torch.from_numpy(depth), torch.from_numpy(occ)
     for scheme in ("original", "inverse"):
         free = C.depth_to_disparity(depth, scheme=scheme)
@@ -225,17 +207,17 @@ def test_txt2img_is_deterministic_per_seed_and_batch_free(t2i):
 @pytest.mark.parametrize("which", ["d2i", "cnet"])
 def test_depth_regeneration_runs_and_counts(which, request):
     gen = request.getfixturevalue(which)
-    out = gen.generate(_regen_batch([1, 2]))
+    out = gen.generate(regen_batch([1, 2]))
     assert out.images.shape == (2, SIZE, SIZE, 3)
     assert out.info["steps_run"] == round(0.7 * 4) == 3
     assert (out.unet_evals == 3 * 2).all()
     assert (out.controlnet_evals == (6 if which == "cnet" else 0)).all()
-    again = gen.generate(_regen_batch([1, 2]))
+    again = gen.generate(regen_batch([1, 2]))
     assert np.array_equal(out.images, again.images)
-    alone = gen.generate(_regen_batch([2], first=1))
+    alone = gen.generate(regen_batch([2], first=1))
     assert np.abs(alone.images[0].astype(int) - out.images[1]).max() <= 2
     # mode D: no start image -> all steps from noise
-    d = gen.generate(_regen_batch([3], start=False))
+    d = gen.generate(regen_batch([3], start=False))
     assert d.info["steps_run"] == 4 and (d.unet_evals == 8).all()
 
 
@@ -248,7 +230,7 @@ def test_unet_counts_equal_steps_times_guidance_factor(backbone, t2i):
     assert t2i.unet_evals_per_sample() == 4
     for guidance, factor in ((7.5, 2), (1.0, 1)):
         gen = DepthRegenerator(backbone, method="depth2img", preset="original", guidance=guidance)
-        out = gen.generate(_regen_batch([5]))
+        out = gen.generate(regen_batch([5]))
         assert out.info["steps_run"] == 35  # strength 0.7 of 50 steps
         assert (out.unet_evals == 35 * factor).all() and gen.unet_evals_per_sample() == 35 * factor
 

@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(SD-2-depth, default in T and R) or controlnet (ControlNet-depth)")
     g.add_argument("--backbone", help="diffusion backbone: local directory, or a hub id from the local cache (offline)")
     g.add_argument("--controlnet", help="ControlNet-depth model directory or cached hub id (--generator controlnet)")
+    g.add_argument("--lora", help="LoRA weights of a domain-fine-tuned backbone (.safetensors file or folder)")
+    g.add_argument("--lora-scale", type=float, help="LoRA strength (default 1; 0 = the plain backbone)")
     g.add_argument("--segmenter", help="mediapipe (default) or a transformers instance-segmentation checkpoint")
     g.add_argument("--preset", choices=["original", "default", "fast"],
                    help="sampler preset: original (paper: 50 steps), default (DPM++ 20 steps), fast (LCM backbones)")
@@ -186,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = bbsub.add_parser("tiny", help="write the tiny random backbone set")
     tiny.add_argument("--out", required=True, type=Path, help="folder to write")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--sdxl", action="store_true",
+                      help="write a tiny SDXL text-to-image + SDXL ControlNet-depth set instead (two text encoders, "
+                      "size/crop conditioning; no depth2img part: use --generator controlnet)")
 
     q = sub.add_parser("quality", help="FID / KID, human-only H-FID / H-KID and dataset statistics vs a real set",
                        description="Standard Inception-v3 FID and KID (clean-fid conventions: PIL bicubic resize to "
@@ -239,8 +244,8 @@ def _generate_config(args):
         "batch_size": args.batch_size, "shard_size": args.shard_size, "renderer": args.renderer,
         "prompt": args.prompt, "prompts": args.prompts, "guides": args.guides, "k": args.k,
         "backbone": args.backbone, "controlnet": args.controlnet, "segmenter": args.segmenter,
-        "preset": args.preset, "hard_only": args.hard_only, "verify": args.verify,
-        "min_agreement": args.min_agreement, "cycles": args.cycles, "prior_path": args.prior_path,
+        "lora": args.lora, "lora_scale": args.lora_scale, "preset": args.preset, "hard_only": args.hard_only,
+        "verify": args.verify, "min_agreement": args.min_agreement, "cycles": args.cycles, "prior_path": args.prior_path,
     }  # fmt: skip
     flat = {k: v for k, v in flat.items() if v is not None}
     # a config file's values as written (not its mode-resolved defaults, which flags may change)
@@ -351,8 +356,9 @@ def cmd_backbone(args, parser) -> int:
         return 2
     from diffusion_hpc.generate.tiny import write_tiny_backbone
 
-    path = write_tiny_backbone(args.out, seed=args.seed)
-    print(f"tiny backbone -> {path or args.out} (use --backbone {args.out})")
+    path = write_tiny_backbone(args.out, seed=args.seed, sdxl=args.sdxl)
+    kind = "tiny SDXL backbone" if args.sdxl else "tiny backbone"
+    print(f"{kind} -> {path or args.out} (use --backbone {args.out})")
     return 0
 
 

@@ -115,6 +115,10 @@ class GenerateConfig(_Strict):
     """diffusion backbone: local directory, dhpc bundle, or hub id from the local cache (offline)"""
     controlnet: Optional[str] = None
     """ControlNet-depth model (``--generator controlnet``); overrides a bundle's"""
+    lora: Optional[str] = None
+    """LoRA weights of a domain-fine-tuned backbone (.safetensors file or folder; needs a diffusion generator)"""
+    lora_scale: float = Field(1.0, ge=0.0, le=4.0)
+    """LoRA strength (0: the plain backbone)"""
     segmenter: str = "mediapipe"
     """``mediapipe`` (person mask only) or a transformers instance-segmentation checkpoint (occluders too)"""
     preset: Literal["original", "default", "fast"] = "default"
@@ -196,6 +200,9 @@ class GenerateConfig(_Strict):
         if diffusion and self.backbone is None:
             raise ValueError(f"backbone: generator {d['generator']!r} needs a diffusion backbone: pass --backbone "
                              "DIR_OR_HUB_ID (for a smoke test: `dhpc backbone tiny --out DIR`)")
+        if self.lora is not None and d["generator"] not in DIFFUSION_GENERATORS:
+            raise ValueError("lora: LoRA weights adapt a diffusion backbone; pass --generator depth2img|controlnet "
+                             "with --backbone, or leave --lora out")
         if self.controlnet is not None and d["generator"] != "controlnet":
             raise ValueError(f"controlnet: --controlnet is used by --generator controlnet, not {d['generator']!r}")
         if self.mode == "D" and d["k"] != 1:

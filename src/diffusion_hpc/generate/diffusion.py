@@ -28,6 +28,16 @@ uint8 rounding). The same seed in the same batch gives identical bytes.
 UNet evaluations are counted by a forward pre-hook on the UNet (rows of each call; a guided step
 passes 2 rows per sample) and reported per sample in ``GenerationResult.unet_evals``.
 
+SDXL backbones (UNet ``addition_embed_type="text_time"``): prompts go through both text encoders
+(cross-attention on the concatenated hidden states) and the UNet and ControlNet get the "added
+conditions": the second encoder's pooled embedding and the 6 size / crop ids (original size = target
+size = the image size, crop (0, 0)), as ``StableDiffusionXLControlNetPipeline`` does; the tiny SDXL
+backbone's regeneration from noise matches that pipeline exactly (tests/test_diffusion_sdxl.py).
+
+LoRA weights (``lora=``): a ``.safetensors`` file or a folder holding one (``save_lora_weights``
+writes ``pytorch_lora_weights.safetensors``), loaded with peft into the UNet (and text encoders, if
+the file has them). Pickled ``.bin`` weights are refused: nothing is ever unpickled.
+
 Weights are loaded offline only (:mod:`diffusion_hpc.generate.weights`).
 """
 
@@ -200,15 +210,25 @@ def _dtype(name: str):
         raise ConfigError(f"unknown dtype {name!r}; use float32, float16 or bfloat16") from None
 
 
-def _safety_kwargs(folder: Path) -> dict:
-    """Skip the safety checker of SD 1.x checkpoints (it needs extra weights and blanks images)."""
+def _pipeline_kwargs(folder: Path) -> dict:
+    """Extra ``from_pretrained`` kwargs for the pipeline in ``folder``.
+
+    SD 1.x: skip the safety checker (it needs extra weights and blanks images). SDXL: no invisible
+    watermark (diffusers adds it whenever the optional package is installed, so the same seed would
+    give other start images on machines that have it).
+    """
     import json
 
     try:
         index = json.loads((folder / "model_index.json").read_text())
     except (OSError, ValueError):
         return {}
-    return {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in index else {}
+    kwargs = {}
+    if "safety_checker" in index:
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    if "text_encoder_2" in index and "XL" in str(index.get("_class_name", "")):
+        kwargs["add_watermarker"] = False
+    return kwargs
 
 
 def _check_pipeline_tokenizers(pipe, folder: Path) -> None:
@@ -218,21 +238,56 @@ def _check_pipeline_tokenizers(pipe, folder: Path) -> None:
             check_tokenizer(tok, str(folder / key), allow_small=is_tiny(folder))
 
 
-def _load_lora(pipe, lora: Optional[str], scale: float) -> None:
+#: the file name ``save_lora_weights`` writes (looked for first in a LoRA folder)
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+#: adapter name of the ``lora=`` weights in the pipeline
+LORA_ADAPTER = "domain"
+
+
+def lora_file(lora: Optional[str]) -> Optional[Path]:
+    """The ``.safetensors`` file of a ``lora=`` spec (a file, or a folder holding one), checked on disk.
+
+    Called before any model loads, so a wrong path fails at once. In a folder,
+    :data:`LORA_WEIGHT_NAME` wins, else its only ``*.safetensors`` file.
+
+    Raises:
+        MissingModelError: no such path, not a ``.safetensors`` file (pickled weights are refused),
+            or a folder with none or several candidates.
+    """
     if lora is None:
-        return
+        return None
     path = Path(lora).expanduser()
-    if not path.exists():
-        raise MissingModelError(f"LoRA weights {lora!r} not found (looked at {path.resolve()}); pass a local "
-                                "file or folder with the .safetensors weights")  # fmt: skip
+    fix = f"pass a .safetensors LoRA file or a folder holding {LORA_WEIGHT_NAME} (as save_lora_weights writes)"
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise MissingModelError(f"LoRA weights {lora!r} are not a .safetensors file (pickled weights are never "
+                                    f"loaded); {fix}")  # fmt: skip
+        return path.resolve()
+    if not path.is_dir():
+        raise MissingModelError(f"LoRA weights {lora!r} not found (looked at {path.resolve()}); {fix}")
+    if (path / LORA_WEIGHT_NAME).is_file():
+        return (path / LORA_WEIGHT_NAME).resolve()
+    found = sorted(path.glob("*.safetensors"))
+    if len(found) != 1:
+        names = ", ".join(p.name for p in found)
+        what = f"{len(found)} .safetensors files ({names})" if found else "no .safetensors file"
+        raise MissingModelError(f"LoRA folder {path.resolve()} holds {what}; {fix}, or pass the file itself")
+    return found[0].resolve()
+
+
+def _load_lora(pipe, file: Optional[Path], scale: float) -> None:
+    """Load the :func:`lora_file` weights into ``pipe`` as adapter :data:`LORA_ADAPTER` at ``scale``."""
+    if file is None:
+        return
     try:
-        pipe.load_lora_weights(str(path), adapter_name="domain")
+        pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=LORA_ADAPTER,
+                               use_safetensors=True, local_files_only=True)  # fmt: skip
     except (ImportError, ValueError) as exc:
         if "peft" in str(exc).lower():
             raise ConfigError(f"loading LoRA weights needs the peft package: pip install peft ({exc})") from None
         raise
     if scale != 1.0:
-        pipe.set_adapters(["domain"], [float(scale)])
+        pipe.set_adapters([LORA_ADAPTER], [float(scale)])
 
 
 def _resolve(backbone, controlnet=None) -> BackboneSet:
@@ -253,8 +308,9 @@ class Text2ImageGenerator:
         backbone: ``--backbone`` (dir, bundle or cached hub id) or a resolved :class:`BackboneSet`.
         preset: ``original`` | ``default`` | ``fast`` (:data:`~diffusion_hpc.generate.base.PRESETS`).
         steps, guidance, scheduler: override the preset's values.
-        lora: LoRA weights of a domain-fine-tuned backbone (``pipe.load_lora_weights``; needs peft).
-        lora_scale: LoRA strength.
+        lora: LoRA weights of a domain-fine-tuned backbone: a ``.safetensors`` file or a folder
+            holding one (see :func:`lora_file`; loaded with peft).
+        lora_scale: LoRA strength (0: the backbone's own output).
         size: default (H, W) when the batch gives none; default: the UNet's native size.
         device, dtype: torch device / dtype name.
     """
@@ -270,6 +326,7 @@ class Text2ImageGenerator:
         from diffusers import AutoPipelineForText2Image
 
         ensure_offline()
+        lora_path = lora_file(lora)
         p = get_preset(preset)
         self.preset = preset
         self.steps = int(steps if steps is not None else p.txt2img_steps)
@@ -284,12 +341,12 @@ class Text2ImageGenerator:
             )
         self.device = torch.device(device)
         self.pipe = AutoPipelineForText2Image.from_pretrained(
-            str(folder), local_files_only=True, dtype=_dtype(dtype), **_safety_kwargs(folder)
+            str(folder), local_files_only=True, dtype=_dtype(dtype), **_pipeline_kwargs(folder)
         ).to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
         _check_pipeline_tokenizers(self.pipe, folder)
         self.pipe.scheduler = make_scheduler(self.scheduler_name, self.pipe.scheduler.config)
-        _load_lora(self.pipe, lora, lora_scale)
+        _load_lora(self.pipe, lora_path, lora_scale)
         self.size = size
         self.unet_counter = EvalCounter.attach(self.pipe.unet)
         self._call_params = set(inspect.signature(self.pipe.__call__).parameters)
@@ -358,7 +415,7 @@ class DepthRegenerator:
     Args:
         backbone: ``--backbone`` (dir, bundle or cached hub id) or a resolved :class:`BackboneSet`.
         method: ``depth2img`` (SD-2-depth: depth as a 5th UNet channel) or ``controlnet``
-            (ControlNet-depth on the text-to-image backbone; SD 1.x/2.x, SDXL untested).
+            (ControlNet-depth on the text-to-image backbone: SD 1.x / 2.x or SDXL).
         controlnet: ``--controlnet`` (overrides a bundle's ControlNet).
         preset: ``original`` | ``default`` | ``fast``; ``steps`` / ``strength`` / ``guidance`` /
             ``scheduler`` override it. ``round(strength * steps)`` steps run.
@@ -366,8 +423,9 @@ class DepthRegenerator:
         mask_rule: pixel -> latent mask rule (``any`` or ``area``, see ``latent_mask``).
         controlnet_scale: ControlNet conditioning scale.
         blur_prob: probability of the Gaussian blur augmentation (radius U(1, 2.5)) per sample.
+        lora, lora_scale: LoRA weights and strength, as :class:`Text2ImageGenerator`'s.
         share_with: a :class:`Text2ImageGenerator` whose components to reuse (ControlNet method:
-            one copy of the weights in memory).
+            one copy of the weights in memory, its LoRA included: pass ``lora`` to it, not here).
     """
 
     requires = ("prompts", "seeds", "depth")
@@ -385,6 +443,10 @@ class DepthRegenerator:
         ensure_offline()
         if method not in ("depth2img", "controlnet"):
             raise ConfigError(f"unknown regeneration method {method!r}; use depth2img or controlnet")
+        if lora is not None and share_with is not None and method == "controlnet":
+            raise ConfigError(f"lora={lora!r} with share_with: the shared generator's UNet is reused as it is; "
+                              "pass lora to the Text2ImageGenerator given as share_with instead")  # fmt: skip
+        lora_path = lora_file(lora)
         p = get_preset(preset)
         self.name = method
         self.method = method
@@ -402,7 +464,7 @@ class DepthRegenerator:
         self.backbones = _resolve(backbone, controlnet)
         self.pipe = self._load(_dtype(dtype), share_with)
         self.pipe.set_progress_bar_config(disable=True)
-        _load_lora(self.pipe, lora, lora_scale)
+        _load_lora(self.pipe, lora_path, lora_scale)
         self.scheduler_config = self.pipe.scheduler.config
         make_scheduler(self.scheduler_name, self.scheduler_config)  # validates the name now
         self.unet = self.pipe.unet
@@ -447,7 +509,7 @@ class DepthRegenerator:
             pipe = cls(**{**comps, "controlnet": cn.to(self.device)})
         else:
             pipe = cls.from_pretrained(str(bs.text2img), controlnet=cn, local_files_only=True, dtype=dtype,
-                                       **_safety_kwargs(bs.text2img)).to(self.device)  # fmt: skip
+                                       **_pipeline_kwargs(bs.text2img)).to(self.device)  # fmt: skip
         _check_pipeline_tokenizers(pipe, bs.text2img)
         return pipe
 
@@ -483,6 +545,18 @@ class DepthRegenerator:
         return pos, neg, None, None
 
     def _sdxl_added(self, pooled, neg_pooled, size, b):
+        """SDXL's added conditions for the UNet and ControlNet, rows ordered as the prompt embeddings.
+
+        Args:
+            pooled, neg_pooled: (B, P) pooled embeddings of the second text encoder (negative: None
+                without guidance).
+            size: (H, W) image size: original and target size of the time ids, crop (0, 0).
+            b: batch size B.
+
+        Returns:
+            ``{"text_embeds": (R, P), "time_ids": (R, 6)}`` with R = 2B (negative rows first) when
+            guided, else B.
+        """
         import torch
 
         pipe = self.pipe

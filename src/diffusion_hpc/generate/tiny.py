@@ -15,6 +15,16 @@ byte symbols, start / end tokens; no merges). The tokenizer is far smaller than 
 so ``model_index.json`` carries ``"_dhpc_tiny": true`` and each pipeline folder a ``dhpc_tiny.json``
 sidecar: :func:`diffusion_hpc.generate.weights.check_tokenizer` accepts small tokenizers only there.
 
+``sdxl=True`` (``dhpc backbone tiny --sdxl``) writes the SDXL layout instead, with no depth2img
+part (there is no SDXL depth-to-image pipeline; regeneration uses the ControlNet)::
+
+    DIR/text2img/               StableDiffusionXLPipeline: two text encoders (CLIPTextModel, hidden
+                                32, and CLIPTextModelWithProjection, hidden 32 -> pooled 24), two
+                                byte-level tokenizers (the second pads with "!" as SDXL's does), a
+                                UNet with the "text_time" added embedding (cross-attention on the
+                                64-dim concatenated hidden states; pooled text + 6 size/crop ids)
+    DIR/controlnet_depth/       ControlNetModel with the same added embedding
+
 The output is a deterministic function of ``seed`` (same weights, same files' contents).
 """
 
@@ -58,23 +68,34 @@ def byte_level_vocab() -> tuple[dict[str, int], list[str]]:
     return {t: i for i, t in enumerate(tokens)}, []
 
 
-def tiny_tokenizer():
-    """The offline tiny :class:`transformers.CLIPTokenizer` (514 tokens, max length 77)."""
+def tiny_tokenizer(pad_token: str = "<|endoftext|>"):
+    """The offline tiny :class:`transformers.CLIPTokenizer` (514 tokens, max length 77).
+
+    Args:
+        pad_token: padding token (CLIP and SDXL's first tokenizer: ``<|endoftext|>``; SDXL's second: ``!``).
+    """
     from transformers import CLIPTokenizer
 
     vocab, merges = byte_level_vocab()
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77, pad_token=pad_token)
 
 
-def _text_encoder(vocab_size: int, bos: int, eos: int):
-    from transformers import CLIPTextConfig, CLIPTextModel
+def _text_encoder(tokenizer, projection_dim: int | None = None):
+    """A 2-layer CLIP text encoder (hidden 32) for ``tokenizer``.
 
+    ``projection_dim`` set: a :class:`CLIPTextModelWithProjection` whose first output is the
+    (B, projection_dim) pooled, projected text embedding (SDXL's second encoder).
+    """
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    bos, eos, pad = tokenizer.convert_tokens_to_ids(["<|startoftext|>", "<|endoftext|>", tokenizer.pad_token])
     cfg = CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=_CROSS_DIM, intermediate_size=37, num_hidden_layers=2,
+        vocab_size=len(tokenizer), hidden_size=_CROSS_DIM, intermediate_size=37, num_hidden_layers=2,
         num_attention_heads=4, max_position_embeddings=77, bos_token_id=bos, eos_token_id=eos,
-        pad_token_id=eos, projection_dim=_CROSS_DIM,
+        pad_token_id=pad, projection_dim=projection_dim or _CROSS_DIM,
     )  # fmt: skip
-    return CLIPTextModel(cfg).eval()
+    cls = CLIPTextModel if projection_dim is None else CLIPTextModelWithProjection
+    return cls(cfg).eval()
 
 
 def _vae():
@@ -94,21 +115,35 @@ _UNET_KW = dict(
 )  # fmt: skip
 
 
-def _unet(in_channels: int):
+#: SDXL's second text encoder: pooled, projected embedding size (real SDXL: 1280)
+_SDXL_POOLED_DIM = 24
+#: SDXL's size / crop conditioning: 6 ids (original H, W, crop top, left, target H, W), each embedded in 8
+_SDXL_TIME_DIM = 8
+#: SDXL UNet / ControlNet changes (as diffusers' own SDXL test configs): both encoders' hidden states
+#: concatenated for cross-attention, the "text_time" added embedding, linear projections
+_SDXL_KW = dict(
+    cross_attention_dim=2 * _CROSS_DIM, attention_head_dim=(2, 4), use_linear_projection=True,
+    transformer_layers_per_block=(1, 2), addition_embed_type="text_time", addition_time_embed_dim=_SDXL_TIME_DIM,
+    projection_class_embeddings_input_dim=6 * _SDXL_TIME_DIM + _SDXL_POOLED_DIM,
+)  # fmt: skip
+
+
+def _unet(in_channels: int, sdxl: bool = False):
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
         in_channels=in_channels, out_channels=4, up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        sample_size=TINY_IMAGE_SIZE // 8, **_UNET_KW,
+        sample_size=TINY_IMAGE_SIZE // 8, **{**_UNET_KW, **(_SDXL_KW if sdxl else {})},
     ).eval()
 
 
-def _controlnet():
+def _controlnet(sdxl: bool = False):
     from diffusers import ControlNetModel
 
     return ControlNetModel(
-        in_channels=4, conditioning_embedding_out_channels=(8, 8, 16, 16), **_UNET_KW
-    ).eval()
+        in_channels=4, conditioning_embedding_out_channels=(8, 8, 16, 16),
+        **{**_UNET_KW, **(_SDXL_KW if sdxl else {})},
+    ).eval()  # fmt: skip
 
 
 def _scheduler():
@@ -129,31 +164,53 @@ def _mark_tiny(folder: Path, seed: int) -> None:
     (folder / TINY_MARKER).write_text(json.dumps({"tiny": True, "seed": seed}) + "\n")
 
 
-def write_tiny_backbone(out_dir: str | Path, seed: int = 0) -> Path:
+def write_tiny_backbone(out_dir: str | Path, seed: int = 0, sdxl: bool = False) -> Path:
     """Write the tiny text2img + depth2img + ControlNet-depth bundle to ``out_dir`` (created).
 
     Args:
         out_dir: target directory; existing files of the bundle are overwritten.
         seed: weight initialisation seed (same seed -> same weights).
+        sdxl: write the SDXL text2img + ControlNet-depth bundle instead (no depth2img part).
 
     Returns:
         ``out_dir`` as a Path; pass it as ``--backbone``.
     """
     import torch
-    from diffusers import StableDiffusionDepth2ImgPipeline, StableDiffusionPipeline
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = tiny_tokenizer()
-    bos, eos = tokenizer.convert_tokens_to_ids(["<|startoftext|>", "<|endoftext|>"])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        text_encoder = _text_encoder(len(tokenizer), bos, eos)
-        vae = _vae()
-        unet = _unet(4)
-        unet_depth = _unet(5)
-        controlnet = _controlnet()
+        parts = _write_sdxl(out) if sdxl else _write_sd(out)
+    for sub in parts:
+        if sub != "controlnet_depth":
+            _mark_tiny(out / sub, seed)
+    bundle = {
+        "format": "dhpc-backbone",
+        "version": 1,
+        "tiny": True,
+        "seed": int(seed),
+        "image_size": [TINY_IMAGE_SIZE, TINY_IMAGE_SIZE],
+        "text2img": "text2img",
+        "depth2img": "depth2img" if "depth2img" in parts else None,
+        "controlnet_depth": "controlnet_depth",
+    }
+    if sdxl:
+        bundle["sdxl"] = True
+    (out / BUNDLE_FILE).write_text(json.dumps(bundle, indent=2, sort_keys=True) + "\n")
+    return out
 
+
+def _write_sd(out: Path) -> tuple[str, ...]:
+    """The SD 1.x-style parts (weights drawn from the global torch RNG, in a fixed order)."""
+    from diffusers import StableDiffusionDepth2ImgPipeline, StableDiffusionPipeline
+
+    tokenizer = tiny_tokenizer()
+    text_encoder = _text_encoder(tokenizer)
+    vae = _vae()
+    unet = _unet(4)
+    unet_depth = _unet(5)
+    controlnet = _controlnet()
     t2i = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=_scheduler(),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
@@ -165,17 +222,23 @@ def write_tiny_backbone(out_dir: str | Path, seed: int = 0) -> Path:
     )  # fmt: skip
     d2i.save_pretrained(out / "depth2img")
     controlnet.save_pretrained(out / "controlnet_depth")
-    for sub in ("text2img", "depth2img"):
-        _mark_tiny(out / sub, seed)
-    bundle = {
-        "format": "dhpc-backbone",
-        "version": 1,
-        "tiny": True,
-        "seed": int(seed),
-        "image_size": [TINY_IMAGE_SIZE, TINY_IMAGE_SIZE],
-        "text2img": "text2img",
-        "depth2img": "depth2img",
-        "controlnet_depth": "controlnet_depth",
-    }
-    (out / BUNDLE_FILE).write_text(json.dumps(bundle, indent=2, sort_keys=True) + "\n")
-    return out
+    return ("text2img", "depth2img", "controlnet_depth")
+
+
+def _write_sdxl(out: Path) -> tuple[str, ...]:
+    """The SDXL parts (weights drawn from the global torch RNG, in a fixed order)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    tokenizer, tokenizer_2 = tiny_tokenizer(), tiny_tokenizer(pad_token="!")
+    text_encoder = _text_encoder(tokenizer)
+    text_encoder_2 = _text_encoder(tokenizer_2, projection_dim=_SDXL_POOLED_DIM)
+    vae = _vae()
+    unet = _unet(4, sdxl=True)
+    controlnet = _controlnet(sdxl=True)
+    t2i = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2, unet=unet, scheduler=_scheduler(), add_watermarker=False,
+    )  # fmt: skip
+    t2i.save_pretrained(out / "text2img")
+    controlnet.save_pretrained(out / "controlnet_depth")
+    return ("text2img", "controlnet_depth")

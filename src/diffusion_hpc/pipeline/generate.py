@@ -163,13 +163,15 @@ class Stages:
         if cfg.mode == "T":
             from diffusion_hpc.generate.diffusion import Text2ImageGenerator
 
-            self.start = Text2ImageGenerator(cfg.backbone, preset=cfg.preset)
+            self.start = Text2ImageGenerator(cfg.backbone, preset=cfg.preset, lora=cfg.lora, lora_scale=cfg.lora_scale)
         if diffusion:
             from diffusion_hpc.generate.diffusion import DepthRegenerator
 
             share = self.start if cfg.generator == "controlnet" else None
+            lora = {} if share is not None else {"lora": cfg.lora, "lora_scale": cfg.lora_scale}  # shared UNet has it
             self.image_generator = DepthRegenerator(cfg.backbone, method=cfg.generator, controlnet=cfg.controlnet,
-                                                    preset=cfg.preset, blur_prob=cfg.blur_prob, share_with=share)
+                                                    preset=cfg.preset, blur_prob=cfg.blur_prob, share_with=share,
+                                                    **lora)
             self.face_part = None
         else:
             from diffusion_hpc.generate.backgrounds import FolderBackgrounds
@@ -245,6 +247,10 @@ class Generator:
             "segmenter": cfg.segmenter if needs_segmenter else None,
         }
         found = check_models(specs)
+        if diffusion:
+            from diffusion_hpc.generate.diffusion import lora_file
+
+            lora_file(cfg.lora)  # a wrong LoRA path fails here, before any model loads
         if cfg.prior_path is not None and not Path(cfg.prior_path).exists():
             raise MissingModelError(f"prior_path {cfg.prior_path} does not exist; pass the pose-prior file "
                                     "(dhpc prior fit --out FILE writes one) or leave it out for the shipped prior")

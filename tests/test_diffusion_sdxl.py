@@ -1,0 +1,154 @@
+"""SDXL backbones on the tiny random SDXL set (``dhpc backbone tiny --sdxl``): text-to-image and
+ControlNet-depth regeneration through the project's generators, their UNet counts, and our own
+regeneration loop against diffusers' ControlNet pipelines (pooled embeddings, size / crop ids and
+the ControlNet's added conditions must be exactly theirs)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+from diffusion_hpc.errors import MissingModelError  # noqa: E402
+from diffusion_hpc.generate.base import GenerationBatch, format_prompt  # noqa: E402
+
+from conftest import TINY_SIZE as SIZE  # noqa: E402
+from conftest import regen_batch  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def sdxl(tiny_sdxl_backbone):
+    return tiny_sdxl_backbone
+
+
+@pytest.fixture(scope="module")
+def t2i(sdxl):
+    from diffusion_hpc.generate.diffusion import Text2ImageGenerator
+
+    return Text2ImageGenerator(sdxl, preset="default", steps=2)
+
+
+@pytest.fixture(scope="module")
+def cnet(sdxl, t2i):
+    from diffusion_hpc.generate.diffusion import DepthRegenerator
+
+    return DepthRegenerator(sdxl, method="controlnet", preset="default", steps=4, strength=0.7, share_with=t2i)
+
+
+def test_tiny_sdxl_backbone_layout_and_determinism(sdxl, tmp_path):
+    from diffusion_hpc.generate.tiny import write_tiny_backbone
+    from diffusion_hpc.generate.weights import check_models, resolve_backbone
+
+    bs = resolve_backbone(str(sdxl))  # both tiny tokenizers pass the tokenizer check
+    assert bs.tiny and bs.depth2img is None and bs.regenerators() == ["controlnet"]
+    index = json.loads((bs.text2img / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionXLPipeline"
+    assert index["text_encoder_2"] == ["transformers", "CLIPTextModelWithProjection"]
+    unet = json.loads((bs.text2img / "unet" / "config.json").read_text())
+    cn = json.loads((bs.controlnet_depth / "config.json").read_text())
+    for cfg in (unet, cn):
+        assert cfg["addition_embed_type"] == "text_time" and cfg["cross_attention_dim"] == 64
+        assert cfg["projection_class_embeddings_input_dim"] == 6 * 8 + 24  # 6 time ids x 8 + pooled 24
+    assert check_models({"controlnet": str(bs.controlnet_depth)})["controlnet"] == bs.controlnet_depth.resolve()
+    other = write_tiny_backbone(tmp_path / "again", seed=0, sdxl=True)
+    for part in ("text2img/unet/diffusion_pytorch_model.safetensors", "text2img/text_encoder_2/model.safetensors",
+                 "controlnet_depth/diffusion_pytorch_model.safetensors"):  # fmt: skip
+        assert (sdxl / part).read_bytes() == (other / part).read_bytes(), part
+
+
+def test_sdxl_txt2img_shapes_determinism_and_counts(t2i, sdxl):
+    from diffusion_hpc.generate.diffusion import Text2ImageGenerator
+
+    assert type(t2i.pipe).__name__ == "StableDiffusionXLPipeline" and t2i.pipe.watermark is None
+    assert t2i.default_size() == (SIZE, SIZE)
+    prompts = [format_prompt("diving", i) for i in range(3)]
+    out = t2i.generate(GenerationBatch(seeds=[4, 5, 6], prompts=prompts))
+    assert out.images.shape == (3, SIZE, SIZE, 3) and out.images.dtype == np.uint8
+    again = t2i.generate(GenerationBatch(seeds=[4, 5, 6], prompts=prompts))
+    assert np.array_equal(out.images, again.images)
+    alone = t2i.generate(GenerationBatch(seeds=[5], prompts=prompts[1:2]))
+    assert np.abs(alone.images[0].astype(int) - out.images[1]).max() <= 2  # batched kernels only
+    assert not np.array_equal(out.images[0], out.images[2])
+    assert (out.unet_evals == 2 * 2).all() and t2i.unet_evals_per_sample() == 4  # steps x guidance
+    off = Text2ImageGenerator(sdxl, steps=3, guidance=1.0)
+    assert (off.generate(GenerationBatch(seeds=[1], prompts=["a"])).unet_evals == 3).all()
+
+
+def test_sdxl_controlnet_regeneration_runs_and_counts(cnet):
+    assert type(cnet.pipe).__name__ == "StableDiffusionXLControlNetPipeline" and cnet.is_sdxl
+    out = cnet.generate(regen_batch([1, 2]))
+    assert out.images.shape == (2, SIZE, SIZE, 3)
+    assert out.info["steps_run"] == round(0.7 * 4) == 3
+    assert (out.unet_evals == 3 * 2).all() and (out.controlnet_evals == 3 * 2).all()
+    assert cnet.unet_evals_per_sample() == 6
+    again = cnet.generate(regen_batch([1, 2]))
+    assert np.array_equal(out.images, again.images)
+    alone = cnet.generate(regen_batch([2], first=1))
+    assert np.abs(alone.images[0].astype(int) - out.images[1]).max() <= 2
+    # mode D: no start image -> all steps from noise
+    d = cnet.generate(regen_batch([3], start=False))
+    assert d.info["steps_run"] == 4 and (d.unet_evals == 8).all() and (d.controlnet_evals == 8).all()
+
+
+@pytest.mark.parametrize("kind, guidance", [("sd", 7.5), ("sdxl", 7.5), ("sdxl", 1.0)])
+def test_regeneration_from_noise_matches_the_diffusers_controlnet_pipeline(kind, guidance, request):
+    """Mode D (no start image, all steps) is plain ControlNet text-to-image: the diffusers pipeline
+    on the same initial latents and control image must give the same bytes."""
+    from diffusion_hpc.generate import conditioning as C
+    from diffusion_hpc.generate.diffusion import (
+        STAGE_REGEN,
+        DepthRegenerator,
+        make_scheduler,
+        per_sample_randn,
+        torch_generators,
+    )
+
+    backbone = request.getfixturevalue("tiny_sdxl_backbone" if kind == "sdxl" else "tiny_backbone")
+    gen = DepthRegenerator(backbone, method="controlnet", steps=3, guidance=guidance)
+    batch = regen_batch([8, 9], start=False)
+    ours = gen.generate(batch).images
+    seeds = list(batch.seeds)
+    latents = per_sample_randn(torch_generators(seeds, STAGE_REGEN), (4, SIZE // 8, SIZE // 8))
+    depth, occ = torch.from_numpy(batch.depth), torch.from_numpy(batch.occluder_masks)
+    control = C.controlnet_conditioning(C.depth_to_disparity(depth, occ, scheme=gen.disparity))
+    gen.pipe.scheduler = make_scheduler(gen.scheduler_name, gen.scheduler_config)
+    ref = gen.pipe(prompt=list(batch.prompts), negative_prompt=batch.negatives() if gen.cfg else None, image=control,
+                   latents=latents, num_inference_steps=3, guidance_scale=guidance, height=SIZE, width=SIZE,
+                   output_type="np").images  # fmt: skip
+    assert type(gen.pipe).__name__ == ("StableDiffusionXLControlNetPipeline" if kind == "sdxl"
+                                       else "StableDiffusionControlNetPipeline")  # fmt: skip
+    assert np.array_equal(np.round(np.clip(ref, 0, 1) * 255).astype(np.uint8), ours)
+
+
+def test_sdxl_backbone_has_no_depth2img(sdxl):
+    from diffusion_hpc.generate.diffusion import DepthRegenerator
+
+    with pytest.raises(MissingModelError, match="no depth-to-image pipeline.*--generator controlnet"):
+        DepthRegenerator(sdxl, method="depth2img")
+
+
+def test_cli_tiny_sdxl_and_mode_d_controlnet(tmp_path, capsys):
+    from diffusion_hpc.cli import main
+    from diffusion_hpc.data import open_dataset
+    from diffusion_hpc.generate.base import PRESETS, expected_unet_evals
+
+    bb = tmp_path / "bb"
+    assert main(["backbone", "tiny", "--sdxl", "--out", str(bb)]) == 0
+    assert "tiny SDXL backbone" in capsys.readouterr().out
+    assert json.loads((bb / "dhpc_backbone.json").read_text())["sdxl"] is True
+    out = tmp_path / "d"
+    code = main(["generate", "--mode", "D", "--generator", "controlnet", "--backbone", str(bb), "--image-size", "64",
+                 "-n", "2", "--seed", "1", "--out", str(out), "--no-progress"])  # fmt: skip
+    assert code == 0
+    p = PRESETS["default"]
+    samples = list(open_dataset(out))
+    assert len(samples) == 2
+    for s in samples:
+        assert s["generator"] == "controlnet" and s["image"].shape == (SIZE, SIZE, 3)
+        assert s["unet_evals"] == expected_unet_evals(p.regen_steps, p.guidance) == 40  # no start image: all steps
