@@ -213,9 +213,9 @@ def test_swapped_labels_hypothesis_wins_on_swapped_landmarks(estimator, rendered
 def test_native_log_chatter_is_filtered_and_nothing_else_is_lost(capfd):
     import os
 
-    from diffusion_hpc.estimate.mediapipe_fit import filtered_native_stderr
+    from diffusion_hpc.native_log import MEDIAPIPE_CHATTER, filtered_native_stderr
 
-    with filtered_native_stderr():
+    with filtered_native_stderr(MEDIAPIPE_CHATTER):
         os.write(2, b"W0000 00:00:1 feedback_manager.cc:114] chatter\nreal problem: disk full\n")
         os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
     err = capfd.readouterr().err
@@ -232,3 +232,4 @@ def test_estimating_a_photo_prints_no_native_chatter(tmp_path):
     proc = run_cli("estimate", "--images", str(tmp_path / "astronaut.png"), "--out", str(tmp_path / "e.npz"))
     assert proc.returncode == 0, proc.stderr
     assert "W0000" not in proc.stderr and "TensorFlow Lite" not in proc.stderr, proc.stderr
+    assert "Warp CUDA warning" not in proc.stderr, proc.stderr

@@ -50,8 +50,12 @@ def _load_anny_core():
         try:  # anny's skinning kernels use NVIDIA warp, which prints a banner on first use
             import warp
 
+            from diffusion_hpc.native_log import WARP_CHATTER, filtered_native_stderr
+
             warp.config.quiet = True  # older warp
             warp.config.log_level = 40  # warp >= 1.19: LOG_ERROR (its banner and kernel-cache lines are INFO)
+            with filtered_native_stderr(WARP_CHATTER):  # initialise now, without the no-GPU notice
+                warp.init()
         except ImportError:  # pragma: no cover
             pass
         import anny

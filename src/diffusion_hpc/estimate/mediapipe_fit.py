@@ -51,12 +51,9 @@ exact; no per-vertex work), then one full forward gives the outputs.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
-import sys
-import tempfile
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
@@ -302,37 +299,6 @@ class Detection:
     mask: np.ndarray | None
 
 
-#: prefixes of the informational lines MediaPipe's C++ core (absl / glog / TFLite) writes straight
-#: to file descriptor 2 when its graph starts and on the first frames; not errors
-NATIVE_CHATTER = ("W0000 ", "I0000 ", "INFO: Created TensorFlow Lite", "WARNING: All log messages before absl")
-
-
-@contextlib.contextmanager
-def filtered_native_stderr(chatter: tuple[str, ...] = NATIVE_CHATTER):
-    """Capture what native code writes to file descriptor 2 inside the block and write it back
-    afterwards without the lines starting with one of ``chatter`` (nothing else is lost)."""
-    fd = 2  # native code writes to the descriptor, whatever sys.stderr is
-    sys.stderr.flush()
-    try:
-        saved = os.dup(fd)
-    except OSError:  # no descriptor 2 at all
-        yield
-        return
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), fd)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, fd)
-            os.close(saved)
-            tmp.seek(0)
-            kept = [line for line in tmp.read().decode(errors="replace").splitlines(keepends=True)
-                    if not line.startswith(chatter)]
-            if kept:
-                os.write(fd, "".join(kept).encode())
-
-
 class MediaPipeDetector:
     """MediaPipe Pose, created on first use and reused (not thread-safe: calls are serialised).
 
@@ -363,7 +329,9 @@ class MediaPipeDetector:
 
     def detect(self, image: np.ndarray) -> Detection | None:
         """The most prominent person in an (H, W, 3) uint8 RGB image, or None."""
-        with self._lock, filtered_native_stderr():
+        from diffusion_hpc.native_log import MEDIAPIPE_CHATTER, filtered_native_stderr
+
+        with self._lock, filtered_native_stderr(MEDIAPIPE_CHATTER):
             if self._pose is None:
                 self._pose = self._create()
             result = self._pose.process(np.ascontiguousarray(image))
