@@ -4,9 +4,11 @@
    held out, so no test pose (nor a neighbouring frame of one) is seen in training.
 2. Generate render-baseline datasets from each split (``dhpc generate``'s Python API).
 3. Fine-tune a small ResNet regressor (random init) in ``--chunks`` bounded pieces (each a
-   resume of the previous), evaluating held-out MPJPE / PA-MPJPE (H36M-17, pelvis-centred, mm)
-   after each piece; "before" is the initial (untrained) regressor.
-4. Write ``results.json``, ``eval.csv`` and ``curves.png`` (loss and metric curves) to ``--out``.
+   resume of the previous), validating on the held-out set (``train(val=...)``: ``dhpc evaluate``'s
+   MPJPE / PA-MPJPE, H36M-17 pelvis-centred, mm) at the end of each piece; "before" is the
+   initial (untrained) regressor, scored with the same functions.
+4. Write ``results.json``, ``eval.csv`` and ``curves.png`` (loss and metric curves) to ``--out``;
+   the run folder also holds ``val.jsonl`` and ``best/`` (the best regressor on held-out poses).
 
 Usage: ``python scripts/cpu_experiment.py --out RUN_DIR [--minutes 8] [--n-train 320] [--n-test 64]``
 """
@@ -50,38 +52,20 @@ def make_dataset(poses, out: Path, n: int, image_size: int, seed: int) -> Path:
     return out
 
 
-def test_batch(dataset: Path, crop: int):
-    import torch
-
-    from diffusion_hpc.hmr.data import SyntheticShards
-
-    ds = SyntheticShards([dataset], size=crop, augment=None, shuffle_buffer=1, repeat=False)
-    return torch.utils.data.default_collate(list(ds))
-
-
-def evaluate(regressor, batch, chunk: int = 32) -> dict[str, float]:
-    """Mean held-out MPJPE / PA-MPJPE (mm) on H36M-17 joints, pelvis-centred."""
-    import torch
-
+def evaluate_initial(regressor, targets) -> dict[str, float]:
+    """Held-out MPJPE / PA-MPJPE (mm) of a regressor that has not been trained (step 0)."""
     from diffusion_hpc.body import get_body_model
-    from diffusion_hpc.hmr.train import regress
+    from diffusion_hpc.eval.evaluate import predict, score
 
-    try:
-        from diffusion_hpc.eval.metrics import mpjpe, pa_mpjpe
-    except ImportError:  # pragma: no cover - the metrics module is written elsewhere
-        mpjpe = pa_mpjpe = None
-    body = get_body_model(regressor.spec.name)
-    regressor.eval()
-    preds = []
-    with torch.no_grad():
-        for i in range(0, len(batch["image"]), chunk):
-            preds.append(regress(regressor, body, batch["image"][i : i + chunk])["joints"]["h36m17"])
-    pred = torch.cat(preds).numpy().astype(np.float64)
-    gt = batch["joints3d"][..., :3].numpy().astype(np.float64)
-    if mpjpe is None:
-        p, g = pred - pred[:, :1], gt - gt[:, :1]
-        return {"mpjpe": float(np.linalg.norm(p - g, axis=-1).mean() * 1000), "pa_mpjpe": float("nan")}
-    return {"mpjpe": float(np.nanmean(mpjpe(pred, gt, root_index=0))), "pa_mpjpe": float(np.nanmean(pa_mpjpe(pred, gt)))}
+    result = score(predict(regressor.eval(), get_body_model(regressor.spec.name), targets.images), targets)
+    return {"mpjpe": result["mpjpe_mm"], "pa_mpjpe": result["pa_mpjpe_mm"]}
+
+
+def read_evals(run: Path) -> list[dict]:
+    """The run's validations (val.jsonl) as {step, mpjpe, pa_mpjpe}."""
+    from diffusion_hpc.hmr.validation import read_rows
+
+    return [{"step": r["step"], "mpjpe": r["mpjpe_mm"], "pa_mpjpe": r["pa_mpjpe_mm"]} for r in read_rows(run)]
 
 
 def read_losses(run: Path) -> list[dict]:
@@ -139,7 +123,7 @@ def main(argv=None) -> dict:
 
     import pytorch_lightning as pl
 
-    from diffusion_hpc.hmr.model import load_regressor
+    from diffusion_hpc.eval.evaluate import load_targets
     from diffusion_hpc.hmr.train import HMRModule, train
 
     out = args.out
@@ -149,7 +133,7 @@ def main(argv=None) -> dict:
     train_dir = make_dataset(train_poses, out / "data" / "train", args.n_train, args.image_size, args.seed)
     test_dir = make_dataset(test_poses, out / "data" / "test", args.n_test, args.image_size, args.seed + 1)
     t_gen = time.time() - t0
-    batch = test_batch(test_dir, args.crop)
+    targets = load_targets(str(test_dir), crop_size=args.crop)
     run = out / "run"
 
     from transformers import ResNetConfig
@@ -157,16 +141,16 @@ def main(argv=None) -> dict:
     backbone_config = ResNetConfig(**SMALL_RESNET).to_dict()
     pl.seed_everything(args.seed, verbose=False)  # the same initial weights train() draws
     initial = HMRModule(backbone="tiny", backbone_config=backbone_config).regressor
-    evals = [{"step": 0, **evaluate(initial, batch)}]
-    print("before", evals[-1], flush=True)
-    for k in range(1, args.chunks + 1):
-        module = train(
+    before = {"step": 0, **evaluate_initial(initial, targets)}
+    print("before", before, flush=True)
+    for k in range(1, args.chunks + 1):  # each chunk ends with a validation (val_every: never in between)
+        train(
             [train_dir], out_dir=run, max_steps=10**7, batch_size=args.batch_size, lr=args.lr, resume=k > 1,
             backbone="tiny", backbone_config=backbone_config, crop_size=args.crop, checkpoint_every=10**6,
-            log_every=5, seed=args.seed, max_minutes=args.minutes * k / args.chunks,
+            log_every=5, seed=args.seed, max_minutes=args.minutes * k / args.chunks, val=str(test_dir),
         )  # fmt: skip
-        evals.append({"step": int(module.trainer.global_step), **evaluate(load_regressor(run), batch)})
-        print("chunk", k, evals[-1], flush=True)
+        print("chunk", k, read_evals(run)[-1], flush=True)
+    evals = [before, *read_evals(run)]
 
     losses = read_losses(run)
     with (out / "eval.csv").open("w", newline="") as f:
@@ -176,7 +160,7 @@ def main(argv=None) -> dict:
     figure = plot(out, losses, evals)
     results = {
         "train_samples": args.n_train,
-        "test_samples": int(len(batch["image"])),
+        "test_samples": int(len(targets.images)),
         "train_poses": len(train_poses),
         "test_poses": len(test_poses),
         "held_out_sources": held,

@@ -1,4 +1,4 @@
-"""`dhpc evaluate` and `dhpc train` end to end; the scoring step on hand-made cases."""
+"""`dhpc evaluate` and `dhpc train` (with --val) end to end; the scoring step on hand-made cases."""
 
 from __future__ import annotations
 
@@ -19,6 +19,27 @@ def dataset(tmp_path_factory, anny_body):
     out = tmp_path_factory.mktemp("ev") / "d"
     generate(GenerateConfig(n=6, image_size=(96, 96), batch_size=6, seed=3), out, progress=False)
     return out
+
+
+def write_smart(dataset, root):
+    """The dataset's samples as a SMART (SportsCap) benchmark: ``root/images/v/I.png`` and
+    ``root/annotations/test.json`` with BODY_25 joints (flag 0 = visible): a source with 2D labels only."""
+    import cv2
+
+    from diffusion_hpc.body.joint_sets import convert
+    from diffusion_hpc.data import open_dataset
+
+    (root / "images" / "v").mkdir(parents=True)
+    frames = []
+    for i, rec in enumerate(open_dataset(dataset)):
+        cv2.imwrite(str(root / "images" / "v" / f"{i}.png"), rec["image"][..., ::-1])
+        kp = convert(rec["keypoints2d"], "coco17", "body25", fill=0.0)
+        joints = np.concatenate([kp[:, :2], np.where(kp[:, 2:] > 0, 0.0, 1.0)], axis=-1)
+        frames.append({"img_name": f"v/{i}.png", "joints": joints.tolist(), "bbox": [], "img_hw": list(rec["image"].shape[:2])})
+    path = root / "annotations" / "test.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps([{"VideoName": "v", "action_labels": "fixture", "frames": frames}]))
+    return path
 
 
 def test_oracle_predictions_score_zero_and_full_pck(dataset):
@@ -48,17 +69,48 @@ def test_skipose_protocol_ignores_joint_9():
 
 
 def test_train_then_evaluate_cli(dataset, tmp_path):
+    from diffusion_hpc.eval.evaluate import evaluate
+    from diffusion_hpc.hmr.validation import read_best, read_rows
+
     run = tmp_path / "run"
+    smart = write_smart(dataset, tmp_path / "smart")  # validation without 3D: PCK picks the best
     proc = run_cli("train", "--synthetic", str(dataset), "--out", str(run), "--backbone", "tiny", "--max-steps", "2",
-                   "--batch-size", "4", "--crop-size", "64", "--accelerator", "cpu", "--workers", "0")
+                   "--batch-size", "4", "--crop-size", "64", "--accelerator", "cpu", "--workers", "0",
+                   "--val", f"smart:{smart}", "--val-every", "1")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (run / "regressor.safetensors").exists()
+    rows = read_rows(run)
+    assert [r["step"] for r in rows] == [1, 2] and all("pa_mpjpe_mm" not in r and r["samples"] == 6 for r in rows)
+    best = read_best(run)
+    assert best["metric"] == "pck" and best["step"] == max(rows, key=lambda r: r["pck"])["step"]
+    assert f"best: {run / 'best'} (step {best['step']}, pck" in proc.stdout
+    for folder, row in ((run, rows[-1]), (run / "best", best)):
+        assert evaluate(folder, f"smart:{smart}", crop_size=64)["pck"] == pytest.approx(row["pck"], rel=1e-9)
     out = tmp_path / "res.json"
     proc = run_cli("evaluate", "--checkpoint", str(run), "--data", str(dataset), "--crop-size", "64", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "PA-MPJPE" in proc.stdout and "PCK" in proc.stdout
     result = json.loads(out.read_text())
     assert result["samples"] == 6 and np.isfinite(result["mpjpe_mm"]) and 0 <= result["pck"] <= 100
+
+
+@pytest.mark.slow
+def test_train_validation_under_ddp_equals_single_process(dataset, tmp_path):
+    """Two CPU ranks (gloo); 5 validation samples, so the ranks' shares are padded with a repeat."""
+    from diffusion_hpc.eval.evaluate import evaluate
+    from diffusion_hpc.hmr.validation import read_rows
+
+    run = tmp_path / "ddp"
+    proc = run_cli("train", "--synthetic", str(dataset), "--out", str(run), "--backbone", "tiny", "--max-steps", "2",
+                   "--batch-size", "3", "--crop-size", "64", "--accelerator", "cpu", "--workers", "0", "--devices", "2",
+                   "--strategy", "ddp", "--val", str(dataset), "--val-every", "1", "--val-limit", "5",
+                   env={"OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_rows(run)
+    assert [r["step"] for r in rows] == [1, 2] and rows[-1]["samples"] == 5
+    result = evaluate(run, str(dataset), crop_size=64, limit=5)
+    for key in ("mpjpe_mm", "pa_mpjpe_mm", "pck"):  # ranks predict in other batches: float32 rounding apart
+        assert result[key] == pytest.approx(rows[-1][key], rel=1e-6), key
 
 
 def test_evaluate_clear_errors(tmp_path, dataset):

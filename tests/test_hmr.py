@@ -25,17 +25,23 @@ def tiny_dataset(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained_run(tiny_dataset, tmp_path_factory):
-    """2 steps, export copied to ``initial``, then resumed to 20 steps."""
+def trained_run(tiny_dataset, tmp_path_factory, one_thread):
+    """2 steps, export copied to ``initial``, then resumed to 20 steps; validated on the training
+    set every 5 steps and at the end (steps 2, 5, 10, 15, 20). Before the resume, a stale row
+    (step 7, as if validated after the checkpoint the resume starts from) is added to val.jsonl."""
     from diffusion_hpc.hmr.train import train
+    from diffusion_hpc.hmr.validation import read_rows, write_rows
 
     run = tmp_path_factory.mktemp("hmr") / "run"
-    common = dict(out_dir=run, batch_size=8, backbone="tiny", crop_size=CROP, lr=1e-3, augment=False, log_every=1, checkpoint_every=5)
+    common = dict(out_dir=run, batch_size=8, backbone="tiny", crop_size=CROP, lr=1e-3, augment=False, log_every=1,
+                  checkpoint_every=5, val=str(tiny_dataset), val_every=5)  # fmt: skip
     train([tiny_dataset], max_steps=2, **common)
     initial = run.parent / "initial"
     initial.mkdir()
     for name in ("regressor.json", "regressor.safetensors"):
         shutil.copy(run / name, initial / name)
+    rows = read_rows(run)
+    write_rows(run, rows + [dict(rows[-1], step=7)])
     module = train([tiny_dataset], max_steps=20, resume=True, **common)
     return run, initial, module
 
@@ -71,12 +77,119 @@ def test_resume_continues_step_count(trained_run):
     run, _, module = trained_run
     assert module.trainer.global_step == 20
     assert checkpoint_step(run / "checkpoints" / "last.ckpt") == 20
+    # one last.ckpt, however many writers (periodic, validations, the end) and resumes: no last-v1.ckpt
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step=0000020.ckpt"]
     import csv
 
     rows = list(csv.DictReader((run / "logs" / "version_1" / "metrics.csv").open()))
     steps = [int(r["step"]) for r in rows if r.get("train/total")]
     assert steps[0] == 2 and steps[-1] == 19
     assert all(np.isfinite(float(r["train/total"])) for r in rows if r.get("train/total"))
+
+
+def _val_log(run) -> list[dict]:
+    """Validation rows of the run's metrics.csv files (all versions), as {column: float}."""
+    import csv
+
+    rows = []
+    for path in sorted((run / "logs").glob("version_*/metrics.csv")):
+        rows += [{k: float(v) for k, v in r.items() if v} for r in csv.DictReader(path.open()) if r.get("val/step")]
+    return rows
+
+
+def test_validation_history_one_row_per_step_across_resume(trained_run):
+    from diffusion_hpc.hmr.validation import read_rows
+
+    run, _, _ = trained_run
+    rows = read_rows(run)
+    assert [r["step"] for r in rows] == [2, 5, 10, 15, 20]  # the stale step-7 row is gone, nothing twice
+    assert all(r["samples"] == 8 and r["kind"] == "dataset" and r["val_digest"] == rows[0]["val_digest"] for r in rows)
+    logged = _val_log(run)  # the same numbers went through Lightning into metrics.csv
+    assert [int(r["val/step"]) for r in logged] == [2, 5, 10, 15, 20]
+    assert [int(r["step"]) for r in logged] == [1, 4, 9, 14, 19]  # Lightning's step: its 0-based batch index
+    for got, row in zip(logged, rows):
+        for key in ("mpjpe_mm", "pa_mpjpe_mm", "pck"):
+            assert got[f"val/{key}"] == pytest.approx(row[key], rel=1e-6)  # float32 in the log
+
+
+def test_validation_equals_evaluate_of_that_step(trained_run, tiny_dataset):
+    from diffusion_hpc.eval.evaluate import evaluate
+    from diffusion_hpc.hmr.validation import read_rows
+
+    run, initial, _ = trained_run
+    rows = {r["step"]: r for r in read_rows(run)}
+    for folder, step in ((initial, 2), (run, 20)):  # the regressors exported at steps 2 and 20
+        result = evaluate(folder, str(tiny_dataset), crop_size=CROP)
+        assert result["samples"] == rows[step]["samples"] and result["protocol_3d"] == rows[step]["protocol_3d"]
+        for key in ("mpjpe_mm", "pa_mpjpe_mm", "pck"):
+            assert result[key] == pytest.approx(rows[step][key], rel=1e-9), (step, key)
+
+
+def test_best_export_is_the_best_validation(trained_run, tiny_dataset):
+    import json
+
+    from diffusion_hpc.eval.evaluate import evaluate
+    from diffusion_hpc.hmr.validation import read_best, read_rows
+
+    run, _, _ = trained_run
+    best_row = min(read_rows(run), key=lambda r: r["pa_mpjpe_mm"])
+    record = json.loads((run / "best" / "best.json").read_text())
+    assert record == read_best(run)  # best.json = the record in the weights' header
+    assert record["step"] == best_row["step"] and record["metric"] == "pa_mpjpe_mm" and record["mode"] == "min"
+    assert record["value"] == best_row["pa_mpjpe_mm"]
+    result = evaluate(run / "best", str(tiny_dataset), crop_size=CROP)
+    assert result["pa_mpjpe_mm"] == pytest.approx(best_row["pa_mpjpe_mm"], rel=1e-9)
+
+
+def test_validation_errors_come_before_training(trained_run, tiny_dataset, tmp_path, capsys):
+    from diffusion_hpc.cli import main
+    from diffusion_hpc.errors import ConfigError
+    from diffusion_hpc.hmr.train import checkpoint_step, train
+
+    fresh = tmp_path / "r"
+    base = ["train", "--synthetic", str(tiny_dataset), "--out", str(fresh), "--backbone", "tiny", "--crop-size", str(CROP)]
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (["--val", str(tmp_path / "no-such-set")], ["--val", "no-such-set", "does not exist", "skipose:PATH", "dataset folder"]),
+        (["--val", str(tmp_path / "empty")], ["cannot tell the format of --val", "smart:PATH"]),
+        (["--val", str(tiny_dataset), "--val-every", "0"], ["--val-every must be a positive number of steps, got 0"]),
+        (["--val", str(tiny_dataset), "--val-limit", "0"], ["--val-limit must be a positive number of samples, got 0"]),
+        (["--val-every", "5"], ["--val-every / --val-limit need --val SOURCE"]),
+    ]
+    for extra, messages in cases:
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert all(m in err for m in messages), err
+        assert not fresh.exists()  # nothing written, nothing trained
+    # resuming with other validation data than the history's is refused
+    run, _, _ = trained_run
+    with pytest.raises(ConfigError, match="recorded on other validation data.*--val-limit"):
+        train([tiny_dataset], out_dir=run, max_steps=25, resume=True, batch_size=8, backbone="tiny", crop_size=CROP,
+              val=str(tiny_dataset), val_limit=3)  # fmt: skip
+    assert checkpoint_step(run / "checkpoints" / "last.ckpt") == 20
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_rank_shares_merge_to_the_single_process_score(tiny_dataset, monkeypatch, world):
+    from diffusion_hpc.eval.evaluate import load_targets, score
+    from diffusion_hpc.hmr.validation import RankSlice, merge_shares
+
+    targets = load_targets(str(tiny_dataset), crop_size=CROP, limit=7)
+    rng = np.random.default_rng(0)
+    pred = {"keypoints2d": targets.keypoints2d[..., :2] + rng.normal(scale=5.0, size=(7, 17, 2)),
+            "joints3d": targets.joints3d + rng.normal(scale=0.05, size=(7, 17, 3))}  # fmt: skip
+    shares = []
+    for rank in range(world):  # what each rank predicts, in all_gather's order (rank-major)
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", str(world))
+        index = np.array(list(RankSlice(7)))
+        assert len(index) == len(RankSlice(7)) == -(-7 // world)
+        shares.append({"index": index} | {k: v[index] for k, v in pred.items()})
+    gathered = {k: np.concatenate([s[k] for s in shares]) for k in shares[0]}
+    assert set(gathered["index"]) == set(range(7)) and len(gathered["index"]) > 7  # padded with repeats
+    assert score(merge_shares(gathered, 7), targets) == score(pred, targets)
+    with pytest.raises(RuntimeError, match="6 distinct samples, expected 7"):
+        merge_shares({k: v[gathered["index"] != 6] for k, v in gathered.items()}, 7)
 
 
 def test_finetune_checkpoint_is_strict(trained_run):

@@ -143,10 +143,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="spin: smpl_mean_params.npz, when the checkpoint lacks the mean-parameter buffers")
 
     t = sub.add_parser("train", help="fine-tune an HMR regressor on synthetic (+ real) data",
-                       description="Fine-tune an HMR regressor (ResNet-50 / ViT backbone from transformers, "
-                       "iterative error-feedback head) on our synthetic shards mixed per sample with real "
-                       "benchmarks. Runs on Lightning: --devices/--num-nodes/--strategy scale it out.",
-                       epilog="real sources: spin:FILE.npz, skipose:ROOT_OR_labels.h5, smart:FILE_OR_DIR.json")
+                       description="Fine-tune an HMR regressor (ResNet-50 / ViT backbone from transformers, iterative\n"
+                       "error-feedback head) on our synthetic shards mixed per sample with real benchmarks.\n"
+                       "Runs on Lightning: --devices/--num-nodes/--strategy scale it out.",
+                       epilog="real sources: spin:FILE.npz, skipose:ROOT_OR_labels.h5, smart:FILE_OR_DIR.json\n\n"
+                       "validation (--val): the same forms (SkiPose: its test split) or a dataset folder; each\n"
+                       "validation scores the regressor as dhpc evaluate --crop-size CROP would. It writes\n"
+                       "  RUN/val.jsonl   one row per validation: step and metrics (also val/* in RUN/logs/*/metrics.csv)\n"
+                       "  RUN/best/       the best regressor so far (lowest PA-MPJPE; highest PCK without 3D labels),\n"
+                       "                  best/best.json says from which step\n"
+                       "example:\n"
+                       "  dhpc train --synthetic runs/d1 --real skipose:SkiPose --val skipose:SkiPose --val-every 1000 \\\n"
+                       "      --out runs/hmr     # trains on SkiPose's train split, validates on its test split",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--synthetic", nargs="*", default=[], metavar="DIR", help="dataset folders from dhpc generate")
     t.add_argument("--real", nargs="*", default=[], metavar="SOURCE", help="real benchmark sources (see below)")
     t.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, logs, exported regressor)")
@@ -167,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
     t.add_argument("--workers", type=int, default=2, help="data-loading workers per device")
     t.add_argument("--max-minutes", type=float, help="stop after this much training time (total over resumes)")
+    t.add_argument("--val", metavar="SOURCE", help="held-out data scored during training: skipose:PATH, smart:PATH, "
+                   "spin:PATH or a dataset folder (as dhpc evaluate --data)")
+    t.add_argument("--val-every", type=int, metavar="N", help="validate every N steps and at the end (default 500, the checkpoint interval)")
+    t.add_argument("--val-limit", type=int, metavar="N", help="validate on the first N samples of --val only")
 
     ev = sub.add_parser("evaluate", help="evaluate a regressor: MPJPE / PA-MPJPE / PCK under a benchmark protocol",
                         description="SkiPose: H36M-17, root-centred, joint 9 dropped, mm (test split). SMART: PCK at "
@@ -334,8 +347,15 @@ def cmd_train(args) -> int:
           checkpoint=args.checkpoint, resume=args.resume, devices=devices, num_nodes=args.num_nodes,
           strategy=args.strategy, accelerator=args.accelerator, backbone=args.backbone, pretrained_path=args.pretrained,
           body_model=args.body_model, smpl_path=args.smpl_path, crop_size=args.crop_size, num_workers=args.workers,
-          max_minutes=args.max_minutes, progress=True)
+          max_minutes=args.max_minutes, progress=True, val=args.val, val_every=args.val_every, val_limit=args.val_limit)
     print(f"run folder: {args.out} (regressor: {args.out / 'regressor.safetensors'})")
+    if args.val is not None:
+        from diffusion_hpc.hmr.validation import BEST_DIR, VAL_FILE, read_best
+
+        best = read_best(args.out)
+        if best is not None:
+            print(f"validation: {args.out / VAL_FILE}; best: {args.out / BEST_DIR} "
+                  f"(step {best['step']}, {best['metric']} {best['value']:.2f})")
     return 0
 
 

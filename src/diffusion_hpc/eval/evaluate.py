@@ -4,10 +4,15 @@ Three steps, kept apart so each can be checked on its own:
 
 1. :func:`load_targets` — crops and ground truth of a source (SkiPose test split, SMART, SPIN npz,
    or one of our datasets), without augmentation;
-2. :func:`predict` — the regressor + body model on the crops (batched, no gradients);
+2. :func:`predict` — the regressor + body model on the crops (batched, no gradients), one batch at
+   a time through :func:`predict_batch`;
 3. :func:`score` — the protocol's metrics on (predictions, targets): MPJPE / PA-MPJPE in mm on
    H36M-17 (SkiPose: root-centred, joint 9 dropped; our datasets: root-centred, all 17) and PCK at
    0.1 x crop size on visible COCO joints (SMART's scored joints), averaged per image.
+
+Validation during training (``dhpc train --val``, :mod:`diffusion_hpc.hmr.validation`) runs the
+same three steps: :func:`load_targets` before training, :func:`predict_batch` inside Lightning's
+validation loop, :func:`score` on the gathered predictions.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from diffusion_hpc.body.joint_sets import H36M17
-from diffusion_hpc.errors import InputError
+from diffusion_hpc.errors import ConfigError, InputError
 from diffusion_hpc.eval import metrics
 
 #: 3D protocol for our own datasets: H36M-17, root-centred on the pelvis, every joint scored.
@@ -46,11 +51,24 @@ class Targets:
     crop_size: int
 
 
-def _source_kind(source: str) -> tuple[str, Path]:
+#: What a source argument may be, for error messages.
+SOURCE_FORMATS = (
+    "skipose:PATH (SkiPose root or its labels.h5; test split), smart:PATH (SMART JSON file or folder), "
+    "spin:PATH (SPIN npz) or a dataset folder written by dhpc generate"
+)
+
+
+def _source_kind(source: str, option: str = "--data") -> tuple[str, Path]:
+    """(kind, path) of a source; ``option`` names the flag in errors (``--data``, ``--val``)."""
     kind, _, rest = str(source).partition(":")
     if kind in ("skipose", "smart", "spin") and rest:
-        return kind, Path(rest)
+        path = Path(rest)
+        if not path.exists():
+            raise InputError(f"{option} {source}: {path} does not exist; pass {SOURCE_FORMATS}")
+        return kind, path
     path = Path(source)
+    if not path.exists():
+        raise InputError(f"{option} {source} does not exist; pass {SOURCE_FORMATS}")
     if (path / "config.yaml").is_file() and (path / "shards").is_dir():
         return "dataset", path
     if path.suffix == ".npz":
@@ -59,20 +77,22 @@ def _source_kind(source: str) -> tuple[str, Path]:
         return "skipose", path
     if path.suffix == ".json" or (path.is_dir() and any(path.glob("*.json"))):
         return "smart", path
-    raise InputError(
-        f"cannot tell the format of --data {source!r}: pass skipose:PATH, smart:PATH, spin:PATH or a dataset folder"
-    )
+    raise InputError(f"cannot tell the format of {option} {source!r}: pass {SOURCE_FORMATS}")
 
 
-def load_targets(source: str, crop_size: int = 224, limit: int | None = None, body_model: str = "anny") -> Targets:
-    """Crops and ground truth of ``source`` (SkiPose uses its test split)."""
+def load_targets(source: str, crop_size: int = 224, limit: int | None = None, body_model: str = "anny",
+                 option: str = "--data") -> Targets:
+    """Crops and ground truth of ``source`` (SkiPose uses its test split).
+
+    ``option`` is the command-line flag the source came from, named in errors.
+    """
     import torch
 
-    from diffusion_hpc.hmr.data import RealDataset, crop_sample
+    from diffusion_hpc.hmr.data import RealDataset, crop_sample, denormalise_keypoints
 
-    kind, path = _source_kind(source)
-    if not path.exists():
-        raise InputError(f"--data {path} does not exist")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be a positive number of samples, got {limit}")
+    kind, path = _source_kind(source, option)
     items: list[dict[str, torch.Tensor]] = []
     if kind == "dataset":
         from diffusion_hpc.data import open_dataset
@@ -91,9 +111,9 @@ def load_targets(source: str, crop_size: int = 224, limit: int | None = None, bo
         n = len(dataset) if limit is None else min(limit, len(dataset))
         items = [dataset[i] for i in range(n)]
     if not items:
-        raise InputError(f"--data {source} holds no samples")
+        raise InputError(f"{option} {source} holds no samples")
     kp = np.stack([it["keypoints2d"].numpy() for it in items]).astype(np.float64)
-    kp[..., :2] = (kp[..., :2] + 1.0) / 2.0 * (crop_size - 1)  # normalised [-1, 1] -> crop pixels
+    kp[..., :2] = denormalise_keypoints(kp[..., :2], crop_size)  # normalised -> crop pixels
     has_3d = np.array([float(it["has_3d"]) > 0 for it in items])
     joints3d = np.stack([it["joints3d"].numpy()[..., :3] for it in items]).astype(np.float64) if has_3d.all() else None
     images = np.stack([it["image"].numpy() for it in items]).astype(np.float32)
@@ -111,20 +131,40 @@ def load_model(checkpoint: str | Path, smpl_path: str | Path | None = None):
     return regressor, get_body_model(name, model_path=smpl_path)
 
 
+#: Keys of :func:`predict` / :func:`predict_batch` results.
+PREDICTION_KEYS = ("keypoints2d", "joints3d")
+
+
+def predict_batch(regressor, body_model, images) -> dict[str, np.ndarray]:
+    """Predictions for one batch of crops ((B, 3, S, S) tensor on the regressor's device).
+
+    ``{"keypoints2d": (B, 17, 2) crop pixels, "joints3d": (B, 17, 3) H36M-17 metres}`` as float64
+    numpy. Gradients are the caller's business (``torch.no_grad()`` in :func:`predict`,
+    Lightning's validation loop during training).
+    """
+    from diffusion_hpc.hmr.data import denormalise_keypoints
+    from diffusion_hpc.hmr.train import regress
+
+    out = regress(regressor, body_model, images)
+    return {
+        "keypoints2d": denormalise_keypoints(out["keypoints2d"].detach().cpu().numpy(), images.shape[-1]),
+        "joints3d": out["joints"]["h36m17"].detach().cpu().numpy().astype(np.float64),
+    }
+
+
+def concat_predictions(parts: list[dict[str, np.ndarray]], keys: tuple[str, ...] = PREDICTION_KEYS) -> dict[str, np.ndarray]:
+    """Batch results (of :func:`predict_batch`) joined along the sample axis."""
+    return {k: np.concatenate([p[k] for p in parts]) for k in keys}
+
+
 def predict(regressor, body_model, images: np.ndarray, batch_size: int = 32) -> dict[str, np.ndarray]:
     """``{"keypoints2d": (N, 17, 2) crop pixels, "joints3d": (N, 17, 3) H36M-17 metres}``."""
     import torch
 
-    from diffusion_hpc.hmr.train import regress
-
-    size = images.shape[-1]
-    kps, joints = [], []
     with torch.no_grad():
-        for lo in range(0, len(images), batch_size):
-            out = regress(regressor, body_model, torch.as_tensor(images[lo : lo + batch_size]))
-            kps.append((out["keypoints2d"].numpy() + 1.0) / 2.0 * (size - 1))
-            joints.append(out["joints"]["h36m17"].numpy())
-    return {"keypoints2d": np.concatenate(kps).astype(np.float64), "joints3d": np.concatenate(joints).astype(np.float64)}
+        parts = [predict_batch(regressor, body_model, torch.as_tensor(images[lo : lo + batch_size]))
+                 for lo in range(0, len(images), batch_size)]  # fmt: skip
+    return concat_predictions(parts)
 
 
 def score(predictions: dict[str, np.ndarray], targets: Targets) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 
 Kept apart as in 4D-Humans: :mod:`.model` (the network: backbone + iterative error-feedback
 head), :mod:`.losses` (pure loss functions and their weights), :mod:`.data` (crops, augmentation,
-streaming / map-style datasets, the real/synthetic mixer) and :mod:`.train` (the Lightning glue,
-checkpoints, ``train()``).
+streaming / map-style datasets, the real/synthetic mixer), :mod:`.train` (the Lightning glue,
+checkpoints, ``train()``) and :mod:`.validation` (held-out metrics during training, ``best/``).
 
 Importing this package is cheap: nothing heavy (torch, transformers, Lightning) loads until a
 name is used.

@@ -320,16 +320,33 @@ EXPORT_WEIGHTS = "regressor.safetensors"
 EXPORT_CONFIG = "regressor.json"
 
 
-def export_regressor(model: HMRRegressor, out_dir: str | Path) -> Path:
-    """Write ``regressor.safetensors`` (weights) and ``regressor.json`` (architecture) to ``out_dir``."""
+def export_regressor(model: HMRRegressor, out_dir: str | Path, metadata: Mapping[str, str] | None = None) -> Path:
+    """Write ``regressor.safetensors`` (weights) and ``regressor.json`` (architecture) to ``out_dir``.
+
+    Each file is replaced atomically. ``metadata``: strings stored in the safetensors header
+    (read back with :func:`export_metadata`), e.g. the validation a ``best`` export came from.
+    """
     from safetensors.torch import save_file
+
+    from diffusion_hpc.atomic import atomic_path, atomic_write_bytes
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(out / EXPORT_WEIGHTS))
-    (out / EXPORT_CONFIG).write_text(json.dumps(model.config(), indent=1, sort_keys=True, default=str))
+    atomic_write_bytes(out / EXPORT_CONFIG, json.dumps(model.config(), indent=1, sort_keys=True, default=str).encode())
+    with atomic_path(out / EXPORT_WEIGHTS) as tmp:
+        save_file(state, str(tmp), metadata=None if metadata is None else {str(k): str(v) for k, v in metadata.items()})
     return out / EXPORT_WEIGHTS
+
+
+def export_metadata(path: str | Path) -> dict[str, str]:
+    """The safetensors header metadata of an exported regressor (folder or weights file); {} if none."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    p = p / EXPORT_WEIGHTS if p.is_dir() else p
+    with safe_open(str(p), framework="pt") as f:
+        return dict(f.metadata() or {})
 
 
 def regressor_from_config(config: Mapping) -> HMRRegressor:

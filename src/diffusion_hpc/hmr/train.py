@@ -10,6 +10,8 @@ Run layout (``out_dir``):
   loadable with :func:`diffusion_hpc.hmr.model.load_regressor`.
 - ``logs/version_N/metrics.csv``: the loss terms per logged step (Lightning ``CSVLogger``; one
   version folder per run, so a resumed run starts a new file with step numbers continuing).
+- with ``val=SOURCE``: ``val/*`` metrics in the same log, ``val.jsonl`` (one row per validation)
+  and ``best/`` (the best regressor so far, with ``best.json``); see :mod:`.validation`.
 
 Multi-GPU / multi-node goes through Lightning's ``strategy`` / ``devices`` / ``num_nodes`` flags
 (e.g. ``strategy="ddp"``); each rank reads its own shards (see :class:`.data.SyntheticShards`).
@@ -135,6 +137,12 @@ class HMRModule(_LightningBase):
         self.log("train/real_fraction", batch["is_real"].mean(), on_step=True, on_epoch=False, batch_size=size)
         return losses["total"]
 
+    def validation_step(self, batch, batch_idx):
+        """Predictions for a validation batch ``(index, crops)``; :class:`.validation.Validation` scores them."""
+        from diffusion_hpc.hmr.validation import predict_share
+
+        return predict_share(self.regressor, self.body, batch)
+
     def configure_optimizers(self):
         return torch.optim.Adam(self.regressor.parameters(), lr=self.lr)
 
@@ -186,16 +194,23 @@ def checkpoint_step(path: str | Path) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=True).get("global_step", 0))
 
 
+class FinalSave(pl.Callback if pl is not None else object):
+    """At the end: ``last.ckpt`` (all ranks call, rank 0 writes) and the safetensors export.
+
+    A module-level class, so that spawn-based strategies (``ddp_spawn``) can pickle it.
+    """
+
+    def __init__(self, out: str | Path) -> None:
+        self.out = Path(out)
+
+    def on_train_end(self, trainer, module):
+        trainer.save_checkpoint(str(self.out / "checkpoints" / "last.ckpt"), weights_only=False)
+        if trainer.is_global_zero:
+            export_regressor(module.regressor, self.out)
+
+
 def _callbacks(out: Path, checkpoint_every: int):
-    from pytorch_lightning.callbacks import Callback, ModelCheckpoint
-
-    class FinalSave(Callback):
-        """At the end: ``last.ckpt`` (all ranks call, rank 0 writes) and the safetensors export."""
-
-        def on_train_end(self, trainer, module):
-            trainer.save_checkpoint(str(out / "checkpoints" / "last.ckpt"), weights_only=False)
-            if trainer.is_global_zero:
-                export_regressor(module.regressor, out)
+    from pytorch_lightning.callbacks import ModelCheckpoint
 
     periodic = ModelCheckpoint(
         dirpath=str(out / "checkpoints"),
@@ -205,8 +220,10 @@ def _callbacks(out: Path, checkpoint_every: int):
         monitor="step",
         mode="max",
         save_last=True,
+        # last.ckpt is also written by FinalSave and at validations: overwrite it, never add last-v1.ckpt
+        enable_version_counter=False,
     )
-    return [periodic, FinalSave()]
+    return [periodic, FinalSave(out)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,6 +260,9 @@ def train(
     seed: int = 0,
     max_minutes: float | None = None,
     progress: bool = False,
+    val: str | Path | None = None,
+    val_every: int | None = None,
+    val_limit: int | None = None,
 ) -> HMRModule:
     """Fine-tune an HMR regressor on synthetic shards mixed with real benchmarks (DESIGN §2).
 
@@ -265,6 +285,11 @@ def train(
         checkpoint_every: steps between periodic checkpoints (``last.ckpt`` is also written at the end).
         max_minutes: wall-clock bound of the run (Lightning ``max_time``), besides ``max_steps``; like
             ``max_steps`` it is a total: Lightning restores the elapsed time on resume.
+        val: held-out source validated during training, in any form ``dhpc evaluate --data`` takes
+            (SkiPose test split, SMART JSON, SPIN npz, a dataset folder); scored at ``crop_size``
+            with ``dhpc evaluate``'s functions (:mod:`.validation`). Loaded before training starts.
+        val_every: validate every this many steps (default ``checkpoint_every``) and at the end.
+        val_limit: validate on the first this many samples of ``val`` only.
     Returns:
         The trained :class:`HMRModule`.
     """
@@ -285,6 +310,16 @@ def train(
         start_step = checkpoint_step(ckpt_path)
         if start_step >= max_steps:
             log.warning("run %s is already at step %d >= max_steps %d; nothing to do", out, start_step, max_steps)
+    validation = None
+    if val is not None:
+        from diffusion_hpc.hmr.validation import Validation
+
+        validation = Validation.from_source(
+            str(val), out, every=max(1, checkpoint_every) if val_every is None else val_every, crop_size=crop_size,
+            body_model=body_model, limit=val_limit, batch_size=batch_size, start_step=start_step,
+        )  # fmt: skip
+    elif val_every is not None or val_limit is not None:
+        raise ConfigError("--val-every / --val-limit need --val SOURCE, the held-out data to validate on")
     pl.seed_everything(seed + start_step, workers=True, verbose=False)
 
     aug = AugmentConfig() if augment else None
@@ -320,14 +355,16 @@ def train(
         num_nodes=num_nodes,
         strategy=strategy,
         logger=CSVLogger(str(out), name="logs"),
-        callbacks=_callbacks(out, max(1, checkpoint_every)),
+        callbacks=_callbacks(out, max(1, checkpoint_every)) + ([validation] if validation is not None else []),
         log_every_n_steps=max(1, log_every),
         enable_progress_bar=progress,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        limit_val_batches=0,
-        use_distributed_sampler=False,  # the stream shards itself by rank and worker
+        **(validation.trainer_flags() if validation is not None else {"limit_val_batches": 0}),
+        inference_mode=False,  # validation under no_grad: no inference tensors reach the shared body model
+        use_distributed_sampler=False,  # the stream shards itself by rank and worker; validation by RankSlice
         deterministic=False,
     )
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=None if ckpt_path is None else str(ckpt_path), weights_only=True)
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=None if validation is None else validation.dataloader(),
+                ckpt_path=None if ckpt_path is None else str(ckpt_path), weights_only=True)  # fmt: skip
     return module
