@@ -352,3 +352,29 @@ def test_real_dataset_from_benchmark_set(tiny_dataset, tmp_path):
     assert sample["image"].shape == (3, CROP, CROP) and float(sample["is_real"]) == 1.0
     assert float(sample["has_2d"]) == 1.0 and float(sample["has_3d"]) == 1.0 and float(sample["has_params"]) == 0.0
     assert bool((sample["keypoints2d"][:, :2].abs() <= 1.0).all())
+
+
+def test_lightning_advert_is_dropped_and_its_other_lines_kept():
+    pytest.importorskip("pytorch_lightning")
+    import logging
+
+    from pytorch_lightning.utilities.rank_zero import rank_zero_info
+
+    from diffusion_hpc.hmr.train import _quiet_lightning_adverts
+
+    seen: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    rank_zero.addHandler(handler)
+    level = rank_zero.level
+    rank_zero.setLevel(logging.INFO)
+    try:
+        _quiet_lightning_adverts()
+        _quiet_lightning_adverts()  # idempotent: one filter
+        rank_zero_info("💡 Tip: For seamless cloud logging, try installing [litlogger]")
+        rank_zero_info("GPU available: False, used: False")
+    finally:
+        rank_zero.removeHandler(handler)
+        rank_zero.setLevel(level)
+    assert seen == ["GPU available: False, used: False"]

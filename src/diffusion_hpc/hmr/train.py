@@ -209,6 +209,19 @@ class FinalSave(pl.Callback if pl is not None else object):
             export_regressor(module.regressor, self.out)
 
 
+class _DropAdverts(logging.Filter):
+    """Drops Lightning's start-up advertisement ("💡 Tip: ... litlogger ..."); keeps its other lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def _quiet_lightning_adverts() -> None:
+    rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if not any(isinstance(f, _DropAdverts) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropAdverts())
+
+
 def _callbacks(out: Path, checkpoint_every: int):
     from pytorch_lightning.callbacks import ModelCheckpoint
 
@@ -345,6 +358,7 @@ def train(
         load_state_strict(module.regressor, load_weights(checkpoint), source=str(checkpoint))
 
     out.mkdir(parents=True, exist_ok=True)
+    _quiet_lightning_adverts()
     trainer = pl.Trainer(
         default_root_dir=str(out),
         max_steps=max_steps,
