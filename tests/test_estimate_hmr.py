@@ -244,3 +244,6 @@ def test_dhpc_estimate_with_a_regressor(hmr_checkpoint, fake_smpl, tmp_path):
     assert (tmp_path / "est_preview" / "astronaut.png").is_file()
     proc = run_cli("estimate", "--images", str(tmp_path / "photos"), "--out", str(out), "--estimator", "spin")
     assert proc.returncode != 0 and "--checkpoint" in proc.stderr
+    proc = run_cli("estimate", "--images", str(tmp_path / "photos"), "--out", str(out), "--estimator", "hmr",
+                   "--checkpoint", str(hmr_checkpoint), "--body-model", "anny")  # the checkpoint's is SMPL
+    assert proc.returncode != 0 and "--body-model" in proc.stderr

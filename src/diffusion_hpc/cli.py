@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "(camera frame), K, joints3d, keypoints2d, confidence, plus a preview with the mesh.")
     est.add_argument("--images", required=True, nargs="+", type=Path, help="image files or a folder")
     est.add_argument("--out", required=True, type=Path, help="results file (.npz)")
-    est.add_argument("--body-model", choices=["anny", "smpl", "smplx"], default="anny")
+    est.add_argument("--body-model", choices=["anny", "smpl", "smplx"],
+                     help="body model of the MediaPipe fit (default anny); a regressor's is its checkpoint's")
     est.add_argument("--smpl-path", type=Path, help="SMPL / SMPL-X model file or folder")
     est.add_argument("--preview", type=Path, help="folder for preview PNGs (default: next to --out)")
     est.add_argument("--batch-size", type=int, default=16, help="images fitted together (default 16)")
@@ -323,6 +324,9 @@ def cmd_estimate(args) -> int:
     preview = args.preview if args.preview else args.out.with_suffix("").with_name(args.out.stem + "_preview")
     options: dict = {}
     if args.estimator != "mediapipe":
+        if args.body_model is not None:
+            raise DhpcError(f"--body-model {args.body_model}: --estimator {args.estimator} uses its checkpoint's body "
+                            "model; leave --body-model out (pass --smpl-path for SMPL checkpoints)")
         if args.checkpoint is None:
             raise DhpcError(f"--estimator {args.estimator} needs --checkpoint PATH (the regressor's weights)")
         options = {"checkpoint": args.checkpoint}
@@ -330,7 +334,7 @@ def cmd_estimate(args) -> int:
             options.update(smpl_path=args.smpl_path, mean_params=args.mean_params)
         else:
             options.update(model_path=args.smpl_path)
-    arrays = estimate_files(images if len(images) > 1 else images[0], args.out, body_model=args.body_model,
+    arrays = estimate_files(images if len(images) > 1 else images[0], args.out, body_model=args.body_model or "anny",
                             preview_dir=preview, batch_size=args.batch_size, model_path=args.smpl_path, prior=prior,
                             estimator_name=args.estimator, estimator_options=options)
     print(f"{int(arrays['ok'].sum())} of {len(arrays['ok'])} images fitted -> {args.out}; previews in {preview}")
