@@ -70,14 +70,18 @@ def with_true_inputs(detection, sample, true_2d: bool, true_3d: bool):
     return Detection(lm, world, detection.mask)
 
 
-def fit_errors(est, samples) -> tuple[np.ndarray, list]:
-    """(N,) PA-MPJPE in mm on H36M-17 (NaN where the fit failed) and the estimates, 16 at a time."""
-    results = []
-    for lo in range(0, len(samples), 16):
-        results.extend(est.estimate([s["image"] for s in samples[lo:lo + 16]]))
-    pa = np.array([pa_mpjpe(r.joints3d["h36m17"], s["joints3d"]["h36m17"]) * 1000 if r.ok else np.nan
-                   for r, s in zip(results, samples)])
-    return pa, results
+def in_batches(fn, *sequences, size: int = 16) -> list:
+    """``fn`` over ``size``-long slices of the (equally long) sequences, results concatenated."""
+    out: list = []
+    for lo in range(0, len(sequences[0]), size):
+        out.extend(fn(*(seq[lo:lo + size] for seq in sequences)))
+    return out
+
+
+def pa_mpjpe_mm(results, samples) -> np.ndarray:
+    """(N,) PA-MPJPE in mm on H36M-17 of estimates against their samples (NaN where not ok)."""
+    return np.array([pa_mpjpe(r.joints3d["h36m17"], s["joints3d"]["h36m17"]) * 1000 if r.ok else np.nan
+                     for r, s in zip(results, samples)])
 
 
 def hardest_poses(est, out: Path, n: int, seed: int) -> None:
@@ -101,7 +105,7 @@ def hardest_poses(est, out: Path, n: int, seed: int) -> None:
         generate(GenerateConfig(n=n, image_size=(256, 256), seed=seed, poses=str(out / "hardest_poses.npz")),
                  out=ds, progress=False)
     samples = list(open_dataset(ds))
-    pa, _ = fit_errors(est, samples)
+    pa = pa_mpjpe_mm(in_batches(est.estimate, [s["image"] for s in samples]), samples)
     ok = np.isfinite(pa)
     print(f"  hardest n={ok.sum():3d} of {len(samples)} (prior score {score[top].min():.0f}-{score[top].max():.0f}, "
           f"hard threshold {prior.hard_threshold:.0f})  PA-MPJPE mean {pa[ok].mean():6.1f} median {np.median(pa[ok]):6.1f} mm")
@@ -115,11 +119,7 @@ def error_budget(est, samples, easy: np.ndarray) -> None:
     for label, t2, t3 in (("detector 2D + 3D", False, False), ("true 2D + detector 3D", True, False),
                           ("detector 2D + true 3D", False, True), ("true 2D + 3D (fit floor)", True, True)):
         dets = [None if d is None else with_true_inputs(d, s, t2, t3) for d, s in zip(detections, samples)]
-        results = []
-        for lo in range(0, len(dets), 16):
-            results.extend(est.fit(dets[lo:lo + 16], sizes[lo:lo + 16]))
-        pa = np.array([pa_mpjpe(r.joints3d["h36m17"], s["joints3d"]["h36m17"]) * 1000 if r.ok else np.nan
-                       for r, s in zip(results, samples)])
+        pa = pa_mpjpe_mm(in_batches(est.fit, dets, sizes), samples)
         sel = easy & np.isfinite(pa)
         print(f"  {label:26s} {pa[sel].mean():6.1f} / {np.median(pa[sel]):6.1f}  (n={sel.sum()})")
 
@@ -151,9 +151,7 @@ def main() -> None:
     est.estimate(images[:2])  # warm-up: MediaPipe graph, Anny load
 
     t0 = time.perf_counter()
-    results = []
-    for lo in range(0, len(images), 16):
-        results.extend(est.estimate(images[lo:lo + 16]))
+    results = in_batches(est.estimate, images)
     t16 = (time.perf_counter() - t0) / len(images)
     t0 = time.perf_counter()
     for im in images[:8]:

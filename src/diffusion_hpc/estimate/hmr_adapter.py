@@ -37,12 +37,12 @@ is the body model's forward pass with them; ``keypoints2d`` is COCO-17 of ``join
 through ``K``, with the detector's COCO-17 visibilities as the third column (ones when the box came
 from the caller). ``confidence``: the detector's mean COCO-17 visibility times
 ``exp(-fit_px / (0.05 * person_px))`` (``fit_px``: median distance between the projected and the
-detected COCO-17 keypoints), as in the MediaPipe fitter; 1.0 for caller boxes (no evidence).
+detected COCO-17 keypoints), the MediaPipe fitter's
+:func:`~diffusion_hpc.estimate.mediapipe_fit.keypoint_agreement`; 1.0 for caller boxes (no evidence).
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Sequence
 
@@ -229,7 +229,7 @@ class HMREstimator(MeshEstimator):
     def _estimate_boxes(self, images, todo) -> list[Estimate]:
         import torch
 
-        from diffusion_hpc.estimate.mediapipe_fit import coco17_from_mediapipe
+        from diffusion_hpc.estimate.mediapipe_fit import coco17_from_mediapipe, keypoint_agreement
         from diffusion_hpc.geometry.camera import project
 
         S = self.crop_size
@@ -252,12 +252,7 @@ class HMREstimator(MeshEstimator):
             uv = project(joints["coco17"].astype(np.float64), K)
             if det is not None:
                 detected = coco17_from_mediapipe(det.landmarks2d)
-                seen = detected[:, 2] > 0.3
-                err = np.linalg.norm(uv - detected[:, :2], axis=1)
-                fit_px = float(np.median(err[seen])) if seen.any() else float("nan")
-                person_px = max(np.ptp(detected[seen, :2], axis=0).max(), 1.0) if seen.any() else 1.0
-                agree = math.exp(-fit_px / (0.05 * person_px)) if seen.any() else 0.0
-                confidence = float(np.clip(detected[:, 2].mean() * agree, 0.0, 1.0))
+                fit_px, confidence = keypoint_agreement(uv, detected, detected[:, 2] > 0.3)
                 vis, lm2d, lm3d, mask = detected[:, 2:3], det.landmarks2d, det.world, det.mask
             else:
                 fit_px, confidence = float("nan"), 1.0

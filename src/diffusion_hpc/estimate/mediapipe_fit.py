@@ -177,6 +177,22 @@ def coco17_from_mediapipe(landmarks: np.ndarray) -> np.ndarray:
     return np.asarray(landmarks)[..., COCO17_FROM_MEDIAPIPE, :]
 
 
+def keypoint_agreement(uv: np.ndarray, detected: np.ndarray, seen: np.ndarray) -> tuple[float, float]:
+    """(fit_px, confidence) of fitted keypoints against the detector's.
+
+    ``fit_px``: median pixel distance between ``uv`` (17, 2) and ``detected`` (17, 3: u, v,
+    visibility) over the ``seen`` (17,) joints; ``confidence``: the detector's mean visibility times
+    ``exp(-fit_px / (0.05 * person_px))``, ``person_px`` the seen joints' extent, in [0, 1].
+    Nothing seen: (NaN, 0).
+    """
+    if not seen.any():
+        return float("nan"), 0.0
+    fit_px = float(np.median(np.linalg.norm(uv - detected[:, :2], axis=1)[seen]))
+    person_px = max(np.ptp(detected[seen, :2], axis=0).max(), 1.0)
+    confidence = float(np.clip(detected[:, 2].mean() * math.exp(-fit_px / (0.05 * person_px)), 0.0, 1.0))
+    return fit_px, confidence
+
+
 def kabsch_rotation(source: np.ndarray, target: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """(3, 3) rotation R minimising sum_i w_i || R (s_i - s̄) - (t_i - t̄) ||^2 (no reflection).
 
@@ -703,12 +719,7 @@ class MediaPipeFitter(MeshEstimator):
             detected = coco17_from_mediapipe(det.landmarks2d)
             if hypotheses is not None and hypotheses[b] == "swap":
                 detected = detected[COCO17_FLIP]
-            seen = conf[b] > 0
-            err = np.linalg.norm(uv - detected[:, :2], axis=1)
-            fit_px = float(np.median(err[seen])) if seen.any() else float("nan")
-            person_px = max(np.ptp(detected[seen, :2], axis=0).max(), 1.0) if seen.any() else 1.0
-            agreement = math.exp(-fit_px / (0.05 * person_px))
-            confidence = float(np.clip(detected[:, 2].mean() * agreement, 0.0, 1.0))
+            fit_px, confidence = keypoint_agreement(uv, detected, conf[b] > 0)
             results.append(Estimate(
                 ok=True, reason="", body_model=self.body_model,
                 params={k: v[b].numpy().astype(np.float32) for k, v in final.items()},

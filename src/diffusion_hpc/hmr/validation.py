@@ -185,8 +185,12 @@ def read_best(out: str | Path) -> dict[str, Any] | None:
 def export_best(regressor, out: str | Path, record: dict[str, Any]) -> None:
     """Export ``regressor`` to ``out/best`` with ``record`` in its header and in ``best.json``."""
     best = Path(out) / BEST_DIR
-    text = json.dumps(record, sort_keys=True)
-    export_regressor(regressor, best, metadata={BEST_METADATA_KEY: text})
+    export_regressor(regressor, best, metadata={BEST_METADATA_KEY: json.dumps(record, sort_keys=True)})
+    _write_best_record(best, record)
+
+
+def _write_best_record(best: Path, record: dict[str, Any]) -> None:
+    """``best/best.json``, the readable copy of the record in the weights' header."""
     atomic_write_bytes(best / BEST_RECORD, json.dumps(record, indent=1, sort_keys=True).encode())
 
 
@@ -213,7 +217,7 @@ def rewind(out: str | Path, start_step: int) -> tuple[list[dict[str, Any]], dict
         shutil.rmtree(out / BEST_DIR)
         best = None
     elif best is not None and _read_json(out / BEST_DIR / BEST_RECORD) != best:  # killed between the two writes
-        atomic_write_bytes(out / BEST_DIR / BEST_RECORD, json.dumps(best, indent=1, sort_keys=True).encode())
+        _write_best_record(out / BEST_DIR, best)
     return kept, best
 
 
