@@ -23,7 +23,7 @@ from diffusion_hpc.generate.base import (  # noqa: E402
     format_prompt,
     prompt_for_sample,
 )
-from diffusion_hpc.generate.weights import check_models, check_tokenizer  # noqa: E402
+from diffusion_hpc.runtime.weights import check_models, check_tokenizer  # noqa: E402
 
 from conftest import TINY_SIZE as SIZE  # noqa: E402
 from conftest import regen_batch, regen_scene  # noqa: E402
@@ -129,7 +129,7 @@ def test_prompts_and_expected_costs():
 
 
 def test_importing_generate_and_segment_is_light():
-    code = ("import sys, diffusion_hpc.generate.base, diffusion_hpc.generate.weights, "
+    code = ("import sys, diffusion_hpc.generate.base, diffusion_hpc.runtime.weights, "
             "diffusion_hpc.generate.conditioning, diffusion_hpc.generate.diffusion, diffusion_hpc.generate.tiny, "
             "diffusion_hpc.segment, diffusion_hpc.segment.instance, diffusion_hpc.segment.mediapipe_seg; "
             "bad = [m for m in ('torch', 'diffusers', 'transformers', 'mediapipe') if m in sys.modules]; "

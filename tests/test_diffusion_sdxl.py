@@ -43,7 +43,7 @@ def cnet(sdxl, t2i):
 
 def test_tiny_sdxl_backbone_layout_and_determinism(sdxl, tmp_path):
     from diffusion_hpc.generate.tiny import write_tiny_backbone
-    from diffusion_hpc.generate.weights import check_models, resolve_backbone
+    from diffusion_hpc.runtime.weights import check_models, resolve_backbone
 
     bs = resolve_backbone(str(sdxl))  # both tiny tokenizers pass the tokenizer check
     assert bs.tiny and bs.depth2img is None and bs.regenerators() == ["controlnet"]

@@ -213,7 +213,7 @@ def test_swapped_labels_hypothesis_wins_on_swapped_landmarks(estimator, rendered
 def test_native_log_chatter_is_filtered_and_nothing_else_is_lost(capfd):
     import os
 
-    from diffusion_hpc.native_log import MEDIAPIPE_CHATTER, filtered_native_stderr
+    from diffusion_hpc.runtime.native_log import MEDIAPIPE_CHATTER, filtered_native_stderr
 
     with filtered_native_stderr(MEDIAPIPE_CHATTER):
         os.write(2, b"W0000 00:00:1 feedback_manager.cc:114] chatter\nreal problem: disk full\n")

@@ -35,7 +35,7 @@ def write_random_lora(backbone, out, seed: int = 0, rank: int = 4):
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig, get_peft_model_state_dict
 
-    from diffusion_hpc.generate.weights import backbone_set, pipeline_class
+    from diffusion_hpc.runtime.weights import backbone_set, pipeline_class
 
     folder = backbone_set(backbone).text2img
     unet = diffusers.UNet2DConditionModel.from_pretrained(str(folder / "unet"), local_files_only=True)

@@ -297,7 +297,7 @@ def test_missing_weights_fail_fast(tmp_path, monkeypatch):
         raise AssertionError("images were read before the weights were checked")
 
     monkeypatch.setattr(q, "iter_source", _no_reading)
-    monkeypatch.setattr(q, "_read_image", _no_reading)
+    monkeypatch.setattr(q, "load_image", _no_reading)
     for weights in (None, tmp_path / "nope.pth"):
         with pytest.raises(MissingModelError) as err:
             q.quality(str(tmp_path / "real"), [str(tmp_path / "gen")], tmp_path / "out", weights=weights)

@@ -293,7 +293,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from diffusion_hpc.inspect import summarize, write_preview
+    from diffusion_hpc.data.inspect import summarize, write_preview
 
     print(summarize(args.dataset))
     print(f"preview: {write_preview(args.dataset, count=args.count, out=args.preview)}")

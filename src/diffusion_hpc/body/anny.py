@@ -3,7 +3,7 @@
 We use the ``cmu_mb`` rig (31 bones named like the CMU mocap skeleton): mocap poses apply to it
 directly, and it has a size comparable to SMPL's 24 joints for fitting and priors. The model is
 built once (about 80 s and 1.5 GB peak on a 2-core CPU) into the project cache
-(:func:`diffusion_hpc.paths.anny_cache_dir`, about 800 MB) and loads in under a second afterwards.
+(:func:`diffusion_hpc.runtime.paths.anny_cache_dir`, about 800 MB) and loads in under a second afterwards.
 
 Canonical frame of Anny: metres, Z up, the body faces -Y, its left side at +X, the root (Hips)
 joint at the origin when ``global_orient`` and ``transl`` are zero.
@@ -42,7 +42,7 @@ def _load_anny_core():
     with _LOCK:
         if RIG in _CORE_CACHE:
             return _CORE_CACHE[RIG]
-        from diffusion_hpc.paths import anny_cache_dir
+        from diffusion_hpc.runtime.paths import anny_cache_dir
 
         cache = anny_cache_dir()
         cache.mkdir(parents=True, exist_ok=True)
@@ -50,7 +50,7 @@ def _load_anny_core():
         try:  # anny's skinning kernels use NVIDIA warp, which prints a banner on first use
             import warp
 
-            from diffusion_hpc.native_log import WARP_CHATTER, filtered_native_stderr
+            from diffusion_hpc.runtime.native_log import WARP_CHATTER, filtered_native_stderr
 
             warp.config.quiet = True  # older warp
             warp.config.log_level = 40  # warp >= 1.19: LOG_ERROR (its banner and kernel-cache lines are INFO)

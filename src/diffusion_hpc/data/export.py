@@ -224,7 +224,7 @@ def _json_vector(v: np.ndarray) -> list[float] | None:
 
 
 def _write_images(fields: dict[str, Any], image_dir: Path) -> str:
-    from diffusion_hpc.atomic import atomic_write_bytes
+    from diffusion_hpc.runtime.atomic import atomic_write_bytes
 
     name = f"{fields['key']}.png"
     atomic_write_bytes(image_dir / name, fields.pop("image_png"))
@@ -289,7 +289,7 @@ def export_spin_npz(samples: Iterable[dict[str, Any]], out: Path, *, box_expand:
     arrays.update(_stack_params(rows, models.pop()))
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    from diffusion_hpc.atomic import atomic_write_bytes
+    from diffusion_hpc.runtime.atomic import atomic_write_bytes
 
     atomic_write_bytes(out, buf.getvalue())
     return ExportResult(path=out, images=image_dir, count=len(rows), format="spin-npz")
@@ -352,7 +352,7 @@ def export_coco_json(samples: Iterable[dict[str, Any]], out: Path, *, box_expand
             }
         ],
     }
-    from diffusion_hpc.atomic import atomic_write_bytes
+    from diffusion_hpc.runtime.atomic import atomic_write_bytes
 
     atomic_write_bytes(out, json.dumps(doc, allow_nan=False).encode())
     return ExportResult(path=out, images=image_dir, count=len(images), format="coco-json")

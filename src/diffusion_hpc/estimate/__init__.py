@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from diffusion_hpc.estimate.base import Estimate, MeshEstimator, check_image, load_image
+from diffusion_hpc.estimate.base import Estimate, MeshEstimator
+from diffusion_hpc.runtime.images import check_image, load_image
 
 if TYPE_CHECKING:  # pragma: no cover
     from diffusion_hpc.prior.base import PosePrior

@@ -13,12 +13,11 @@ exception; malformed input (not an (H, W, 3) uint8 array, an unreadable file) ra
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from diffusion_hpc.errors import InputError
+
 
 
 @dataclass
@@ -83,43 +82,3 @@ class MeshEstimator:
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[Estimate]:
         return self.estimate(images)
-
-
-def check_image(image: object, name: str = "image") -> np.ndarray:
-    """Return ``image`` if it is an (H, W, 3) uint8 RGB array, else raise :class:`InputError`.
-
-    Args:
-        image: candidate array.
-        name: what to call it in the message (a file name or ``images[3]``).
-    """
-    if not isinstance(image, np.ndarray):
-        raise InputError(f"{name} is a {type(image).__name__}, not a numpy array; load files with "
-                         "diffusion_hpc.estimate.load_image(path)")
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise InputError(f"{name} has shape {image.shape} and dtype {image.dtype}; expected (H, W, 3) uint8 RGB "
-                         "(convert grey or RGBA images to RGB and floats to 0..255 uint8, or use load_image(path))")
-    if image.shape[0] < 16 or image.shape[1] < 16:
-        raise InputError(f"{name} is {image.shape[1]}x{image.shape[0]} pixels; at least 16x16 is needed")
-    return image
-
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-
-
-def load_image(path: str | Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB pixels of an image file (grey and RGBA are converted; EXIF rotation applied).
-
-    Raises:
-        InputError: the file is missing or not a readable image; the message names the file.
-    """
-    import cv2
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"image file {path} does not exist")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise InputError(f"image file {path} is not a readable image (corrupt or unsupported format; "
-                         f"use one of {', '.join(IMAGE_SUFFIXES)})")
-    return np.ascontiguousarray(image[..., ::-1])

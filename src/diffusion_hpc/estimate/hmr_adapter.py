@@ -48,7 +48,8 @@ from typing import Sequence
 
 import numpy as np
 
-from diffusion_hpc.estimate.base import Estimate, MeshEstimator, check_image
+from diffusion_hpc.estimate.base import Estimate, MeshEstimator
+from diffusion_hpc.runtime.images import check_image
 from diffusion_hpc.errors import MissingModelError
 
 BOX_EXPAND = 1.2

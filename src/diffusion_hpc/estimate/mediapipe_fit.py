@@ -61,7 +61,8 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from diffusion_hpc.body.joint_sets import ANNY_CMU31, COCO17
-from diffusion_hpc.estimate.base import Estimate, MeshEstimator, check_image
+from diffusion_hpc.estimate.base import Estimate, MeshEstimator
+from diffusion_hpc.runtime.images import check_image
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -345,7 +346,7 @@ class MediaPipeDetector:
 
     def detect(self, image: np.ndarray) -> Detection | None:
         """The most prominent person in an (H, W, 3) uint8 RGB image, or None."""
-        from diffusion_hpc.native_log import MEDIAPIPE_CHATTER, filtered_native_stderr
+        from diffusion_hpc.runtime.native_log import MEDIAPIPE_CHATTER, filtered_native_stderr
 
         with self._lock, filtered_native_stderr(MEDIAPIPE_CHATTER):
             if self._pose is None:
@@ -548,7 +549,7 @@ class MediaPipeFitter(MeshEstimator):
                 continue
             todo.append((i, det, K, tuple(size)))
         if todo:
-            from diffusion_hpc.torch_threads import torch_threads
+            from diffusion_hpc.runtime.threads import torch_threads
 
             with torch_threads(1):  # tiny tensors: one thread is several times faster (see torch_threads)
                 fitted = self._fit_batch(todo)

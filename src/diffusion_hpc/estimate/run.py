@@ -22,7 +22,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from diffusion_hpc.errors import InputError
-from diffusion_hpc.estimate.base import IMAGE_SUFFIXES, Estimate, load_image
+from diffusion_hpc.estimate.base import Estimate
+from diffusion_hpc.runtime.images import IMAGE_SUFFIXES, image_files, load_image
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def collect_images(paths_or_dir: str | Path | Iterable[str | Path]) -> list[Path
     for item in items:
         path = Path(item)
         if path.is_dir():
-            files.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()))
+            files.extend(image_files(path, what="--images"))
         elif path.is_file():
             files.append(path)
         else:

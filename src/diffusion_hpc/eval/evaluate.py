@@ -204,7 +204,7 @@ def evaluate(checkpoint: str | Path, source: str, out: str | Path | None = None,
     result = score(predict(regressor, body, targets.images, batch_size=batch_size), targets)
     result["checkpoint"] = str(checkpoint)
     if out is not None:
-        from diffusion_hpc.atomic import atomic_write_bytes
+        from diffusion_hpc.runtime.atomic import atomic_write_bytes
 
         atomic_write_bytes(Path(out), json.dumps(result, indent=2, sort_keys=True).encode())
     return result

@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from diffusion_hpc.errors import InputError, MissingModelError
-from diffusion_hpc.paths import cache_dir
+from diffusion_hpc.runtime.paths import cache_dir
 
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + WEIGHTS_NAME

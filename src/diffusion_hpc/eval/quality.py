@@ -30,8 +30,8 @@ from typing import Any, Iterable, Iterator, Optional
 import numpy as np
 
 from diffusion_hpc.errors import InputError
+from diffusion_hpc.runtime.images import image_files, load_image
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 INPUT_SIZE = 299
 DEFAULT_HARD_THRESHOLD = 30.0  # VPoser score >= 30 is a hard pose (DESIGN §2 step 4)
 THUMB = 96  # sample-grid thumbnail side, pixels
@@ -74,16 +74,6 @@ def _thumb(image: np.ndarray, side: int = THUMB) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((max(1, round(w * side / h)), side), Image.BILINEAR))
 
 
-def _read_image(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), np.uint8)
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(f"image {path} is unreadable ({exc}); remove it or convert it to PNG") from None
-
-
 # --------------------------------------------------------------------------------------------
 # sources
 
@@ -100,14 +90,6 @@ def source_kind(path: str | os.PathLike) -> str:
     return "folder"
 
 
-def image_files(folder: str | os.PathLike) -> list[Path]:
-    """Image files under ``folder`` (recursive, sorted); ``InputError`` if there are none."""
-    files = sorted(f for f in Path(folder).rglob("*") if f.suffix.lower() in IMAGE_EXTS and f.is_file())
-    if not files:
-        raise InputError(f"{folder} holds no images ({', '.join(IMAGE_EXTS)}) and is not a dataset (no config.yaml)")
-    return files
-
-
 def iter_source(path: str | os.PathLike, limit: Optional[int] = None) -> Iterator[tuple[str, np.ndarray, Optional[np.ndarray]]]:
     """(key, image (H, W, 3) uint8, mask (H, W) bool or None) of a dataset or image folder, at most ``limit``."""
     kind = source_kind(path)
@@ -121,10 +103,10 @@ def iter_source(path: str | os.PathLike, limit: Optional[int] = None) -> Iterato
             yield str(sample.get("key", count)), sample["image"], np.asarray(sample["mask"], bool)
             count += 1
     else:
-        for f in image_files(path):
+        for f in image_files(path, recursive=True, what="real image folder"):
             if limit is not None and count >= limit:
                 return
-            yield str(f.relative_to(path)), _read_image(f), None
+            yield str(f.relative_to(path)), load_image(f), None
             count += 1
 
 

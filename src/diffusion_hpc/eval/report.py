@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from diffusion_hpc.atomic import atomic_write_bytes
+from diffusion_hpc.runtime.atomic import atomic_write_bytes
 from diffusion_hpc.errors import InputError
 
 

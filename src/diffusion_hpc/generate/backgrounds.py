@@ -26,9 +26,9 @@ from typing import Callable, Protocol
 import numpy as np
 
 from diffusion_hpc.errors import InputError
+from diffusion_hpc.runtime.images import image_files, load_image
 
 #: image file extensions (lower case) picked up by :class:`FolderBackgrounds`
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp")
 
 # Colour palettes (sRGB, 0-255). Muted, natural colours; jittered when used.
 SKY_TOP: tuple[tuple[int, int, int], ...] = (
@@ -355,18 +355,8 @@ class ProceduralBackgrounds:
 # user folders
 
 
-def _list_images(root: Path) -> list[Path]:
-    """Image files under ``root`` (recursive), sorted by relative POSIX path (machine-independent)."""
-    found = []
-    for dirpath, _dirnames, filenames in os.walk(root, followlinks=True):
-        for fn in filenames:
-            if os.path.splitext(fn)[1].lower() in IMAGE_EXTENSIONS:
-                found.append(Path(dirpath) / fn)
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
-
-
 def _verify_image(path: Path) -> None:
-    """Cheap integrity check with PIL ``verify()``; raises :class:`InputError` naming the file."""
+    """Cheap integrity check with PIL ``verify()`` (no decoding); raises :class:`InputError` naming the file."""
     from PIL import Image
 
     try:
@@ -411,7 +401,7 @@ def random_crop_resize(
 
 
 class FolderBackgrounds:
-    """:class:`BackgroundSource` of the user's images (jpg / png / webp, searched recursively).
+    """:class:`BackgroundSource` of the user's images (suffixes of :data:`~diffusion_hpc.runtime.images.IMAGE_SUFFIXES`, searched recursively).
 
     All files are checked with PIL ``verify()`` at construction, so a corrupt file fails before any
     work starts. Each :meth:`sample` picks a file with the rng, then random-crops and resizes it.
@@ -426,18 +416,7 @@ class FolderBackgrounds:
 
     def __init__(self, path: str | os.PathLike, cache_size: int = 16):
         self.root = Path(path).expanduser()
-        if not self.root.is_dir():
-            raise InputError(
-                f"background folder {self.root} does not exist or is not a directory; pass a "
-                f"directory holding {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} images"
-            )
-        self.files = _list_images(self.root)
-        if not self.files:
-            raise InputError(
-                f"background folder {self.root} holds no images (looked recursively for "
-                f"{', '.join(IMAGE_EXTENSIONS)}); add some images or drop the background folder "
-                f"option to use procedural backgrounds"
-            )
+        self.files = image_files(self.root, recursive=True, what="background folder")
         for f in self.files:
             _verify_image(f)
         self.cache_size = int(cache_size)
@@ -450,17 +429,7 @@ class FolderBackgrounds:
         """(h, w, 3) uint8 RGB of file ``index`` (EXIF orientation applied)."""
         if index in self._cache:
             return self._cache[index]
-        from PIL import Image, ImageOps
-
-        path = self.files[index]
-        try:
-            with Image.open(path) as im:
-                arr = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-        except Exception as exc:
-            raise InputError(
-                f"background image {path} could not be decoded ({exc.__class__.__name__}: {exc}); "
-                f"delete or replace it"
-            ) from exc
+        arr = load_image(self.files[index], what="background image")
         if self.cache_size > 0:
             if len(self._cache) >= self.cache_size:
                 self._cache.pop(next(iter(self._cache)))

@@ -38,7 +38,7 @@ LoRA weights (``lora=``): a ``.safetensors`` file or a folder holding one (``sav
 writes ``pytorch_lora_weights.safetensors``), loaded with peft into the UNet (and text encoders, if
 the file has them). Pickled ``.bin`` weights are refused: nothing is ever unpickled.
 
-Weights are loaded offline only (:mod:`diffusion_hpc.generate.weights`).
+Weights are loaded offline only (:mod:`diffusion_hpc.runtime.weights`).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ from diffusion_hpc.generate.base import (
     guidance_factor,
     strength_steps,
 )
-from diffusion_hpc.generate.weights import (
+from diffusion_hpc.runtime.weights import (
     BackboneSet,
     backbone_set,
     check_models,

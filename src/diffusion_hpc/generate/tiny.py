@@ -3,7 +3,7 @@
 It produces noise-like images, but every code path of the real backbones runs on it: text encoder,
 tokenizer, VAE, UNet, scheduler, depth channel, ControlNet residuals. Layout of ``DIR``::
 
-    DIR/dhpc_backbone.json      describes the bundle (read by diffusion_hpc.generate.weights)
+    DIR/dhpc_backbone.json      describes the bundle (read by diffusion_hpc.runtime.weights)
     DIR/text2img/               StableDiffusionPipeline (UNet 4 -> 4 channels)
     DIR/depth2img/              StableDiffusionDepth2ImgPipeline (UNet 5 -> 4: latents + depth),
                                 saved without a depth estimator
@@ -13,7 +13,7 @@ All three share the same VAE (downsampling factor 8: 64x64 images -> 8x8 latents
 encoder and an offline byte-level CLIP tokenizer (514 tokens: 256 byte symbols, 256 word-final
 byte symbols, start / end tokens; no merges). The tokenizer is far smaller than CLIP's 49,408 tokens,
 so ``model_index.json`` carries ``"_dhpc_tiny": true`` and each pipeline folder a ``dhpc_tiny.json``
-sidecar: :func:`diffusion_hpc.generate.weights.check_tokenizer` accepts small tokenizers only there.
+sidecar: :func:`diffusion_hpc.runtime.weights.check_tokenizer` accepts small tokenizers only there.
 
 ``sdxl=True`` (``dhpc backbone tiny --sdxl``) writes the SDXL layout instead, with no depth2img
 part (there is no SDXL depth-to-image pipeline; regeneration uses the ControlNet)::

@@ -328,7 +328,7 @@ def export_regressor(model: HMRRegressor, out_dir: str | Path, metadata: Mapping
     """
     from safetensors.torch import save_file
 
-    from diffusion_hpc.atomic import atomic_path, atomic_write_bytes
+    from diffusion_hpc.runtime.atomic import atomic_path, atomic_write_bytes
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

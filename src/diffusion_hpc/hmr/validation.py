@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffusion_hpc.atomic import atomic_write_bytes
+from diffusion_hpc.runtime.atomic import atomic_write_bytes
 from diffusion_hpc.errors import ConfigError, InputError
 from diffusion_hpc.eval.evaluate import PREDICTION_KEYS, Targets, concat_predictions, load_targets, predict_batch, score
 from diffusion_hpc.hmr.data import consumer_id

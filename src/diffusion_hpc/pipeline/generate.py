@@ -236,7 +236,7 @@ class Generator:
 
     def _check_weights(self) -> None:
         """Every model the run needs, checked at once: one error listing all that is missing."""
-        from diffusion_hpc.generate.weights import backbone_set, check_models
+        from diffusion_hpc.runtime.weights import backbone_set, check_models
 
         cfg = self.config
         diffusion = cfg.generator in DIFFUSION_GENERATORS
@@ -659,7 +659,7 @@ class Generator:
         })  # fmt: skip
         preview = None
         try:
-            from diffusion_hpc.inspect import write_preview
+            from diffusion_hpc.data.inspect import write_preview
 
             preview = write_preview(out)
         except Exception as exc:  # the preview is a convenience; the dataset is complete without it

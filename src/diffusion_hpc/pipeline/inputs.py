@@ -3,7 +3,7 @@
 - Prompts (``--prompt TEXT`` or ``--prompts FILE``): one prompt or action phrase per line; blank
   lines and lines starting with ``#`` are skipped. An empty file is an error.
 - Guides (``--guides DIR``, mode R): every image file of the folder (sorted by name, suffixes of
-  :data:`~diffusion_hpc.estimate.base.IMAGE_SUFFIXES`) is decoded once up front, so a corrupt
+  :data:`~diffusion_hpc.runtime.images.IMAGE_SUFFIXES`) is decoded once up front, so a corrupt
   file stops the run before any work, naming the file (friendlier than a failure row per sample
   after hours of generation). Guide g of the run uses file ``g % F``: with more guides than files
   the files are reused, each time with other seeds (other augmentations and regeneration noise).
@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from diffusion_hpc.errors import InputError
+from diffusion_hpc.runtime.images import image_files, load_image
 
 
 def read_prompt_lines(prompt: str | None, prompts: Path | None, default: str | None = None) -> list[str]:
@@ -47,15 +48,7 @@ def read_prompt_lines(prompt: str | None, prompts: Path | None, default: str | N
 
 def list_guides(folder: Path) -> list[Path]:
     """Image files of a guides folder, sorted; an error naming the folder when there are none."""
-    from diffusion_hpc.estimate.base import IMAGE_SUFFIXES
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"--guides {folder}: no such folder; pass the folder of your real images")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise InputError(f"--guides {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    return files
+    return image_files(folder, what="--guides")
 
 
 def fit_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -76,12 +69,10 @@ class GuideImages:
     """The guide files of mode R: all checked at construction, loaded per batch."""
 
     def __init__(self, folder: Path, size: tuple[int, int]) -> None:
-        from diffusion_hpc.estimate.base import load_image
-
         self.files = list_guides(folder)
         self.size = tuple(size)
         for path in self.files:  # fail fast: decode everything once (InputError names the file)
-            image = load_image(path)
+            image = load_image(path, what="guide image")
             if min(image.shape[:2]) < 16:
                 raise InputError(f"guide image {path} is {image.shape[1]}x{image.shape[0]} pixels; at least 16x16 is needed")
 
@@ -93,6 +84,4 @@ class GuideImages:
 
     def load(self, guide: int) -> np.ndarray:
         """(H, W, 3) uint8 start image of guide ``guide``, at the run's image size."""
-        from diffusion_hpc.estimate.base import load_image
-
-        return fit_image(load_image(self.path(guide)), self.size)
+        return fit_image(load_image(self.path(guide), what="guide image"), self.size)

@@ -53,7 +53,7 @@ from typing import Sequence
 
 import numpy as np
 
-from diffusion_hpc.atomic import atomic_path
+from diffusion_hpc.runtime.atomic import atomic_path
 from diffusion_hpc.errors import ConfigError, InputError
 
 FORMAT = "dhpc-poses/1"

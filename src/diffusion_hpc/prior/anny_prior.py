@@ -360,7 +360,7 @@ def save_prior_file(path: str | os.PathLike, params: dict[str, torch.Tensor], me
     """Write prior parameters and JSON metadata to a safetensors file, atomically."""
     from safetensors.torch import save_file
 
-    from diffusion_hpc.atomic import atomic_path
+    from diffusion_hpc.runtime.atomic import atomic_path
 
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)

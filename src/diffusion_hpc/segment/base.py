@@ -63,7 +63,7 @@ def make_segmenter(spec: Optional[str] = "mediapipe", **kwargs) -> Segmenter:
         if model not in ("selfie", "pose"):
             raise ConfigError(f"unknown mediapipe segmenter {spec!r}; use mediapipe:selfie or mediapipe:pose")
         return MediaPipeSegmenter(model=model, **kwargs)
-    from diffusion_hpc.generate.weights import check_models
+    from diffusion_hpc.runtime.weights import check_models
     from diffusion_hpc.segment.instance import InstanceSegmenter
 
     path = check_models({"segmenter": spec})["segmenter"]
