@@ -191,13 +191,13 @@ def test_spin_layout_and_mean_state(spin_files):
         load_spin(ckpt.parent / "bare.pt")
     again = load_spin(ckpt.parent / "bare.pt", mean_params=mean)
     assert torch.equal(again.init_pose, net.init_pose)
-    # 6D convention: the first two columns of the rotation, (3, 2) row-major
+    # 6D convention: the first two columns of the rotation, (3, 2) row-major (SPIN's rot6d_to_rotmat)
     import roma
 
-    from diffusion_hpc.estimate.spin import spin_rot6d_to_rotmat
+    from diffusion_hpc.geometry.rotations import rot6d_to_rotmat
 
     R = roma.random_rotmat(5)
-    assert torch.allclose(spin_rot6d_to_rotmat(R[:, :, :2].reshape(5, 6)), R, atol=1e-5)
+    assert torch.allclose(rot6d_to_rotmat(R[:, :, :2].reshape(5, 6)), R, atol=1e-5)
     assert isinstance(SPINHMR(), torch.nn.Module)
 
 

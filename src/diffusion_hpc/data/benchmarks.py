@@ -44,6 +44,7 @@ from diffusion_hpc.body.joint_sets import convert as convert_joints
 from diffusion_hpc.body.joint_sets import get_joint_set as joint_names
 from diffusion_hpc.body.joint_sets import joint_map as joint_index
 from diffusion_hpc.errors import DhpcError, InputError
+from diffusion_hpc.geometry.boxes import BOX_EXPAND, SPIN_SCALE_UNIT, keypoints_box
 
 # Joint sets used by benchmark files live in diffusion_hpc.body.joint_sets (spin24, skipose17).
 
@@ -56,10 +57,6 @@ SPIN24_ALIASES: dict[str, tuple[str, str]] = {
     "h36m_head": ("h36m17", "head_top"),
 }
 
-#: SPIN box convention: ``scale`` = box side in pixels / ``SPIN_SCALE_UNIT``.
-SPIN_SCALE_UNIT = 200.0
-#: Box expansion around keypoints used by SPIN / Diffusion-HPC preprocessing.
-BOX_EXPAND = 1.2
 #: SkiPose images are 256 x 256; ``2D`` labels are fractions of that side.
 SKIPOSE_IMAGE_SIZE = 256
 SKIPOSE_SPLITS = ("train", "test")
@@ -150,26 +147,9 @@ def box_from_keypoints(
     (the Diffusion-HPC preprocessing of SkiPose and SMART). Samples without visible joints use all
     joints; ``scale`` = side / 200.
     """
-    kp = np.asarray(keypoints2d, dtype=np.float64)
-    if kp.ndim != 3 or kp.shape[-1] != 3:
-        raise ValueError(f"keypoints2d must be (N, J, 3), got {kp.shape}")
-    vis = kp[..., 2] > 0
-    vis = np.where(vis.any(axis=1, keepdims=True), vis, True)
-    uv = kp[..., :2]
-    lo = np.where(vis[..., None], uv, np.inf).min(axis=1)
-    hi = np.where(vis[..., None], uv, -np.inf).max(axis=1)
-    center = (lo + hi) / 2
-    side = expand * (hi - lo).max(axis=1)
     names = joint_names(joint_set)
-    lengths, counts = np.zeros(len(kp)), np.zeros(len(kp))
-    for a, b in TORSO_PAIRS:
-        if a in names and b in names:
-            ia, ib = names.index(a), names.index(b)
-            ok = vis[:, ia] & vis[:, ib]
-            lengths += np.where(ok, np.linalg.norm(uv[:, ia] - uv[:, ib], axis=-1), 0.0)
-            counts += ok
-    torso = np.divide(lengths, counts, out=np.zeros_like(lengths), where=counts > 0)
-    side = np.maximum(side, torso / torso_fraction)
+    pairs = tuple((names.index(a), names.index(b)) for a, b in TORSO_PAIRS if a in names and b in names)
+    center, side = keypoints_box(keypoints2d, pairs, expand=expand, torso_fraction=torso_fraction)
     return center, side / SPIN_SCALE_UNIT
 
 

@@ -41,15 +41,9 @@ import numpy as np
 
 from diffusion_hpc.data.schema import encode_png
 from diffusion_hpc.body.joint_sets import COCO17
-from diffusion_hpc.data.benchmarks import (
-    BOX_EXPAND,
-    SPIN24,
-    SPIN24_ALIASES,
-    SPIN_SCALE_UNIT,
-    box_from_keypoints,
-    joint_names,
-)
+from diffusion_hpc.data.benchmarks import SPIN24, SPIN24_ALIASES, box_from_keypoints, joint_names
 from diffusion_hpc.errors import ConfigError, InputError
+from diffusion_hpc.geometry.boxes import BOX_EXPAND, SPIN_SCALE_UNIT, mask_box
 
 EXPORT_FORMATS = ("spin-npz", "coco-json")
 FORMAT_SUFFIX = {"spin-npz": ".npz", "coco-json": ".json"}
@@ -78,21 +72,6 @@ class ExportResult:
 
 # --------------------------------------------------------------------------------------------
 # Per-sample geometry (pure functions).
-
-
-def mask_box(mask: np.ndarray, expand: float = BOX_EXPAND) -> tuple[np.ndarray, float] | None:
-    """SPIN box of a (H, W) bool mask: ``(center (2,) px, side px)`` or ``None`` for an empty mask.
-
-    Pixel centres are integer coordinates, so a box over columns x0..x1 is centred on (x0 + x1) / 2
-    and spans x1 - x0 + 1 pixels; the side is ``expand`` x the longer span.
-    """
-    ys, xs = np.nonzero(np.asarray(mask, bool))
-    if xs.size == 0:
-        return None
-    x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
-    center = np.array([(x0 + x1) / 2.0, (y0 + y1) / 2.0])
-    side = expand * float(max(x1 - x0 + 1, y1 - y0 + 1))
-    return center, side
 
 
 def coco_bbox(mask: np.ndarray) -> tuple[list[float], int]:
@@ -389,7 +368,6 @@ __all__ = [
     "export_coco_json",
     "export_dataset",
     "export_spin_npz",
-    "mask_box",
     "mask_rle",
     "spin24_joints3d",
     "spin24_part",

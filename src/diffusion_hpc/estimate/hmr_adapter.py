@@ -8,7 +8,7 @@ Box: the visible MediaPipe landmarks (visibility >= :data:`~.mediapipe_fit.MIN_V
 bounding box's longer side times :data:`BOX_EXPAND` (1.2), square, same centre. An image without a
 person gives ``Estimate(ok=False, reason="no person found")``.
 
-Crop: :func:`diffusion_hpc.hmr.data.crop_matrix` (image px -> crop px,
+Crop: :func:`diffusion_hpc.geometry.boxes.crop_matrix` (image px -> crop px,
 ``u -> (S / b)(u - c) + (S - 1) / 2`` for box centre ``c``, side ``b``, crop side ``S``), bilinear,
 zero border, RGB in [0, 1], exactly as the training crops.
 
@@ -51,8 +51,8 @@ import numpy as np
 from diffusion_hpc.estimate.base import Estimate, MeshEstimator
 from diffusion_hpc.runtime.images import check_image
 from diffusion_hpc.errors import MissingModelError
+from diffusion_hpc.geometry.boxes import BOX_EXPAND, crop_matrix, points_box
 
-BOX_EXPAND = 1.2
 #: regressor forward batch size
 BATCH = 16
 
@@ -75,15 +75,12 @@ def box_from_landmarks(landmarks2d: np.ndarray, min_visibility: float | None = N
     seen = lm[:, 2] >= (MIN_VISIBILITY if min_visibility is None else min_visibility)
     if seen.sum() < 2:
         return None
-    lo, hi = lm[seen, :2].min(0), lm[seen, :2].max(0)
-    return (lo + hi) / 2.0, float(max(expand * (hi - lo).max(), 8.0))
+    return points_box(lm[seen, :2], expand)
 
 
 def crop_image(image: np.ndarray, center: np.ndarray, side: float, size: int) -> tuple[np.ndarray, np.ndarray]:
     """((3, S, S) float32 RGB in [0, 1], (3, 3) image px -> crop px) for a square box."""
     import cv2
-
-    from diffusion_hpc.hmr.data import crop_matrix
 
     A = crop_matrix(np.asarray(center, np.float64), float(side), size)
     crop = cv2.warpAffine(np.ascontiguousarray(image), A[:2], (size, size), flags=cv2.INTER_LINEAR, borderValue=0)

@@ -59,14 +59,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+import torch
 
 from diffusion_hpc.body.joint_sets import ANNY_CMU31, COCO17
 from diffusion_hpc.estimate.base import Estimate, MeshEstimator
+from diffusion_hpc.geometry.rotations import rigid_rotation
 from diffusion_hpc.runtime.images import check_image
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
-
     from diffusion_hpc.prior.base import PosePrior
 
 log = logging.getLogger(__name__)
@@ -194,24 +194,6 @@ def keypoint_agreement(uv: np.ndarray, detected: np.ndarray, seen: np.ndarray) -
     return fit_px, confidence
 
 
-def kabsch_rotation(source: np.ndarray, target: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """(3, 3) rotation R minimising sum_i w_i || R (s_i - s̄) - (t_i - t̄) ||^2 (no reflection).
-
-    Args:
-        source, target: (N, 3) corresponding points, N >= 3 not collinear.
-        weights: (N,) non-negative, default ones.
-    """
-    source = np.asarray(source, np.float64)
-    target = np.asarray(target, np.float64)
-    w = np.ones(len(source)) if weights is None else np.asarray(weights, np.float64)
-    w = w / max(w.sum(), 1e-12)
-    s = source - (w[:, None] * source).sum(0)
-    t = target - (w[:, None] * target).sum(0)
-    u, _, vt = np.linalg.svd((w[:, None] * t).T @ s)
-    d = np.sign(np.linalg.det(u @ vt)) or 1.0
-    return u @ np.diag([1.0, 1.0, d]) @ vt
-
-
 def solve_translation(points: np.ndarray, uv: np.ndarray, K: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """(3,) translation t so that ``points + t`` projects onto ``uv`` (weighted linear least squares).
 
@@ -234,22 +216,6 @@ def solve_translation(points: np.ndarray, uv: np.ndarray, K: np.ndarray, weights
     if t[2] < 0.3:  # behind or at the camera: fall back to the scale estimate along the centre ray
         t[2] = max(t[2], 0.3)
     return t
-
-
-def batched_kabsch(source: "torch.Tensor", target: "torch.Tensor", weights: "torch.Tensor") -> "torch.Tensor":
-    """(B, 3, 3) rotations R with R source_i ≈ target_i (weighted, about the origin, no reflection).
-
-    Args:
-        source, target: (B, N, 3); weights: (B, N) >= 0.
-    """
-    import torch
-
-    cov = torch.einsum("bn,bni,bnj->bij", weights, target, source)
-    u, _, vt = torch.linalg.svd(cov)
-    d = torch.sign(torch.linalg.det(u @ vt))
-    d = torch.where(d == 0, torch.ones_like(d), d)
-    fix = torch.diag_embed(torch.stack([torch.ones_like(d), torch.ones_like(d), d], -1))
-    return u @ fix @ vt
 
 
 def geman_mcclure(squared: "torch.Tensor", sigma: float) -> "torch.Tensor":
@@ -612,7 +578,7 @@ class MediaPipeFitter(MeshEstimator):
                 conf[n] = np.where(vis >= MIN_VISIBILITY, vis, 0.0)
                 seen = conf[n] > 0
                 scale[n] = max(np.ptp(uv[n][seen], axis=0).max(), 16.0)
-                R = kabsch_rotation(rest[torso_idx], world[n][torso_idx], np.maximum(conf[n][torso_idx], 0.05))
+                R = rigid_rotation(*(torch.from_numpy(np.asarray(a, np.float64)) for a in (rest[torso_idx], world[n][torso_idx], np.maximum(conf[n][torso_idx], 0.05)))).numpy()
                 orient0[n] = _rotvec(R @ c2c)
                 # translation: the rest joints under R, hip-centred, projected onto the 2D landmarks
                 transl0[n] = solve_translation(rest @ R.T, uv[n], K, conf[n] * w2_joint)
@@ -662,7 +628,7 @@ class MediaPipeFitter(MeshEstimator):
             target = world_t
             if cw.align_3d:
                 with torch.no_grad():
-                    target = world_t @ batched_kabsch(world_t, rel, w3).transpose(1, 2)
+                    target = world_t @ rigid_rotation(world_t, rel, w3, centred=False).transpose(1, 2)
                     if cw.align_scale:  # the detector's body size is not the model's
                         num = (w3[..., None] * rel * target).sum((1, 2))
                         den = (w3[..., None] * target * target).sum((1, 2)).clamp_min(1e-9)

@@ -39,20 +39,11 @@ from torch import nn
 
 from diffusion_hpc.errors import InputError, MissingModelError
 from diffusion_hpc.estimate.hmr_adapter import HMREstimator, _check_options
+from diffusion_hpc.geometry.rotations import rot6d_to_rotmat
 from diffusion_hpc.hmr.model import IMAGENET_MEAN, IMAGENET_STD, NORMALISED_FOCAL
 
 NPOSE = 24 * 6
 MEAN_KEYS = ("init_pose", "init_shape", "init_cam")
-
-
-def spin_rot6d_to_rotmat(x: torch.Tensor) -> torch.Tensor:
-    """(B, 6k) or (..., 6) SPIN 6D -> (N, 3, 3) rotation matrices (SPIN's ``rot6d_to_rotmat``)."""
-    x = x.reshape(-1, 3, 2)
-    a1, a2 = x[:, :, 0], x[:, :, 1]
-    b1 = nn.functional.normalize(a1, dim=1)
-    b2 = nn.functional.normalize(a2 - (b1 * a2).sum(-1, keepdim=True) * b1, dim=1)
-    b3 = torch.cross(b1, b2, dim=1)
-    return torch.stack((b1, b2, b3), dim=-1)
 
 
 class Bottleneck(nn.Module):
@@ -149,7 +140,7 @@ class SPINHMR(nn.Module):
             pose = self.decpose(xc) + pose
             shape = self.decshape(xc) + shape
             cam = self.deccam(xc) + cam
-        rotmat = spin_rot6d_to_rotmat(pose).view(batch, 24, 3, 3)
+        rotmat = rot6d_to_rotmat(pose.reshape(batch, 24, 6))
         rotvec = roma.rotmat_to_rotvec(rotmat)
         return {"rotmat": rotmat, "betas": shape, "shape": shape, "cam": cam, "global_orient": rotvec[:, 0],
                 "body_pose": rotvec[:, 1:], "cam_t": weak_perspective_to_translation(cam, NORMALISED_FOCAL)}

@@ -34,11 +34,13 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from diffusion_hpc.data.benchmarks import box_from_keypoints as spin_box
 from diffusion_hpc.errors import InputError
+from diffusion_hpc.geometry.boxes import BOX_EXPAND, SPIN_SCALE_UNIT, crop_matrix, mask_box
+from diffusion_hpc.geometry.camera import rotation_z
 
 KEYPOINT_SET = "coco17"
 JOINTS3D_SET = "h36m17"
-BOX_EXPAND = 1.2
 MIRROR = np.diag([-1.0, 1.0, 1.0])
 
 
@@ -75,39 +77,10 @@ def sample_augmentation(rng: np.random.Generator, cfg: AugmentConfig) -> Augment
 # Pure geometry.
 
 
-def box_from_mask(mask: np.ndarray, expand: float = BOX_EXPAND) -> tuple[np.ndarray, float] | None:
-    """Square box (centre (2,), side) around a (H, W) mask's pixels, ``expand`` x its longer side."""
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        return None
-    lo = np.array([xs.min(), ys.min()], np.float64)
-    hi = np.array([xs.max(), ys.max()], np.float64)
-    return (lo + hi) / 2.0, float(expand * (hi - lo + 1.0).max())
-
-
 def box_from_keypoints(keypoints2d: np.ndarray, joint_set: str = KEYPOINT_SET, expand: float = BOX_EXPAND) -> tuple[np.ndarray, float]:
     """Square box around visible (J, 3) keypoints (SPIN rule, see ``data.benchmarks.box_from_keypoints``)."""
-    from diffusion_hpc.data.benchmarks import SPIN_SCALE_UNIT
-    from diffusion_hpc.data.benchmarks import box_from_keypoints as spin_box
-
     center, scale = spin_box(np.asarray(keypoints2d, np.float64)[None], joint_set, expand=expand)
     return center[0], float(max(scale[0] * SPIN_SCALE_UNIT, 1.0))
-
-
-def rotation_z(angle_rad: float) -> np.ndarray:
-    c, s = math.cos(angle_rad), math.sin(angle_rad)
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-
-
-def crop_matrix(center: np.ndarray, side: float, size: int, rotation_deg: float = 0.0) -> np.ndarray:
-    """(3, 3) image px -> crop px: ``(size / side) R2(theta) (u - center) + (size - 1) / 2``."""
-    s = size / side
-    r = rotation_z(math.radians(rotation_deg))[:2, :2] * s
-    half = (size - 1) / 2.0
-    A = np.eye(3)
-    A[:2, :2] = r
-    A[:2, 2] = half - r @ np.asarray(center, np.float64)
-    return A
 
 
 def flip_matrix(size: int) -> np.ndarray:
@@ -232,7 +205,7 @@ def crop_sample(
     if bbox_from not in ("mask", "keypoints"):
         raise ValueError(f"bbox_from must be 'mask' or 'keypoints', got {bbox_from!r}")
     if bbox is None:
-        box = box_from_mask(mask, expand) if (bbox_from == "mask" and mask is not None) else None
+        box = mask_box(mask, expand) if (bbox_from == "mask" and mask is not None) else None
         bbox = box if box is not None else box_from_keypoints(kp, keypoint_set, expand)
     center, side = np.asarray(bbox[0], np.float64), float(bbox[1]) * aug.scale
     A = crop_matrix(center, side, size, aug.rotation_deg)

@@ -5,7 +5,7 @@ Output (:meth:`HMRRegressor.forward`), for a body model with ``J`` body joints a
 
 - ``pose6d`` (B, J+1, 6): continuous 6D rotations (Zhou et al. 2019), root first; the two columns
   of the rotation matrix, stored row-major as a (3, 2) matrix, as in SPIN.
-- ``rotmat`` (B, J+1, 3, 3): ``roma.special_gramschmidt`` of ``pose6d``.
+- ``rotmat`` (B, J+1, 3, 3): :func:`~diffusion_hpc.geometry.rotations.rot6d_to_rotmat` of ``pose6d``.
 - ``global_orient`` (B, 3), ``body_pose`` (B, J, 3): axis-angle (``roma.rotmat_to_rotvec``), in
   the camera frame (OpenCV), ready for :class:`diffusion_hpc.body.BodyModel`.
 - ``shape`` (B, D): Anny phenotypes through a sigmoid (they live in [0, 1]), SMPL betas unbounded;
@@ -41,6 +41,7 @@ from torch import nn
 
 from diffusion_hpc.body.joint_sets import ANNY_CMU31
 from diffusion_hpc.errors import InputError, MissingModelError
+from diffusion_hpc.geometry.rotations import rot6d_to_rotmat, rotmat_to_rot6d
 
 #: SPIN's focal length (pixels) for 224-pixel crops; it scales with the crop size.
 FOCAL_LENGTH = 5000.0
@@ -125,18 +126,6 @@ def body_spec(body_model) -> BodySpec:
 
 # ----------------------------------------------------------------------------------------------
 # Rotation helpers (pure).
-
-
-def rot6d_to_rotmat(x: torch.Tensor) -> torch.Tensor:
-    """(..., 6) 6D rotations -> (..., 3, 3) rotation matrices (Gram-Schmidt on the two columns)."""
-    import roma
-
-    return roma.special_gramschmidt(x.reshape(*x.shape[:-1], 3, 2))
-
-
-def rotmat_to_rot6d(r: torch.Tensor) -> torch.Tensor:
-    """(..., 3, 3) rotation matrices -> (..., 6): the first two columns, (3, 2) row-major."""
-    return r[..., :, :2].reshape(*r.shape[:-2], 6)
 
 
 def inverse_sigmoid(p: float) -> float:

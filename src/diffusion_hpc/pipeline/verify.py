@@ -15,16 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from diffusion_hpc.geometry.boxes import mask_extent
+
 #: PCK threshold as a share of the person-box size (as the SMART protocol's 0.1 x crop size)
 PCK_ALPHA = 0.1
-
-
-def box_size(mask: np.ndarray) -> float:
-    """Longer side in pixels of the bounding box of a (H, W) bool mask (0 if empty)."""
-    rows, cols = np.nonzero(mask)
-    if len(rows) == 0:
-        return 0.0
-    return float(max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1))
 
 
 def pck_agreement(estimated: np.ndarray | None, truth: np.ndarray, silhouette: np.ndarray,
@@ -41,7 +35,7 @@ def pck_agreement(estimated: np.ndarray | None, truth: np.ndarray, silhouette: n
         return float("nan")
     if estimated is None:
         return 0.0
-    threshold = alpha * max(box_size(silhouette), 1.0)
+    threshold = alpha * max(mask_extent(silhouette), 1.0)
     dist = np.linalg.norm(np.asarray(estimated)[visible, :2] - truth[visible, :2], axis=1)
     return float((dist <= threshold).mean())
 

@@ -89,6 +89,7 @@ import torch
 
 from diffusion_hpc.body.joint_sets import ANNY_CMU31
 from diffusion_hpc.errors import InputError, MissingModelError
+from diffusion_hpc.geometry.rotations import rot6d_to_rotmat
 from diffusion_hpc.prior.base import PosePrior, as_generator
 
 FORMAT = "dhpc-anny-prior/1"
@@ -160,8 +161,7 @@ def features_to_pose(features: torch.Tensor, fixed_pose: torch.Tensor) -> torch.
     import roma
 
     b = features.shape[0]
-    m = features.reshape(b, len(ARTICULATED_INDEX), 3, 2)
-    rot = roma.special_gramschmidt(m)
+    rot = rot6d_to_rotmat(features.reshape(b, len(ARTICULATED_INDEX), 6))
     rotvec = roma.rotmat_to_rotvec(rot)
     out = fixed_pose.expand(b, NUM_BODY_JOINTS, 3).clone()
     out[:, torch.as_tensor(ARTICULATED_INDEX)] = rotvec.to(out.dtype)

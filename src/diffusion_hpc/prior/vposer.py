@@ -43,6 +43,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from diffusion_hpc.errors import InputError, MissingModelError
+from diffusion_hpc.geometry.rotations import rot6d_to_rotmat
 from diffusion_hpc.prior.base import PosePrior, as_generator
 
 NUM_JOINTS = 21
@@ -55,15 +56,6 @@ BETA_JITTER = 0.1
 LATENT_SCALE_MEAN, LATENT_SCALE_STD = 1.5, 0.3
 STRIP_PREFIXES = ("vp_model.", "module.", "model.")
 HOW_TO_GET = "download VPoser v2.0 (V02_05) from https://smpl-x.is.tue.mpg.de and pass its .ckpt file or folder"
-
-
-def cont6d_to_rotmat(x: torch.Tensor) -> torch.Tensor:
-    """(..., 6) continuous representation (a (3, 2) matrix, row-major) -> (..., 3, 3) rotations
-    (columns b1, b2, b1 × b2), as VPoser's ``ContinousRotReprDecoder``."""
-    m = x.reshape(*x.shape[:-1], 3, 2)
-    b1 = F.normalize(m[..., 0], dim=-1)
-    b2 = F.normalize(m[..., 1] - (b1 * m[..., 1]).sum(-1, keepdim=True) * b1, dim=-1)
-    return torch.stack([b1, b2, torch.cross(b1, b2, dim=-1)], dim=-1)
 
 
 def augment_latent(z: torch.Tensor, generator: torch.Generator | None = None, strength: float = 1.0) -> torch.Tensor:
@@ -97,7 +89,7 @@ class _NormalDistDecoder(nn.Module):
 
 class _Cont6d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return cont6d_to_rotmat(x.reshape(x.shape[0], -1, 6))
+        return rot6d_to_rotmat(x.reshape(x.shape[0], -1, 6))
 
 
 class VPoserNet(nn.Module):

@@ -1,0 +1,89 @@
+"""Person boxes and square crops (pure functions; pixel centres at integer coordinates).
+
+One expansion constant for every box: the square person box is :data:`BOX_EXPAND` times the
+longer side of what it is drawn around (SPIN's and Diffusion-HPC's preprocessing), and SPIN's
+``scale`` is the box side over :data:`SPIN_SCALE_UNIT`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from diffusion_hpc.geometry.camera import rotation_z
+
+#: square person box = this x the longer side of the mask / keypoints it surrounds
+BOX_EXPAND = 1.2
+#: SPIN box convention: ``scale`` = box side in pixels / ``SPIN_SCALE_UNIT``
+SPIN_SCALE_UNIT = 200.0
+
+Box = tuple  # (centre (2,) px, side px)
+
+
+def mask_extent(mask: np.ndarray) -> float:
+    """Longer side in pixels of the bounding box of a (H, W) bool mask (0 if empty)."""
+    rows, cols = np.nonzero(np.asarray(mask, bool))
+    if len(rows) == 0:
+        return 0.0
+    return float(max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1))
+
+
+def mask_box(mask: np.ndarray, expand: float = BOX_EXPAND) -> tuple[np.ndarray, float] | None:
+    """Square box ``(centre (2,) px, side px)`` around a (H, W) mask, or None for an empty mask.
+
+    A box over columns x0..x1 is centred on (x0 + x1) / 2 and spans x1 - x0 + 1 pixels; the side is
+    ``expand`` x the longer span.
+    """
+    ys, xs = np.nonzero(np.asarray(mask, bool))
+    if xs.size == 0:
+        return None
+    x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
+    center = np.array([(x0 + x1) / 2.0, (y0 + y1) / 2.0])
+    return center, expand * float(max(x1 - x0 + 1, y1 - y0 + 1))
+
+
+def points_box(points: np.ndarray, expand: float = BOX_EXPAND, min_side: float = 8.0) -> tuple[np.ndarray, float]:
+    """Square box ``(centre (2,), side)`` around (N, 2) points: ``expand`` x the longer side of their
+    bounding box (at least ``min_side``), same centre."""
+    pts = np.asarray(points, np.float64)
+    lo, hi = pts.min(0), pts.max(0)
+    return (lo + hi) / 2.0, float(max(expand * (hi - lo).max(), min_side))
+
+
+def keypoints_box(keypoints2d: np.ndarray, torso_pairs: tuple[tuple[int, int], ...] = (), *,
+                  expand: float = BOX_EXPAND, torso_fraction: float = 1 / 3) -> tuple[np.ndarray, np.ndarray]:
+    """SPIN boxes around (N, J, 3) keypoints (u, v px, visibility): ``center`` (N, 2), ``side`` (N,) px.
+
+    The box is centred on the bounding box of the visible joints; its side is the larger of
+    ``expand`` x the bounding box's longer side and the mean visible torso length / ``torso_fraction``
+    (torso segments: ``torso_pairs``, joint index pairs). Samples without visible joints use all joints.
+    """
+    kp = np.asarray(keypoints2d, dtype=np.float64)
+    if kp.ndim != 3 or kp.shape[-1] != 3:
+        raise ValueError(f"keypoints2d must be (N, J, 3), got {kp.shape}")
+    vis = kp[..., 2] > 0
+    vis = np.where(vis.any(axis=1, keepdims=True), vis, True)
+    uv = kp[..., :2]
+    lo = np.where(vis[..., None], uv, np.inf).min(axis=1)
+    hi = np.where(vis[..., None], uv, -np.inf).max(axis=1)
+    center = (lo + hi) / 2
+    side = expand * (hi - lo).max(axis=1)
+    lengths, counts = np.zeros(len(kp)), np.zeros(len(kp))
+    for ia, ib in torso_pairs:
+        ok = vis[:, ia] & vis[:, ib]
+        lengths += np.where(ok, np.linalg.norm(uv[:, ia] - uv[:, ib], axis=-1), 0.0)
+        counts += ok
+    torso = np.divide(lengths, counts, out=np.zeros_like(lengths), where=counts > 0)
+    return center, np.maximum(side, torso / torso_fraction)
+
+
+def crop_matrix(center: np.ndarray, side: float, size: int, rotation_deg: float = 0.0) -> np.ndarray:
+    """(3, 3) image px -> crop px: ``(size / side) R2(theta) (u - center) + (size - 1) / 2``."""
+    s = size / side
+    r = rotation_z(math.radians(rotation_deg))[:2, :2] * s
+    half = (size - 1) / 2.0
+    A = np.eye(3)
+    A[:2, :2] = r
+    A[:2, 2] = half - r @ np.asarray(center, np.float64)
+    return A
