@@ -101,8 +101,8 @@ def test_regeneration_from_noise_matches_the_diffusers_controlnet_pipeline(kind,
     """Mode D (no start image, all steps) is plain ControlNet text-to-image: the diffusers pipeline
     on the same initial latents and control image must give the same bytes."""
     from diffusion_hpc.generate import conditioning as C
+    from diffusion_hpc.data.seeds import STAGE_REGEN
     from diffusion_hpc.generate.diffusion import (
-        STAGE_REGEN,
         DepthRegenerator,
         make_scheduler,
         per_sample_randn,

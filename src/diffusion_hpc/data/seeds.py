@@ -2,7 +2,8 @@
 
 Every sample is reproducible from (run seed, sample index) alone: its random generator is derived
 from both with numpy's ``SeedSequence`` (independent streams, no dependence on order, batch or
-machine). Shards hold fixed, contiguous index ranges, so a resumed or distributed run regenerates
+machine). Every stream a dataset draws from is derived here: samples, guides (modes T and R),
+their augmentation, the diffusion stages and the prompt template. Shards hold fixed, contiguous index ranges, so a resumed or distributed run regenerates
 exactly the samples of the shards it (re)does.
 """
 
@@ -11,10 +12,52 @@ from __future__ import annotations
 import numpy as np
 
 
+#: spawn-key word of the guide stream ("GUID"), so guide seeds never equal sample seeds
+GUIDE_STREAM = 0x47554944
+#: sub-stream of a guide seed: its pose augmentation ("AUG0")
+AUGMENT_STREAM = 0x41554730
+#: sub-stream of a sample seed: its prompt template ("PROM"), separate from the image's noise
+PROMPT_STREAM = 0x50524F4D
+#: stage ids mixed into a sample seed, so the stages of one sample draw independent noise
+STAGE_TXT2IMG = 1
+STAGE_REGEN = 2
+STAGE_BLUR = 3
+
+
+def seed63(sequence: np.random.SeedSequence) -> int:
+    """A 63-bit integer seed drawn from ``sequence`` (two 32-bit words)."""
+    words = sequence.generate_state(2, np.uint32)
+    return int((int(words[0]) << 31) ^ int(words[1])) & ((1 << 63) - 1)
+
+
 def sample_seed(run_seed: int, index: int) -> int:
     """A 63-bit seed for sample ``index`` of a run seeded with ``run_seed``."""
-    words = np.random.SeedSequence(entropy=int(run_seed), spawn_key=(int(index),)).generate_state(2, np.uint32)
-    return int((int(words[0]) << 31) ^ int(words[1])) & ((1 << 63) - 1)
+    return seed63(np.random.SeedSequence(entropy=int(run_seed), spawn_key=(int(index),)))
+
+
+def guide_seed(run_seed: int, guide: int) -> int:
+    """A 63-bit seed for guide ``guide`` of modes T and R (its start image, prompt template and augmentation).
+
+    Drawn from a stream separate from :func:`sample_seed`, so guide g and sample g do not share
+    noise. All k variants of a guide read it, so resuming or sharding a run remakes the same start
+    image for each of them.
+    """
+    return seed63(np.random.SeedSequence(entropy=int(run_seed), spawn_key=(GUIDE_STREAM, int(guide))))
+
+
+def augment_seed(run_seed: int, guide: int) -> int:
+    """Seed of the pose augmentation of guide ``guide`` (its k-1 variants)."""
+    return seed63(np.random.SeedSequence([guide_seed(run_seed, guide), AUGMENT_STREAM]))
+
+
+def stage_seed(seed: int, stage: int) -> int:
+    """A 63-bit seed for one stage (``STAGE_*``) of a sample, independent of its other stages' streams."""
+    return seed63(np.random.SeedSequence([int(seed), int(stage)]))
+
+
+def prompt_rng(seed: int) -> np.random.Generator:
+    """The generator that picks the prompt template of the sample or guide seeded ``seed``."""
+    return np.random.default_rng([int(seed), PROMPT_STREAM])
 
 
 def sample_rng(run_seed: int, index: int) -> np.random.Generator:

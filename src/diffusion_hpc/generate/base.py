@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Optional, Protocol, Sequence, runtime_checkabl
 
 import numpy as np
 
+from diffusion_hpc.data.seeds import prompt_rng
+
 if TYPE_CHECKING:
     from diffusion_hpc.render.base import RenderOutput
 
@@ -54,7 +56,7 @@ def format_prompt(action: str, template: int | str = 0) -> str:
 
 def prompt_for_sample(action: str, seed: int, templates: Sequence[str] = PROMPT_TEMPLATES) -> str:
     """The prompt of one sample: a template chosen by the sample's seed (reproducible, order-free)."""
-    rng = np.random.default_rng([int(seed), 0x50524F4D])  # "PROM": a stream separate from the image's
+    rng = prompt_rng(seed)
     return format_prompt(action, templates[int(rng.integers(len(templates)))])
 
 

@@ -50,6 +50,7 @@ from typing import Literal, Optional, Sequence
 
 import numpy as np
 
+from diffusion_hpc.data.seeds import STAGE_BLUR, STAGE_REGEN, STAGE_TXT2IMG, stage_seed
 from diffusion_hpc.errors import ConfigError, MissingModelError
 from diffusion_hpc.generate.base import (
     SCHEDULERS,
@@ -67,18 +68,6 @@ from diffusion_hpc.runtime.weights import (
     ensure_offline,
     is_tiny,
 )
-
-#: stage ids mixed into the sample seed, so the stages of one sample draw independent noise
-STAGE_TXT2IMG = 1
-STAGE_REGEN = 2
-STAGE_BLUR = 3
-
-
-def stage_seed(seed: int, stage: int) -> int:
-    """A 63-bit seed for one stage of a sample (independent of the other stages' streams)."""
-    words = np.random.SeedSequence([int(seed), int(stage)]).generate_state(2, np.uint32)
-    return int((int(words[0]) << 31) ^ int(words[1])) & ((1 << 63) - 1)
-
 
 def torch_generators(seeds: Sequence[int], stage: int):
     """One CPU ``torch.Generator`` per sample, seeded with :func:`stage_seed`."""

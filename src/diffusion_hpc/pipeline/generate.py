@@ -16,7 +16,7 @@ batch at a time, and hands records to the writer. Data flows one way: request ->
     4. commit each shard atomically; consolidate the manifest; write the preview
 
 Indexing (modes T, R): sample ``index`` is variant ``index % k`` of guide ``index // k``; a guide's
-start image, prompt and augmentation come from :func:`~diffusion_hpc.pipeline.requests.guide_seed`,
+start image, prompt and augmentation come from :func:`~diffusion_hpc.data.seeds.guide_seed`,
 every sample's regeneration from :func:`~diffusion_hpc.data.seeds.sample_seed`. Shards hold whole
 guides (shard_size is a multiple of k), batches whole guides (``max(1, batch_size // k)``).
 
@@ -47,13 +47,11 @@ import numpy as np
 
 from diffusion_hpc.config import DEFAULT_PROMPT, DIFFUSION_GENERATORS, GenerateConfig
 from diffusion_hpc.data.schema import SampleRecord
-from diffusion_hpc.data.seeds import sample_key, sample_seed, shard_ranges
+from diffusion_hpc.data.seeds import augment_seed, guide_seed, sample_key, sample_seed, shard_ranges
 from diffusion_hpc.data.writer import DatasetWriter, ManifestRow
 from diffusion_hpc.errors import InputError, MissingModelError
 from diffusion_hpc.pipeline.requests import (
     SampleRequest,
-    augment_seed,
-    guide_seed,
     guides_of,
     make_request,
     pick_line,

@@ -76,29 +76,6 @@ def make_request(config: GenerateConfig, index: int, num_poses: int, shape_sampl
 # --------------------------------------------------------------------------------------------
 # modes T and R: guides and their variants
 
-#: spawn-key word of the guide stream ("GUID"), so guide seeds never equal sample seeds
-GUIDE_STREAM = 0x47554944
-#: sub-streams of a guide seed
-AUGMENT_STREAM = 0x41554730  # "AUG0"
-
-
-def guide_seed(run_seed: int, guide: int) -> int:
-    """A 63-bit seed for guide ``guide`` (its start image, prompt template and augmentation).
-
-    Drawn from a stream separate from :func:`~diffusion_hpc.data.seeds.sample_seed`, so guide g and
-    sample g do not share noise. All k variants of a guide read it, so resuming or sharding a run
-    remakes the same start image for each of them.
-    """
-    words = np.random.SeedSequence(entropy=int(run_seed), spawn_key=(GUIDE_STREAM, int(guide))).generate_state(2, np.uint32)
-    return int((int(words[0]) << 31) ^ int(words[1])) & ((1 << 63) - 1)
-
-
-def augment_seed(run_seed: int, guide: int) -> int:
-    """Seed of the pose augmentation of guide ``guide`` (its k-1 variants)."""
-    words = np.random.SeedSequence([guide_seed(run_seed, guide), AUGMENT_STREAM]).generate_state(2, np.uint32)
-    return int((int(words[0]) << 31) ^ int(words[1])) & ((1 << 63) - 1)
-
-
 def split_index(index: int, k: int) -> tuple[int, int]:
     """Sample index -> (guide index, variant index): guide = index // k, variant = index % k.
 
