@@ -55,7 +55,7 @@ def make_dataset(poses, out: Path, n: int, image_size: int, seed: int) -> Path:
 def evaluate_initial(regressor, targets) -> dict[str, float]:
     """Held-out MPJPE / PA-MPJPE (mm) of a regressor that has not been trained (step 0)."""
     from diffusion_hpc.body import get_body_model
-    from diffusion_hpc.eval.evaluate import predict, score
+    from diffusion_hpc.hmr.evaluate import predict, score
 
     result = score(predict(regressor.eval(), get_body_model(regressor.spec.name), targets.images), targets)
     return {"mpjpe": result["mpjpe_mm"], "pa_mpjpe": result["pa_mpjpe_mm"]}
@@ -123,7 +123,7 @@ def main(argv=None) -> dict:
 
     import pytorch_lightning as pl
 
-    from diffusion_hpc.eval.evaluate import load_targets
+    from diffusion_hpc.hmr.evaluate import load_targets
     from diffusion_hpc.hmr.train import HMRModule, train
 
     out = args.out

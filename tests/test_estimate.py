@@ -171,7 +171,7 @@ def test_fast_joints_match_full_forward(estimator):
 def test_estimate_files_end_to_end(tmp_path, estimator):
     import cv2
 
-    from diffusion_hpc.estimate import estimate_files
+    from diffusion_hpc.estimate.run import estimate_files
 
     folder = tmp_path / "imgs"
     folder.mkdir()

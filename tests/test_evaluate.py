@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from diffusion_hpc.eval.evaluate import Targets, load_targets, score
+from diffusion_hpc.hmr.evaluate import Targets, load_targets, score
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_skipose_protocol_ignores_joint_9():
 
 
 def test_train_then_evaluate_cli(dataset, tmp_path):
-    from diffusion_hpc.eval.evaluate import evaluate
+    from diffusion_hpc.hmr.evaluate import evaluate
     from diffusion_hpc.hmr.validation import read_best, read_rows
 
     run = tmp_path / "run"
@@ -97,7 +97,7 @@ def test_train_then_evaluate_cli(dataset, tmp_path):
 @pytest.mark.slow
 def test_train_validation_under_ddp_equals_single_process(dataset, tmp_path):
     """Two CPU ranks (gloo); 5 validation samples, so the ranks' shares are padded with a repeat."""
-    from diffusion_hpc.eval.evaluate import evaluate
+    from diffusion_hpc.hmr.evaluate import evaluate
     from diffusion_hpc.hmr.validation import read_rows
 
     run = tmp_path / "ddp"

@@ -113,7 +113,7 @@ def test_validation_history_one_row_per_step_across_resume(trained_run):
 
 
 def test_validation_equals_evaluate_of_that_step(trained_run, tiny_dataset):
-    from diffusion_hpc.eval.evaluate import evaluate
+    from diffusion_hpc.hmr.evaluate import evaluate
     from diffusion_hpc.hmr.validation import read_rows
 
     run, initial, _ = trained_run
@@ -128,7 +128,7 @@ def test_validation_equals_evaluate_of_that_step(trained_run, tiny_dataset):
 def test_best_export_is_the_best_validation(trained_run, tiny_dataset):
     import json
 
-    from diffusion_hpc.eval.evaluate import evaluate
+    from diffusion_hpc.hmr.evaluate import evaluate
     from diffusion_hpc.hmr.validation import read_best, read_rows
 
     run, _, _ = trained_run
@@ -171,7 +171,7 @@ def test_validation_errors_come_before_training(trained_run, tiny_dataset, tmp_p
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_rank_shares_merge_to_the_single_process_score(tiny_dataset, monkeypatch, world):
-    from diffusion_hpc.eval.evaluate import load_targets, score
+    from diffusion_hpc.hmr.evaluate import load_targets, score
     from diffusion_hpc.hmr.validation import RankSlice, merge_shares
 
     targets = load_targets(str(tiny_dataset), crop_size=CROP, limit=7)

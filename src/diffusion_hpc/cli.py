@@ -364,7 +364,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from diffusion_hpc.eval.evaluate import evaluate, format_table
+    from diffusion_hpc.hmr.evaluate import evaluate, format_table
 
     result = evaluate(args.checkpoint, args.data, out=args.out, batch_size=args.batch_size, limit=args.limit,
                       crop_size=args.crop_size, smpl_path=args.smpl_path)

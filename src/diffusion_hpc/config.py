@@ -78,10 +78,8 @@ class RenderBaselineConfig(_Strict):
     """blur / noise / colour augmentation"""
 
 
-MODES = ("T", "R", "D")
-#: image generators a run can regenerate with (``--generator``). The start image of mode T always
-#: comes from the backbone's text-to-image pipeline (``txt2img``), so it is not a choice here.
-GENERATOR_CHOICES = ("render", "depth2img", "controlnet")
+#: the generators that regenerate with a diffusion backbone (``--generator``; ``render`` is the
+#: baseline). The start image of mode T always comes from the backbone's text-to-image pipeline.
 DIFFUSION_GENERATORS = ("depth2img", "controlnet")
 #: the regeneration prompt of modes R and D when no --prompt / --prompts is given
 DEFAULT_PROMPT = "a photo of a person"

@@ -43,14 +43,12 @@ from diffusion_hpc.data.schema import encode_png
 from diffusion_hpc.body.joint_sets import COCO17
 from diffusion_hpc.data.benchmarks import SPIN24, SPIN24_ALIASES, box_from_keypoints, joint_names
 from diffusion_hpc.errors import ConfigError, InputError
+from diffusion_hpc.geometry.camera import SPIN_CROP, SPIN_FOCAL
 from diffusion_hpc.geometry.boxes import BOX_EXPAND, SPIN_SCALE_UNIT, mask_box
 
 EXPORT_FORMATS = ("spin-npz", "coco-json")
 FORMAT_SUFFIX = {"spin-npz": ".npz", "coco-json": ".json"}
 IMAGE_DIR = "images"
-#: SPIN crop camera: focal length in pixels of a ``SPIN_CROP`` x ``SPIN_CROP`` crop.
-SPIN_FOCAL = 5000.0
-SPIN_CROP = 224
 #: 3D joint sets used to fill SPIN-24 joints, in order of preference (same-named joints).
 SPIN24_SOURCES = ("h36m17", "coco17")
 #: COCO person skeleton (1-based joint indices into COCO-17), as in the COCO keypoint annotations.

@@ -1,8 +1,7 @@
 """Mesh estimation: a body mesh (pose, shape, camera) for the person in a photo.
 
 ``get_estimator("mediapipe")`` is the default (free, offline, CPU): MediaPipe Pose landmarks, then a
-batched body-model fit. Importing this package is cheap: MediaPipe and torch load with the first
-estimator.
+batched body-model fit. MediaPipe itself loads with the first estimator.
 
     from diffusion_hpc.estimate import get_estimator, load_image
     est = get_estimator()                   # Anny, regularised by the shipped Anny pose prior
@@ -12,18 +11,17 @@ estimator.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from diffusion_hpc.estimate.base import Estimate, MeshEstimator
+from diffusion_hpc.estimate.hmr_adapter import HMREstimator
+from diffusion_hpc.estimate.mediapipe_fit import MediaPipeFitter
+from diffusion_hpc.estimate.spin import SPINEstimator
+from diffusion_hpc.prior.base import PosePrior
 from diffusion_hpc.runtime.images import check_image, load_image
-
-if TYPE_CHECKING:  # pragma: no cover
-    from diffusion_hpc.prior.base import PosePrior
 
 ESTIMATORS = ("mediapipe", "hmr", "spin")
 
 
-def get_estimator(name: str = "mediapipe", body_model: str = "anny", prior: "PosePrior | str | None" = "default",
+def get_estimator(name: str = "mediapipe", body_model: str = "anny", prior: PosePrior | str | None = "default",
                   **kwargs) -> MeshEstimator:
     """A mesh estimator.
 
@@ -39,21 +37,13 @@ def get_estimator(name: str = "mediapipe", body_model: str = "anny", prior: "Pos
             :class:`~diffusion_hpc.estimate.hmr_adapter.HMREstimator` / :class:`~diffusion_hpc.estimate.spin.SPINEstimator`).
     """
     if name == "mediapipe":
-        from diffusion_hpc.estimate.mediapipe_fit import MediaPipeFitter
-
         return MediaPipeFitter(body_model=body_model, prior=prior, **kwargs)
-    if name in ("hmr", "spin"):  # regressor checkpoints: the body model is the checkpoint's
-        from diffusion_hpc.estimate.hmr_adapter import make_estimator
-
-        return make_estimator(name, **kwargs)
+    # regressor checkpoints: the body model is the checkpoint's
+    if name == "hmr":
+        return HMREstimator(**kwargs)
+    if name == "spin":
+        return SPINEstimator(**kwargs)
     raise ValueError(f"unknown mesh estimator {name!r}; choose one of {ESTIMATORS}")
 
 
-def estimate_files(*args, **kwargs):
-    """See :func:`diffusion_hpc.estimate.run.estimate_files`."""
-    from diffusion_hpc.estimate.run import estimate_files as run
-
-    return run(*args, **kwargs)
-
-
-__all__ = ["Estimate", "MeshEstimator", "get_estimator", "load_image", "check_image", "estimate_files", "ESTIMATORS"]
+__all__ = ["Estimate", "MeshEstimator", "get_estimator", "load_image", "check_image", "ESTIMATORS"]

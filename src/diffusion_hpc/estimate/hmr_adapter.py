@@ -59,7 +59,7 @@ BATCH = 16
 Box = tuple  # (centre (2,), side px)
 
 
-def _check_options(detector: str | None, principal_point: str) -> None:
+def check_regressor_options(detector: str | None, principal_point: str) -> None:
     if detector not in ("mediapipe", None):
         raise ValueError(f"detector must be 'mediapipe' or None, got {detector!r}")
     if principal_point not in ("image", "box"):
@@ -139,7 +139,7 @@ class HMREstimator(MeshEstimator):
         if checkpoint is None or not Path(checkpoint).expanduser().exists():
             raise MissingModelError(f"HMR checkpoint {checkpoint} does not exist (pass the folder written by "
                                     "export_regressor: regressor.json + regressor.safetensors)")
-        _check_options(detector, principal_point)
+        check_regressor_options(detector, principal_point)
         regressor = load_regressor(Path(checkpoint).expanduser()).eval()
         self._setup(regressor, regressor.spec.name, regressor.spec.shape_key, model_path, detector, principal_point,
                     int(crop_size) if crop_size else self._default_crop(regressor))
@@ -160,10 +160,10 @@ class HMREstimator(MeshEstimator):
     # -- pieces ------------------------------------------------------------------------------
     @staticmethod
     def _default_crop(regressor) -> int:
-        from diffusion_hpc.hmr.model import REFERENCE_CROP
+        from diffusion_hpc.geometry.camera import SPIN_CROP
 
         cfg = regressor.backbone.config
-        return int(getattr(cfg, "image_size", REFERENCE_CROP)) if regressor._kind == "vit" else REFERENCE_CROP
+        return int(getattr(cfg, "image_size", SPIN_CROP)) if regressor._kind == "vit" else SPIN_CROP
 
     @property
     def body(self):
@@ -263,14 +263,3 @@ class HMREstimator(MeshEstimator):
                 image_size=tuple(images[i].shape[:2]), fit_hypothesis="",
             ))
         return results
-
-
-def make_estimator(name: str, **kwargs) -> MeshEstimator:
-    """``"hmr"`` -> :class:`HMREstimator`, ``"spin"`` -> :class:`~diffusion_hpc.estimate.spin.SPINEstimator`."""
-    if name == "hmr":
-        return HMREstimator(**kwargs)
-    if name == "spin":
-        from diffusion_hpc.estimate.spin import SPINEstimator
-
-        return SPINEstimator(**kwargs)
-    raise ValueError(f"unknown regressor estimator {name!r}; choose 'hmr' or 'spin'")

@@ -703,26 +703,3 @@ class DepthRegenerator:
             return torch.zeros((len(batch),) + tuple(size), dtype=torch.bool)
         region = human_region(batch.person_masks, batch.silhouettes, batch.occluder_masks)
         return torch.from_numpy(np.asarray(region, bool))
-
-
-# --------------------------------------------------------------------------------------------
-# factory
-
-
-GENERATORS: tuple[str, ...] = ("render", "txt2img", "depth2img", "controlnet")
-
-
-def make_generator(name: str, backbone=None, controlnet: Optional[str] = None, preset: str = "default", **kwargs):
-    """A generator by name (config / CLI ``--generator``): render, txt2img, depth2img or controlnet."""
-    if name == "render":
-        from diffusion_hpc.generate.base import RenderGenerator
-
-        return RenderGenerator(**kwargs)
-    if backbone is None:
-        raise ConfigError(f"generator {name!r} needs a diffusion backbone: pass --backbone DIR_OR_HUB_ID "
-                          "(for a smoke test: `dhpc backbone tiny --out DIR`)")  # fmt: skip
-    if name == "txt2img":
-        return Text2ImageGenerator(backbone, preset=preset, **kwargs)
-    if name in ("depth2img", "controlnet"):
-        return DepthRegenerator(backbone, method=name, controlnet=controlnet, preset=preset, **kwargs)
-    raise ConfigError(f"unknown generator {name!r}; choose one of {', '.join(GENERATORS)}")

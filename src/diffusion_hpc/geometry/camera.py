@@ -9,6 +9,11 @@ import math
 
 import numpy as np
 
+#: SPIN's crop camera (the HMR field's convention): focal length in pixels of a
+#: ``SPIN_CROP`` x ``SPIN_CROP`` crop; it scales with the crop size.
+SPIN_FOCAL = 5000.0
+SPIN_CROP = 224
+
 
 def intrinsics_from_fov(fov_deg: float | np.ndarray, width: int, height: int) -> np.ndarray:
     """(..., 3, 3) intrinsics with square pixels, vertical field of view ``fov_deg``, centred.

@@ -41,13 +41,11 @@ from torch import nn
 
 from diffusion_hpc.body.joint_sets import ANNY_CMU31
 from diffusion_hpc.errors import InputError, MissingModelError
+from diffusion_hpc.geometry.camera import SPIN_CROP, SPIN_FOCAL
 from diffusion_hpc.geometry.rotations import rot6d_to_rotmat, rotmat_to_rot6d
 
-#: SPIN's focal length (pixels) for 224-pixel crops; it scales with the crop size.
-FOCAL_LENGTH = 5000.0
-REFERENCE_CROP = 224
 #: Focal length in normalised crop units (crop spans [-1, 1]): 2 f / S, independent of S.
-NORMALISED_FOCAL = 2.0 * FOCAL_LENGTH / REFERENCE_CROP
+NORMALISED_FOCAL = 2.0 * SPIN_FOCAL / SPIN_CROP
 #: Initial weak-perspective scale of the mean state (SPIN's mean camera).
 MEAN_CAMERA = (0.9, 0.0, 0.0)
 
@@ -300,6 +298,29 @@ def project_normalised(points: torch.Tensor, cam_t: torch.Tensor, normalised_foc
     p = points + cam_t[:, None]
     z = p[..., 2:3].clamp(min=1e-3)
     return normalised_focal * p[..., :2] / z
+
+
+def regress(regressor: HMRRegressor, body_model, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Regressor + body-model forward: the regressor's outputs plus the body's joints.
+
+    Adds ``joints`` ({joint set: (B, J, 3)}, body at the origin: no translation), ``keypoints2d``
+    (B, 17, 2) normalised crop coordinates of the projected COCO-17 joints (with ``cam_t``).
+    The body model runs on its own device (CPU for Anny); results come back to the images' device.
+    """
+    pred = regressor(images)
+    spec = regressor.spec
+    body_device = torch.device("cpu")
+    params = {
+        "global_orient": pred["global_orient"].to(body_device),
+        "body_pose": pred["body_pose"].to(body_device),
+        spec.shape_key: pred["shape"].to(body_device),
+        "transl": torch.zeros_like(pred["global_orient"]).to(body_device),
+    }
+    out = body_model(params)
+    joints = {k: v.to(images.device) for k, v in out.joints.items()}
+    pred["joints"] = joints
+    pred["keypoints2d"] = project_normalised(joints["coco17"], pred["cam_t"])
+    return pred
 
 
 # ----------------------------------------------------------------------------------------------

@@ -23,52 +23,17 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import pytorch_lightning as pl
 import torch
 
 from diffusion_hpc.errors import ConfigError, InputError
 from diffusion_hpc.hmr.losses import LossWeights, hmr_losses
-from diffusion_hpc.hmr.model import HMRRegressor, export_regressor, load_state_strict, project_normalised
+from diffusion_hpc.hmr.model import HMRRegressor, export_regressor, load_state_strict, regress
 
 log = logging.getLogger(__name__)
 
-try:  # Lightning is an optional dependency of the package (the `train` extra)
-    import pytorch_lightning as pl
-except ImportError:  # pragma: no cover
-    pl = None
 
-
-def _require_lightning():
-    if pl is None:  # pragma: no cover
-        raise ConfigError("training needs pytorch-lightning: pip install 'diffusion-hpc[train]'")
-
-
-def regress(regressor: HMRRegressor, body_model, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Regressor + body-model forward: the regressor's outputs plus the body's joints.
-
-    Adds ``joints`` ({joint set: (B, J, 3)}, body at the origin: no translation), ``keypoints2d``
-    (B, 17, 2) normalised crop coordinates of the projected COCO-17 joints (with ``cam_t``).
-    The body model runs on its own device (CPU for Anny); results come back to the images' device.
-    """
-    pred = regressor(images)
-    spec = regressor.spec
-    body_device = torch.device("cpu")
-    params = {
-        "global_orient": pred["global_orient"].to(body_device),
-        "body_pose": pred["body_pose"].to(body_device),
-        spec.shape_key: pred["shape"].to(body_device),
-        "transl": torch.zeros_like(pred["global_orient"]).to(body_device),
-    }
-    out = body_model(params)
-    joints = {k: v.to(images.device) for k, v in out.joints.items()}
-    pred["joints"] = joints
-    pred["keypoints2d"] = project_normalised(joints["coco17"], pred["cam_t"])
-    return pred
-
-
-_LightningBase = pl.LightningModule if pl is not None else torch.nn.Module
-
-
-class HMRModule(_LightningBase):
+class HMRModule(pl.LightningModule):
     """Lightning wrapper: regressor (trained), body model (frozen, not saved), losses, Adam.
 
     Args mirror :class:`~diffusion_hpc.hmr.model.HMRRegressor`; ``weights`` overrides
@@ -87,7 +52,6 @@ class HMRModule(_LightningBase):
         smpl_path: str | None = None,
         backbone_config: Mapping[str, Any] | None = None,
     ) -> None:
-        _require_lightning()
         super().__init__()
         self.save_hyperparameters()
         self.regressor = HMRRegressor(
@@ -194,7 +158,7 @@ def checkpoint_step(path: str | Path) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=True).get("global_step", 0))
 
 
-class FinalSave(pl.Callback if pl is not None else object):
+class FinalSave(pl.Callback):
     """At the end: ``last.ckpt`` (all ranks call, rank 0 writes) and the safetensors export.
 
     A module-level class, so that spawn-based strategies (``ddp_spawn``) can pickle it.
@@ -306,7 +270,6 @@ def train(
     Returns:
         The trained :class:`HMRModule`.
     """
-    _require_lightning()
     from pytorch_lightning.loggers import CSVLogger
 
     from diffusion_hpc.hmr.data import AugmentConfig, MixedStream, RealDataset, SyntheticShards

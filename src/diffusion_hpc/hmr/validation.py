@@ -2,10 +2,10 @@
 
 Every ``N`` optimiser steps, and once more when training stops (``max_steps``, ``max_minutes``),
 the regressor is scored on ``SOURCE`` exactly as ``dhpc evaluate`` scores it, with the same
-functions of :mod:`diffusion_hpc.eval.evaluate`: :func:`~diffusion_hpc.eval.evaluate.load_targets`
+functions of :mod:`diffusion_hpc.hmr.evaluate`: :func:`~diffusion_hpc.hmr.evaluate.load_targets`
 (once, before training starts, so a bad source fails at once),
-:func:`~diffusion_hpc.eval.evaluate.predict_batch` (inside Lightning's validation loop) and
-:func:`~diffusion_hpc.eval.evaluate.score`. Crops are cut at the training crop size, so the
+:func:`~diffusion_hpc.hmr.evaluate.predict_batch` (inside Lightning's validation loop) and
+:func:`~diffusion_hpc.hmr.evaluate.score`. Crops are cut at the training crop size, so the
 numbers of step ``N`` equal ``dhpc evaluate --data SOURCE --crop-size CROP`` on the regressor of
 step ``N``. (This module is the one place where ``hmr`` imports from ``eval``: it is training glue,
 imported by :func:`diffusion_hpc.hmr.train.train` only when validation is asked for.)
@@ -62,7 +62,7 @@ import torch
 
 from diffusion_hpc.runtime.atomic import atomic_write_bytes
 from diffusion_hpc.errors import ConfigError, InputError
-from diffusion_hpc.eval.evaluate import PREDICTION_KEYS, Targets, concat_predictions, load_targets, predict_batch, score
+from diffusion_hpc.hmr.evaluate import PREDICTION_KEYS, Targets, concat_predictions, load_targets, predict_batch, score
 from diffusion_hpc.hmr.data import consumer_id
 from diffusion_hpc.hmr.model import EXPORT_WEIGHTS, export_metadata, export_regressor
 
@@ -137,7 +137,7 @@ def merge_shares(gathered: dict[str, np.ndarray], n: int) -> dict[str, np.ndarra
 
 
 def predict_share(regressor, body_model, batch) -> dict[str, np.ndarray]:
-    """Validation step: :func:`~diffusion_hpc.eval.evaluate.predict_batch` on a ``(index, crops)`` batch."""
+    """Validation step: :func:`~diffusion_hpc.hmr.evaluate.predict_batch` on a ``(index, crops)`` batch."""
     index, images = batch
     return {"index": index.cpu().numpy()} | predict_batch(regressor, body_model, images)
 

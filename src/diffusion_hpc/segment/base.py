@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from diffusion_hpc.errors import ConfigError
 
 
 @dataclass
@@ -46,25 +45,3 @@ def as_batch(images: np.ndarray) -> np.ndarray:
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"images must be (B, H, W, 3) uint8 RGB, got {images.shape} {images.dtype}")
     return images
-
-
-def make_segmenter(spec: Optional[str] = "mediapipe", **kwargs) -> Segmenter:
-    """A segmenter from a ``--segmenter`` value.
-
-    ``mediapipe`` / ``mediapipe:selfie`` (default) or ``mediapipe:pose``; anything else is a local
-    directory or cached hub id of a transformers instance-segmentation checkpoint
-    (:class:`~diffusion_hpc.segment.instance.InstanceSegmenter`).
-    """
-    spec = spec or "mediapipe"
-    if spec.startswith("mediapipe"):
-        from diffusion_hpc.segment.mediapipe_seg import MediaPipeSegmenter
-
-        model = spec.split(":", 1)[1] if ":" in spec else "selfie"
-        if model not in ("selfie", "pose"):
-            raise ConfigError(f"unknown mediapipe segmenter {spec!r}; use mediapipe:selfie or mediapipe:pose")
-        return MediaPipeSegmenter(model=model, **kwargs)
-    from diffusion_hpc.runtime.weights import check_models
-    from diffusion_hpc.segment.instance import InstanceSegmenter
-
-    path = check_models({"segmenter": spec})["segmenter"]
-    return InstanceSegmenter(path, **kwargs)
