@@ -74,8 +74,10 @@ def results(estimator, rendered):
     return estimator.estimate(images)
 
 
-def test_import_is_light():
-    code = "import sys, diffusion_hpc.estimate; print('mediapipe' in sys.modules, 'torch' in sys.modules)"
+def test_import_loads_no_detector_or_trainer():
+    """MediaPipe loads with the first detection; Lightning never loads for estimation."""
+    code = ("import sys, diffusion_hpc.estimate; "
+            "print('mediapipe' in sys.modules, 'pytorch_lightning' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
 

@@ -1,39 +1,29 @@
 """Body models behind one interface. ``get_body_model("anny")`` is the default.
 
-Importing this package is cheap (torch loads with the first model); :mod:`.joint_sets` is pure data.
+The Anny model is built (or loaded from its cache) when the first one is created; :mod:`.joint_sets`
+is pure data.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # pragma: no cover
-    from diffusion_hpc.body.base import BodyModel
+from diffusion_hpc.body.anny import AnnyBody
+from diffusion_hpc.body.base import BodyModel, BodyOutput, Params, transform_params
+from diffusion_hpc.body.smpl import SMPLBody, resolve_model_file
 
 BODY_MODELS = ("anny", "smpl", "smplx")
 
-_INSTANCES: dict[tuple, "BodyModel"] = {}
-
-
-def __getattr__(name: str):
-    if name in ("BodyModel", "BodyOutput", "Params", "transform_params"):
-        from diffusion_hpc.body import base
-
-        return getattr(base, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+_INSTANCES: dict[tuple, BodyModel] = {}
 
 
 def check_body_model(name: str, model_path: str | None = None, gender: str = "neutral") -> None:
     """Fail fast (before any work) if the model's files are missing; cheap, loads nothing."""
     if name in ("smpl", "smplx"):
-        from diffusion_hpc.body.smpl import resolve_model_file
-
         resolve_model_file(model_path, name, gender)
     elif name != "anny":
         raise ValueError(f"unknown body model {name!r}; choose one of {BODY_MODELS}")
 
 
-def get_body_model(name: str = "anny", model_path: str | None = None, gender: str = "neutral") -> "BodyModel":
+def get_body_model(name: str = "anny", model_path: str | None = None, gender: str = "neutral") -> BodyModel:
     """The body model ``name``, created once per process and reused.
 
     Args:
@@ -45,12 +35,8 @@ def get_body_model(name: str = "anny", model_path: str | None = None, gender: st
     if key in _INSTANCES:
         return _INSTANCES[key]
     if name == "anny":
-        from diffusion_hpc.body.anny import AnnyBody
-
         model: BodyModel = AnnyBody()
     elif name in ("smpl", "smplx"):
-        from diffusion_hpc.body.smpl import SMPLBody
-
         model = SMPLBody(kind=name, model_path=model_path, gender=gender)
     else:
         raise ValueError(f"unknown body model {name!r}; choose one of {BODY_MODELS}")

@@ -27,6 +27,8 @@ import torch
 
 from diffusion_hpc.body.base import BodyModel, BodyOutput
 from diffusion_hpc.body.joint_sets import ANNY_CMU31, ANNY_H36M17_FROM_BONES, H36M17
+from diffusion_hpc.runtime.native_log import WARP_CHATTER, filtered_native_stderr
+from diffusion_hpc.runtime.paths import anny_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +44,12 @@ def _load_anny_core():
     with _LOCK:
         if RIG in _CORE_CACHE:
             return _CORE_CACHE[RIG]
-        from diffusion_hpc.runtime.paths import anny_cache_dir
 
         cache = anny_cache_dir()
         cache.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("ANNY_CACHE_DIR", str(cache))
         try:  # anny's skinning kernels use NVIDIA warp, which prints a banner on first use
             import warp
-
-            from diffusion_hpc.runtime.native_log import WARP_CHATTER, filtered_native_stderr
 
             warp.config.quiet = True  # older warp
             warp.config.log_level = 40  # warp >= 1.19: LOG_ERROR (its banner and kernel-cache lines are INFO)

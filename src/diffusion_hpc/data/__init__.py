@@ -5,12 +5,12 @@
 
 from __future__ import annotations
 
+from diffusion_hpc.data.reader import Dataset
 
-def open_dataset(path):
+
+def open_dataset(path) -> Dataset:
     """Open a Diffusion-HPC dataset directory; see :class:`diffusion_hpc.data.reader.Dataset`."""
-    from diffusion_hpc.data.reader import Dataset
-
     return Dataset(path)
 
 
-__all__ = ["open_dataset"]
+__all__ = ["Dataset", "open_dataset"]

@@ -39,12 +39,14 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from diffusion_hpc.data.schema import encode_png
 from diffusion_hpc.body.joint_sets import COCO17
+from diffusion_hpc.data import open_dataset
 from diffusion_hpc.data.benchmarks import SPIN24, SPIN24_ALIASES, box_from_keypoints, joint_names
+from diffusion_hpc.data.schema import encode_png
 from diffusion_hpc.errors import ConfigError, InputError
-from diffusion_hpc.geometry.camera import SPIN_CROP, SPIN_FOCAL
 from diffusion_hpc.geometry.boxes import BOX_EXPAND, SPIN_SCALE_UNIT, mask_box
+from diffusion_hpc.geometry.camera import SPIN_CROP, SPIN_FOCAL
+from diffusion_hpc.runtime.atomic import atomic_write_bytes
 
 EXPORT_FORMATS = ("spin-npz", "coco-json")
 FORMAT_SUFFIX = {"spin-npz": ".npz", "coco-json": ".json"}
@@ -201,7 +203,6 @@ def _json_vector(v: np.ndarray) -> list[float] | None:
 
 
 def _write_images(fields: dict[str, Any], image_dir: Path) -> str:
-    from diffusion_hpc.runtime.atomic import atomic_write_bytes
 
     name = f"{fields['key']}.png"
     atomic_write_bytes(image_dir / name, fields.pop("image_png"))
@@ -266,7 +267,6 @@ def export_spin_npz(samples: Iterable[dict[str, Any]], out: Path, *, box_expand:
     arrays.update(_stack_params(rows, models.pop()))
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    from diffusion_hpc.runtime.atomic import atomic_write_bytes
 
     atomic_write_bytes(out, buf.getvalue())
     return ExportResult(path=out, images=image_dir, count=len(rows), format="spin-npz")
@@ -329,7 +329,6 @@ def export_coco_json(samples: Iterable[dict[str, Any]], out: Path, *, box_expand
             }
         ],
     }
-    from diffusion_hpc.runtime.atomic import atomic_write_bytes
 
     atomic_write_bytes(out, json.dumps(doc, allow_nan=False).encode())
     return ExportResult(path=out, images=image_dir, count=len(images), format="coco-json")
@@ -341,7 +340,6 @@ def export_dataset(path: str | Path, fmt: str, out: str | Path, *, box_expand: f
     ``out`` is the annotation file (``.npz`` for ``spin-npz``, ``.json`` for ``coco-json``); images
     go to ``images/`` beside it. Returns what was written.
     """
-    from diffusion_hpc.data import open_dataset
 
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(f"export format {fmt!r} is not one of {list(EXPORT_FORMATS)}")

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from diffusion_hpc.data import open_dataset
+from diffusion_hpc.data.writer import atomic_write_bytes
+
 # COCO-17 skeleton edges (pairs of joint indices) for drawing.
 COCO_EDGES = (
     (0, 1), (0, 2), (1, 3), (2, 4), (5, 6), (5, 7), (7, 9), (6, 8), (8, 10), (5, 11), (6, 12),
@@ -67,8 +70,6 @@ def write_preview(path: str | Path, count: int = 8, out: str | Path | None = Non
     """Write ``preview.png`` (first ``count`` samples) into the dataset or to ``out``; returns its path."""
     import cv2
 
-    from diffusion_hpc.data import open_dataset
-    from diffusion_hpc.data.writer import atomic_write_bytes
 
     dataset = open_dataset(path)
     samples = []
@@ -112,7 +113,6 @@ def summarize(path: str | Path) -> str:
     """A readable summary of a dataset: counts, failures by reason, cost, timings, score histograms."""
     import json
 
-    from diffusion_hpc.data import open_dataset
 
     dataset = open_dataset(path)
     rows = dataset.manifest()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 #: spawn-key word of the guide stream ("GUID"), so guide seeds never equal sample seeds
 GUIDE_STREAM = 0x47554944
 #: sub-stream of a guide seed: its pose augmentation ("AUG0")

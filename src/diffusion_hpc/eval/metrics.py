@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from diffusion_hpc.body.joint_sets import H36M17
+from diffusion_hpc.data.benchmarks import convert_joints, joint_names
 
 
 def as_array(x, *, name: str = "array") -> np.ndarray:
@@ -250,7 +251,6 @@ SMART_PROTOCOL = Protocol2D(
 
 
 def _to_protocol_set(joints: np.ndarray, source: str, target: str, needed: tuple[str, ...], what: str) -> np.ndarray:
-    from diffusion_hpc.data.benchmarks import convert_joints, joint_names
 
     names = joint_names(source)
     missing = [n for n in needed if n not in names]
@@ -276,7 +276,6 @@ def prepare_3d(joints, protocol: Protocol3D = SKIPOSE_PROTOCOL, joint_set: str |
 
 
 def _names(joint_set: str) -> tuple[str, ...]:
-    from diffusion_hpc.data.benchmarks import joint_names
 
     return joint_names(joint_set)
 

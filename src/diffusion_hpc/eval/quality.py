@@ -29,8 +29,12 @@ from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 
+from diffusion_hpc.data import open_dataset
 from diffusion_hpc.errors import InputError
+from diffusion_hpc.eval.inception import find_weights, load_inception
+from diffusion_hpc.eval.report import write_report
 from diffusion_hpc.runtime.images import image_files, load_image
+from diffusion_hpc.segment import make_segmenter
 
 INPUT_SIZE = 299
 DEFAULT_HARD_THRESHOLD = 30.0  # VPoser score >= 30 is a hard pose (DESIGN §2 step 4)
@@ -95,7 +99,6 @@ def iter_source(path: str | os.PathLike, limit: Optional[int] = None) -> Iterato
     kind = source_kind(path)
     count = 0
     if kind == "dataset":
-        from diffusion_hpc.data import open_dataset
 
         for sample in open_dataset(path):
             if limit is not None and count >= limit:
@@ -186,7 +189,6 @@ def image_features(model, images: Iterable[np.ndarray], batch_size: int = 32) ->
 
 def _as_segmenter(segmenter):
     if segmenter is None or isinstance(segmenter, str):
-        from diffusion_hpc.segment import make_segmenter
 
         return make_segmenter(segmenter or "mediapipe")
     if not hasattr(segmenter, "segment"):
@@ -240,7 +242,6 @@ def source_features(
         raise InputError(f"{path} holds no accepted samples; nothing to score")
     manifest = config = None
     if kind == "dataset":
-        from diffusion_hpc.data import open_dataset
 
         ds = open_dataset(path)
         manifest, config = ds.manifest(), ds.config
@@ -535,7 +536,6 @@ def quality(real: str, generated: list[str], out_dir, human_only: bool = True, w
         The report dict (also in ``out_dir/quality.json``), with ``comparison`` (one row per generated set),
         ``sources``, ``manifest`` (per generated dataset), ``settings`` and ``files``.
     """
-    from diffusion_hpc.eval.inception import find_weights, load_inception
 
     if isinstance(generated, (str, os.PathLike)):
         generated = [generated]
@@ -574,7 +574,6 @@ def quality(real: str, generated: list[str], out_dir, human_only: bool = True, w
         "manifest": {g.name: manifest_stats(g.manifest, hard_threshold, g.config)
                      for g in gen_f if g.manifest is not None},
     }
-    from diffusion_hpc.eval.report import write_report
 
     samples = {s.name: s.samples for s in [real_f, *gen_f]}
     result["files"] = write_report(result, out_dir, samples)

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from diffusion_hpc.runtime.atomic import atomic_write_bytes
 from diffusion_hpc.errors import InputError
+from diffusion_hpc.runtime.atomic import atomic_write_bytes
 
 
 def clean_json(obj: Any) -> Any:

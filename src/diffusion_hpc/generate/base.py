@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Optional, Protocol, Sequence, runtime_checkabl
 import numpy as np
 
 from diffusion_hpc.data.seeds import prompt_rng
+from diffusion_hpc.errors import ConfigError
+from diffusion_hpc.generate.render_baseline import RenderBaselineGenerator
 
 if TYPE_CHECKING:
     from diffusion_hpc.render.base import RenderOutput
@@ -166,7 +168,6 @@ class RenderGenerator:
     requires = ("render", "face_part", "seeds")
 
     def __init__(self, augment: bool = True, backgrounds=None):
-        from diffusion_hpc.generate.render_baseline import RenderBaselineGenerator
 
         self.inner = RenderBaselineGenerator(augment=augment)
         self.backgrounds = backgrounds
@@ -223,7 +224,6 @@ ORIGINAL_UNET_EVALS = {"T": 170, "R": 70}
 
 def get_preset(name: str) -> Preset:
     """The :class:`Preset` called ``name``; a ConfigError naming the choices otherwise."""
-    from diffusion_hpc.errors import ConfigError
 
     try:
         return PRESETS[name]

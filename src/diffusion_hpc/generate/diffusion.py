@@ -52,6 +52,7 @@ import numpy as np
 
 from diffusion_hpc.data.seeds import STAGE_BLUR, STAGE_REGEN, STAGE_TXT2IMG, stage_seed
 from diffusion_hpc.errors import ConfigError, MissingModelError
+from diffusion_hpc.generate import conditioning as C
 from diffusion_hpc.generate.base import (
     SCHEDULERS,
     GenerationBatch,
@@ -60,6 +61,7 @@ from diffusion_hpc.generate.base import (
     guidance_factor,
     strength_steps,
 )
+from diffusion_hpc.generate.conditioning import human_region
 from diffusion_hpc.runtime.weights import (
     BackboneSet,
     backbone_set,
@@ -68,6 +70,7 @@ from diffusion_hpc.runtime.weights import (
     ensure_offline,
     is_tiny,
 )
+
 
 def torch_generators(seeds: Sequence[int], stage: int):
     """One CPU ``torch.Generator`` per sample, seeded with :func:`stage_seed`."""
@@ -576,7 +579,6 @@ class DepthRegenerator:
         """B regenerated images, item i from its own inputs and ``seeds[i]`` only."""
         import torch
 
-        from diffusion_hpc.generate import conditioning as C
 
         t_start = time.perf_counter()
         # 1. check inputs
@@ -697,7 +699,6 @@ class DepthRegenerator:
         """(B, H, W) bool tensor: (person | silhouette) & ~occluders; all False if no mask is given."""
         import torch
 
-        from diffusion_hpc.generate.conditioning import human_region
 
         if batch.person_masks is None and batch.silhouettes is None:
             return torch.zeros((len(batch),) + tuple(size), dtype=torch.bool)

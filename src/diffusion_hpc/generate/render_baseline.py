@@ -21,8 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
-from diffusion_hpc.body.joint_sets import ANNY_CMU31
-from diffusion_hpc.generate.backgrounds import BackgroundSource, ProceduralBackgrounds
+from diffusion_hpc.body.joint_sets import ANNY_CMU31, SMPL24
+from diffusion_hpc.generate.backgrounds import BackgroundSource, ProceduralBackgrounds, hsv_to_rgb
 from diffusion_hpc.render.base import RenderOutput
 
 #: body-part vocabulary; ``face_part`` arrays index into it
@@ -139,7 +139,6 @@ def _palette_colour(rng: np.random.Generator, palette, jitter: float) -> np.ndar
 
 def _garment_colour(rng: np.random.Generator) -> np.ndarray:
     """Mostly a common garment colour, sometimes a random muted HSV colour; (3,) sRGB [0, 1]."""
-    from diffusion_hpc.generate.backgrounds import hsv_to_rgb
 
     if rng.uniform() < 0.7:
         return _palette_colour(rng, CLOTHING_COLOURS, 15.0)
@@ -515,7 +514,6 @@ def face_parts_for_body(body) -> np.ndarray:
     faces = body.faces.numpy()
     if body.name == "anny":
         return face_parts_from_bones(body.vertex_bone_weights, body.vertex_bone_indices, faces, cmu_bone_to_part_index())
-    from diffusion_hpc.body.joint_sets import SMPL24
 
     weights = body.model.lbs_weights.detach().cpu().numpy()
     indices = np.broadcast_to(np.arange(weights.shape[1]), weights.shape)

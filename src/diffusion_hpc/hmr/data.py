@@ -34,10 +34,15 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from diffusion_hpc.body.joint_sets import flip_permutation
+from diffusion_hpc.data import benchmarks
 from diffusion_hpc.data.benchmarks import box_from_keypoints as spin_box
+from diffusion_hpc.data.benchmarks import convert_joints
+from diffusion_hpc.data.reader import iter_shard
 from diffusion_hpc.errors import InputError
 from diffusion_hpc.geometry.boxes import BOX_EXPAND, SPIN_SCALE_UNIT, crop_matrix, mask_box
 from diffusion_hpc.geometry.camera import rotation_z
+from diffusion_hpc.hmr.model import body_spec
 
 KEYPOINT_SET = "coco17"
 JOINTS3D_SET = "h36m17"
@@ -99,8 +104,6 @@ def denormalise_keypoints(uv: np.ndarray, size: int) -> np.ndarray:
 
 
 def _pose_flip_permutation(body_model: str) -> np.ndarray:
-    from diffusion_hpc.body.joint_sets import flip_permutation
-    from diffusion_hpc.hmr.model import body_spec
 
     spec = body_spec(body_model)
     perm = flip_permutation(spec.pose_joint_set)[: spec.pose_joint_count]
@@ -193,8 +196,6 @@ def crop_sample(
     """
     import cv2
 
-    from diffusion_hpc.body.joint_sets import flip_permutation
-    from diffusion_hpc.hmr.model import body_spec
 
     spec = body_spec(body_model)
     if isinstance(augment, AugmentConfig):
@@ -325,7 +326,6 @@ class SyntheticShards(torch.utils.data.IterableDataset):
         self.start = 0
 
     def _records(self, rng: np.random.Generator, cid: int, count: int) -> Iterator[dict]:
-        from diffusion_hpc.data.reader import iter_shard
 
         split_by_shard = len(self.shards) >= count
         shards = self.shards[cid::count] if split_by_shard else list(self.shards)
@@ -372,7 +372,6 @@ def load_real_source(spec) -> Any:
     path whose form tells: ``*.npz`` SPIN, ``*.h5`` or a folder with ``train/labels.h5`` SkiPose
     (train split), ``*.json`` or a folder of them SMART.
     """
-    from diffusion_hpc.data import benchmarks
 
     if isinstance(spec, benchmarks.BenchmarkSet):
         return spec
@@ -416,7 +415,6 @@ class RealDataset(torch.utils.data.Dataset):
         self.keypoints = self.data.keypoints_in(KEYPOINT_SET)
         self.joints3d = None
         if self.data.joints3d is not None:
-            from diffusion_hpc.data.benchmarks import convert_joints
 
             j = convert_joints(self.data.joints3d, self.data.joints3d_set, JOINTS3D_SET)
             conf = np.ones(j.shape[:2]) if self.data.joints3d_conf is None else convert_joints(

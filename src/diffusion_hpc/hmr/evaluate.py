@@ -24,9 +24,14 @@ from typing import Any
 
 import numpy as np
 
+from diffusion_hpc.body import check_body_model, get_body_model
 from diffusion_hpc.body.joint_sets import H36M17
+from diffusion_hpc.data import benchmarks, open_dataset
 from diffusion_hpc.errors import ConfigError, InputError
 from diffusion_hpc.eval import metrics
+from diffusion_hpc.hmr.data import RealDataset, crop_sample, denormalise_keypoints
+from diffusion_hpc.hmr.model import load_regressor, regress
+from diffusion_hpc.runtime.atomic import atomic_write_bytes
 
 #: 3D protocol for our own datasets: H36M-17, root-centred on the pelvis, every joint scored.
 DATASET_PROTOCOL = metrics.Protocol3D(name="h36m17 root-centred", joint_set="h36m17", root="pelvis", scored=H36M17)
@@ -88,14 +93,12 @@ def load_targets(source: str, crop_size: int = 224, limit: int | None = None, bo
     """
     import torch
 
-    from diffusion_hpc.hmr.data import RealDataset, crop_sample, denormalise_keypoints
 
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be a positive number of samples, got {limit}")
     kind, path = _source_kind(source, option)
     items: list[dict[str, torch.Tensor]] = []
     if kind == "dataset":
-        from diffusion_hpc.data import open_dataset
 
         for i, rec in enumerate(open_dataset(path)):
             if limit is not None and i >= limit:
@@ -103,7 +106,6 @@ def load_targets(source: str, crop_size: int = 224, limit: int | None = None, bo
             items.append(crop_sample(rec["image"], rec["keypoints2d"], rec["joints3d"], None, rec["K"], bbox_from="mask",
                                      size=crop_size, augment=None, mask=rec["mask"], body_model=body_model))
     else:
-        from diffusion_hpc.data import benchmarks
 
         data = {"skipose": lambda: benchmarks.load_skipose(path, "test", limit=limit),
                 "smart": lambda: benchmarks.load_smart(path), "spin": lambda: benchmarks.load_spin_npz(path)}[kind]()
@@ -122,8 +124,6 @@ def load_targets(source: str, crop_size: int = 224, limit: int | None = None, bo
 
 def load_model(checkpoint: str | Path, smpl_path: str | Path | None = None):
     """An exported regressor (run folder or its ``regressor.safetensors``) and its body model."""
-    from diffusion_hpc.body import check_body_model, get_body_model
-    from diffusion_hpc.hmr.model import load_regressor
 
     regressor = load_regressor(checkpoint).eval()
     name = regressor.spec.name
@@ -142,8 +142,6 @@ def predict_batch(regressor, body_model, images) -> dict[str, np.ndarray]:
     numpy. Gradients are the caller's business (``torch.no_grad()`` in :func:`predict`,
     Lightning's validation loop during training).
     """
-    from diffusion_hpc.hmr.data import denormalise_keypoints
-    from diffusion_hpc.hmr.train import regress
 
     out = regress(regressor, body_model, images)
     return {
@@ -204,7 +202,6 @@ def evaluate(checkpoint: str | Path, source: str, out: str | Path | None = None,
     result = score(predict(regressor, body, targets.images, batch_size=batch_size), targets)
     result["checkpoint"] = str(checkpoint)
     if out is not None:
-        from diffusion_hpc.runtime.atomic import atomic_write_bytes
 
         atomic_write_bytes(Path(out), json.dumps(result, indent=2, sort_keys=True).encode())
     return result

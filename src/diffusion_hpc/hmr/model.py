@@ -43,6 +43,7 @@ from diffusion_hpc.body.joint_sets import ANNY_CMU31
 from diffusion_hpc.errors import InputError, MissingModelError
 from diffusion_hpc.geometry.camera import SPIN_CROP, SPIN_FOCAL
 from diffusion_hpc.geometry.rotations import rot6d_to_rotmat, rotmat_to_rot6d
+from diffusion_hpc.runtime.atomic import atomic_path, atomic_write_bytes
 
 #: Focal length in normalised crop units (crop spans [-1, 1]): 2 f / S, independent of S.
 NORMALISED_FOCAL = 2.0 * SPIN_FOCAL / SPIN_CROP
@@ -338,7 +339,6 @@ def export_regressor(model: HMRRegressor, out_dir: str | Path, metadata: Mapping
     """
     from safetensors.torch import save_file
 
-    from diffusion_hpc.runtime.atomic import atomic_path, atomic_write_bytes
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,13 @@ from torch import nn
 
 from diffusion_hpc.errors import InputError, MissingModelError
 from diffusion_hpc.geometry.rotations import rot6d_to_rotmat
-from diffusion_hpc.hmr.model import IMAGENET_MEAN, IMAGENET_STD, NORMALISED_FOCAL
+from diffusion_hpc.hmr.model import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    NORMALISED_FOCAL,
+    load_state_strict,
+    weak_perspective_to_translation,
+)
 
 NPOSE = 24 * 6
 MEAN_KEYS = ("init_pose", "init_shape", "init_cam")
@@ -126,7 +132,6 @@ class SPINHMR(nn.Module):
         ``shape`` (= betas) and ``cam_t`` (B, 3)."""
         import roma
 
-        from diffusion_hpc.hmr.model import weak_perspective_to_translation
 
         x = (images - self.pixel_mean) / self.pixel_std if normalise else images
         batch = x.shape[0]
@@ -162,7 +167,6 @@ def load_mean_params(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 def load_spin(checkpoint: str | Path, mean_params: str | Path | None = None) -> SPINHMR:
     """A :class:`SPINHMR` with SPIN checkpoint weights (strict; see the module docstring)."""
-    from diffusion_hpc.hmr.model import load_state_strict
 
     path = Path(checkpoint).expanduser()
     if not path.is_file():

@@ -26,9 +26,12 @@ from typing import Any, Mapping, Sequence
 import pytorch_lightning as pl
 import torch
 
+from diffusion_hpc.body import get_body_model
 from diffusion_hpc.errors import ConfigError, InputError
+from diffusion_hpc.hmr.data import AugmentConfig, MixedStream, RealDataset, SyntheticShards
 from diffusion_hpc.hmr.losses import LossWeights, hmr_losses
-from diffusion_hpc.hmr.model import HMRRegressor, export_regressor, load_state_strict, regress
+from diffusion_hpc.hmr.model import EXPORT_WEIGHTS, HMRRegressor, export_regressor, load_state_strict, regress
+from diffusion_hpc.hmr.validation import Validation, predict_share
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +68,6 @@ class HMRModule(pl.LightningModule):
     @property
     def body(self):
         if self._body is None:
-            from diffusion_hpc.body import get_body_model
 
             object.__setattr__(self, "_body", get_body_model(self.hparams.body_model, model_path=self.hparams.smpl_path))
         return self._body
@@ -103,7 +105,6 @@ class HMRModule(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         """Predictions for a validation batch ``(index, crops)``; :class:`.validation.Validation` scores them."""
-        from diffusion_hpc.hmr.validation import predict_share
 
         return predict_share(self.regressor, self.body, batch)
 
@@ -121,7 +122,6 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
     Uses ``torch.load(..., weights_only=True)``: no code in a checkpoint is executed.
     """
-    from diffusion_hpc.hmr.model import EXPORT_WEIGHTS
 
     p = Path(path)
     if p.is_dir():
@@ -272,7 +272,6 @@ def train(
     """
     from pytorch_lightning.loggers import CSVLogger
 
-    from diffusion_hpc.hmr.data import AugmentConfig, MixedStream, RealDataset, SyntheticShards
 
     out = Path(out_dir)
     if resume and checkpoint is not None:
@@ -288,7 +287,6 @@ def train(
             log.warning("run %s is already at step %d >= max_steps %d; nothing to do", out, start_step, max_steps)
     validation = None
     if val is not None:
-        from diffusion_hpc.hmr.validation import Validation
 
         validation = Validation.from_source(
             str(val), out, every=max(1, checkpoint_every) if val_every is None else val_every, crop_size=crop_size,

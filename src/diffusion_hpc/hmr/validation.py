@@ -60,11 +60,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffusion_hpc.runtime.atomic import atomic_write_bytes
 from diffusion_hpc.errors import ConfigError, InputError
-from diffusion_hpc.hmr.evaluate import PREDICTION_KEYS, Targets, concat_predictions, load_targets, predict_batch, score
 from diffusion_hpc.hmr.data import consumer_id
+from diffusion_hpc.hmr.evaluate import PREDICTION_KEYS, Targets, concat_predictions, load_targets, predict_batch, score
 from diffusion_hpc.hmr.model import EXPORT_WEIGHTS, export_metadata, export_regressor
+from diffusion_hpc.runtime.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

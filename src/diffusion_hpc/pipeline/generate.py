@@ -45,11 +45,21 @@ from pathlib import Path
 
 import numpy as np
 
+from diffusion_hpc.body import check_body_model, get_body_model, transform_params
 from diffusion_hpc.config import DEFAULT_PROMPT, DIFFUSION_GENERATORS, GenerateConfig
+from diffusion_hpc.data.reader import Dataset
+from diffusion_hpc.data.inspect import write_preview
 from diffusion_hpc.data.schema import SampleRecord
 from diffusion_hpc.data.seeds import augment_seed, guide_seed, sample_key, sample_seed, shard_ranges
 from diffusion_hpc.data.writer import DatasetWriter, ManifestRow
 from diffusion_hpc.errors import InputError, MissingModelError
+from diffusion_hpc.estimate import get_estimator
+from diffusion_hpc.generate.backgrounds import FolderBackgrounds
+from diffusion_hpc.generate.base import GenerationBatch, RenderGenerator
+from diffusion_hpc.generate.diffusion import DepthRegenerator, Text2ImageGenerator, lora_file
+from diffusion_hpc.generate.render_baseline import face_parts_for_body
+from diffusion_hpc.geometry.camera import fit_translation, project
+from diffusion_hpc.pipeline.inputs import GuideImages, read_prompt_lines
 from diffusion_hpc.pipeline.requests import (
     SampleRequest,
     guides_of,
@@ -58,6 +68,14 @@ from diffusion_hpc.pipeline.requests import (
     prompt_text,
     variants_in_run,
 )
+from diffusion_hpc.pipeline.verify import mask_iou, pck_agreement
+from diffusion_hpc.poses import builtin_poses, load_pose_file
+from diffusion_hpc.prior import get_prior
+from diffusion_hpc.prior.augment import augment_poses
+from diffusion_hpc.render import get_renderer
+from diffusion_hpc.render.base import RenderOutput
+from diffusion_hpc.runtime.weights import backbone_set, check_models
+from diffusion_hpc.segment import make_segmenter
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +166,6 @@ class Stages:
     """The models of a run, loaded once per process; each stage behind its interface."""
 
     def __init__(self, config: GenerateConfig) -> None:
-        from diffusion_hpc.body import get_body_model
-        from diffusion_hpc.render import get_renderer
 
         cfg = config
         diffusion = cfg.generator in DIFFUSION_GENERATORS
@@ -159,11 +175,9 @@ class Stages:
         self.renderer = get_renderer(cfg.renderer)
         self.start = None
         if cfg.mode == "T":
-            from diffusion_hpc.generate.diffusion import Text2ImageGenerator
 
             self.start = Text2ImageGenerator(cfg.backbone, preset=cfg.preset, lora=cfg.lora, lora_scale=cfg.lora_scale)
         if diffusion:
-            from diffusion_hpc.generate.diffusion import DepthRegenerator
 
             share = self.start if cfg.generator == "controlnet" else None
             lora = {} if share is not None else {"lora": cfg.lora, "lora_scale": cfg.lora_scale}  # shared UNet has it
@@ -172,9 +186,6 @@ class Stages:
                                                     **lora)
             self.face_part = None
         else:
-            from diffusion_hpc.generate.backgrounds import FolderBackgrounds
-            from diffusion_hpc.generate.base import RenderGenerator
-            from diffusion_hpc.generate.render_baseline import face_parts_for_body
 
             folder = cfg.render_baseline.backgrounds
             self.image_generator = RenderGenerator(augment=cfg.render_baseline.augment,
@@ -185,8 +196,6 @@ class Stages:
         self.estimator = None
         self.prior = None
         if needs_estimator:
-            from diffusion_hpc.estimate import get_estimator
-            from diffusion_hpc.segment import make_segmenter
 
             self.segmenter = make_segmenter(cfg.segmenter)
             self.prior = load_prior(cfg)
@@ -196,7 +205,6 @@ class Stages:
 
 def load_prior(cfg: GenerateConfig):
     """The pose prior of the run's body model (Anny: the shipped prior or ``prior_path``; SMPL: VPoser)."""
-    from diffusion_hpc.prior import get_prior
 
     if cfg.body_model == "anny":
         return get_prior("anny", cfg.prior_path)
@@ -213,28 +221,23 @@ class Generator:
         self.unet_seconds = 0.0  # UNet (+ ControlNet) wall time of this session, for run.json
         cfg = config
         # 1. Inputs are checked before any model is loaded or any file written.
-        from diffusion_hpc.body import check_body_model
 
         check_body_model(cfg.body_model, cfg.smpl_path)
         self.poses = self._load_poses() if cfg.mode == "D" else None
         self.guides = None
         if cfg.mode == "R":
-            from diffusion_hpc.pipeline.inputs import GuideImages
 
             self.guides = GuideImages(cfg.guides, cfg.image_size)
-        from diffusion_hpc.pipeline.inputs import read_prompt_lines
 
         diffusion = cfg.generator in DIFFUSION_GENERATORS
         self.prompt_lines = read_prompt_lines(cfg.prompt, cfg.prompts, None if cfg.mode == "T" else DEFAULT_PROMPT)
         if cfg.render_baseline.backgrounds is not None and not diffusion:
-            from diffusion_hpc.generate.backgrounds import FolderBackgrounds
 
             FolderBackgrounds(cfg.render_baseline.backgrounds)  # unreadable files fail here
         self._check_weights()
 
     def _check_weights(self) -> None:
         """Every model the run needs, checked at once: one error listing all that is missing."""
-        from diffusion_hpc.runtime.weights import backbone_set, check_models
 
         cfg = self.config
         diffusion = cfg.generator in DIFFUSION_GENERATORS
@@ -246,7 +249,6 @@ class Generator:
         }
         found = check_models(specs)
         if diffusion:
-            from diffusion_hpc.generate.diffusion import lora_file
 
             lora_file(cfg.lora)  # a wrong LoRA path fails here, before any model loads
         if cfg.prior_path is not None and not Path(cfg.prior_path).exists():
@@ -274,7 +276,6 @@ class Generator:
     # -- set-up ---------------------------------------------------------------------------------
 
     def _load_poses(self):
-        from diffusion_hpc.poses import builtin_poses, load_pose_file
 
         cfg = self.config
         poses = builtin_poses() if cfg.poses == "builtin" else load_pose_file(cfg.poses)
@@ -310,8 +311,6 @@ class Generator:
         """Mode D: every sample's pose, shape and camera from its request; camera-frame parameters."""
         import torch
 
-        from diffusion_hpc.body import transform_params
-        from diffusion_hpc.geometry.camera import fit_translation
 
         cfg, body = self.config, self.stages.body
         height, width = cfg.image_size
@@ -356,8 +355,6 @@ class Generator:
 
     def _guide_candidates(self, guides: list[int], timer: StageTimer) -> list[Candidate]:
         """Modes T, R: the k variants of each guide, with the guide's start image and masks."""
-        from diffusion_hpc.generate.base import GenerationBatch
-        from diffusion_hpc.prior.augment import augment_poses
 
         cfg, st = self.config, self.stages
         k, n = cfg.k, cfg.n
@@ -438,7 +435,6 @@ class Generator:
         """Body forward on the camera-frame parameters, render depth / silhouette, keypoints."""
         import torch
 
-        from diffusion_hpc.geometry.camera import project
 
         if not cands:
             return
@@ -465,13 +461,11 @@ class Generator:
 
     def _generate(self, cands: list[Candidate], timer: StageTimer, stage: str) -> None:
         """The image generator on the labelled candidates (render baseline or diffusion)."""
-        from diffusion_hpc.generate.base import GenerationBatch
 
         if not cands:
             return
         st = self.stages
         if st.face_part is not None:  # the render baseline: its image is the shaded render
-            from diffusion_hpc.render.base import RenderOutput
 
             slots = [c.render_slot for c in cands]
             r = self._renders
@@ -520,7 +514,6 @@ class Generator:
 
     def _verify(self, cands: list[Candidate], timer: StageTimer) -> None:
         """Label verification on the final images: pck_agreement and mask_iou; --min-agreement."""
-        from diffusion_hpc.pipeline.verify import mask_iou, pck_agreement
 
         cfg, st = self.config, self.stages
         if not cands or not cfg.verify:
@@ -635,7 +628,6 @@ class Generator:
             write_seconds += time.perf_counter() - t0
             written += len(rows)
         bar.close()
-        from diffusion_hpc.data.reader import Dataset
 
         manifest = Dataset(out).manifest()
         failures: dict[str, int] = {}
@@ -657,8 +649,6 @@ class Generator:
         })  # fmt: skip
         preview = None
         try:
-            from diffusion_hpc.data.inspect import write_preview
-
             preview = write_preview(out)
         except Exception as exc:  # the preview is a convenience; the dataset is complete without it
             log.warning("could not write the preview: %s", exc)

@@ -12,6 +12,7 @@ import numpy as np
 
 from diffusion_hpc.config import GenerateConfig
 from diffusion_hpc.data.seeds import sample_key, sample_rng, sample_seed
+from diffusion_hpc.generate.base import prompt_for_sample
 from diffusion_hpc.geometry.camera import intrinsics_from_fov, rotation_x, rotation_y, rotation_z
 
 
@@ -115,7 +116,6 @@ def prompt_text(line: str, seed: int) -> str:
     by ``seed`` (:func:`~diffusion_hpc.generate.base.prompt_for_sample`); a line with an
     ``{action}`` placeholder is refused (it is a template, not a prompt).
     """
-    from diffusion_hpc.generate.base import prompt_for_sample
 
     if "{action}" in line:
         raise ValueError(f"prompt {line!r} is a template; pass the action phrase itself")

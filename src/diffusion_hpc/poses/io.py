@@ -53,8 +53,10 @@ from typing import Sequence
 
 import numpy as np
 
-from diffusion_hpc.runtime.atomic import atomic_path
 from diffusion_hpc.errors import ConfigError, InputError
+from diffusion_hpc.poses.bvh import load_bvh
+from diffusion_hpc.poses.retarget import retarget_bvh
+from diffusion_hpc.runtime.atomic import atomic_path
 
 FORMAT = "dhpc-poses/1"
 BODY_POSE_JOINTS = {"anny": 30, "smpl": 23}
@@ -269,8 +271,6 @@ def import_bvh(paths: list[str], out: str, every: int = 1, max_frames: int | Non
     Returns:
         The saved :class:`PoseSet`; ``source`` is ``"<file name>:<frame index>"``.
     """
-    from diffusion_hpc.poses.bvh import load_bvh
-    from diffusion_hpc.poses.retarget import retarget_bvh
 
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]

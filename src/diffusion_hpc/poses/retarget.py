@@ -39,6 +39,7 @@ from typing import Literal
 import numpy as np
 
 from diffusion_hpc.body.joint_sets import ANNY_CMU31 as ANNY_BONES  # pure data: imports no torch
+from diffusion_hpc.poses.bvh import local_transforms
 
 #: Parent of each Anny ``cmu_mb`` bone (-1 for the root).
 ANNY_PARENTS = (
@@ -295,7 +296,6 @@ def retarget_bvh(
     motion, frames: np.ndarray | None = None, hands: HandMode = "clamp", max_hand_angle: float = 90.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Retarget a :class:`~diffusion_hpc.poses.bvh.BvhMotion` (all frames, or ``frames`` (F, C))."""
-    from diffusion_hpc.poses.bvh import local_transforms
 
     values = motion.frames if frames is None else np.asarray(frames, dtype=np.float64)
     local, _ = local_transforms(motion.channels, motion.channel_start, motion.offsets, values)

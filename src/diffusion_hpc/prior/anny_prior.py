@@ -91,6 +91,7 @@ from diffusion_hpc.body.joint_sets import ANNY_CMU31
 from diffusion_hpc.errors import InputError, MissingModelError
 from diffusion_hpc.geometry.rotations import rot6d_to_rotmat
 from diffusion_hpc.prior.base import PosePrior, as_generator
+from diffusion_hpc.runtime.atomic import atomic_path
 
 FORMAT = "dhpc-anny-prior/1"
 NUM_BODY_JOINTS = len(ANNY_CMU31) - 1  # 30: body_pose holds bones 1..30
@@ -360,7 +361,6 @@ def save_prior_file(path: str | os.PathLike, params: dict[str, torch.Tensor], me
     """Write prior parameters and JSON metadata to a safetensors file, atomically."""
     from safetensors.torch import save_file
 
-    from diffusion_hpc.runtime.atomic import atomic_path
 
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,15 @@ import numpy as np
 import torch
 
 from diffusion_hpc.errors import ConfigError, InputError
+from diffusion_hpc.prior.anny_prior import (
+    ARTICULATED_BONES,
+    ARTICULATED_INDEX,
+    EASY_KEYWORDS,
+    HARD_KEYWORDS,
+    label_easy_hard,
+    pose_features,
+    save_prior_file,
+)
 
 #: CMU subject numbers recorded with the same skeleton (same performer and calibration).
 CMU_SAME_SKELETON = ((18, 20), (19, 21), (63, 64), (77, 139), (78, 102), (83, 122), (91, 105), (93, 103), (106, 141))
@@ -206,7 +215,6 @@ def assign_folds(groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
 
 
 def _features(body_pose: np.ndarray) -> np.ndarray:
-    from diffusion_hpc.prior.anny_prior import pose_features
 
     with torch.no_grad():
         return pose_features(torch.as_tensor(body_pose, dtype=torch.float64)).numpy()
@@ -242,7 +250,6 @@ def fit_prior(
         ``selected``, ``calibration`` (thresholds, score quantiles of easy / hard, AUC, accuracy,
         confusion) and ``training`` (corpus facts).
     """
-    from diffusion_hpc.prior.anny_prior import ARTICULATED_BONES, EASY_KEYWORDS, HARD_KEYWORDS, label_easy_hard, save_prior_file
 
     if getattr(pose_set, "body_model", None) != "anny":
         raise InputError(f"the Anny prior is fitted on Anny poses; got body_model {getattr(pose_set, 'body_model', None)!r}")
@@ -342,7 +349,6 @@ def fit_prior(
     params = {key: torch.as_tensor(v, dtype=torch.float32) for key, v in final.items()}
     params["fixed_pose"] = torch.as_tensor(fixed, dtype=torch.float32)
     # The articulated bones of fixed_pose are never used; zero them for clarity.
-    from diffusion_hpc.prior.anny_prior import ARTICULATED_INDEX
 
     params["fixed_pose"][list(ARTICULATED_INDEX)] = 0.0
     path = save_prior_file(out_path, params, metadata)

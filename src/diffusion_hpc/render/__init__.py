@@ -11,7 +11,9 @@ import logging
 import os
 import threading
 
-from .base import RenderOutput
+from diffusion_hpc.render.base import RenderOutput
+from diffusion_hpc.render.gl import GLRenderer
+from diffusion_hpc.render.raster import TorchRenderer
 
 __all__ = ["RenderOutput", "get_renderer", "BACKENDS"]
 
@@ -42,8 +44,6 @@ def _create_gl():
         return _cache["gl"]
     if _gl_error is not None:
         raise RuntimeError(str(_gl_error)) from _gl_error
-    from .gl import GLRenderer
-
     try:
         _cache["gl"] = GLRenderer()
     except Exception as exc:
@@ -55,8 +55,6 @@ def _create_gl():
 def _create_torch():
     """Create (once per process) the PyTorch renderer."""
     if "torch" not in _cache:
-        from .raster import TorchRenderer
-
         _cache["torch"] = TorchRenderer()
     return _cache["torch"]
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import RenderOutput
+from diffusion_hpc.render.base import RenderOutput
 
 NEAR = 0.05
 FAR = 100.0

@@ -8,7 +8,6 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 
-
 @dataclass
 class Segmentation:
     """Masks for a batch of B images of size H x W.
