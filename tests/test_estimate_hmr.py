@@ -155,7 +155,7 @@ SPIN_KEY_COUNT = 331
 
 @pytest.fixture(scope="module")
 def spin_files(tmp_path_factory):
-    from diffusion_hpc.estimate.spin import SPINHMR
+    from diffusion_hpc.hmr.spin import SPINHMR
 
     out = tmp_path_factory.mktemp("spin")
     rest = np.tile(np.array([1.0, 0.0, 0.0, 1.0, 0.0, 0.0], np.float32), 24)
@@ -168,7 +168,7 @@ def spin_files(tmp_path_factory):
 
 
 def test_spin_layout_and_mean_state(spin_files):
-    from diffusion_hpc.estimate.spin import SPINHMR, load_spin
+    from diffusion_hpc.hmr.spin import SPINHMR, load_spin
 
     ckpt, mean, _ = spin_files
     state = torch.load(ckpt, weights_only=True)["model"]

@@ -354,7 +354,6 @@ def test_auto_falls_back_to_torch_with_one_warning(monkeypatch, caplog):
     import os
 
     import diffusion_hpc.render as render_pkg
-    import diffusion_hpc.render.gl as gl_mod
 
     class NoGL:
         def __init__(self, *a, **k):
@@ -363,7 +362,7 @@ def test_auto_falls_back_to_torch_with_one_warning(monkeypatch, caplog):
     monkeypatch.setattr(render_pkg, "_cache", {})
     monkeypatch.setattr(render_pkg, "_gl_error", None)
     monkeypatch.setattr(render_pkg, "_cache_pid", os.getpid())
-    monkeypatch.setattr(gl_mod, "GLRenderer", NoGL)
+    monkeypatch.setattr(render_pkg, "GLRenderer", NoGL)
     with caplog.at_level("WARNING", logger="diffusion_hpc.render"):
         r = get_renderer("auto")
         assert get_renderer("auto") is r
