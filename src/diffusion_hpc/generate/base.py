@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Optional, Protocol, Sequence, runtime_checkabl
 
 import numpy as np
 
+from diffusion_hpc.config import PRESETS, Preset
 from diffusion_hpc.data.seeds import prompt_rng
 from diffusion_hpc.errors import ConfigError
 from diffusion_hpc.generate.render_baseline import RenderBaselineGenerator
@@ -186,37 +187,6 @@ class RenderGenerator:
 # --------------------------------------------------------------------------------------------
 # presets and cost
 
-
-@dataclass(frozen=True)
-class Preset:
-    """Sampler settings of a generation preset.
-
-    Attributes:
-        scheduler: scheduler name (see :data:`SCHEDULERS`).
-        txt2img_steps: denoising steps of the start image.
-        regen_steps: nominal steps of the regeneration (``round(strength * regen_steps)`` run).
-        guidance: classifier-free guidance scale; <= 1 turns guidance off (one UNet eval per step).
-        strength: SDEdit noise strength of the regeneration.
-    """
-
-    scheduler: str
-    txt2img_steps: int
-    regen_steps: int
-    guidance: float
-    strength: float = 0.7
-
-
-#: ``original``: the paper's settings (DDIM in place of SD v1-4's PNDM: same step count, exact counts).
-#: ``default``: DPM-Solver++ (2M) at 20 steps: 40 + 28 = 68 UNet evals per mode-T sample (original: 170).
-#: ``fast``: for LCM / distilled backbones (or an LCM-LoRA): 4 + round(0.7 * 8) = 10, guidance off.
-PRESETS: dict[str, Preset] = {
-    "original": Preset("ddim", 50, 50, 7.5),
-    "default": Preset("dpm++", 20, 20, 7.5),
-    "fast": Preset("lcm", 4, 8, 1.0),
-}
-
-#: scheduler names accepted by ``scheduler=`` / presets
-SCHEDULERS: tuple[str, ...] = ("ddim", "pndm", "dpm++", "dpm++sde", "unipc", "euler", "euler_a", "lcm")
 
 #: UNet evaluations per sample of the original (DESIGN §2): mode T (100 + 70) and mode R (70)
 ORIGINAL_UNET_EVALS = {"T": 170, "R": 70}

@@ -50,11 +50,11 @@ from typing import Literal, Optional, Sequence
 
 import numpy as np
 
+from diffusion_hpc.config import SCHEDULERS
 from diffusion_hpc.data.seeds import STAGE_BLUR, STAGE_REGEN, STAGE_TXT2IMG, stage_seed
 from diffusion_hpc.errors import ConfigError, MissingModelError
 from diffusion_hpc.generate import conditioning as C
 from diffusion_hpc.generate.base import (
-    SCHEDULERS,
     GenerationBatch,
     GenerationResult,
     get_preset,
@@ -298,7 +298,7 @@ class Text2ImageGenerator:
 
     Args:
         backbone: ``--backbone`` (dir, bundle or cached hub id) or a resolved :class:`BackboneSet`.
-        preset: ``original`` | ``default`` | ``fast`` (:data:`~diffusion_hpc.generate.base.PRESETS`).
+        preset: ``original`` | ``default`` | ``fast`` (:data:`~diffusion_hpc.config.PRESETS`).
         steps, guidance, scheduler: override the preset's values.
         lora: LoRA weights of a domain-fine-tuned backbone: a ``.safetensors`` file or a folder
             holding one (see :func:`lora_file`; loaded with peft).

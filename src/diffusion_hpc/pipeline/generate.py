@@ -176,13 +176,13 @@ class Stages:
         self.start = None
         if cfg.mode == "T":
 
-            self.start = Text2ImageGenerator(cfg.backbone, preset=cfg.preset, lora=cfg.lora, lora_scale=cfg.lora_scale)
+            self.start = Text2ImageGenerator(cfg.backbone, preset=cfg.sampler.preset, lora=cfg.lora, lora_scale=cfg.lora_scale)
         if diffusion:
 
             share = self.start if cfg.generator == "controlnet" else None
             lora = {} if share is not None else {"lora": cfg.lora, "lora_scale": cfg.lora_scale}  # shared UNet has it
             self.image_generator = DepthRegenerator(cfg.backbone, method=cfg.generator, controlnet=cfg.controlnet,
-                                                    preset=cfg.preset, blur_prob=cfg.blur_prob, share_with=share,
+                                                    preset=cfg.sampler.preset, blur_prob=cfg.sampler.blur_prob, share_with=share,
                                                     **lora)
             self.face_part = None
         else:

@@ -1,35 +1,21 @@
-"""One config system: typed, validated pydantic models with YAML in and out.
+"""The config of ``dhpc generate``.
 
 The CLI builds a :class:`GenerateConfig` from its flags (or ``--config FILE`` plus flags), the
-Python API takes the same object, and the dataset stores it as ``config.yaml``.
+Python API takes the same object, and the dataset stores it, resolved, as ``config.yaml``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from diffusion_hpc.errors import ConfigError
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from diffusion_hpc.config.base import CommandConfig, Strict, check_range
 
 
-def _range(name: str):
-    def check(value: tuple[float, float]) -> tuple[float, float]:
-        lo, hi = value
-        if lo > hi:
-            raise ValueError(f"{name} range must be (low, high) with low <= high, got {value}")
-        return value
-
-    return check
-
-
-class CameraConfig(_Strict):
+class CameraConfig(Strict):
     """How cameras are sampled per sample (angles in degrees)."""
 
     fov_deg: tuple[float, float] = (35.0, 65.0)
@@ -42,8 +28,8 @@ class CameraConfig(_Strict):
     fill: tuple[float, float] = (0.5, 0.92)
     """share of the image's limiting side the person spans (the whole body is always in frame)"""
 
-    _fov = field_validator("fov_deg")(_range("fov_deg"))
-    _fill = field_validator("fill")(_range("fill"))
+    _fov = field_validator("fov_deg")(check_range("fov_deg"))
+    _fill = field_validator("fill")(check_range("fill"))
 
     @field_validator("fov_deg")
     @classmethod
@@ -60,22 +46,90 @@ class CameraConfig(_Strict):
         return v
 
 
-class ShapeConfig(_Strict):
+class ShapeConfig(Strict):
     """Body shape sampling: Anny's phenotype distribution (calibrated on WHO height/age data)."""
 
     age_years: tuple[float, float] = (16.0, 70.0)
     """morphological age range sampled uniformly (the distribution then gives height, weight...)"""
 
-    _age = field_validator("age_years")(_range("age_years"))
+    _age = field_validator("age_years")(check_range("age_years"))
 
 
-class RenderBaselineConfig(_Strict):
+class RenderBaselineConfig(Strict):
     """The render-baseline generator (shaded body over a background)."""
 
     backgrounds: Optional[Path] = None
     """folder of background images (jpg/png/webp); default: procedural backgrounds"""
     augment: bool = True
     """blur / noise / colour augmentation"""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sampler settings of a generation preset.
+
+    Attributes:
+        scheduler: scheduler name (see :data:`SCHEDULERS`).
+        txt2img_steps: denoising steps of the start image.
+        regen_steps: nominal steps of the regeneration (``round(strength * regen_steps)`` run).
+        guidance: classifier-free guidance scale; <= 1 turns guidance off (one UNet eval per step).
+        strength: SDEdit noise strength of the regeneration.
+    """
+
+    scheduler: str
+    txt2img_steps: int
+    regen_steps: int
+    guidance: float
+    strength: float = 0.7
+
+
+#: ``original``: the paper's settings (DDIM in place of SD v1-4's PNDM: same step count, exact counts).
+#: ``default``: DPM-Solver++ (2M) at 20 steps: 40 + 28 = 68 UNet evals per mode-T sample (original: 170).
+#: ``fast``: for LCM / distilled backbones (or an LCM-LoRA): 4 + round(0.7 * 8) = 10, guidance off.
+PRESETS: dict[str, Preset] = {
+    "original": Preset("ddim", 50, 50, 7.5),
+    "default": Preset("dpm++", 20, 20, 7.5),
+    "fast": Preset("lcm", 4, 8, 1.0),
+}
+
+#: scheduler names accepted by ``scheduler`` and the presets
+SCHEDULERS: tuple[str, ...] = ("ddim", "pndm", "dpm++", "dpm++sde", "unipc", "euler", "euler_a", "lcm")
+
+SchedulerName = Literal["ddim", "pndm", "dpm++", "dpm++sde", "unipc", "euler", "euler_a", "lcm"]
+
+
+class SamplerConfig(Strict):
+    """The diffusion sampler. ``preset`` names a whole set of values; any field given overrides it.
+
+    Fields left at None take the preset's value when the config is validated, so a stored config
+    (the dataset's ``config.yaml``) holds the values that ran.
+    """
+
+    preset: Literal["original", "default", "fast"] = "default"
+    """original (the paper: DDIM, 50 steps, guidance 7.5), default (DPM++ 2M, 20 steps), fast (LCM backbones)"""
+    scheduler: Optional[SchedulerName] = None
+    """scheduler of both the start image and the regeneration"""
+    txt2img_steps: Optional[int] = Field(None, ge=1, le=1000)
+    """denoising steps of the start image (mode T)"""
+    steps: Optional[int] = Field(None, ge=1, le=1000)
+    """nominal steps of the regeneration; round(strength x steps) of them run on a start image"""
+    strength: Optional[float] = Field(None, gt=0.0, le=1.0)
+    """SDEdit noise strength of the regeneration (the original: 0.7)"""
+    guidance: Optional[float] = Field(None, ge=0.0, le=50.0)
+    """classifier-free guidance scale; <= 1: off (one UNet evaluation per step)"""
+    controlnet_scale: float = Field(1.0, ge=0.0, le=4.0)
+    """ControlNet conditioning scale (--generator controlnet)"""
+    blur_prob: float = Field(0.0, ge=0.0, le=1.0)
+    """probability of the Gaussian-blur augmentation (radius U(1, 2.5)) of the regenerated image"""
+
+    @model_validator(mode="after")
+    def _resolve(self):
+        p, d = PRESETS[self.preset], self.__dict__  # through __dict__: validate_assignment would re-enter
+        for name, value in (("scheduler", p.scheduler), ("txt2img_steps", p.txt2img_steps),
+                            ("steps", p.regen_steps), ("strength", p.strength), ("guidance", p.guidance)):
+            if d[name] is None:
+                d[name] = value
+        return self
 
 
 #: the generators that regenerate with a diffusion backbone (``--generator``; ``render`` is the
@@ -87,7 +141,7 @@ DEFAULT_PROMPT = "a photo of a person"
 DEFAULT_SHARD_SIZE = 256
 
 
-class GenerateConfig(_Strict):
+class GenerateConfig(CommandConfig):
     """Everything a ``dhpc generate`` run depends on. Same config + seed = same dataset, byte for byte.
 
     Options left at None are resolved by mode when the config is validated (and stored resolved):
@@ -119,7 +173,8 @@ class GenerateConfig(_Strict):
     """LoRA strength (0: the plain backbone)"""
     segmenter: str = "mediapipe"
     """``mediapipe`` (person mask only) or a transformers instance-segmentation checkpoint (occluders too)"""
-    preset: Literal["original", "default", "fast"] = "default"
+    sampler: SamplerConfig = SamplerConfig()
+    """the diffusion sampler (preset, scheduler, steps, strength, guidance, ControlNet scale, blur)"""
     k: Optional[int] = Field(None, ge=1, le=64)
     """modes T, R: variants per guide (the estimate + k-1 augmented poses)"""
     hard_only: bool = False
@@ -130,8 +185,6 @@ class GenerateConfig(_Strict):
     """run label verification on the final images (default: yes for diffusion generators)"""
     cycles: int = Field(0, ge=0, le=10)
     """extra estimate -> regenerate cycles on the output image (diffusion generators)"""
-    blur_prob: float = Field(0.0, ge=0.0, le=1.0)
-    """probability of the Gaussian-blur augmentation of the regenerated image"""
     body_model: Literal["anny", "smpl", "smplx"] = "anny"
     smpl_path: Optional[Path] = None
     """SMPL / SMPL-X model file or folder (``--smpl-path``), needed for body_model smpl/smplx"""
@@ -146,6 +199,19 @@ class GenerateConfig(_Strict):
     camera: CameraConfig = CameraConfig()
     shape: ShapeConfig = ShapeConfig()
     render_baseline: RenderBaselineConfig = RenderBaselineConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sampler_keys_of_older_configs(cls, data):
+        """Configs written before the sampler block had ``preset`` and ``blur_prob`` at the top."""
+        if isinstance(data, dict) and ("preset" in data or "blur_prob" in data):
+            data = dict(data)
+            sampler = dict(data.get("sampler") or {})
+            for key in ("preset", "blur_prob"):
+                if key in data:
+                    sampler.setdefault(key, data.pop(key))
+            data["sampler"] = sampler
+        return data
 
     @field_validator("image_size")
     @classmethod
@@ -213,7 +279,7 @@ class GenerateConfig(_Strict):
                              f"guides so that resume remakes start images identically (e.g. {d['shard_size'] - d['shard_size'] % d['k'] or d['k']})")
         if self.cycles and not diffusion:
             raise ValueError("cycles: extra cycles regenerate with a diffusion generator, not the render baseline")
-        if self.blur_prob and not diffusion:
+        if self.sampler.blur_prob and not diffusion:
             raise ValueError("blur_prob: applies to diffusion generators (the render baseline has its own augmentation)")
         if not diffusion and (self.prompt is not None or self.prompts is not None):
             raise ValueError("prompt: the render baseline uses no prompt; pass --generator depth2img|controlnet "
@@ -227,39 +293,3 @@ class GenerateConfig(_Strict):
         if diffusion and any(s % f for s in self.image_size):
             raise ValueError(f"image_size: {tuple(self.image_size)} must be a multiple of {f} for diffusion backbones")
         return self
-
-    # --- YAML in / out -------------------------------------------------------------------------
-
-    def to_yaml(self) -> str:
-        """Canonical YAML (sorted keys), stored as the dataset's ``config.yaml``."""
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=True)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides) -> "GenerateConfig":
-        """Load a YAML config file; ``overrides`` (flat top-level keys) win over the file."""
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of options, got {type(data).__name__}")
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return build(cls, data, source=str(path))
-
-
-def build(model: type[BaseModel], data: dict, source: str = "options"):
-    """Validate ``data`` into ``model``; errors become one :class:`ConfigError` line naming the field."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        value = first.get("input")
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
-        msg = first["msg"]
-        if where == "config" and msg.startswith("Value error, "):  # cross-field checks name their field
-            raise ConfigError(f"invalid {source}: {msg[len('Value error, '):]}") from None
-        raise ConfigError(f"invalid {source}: {where}: {msg}{shown}") from None
