@@ -5,7 +5,10 @@ the CLI's flags and the Python API's defaults both come from its fields, and ``-
 loads any of them from YAML (flags given on the command line win).
 """
 
-from diffusion_hpc.config.base import CommandConfig, Strict, build
+from diffusion_hpc.config.base import CommandConfig, Strict, build, read_yaml
+from diffusion_hpc.config.estimate import EstimateConfig
+from diffusion_hpc.config.evaluate import EvaluateConfig
+from diffusion_hpc.config.export import ExportConfig
 from diffusion_hpc.config.generate import (
     DEFAULT_PROMPT,
     DEFAULT_SHARD_SIZE,
@@ -19,9 +22,12 @@ from diffusion_hpc.config.generate import (
     SamplerConfig,
     ShapeConfig,
 )
+from diffusion_hpc.config.quality import QualityConfig
+from diffusion_hpc.config.train import TrainConfig
 
 __all__ = [
     "CommandConfig", "Strict", "build", "GenerateConfig", "SamplerConfig", "CameraConfig", "ShapeConfig",
     "RenderBaselineConfig", "Preset", "PRESETS", "SCHEDULERS", "DEFAULT_PROMPT", "DEFAULT_SHARD_SIZE",
-    "DIFFUSION_GENERATORS",
+    "DIFFUSION_GENERATORS", "TrainConfig", "EvaluateConfig", "EstimateConfig", "QualityConfig", "ExportConfig",
+    "read_yaml",
 ]

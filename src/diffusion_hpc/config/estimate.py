@@ -1,0 +1,77 @@
+"""The config of ``dhpc estimate`` (:func:`diffusion_hpc.estimate.run.estimate`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from diffusion_hpc.config.base import CommandConfig
+
+#: the estimators that regress a mesh from a checkpoint (their body model is the checkpoint's)
+REGRESSORS = ("hmr", "spin")
+
+
+class EstimateConfig(CommandConfig):
+    """Body meshes for the people in images: one result per image in one npz, plus previews."""
+
+    images: list[Path] = Field(min_length=1)
+    """image files or folders (a folder's images sorted by name)"""
+    out: Path
+    """results file (.npz)"""
+    estimator: Literal["mediapipe", "hmr", "spin"] = "mediapipe"
+    """mediapipe: landmarks + body-model fit; hmr: a regressor from dhpc train (checkpoint: its run folder);
+    spin: SPIN's SMPL model_checkpoint.pt (checkpoint, smpl_path)"""
+    checkpoint: Optional[Path] = None
+    """hmr / spin: the regressor's weights"""
+    mean_params: Optional[Path] = None
+    """spin: smpl_mean_params.npz, when the checkpoint lacks the mean-parameter buffers"""
+    body_model: Optional[Literal["anny", "smpl", "smplx"]] = None
+    """body model of the MediaPipe fit (default anny); a regressor's is its checkpoint's"""
+    smpl_path: Optional[Path] = None
+    """SMPL / SMPL-X model file or folder (body_model smpl|smplx, SMPL regressors, spin)"""
+    preview: Optional[Path] = None
+    """folder for the preview PNGs (default: OUT_preview beside out, e.g. fits_preview/ for fits.npz)"""
+    batch_size: int = Field(16, ge=1)
+    """images estimated together"""
+    prior: bool = True
+    """mediapipe: regularise the fit with the pose prior (False: a plain L2 / joint-limit penalty)"""
+
+    @property
+    def fit_body_model(self) -> str:
+        """The MediaPipe fit's body model (``body_model``, default ``"anny"``)."""
+        return self.body_model or "anny"
+
+    @property
+    def preview_dir(self) -> Path:
+        """Where the previews go: ``preview``, else ``OUT_preview`` beside ``out``."""
+        return self.preview if self.preview is not None else self.out.with_name(self.out.stem + "_preview")
+
+    @model_validator(mode="after")
+    def _rules(self):
+        if self.out.suffix != ".npz":
+            raise ValueError(f"out: {self.out} must end in .npz, e.g. {self.out.with_suffix('.npz')}")
+        if self.estimator in REGRESSORS:
+            if self.checkpoint is None:
+                raise ValueError(f"checkpoint: --estimator {self.estimator} needs --checkpoint PATH (the "
+                                 "regressor's weights)")
+            if self.body_model is not None:
+                raise ValueError(f"body_model: --estimator {self.estimator} uses its checkpoint's body model; leave "
+                                 f"--body-model {self.body_model} out (pass --smpl-path for SMPL checkpoints)")
+            if not self.prior:
+                raise ValueError(f"prior: --no-prior changes the MediaPipe fit; --estimator {self.estimator} "
+                                 "regresses without a pose prior, leave --no-prior out")
+            if self.estimator == "spin" and self.smpl_path is None:
+                raise ValueError("smpl_path: --estimator spin regresses SMPL parameters; pass --smpl-path PATH "
+                                 "(the SMPL model file or folder)")
+        else:
+            if self.checkpoint is not None:
+                raise ValueError(f"checkpoint: --checkpoint is for --estimator hmr|spin; the {self.estimator} fit "
+                                 "has no checkpoint")
+            if self.fit_body_model in ("smpl", "smplx") and self.smpl_path is None:
+                raise ValueError(f"smpl_path: body_model {self.body_model!r} needs the model files: pass "
+                                 "--smpl-path PATH")
+        if self.mean_params is not None and self.estimator != "spin":
+            raise ValueError("mean_params: --mean-params is for --estimator spin")
+        return self

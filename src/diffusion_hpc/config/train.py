@@ -1,0 +1,129 @@
+"""The config of ``dhpc train`` (:func:`diffusion_hpc.hmr.train.train`).
+
+The CLI builds a :class:`TrainConfig` from its flags (or ``--config FILE`` plus flags), the Python
+API takes the same object, and the run folder stores it as ``train.yaml``: the config that started
+the run, which ``--resume`` checks against (only the fields of :data:`RESUMABLE` may change).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+from pydantic import Field, field_validator, model_validator
+
+from diffusion_hpc.config.base import CommandConfig
+
+#: the loss terms whose weights ``loss_weights`` may override (:class:`diffusion_hpc.hmr.losses.LossWeights`)
+LossTerm = Literal["keypoints2d", "joints3d", "rotmat", "shape", "camera"]
+
+#: what a ``--resume`` may change: the run's folder and starting weights, its budget, the hardware,
+#: logging, checkpointing and validation (validation data has its own check, see hmr.validation).
+#: Every other field defines the training (data, model, optimisation) and must match ``train.yaml``.
+RESUMABLE = frozenset({
+    "out", "resume", "checkpoint", "max_steps", "max_minutes", "devices", "num_nodes", "strategy", "accelerator",
+    "workers", "checkpoint_every", "log_every", "val", "val_every", "val_limit", "smpl_path",
+})  # fmt: skip
+#: the file in the run folder that holds the config that started the run
+TRAIN_CONFIG_FILE = "train.yaml"
+
+
+class TrainConfig(CommandConfig):
+    """Everything a ``dhpc train`` run depends on: data, regressor, optimisation, budget, hardware,
+    validation. Sizes in pixels, time in minutes."""
+
+    synthetic: list[Path] = []
+    """dataset folders written by dhpc generate"""
+    real: list[str] = []
+    """real benchmark sources, mixed in per sample: spin:FILE.npz, skipose:ROOT_OR_labels.h5 (train split),
+    smart:FILE_OR_DIR.json, or a path whose form tells"""
+    out: Path
+    """run folder: checkpoints, logs, train.yaml and the exported regressor"""
+    resume: bool = False
+    """continue OUT/checkpoints/last.ckpt (weights, optimiser, step); the training fields must match OUT/train.yaml"""
+    checkpoint: Optional[Path] = None
+    """initial weights (a run folder, .safetensors or .ckpt), weights only, strict about keys and shapes"""
+    max_steps: int = Field(10000, ge=1)
+    """total optimiser steps (a resumed run continues up to this count)"""
+    max_minutes: Optional[float] = Field(None, gt=0)
+    """stop after this much training time, a total over resumes (besides max_steps)"""
+    batch_size: int = Field(64, ge=1)
+    """samples per optimiser step and device"""
+    lr: float = Field(1e-4, gt=0)
+    """Adam learning rate"""
+    real_ratio: float = Field(0.5, ge=0.0, le=1.0)
+    """share of real samples per batch, drawn per sample (with both synthetic and real data)"""
+    backbone: Literal["resnet50", "vit", "tiny"] = "resnet50"
+    """image encoder (transformers ResNet-50 or ViT; tiny: a small random one for tests)"""
+    pretrained: Optional[Path] = None
+    """local transformers checkpoint folder with the backbone's weights (default: random initialisation)"""
+    backbone_config: Optional[dict[str, Any]] = None
+    """a transformers config dict replacing the named backbone's architecture (Python / config file only)"""
+    num_iterations: int = Field(3, ge=1, le=10)
+    """iterative error-feedback steps of the regression head"""
+    body_model: Literal["anny", "smpl", "smplx"] = "anny"
+    """body model the regressor predicts"""
+    smpl_path: Optional[Path] = None
+    """SMPL / SMPL-X model file or folder (for body_model smpl|smplx)"""
+    crop_size: int = Field(224, ge=32, le=1024)
+    """square person crop side in pixels (224 as in SPIN)"""
+    loss_weights: dict[LossTerm, float] = {}
+    """overrides of the loss-term weights (keypoints2d, joints3d, rotmat, shape, camera)"""
+    augment: bool = True
+    """rotation / scale / colour / flip augmentation of the crops"""
+    seed: int = Field(0, ge=0)
+    """seed of the initial weights, the data stream and the augmentation"""
+    devices: Union[int, str] = 1
+    """devices per node: a number, 'auto' or a Lightning device list"""
+    num_nodes: int = Field(1, ge=1)
+    """machines (Lightning num_nodes)"""
+    strategy: str = "auto"
+    """Lightning strategy, e.g. ddp"""
+    accelerator: str = "auto"
+    """cpu, gpu, mps or auto (Lightning accelerator)"""
+    workers: int = Field(2, ge=0)
+    """data-loading worker processes per device"""
+    checkpoint_every: int = Field(500, ge=1)
+    """steps between periodic checkpoints (last.ckpt is also written at the end)"""
+    log_every: int = Field(10, ge=1)
+    """steps between logged loss rows (OUT/logs/*/metrics.csv)"""
+    val: Optional[str] = None
+    """held-out data scored during training: skipose:PATH, smart:PATH, spin:PATH or a dataset folder (as dhpc evaluate --data)"""
+    val_every: Optional[int] = Field(None, ge=1)
+    """validate every N steps and at the end (default: checkpoint_every)"""
+    val_limit: Optional[int] = Field(None, ge=1)
+    """validate on the first N samples of val only"""
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _devices(cls, v):
+        if isinstance(v, str) and v.strip().isdigit():
+            return int(v)
+        return v
+
+    @field_validator("devices")
+    @classmethod
+    def _devices_positive(cls, v):
+        if isinstance(v, int) and v < 1 and v != -1:
+            raise ValueError(f"devices must be a positive number, -1 (all) or 'auto', got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _rules(self):
+        if not self.synthetic and not self.real:
+            raise ValueError("synthetic: dhpc train needs data: pass --synthetic DIR... and/or --real SOURCE...")
+        if self.resume and self.checkpoint is not None:
+            raise ValueError("checkpoint: give either --resume (continue this run) or --checkpoint (start from "
+                             "weights), not both")
+        if self.val is None and (self.val_every is not None or self.val_limit is not None):
+            raise ValueError("val: --val-every / --val-limit need --val SOURCE, the held-out data to validate on")
+        if self.body_model in ("smpl", "smplx") and self.smpl_path is None:
+            raise ValueError(f"smpl_path: body_model {self.body_model!r} needs the model files: pass --smpl-path PATH "
+                             "(register and download them from smpl.is.tue.mpg.de / smpl-x.is.tue.mpg.de)")
+        return self
+
+    def resume_conflicts(self, stored: "TrainConfig") -> list[str]:
+        """The training fields (all but :data:`RESUMABLE`) where this config differs from ``stored``
+        (the run's ``train.yaml``), as ``"name: stored -> this"`` lines; empty when a resume may go on."""
+        mine, theirs = self.model_dump(mode="json"), stored.model_dump(mode="json")
+        return [f"{k}: {theirs[k]!r} -> {mine[k]!r}" for k in sorted(mine) if k not in RESUMABLE and mine[k] != theirs[k]]
