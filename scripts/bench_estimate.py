@@ -59,7 +59,7 @@ def hard_flags(samples, body) -> tuple[np.ndarray, str]:
 def with_true_inputs(detection, sample, true_2d: bool, true_3d: bool):
     """A copy of a MediaPipe detection with its COCO-17 landmarks replaced by the render's truth:
     2D (pixels) and/or 3D (camera-frame joints, hip-centred like MediaPipe's world landmarks)."""
-    from diffusion_hpc.estimate.mediapipe_fit import COCO17_FROM_MEDIAPIPE, Detection
+    from diffusion_hpc.estimate.landmarks import COCO17_FROM_MEDIAPIPE, Detection
 
     lm, world = detection.landmarks2d.copy(), detection.world.copy()
     if true_2d:

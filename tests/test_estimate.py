@@ -199,7 +199,7 @@ def test_estimate_files_end_to_end(tmp_path, estimator):
 def test_swapped_labels_hypothesis_wins_on_swapped_landmarks(estimator, rendered):
     """Detector labels left/right the wrong way round: the 'swap' hypothesis of the batched
     multi-start fit must be the one kept, and the fit must still put each wrist on its own."""
-    from diffusion_hpc.estimate.mediapipe_fit import Detection, MEDIAPIPE33
+    from diffusion_hpc.estimate.landmarks import MEDIAPIPE33, Detection
 
     sample = rendered[0]
     [det] = estimator.detect([sample["image"]])

@@ -13,6 +13,9 @@ Parameters (see :mod:`diffusion_hpc.body.base`):
     ``local-ref`` parameterisation (rotations about each bone's head, in the rest pose's
     world-aligned reference frame), phenotype (B, 6) in [0, 1] (gender, age, muscle, weight,
     height, proportions; 0.5 is the mean), transl (B, 3).
+
+:class:`AnnyReducedForward` gives the COCO-17 keypoints and bone heads without the per-vertex work
+(exact, for optimisation loops such as the mesh estimator's fit).
 """
 
 from __future__ import annotations
@@ -185,3 +188,93 @@ class AnnyBody(BodyModel):
             faces=self.faces,
             joints={"coco17": coco, "h36m17": h36m, "anny_cmu31": heads},
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# reduced forward pass: keypoints without per-vertex work
+
+
+def contract_keypoint_regressor(regressor: torch.Tensor, bone_weights: torch.Tensor, bone_indices: torch.Tensor,
+                                template: torch.Tensor, blendshapes: torch.Tensor, num_bones: int) -> dict[str, torch.Tensor]:
+    """Contract a linear keypoint regressor with linear blend skinning and the shape blendshapes.
+
+    A keypoint regressed from the posed vertices is ``k_j = sum_v W_jv sum_n w_vn (R_n v_v + t_n)``
+    with (R_n, t_n) the bone transforms, W the regressor and w the skinning weights, so
+
+        k_j = sum_n R_n A_jn + c_jn t_n,   A_jn = sum_v W_jv w_vn v_v,   c_jn = sum_v W_jv w_vn,
+
+    and A_jn is linear in the rest vertices v_v = template_v + sum_c coeff_c blendshape_cv. Only
+    the vertices some keypoint uses and the bones that move some keypoint are kept.
+
+    Args:
+        regressor: (J, V) keypoint regression weights.
+        bone_weights, bone_indices: (V, K) skinning weights and the bone index of each.
+        template: (V, 3) template vertices; blendshapes: (C, V, 3) shape blendshapes.
+        num_bones: number of bones of the rig.
+    Returns:
+        float32 tensors ``bones`` (N',) int64 bones kept, ``const`` (J, N') c_jn,
+        ``template`` (J, N', 3) the template part of A_jn, ``blend`` (C, J, N', 3) its blendshape part.
+    """
+    weights = regressor.detach().double()
+    support = torch.nonzero(weights.abs().sum(0) > 0).squeeze(1)  # vertices any keypoint uses
+    dense = torch.zeros(len(support), num_bones, dtype=torch.float64).scatter_add_(
+        1, bone_indices[support].long(), bone_weights[support].double())  # (S, N) skinning weights
+    m = weights[:, support, None] * dense[None]  # (J, S, N)
+    bones = torch.nonzero(m.abs().sum((0, 1)) > 0).squeeze(1)  # bones that move a keypoint
+    m = m[:, :, bones]
+    return {
+        "bones": bones,
+        "const": m.sum(1).float(),
+        "template": torch.einsum("jsn,sd->jnd", m, template[support].double()).float(),
+        "blend": torch.einsum("jsn,csd->cjnd", m, blendshapes[:, support].double()).float(),
+    }
+
+
+def contracted_keypoints(transforms: torch.Tensor, coeffs: torch.Tensor, contraction: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """(B, J, 3) keypoints from (B, N', 4, 4) bone transforms of the kept bones and (B, C) blendshape
+    coefficients, with a :func:`contract_keypoint_regressor` ``contraction``."""
+    A = contraction["template"][None] + torch.einsum("bc,cjnd->bjnd", coeffs.float(), contraction["blend"])  # (B, J, N', 3)
+    return (torch.einsum("bnid,bjnd->bji", transforms[..., :3, :3], A)
+            + torch.einsum("jn,bni->bji", contraction["const"], transforms[..., :3, 3]))
+
+
+class AnnyReducedForward:
+    """COCO-17 keypoints and bone heads of Anny from a reduced forward pass (no per-vertex work).
+
+    Computes the rest skeleton from the phenotype and the forward kinematics, but never the 13,718
+    skinned vertices: the COCO-17 regressor and skinning are contracted in advance
+    (:func:`contract_keypoint_regressor`, 17 x bones x 3 numbers per blendshape). The keypoints
+    equal :meth:`AnnyBody.forward`'s up to float rounding (checked in the tests). Relies on anny
+    0.6.2 internals (``get_rest_model`` parts, ``get_bone_transforms``).
+
+    Args:
+        body: the Anny body model.
+    """
+
+    def __init__(self, body: AnnyBody) -> None:
+        core = body._core
+        self.body = body
+        self.core = core
+        self.contraction = contract_keypoint_regressor(
+            body._regressor.regression_weights[:17], core.vertex_bone_weights, core.vertex_bone_indices,
+            core.template_vertices, core.blendshapes, int(core.template_bone_heads.shape[0]))
+
+    def __call__(self, params: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(coco17 (B, 17, 3), bone heads (B, 31, 3)) in the frame of ``params`` (as :meth:`AnnyBody.forward`)."""
+        import anny.skinning.skinning as skinning  # loaded with the model (see _load_anny_core)
+        import anny.utils.kinematics as kinematics
+
+        core = self.core
+        _, phen, lc, fa = core.get_tensor_inputs(None, params["phenotype"], None, None)
+        coeffs = core._get_phenotype_blendshape_coefficients(phen, lc, fa)
+        heads = skinning.apply_linear_blendshape(core.template_bone_heads, core.bone_heads_blendshapes, coeffs)
+        tails = skinning.apply_linear_blendshape(core.template_bone_tails, core.bone_tails_blendshapes, coeffs)
+        rest_poses = kinematics.get_bone_poses(heads, tails, core.bone_rolls_rotmat, y_axis=core.y_axis,
+                                               degenerate_rotation=core.degenerate_rotation)
+        if core.root_identity_orientation:
+            rest_poses = rest_poses.clone()
+            rest_poses[:, 0, :3, :3] = torch.eye(3, dtype=rest_poses.dtype)
+        transforms, poses = core.get_bone_transforms(self.body.pose_transforms(params), rest_poses)
+        coco = contracted_keypoints(transforms[:, self.contraction["bones"]].float(), coeffs, self.contraction)
+        bone_heads, _ = core.get_bone_ends(heads, tails, rest_poses, poses)
+        return coco, bone_heads

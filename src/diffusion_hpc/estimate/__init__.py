@@ -32,7 +32,7 @@ def get_estimator(name: str = "mediapipe", body_model: str = "anny", prior: Pose
             (a regressor's body model is its checkpoint's).
         prior: pose prior whose ``penalty`` regularises the fit; ``"default"`` (default): the shipped
             Anny prior when ``body_model`` is Anny, else the fallback; None: a documented L2 +
-            joint-limit regulariser (:func:`diffusion_hpc.estimate.mediapipe_fit.fallback_pose_penalty`).
+            joint-limit regulariser (:func:`diffusion_hpc.estimate.fit.fallback_pose_penalty`).
         **kwargs: backend options (mediapipe: ``fov_deg``, ``weights``, ``model_path``; hmr / spin: see
             :class:`~diffusion_hpc.estimate.hmr_adapter.HMREstimator` / :class:`~diffusion_hpc.estimate.spin.SPINEstimator`).
     """

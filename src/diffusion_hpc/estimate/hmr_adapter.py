@@ -4,7 +4,7 @@ Pipeline per call: a person box per image (from MediaPipe Pose landmarks, or giv
 a square crop, one batched regressor forward, then the crop camera turned into a camera for the
 full image.
 
-Box: the visible MediaPipe landmarks (visibility >= :data:`~.mediapipe_fit.MIN_VISIBILITY`), their
+Box: the visible MediaPipe landmarks (visibility >= :data:`~.landmarks.MIN_VISIBILITY`), their
 bounding box's longer side times :data:`BOX_EXPAND` (1.2), square, same centre. An image without a
 person gives ``Estimate(ok=False, reason="no person found")``.
 
@@ -38,7 +38,7 @@ through ``K``, with the detector's COCO-17 visibilities as the third column (one
 from the caller). ``confidence``: the detector's mean COCO-17 visibility times
 ``exp(-fit_px / (0.05 * person_px))`` (``fit_px``: median distance between the projected and the
 detected COCO-17 keypoints), the MediaPipe fitter's
-:func:`~diffusion_hpc.estimate.mediapipe_fit.keypoint_agreement`; 1.0 for caller boxes (no evidence).
+:func:`~diffusion_hpc.estimate.landmarks.keypoint_agreement`; 1.0 for caller boxes (no evidence).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ import numpy as np
 from diffusion_hpc.body import check_body_model, get_body_model
 from diffusion_hpc.errors import MissingModelError
 from diffusion_hpc.estimate.base import Estimate, MeshEstimator
-from diffusion_hpc.estimate.mediapipe_fit import (
+from diffusion_hpc.estimate.landmarks import (
     MIN_VISIBILITY,
     MediaPipeDetector,
     coco17_from_mediapipe,

@@ -1,0 +1,455 @@
+"""Body-model fit to 2D keypoints and 3D world landmarks: one batched optimisation for many images.
+
+The fit minimises per row (image x start hypothesis)
+
+    E = w_2d   * sum_j c_j * rho(|| pi(K, J_j) - u_j || / s)        robust 2D reprojection, COCO-17
+      + w_3d   * sum_j c_j r_j * || (J_j - J_hip) - R (W_j - W_hip) ||^2   relative 3D vs world landmarks
+      + w_pose * P(body_pose)                                         pose prior (or the fallback)
+      + w_shape * || phenotype - 0.5 ||^2                             shape prior
+
+with J the model's COCO-17 joints in the camera frame, u the detected keypoints, c their
+visibilities (0 below the detector's threshold), s the person's height in pixels, rho
+Geman-McClure (:func:`geman_mcclure`), W the world landmarks (rotated by R, the weighted Kabsch fit
+onto the model, so the 3D term constrains articulation, not the global orientation), r_j their
+per-joint reliability (:data:`COCO17_WORLD_WEIGHT`: torso 1, elbows/knees 0.6, wrists/ankles 0.35,
+face 0.2-0.3), and P either ``prior.penalty`` (``w_pose`` 0.03, pose started from
+``prior.mean_pose()``; free bones the prior does not model, Anny's clavicles, get an L2 pull) or
+:func:`fallback_pose_penalty` (no prior, ``w_fallback`` 1e-3, pose started from zeros). The
+phenotype is kept in [0, 1] through a sigmoid. The 3D term fixes what the 2D term cannot: depth
+ordering of the limbs (which elbow is in front) and which way the person faces.
+
+Hypotheses: every image is fitted from :attr:`FitWeights.hypotheses` starts at once (rows of one
+batch, hypothesis-major: row ``h * B + b``), by default ``base`` and ``swap`` (the detector's
+left/right labels exchanged, which MediaPipe gets wrong on some back views); the final energy picks
+one per image (:func:`select_hypotheses`).
+
+Initialisation (:func:`initial_placement`): the global orientation is the Kabsch rotation from the
+rest body's torso (shoulders, hips, in camera orientation) to the world landmarks' torso; the
+translation is the linear least-squares solution of the projection equations given that rotation
+(:func:`solve_translation`).
+
+Optimisation (:func:`optimise`): Adam, first on the global orientation and translation with the
+torso joints only (``iters_global``), then on everything (``iters_full``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from diffusion_hpc.body.base import BodyModel
+from diffusion_hpc.body.joint_sets import ANNY_CMU31, COCO17, flip_permutation
+from diffusion_hpc.geometry.rotations import rigid_rotation, rotmat_to_rotvec
+from diffusion_hpc.prior.anny_prior import ARTICULATED_INDEX
+from diffusion_hpc.prior.base import PosePrior
+
+#: Relative weight of each COCO-17 joint in the 2D and 3D terms: face points count less (the
+#: body model's and the detector's ideas of where an ear is differ by a few centimetres).
+COCO17_FIT_WEIGHT = np.array([0.5 if n in ("nose", "left_eye", "right_eye", "left_ear", "right_ear") else 1.0
+                              for n in COCO17], dtype=np.float32)
+
+#: Reliability of the detector's world landmarks per COCO-17 joint in the 3D term (relative
+#: weights): the torso (shoulders, hips) is trusted most, the extremities least (their depth is
+#: what the detector gets wrong most often).
+COCO17_WORLD_WEIGHT = np.array([
+    {"nose": 0.3, "left_eye": 0.2, "right_eye": 0.2, "left_ear": 0.3, "right_ear": 0.3,
+     "left_shoulder": 1.0, "right_shoulder": 1.0, "left_elbow": 0.6, "right_elbow": 0.6,
+     "left_wrist": 0.35, "right_wrist": 0.35, "left_hip": 1.0, "right_hip": 1.0,
+     "left_knee": 0.6, "right_knee": 0.6, "left_ankle": 0.35, "right_ankle": 0.35}[n] for n in COCO17
+], dtype=np.float32)
+
+#: COCO-17 index of each joint's left/right counterpart (itself for the nose)
+COCO17_FLIP = flip_permutation("coco17")
+
+#: Joints used to initialise the global orientation (a rigid, well-detected quadrilateral).
+TORSO = ("left_shoulder", "right_shoulder", "left_hip", "right_hip")
+TORSO_INDEX = np.array([COCO17.index(n) for n in TORSO])
+#: COCO-17 indices of the hips (the 3D term is relative to their midpoint)
+HIPS = [COCO17.index("left_hip"), COCO17.index("right_hip")]
+
+#: Anny cmu_mb bones the fit leaves at rest: nothing in the 17 keypoints observes them.
+ANNY_FIXED_BONES = frozenset({
+    "LHipJoint", "RHipJoint", "LeftFoot", "RightFoot", "LeftToeBase", "RightToeBase",
+    "LeftHand", "RightHand", "LThumb", "RThumb", "LeftFingerBase", "RightFingerBase",
+    "LeftHandFinger1", "RightHandFinger1",
+})  # fmt: skip
+
+#: initial hypotheses the fit can run side by side (:attr:`FitWeights.hypotheses`): ``base`` the
+#: detector's keypoints as they are; ``swap`` its left/right labels exchanged; ``depth`` the world
+#: landmarks' limb depths mirrored about their shoulder / hip
+HYPOTHESES = ("base", "swap", "depth")
+
+
+@dataclass(frozen=True)
+class FitWeights:
+    """Weights and schedule of the fit (see the module docstring for the energy).
+
+    The defaults were tuned with ``scripts/bench_estimate.py`` (112 renders, seed 2024) with the
+    shipped Anny prior; the figures are in :mod:`diffusion_hpc.estimate.mediapipe_fit`.
+    """
+
+    w_2d: float = 1.0
+    w_3d: float = 3.0
+    #: weight of ``prior.penalty`` (score / 2)
+    w_pose: float = 0.03
+    #: weight of :func:`fallback_pose_penalty` when no prior is given
+    w_fallback: float = 1e-3
+    w_shape: float = 1e-2
+    #: Geman-McClure scale, as a share of the person's height in pixels
+    robust_sigma: float = 0.1
+    #: Geman-McClure scale of the 3D term in metres (0: plain squared residuals)
+    sigma_3d: float = 0.0
+    #: use :data:`COCO17_WORLD_WEIGHT` in the 3D term (else the 2D weights :data:`COCO17_FIT_WEIGHT`)
+    world_reliability: bool = True
+    #: weight of an L2 pull to the initial pose on free bones the pose prior does not model
+    #: (Anny's clavicles); only with a prior
+    w_unmodelled: float = 1.0
+    #: iterations of the first stage (global orientation and translation, torso joints only)
+    iters_global: int = 30
+    #: iterations of the second stage (everything)
+    iters_full: int = 90
+    lr: float = 0.03
+    #: learning rate at the end of stage 2 as a share of ``lr`` (cosine decay); 1: constant
+    lr_final: float = 1.0
+    #: initial hypotheses per image, optimised side by side in one batch, lowest energy kept
+    #: (see :data:`HYPOTHESES`)
+    hypotheses: tuple[str, ...] = ("base", "swap")
+    #: start the pose from ``prior.mean_pose()`` when the prior has one (else from zeros)
+    init_mean_pose: bool = True
+    #: rotate the world landmarks onto the model's joints (weighted Kabsch, no gradient) before the
+    #: 3D term, so it constrains articulation and depth order, not the global orientation
+    align_3d: bool = True
+    #: also scale the aligned world landmarks to the model's size (least squares, no gradient)
+    align_scale: bool = False
+
+    def checked_hypotheses(self) -> tuple[str, ...]:
+        """The hypotheses to run (``("base",)`` if none); ``ValueError`` names unknown ones."""
+        hyps = tuple(self.hypotheses) or ("base",)
+        unknown = set(hyps) - set(HYPOTHESES)
+        if unknown:
+            raise ValueError(f"unknown fit hypotheses {sorted(unknown)}; choose from {HYPOTHESES}")
+        return hyps
+
+
+# ---------------------------------------------------------------------------------------------
+# energy terms and penalties
+
+
+def geman_mcclure(squared: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Robust penalty sigma^2 e / (e + sigma^2) of squared residuals ``e`` (≈ e for small e, ≤ sigma^2)."""
+    s2 = sigma * sigma
+    return s2 * squared / (squared + s2)
+
+
+def fallback_pose_penalty(body_pose: torch.Tensor, max_angle: float = 2.0) -> torch.Tensor:
+    """(B,) the regulariser used when no pose prior is given: L2 + a joint-limit hinge.
+
+    ``sum_j ||theta_j||^2 + 100 * sum_j relu(||theta_j|| - max_angle)^2`` over the (B, J, 3)
+    axis-angle ``body_pose``: pulls towards the rest pose, and strongly resists any single joint
+    turning more than ``max_angle`` radians (≈ 115 deg) from rest.
+    """
+    angle = body_pose.norm(dim=-1)
+    return (body_pose**2).sum(dim=(-1, -2)) + 100.0 * torch.relu(angle - max_angle).pow(2).sum(-1)
+
+
+def reprojection_energy(joints: torch.Tensor, K: torch.Tensor, uv: torch.Tensor, scale: torch.Tensor,
+                        weights: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(N,) robust 2D term ``sum_j w_j rho(|| pi(K, J_j) - u_j || / s)`` divided by ``sigma^2``.
+
+    Args:
+        joints: (N, J, 3) camera-frame joints (depth clamped at 1 cm); K: (N, 3, 3);
+        uv: (N, J, 2) target pixels; scale: (N,) person size s in pixels; weights: (N, J);
+        sigma: Geman-McClure scale in units of ``scale``.
+    """
+    z = joints[..., 2:3].clamp(min=1e-2)
+    proj = torch.einsum("bij,bkj->bki", K, joints / z)[..., :2]
+    e2 = ((proj - uv) ** 2).sum(-1) / scale[:, None] ** 2
+    return (weights * geman_mcclure(e2, sigma)).sum(-1) / sigma**2
+
+
+def relative_3d_energy(joints: torch.Tensor, world: torch.Tensor, weights: torch.Tensor, align: bool = True,
+                       align_scale: bool = False, sigma: float = 0.0) -> torch.Tensor:
+    """(N,) ``sum_j w_j || (J_j - J_hip) - R (W_j - W_hip) ||^2`` (Geman-McClure with ``sigma`` > 0).
+
+    Args:
+        joints: (N, 17, 3) COCO-17 camera-frame joints; world: (N, 17, 3) hip-centred world
+            landmarks; weights: (N, 17).
+        align: R is the weighted Kabsch rotation of the landmarks onto the joints (no gradient);
+            else identity. align_scale: also scale the landmarks to the joints (least squares,
+            clamped to [0.7, 1.4], no gradient).
+    """
+    rel = joints - joints[:, HIPS].mean(1, keepdim=True)
+    target = world
+    if align:
+        with torch.no_grad():
+            target = world @ rigid_rotation(world, rel, weights, centred=False).transpose(1, 2)
+            if align_scale:  # the detector's body size is not the model's
+                num = (weights[..., None] * rel * target).sum((1, 2))
+                den = (weights[..., None] * target * target).sum((1, 2)).clamp_min(1e-9)
+                target = target * (num / den).clamp(0.7, 1.4)[:, None, None]
+    d3 = ((rel - target) ** 2).sum(-1)
+    if sigma > 0:
+        d3 = geman_mcclure(d3, sigma)
+    return (weights * d3).sum(-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# targets and initialisation
+
+
+def hypothesis_targets(keypoints: np.ndarray, world: np.ndarray, hypothesis: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(uv (17, 2), visibility (17,), hip-centred world landmarks (17, 3)) for one hypothesis.
+
+    Args:
+        keypoints: (17, 3) detected COCO-17 u, v (pixels) and visibility.
+        world: (17, 3) the detector's COCO-17 world landmarks (metres, camera-aligned axes).
+        hypothesis: one of :data:`HYPOTHESES`.
+    """
+    uv, vis, w3 = keypoints[:, :2], keypoints[:, 2], world
+    if hypothesis == "swap":  # the detector's left/right labels swapped
+        uv, vis, w3 = uv[COCO17_FLIP], vis[COCO17_FLIP], w3[COCO17_FLIP]
+    centred = w3 - w3[HIPS].mean(0)
+    if hypothesis == "depth":  # limb depths mirrored about their shoulder / hip
+        centred = centred.copy()
+        for root, chain in (("shoulder", ("elbow", "wrist")), ("hip", ("knee", "ankle"))):
+            for side in ("left", "right"):
+                z0 = centred[COCO17.index(f"{side}_{root}"), 2]
+                for j in chain:
+                    k = COCO17.index(f"{side}_{j}")
+                    centred[k, 2] = 2 * z0 - centred[k, 2]
+    return uv, vis, centred
+
+
+@dataclass
+class FitTargets:
+    """What a batched fit is fitted to: ``N = M * B`` rows, hypothesis-major (row ``h * B + b`` is
+    hypothesis ``hypotheses[h]`` of image ``b``).
+
+    Attributes:
+        uv: (N, 17, 2) target pixels; conf: (N, 17) visibility, 0 where a joint does not enter;
+        world: (N, 17, 3) hip-centred world landmarks of the hypothesis; world_select: (N, 17, 3)
+        the landmarks the hypotheses are compared on (the ``depth`` hypothesis is judged on the
+        unmirrored ones); K: (N, 3, 3); scale: (N,) person size in pixels (>= 16);
+        hypotheses: the M hypotheses; images: B.
+    """
+
+    uv: np.ndarray
+    conf: np.ndarray
+    world: np.ndarray
+    world_select: np.ndarray
+    K: np.ndarray
+    scale: np.ndarray
+    hypotheses: tuple[str, ...]
+    images: int
+
+
+def stack_targets(observations: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], hypotheses: Sequence[str],
+                  min_visibility: float) -> FitTargets:
+    """:class:`FitTargets` of B images under M hypotheses.
+
+    Args:
+        observations: per image (keypoints (17, 3) u, v, visibility; world (17, 3); K (3, 3)).
+        hypotheses: names from :data:`HYPOTHESES`.
+        min_visibility: keypoints below this visibility get confidence 0.
+    """
+    B, M = len(observations), len(hypotheses)
+    N = B * M
+    t = FitTargets(uv=np.zeros((N, 17, 2)), conf=np.zeros((N, 17)), world=np.zeros((N, 17, 3)),
+                   world_select=np.zeros((N, 17, 3)), K=np.zeros((N, 3, 3)), scale=np.zeros(N),
+                   hypotheses=tuple(hypotheses), images=B)
+    for h, hyp in enumerate(hypotheses):
+        for b, (keypoints, world, K) in enumerate(observations):
+            n = h * B + b
+            t.uv[n], vis, t.world[n] = hypothesis_targets(keypoints, world, hyp)
+            t.world_select[n] = t.world[n] if hyp != "depth" else hypothesis_targets(keypoints, world, "base")[2]
+            t.K[n] = K
+            t.conf[n] = np.where(vis >= min_visibility, vis, 0.0)
+            seen = t.conf[n] > 0
+            t.scale[n] = max(np.ptp(t.uv[n][seen], axis=0).max(), 16.0)
+    return t
+
+
+def solve_translation(points: np.ndarray, uv: np.ndarray, K: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(3,) translation t so that ``points + t`` projects onto ``uv`` (weighted linear least squares).
+
+    With p = X + t, u = fx p_x / p_z + cx gives fx t_x - (u - cx) t_z = (u - cx) X_z - fx X_x, and the
+    same for v: two linear equations per point. A solution closer than 0.3 m to the camera (or
+    behind it) is moved to 0.3 m along z.
+
+    Args:
+        points: (N, 3) camera-oriented points (rotation applied); uv: (N, 2) pixels;
+        K: (3, 3); weights: (N,) >= 0, at least two points with weight > 0.
+    """
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    du, dv = uv[:, 0] - cx, uv[:, 1] - cy
+    n = len(points)
+    A = np.zeros((2 * n, 3))
+    b = np.zeros(2 * n)
+    A[:n, 0], A[:n, 2], b[:n] = fx, -du, du * points[:, 2] - fx * points[:, 0]
+    A[n:, 1], A[n:, 2], b[n:] = fy, -dv, dv * points[:, 2] - fy * points[:, 1]
+    sw = np.sqrt(np.concatenate([weights, weights]))
+    t, *_ = np.linalg.lstsq(A * sw[:, None], b * sw, rcond=None)
+    t[2] = max(t[2], 0.3)
+    return t
+
+
+def initial_placement(rest: np.ndarray, root_to_hips: np.ndarray, canonical_to_camera: np.ndarray, uv: np.ndarray,
+                      conf: np.ndarray, world: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(global_orient (3,), transl (3,)) the fit starts from, for one row.
+
+    The rotation R is the Kabsch fit of the rest torso onto the world landmarks' torso (weights:
+    the confidences, at least 0.05); the translation puts the rotated rest joints onto ``uv``
+    (:func:`solve_translation`, weights ``conf * COCO17_FIT_WEIGHT``), shifted because the body's
+    pivot is its root joint, not the hip midpoint.
+
+    Args:
+        rest: (17, 3) hip-centred COCO-17 of the rest body in camera orientation.
+        root_to_hips: (3,) hip midpoint relative to the root joint, canonical frame.
+        canonical_to_camera: (3, 3) the body model's canonical-to-camera rotation.
+        uv: (17, 2); conf: (17,); world: (17, 3) hip-centred; K: (3, 3).
+    """
+    torso = (rest[TORSO_INDEX], world[TORSO_INDEX], np.maximum(conf[TORSO_INDEX], 0.05))
+    R = rigid_rotation(*(torch.from_numpy(np.asarray(a, np.float64)) for a in torso)).numpy()
+    orient = R @ canonical_to_camera
+    transl = solve_translation(rest @ R.T, uv, K, conf * COCO17_FIT_WEIGHT)
+    return rotmat_to_rotvec(torch.from_numpy(orient)).numpy(), transl - root_to_hips @ orient.T
+
+
+# ---------------------------------------------------------------------------------------------
+# the body's part: which joints move, where the pose starts
+
+
+def free_joint_mask(body: BodyModel) -> np.ndarray:
+    """(J-1,) 1 for body_pose joints the fit may move, 0 for those it keeps at rest (:data:`ANNY_FIXED_BONES`)."""
+    if body.name == "anny":
+        return np.array([0.0 if n in ANNY_FIXED_BONES else 1.0 for n in ANNY_CMU31[1:]], np.float32)
+    return np.ones(body.num_body_joints, np.float32)
+
+
+def unmodelled_joint_mask(body: BodyModel, prior: PosePrior | None, free: np.ndarray) -> np.ndarray:
+    """(J-1,) 1 for free joints that get the L2 pull to their initial value: with a prior that has a
+    mean pose, the free joints it does not model (for Anny: outside ``ARTICULATED_INDEX``); else none."""
+    unmodelled = free.copy()
+    if prior is None or not hasattr(prior, "mean_pose"):
+        unmodelled[:] = 0.0
+    elif body.name == "anny":
+        unmodelled[list(ARTICULATED_INDEX)] = 0.0
+    return unmodelled
+
+
+def initial_pose(body: BodyModel, prior: PosePrior | None, use_mean_pose: bool = True) -> torch.Tensor:
+    """(J-1, 3) the pose the fit starts from: the prior's mean pose if it has one (of this body's
+    size) and ``use_mean_pose``, else zeros (the rest pose)."""
+    if use_mean_pose and prior is not None and hasattr(prior, "mean_pose"):
+        pose = torch.as_tensor(prior.mean_pose(), dtype=torch.float32).reshape(-1, 3)
+        if pose.shape[0] == body.num_body_joints:
+            return pose.detach().clone()
+    return torch.zeros(body.num_body_joints, 3)
+
+
+def rest_joints_camera(body: BodyModel, joints: Callable[[dict], torch.Tensor], pose: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(rest (17, 3), root_to_hips (3,)): COCO-17 of the neutral-shape body in ``pose`` (J-1, 3), in
+    camera orientation (rotation only) and hip-centred; and its hip midpoint relative to the root
+    joint in the canonical frame. ``joints`` maps parameters to (B, 17, 3) COCO-17."""
+    params = body.neutral_params(1)
+    params["body_pose"] = pose[None]
+    with torch.no_grad():
+        coco = joints(params)[0].double().numpy()
+    root_to_hips = coco[HIPS].mean(0)
+    coco = coco @ body.canonical_to_camera.double().numpy().T
+    return coco - coco[HIPS].mean(0), root_to_hips
+
+
+# ---------------------------------------------------------------------------------------------
+# the optimisation
+
+
+@dataclass
+class FitResult:
+    """Outcome of :func:`optimise`: ``params`` (N rows, detached) and their ``energy`` (N,),
+    evaluated on ``world_select``."""
+
+    params: dict[str, torch.Tensor]
+    energy: torch.Tensor
+
+
+def optimise(body: BodyModel, joints: Callable[[dict], torch.Tensor], targets: FitTargets, orient0: np.ndarray,
+             transl0: np.ndarray, pose0: torch.Tensor, free: np.ndarray, unmodelled: np.ndarray,
+             prior: PosePrior | None, weights: FitWeights) -> FitResult:
+    """Minimise the energy of the module docstring for every row of ``targets`` at once (Adam).
+
+    Args:
+        body: the body model (shape key, sizes, neutral shape); joints: parameters -> (N, 17, 3)
+            camera-frame COCO-17 (the full forward or a reduced one).
+        targets: :func:`stack_targets`; orient0, transl0: (N, 3) :func:`initial_placement`.
+        pose0: (J-1, 3) :func:`initial_pose`; free, unmodelled: (J-1,) :func:`free_joint_mask`,
+            :func:`unmodelled_joint_mask`.
+        prior: pose prior whose ``penalty`` regularises the pose; None: :func:`fallback_pose_penalty`.
+    """
+    cw = weights
+    N = len(targets.uv)
+    def tt(a) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(a), dtype=torch.float32)
+
+    uv_t, K_t, world_t, scale_t = tt(targets.uv), tt(targets.K), tt(targets.world), tt(targets.scale)
+    w2_t = tt(targets.conf * COCO17_FIT_WEIGHT)
+    w3_t = tt(targets.conf * (COCO17_WORLD_WEIGHT if cw.world_reliability else COCO17_FIT_WEIGHT))
+    free_t = tt(free)[None, :, None]
+    unmodelled_t = tt(unmodelled)[None, :, None]
+    pose0 = pose0[None]
+    orient = tt(orient0).requires_grad_(True)
+    transl = tt(transl0).requires_grad_(True)
+    delta = torch.zeros(N, body.num_body_joints, 3, requires_grad=True)
+    neutral = body.neutral_params(1)[body.shape_key]
+    shape_logit = torch.zeros(N, body.shape_dim, requires_grad=True)
+
+    def params_now() -> dict[str, torch.Tensor]:
+        shape = torch.sigmoid(shape_logit) if body.shape_key == "phenotype" else shape_logit * 3.0
+        return {"global_orient": orient, "body_pose": pose0 + delta * free_t, body.shape_key: shape, "transl": transl}
+
+    def energy(p: Mapping[str, torch.Tensor], joints_mask: torch.Tensor, world: torch.Tensor = world_t) -> torch.Tensor:
+        coco = joints(p)  # (N, 17, 3)
+        loss_2d = reprojection_energy(coco, K_t, uv_t, scale_t, w2_t * joints_mask, cw.robust_sigma)
+        loss_3d = relative_3d_energy(coco, world, w3_t * joints_mask, cw.align_3d, cw.align_scale, cw.sigma_3d)
+        if prior is not None:
+            loss_pose = cw.w_pose * prior.penalty(p["body_pose"])
+            if cw.w_unmodelled > 0 and unmodelled.any():
+                loss_pose = loss_pose + cw.w_unmodelled * ((delta * unmodelled_t) ** 2).sum((-1, -2))
+        else:
+            loss_pose = cw.w_fallback * fallback_pose_penalty(p["body_pose"])
+        loss_shape = ((p[body.shape_key] - neutral) ** 2).sum(-1)
+        return cw.w_2d * loss_2d + cw.w_3d * loss_3d + loss_pose + cw.w_shape * loss_shape
+
+    torso_mask = torch.zeros(17)
+    torso_mask[TORSO_INDEX] = 1.0
+    ones = torch.ones(17)
+    stage1 = torch.optim.Adam([orient, transl], lr=cw.lr)
+    for _ in range(cw.iters_global):
+        stage1.zero_grad()
+        energy(params_now(), torso_mask).sum().backward()
+        stage1.step()
+    stage2 = torch.optim.Adam([orient, transl, delta, shape_logit], lr=cw.lr)
+    for it in range(cw.iters_full):
+        if cw.lr_final != 1.0:
+            f = cw.lr_final + (1 - cw.lr_final) * 0.5 * (1 + math.cos(math.pi * it / max(cw.iters_full - 1, 1)))
+            for g in stage2.param_groups:
+                g["lr"] = cw.lr * f
+        stage2.zero_grad()
+        energy(params_now(), ones).sum().backward()
+        stage2.step()
+    with torch.no_grad():
+        final = {k: v.detach() for k, v in params_now().items()}
+        return FitResult(final, energy(final, ones, tt(targets.world_select)))
+
+
+def select_hypotheses(result: FitResult, targets: FitTargets) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+    """(params of the B chosen rows, (B,) index into ``targets.hypotheses``): per image the
+    hypothesis with the lowest final energy."""
+    B = targets.images
+    best = result.energy.reshape(len(targets.hypotheses), B).argmin(0)  # (B,)
+    rows = best * B + torch.arange(B)
+    return {k: v[rows] for k, v in result.params.items()}, best.numpy()
