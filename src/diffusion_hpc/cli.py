@@ -1,4 +1,7 @@
-"""The ``dhpc`` command line. Every command calls the same Python API a user would.
+"""The ``dhpc`` command line. Every command calls the same Python API a user would, with the same
+config object (:mod:`diffusion_hpc.config`): a command's flags are its config's fields (flag
+``--max-steps`` = field ``max_steps``), ``--config FILE`` loads the fields from YAML, flags given
+win over the file, and every default and help text comes from the config's fields.
 
 Errors in the user's input (bad file, bad value, missing model) print one line and exit with 2.
 """
@@ -8,10 +11,27 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import typing
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from diffusion_hpc import __version__
+from diffusion_hpc.config import (
+    CameraConfig,
+    CommandConfig,
+    EstimateConfig,
+    EvaluateConfig,
+    ExportConfig,
+    GenerateConfig,
+    QualityConfig,
+    RenderBaselineConfig,
+    SamplerConfig,
+    TrainConfig,
+    build,
+)
 from diffusion_hpc.errors import DhpcError
+from diffusion_hpc.geometry.boxes import BOX_EXPAND
 
 EPILOG_GENERATE = """examples:
   dhpc generate --mode D --poses builtin -n 16 --out runs/demo
@@ -45,6 +65,269 @@ def _size(text: str) -> tuple[int, int]:
     raise argparse.ArgumentTypeError(f"expected SIZE or HEIGHTxWIDTH, got {text!r}")
 
 
+def _default_text(model: type[BaseModel], name: str) -> str:
+    """`` (default: X)`` for a field with a default worth showing ("" for None, booleans, empty lists)."""
+    info = model.model_fields[name]
+    if info.is_required():
+        return " (required)"
+    value = info.default
+    if value is None or isinstance(value, bool) or value == [] or value == {}:
+        return ""
+    shown = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+    return f" (default: {shown})"
+
+
+def _help(model: type[BaseModel], name: str, text: str | None = None) -> str:
+    """A flag's help: ``text`` (default: the field's docstring) and the field's default, read from the model."""
+    text = " ".join((text or model.model_fields[name].description or "").split())
+    return (text + _default_text(model, name)).replace("%", "%%")
+
+
+def _choices(model: type[BaseModel], name: str) -> list | None:
+    """The values of a ``Literal`` (or ``Optional[Literal]``) field, else None."""
+    annotation = model.model_fields[name].annotation
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if typing.get_origin(candidate) is typing.Literal:
+            return list(typing.get_args(candidate))
+    return None
+
+
+def _flag(parser: argparse.ArgumentParser, model: type[BaseModel], name: str, *flags: str, text: str | None = None,
+          **kwargs) -> None:
+    """The flag of ``model``'s field ``name`` (``--field-name`` unless ``flags`` are given): dest is the
+    field, default None (= not given: the config file's value, else the field's default), help and
+    choices from the field."""
+    if kwargs.get("action") not in ("store_true", "store_false"):
+        choices = _choices(model, name)
+        if choices is not None:
+            kwargs.setdefault("choices", choices)
+    parser.add_argument(*(flags or ("--" + name.replace("_", "-"),)), dest=name, default=None,
+                        help=_help(model, name, text), **kwargs)
+
+
+def _config_flag(parser: argparse.ArgumentParser, example: str) -> None:
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help=f"YAML file of options, named as the flags with _ for - (e.g. {example}); flags given "
+                        "here override it")
+
+
+def _given(args: argparse.Namespace, model: type[BaseModel]) -> dict:
+    """The flags given on the command line (not None) that are fields of ``model``."""
+    return {name: getattr(args, name) for name in model.model_fields if getattr(args, name, None) is not None}
+
+
+def _load(model: type[CommandConfig], path: Path | None, flags: dict) -> CommandConfig:
+    """``model`` from a config file (if any) with the flags given winning; one-line errors."""
+    if path is not None:
+        return model.from_yaml(path, **flags)
+    return build(model, flags, source="options")
+
+
+def _by_mode(name: str) -> str:
+    """`` (default: D: x; T, R: y)`` for a GenerateConfig field its validator resolves by mode."""
+    d = getattr(GenerateConfig(), name)
+    guided = getattr(GenerateConfig(mode="T", prompt="p", backbone="b"), name)
+    value = (lambda v: str(v).lower() if isinstance(v, bool) else str(v))
+    return f" (default: D: {value(d)}; T, R: {value(guided)})"
+
+
+def _by_preset(name: str) -> str:
+    """`` (default: the preset's, ...)`` for a sampler field the preset fills in."""
+    sampler = SamplerConfig()
+    return f" (default: the preset's; preset {sampler.preset}: {getattr(sampler, name)})"
+
+
+def _add_generate(sub) -> None:
+    G = GenerateConfig
+    g = sub.add_parser(
+        "generate",
+        help="generate a labelled dataset",
+        description="Generate labelled samples (image, mask, depth, body parameters, 3D joints, 2D keypoints) "
+        "into WebDataset shards. Every sample is reproducible from (--seed, its index).",
+        epilog=EPILOG_GENERATE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g.add_argument("--out", required=True, type=Path, help="dataset directory to create (or continue with --resume)")
+    _config_flag(g, "n: 1000")
+    _flag(g, G, "mode", text="T: from text prompts; R: from your real images (--guides); D: from body poses")
+    _flag(g, G, "prompt", text="T (R, D: optional): an action phrase put into the prompt templates "
+          "('doing a backflip'), or a full prompt (starts with a/an/the or holds a comma)")
+    _flag(g, G, "prompts", type=Path, metavar="FILE", text="text file: one prompt or action phrase per line (instead of --prompt)")
+    _flag(g, G, "guides", type=Path, metavar="DIR", text="R: folder of your real images of the domain (start images)")
+    _flag(g, G, "poses", text="D: 'builtin' (CMU mocap poses retargeted to Anny) or a pose file (.npz)")
+    _flag(g, G, "n", "-n", "--num-samples", type=int, text="number of samples")
+    _flag(g, G, "k", "-k", type=int, text="T, R: variants per guide, the estimate + k-1 augmented poses" + _by_mode("k"))
+    _flag(g, G, "seed", type=int, text="run seed")
+    g.add_argument("--resume", action="store_true", help="continue a killed run in --out (same options)")
+    _flag(g, G, "generator", text="image generator: render (shaded-mesh baseline), depth2img (SD-2-depth) or "
+          "controlnet (ControlNet-depth)" + _by_mode("generator"))
+    _flag(g, G, "backbone", metavar="PATH_OR_ID", text="diffusion backbone: local directory, or a hub id from the local cache (offline)")
+    _flag(g, G, "controlnet", metavar="PATH_OR_ID", text="ControlNet-depth model directory or cached hub id (--generator controlnet)")
+    _flag(g, G, "lora", metavar="PATH", text="LoRA weights of a domain-fine-tuned backbone (.safetensors file or folder)")
+    _flag(g, G, "lora_scale", type=float, metavar="S", text="LoRA strength (0 = the plain backbone)")
+    _flag(g, G, "segmenter", metavar="NAME", text="mediapipe or a transformers instance-segmentation checkpoint")
+    s = g.add_argument_group("diffusion sampler (a preset, then any value given here overrides it)")
+    S = SamplerConfig
+    _flag(s, S, "preset", text="original (the paper: DDIM, 50 steps, guidance 7.5), default (DPM++ 2M, 20 steps), "
+          "fast (LCM backbones)")
+    _flag(s, S, "scheduler", text="scheduler of the start image and the regeneration" + _by_preset("scheduler"))
+    _flag(s, S, "txt2img_steps", type=int, metavar="N",
+          text="denoising steps of the start image (mode T)" + _by_preset("txt2img_steps"))
+    _flag(s, S, "steps", type=int, metavar="N", text="nominal steps of the regeneration; round(strength x steps) run "
+          "on a start image" + _by_preset("steps"))
+    _flag(s, S, "strength", type=float, metavar="S", text="SDEdit noise strength of the regeneration, 0..1" + _by_preset("strength"))
+    _flag(s, S, "guidance", type=float, metavar="G", text="classifier-free guidance scale; <= 1: off (one UNet evaluation per step)"
+          + _by_preset("guidance"))
+    _flag(s, S, "controlnet_scale", type=float, metavar="S", text="ControlNet conditioning scale (--generator controlnet)")
+    _flag(s, S, "blur_prob", type=float, metavar="P", text="probability of a Gaussian blur (radius 1-2.5 px) of the regenerated "
+          "image (diffusion generators)")
+    _flag(g, G, "hard_only", action="store_true",
+          text="T, R: keep only guides whose pose-prior score is >= the hard threshold")
+    _flag(g, G, "verify", action=argparse.BooleanOptionalAction, text="re-estimate the body in the final image and "
+          "record pck_agreement / mask_iou" + _by_mode("verify"))
+    _flag(g, G, "min_agreement", type=float, metavar="X", text="drop samples whose pck_agreement is below this (0..1)")
+    _flag(g, G, "cycles", type=int, metavar="N", text="extra estimate -> regenerate cycles on the output image")
+    _flag(g, G, "prior_path", type=Path, metavar="FILE", text="pose-prior weights (default: the shipped Anny prior)")
+    _flag(g, G, "body_model", text="body model")
+    _flag(g, G, "smpl_path", type=Path, metavar="PATH", text="SMPL / SMPL-X model file or folder (for --body-model smpl|smplx)")
+    _flag(g, G, "image_size", type=_size, metavar="SIZE", text="SIZE or HEIGHTxWIDTH in pixels")
+    _flag(g, G, "batch_size", type=int, metavar="N", text="samples per batch")
+    _flag(g, G, "shard_size", type=int, metavar="N", text="samples per shard (T, R: a multiple of -k)"
+          + _by_mode("shard_size"))
+    _flag(g, G, "renderer", text="rasteriser backend (auto: GL, else PyTorch)")
+    _flag(g, RenderBaselineConfig, "backgrounds", type=Path, metavar="DIR",
+          text="folder of background images for the render baseline (default: procedural)")
+    _flag(g, RenderBaselineConfig, "augment", "--no-augment", action="store_false",
+          text="no blur / noise / colour augmentation of the render baseline")
+    _flag(g, CameraConfig, "fov_deg", "--fov", type=_range, metavar="LOW,HIGH", text="vertical field of view range, degrees")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_estimate(sub) -> None:
+    E = EstimateConfig
+    est = sub.add_parser("estimate", help="fit body meshes to the people in images (MediaPipe + body-model fit)",
+                         description="Detect the most prominent person per image (MediaPipe Pose), fit the body "
+                         "model to its 2D and 3D landmarks, and write per image: ok/reason, body parameters "
+                         "(camera frame), K, joints3d, keypoints2d, confidence, plus a preview with the mesh.")
+    _flag(est, E, "images", nargs="+", type=Path, metavar="PATH")
+    _flag(est, E, "out", type=Path, metavar="FILE")
+    _config_flag(est, "batch_size: 8")
+    _flag(est, E, "estimator")
+    _flag(est, E, "checkpoint", type=Path, metavar="PATH")
+    _flag(est, E, "mean_params", type=Path, metavar="FILE")
+    _flag(est, E, "body_model")
+    _flag(est, E, "smpl_path", type=Path, metavar="PATH")
+    _flag(est, E, "preview", type=Path, metavar="DIR")
+    _flag(est, E, "batch_size", type=int, metavar="N")
+    _flag(est, E, "prior", "--no-prior", action="store_false",
+          text="mediapipe: regularise the fit with a plain L2 / joint-limit penalty instead of the pose prior")
+
+
+def _add_train(sub) -> None:
+    T = TrainConfig
+    t = sub.add_parser("train", help="fine-tune an HMR regressor on synthetic (+ real) data",
+                       description="Fine-tune an HMR regressor (ResNet-50 / ViT backbone from transformers, iterative\n"
+                       "error-feedback head) on our synthetic shards mixed per sample with real benchmarks.\n"
+                       "Runs on Lightning: --devices/--num-nodes/--strategy scale it out. The run folder keeps\n"
+                       "the config as OUT/train.yaml; --resume continues with it (budget, hardware, logging and\n"
+                       "validation may change).",
+                       epilog="real sources: spin:FILE.npz, skipose:ROOT_OR_labels.h5, smart:FILE_OR_DIR.json\n\n"
+                       "validation (--val): the same forms (SkiPose: its test split) or a dataset folder; each\n"
+                       "validation scores the regressor as dhpc evaluate --crop-size CROP would. It writes\n"
+                       "  RUN/val.jsonl   one row per validation: step and metrics (also val/* in RUN/logs/*/metrics.csv)\n"
+                       "  RUN/best/       the best regressor so far (lowest PA-MPJPE; highest PCK without 3D labels),\n"
+                       "                  best/best.json says from which step\n"
+                       "examples:\n"
+                       "  dhpc train --synthetic runs/d1 --real skipose:SkiPose --val skipose:SkiPose --val-every 1000 \\\n"
+                       "      --out runs/hmr     # trains on SkiPose's train split, validates on its test split\n"
+                       "  dhpc train --config hmr.yaml --out runs/hmr2   # options from YAML (field names), flags win",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _flag(t, T, "synthetic", nargs="*", type=Path, metavar="DIR")
+    _flag(t, T, "real", nargs="*", metavar="SOURCE", text="real benchmark sources (see below), mixed in per sample")
+    _flag(t, T, "out", type=Path, metavar="RUN")
+    _config_flag(t, "max_steps: 5000")
+    _flag(t, T, "checkpoint", type=Path, metavar="PATH")
+    _flag(t, T, "resume", action="store_true")
+    _flag(t, T, "max_steps", type=int, metavar="N")
+    _flag(t, T, "max_minutes", type=float, metavar="M")
+    _flag(t, T, "batch_size", type=int, metavar="N")
+    _flag(t, T, "lr", type=float)
+    _flag(t, T, "real_ratio", type=float, metavar="R")
+    _flag(t, T, "backbone")
+    _flag(t, T, "pretrained", type=Path, metavar="DIR")
+    _flag(t, T, "body_model")
+    _flag(t, T, "smpl_path", type=Path, metavar="PATH")
+    _flag(t, T, "crop_size", type=int, metavar="PX")
+    _flag(t, T, "augment", "--no-augment", action="store_false",
+          text="no rotation / scale / colour / flip augmentation of the crops")
+    _flag(t, T, "seed", type=int)
+    _flag(t, T, "devices", metavar="N|auto")
+    _flag(t, T, "num_nodes", type=int, metavar="N")
+    _flag(t, T, "strategy", metavar="NAME")
+    _flag(t, T, "accelerator", metavar="NAME")
+    _flag(t, T, "workers", type=int, metavar="N")
+    _flag(t, T, "checkpoint_every", type=int, metavar="N")
+    _flag(t, T, "log_every", type=int, metavar="N")
+    _flag(t, T, "val", metavar="SOURCE")
+    _flag(t, T, "val_every", type=int, metavar="N", text="validate every N steps and at the end "
+          f"(default: --checkpoint-every, {T.model_fields['checkpoint_every'].default})")
+    _flag(t, T, "val_limit", type=int, metavar="N")
+
+
+def _add_evaluate(sub) -> None:
+    V = EvaluateConfig
+    ev = sub.add_parser("evaluate", help="evaluate a regressor: MPJPE / PA-MPJPE / PCK under a benchmark protocol",
+                        description="SkiPose: H36M-17, root-centred, joint 9 dropped, mm (test split). SMART: PCK at "
+                        "0.1 x crop size over visible joints, averaged per image. Our datasets: H36M-17 "
+                        "root-centred MPJPE / PA-MPJPE and PCK. The results JSON (--out) holds the config too.")
+    _flag(ev, V, "checkpoint", type=Path, metavar="RUN")
+    _flag(ev, V, "data", metavar="SOURCE")
+    _flag(ev, V, "out", type=Path, metavar="FILE")
+    _config_flag(ev, "crop_size: 224")
+    _flag(ev, V, "limit", type=int, metavar="N")
+    _flag(ev, V, "batch_size", type=int, metavar="N")
+    _flag(ev, V, "crop_size", type=int, metavar="PX")
+    _flag(ev, V, "smpl_path", type=Path, metavar="PATH")
+
+
+def _add_quality(sub) -> None:
+    Q = QualityConfig
+    q = sub.add_parser("quality", help="FID / KID, human-only H-FID / H-KID and dataset statistics vs a real set",
+                       description="Standard Inception-v3 FID and KID (clean-fid conventions: PIL bicubic resize to "
+                       "299; KID unbiased, over subsets, with its std and the sample counts), the same on human-only "
+                       "images (non-person pixels blacked out: dataset masks for generated data, the segmenter for "
+                       "real images), and the manifest figures (prior scores, label agreement, drops, UNet cost). "
+                       "Several --generated sets give one comparison table. Writes quality.json and quality.html.",
+                       epilog="FID weights: pass --fid-weights FILE (pytorch-fid's pt_inception-2015-12-05-6726825d.pth), "
+                       "or set DHPC_FID_WEIGHTS, or put the file in DHPC_CACHE_DIR/fid/. Nothing is downloaded.")
+    _flag(q, Q, "real", metavar="SOURCE")
+    _flag(q, Q, "generated", nargs="+", metavar="DIR")
+    _flag(q, Q, "out", type=Path, metavar="DIR")
+    _config_flag(q, "kid_subsets: 50")
+    _flag(q, Q, "human_only", "--no-human-only", action="store_false",
+          text="skip the human-only H-FID / H-KID (on by default)")
+    _flag(q, Q, "fid_weights", type=Path, metavar="FILE")
+    _flag(q, Q, "kid_subsets", type=int, metavar="N")
+    _flag(q, Q, "kid_subset_size", type=int, metavar="N")
+    _flag(q, Q, "batch_size", type=int, metavar="N")
+    _flag(q, Q, "limit", type=int, metavar="N")
+    _flag(q, Q, "segmenter", metavar="NAME")
+
+
+def _add_export(sub) -> None:
+    X = ExportConfig
+    e = sub.add_parser("export", help="export a dataset for other training code (SPIN npz, COCO json)",
+                       description="Write a dataset as a SPIN-style npz or a COCO keypoints json, with the images "
+                       "in an images/ folder beside the output file. Crop cameras (focal 5000 at 224 px) are "
+                       "computed here; the dataset keeps the full-image camera.")
+    e.add_argument("dataset", nargs="?", type=Path, default=None, help=_help(X, "dataset"))
+    _flag(e, X, "format")
+    _flag(e, X, "out", type=Path, metavar="FILE")
+    _config_flag(e, "box_expand: 1.3")
+    _flag(e, X, "box_expand", type=float, metavar="X", text="person box = the mask's bounding box x this "
+          f"(default: {BOX_EXPAND}, the expansion of every person box in the project)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dhpc",
@@ -55,55 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    g = sub.add_parser(
-        "generate",
-        help="generate a labelled dataset",
-        description="Generate labelled samples (image, mask, depth, body parameters, 3D joints, 2D keypoints) "
-        "into WebDataset shards. Every sample is reproducible from (--seed, its index).",
-        epilog=EPILOG_GENERATE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    g.add_argument("--out", required=True, type=Path, help="dataset directory to create (or continue with --resume)")
-    g.add_argument("--config", type=Path, help="YAML config file; flags given here override it")
-    g.add_argument("--mode", choices=["T", "R", "D"],
-                   help="T: from text prompts; R: from your real images (--guides); D: from body poses (default D)")
-    g.add_argument("--prompt", help="T (R, D: optional): an action phrase put into the prompt templates "
-                   "('doing a backflip'), or a full prompt (starts with a/an/the or holds a comma)")
-    g.add_argument("--prompts", type=Path, help="text file: one prompt or action phrase per line (instead of --prompt)")
-    g.add_argument("--guides", type=Path, help="R: folder of your real images of the domain (start images)")
-    g.add_argument("--poses", help="D: 'builtin' (CMU mocap poses retargeted to Anny) or a pose file (.npz)")
-    g.add_argument("-n", "--num-samples", dest="n", type=int, help="number of samples (default 16)")
-    g.add_argument("-k", type=int, help="T, R: variants per guide, the estimate + k-1 augmented poses (default 3)")
-    g.add_argument("--seed", type=int, help="run seed (default 0)")
-    g.add_argument("--resume", action="store_true", help="continue a killed run in --out (same options)")
-    g.add_argument("--generator", choices=["render", "depth2img", "controlnet"],
-                   help="image generator: render (shaded-mesh baseline, default in mode D), depth2img "
-                   "(SD-2-depth, default in T and R) or controlnet (ControlNet-depth)")
-    g.add_argument("--backbone", help="diffusion backbone: local directory, or a hub id from the local cache (offline)")
-    g.add_argument("--controlnet", help="ControlNet-depth model directory or cached hub id (--generator controlnet)")
-    g.add_argument("--lora", help="LoRA weights of a domain-fine-tuned backbone (.safetensors file or folder)")
-    g.add_argument("--lora-scale", type=float, help="LoRA strength (default 1; 0 = the plain backbone)")
-    g.add_argument("--segmenter", help="mediapipe (default) or a transformers instance-segmentation checkpoint")
-    g.add_argument("--preset", choices=["original", "default", "fast"],
-                   help="sampler preset: original (paper: 50 steps), default (DPM++ 20 steps), fast (LCM backbones)")
-    g.add_argument("--hard-only", action="store_true", default=None,
-                   help="T, R: keep only guides whose pose-prior score is >= the hard threshold")
-    g.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
-                   help="re-estimate the body in the final image and record pck_agreement / mask_iou "
-                   "(default: on for diffusion generators)")
-    g.add_argument("--min-agreement", type=float, help="drop samples whose pck_agreement is below this (0..1)")
-    g.add_argument("--cycles", type=int, help="extra estimate -> regenerate cycles on the output image (default 0)")
-    g.add_argument("--prior-path", type=Path, help="pose-prior weights (default: the shipped Anny prior)")
-    g.add_argument("--body-model", choices=["anny", "smpl", "smplx"], help="body model (default anny)")
-    g.add_argument("--smpl-path", type=Path, help="SMPL / SMPL-X model file or folder (for --body-model smpl|smplx)")
-    g.add_argument("--image-size", type=_size, help="SIZE or HEIGHTxWIDTH in pixels (default 512)")
-    g.add_argument("--batch-size", type=int, help="samples per batch (default 16)")
-    g.add_argument("--shard-size", type=int, help="samples per shard (default 256)")
-    g.add_argument("--renderer", choices=["auto", "gl", "torch"], help="rasteriser backend (default auto: GL, else PyTorch)")
-    g.add_argument("--backgrounds", type=Path, help="folder of background images for the render baseline (default: procedural)")
-    g.add_argument("--no-augment", action="store_true", help="no blur / noise / colour augmentation")
-    g.add_argument("--fov", type=_range, metavar="LOW,HIGH", help="vertical field of view range, degrees")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_generate(sub)
 
     i = sub.add_parser("inspect", help="summarise a dataset and write its preview grid",
                        description="Print counts, failures by reason, timings and score histograms; write preview.png.")
@@ -123,76 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     show = psub.add_parser("show", help="print what a pose file holds")
     show.add_argument("file", help="pose file (.npz) or 'builtin'")
 
-    est = sub.add_parser("estimate", help="fit body meshes to the people in images (MediaPipe + body-model fit)",
-                         description="Detect the most prominent person per image (MediaPipe Pose), fit the body "
-                         "model to its 2D and 3D landmarks, and write per image: ok/reason, body parameters "
-                         "(camera frame), K, joints3d, keypoints2d, confidence, plus a preview with the mesh.")
-    est.add_argument("--images", required=True, nargs="+", type=Path, help="image files or a folder")
-    est.add_argument("--out", required=True, type=Path, help="results file (.npz)")
-    est.add_argument("--body-model", choices=["anny", "smpl", "smplx"],
-                     help="body model of the MediaPipe fit (default anny); a regressor's is its checkpoint's")
-    est.add_argument("--smpl-path", type=Path, help="SMPL / SMPL-X model file or folder")
-    est.add_argument("--preview", type=Path, help="folder for preview PNGs (default: next to --out)")
-    est.add_argument("--batch-size", type=int, default=16, help="images fitted together (default 16)")
-    est.add_argument("--no-prior", dest="prior", action="store_false",
-                     help="regularise the fit with a plain L2 / joint-limit penalty instead of the default pose prior")
-    est.add_argument("--estimator", choices=["mediapipe", "hmr", "spin"], default="mediapipe",
-                     help="mediapipe: landmarks + body-model fit (default); hmr: a regressor from dhpc train "
-                     "(--checkpoint RUN_DIR); spin: SPIN's SMPL model_checkpoint.pt (--checkpoint, --smpl-path)")
-    est.add_argument("--checkpoint", type=Path, help="hmr / spin: the regressor checkpoint")
-    est.add_argument("--mean-params", type=Path,
-                     help="spin: smpl_mean_params.npz, when the checkpoint lacks the mean-parameter buffers")
 
-    t = sub.add_parser("train", help="fine-tune an HMR regressor on synthetic (+ real) data",
-                       description="Fine-tune an HMR regressor (ResNet-50 / ViT backbone from transformers, iterative\n"
-                       "error-feedback head) on our synthetic shards mixed per sample with real benchmarks.\n"
-                       "Runs on Lightning: --devices/--num-nodes/--strategy scale it out.",
-                       epilog="real sources: spin:FILE.npz, skipose:ROOT_OR_labels.h5, smart:FILE_OR_DIR.json\n\n"
-                       "validation (--val): the same forms (SkiPose: its test split) or a dataset folder; each\n"
-                       "validation scores the regressor as dhpc evaluate --crop-size CROP would. It writes\n"
-                       "  RUN/val.jsonl   one row per validation: step and metrics (also val/* in RUN/logs/*/metrics.csv)\n"
-                       "  RUN/best/       the best regressor so far (lowest PA-MPJPE; highest PCK without 3D labels),\n"
-                       "                  best/best.json says from which step\n"
-                       "example:\n"
-                       "  dhpc train --synthetic runs/d1 --real skipose:SkiPose --val skipose:SkiPose --val-every 1000 \\\n"
-                       "      --out runs/hmr     # trains on SkiPose's train split, validates on its test split",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--synthetic", nargs="*", default=[], metavar="DIR", help="dataset folders from dhpc generate")
-    t.add_argument("--real", nargs="*", default=[], metavar="SOURCE", help="real benchmark sources (see below)")
-    t.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, logs, exported regressor)")
-    t.add_argument("--checkpoint", help="initial weights (run folder, .safetensors or .ckpt); weights only")
-    t.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoints/last.ckpt")
-    t.add_argument("--max-steps", type=int, default=10000)
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--lr", type=float, default=1e-4)
-    t.add_argument("--real-ratio", type=float, default=0.5, help="share of real samples per batch (default 0.5)")
-    t.add_argument("--backbone", default="resnet50", choices=["resnet50", "vit", "tiny"])
-    t.add_argument("--pretrained", help="local transformers checkpoint folder for the backbone")
-    t.add_argument("--body-model", default="anny", choices=["anny", "smpl", "smplx"])
-    t.add_argument("--smpl-path", help="SMPL / SMPL-X model file or folder")
-    t.add_argument("--crop-size", type=int, default=224)
-    t.add_argument("--devices", default="1", help="devices per node (number or 'auto')")
-    t.add_argument("--num-nodes", type=int, default=1)
-    t.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp")
-    t.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
-    t.add_argument("--workers", type=int, default=2, help="data-loading workers per device")
-    t.add_argument("--max-minutes", type=float, help="stop after this much training time (total over resumes)")
-    t.add_argument("--val", metavar="SOURCE", help="held-out data scored during training: skipose:PATH, smart:PATH, "
-                   "spin:PATH or a dataset folder (as dhpc evaluate --data)")
-    t.add_argument("--val-every", type=int, metavar="N", help="validate every N steps and at the end (default 500, the checkpoint interval)")
-    t.add_argument("--val-limit", type=int, metavar="N", help="validate on the first N samples of --val only")
-
-    ev = sub.add_parser("evaluate", help="evaluate a regressor: MPJPE / PA-MPJPE / PCK under a benchmark protocol",
-                        description="SkiPose: H36M-17, root-centred, joint 9 dropped, mm (test split). SMART: PCK at "
-                        "0.1 x crop size over visible joints, averaged per image. Our datasets: H36M-17 "
-                        "root-centred MPJPE / PA-MPJPE and PCK.")
-    ev.add_argument("--checkpoint", required=True, help="exported regressor (a dhpc train run folder)")
-    ev.add_argument("--data", required=True, help="skipose:PATH, smart:PATH, spin:PATH or a dataset folder")
-    ev.add_argument("--out", type=Path, help="results JSON (default: print only)")
-    ev.add_argument("--limit", type=int, help="evaluate the first N samples only")
-    ev.add_argument("--batch-size", type=int, default=32)
-    ev.add_argument("--crop-size", type=int, default=224)
-    ev.add_argument("--smpl-path", help="SMPL model file or folder, for SMPL regressors")
+    _add_estimate(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
 
     bb = sub.add_parser("backbone", help="diffusion backbones: write a tiny random one for smoke tests",
                         description="Backbone tools. 'tiny' writes a tiny randomly initialised text-to-image + "
@@ -206,34 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="write a tiny SDXL text-to-image + SDXL ControlNet-depth set instead (two text encoders, "
                       "size/crop conditioning; no depth2img part: use --generator controlnet)")
 
-    q = sub.add_parser("quality", help="FID / KID, human-only H-FID / H-KID and dataset statistics vs a real set",
-                       description="Standard Inception-v3 FID and KID (clean-fid conventions: PIL bicubic resize to "
-                       "299; KID unbiased, over subsets, with its std and the sample counts), the same on human-only "
-                       "images (non-person pixels blacked out: dataset masks for generated data, the segmenter for "
-                       "real images), and the manifest figures (prior scores, label agreement, drops, UNet cost). "
-                       "Several --generated sets give one comparison table. Writes quality.json and quality.html.",
-                       epilog="FID weights: pass --fid-weights FILE (pytorch-fid's pt_inception-2015-12-05-6726825d.pth), "
-                       "or set DHPC_FID_WEIGHTS, or put the file in DHPC_CACHE_DIR/fid/. Nothing is downloaded.")
-    q.add_argument("--real", required=True, help="a folder of real images or one of our datasets")
-    q.add_argument("--generated", required=True, nargs="+", help="dataset folders to compare")
-    q.add_argument("--out", required=True, type=Path, help="report folder")
-    q.add_argument("--no-human-only", dest="human_only", action="store_false",
-                   help="skip the human-only H-FID / H-KID (on by default)")
-    q.add_argument("--fid-weights", help="Inception-v3 FID weights file")
-    q.add_argument("--kid-subsets", type=int, default=100)
-    q.add_argument("--kid-subset-size", type=int, default=1000)
-    q.add_argument("--batch-size", type=int, default=32)
-    q.add_argument("--limit", type=int, help="at most this many images per set")
-    q.add_argument("--segmenter", default="mediapipe", help="person segmenter for real image folders")
 
-    e = sub.add_parser("export", help="export a dataset for other training code (SPIN npz, COCO json)",
-                       description="Write a dataset as a SPIN-style npz or a COCO keypoints json, with the images "
-                       "in an images/ folder beside the output file. Crop cameras (focal 5000 at 224 px) are "
-                       "computed here; the dataset keeps the full-image camera.")
-    e.add_argument("dataset", type=Path, help="dataset directory")
-    e.add_argument("--format", required=True, choices=["spin-npz", "coco-json"], dest="fmt")
-    e.add_argument("--out", required=True, type=Path, help="output file (.npz or .json)")
-    e.add_argument("--box-expand", type=float, default=1.2, help="person box = mask box x this (default 1.2)")
+    _add_quality(sub)
+    _add_export(sub)
 
     pr = sub.add_parser("prior", help="pose priors: fit the Anny prior on your own poses",
                         description="Pose-prior tools. The default Anny prior ships in the package, fitted on "
@@ -249,38 +393,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _generate_config(args):
-    from diffusion_hpc.config import GenerateConfig, build
+def generate_config(args: argparse.Namespace) -> GenerateConfig:
+    """The :class:`GenerateConfig` of ``dhpc generate``'s flags (and ``--config FILE``)."""
+    flags = _given(args, GenerateConfig)
+    for key, model in (("sampler", SamplerConfig), ("camera", CameraConfig), ("render_baseline", RenderBaselineConfig)):
+        block = _given(args, model)
+        if block:
+            flags[key] = block
+    return _load(GenerateConfig, args.config, flags)
 
-    flat = {
-        "mode": args.mode, "poses": args.poses, "n": args.n, "seed": args.seed, "generator": args.generator,
-        "body_model": args.body_model, "smpl_path": args.smpl_path, "image_size": args.image_size,
-        "batch_size": args.batch_size, "shard_size": args.shard_size, "renderer": args.renderer,
-        "prompt": args.prompt, "prompts": args.prompts, "guides": args.guides, "k": args.k,
-        "backbone": args.backbone, "controlnet": args.controlnet, "segmenter": args.segmenter,
-        "lora": args.lora, "lora_scale": args.lora_scale, "preset": args.preset, "hard_only": args.hard_only,
-        "verify": args.verify, "min_agreement": args.min_agreement, "cycles": args.cycles, "prior_path": args.prior_path,
-    }  # fmt: skip
-    flat = {k: v for k, v in flat.items() if v is not None}
-    # a config file's values as written (not its mode-resolved defaults, which flags may change)
-    base = GenerateConfig.from_yaml(args.config).model_dump(exclude_unset=True) if args.config else {}
-    base.update(flat)
-    if args.backgrounds is not None or args.no_augment:
-        rb = dict(base.get("render_baseline") or {})
-        if args.backgrounds is not None:
-            rb["backgrounds"] = args.backgrounds
-        if args.no_augment:
-            rb["augment"] = False
-        base["render_baseline"] = rb
-    if args.fov is not None:
-        base["camera"] = dict(base.get("camera") or {}, fov_deg=args.fov)
-    return build(GenerateConfig, base, source="options")
+
+#: the config of each command that has one (generate's holds nested blocks: :func:`generate_config`)
+CONFIGS: dict[str, type[CommandConfig]] = {
+    "generate": GenerateConfig, "train": TrainConfig, "evaluate": EvaluateConfig, "estimate": EstimateConfig,
+    "quality": QualityConfig, "export": ExportConfig,
+}  # fmt: skip
+
+
+def command_config(args: argparse.Namespace) -> CommandConfig:
+    """The config a command runs with: ``--config FILE`` (if given) updated with the flags given.
+
+    ``command_config(build_parser().parse_args(argv))`` is exactly what ``dhpc ARGV`` would run.
+    """
+    if args.command == "generate":
+        return generate_config(args)
+    model = CONFIGS[args.command]
+    return _load(model, args.config, _given(args, model))
 
 
 def cmd_generate(args) -> int:
     from diffusion_hpc.pipeline.generate import generate
 
-    config = _generate_config(args)
+    config = generate_config(args)
     result = generate(config, args.out, resume=args.resume, progress=not args.no_progress)
     print(f"{result.accepted} samples accepted, {result.failed} failed, in {result.seconds:.1f} s -> {result.out}")
     for reason, count in sorted(result.failures.items(), key=lambda kv: -kv[1]):
@@ -317,48 +461,27 @@ def cmd_poses(args, parser) -> int:
 
 
 def cmd_estimate(args) -> int:
-    from diffusion_hpc.estimate.run import estimate_files
+    from diffusion_hpc.estimate.run import estimate
 
-    prior = "default" if args.prior else None  # "default": the shipped Anny prior (fallback for SMPL)
-    images = [str(p) for p in args.images]
-    preview = args.preview if args.preview else args.out.with_suffix("").with_name(args.out.stem + "_preview")
-    options: dict = {}
-    if args.estimator != "mediapipe":
-        if args.body_model is not None:
-            raise DhpcError(f"--body-model {args.body_model}: --estimator {args.estimator} uses its checkpoint's body "
-                            "model; leave --body-model out (pass --smpl-path for SMPL checkpoints)")
-        if args.checkpoint is None:
-            raise DhpcError(f"--estimator {args.estimator} needs --checkpoint PATH (the regressor's weights)")
-        options = {"checkpoint": args.checkpoint}
-        if args.estimator == "spin":
-            options.update(smpl_path=args.smpl_path, mean_params=args.mean_params)
-        else:
-            options.update(model_path=args.smpl_path)
-    arrays = estimate_files(images if len(images) > 1 else images[0], args.out, body_model=args.body_model or "anny",
-                            preview_dir=preview, batch_size=args.batch_size, model_path=args.smpl_path, prior=prior,
-                            estimator_name=args.estimator, estimator_options=options)
-    print(f"{int(arrays['ok'].sum())} of {len(arrays['ok'])} images fitted -> {args.out}; previews in {preview}")
+    config = command_config(args)
+    arrays = estimate(config)
+    print(f"{int(arrays['ok'].sum())} of {len(arrays['ok'])} images fitted -> {config.out}; "
+          f"previews in {config.preview_dir}")
     return 0
 
 
 def cmd_train(args) -> int:
     from diffusion_hpc.hmr.train import train
+    from diffusion_hpc.hmr.validation import BEST_DIR, VAL_FILE, read_best
 
-    if not args.synthetic and not args.real:
-        raise DhpcError("dhpc train needs data: pass --synthetic DIR... and/or --real SOURCE...")
-    devices = int(args.devices) if str(args.devices).isdigit() else args.devices
-    train(args.synthetic, args.real, args.out, args.max_steps, args.batch_size, lr=args.lr, real_ratio=args.real_ratio,
-          checkpoint=args.checkpoint, resume=args.resume, devices=devices, num_nodes=args.num_nodes,
-          strategy=args.strategy, accelerator=args.accelerator, backbone=args.backbone, pretrained_path=args.pretrained,
-          body_model=args.body_model, smpl_path=args.smpl_path, crop_size=args.crop_size, num_workers=args.workers,
-          max_minutes=args.max_minutes, progress=True, val=args.val, val_every=args.val_every, val_limit=args.val_limit)
-    print(f"run folder: {args.out} (regressor: {args.out / 'regressor.safetensors'})")
-    if args.val is not None:
-        from diffusion_hpc.hmr.validation import BEST_DIR, VAL_FILE, read_best
-
-        best = read_best(args.out)
+    config = command_config(args)
+    train(config, progress=True)
+    out = config.out
+    print(f"run folder: {out} (regressor: {out / 'regressor.safetensors'}, config: {out / 'train.yaml'})")
+    if config.val is not None:
+        best = read_best(out)
         if best is not None:
-            print(f"validation: {args.out / VAL_FILE}; best: {args.out / BEST_DIR} "
+            print(f"validation: {out / VAL_FILE}; best: {out / BEST_DIR} "
                   f"(step {best['step']}, {best['metric']} {best['value']:.2f})")
     return 0
 
@@ -366,11 +489,11 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from diffusion_hpc.hmr.evaluate import evaluate, format_table
 
-    result = evaluate(args.checkpoint, args.data, out=args.out, batch_size=args.batch_size, limit=args.limit,
-                      crop_size=args.crop_size, smpl_path=args.smpl_path)
+    config = command_config(args)
+    result = evaluate(config)
     print(format_table(result))
-    if args.out:
-        print(f"results: {args.out}")
+    if config.out:
+        print(f"results: {config.out}")
     return 0
 
 
@@ -389,9 +512,7 @@ def cmd_backbone(args, parser) -> int:
 def cmd_quality(args) -> int:
     from diffusion_hpc.eval.quality import quality
 
-    result = quality(args.real, args.generated, args.out, human_only=args.human_only, weights=args.fid_weights,
-                     kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size, batch_size=args.batch_size,
-                     limit=args.limit, segmenter=args.segmenter)
+    result = quality(command_config(args))
     print(f"report: {result['files']['html']}  figures: {result['files']['json']}")
     return 0
 
@@ -399,7 +520,7 @@ def cmd_quality(args) -> int:
 def cmd_export(args) -> int:
     from diffusion_hpc.data.export import export_dataset
 
-    result = export_dataset(args.dataset, args.fmt, args.out, box_expand=args.box_expand)
+    result = export_dataset(command_config(args))
     print(f"{result.count} samples -> {result.path} (images in {result.images})")
     return 0
 

@@ -21,8 +21,8 @@ class EstimateConfig(CommandConfig):
     out: Path
     """results file (.npz)"""
     estimator: Literal["mediapipe", "hmr", "spin"] = "mediapipe"
-    """mediapipe: landmarks + body-model fit; hmr: a regressor from dhpc train (checkpoint: its run folder);
-    spin: SPIN's SMPL model_checkpoint.pt (checkpoint, smpl_path)"""
+    """mediapipe: landmarks + body-model fit; hmr: a regressor from dhpc train (the checkpoint is its run
+    folder); spin: SPIN's SMPL model_checkpoint.pt (with the SMPL model files)"""
     checkpoint: Optional[Path] = None
     """hmr / spin: the regressor's weights"""
     mean_params: Optional[Path] = None
@@ -30,9 +30,9 @@ class EstimateConfig(CommandConfig):
     body_model: Optional[Literal["anny", "smpl", "smplx"]] = None
     """body model of the MediaPipe fit (default anny); a regressor's is its checkpoint's"""
     smpl_path: Optional[Path] = None
-    """SMPL / SMPL-X model file or folder (body_model smpl|smplx, SMPL regressors, spin)"""
+    """SMPL / SMPL-X model file or folder (the smpl / smplx fit, SMPL regressors, spin)"""
     preview: Optional[Path] = None
-    """folder for the preview PNGs (default: OUT_preview beside out, e.g. fits_preview/ for fits.npz)"""
+    """folder for the preview PNGs (default: beside the results file, e.g. fits_preview/ for fits.npz)"""
     batch_size: int = Field(16, ge=1)
     """images estimated together"""
     prior: bool = True

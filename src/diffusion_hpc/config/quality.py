@@ -11,10 +11,8 @@ from diffusion_hpc.config.base import CommandConfig
 
 
 class QualityConfig(CommandConfig):
-    """FID / KID of generated sets against one real set, whole images and human-only.
-
-    The report (``out/quality.json``) holds this config, resolved, under ``"config"``.
-    """
+    """FID / KID of generated sets against one real set, whole images and human-only (the report's
+    ``settings`` record the values that matter for its numbers)."""
 
     real: str
     """a folder of real images or one of our datasets"""
@@ -37,7 +35,7 @@ class QualityConfig(CommandConfig):
     segmenter: str = "mediapipe"
     """person segmenter for real image folders: mediapipe or a transformers instance-segmentation checkpoint"""
     hard_threshold: Optional[float] = None
-    """prior score counted as a hard pose (default: the dataset config's, else 30)"""
+    """pose-prior score counted as a hard pose (default: each dataset's, from its config and pose prior)"""
     seed: int = Field(0, ge=0)
     """seed of the KID subsets"""
     device: str = "cpu"

@@ -46,7 +46,7 @@ class TrainConfig(CommandConfig):
     max_steps: int = Field(10000, ge=1)
     """total optimiser steps (a resumed run continues up to this count)"""
     max_minutes: Optional[float] = Field(None, gt=0)
-    """stop after this much training time, a total over resumes (besides max_steps)"""
+    """stop after this much training time, a total over resumes (besides the step budget)"""
     batch_size: int = Field(64, ge=1)
     """samples per optimiser step and device"""
     lr: float = Field(1e-4, gt=0)
@@ -64,7 +64,7 @@ class TrainConfig(CommandConfig):
     body_model: Literal["anny", "smpl", "smplx"] = "anny"
     """body model the regressor predicts"""
     smpl_path: Optional[Path] = None
-    """SMPL / SMPL-X model file or folder (for body_model smpl|smplx)"""
+    """SMPL / SMPL-X model file or folder (for the smpl and smplx body models)"""
     crop_size: int = Field(224, ge=32, le=1024)
     """square person crop side in pixels (224 as in SPIN)"""
     loss_weights: dict[LossTerm, float] = {}
@@ -90,9 +90,9 @@ class TrainConfig(CommandConfig):
     val: Optional[str] = None
     """held-out data scored during training: skipose:PATH, smart:PATH, spin:PATH or a dataset folder (as dhpc evaluate --data)"""
     val_every: Optional[int] = Field(None, ge=1)
-    """validate every N steps and at the end (default: checkpoint_every)"""
+    """validate every N steps and at the end (default: the checkpoint interval)"""
     val_limit: Optional[int] = Field(None, ge=1)
-    """validate on the first N samples of val only"""
+    """validate on the first N samples of the validation data only"""
 
     @field_validator("devices", mode="before")
     @classmethod

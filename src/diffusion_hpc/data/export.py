@@ -40,6 +40,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from diffusion_hpc.body.joint_sets import COCO17
+from diffusion_hpc.config.export import FORMAT_SUFFIX, ExportConfig
 from diffusion_hpc.data import open_dataset
 from diffusion_hpc.data.benchmarks import SPIN24, SPIN24_ALIASES, box_from_keypoints, joint_names
 from diffusion_hpc.data.schema import encode_png
@@ -48,8 +49,7 @@ from diffusion_hpc.geometry.boxes import BOX_EXPAND, SPIN_SCALE_UNIT, mask_box
 from diffusion_hpc.geometry.camera import SPIN_CROP, SPIN_FOCAL
 from diffusion_hpc.runtime.atomic import atomic_write_bytes
 
-EXPORT_FORMATS = ("spin-npz", "coco-json")
-FORMAT_SUFFIX = {"spin-npz": ".npz", "coco-json": ".json"}
+EXPORT_FORMATS = tuple(FORMAT_SUFFIX)
 IMAGE_DIR = "images"
 #: 3D joint sets used to fill SPIN-24 joints, in order of preference (same-named joints).
 SPIN24_SOURCES = ("h36m17", "coco17")
@@ -334,26 +334,26 @@ def export_coco_json(samples: Iterable[dict[str, Any]], out: Path, *, box_expand
     return ExportResult(path=out, images=image_dir, count=len(images), format="coco-json")
 
 
-def export_dataset(path: str | Path, fmt: str, out: str | Path, *, box_expand: float = BOX_EXPAND) -> ExportResult:
-    """Export the Diffusion-HPC dataset at ``path`` to ``out`` in format ``fmt`` (see :data:`EXPORT_FORMATS`).
+def export_dataset(config: ExportConfig) -> ExportResult:
+    """Python API of ``dhpc export``: the dataset ``config.dataset`` written to ``config.out`` in
+    ``config.format`` (see :data:`EXPORT_FORMATS`).
 
-    ``out`` is the annotation file (``.npz`` for ``spin-npz``, ``.json`` for ``coco-json``); images
-    go to ``images/`` beside it. Returns what was written.
+    ``config.out`` is the annotation file (``.npz`` for ``spin-npz``, ``.json`` for ``coco-json``);
+    images go to ``images/`` beside it. Returns what was written.
+
+    Example::
+
+        export_dataset(ExportConfig(dataset="runs/d1", format="spin-npz", out="d1/train.npz"))
     """
 
-    if fmt not in EXPORT_FORMATS:
-        raise ConfigError(f"export format {fmt!r} is not one of {list(EXPORT_FORMATS)}")
-    out = Path(out)
-    if out.suffix != FORMAT_SUFFIX[fmt]:
-        raise ConfigError(f"output {out} must end with {FORMAT_SUFFIX[fmt]} for format {fmt}, e.g. {out.with_suffix(FORMAT_SUFFIX[fmt])}")
+    out = config.out
     if out.is_dir():
-        raise ConfigError(f"output {out} is a directory; pass a file path such as {out / ('train' + FORMAT_SUFFIX[fmt])}")
-    if not box_expand > 0:
-        raise ConfigError(f"box_expand must be > 0, got {box_expand}")
-    dataset = open_dataset(path)
+        raise ConfigError(f"--out {out} is a directory; pass a file path such as "
+                          f"{out / ('train' + FORMAT_SUFFIX[config.format])}")
+    dataset = open_dataset(config.dataset)
     out.parent.mkdir(parents=True, exist_ok=True)
-    writer = export_spin_npz if fmt == "spin-npz" else export_coco_json
-    return writer(iter(dataset), out, box_expand=box_expand)
+    writer = export_spin_npz if config.format == "spin-npz" else export_coco_json
+    return writer(iter(dataset), out, box_expand=BOX_EXPAND if config.box_expand is None else config.box_expand)
 
 
 __all__ = [

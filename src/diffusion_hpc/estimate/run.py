@@ -22,6 +22,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from diffusion_hpc.body.joint_sets import COCO17
+from diffusion_hpc.config.estimate import EstimateConfig
 from diffusion_hpc.data.schema import encode_png
 from diffusion_hpc.data.writer import atomic_write_bytes
 from diffusion_hpc.errors import InputError
@@ -139,19 +140,50 @@ def render_preview(image: np.ndarray, estimate: Estimate, body=None) -> np.ndarr
     return canvas
 
 
-def estimate_files(paths_or_dir, out_npz: str | Path, body_model: str = "anny", preview_dir: str | Path | None = None,
-                   estimator=None, batch_size: int = 16, model_path: str | None = None, prior="default",
-                   estimator_name: str = "mediapipe", estimator_options: dict | None = None) -> dict[str, np.ndarray]:
-    """What ``dhpc estimate --images DIR_OR_FILES --out FILE.npz [--body-model anny|smpl]`` does.
+def estimate(config: EstimateConfig) -> dict[str, np.ndarray]:
+    """Python API of ``dhpc estimate``: the estimator ``config`` names, run on ``config.images``.
 
-    ``estimator`` (an instance) or ``estimator_name`` + ``estimator_options`` choose the backend
-    (:func:`diffusion_hpc.estimate.get_estimator`); ``body_model``, ``model_path`` and ``prior``
-    apply to the default MediaPipe fitter, a regressor's body model is its checkpoint's.
+    Writes ``config.out`` (the npz, see the module docstring) and one preview PNG per image into
+    ``config.preview_dir``.
 
-    Every input is read first (an unreadable file fails before any model loads, naming the file),
+    Example::
+
+        from diffusion_hpc.config import EstimateConfig
+        from diffusion_hpc.estimate.run import estimate
+
+        arrays = estimate(EstimateConfig(images=["photos/"], out="fits.npz"))
+        arrays["ok"], arrays["params/body_pose"]
+
+    Returns:
+        the arrays written to ``config.out``.
+    """
+    c = config
+    files = collect_images(c.images)  # before any model loads: a missing path fails at once
+    if c.estimator == "mediapipe":
+        estimator = get_estimator("mediapipe", body_model=c.fit_body_model, prior="default" if c.prior else None,
+                                  model_path=c.smpl_path)
+    elif c.estimator == "spin":
+        estimator = get_estimator("spin", checkpoint=c.checkpoint, smpl_path=c.smpl_path, mean_params=c.mean_params)
+    else:
+        estimator = get_estimator(c.estimator, checkpoint=c.checkpoint, model_path=c.smpl_path)
+    return estimate_files(files, c.out, estimator, batch_size=c.batch_size, preview_dir=c.preview_dir)
+
+
+def estimate_files(paths_or_dir, out_npz: str | Path, estimator, *, batch_size: int = 16,
+                   preview_dir: str | Path | None = None) -> dict[str, np.ndarray]:
+    """Run an ``estimator`` instance (:func:`diffusion_hpc.estimate.get_estimator`) on image files.
+
+    :func:`estimate` builds the estimator from a config and calls this; call it yourself to
+    reuse one estimator over several calls, or to run your own :class:`~.base.MeshEstimator`.
+
+    Every input is read first (an unreadable file fails before any estimation, naming the file),
     then images are estimated ``batch_size`` at a time, the npz written atomically, and with
     ``preview_dir`` one ``<stem>.png`` preview per image (see :func:`render_preview`).
 
+    Args:
+        paths_or_dir: image files and / or folders (see :func:`collect_images`).
+        out_npz: results file (``.npz``).
+        estimator: the mesh estimator; its ``body_model`` names the npz's body model.
     Returns:
         the arrays written to ``out_npz``.
     """
@@ -161,14 +193,7 @@ def estimate_files(paths_or_dir, out_npz: str | Path, body_model: str = "anny", 
         raise InputError(f"--out {out_npz} must end in .npz")
     files = collect_images(paths_or_dir)
     images = [load_image(p) for p in files]
-    if estimator is None:
-
-        if estimator_name == "mediapipe":
-            estimator = get_estimator("mediapipe", body_model=body_model, prior=prior, model_path=model_path,
-                                      **(estimator_options or {}))
-        else:
-            estimator = get_estimator(estimator_name, **(estimator_options or {}))
-    body_model = getattr(estimator, "body_model", body_model)
+    body_model = estimator.body_model
     estimates: list[Estimate] = []
     for lo in range(0, len(images), batch_size):
         estimates.extend(estimator.estimate(images[lo:lo + batch_size]))

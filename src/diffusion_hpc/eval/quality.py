@@ -29,6 +29,7 @@ from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 
+from diffusion_hpc.config.quality import QualityConfig
 from diffusion_hpc.data import open_dataset
 from diffusion_hpc.errors import InputError
 from diffusion_hpc.eval.inception import find_weights, load_inception
@@ -513,34 +514,35 @@ def _names(paths: list[str]) -> list[str]:
     return [b if base.count(b) == 1 else str(p) for b, p in zip(base, paths)]
 
 
-def quality(real: str, generated: list[str], out_dir, human_only: bool = True, weights=None,
-            kid_subsets: int = 100, kid_subset_size: int = 1000, batch_size: int = 32,
-            limit: Optional[int] = None, *, segmenter=None, hard_threshold: Optional[float] = None,
-            seed: int = 0, device: str = "cpu", fid_method: str = "auto") -> dict:
-    """Score generated datasets against one real set and write ``quality.json`` and ``quality.html``.
+def quality(config: QualityConfig, *, segmenter=None) -> dict:
+    """Python API of ``dhpc quality``: score generated datasets against one real set and write
+    ``quality.json`` and ``quality.html`` into ``config.out``.
+
+    Example::
+
+        from diffusion_hpc.config import QualityConfig
+        from diffusion_hpc.eval.quality import quality
+
+        report = quality(QualityConfig(real="photos/", generated=["runs/d1", "runs/t"], out="report/"))
+        report["comparison"][0]["fid"]
 
     Args:
-        real: a Diffusion-HPC dataset directory or a folder of real images.
-        generated: one or more dataset directories (or image folders).
-        out_dir: report directory (created).
-        human_only: also compute H-FID / H-KID (dataset masks; the segmenter for image folders).
-        weights: the FID Inception weights file (else ``$DHPC_FID_WEIGHTS``, else ``cache_dir()/fid/``).
-        kid_subsets, kid_subset_size: KID subsets and their size (capped at the smaller set).
-        batch_size: images per network forward.
-        limit: at most this many images per source.
-        segmenter: spec or object for real image folders (default ``mediapipe``).
-        hard_threshold: prior score counted as a hard pose (default: dataset config, else 30).
-        fid_method: ``auto`` / ``sqrtm`` / ``lowrank`` (see :func:`fid_from_features`).
+        config: sources, report folder and settings (see :class:`~diffusion_hpc.config.QualityConfig`;
+            ``fid_weights`` falls back to ``$DHPC_FID_WEIGHTS``, else ``cache_dir()/fid/``).
+        segmenter: a segmenter object (:mod:`diffusion_hpc.segment`) used for real image folders
+            instead of the one ``config.segmenter`` names.
 
     Returns:
-        The report dict (also in ``out_dir/quality.json``), with ``comparison`` (one row per generated set),
+        The report dict (also in ``out/quality.json``), with ``comparison`` (one row per generated set),
         ``sources``, ``manifest`` (per generated dataset), ``settings`` and ``files``.
     """
 
-    if isinstance(generated, (str, os.PathLike)):
-        generated = [generated]
-    if not generated:
-        raise InputError("quality: pass at least one --generated dataset")
+    real, generated, out_dir, human_only, weights = (config.real, list(config.generated), config.out,
+                                                     config.human_only, config.fid_weights)
+    kid_subsets, kid_subset_size, batch_size, limit = (config.kid_subsets, config.kid_subset_size,
+                                                       config.batch_size, config.limit)
+    hard_threshold, seed, device, fid_method = config.hard_threshold, config.seed, config.device, config.fid_method
+    segmenter = config.segmenter if segmenter is None else segmenter
     weights_path = find_weights(weights)  # fail fast, before any image is read
     for p in [real, *generated]:
         source_kind(p)

@@ -26,6 +26,7 @@ import numpy as np
 
 from diffusion_hpc.body import check_body_model, get_body_model
 from diffusion_hpc.body.joint_sets import H36M17
+from diffusion_hpc.config.evaluate import EvaluateConfig
 from diffusion_hpc.data import benchmarks, open_dataset
 from diffusion_hpc.errors import ConfigError, InputError
 from diffusion_hpc.eval import metrics
@@ -194,14 +195,26 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def evaluate(checkpoint: str | Path, source: str, out: str | Path | None = None, batch_size: int = 32,
-             limit: int | None = None, crop_size: int = 224, smpl_path: str | Path | None = None) -> dict[str, Any]:
-    """Python API of ``dhpc evaluate``: load, predict, score, and write ``out`` (JSON) if given."""
-    regressor, body = load_model(checkpoint, smpl_path=smpl_path)
-    targets = load_targets(source, crop_size=crop_size, limit=limit, body_model=body.name)
-    result = score(predict(regressor, body, targets.images, batch_size=batch_size), targets)
-    result["checkpoint"] = str(checkpoint)
-    if out is not None:
+def evaluate(config: EvaluateConfig) -> dict[str, Any]:
+    """Python API of ``dhpc evaluate``: load, predict, score, and write ``config.out`` (JSON) if set.
 
-        atomic_write_bytes(Path(out), json.dumps(result, indent=2, sort_keys=True).encode())
+    Example::
+
+        from diffusion_hpc.config import EvaluateConfig
+        from diffusion_hpc.hmr.evaluate import evaluate
+
+        result = evaluate(EvaluateConfig(checkpoint="runs/hmr", data="skipose:SkiPose"))
+        result["pa_mpjpe_mm"]
+
+    Returns:
+        :func:`score`'s metrics plus ``checkpoint`` and ``config`` (this config as JSON types);
+        the same dict is written to ``config.out``.
+    """
+    regressor, body = load_model(config.checkpoint, smpl_path=config.smpl_path)
+    targets = load_targets(config.data, crop_size=config.crop_size, limit=config.limit, body_model=body.name)
+    result = score(predict(regressor, body, targets.images, batch_size=config.batch_size), targets)
+    result["checkpoint"] = str(config.checkpoint)
+    result["config"] = config.model_dump(mode="json")
+    if config.out is not None:
+        atomic_write_bytes(config.out, json.dumps(result, indent=2, sort_keys=True).encode())
     return result

@@ -1,7 +1,9 @@
 """Training glue: a Lightning module around regressor + body model + losses, and :func:`train`.
 
-Run layout (``out_dir``):
+Run layout (``config.out``):
 
+- ``train.yaml``: the :class:`~diffusion_hpc.config.TrainConfig` that started the run; ``resume``
+  checks the new config against it (only budget, hardware, logging and validation may change).
 - ``checkpoints/last.ckpt`` (written at every periodic save and at the end) and
   ``checkpoints/step=NNNNNNN.ckpt`` (the latest periodic one): Lightning checkpoints (weights,
   optimiser, loop state). They are read back with ``torch.load(..., weights_only=True)`` only:
@@ -13,25 +15,27 @@ Run layout (``out_dir``):
 - with ``val=SOURCE``: ``val/*`` metrics in the same log, ``val.jsonl`` (one row per validation)
   and ``best/`` (the best regressor so far, with ``best.json``); see :mod:`.validation`.
 
-Multi-GPU / multi-node goes through Lightning's ``strategy`` / ``devices`` / ``num_nodes`` flags
-(e.g. ``strategy="ddp"``); each rank reads its own shards (see :class:`.data.SyntheticShards`).
+Multi-GPU / multi-node goes through Lightning's ``strategy`` / ``devices`` / ``num_nodes`` options
+(e.g. ``TrainConfig(strategy="ddp", ...)``); each rank reads its own shards (see :class:`.data.SyntheticShards`).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import pytorch_lightning as pl
 import torch
 
 from diffusion_hpc.body import get_body_model
+from diffusion_hpc.config.train import TRAIN_CONFIG_FILE, TrainConfig
 from diffusion_hpc.errors import ConfigError, InputError
 from diffusion_hpc.hmr.data import AugmentConfig, MixedStream, RealDataset, SyntheticShards
 from diffusion_hpc.hmr.losses import LossWeights, hmr_losses
 from diffusion_hpc.hmr.model import EXPORT_WEIGHTS, HMRRegressor, export_regressor, load_state_strict, regress
 from diffusion_hpc.hmr.validation import Validation, predict_share
+from diffusion_hpc.runtime.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +151,26 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     raise InputError(f"checkpoint {p} holds no state dict")
 
 
+def check_resume(config: TrainConfig) -> None:
+    """Refuse to resume ``config.out`` with training fields other than its ``train.yaml``'s.
+
+    Only the fields of :data:`~diffusion_hpc.config.train.RESUMABLE` (budget, hardware, logging,
+    validation, the run folder's place) may change. A run from before ``train.yaml`` existed gets
+    one, from this config, with a warning.
+    """
+    path = Path(config.out) / TRAIN_CONFIG_FILE
+    if not path.is_file():
+        log.warning("%s does not exist (a run from an older version); recording this config there", path)
+        atomic_write_bytes(path, config.to_yaml().encode())
+        return
+    stored = TrainConfig.from_yaml(path)
+    diff = config.resume_conflicts(stored)
+    if diff:
+        raise ConfigError(f"--resume: the run in {config.out} was started with another training config ({'; '.join(diff)}); "
+                          f"resume with the options in {path} (only the budget, hardware, logging and validation may "
+                          "change), or start a new run with another --out")
+
+
 def last_checkpoint(out_dir: str | Path) -> Path | None:
     """``out_dir/checkpoints/last.ckpt`` if present."""
     path = Path(out_dir) / "checkpoints" / "last.ckpt"
@@ -207,131 +231,106 @@ def _callbacks(out: Path, checkpoint_every: int):
 # Entry point.
 
 
-def train(
-    synthetic_dirs: Sequence[str | Path],
-    real_sources: Sequence[Any] = (),
-    out_dir: str | Path = "runs/hmr",
-    max_steps: int = 1000,
-    batch_size: int = 64,
-    lr: float = 1e-4,
-    real_ratio: float = 0.5,
-    checkpoint: str | Path | None = None,
-    resume: bool = False,
-    devices: int | str = 1,
-    num_nodes: int = 1,
-    strategy: str = "auto",
-    accelerator: str = "cpu",
-    *,
-    body_model: str = "anny",
-    smpl_path: str | None = None,
-    backbone: str = "resnet50",
-    pretrained_path: str | Path | None = None,
-    backbone_config: Mapping[str, Any] | None = None,
-    num_iterations: int = 3,
-    crop_size: int = 224,
-    weights: Mapping[str, float] | None = None,
-    augment: bool = True,
-    num_workers: int = 0,
-    checkpoint_every: int = 500,
-    log_every: int = 10,
-    seed: int = 0,
-    max_minutes: float | None = None,
-    progress: bool = False,
-    val: str | Path | None = None,
-    val_every: int | None = None,
-    val_limit: int | None = None,
-) -> HMRModule:
+def train(config: TrainConfig, progress: bool = True) -> HMRModule:
     """Fine-tune an HMR regressor on synthetic shards mixed with real benchmarks (DESIGN §2).
 
+    ``dhpc train`` builds the same :class:`~diffusion_hpc.config.TrainConfig` from its flags; its
+    fields document every option. In short:
+
+    - data: ``synthetic`` (dataset folders) and ``real`` (benchmark sources, see
+      :func:`.data.load_real_source`), mixed per sample with probability ``real_ratio``;
+    - ``out``: the run folder (layout in this module's docstring). A fresh run writes
+      ``out/train.yaml``; ``resume=True`` continues ``out/checkpoints/last.ckpt`` (weights,
+      optimiser, global step) and refuses a config whose training fields differ from
+      ``train.yaml`` (only :data:`~diffusion_hpc.config.train.RESUMABLE` fields may change:
+      budget, hardware, logging, validation);
+    - ``checkpoint``: initial weights (Lightning ckpt, safetensors or run folder), weights only,
+      strict about keys and shapes (:class:`~diffusion_hpc.errors.InputError` otherwise);
+    - ``max_steps`` / ``max_minutes``: the budget, totals over resumes (Lightning restores the
+      elapsed time);
+    - ``val``: a held-out source validated every ``val_every`` steps (default ``checkpoint_every``)
+      and at the end, at ``crop_size``, with ``dhpc evaluate``'s functions (:mod:`.validation`);
+      loaded before training starts.
+
+    Example::
+
+        from diffusion_hpc.config import TrainConfig
+        from diffusion_hpc.hmr.train import train
+
+        train(TrainConfig(synthetic=["runs/d1"], real=["skipose:SkiPose"], out="runs/hmr", max_steps=2000))
+
     Args:
-        synthetic_dirs: dataset folders written by ``dhpc generate``.
-        real_sources: benchmark sources (see :func:`.data.load_real_source`), mixed in per sample
-            with probability ``real_ratio``.
-        out_dir: run folder (checkpoints, logs, exported regressor).
-        max_steps: total optimiser steps (a resumed run continues up to this count).
-        checkpoint: initial weights (Lightning ckpt, safetensors or run folder); weights only,
-            strict about keys and shapes (:class:`~diffusion_hpc.errors.InputError` otherwise).
-        resume: continue ``out_dir/checkpoints/last.ckpt`` (weights, optimiser, global step).
-        devices, num_nodes, strategy, accelerator: Lightning ``Trainer`` flags.
-        backbone, pretrained_path, num_iterations: see :class:`~diffusion_hpc.hmr.model.HMRRegressor`.
-        backbone_config: a ``transformers`` config dict replacing the named architecture.
-        crop_size: crop side in pixels (224 as in SPIN; smaller for tests).
-        weights: overrides of :class:`~diffusion_hpc.hmr.losses.LossWeights` fields.
-        augment: rotation / scale / colour / flip augmentation (:class:`.data.AugmentConfig`).
-        num_workers: DataLoader worker processes per rank.
-        checkpoint_every: steps between periodic checkpoints (``last.ckpt`` is also written at the end).
-        max_minutes: wall-clock bound of the run (Lightning ``max_time``), besides ``max_steps``; like
-            ``max_steps`` it is a total: Lightning restores the elapsed time on resume.
-        val: held-out source validated during training, in any form ``dhpc evaluate --data`` takes
-            (SkiPose test split, SMART JSON, SPIN npz, a dataset folder); scored at ``crop_size``
-            with ``dhpc evaluate``'s functions (:mod:`.validation`). Loaded before training starts.
-        val_every: validate every this many steps (default ``checkpoint_every``) and at the end.
-        val_limit: validate on the first this many samples of ``val`` only.
+        config: the run's config.
+        progress: Lightning's progress bar.
     Returns:
         The trained :class:`HMRModule`.
+    Raises:
+        ConfigError: a resume whose config differs from the run's ``train.yaml``, or other
+            validation data than the run's history.
+        InputError: nothing to resume, or unreadable data / checkpoints.
     """
     from pytorch_lightning.loggers import CSVLogger
 
 
-    out = Path(out_dir)
-    if resume and checkpoint is not None:
-        raise ConfigError("give either --resume (continue this run) or --checkpoint (start from weights), not both")
+    c = config
+    out = Path(c.out)
     ckpt_path = None
     start_step = 0
-    if resume:
+    if c.resume:
         ckpt_path = last_checkpoint(out)
         if ckpt_path is None:
             raise InputError(f"nothing to resume: {out / 'checkpoints' / 'last.ckpt'} does not exist")
+        check_resume(c)
         start_step = checkpoint_step(ckpt_path)
-        if start_step >= max_steps:
-            log.warning("run %s is already at step %d >= max_steps %d; nothing to do", out, start_step, max_steps)
+        if start_step >= c.max_steps:
+            log.warning("run %s is already at step %d >= max_steps %d; nothing to do", out, start_step, c.max_steps)
     validation = None
-    if val is not None:
-
+    if c.val is not None:
         validation = Validation.from_source(
-            str(val), out, every=max(1, checkpoint_every) if val_every is None else val_every, crop_size=crop_size,
-            body_model=body_model, limit=val_limit, batch_size=batch_size, start_step=start_step,
+            c.val, out, every=c.checkpoint_every if c.val_every is None else c.val_every, crop_size=c.crop_size,
+            body_model=c.body_model, limit=c.val_limit, batch_size=c.batch_size, start_step=start_step,
         )  # fmt: skip
-    elif val_every is not None or val_limit is not None:
-        raise ConfigError("--val-every / --val-limit need --val SOURCE, the held-out data to validate on")
-    pl.seed_everything(seed + start_step, workers=True, verbose=False)
+    pl.seed_everything(c.seed + start_step, workers=True, verbose=False)
 
-    aug = AugmentConfig() if augment else None
+    aug = AugmentConfig() if c.augment else None
     synthetic = (
-        SyntheticShards(synthetic_dirs, size=crop_size, augment=aug, body_model=body_model, seed=seed) if synthetic_dirs else None
-    )
+        SyntheticShards(c.synthetic, size=c.crop_size, augment=aug, body_model=c.body_model, seed=c.seed)
+        if c.synthetic else None
+    )  # fmt: skip
     real = None
-    if real_sources:
-        parts = [RealDataset(s, size=crop_size, augment=aug, body_model=body_model, seed=seed) for s in real_sources]
+    if c.real:
+        parts = [RealDataset(s, size=c.crop_size, augment=aug, body_model=c.body_model, seed=c.seed) for s in c.real]
         real = parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
-    stream = MixedStream(synthetic, real, real_ratio=real_ratio, seed=seed)
+    stream = MixedStream(synthetic, real, real_ratio=c.real_ratio, seed=c.seed)
     stream.set_start(start_step)
     loader = torch.utils.data.DataLoader(
-        stream, batch_size=batch_size, num_workers=num_workers, persistent_workers=False, pin_memory=False
+        stream, batch_size=c.batch_size, num_workers=c.workers, persistent_workers=False, pin_memory=False
     )
 
     module = HMRModule(
-        body_model=body_model, backbone=backbone, pretrained_path=None if pretrained_path is None else str(pretrained_path),
-        num_iterations=num_iterations, lr=lr, weights=weights, smpl_path=smpl_path,
-        backbone_config=None if backbone_config is None else dict(backbone_config),
+        body_model=c.body_model, backbone=c.backbone, pretrained_path=None if c.pretrained is None else str(c.pretrained),
+        num_iterations=c.num_iterations, lr=c.lr, weights=dict(c.loss_weights),
+        smpl_path=None if c.smpl_path is None else str(c.smpl_path), backbone_config=c.backbone_config,
     )  # fmt: skip
-    if checkpoint is not None:
-        load_state_strict(module.regressor, load_weights(checkpoint), source=str(checkpoint))
+    if c.checkpoint is not None:
+        load_state_strict(module.regressor, load_weights(c.checkpoint), source=str(c.checkpoint))
 
     out.mkdir(parents=True, exist_ok=True)
+    if not c.resume:
+        atomic_write_bytes(out / TRAIN_CONFIG_FILE, c.to_yaml().encode())
     _quiet_lightning_adverts()
     trainer = pl.Trainer(
         default_root_dir=str(out),
-        max_steps=max_steps,
+        max_steps=c.max_steps,
         max_epochs=-1,
-        max_time=None if max_minutes is None else {"minutes": float(max_minutes)},
-        accelerator=accelerator,
-        devices=devices,
-        num_nodes=num_nodes,
-        strategy=strategy,
+        max_time=None if c.max_minutes is None else {"minutes": float(c.max_minutes)},
+        accelerator=c.accelerator,
+        devices=c.devices,
+        num_nodes=c.num_nodes,
+        strategy=c.strategy,
         logger=CSVLogger(str(out), name="logs"),
-        callbacks=_callbacks(out, max(1, checkpoint_every)) + ([validation] if validation is not None else []),
-        log_every_n_steps=max(1, log_every),
+        callbacks=_callbacks(out, c.checkpoint_every) + ([validation] if validation is not None else []),
+        log_every_n_steps=c.log_every,
         enable_progress_bar=progress,
         enable_model_summary=False,
         num_sanity_val_steps=0,
