@@ -181,11 +181,37 @@ class _FakeSegmenter:
         return Segmentation(person, np.zeros_like(person), found, found.astype(np.float32))
 
 
+def _pipeline_config_yaml(**changes) -> str:
+    """The config.yaml a mode-T run writes (``GenerateConfig.to_yaml``)."""
+    from diffusion_hpc.config import GenerateConfig
+
+    return GenerateConfig(mode="T", backbone="tiny", prompt="doing a backflip", **changes).to_yaml()
+
+
+def _pipeline_config(**changes) -> dict:
+    """A mode-T run's config as the dataset reader returns it, with top-level keys replaced."""
+    import yaml
+
+    return dict(yaml.safe_load(_pipeline_config_yaml()), **changes)
+
+
+def _scored_rows(scores, hard=None) -> list[dict]:
+    """Accepted manifest rows as modes T/R write them: the estimated pose's prior score and, per
+    guided sample, the generating prior's verdict ``hard`` (1.0 / 0.0); ``hard=None``: rows of a
+    dataset that did not record it (only the score)."""
+    rows = []
+    for i, score in enumerate(scores):
+        row_scores = {"prior_score": score} if hard is None or hard[i] is None else {"prior_score": score, "hard": hard[i]}
+        rows.append({"key": f"{i:09d}", "index": i, "shard": 0, "seed": i, "status": "ok", "reason": "",
+                     "scores": row_scores, "unet_evals": 68, "timings": {}})
+    return rows
+
+
 def _write_dataset(root: Path, images, masks, scores=None, failed=()) -> Path:
     from diffusion_hpc.data.schema import SampleRecord
     from diffusion_hpc.data.writer import DatasetWriter, ManifestRow
 
-    writer = DatasetWriter(root, "seed: 0\nhard_threshold: 30.0\n").open()
+    writer = DatasetWriter(root, _pipeline_config_yaml()).open()
     records, rows = [], []
     for i, (im, mk) in enumerate(zip(images, masks)):
         key = f"{i:06d}"
@@ -202,11 +228,68 @@ def _write_dataset(root: Path, images, masks, scores=None, failed=()) -> Path:
     return root
 
 
+def test_hard_share_is_the_generating_priors_verdict(tmp_path):
+    """A pose is hard by the prior the dataset was made with: each row's recorded ``hard`` flag, else
+    that prior's threshold (the shipped Anny prior's ~179 by default, not VPoser's 30); the report
+    says which was used."""
+    from diffusion_hpc.errors import InputError
+    from diffusion_hpc.eval.quality import manifest_stats
+    from diffusion_hpc.prior import get_prior
+    from diffusion_hpc.prior.anny_prior import save_prior_file
+
+    shipped = get_prior("anny")
+    scores = [5.0, 60.0, 120.0, shipped.hard_threshold + 20.0]  # three of four >= 30, one >= ~179
+    config = _pipeline_config()
+
+    def stats(rows, **kwargs):
+        return manifest_stats(rows, config=kwargs.pop("config", config), **kwargs)["prior_score"]
+
+    flagged = stats(_scored_rows(scores, hard=[0.0, 0.0, 0.0, 1.0]))
+    assert flagged["hard_share"] == pytest.approx(1 / 4) and flagged["easy_share"] == pytest.approx(3 / 4)
+    assert flagged["hard_threshold"] == pytest.approx(shipped.hard_threshold)
+    assert "recorded" in flagged["hard_threshold_source"]
+    # the flags decide, not a threshold applied afterwards (here flags a custom prior would give)
+    assert stats(_scored_rows(scores, hard=[0.0, 1.0, 1.0, 1.0]))["hard_share"] == pytest.approx(3 / 4)
+
+    # rows without flags: the threshold of the prior the config names (prior_path null: shipped)
+    unflagged = stats(_scored_rows(scores))
+    assert unflagged["hard_share"] == pytest.approx(1 / 4)
+    assert unflagged["hard_threshold"] == pytest.approx(shipped.hard_threshold)
+    assert "shipped Anny prior" in unflagged["hard_threshold_source"]
+    mixed = stats(_scored_rows(scores, hard=[0.0, 0.0, None, None]))
+    assert mixed["hard_share"] == pytest.approx(1 / 4)
+    assert "2 of 4" in mixed["hard_threshold_source"] and "shipped Anny prior" in mixed["hard_threshold_source"]
+
+    custom = save_prior_file(tmp_path / "my_prior.safetensors", shipped.state_tensors(),
+                             dict(shipped.metadata, hard_threshold=50.0))
+    own = stats(_scored_rows(scores), config=_pipeline_config(prior_path=str(custom)))
+    assert own["hard_share"] == pytest.approx(3 / 4) and own["hard_threshold"] == 50.0
+    assert str(custom) in own["hard_threshold_source"]
+    vposer = stats(_scored_rows(scores), config=_pipeline_config(body_model="smpl", prior_path="vposer.ckpt"))
+    assert vposer["hard_share"] == pytest.approx(3 / 4) and vposer["hard_threshold"] == 30.0
+    assert "VPoser" in vposer["hard_threshold_source"]
+    # an explicit threshold overrides flags and config
+    given = stats(_scored_rows(scores, hard=[0.0, 0.0, 0.0, 1.0]), hard_threshold=100.0)
+    assert given["hard_share"] == pytest.approx(2 / 4) and given["hard_threshold_source"] == "argument"
+
+    # no flags and a prior file that is gone: say which file and how to go on, do not guess
+    with pytest.raises(InputError, match=r"gone\.safetensors.*--hard-threshold"):
+        stats(_scored_rows(scores), config=_pipeline_config(prior_path=str(tmp_path / "gone.safetensors")))
+    with pytest.raises(InputError, match="hard_threshold"):
+        stats(_scored_rows(scores), config=None)
+    # flags alone need no prior file; the threshold line is then unknown, and said so
+    moved = stats(_scored_rows(scores, hard=[0.0, 0.0, 0.0, 1.0]),
+                  config=_pipeline_config(prior_path=str(tmp_path / "gone.safetensors")))
+    assert moved["hard_share"] == pytest.approx(1 / 4) and moved["hard_threshold"] is None
+    assert "gone.safetensors" in moved["hard_threshold_source"]
+
+
 def test_quality_report_masked_variant_and_comparison(tmp_path, weights_file):
     from PIL import Image
 
     from diffusion_hpc.eval.quality import quality
     from diffusion_hpc.eval.report import flatten_figures
+    from diffusion_hpc.prior import get_prior
 
     n = 3
     real_imgs, real_masks = _images(n, seed=10)
@@ -220,8 +303,10 @@ def test_quality_report_masked_variant_and_comparison(tmp_path, weights_file):
     # same people, different background: only non-person pixels change
     other_bg, _ = _images(n, seed=30)
     swapped = [np.where(mk[..., None], im, ob) for im, mk, ob in zip(gen_imgs, gen_masks, other_bg)]
-    scores = [{"prior_score": s, "pck_agreement": a, "mask_iou": 0.8, "mask_area": 0.2}
-              for s, a in zip([5.0, 35.0, 80.0], [1.0, 0.9, 0.7])]
+    # what a mode-T run records: scores 35 and 80 are hard for VPoser's threshold (30), not for the
+    # shipped Anny prior's (~179) the run scored with; the pipeline wrote its verdict in ``hard``
+    scores = [{"prior_score": s, "hard": h, "pck_agreement": a, "mask_iou": 0.8, "mask_area": 0.2}
+              for s, h, a in zip([5.0, 35.0, 250.0], [0.0, 0.0, 1.0], [1.0, 0.9, 0.7])]
     gen_a = _write_dataset(tmp_path / "gen_a", gen_imgs, gen_masks, scores, failed=["prior: score 120 > 100", "camera: no fit"])
     gen_b = _write_dataset(tmp_path / "gen_b", swapped, gen_masks, scores)
 
@@ -247,11 +332,12 @@ def test_quality_report_masked_variant_and_comparison(tmp_path, weights_file):
     assert m["dropped_share"] == pytest.approx(2 / 5)
     assert m["drop_reasons"] == {"prior": 1, "camera": 1}
     assert m["unet_evals_per_accepted"] == pytest.approx(250 / 3) and m["unet_evals_accepted_mean"] == 50
-    assert m["prior_score"]["hard_share"] == pytest.approx(2 / 3) and m["prior_score"]["hard_threshold"] == 30.0
-    assert m["prior_score"]["hard_threshold_source"] == "dataset config"
+    assert m["prior_score"]["hard_share"] == pytest.approx(1 / 3)
+    assert m["prior_score"]["hard_threshold"] == pytest.approx(get_prior("anny").hard_threshold)
+    assert "recorded" in m["prior_score"]["hard_threshold_source"]
     assert sum(m["prior_score"]["histogram"]["counts"]) == 3
     assert m["label_agreement"]["pck_agreement"]["median"] == pytest.approx(0.9)
-    assert a["hard_share"] == pytest.approx(2 / 3) and a["dropped_share"] == pytest.approx(2 / 5)
+    assert a["hard_share"] == pytest.approx(1 / 3) and a["dropped_share"] == pytest.approx(2 / 5)
 
     # the report: strict JSON with every figure, HTML that parses and lists each of them
     data = json.loads((out / "quality.json").read_text())

@@ -31,14 +31,15 @@ import numpy as np
 
 from diffusion_hpc.config.quality import QualityConfig
 from diffusion_hpc.data import open_dataset
-from diffusion_hpc.errors import InputError
+from diffusion_hpc.errors import InputError, MissingModelError
 from diffusion_hpc.eval.inception import find_weights, load_inception
 from diffusion_hpc.eval.report import write_report
+from diffusion_hpc.prior import get_prior
+from diffusion_hpc.prior.vposer import HARD_THRESHOLD as VPOSER_HARD_THRESHOLD
 from diffusion_hpc.runtime.images import image_files, load_image
 from diffusion_hpc.segment import make_segmenter
 
 INPUT_SIZE = 299
-DEFAULT_HARD_THRESHOLD = 30.0  # VPoser score >= 30 is a hard pose (DESIGN §2 step 4)
 THUMB = 96  # sample-grid thumbnail side, pixels
 
 
@@ -408,6 +409,11 @@ def _summary(values: np.ndarray) -> dict:
             "q05": float(q[0]), "median": float(q[1]), "q95": float(q[2]), "max": float(v.max())}
 
 
+def _is_number(v) -> bool:
+    """A finite int / float score (not a bool, not None / NaN)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+
 def _histogram(values: np.ndarray, bins: int = 20, range_=None) -> dict:
     v = np.asarray(values, np.float64)
     if v.size == 0:
@@ -416,15 +422,58 @@ def _histogram(values: np.ndarray, bins: int = 20, range_=None) -> dict:
     return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
 
 
-def _find_key(tree, key: str):
-    if isinstance(tree, dict):
-        if key in tree and isinstance(tree[key], (int, float)):
-            return float(tree[key])
-        for v in tree.values():
-            found = _find_key(v, key)
-            if found is not None:
-                return found
-    return None
+def dataset_hard_threshold(config: dict) -> tuple[float, str]:
+    """(threshold, source) of the pose prior a dataset was made with, read from its ``config.yaml``
+    as the pipeline chooses the prior: Anny scores with the shipped prior (``prior_path`` null) or the
+    prior file ``prior_path`` names; SMPL / SMPL-X with VPoser, whose threshold is fixed (30).
+
+    Raises:
+        InputError: the prior file the config names is not there.
+    """
+    body_model, prior_path = config.get("body_model", "anny"), config.get("prior_path")
+    if body_model != "anny":
+        return VPOSER_HARD_THRESHOLD, f"VPoser's threshold (the dataset's body_model {body_model})"
+    if prior_path is None:
+        return get_prior("anny").hard_threshold, "the shipped Anny prior's threshold (the dataset's prior_path is null)"
+    try:
+        return get_prior("anny", prior_path).hard_threshold, f"the threshold of the dataset's prior {prior_path}"
+    except MissingModelError:
+        raise InputError(f"the dataset was scored with the pose prior {prior_path} (config prior_path), which is not "
+                         "there; put the file back or pass the threshold with --hard-threshold") from None
+
+
+def hard_flags(rows: list[dict], hard_threshold: Optional[float] = None,
+               config: Optional[dict] = None) -> tuple[np.ndarray, Optional[float], str]:
+    """(hard (N,) bool, threshold, source) for accepted rows with a finite ``prior_score``.
+
+    A row is hard by ``hard_threshold`` when given (score >= it); else by its recorded ``hard``
+    flag (modes T and R record the generating prior's verdict per guided sample); rows without one
+    by the threshold of the dataset's prior (:func:`dataset_hard_threshold`). ``threshold`` is the
+    one used or, with flags only, the dataset prior's (None when its file is not there).
+    """
+    scores = np.array([float(r["scores"]["prior_score"]) for r in rows])
+    if hard_threshold is not None:
+        return scores >= hard_threshold, float(hard_threshold), "argument"
+    recorded = [r["scores"].get("hard") for r in rows]
+    flagged = np.array([f is not None for f in recorded], bool)
+    if flagged.all():  # the threshold only labels the histogram: a missing prior file is no error
+        source, threshold = "recorded per sample (manifest 'hard' flags)", None
+        if config is None:
+            source += "; the prior's threshold is unknown (no dataset config)"
+        else:
+            try:
+                threshold = dataset_hard_threshold(config)[0]
+            except InputError as exc:
+                source += f"; the prior's threshold is unknown ({exc})"
+        return np.array([bool(f) for f in recorded]), threshold, source
+    if config is None:
+        raise InputError(f"{int((~flagged).sum())} of {len(rows)} rows have a prior score but no recorded 'hard' flag "
+                         "and no dataset config names their prior: pass hard_threshold")
+    threshold, source = dataset_hard_threshold(config)
+    hard = np.where(flagged, [bool(f) for f in recorded], scores >= threshold)
+    if flagged.any():
+        source = f"recorded per sample for {int(flagged.sum())} of {len(rows)}; {source} for the rest"
+    return hard, threshold, source
 
 
 def manifest_stats(rows: list[dict], hard_threshold: Optional[float] = None, config: Optional[dict] = None,
@@ -433,9 +482,10 @@ def manifest_stats(rows: list[dict], hard_threshold: Optional[float] = None, con
 
     Returns counts and share dropped with reasons (the text before the first ':'), UNet evaluations
     (all attempts / accepted sample, and mean over accepted rows), a summary of every numeric score
-    of accepted rows, the prior-score histogram with the hard share (score >= ``hard_threshold``:
-    the argument, else ``hard_threshold`` in the dataset config, else 30, VPoser's value), and
-    distributions of the label-agreement scores (``pck_agreement``, ``mask_iou``) when present.
+    of accepted rows, the prior-score histogram with the hard share (:func:`hard_flags`: the
+    argument's threshold, else each row's recorded ``hard`` flag, else the threshold of the prior
+    the dataset ``config`` names; ``hard_threshold_source`` says which), and distributions of the
+    label-agreement scores (``pck_agreement``, ``mask_iou``) when present.
     """
     rows = list(rows)
     ok = [r for r in rows if r.get("status") == "ok"]
@@ -454,20 +504,16 @@ def manifest_stats(rows: list[dict], hard_threshold: Optional[float] = None, con
     score_values: dict[str, list[float]] = {}
     for r in ok:
         for k, v in (r.get("scores") or {}).items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v):
+            if _is_number(v):
                 score_values.setdefault(k, []).append(float(v))
     out["scores"] = {k: _summary(np.array(v)) for k, v in sorted(score_values.items())}
-    if "prior_score" in score_values:
-        if hard_threshold is not None:
-            thr, src = float(hard_threshold), "argument"
-        elif config is not None and _find_key(config, "hard_threshold") is not None:
-            thr, src = _find_key(config, "hard_threshold"), "dataset config"
-        else:
-            thr, src = DEFAULT_HARD_THRESHOLD, "default (VPoser, DESIGN §2)"
-        p = np.array(score_values["prior_score"])
-        hard = float((p >= thr).mean())
+    scored = [r for r in ok if _is_number((r.get("scores") or {}).get("prior_score"))]
+    if scored:
+        hard, thr, src = hard_flags(scored, hard_threshold, config)
+        p = np.array([float(r["scores"]["prior_score"]) for r in scored])
+        share = float(hard.mean())
         out["prior_score"] = {"histogram": _histogram(p, bins), "hard_threshold": thr, "hard_threshold_source": src,
-                              "hard_share": hard, "easy_share": 1.0 - hard, "n": int(p.size)}
+                              "hard_share": share, "easy_share": 1.0 - share, "n": int(p.size)}
     agreement = {}
     for k in ("pck_agreement", "mask_iou"):
         if k in score_values:
