@@ -7,26 +7,26 @@ import shutil
 import subprocess
 import sys
 
+import diffusers  # noqa: F401  (hard dependencies: a broken install fails the suite, never skips it)
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("diffusers")
-
-from diffusion_hpc.errors import MissingModelError  # noqa: E402
-from diffusion_hpc.generate import conditioning as C  # noqa: E402
-from diffusion_hpc.generate.base import (  # noqa: E402
+from diffusion_hpc.errors import MissingModelError
+from diffusion_hpc.generate import conditioning as C
+from diffusion_hpc.generate.base import (
     NEGATIVE_PROMPT,
     PRESETS,
     GenerationBatch,
+    SamplerSettings,
     expected_unet_evals,
     format_prompt,
     prompt_for_sample,
 )
-from diffusion_hpc.runtime.weights import check_models, check_tokenizer  # noqa: E402
+from diffusion_hpc.runtime.weights import check_models, check_tokenizer
 
-from conftest import TINY_SIZE as SIZE  # noqa: E402
-from conftest import regen_batch, regen_scene  # noqa: E402
+from conftest import TINY_SIZE as SIZE
+from conftest import regen_batch, regen_scene
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -131,7 +131,7 @@ def test_prompts_and_expected_costs():
 def test_importing_generate_and_segment_loads_no_model_library():
     """diffusers, transformers and MediaPipe load with the first model, not with the modules (the
     weight check runs before any of them)."""
-    code = ("import sys, diffusion_hpc.generate.base, diffusion_hpc.runtime.weights, "
+    code = ("import sys, diffusion_hpc.generate, diffusion_hpc.generate.identity, diffusion_hpc.runtime.weights, "
             "diffusion_hpc.generate.conditioning, diffusion_hpc.generate.diffusion, diffusion_hpc.generate.tiny, "
             "diffusion_hpc.segment, diffusion_hpc.segment.instance, diffusion_hpc.segment.mediapipe_seg; "
             "bad = [m for m in ('diffusers', 'transformers', 'mediapipe') if m in sys.modules]; "
@@ -211,7 +211,7 @@ def test_depth_regeneration_runs_and_counts(which, request):
     gen = request.getfixturevalue(which)
     out = gen.generate(regen_batch([1, 2]))
     assert out.images.shape == (2, SIZE, SIZE, 3)
-    assert out.info["steps_run"] == round(0.7 * 4) == 3
+    assert out.ran.steps_run == round(0.7 * 4) == 3
     assert (out.unet_evals == 3 * 2).all()
     assert (out.controlnet_evals == (6 if which == "cnet" else 0)).all()
     again = gen.generate(regen_batch([1, 2]))
@@ -220,7 +220,7 @@ def test_depth_regeneration_runs_and_counts(which, request):
     assert np.abs(alone.images[0].astype(int) - out.images[1]).max() <= 2
     # mode D: no start image -> all steps from noise
     d = gen.generate(regen_batch([3], start=False))
-    assert d.info["steps_run"] == 4 and (d.unet_evals == 8).all()
+    assert d.ran.steps_run == 4 and (d.unet_evals == 8).all()
 
 
 def test_unet_counts_equal_steps_times_guidance_factor(backbone, t2i):
@@ -233,8 +233,75 @@ def test_unet_counts_equal_steps_times_guidance_factor(backbone, t2i):
     for guidance, factor in ((7.5, 2), (1.0, 1)):
         gen = DepthRegenerator(backbone, method="depth2img", preset="original", guidance=guidance)
         out = gen.generate(regen_batch([5]))
-        assert out.info["steps_run"] == 35  # strength 0.7 of 50 steps
+        assert out.ran.steps_run == 35  # strength 0.7 of 50 steps
         assert (out.unet_evals == 35 * factor).all() and gen.unet_evals_per_sample() == 35 * factor
+
+
+def test_factories_pass_every_sampler_field(backbone):
+    """make_start_generator / make_image_generator hand every field of the config's sampler block
+    to the generators, and each call reports what ran."""
+    from diffusion_hpc.config import GenerateConfig
+    from diffusion_hpc.data.seeds import STAGE_BLUR, stage_seed
+    from diffusion_hpc.generate import make_image_generator, make_start_generator
+
+    sampler = dict(preset="original", scheduler="euler", txt2img_steps=3, steps=6, strength=0.5, guidance=3.0,
+                   controlnet_scale=0.6, blur_prob=0.5)  # fmt: skip
+    cfg = GenerateConfig(mode="T", prompt="diving", generator="controlnet", backbone=str(backbone),
+                         image_size=(SIZE, SIZE), sampler=sampler)  # fmt: skip
+    start = make_start_generator(cfg)
+    regen = make_image_generator(cfg, start=start)
+    assert start.settings == SamplerSettings("txt2img", "original", "euler", 3, 3.0, False)
+    assert regen.settings == SamplerSettings("controlnet", "original", "euler", 6, 3.0, False, strength=0.5,
+                                             controlnet_scale=0.6, blur_prob=0.5)  # fmt: skip
+    assert regen.pipe.unet is start.pipe.unet  # ControlNet regeneration shares the start generator's weights
+    made = start.generate(GenerationBatch(seeds=[1], prompts=["a"], size=(SIZE, SIZE)))
+    assert made.ran.settings == start.settings and made.ran.steps_run == 3 and made.ran.blur_radius is None
+    assert (made.unet_evals == 3 * 2).all()
+    seeds = [1, 2, 3, 4, 5, 6]
+    out = regen.generate(regen_batch(seeds))
+    assert out.ran.settings == regen.settings and out.ran.steps_run == round(0.5 * 6) == 3
+    assert (out.unet_evals == 3 * 2).all() and (out.controlnet_evals == 3 * 2).all()
+    # blur: the sample's own stream decides, radius U(1, 2.5)
+    blurred = [np.random.default_rng(stage_seed(s, STAGE_BLUR)).random() < 0.5 for s in seeds]
+    assert list(out.ran.blur_radius > 0) == blurred and 0 < sum(blurred) < len(seeds)
+    assert ((out.ran.blur_radius == 0) | ((out.ran.blur_radius >= 1) & (out.ran.blur_radius <= 2.5))).all()
+
+
+def test_backbone_identity_names_no_path_and_follows_the_weights(backbone, tmp_path):
+    from diffusion_hpc.generate.identity import backbone_identity, fingerprint, model_identity
+    from diffusion_hpc.runtime.weights import backbone_set
+
+    copy = tmp_path / "copy-of-tiny"
+    shutil.copytree(backbone, copy)
+    a = backbone_identity(str(backbone), backbone_set(backbone))
+    lora = tmp_path / "lora.safetensors"
+    lora.write_bytes(b"x" * 10)
+    b = backbone_identity(str(copy), backbone_set(copy), lora=lora, lora_scale=0.5)
+    assert a["fingerprint"] == b["fingerprint"] and len(a["fingerprint"]) == 16
+    assert b["spec"] == "copy-of-tiny" and b["commit"] is None and str(tmp_path) not in json.dumps(b)
+    assert b["lora"] == {"file": "lora.safetensors", "fingerprint": fingerprint(lora), "scale": 0.5}
+    config = sorted(copy.rglob("unet/config.json"))[0]
+    config.write_text(config.read_text() + " ")
+    changed = fingerprint(copy)
+    assert changed != a["fingerprint"]
+    weights = sorted(copy.rglob("*.safetensors"))[0]
+    with open(weights, "ab") as f:
+        f.write(b"\0")
+    assert fingerprint(copy) != changed
+    # a hub id from the HF cache: the snapshot commit, and the blobs' content hashes
+    snap = tmp_path / "models--owner--name" / "snapshots" / ("c" * 40)
+    (snap / "unet").mkdir(parents=True)
+    blobs = tmp_path / "models--owner--name" / "blobs"
+    blobs.mkdir()
+    (blobs / ("a" * 64)).write_bytes(b"weights")
+    (snap / "unet" / "model.safetensors").symlink_to(blobs / ("a" * 64))
+    (snap / "model_index.json").write_text("{}")
+    hub = model_identity("owner/name", snap)
+    assert hub["spec"] == "owner/name" and hub["commit"] == "c" * 40
+    (blobs / ("b" * 64)).write_bytes(b"weights")  # same size, other content: another blob
+    (snap / "unet" / "model.safetensors").unlink()
+    (snap / "unet" / "model.safetensors").symlink_to(blobs / ("b" * 64))
+    assert model_identity("owner/name", snap)["fingerprint"] != hub["fingerprint"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,19 +322,11 @@ def test_instance_masks_from_instances():
 
 
 def test_mediapipe_person_mask_on_a_real_photo():
-    import importlib.util
-    from pathlib import Path
-
-    pytest.importorskip("mediapipe")
-    spec = importlib.util.find_spec("skimage")
-    if spec is None:
-        pytest.skip("scikit-image (ships the astronaut photo) is not installed")
-    from PIL import Image
+    import skimage.data  # the test extra ships the astronaut photo
 
     from diffusion_hpc.segment import make_segmenter
 
-    photo = Path(spec.origin).parent / "data" / "astronaut.png"
-    image = np.asarray(Image.open(photo).convert("RGB"))
+    image = skimage.data.astronaut()
     seg = make_segmenter("mediapipe").segment(image)
     assert seg.person.shape == (1, 512, 512) and seg.person_found[0]
     assert 0.2 < seg.person[0].mean() < 0.8 and not seg.occluders.any()
@@ -276,7 +335,8 @@ def test_mediapipe_person_mask_on_a_real_photo():
 
 
 def test_instance_segmenter_with_a_tiny_random_mask2former(tmp_path):
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     from diffusion_hpc.segment import make_segmenter
 
     swin = transformers.SwinConfig(image_size=64, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],

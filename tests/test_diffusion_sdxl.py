@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import json
 
+import diffusers  # noqa: F401  (hard dependencies: a broken install fails the suite, never skips it)
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("diffusers")
+from diffusion_hpc.errors import MissingModelError
+from diffusion_hpc.generate.base import GenerationBatch, format_prompt
 
-from diffusion_hpc.errors import MissingModelError  # noqa: E402
-from diffusion_hpc.generate.base import GenerationBatch, format_prompt  # noqa: E402
-
-from conftest import TINY_SIZE as SIZE  # noqa: E402
-from conftest import regen_batch  # noqa: E402
+from conftest import TINY_SIZE as SIZE
+from conftest import regen_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -84,7 +83,7 @@ def test_sdxl_controlnet_regeneration_runs_and_counts(cnet):
     assert type(cnet.pipe).__name__ == "StableDiffusionXLControlNetPipeline" and cnet.is_sdxl
     out = cnet.generate(regen_batch([1, 2]))
     assert out.images.shape == (2, SIZE, SIZE, 3)
-    assert out.info["steps_run"] == round(0.7 * 4) == 3
+    assert out.ran.steps_run == round(0.7 * 4) == 3
     assert (out.unet_evals == 3 * 2).all() and (out.controlnet_evals == 3 * 2).all()
     assert cnet.unet_evals_per_sample() == 6
     again = cnet.generate(regen_batch([1, 2]))
@@ -93,7 +92,7 @@ def test_sdxl_controlnet_regeneration_runs_and_counts(cnet):
     assert np.abs(alone.images[0].astype(int) - out.images[1]).max() <= 2
     # mode D: no start image -> all steps from noise
     d = cnet.generate(regen_batch([3], start=False))
-    assert d.info["steps_run"] == 4 and (d.unet_evals == 8).all() and (d.controlnet_evals == 8).all()
+    assert d.ran.steps_run == 4 and (d.unet_evals == 8).all() and (d.controlnet_evals == 8).all()
 
 
 @pytest.mark.parametrize("kind, guidance", [("sd", 7.5), ("sdxl", 7.5), ("sdxl", 1.0)])

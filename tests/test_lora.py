@@ -4,18 +4,17 @@ bad paths fail before any model loads."""
 
 from __future__ import annotations
 
+import diffusers  # noqa: F401  (hard dependencies: a broken install fails the suite, never skips it)
 import numpy as np
+import peft  # noqa: F401
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("diffusers")
-pytest.importorskip("peft")
+from diffusion_hpc.errors import ConfigError, MissingModelError
+from diffusion_hpc.generate.base import GenerationBatch
 
-from diffusion_hpc.errors import ConfigError, MissingModelError  # noqa: E402
-from diffusion_hpc.generate.base import GenerationBatch  # noqa: E402
-
-from conftest import TINY_SIZE as SIZE  # noqa: E402
-from conftest import regen_batch  # noqa: E402
+from conftest import TINY_SIZE as SIZE
+from conftest import regen_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -124,6 +124,55 @@ class GenerationBatch:
         return None if self.size is None else (int(self.size[0]), int(self.size[1]))
 
 
+@dataclass(frozen=True)
+class SamplerSettings:
+    """The sampler of one diffusion generator as it runs: its preset with the overrides applied.
+
+    Attributes:
+        name: the backend (``txt2img``, ``depth2img``, ``controlnet``).
+        preset: the preset the values started from.
+        scheduler: scheduler name (see :data:`~diffusion_hpc.config.SCHEDULERS`).
+        steps: nominal denoising steps.
+        guidance: classifier-free guidance scale.
+        guidance_embedded: the UNet takes the scale as an input (LCM): one UNet pass per step.
+        strength: SDEdit strength (regeneration; None for text-to-image).
+        controlnet_scale: ControlNet conditioning scale (``controlnet`` only, else None).
+        blur_prob: probability of the blur augmentation (regeneration; None for text-to-image).
+    """
+
+    name: str
+    preset: str
+    scheduler: str
+    steps: int
+    guidance: float
+    guidance_embedded: bool
+    strength: Optional[float] = None
+    controlnet_scale: Optional[float] = None
+    blur_prob: Optional[float] = None
+
+    @property
+    def guidance_factor(self) -> int:
+        """UNet rows per sample per step (:func:`guidance_factor`)."""
+        return guidance_factor(self.guidance, self.guidance_embedded)
+
+
+@dataclass
+class SamplerRun:
+    """What one diffusion call ran, for the manifest.
+
+    Attributes:
+        settings: the generator's sampler.
+        steps_run: denoising steps every sample of the call went through (SDEdit:
+            ``round(strength * steps)`` with a start image; all steps without one).
+        blur_radius: (B,) Gaussian-blur radius per sample, 0 where no blur ran; None when the
+            backend has no blur augmentation.
+    """
+
+    settings: SamplerSettings
+    steps_run: int
+    blur_radius: Optional[np.ndarray] = None
+
+
 @dataclass
 class GenerationResult:
     """Output of one generator call.
@@ -133,14 +182,15 @@ class GenerationResult:
         unet_evals: (B,) int64 UNet evaluations spent per sample (a guided step counts 2).
         controlnet_evals: (B,) int64 ControlNet evaluations per sample (0 for other backends).
         seconds: wall time of the call, and its parts (``unet``, ``total``, ...), for the manifest.
-        info: per-call facts worth recording (scheduler, steps, guidance, preset, blur radii, ...).
+        ran: what a diffusion call ran (sampler, steps that ran, blur per sample); None for the
+            render baseline.
     """
 
     images: np.ndarray
     unet_evals: np.ndarray
     controlnet_evals: Optional[np.ndarray] = None
     seconds: dict[str, float] = field(default_factory=dict)
-    info: dict = field(default_factory=dict)
+    ran: Optional[SamplerRun] = None
 
 
 @runtime_checkable

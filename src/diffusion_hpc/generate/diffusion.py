@@ -57,6 +57,8 @@ from diffusion_hpc.generate import conditioning as C
 from diffusion_hpc.generate.base import (
     GenerationBatch,
     GenerationResult,
+    SamplerRun,
+    SamplerSettings,
     get_preset,
     guidance_factor,
     strength_steps,
@@ -348,6 +350,12 @@ class Text2ImageGenerator:
         """True for guidance-distilled UNets (LCM): the scale is an input, no extra UNet pass."""
         return getattr(self.pipe.unet.config, "time_cond_proj_dim", None) is not None
 
+    @property
+    def settings(self) -> SamplerSettings:
+        """The sampler as it runs (preset values with the overrides applied)."""
+        return SamplerSettings(self.name, self.preset, self.scheduler_name, self.steps, self.guidance,
+                               self.guidance_embedded)  # fmt: skip
+
     def unet_evals_per_sample(self) -> int:
         """Expected UNet evaluations per sample: steps x guidance factor."""
         return self.steps * guidance_factor(self.guidance, self.guidance_embedded)
@@ -392,8 +400,7 @@ class Text2ImageGenerator:
             unet_evals=self.unet_counter.per_sample(b),
             controlnet_evals=np.zeros(b, np.int64),
             seconds={"total": total, "unet": self.unet_counter.seconds},
-            info={"preset": self.preset, "scheduler": self.scheduler_name, "steps": self.steps,
-                  "guidance": self.guidance},  # fmt: skip
+            ran=SamplerRun(self.settings, steps_run=self.steps),
         )
 
 
@@ -514,6 +521,13 @@ class DepthRegenerator:
     @property
     def cfg(self) -> bool:
         return guidance_factor(self.guidance, self.guidance_embedded) == 2
+
+    @property
+    def settings(self) -> SamplerSettings:
+        """The sampler as it runs (preset values with the overrides applied)."""
+        return SamplerSettings(self.name, self.preset, self.scheduler_name, self.steps, self.guidance,
+                               self.guidance_embedded, strength=self.strength, blur_prob=self.blur_prob,
+                               controlnet_scale=self.controlnet_scale if self.method == "controlnet" else None)
 
     def steps_run(self, with_start_image: bool = True) -> int:
         """Denoising steps per call: round(strength * steps) with a start image, all steps without."""
@@ -690,9 +704,7 @@ class DepthRegenerator:
             unet_evals=self.unet_counter.per_sample(b),
             controlnet_evals=cn_evals,
             seconds=seconds,
-            info={"preset": self.preset, "scheduler": self.scheduler_name, "steps": self.steps,
-                  "steps_run": n_run, "strength": self.strength if with_start else 1.0,
-                  "guidance": self.guidance, "disparity": self.disparity, "blur_radius": radii},  # fmt: skip
+            ran=SamplerRun(self.settings, steps_run=n_run, blur_radius=np.asarray(radii, np.float64)),
         )
 
     def _region(self, batch: GenerationBatch, size: tuple[int, int]):
