@@ -15,14 +15,38 @@ def test_optical_axis_hits_the_image_centre():
     assert np.allclose(project(np.array([[0.0, y, 2.0]]), K)[0, 1], -0.5)
 
 
-@pytest.mark.parametrize("offset", [(0.0, 0.0), (1.0, -1.0), (-1.0, 1.0)])
+OFFSETS = [(0.0, 0.0), (1.0, -1.0), (-1.0, 1.0)]
+
+
+def _framed(pts: np.ndarray, fill: float, offset) -> tuple[np.ndarray, float]:
+    """(uv, span): the points placed by ``fit_translation`` in a 160 x 120 image, and the share of
+    the limiting side their box spans; fails unless every point is in frame."""
+    K = intrinsics_from_fov(40.0, 160, 120)
+    uv = project(pts + fit_translation(pts, K, 160, 120, fill, offset), K)
+    assert uv.min() >= 0 and uv[:, 0].max() <= 159 and uv[:, 1].max() <= 119
+    return uv, max(np.ptp(uv[:, 0]) / 159, np.ptp(uv[:, 1]) / 119)
+
+
+@pytest.mark.parametrize("offset", OFFSETS)
+@pytest.mark.parametrize("fill", [0.5, 0.95])
+def test_fit_translation_spans_fill_when_nothing_forces_it_smaller(offset, fill):
+    """A flat body (no depth relief) fits at any fill: its box spans exactly ``fill``."""
+    rng = np.random.default_rng(0)
+    pts = np.concatenate([rng.normal(size=(5000, 2)) * [0.3, 0.8], np.zeros((5000, 1))], axis=1) + [2.0, -1.0, 5.0]
+    _, span = _framed(pts, fill, offset)
+    assert span == pytest.approx(fill, rel=1e-3)
+
+
+@pytest.mark.parametrize("offset", OFFSETS)
 @pytest.mark.parametrize("fill", [0.5, 0.95])
 def test_fit_translation_keeps_everything_in_frame(offset, fill):
+    """With depth relief the body stays in frame; the span is ``fill`` shrunk by whole 0.95 steps
+    (within 2 %: moving the box off-axis changes its perspective size a little), and centred at
+    these fills it needs no step."""
     rng = np.random.default_rng(0)
     pts = rng.normal(size=(5000, 3)) * [0.3, 0.8, 0.2] + [2.0, -1.0, 5.0]
-    K = intrinsics_from_fov(40.0, 160, 120)
-    t = fit_translation(pts, K, 160, 120, fill, offset)
-    uv = project(pts + t, K)
-    assert uv.min() >= 0 and uv[:, 0].max() <= 159 and uv[:, 1].max() <= 119
-    span = max(np.ptp(uv[:, 0]) / 159, np.ptp(uv[:, 1]) / 119)
-    assert span == pytest.approx(fill, abs=0.05) or span < fill
+    _, span = _framed(pts, fill, offset)
+    steps = round(np.log(span / fill) / np.log(0.95))
+    assert steps >= 0 and span == pytest.approx(fill * 0.95**steps, rel=0.02), (span, steps)
+    if offset == (0.0, 0.0):
+        assert steps == 0 and span == pytest.approx(fill, rel=1e-3)
