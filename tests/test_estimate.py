@@ -11,11 +11,9 @@ import sys
 
 import numpy as np
 import pytest
+import skimage.data as skdata
 
-mp = pytest.importorskip("mediapipe")
-skdata = pytest.importorskip("skimage.data")
-
-from diffusion_hpc.errors import InputError  # noqa: E402
+from diffusion_hpc.errors import InputError
 
 # Measured (see scripts/bench_estimate.py; default estimator = shipped Anny prior): PA-MPJPE on
 # H36M-17 of renders is ~62 mm mean / ~52 mm median over 105 easy renders; on this file's four
@@ -103,9 +101,12 @@ def test_default_uses_the_prior_and_none_the_fallback(estimator, fallback_estima
 
 
 def test_fallback_regulariser_still_fits(fallback_estimator, rendered):
+    """Without a prior the fit still recovers the render's pose: measured 122 mm PA-MPJPE and 2.6 px
+    on this render, where the rest pose the fallback starts from scores 190 mm (the prior's mean
+    pose 202 mm). The detector labels this front view correctly, so the unswapped start wins."""
     [est] = fallback_estimator.estimate([rendered[0]["image"]])
-    assert est.ok and est.fit_hypothesis in ("base", "swap")
-    assert pa_mpjpe(est.joints3d["h36m17"], rendered[0]["joints3d"]["h36m17"]) * 1000 < 200.0
+    assert est.ok and est.fit_hypothesis == "base"
+    assert pa_mpjpe(est.joints3d["h36m17"], rendered[0]["joints3d"]["h36m17"]) * 1000 < 150.0
     assert np.median(np.linalg.norm(est.keypoints2d[:, :2] - rendered[0]["keypoints2d"][:, :2], axis=1)) < 8.0
 
 
@@ -117,7 +118,8 @@ def test_params_reproduce_joints(estimator, rendered, results):
     with torch.no_grad():
         joints = estimator.body(params).joints["h36m17"][0].numpy()
     np.testing.assert_allclose(joints, est.joints3d["h36m17"], atol=1e-4)
-    assert est.K.shape == (3, 3) and 0.0 < est.confidence <= 1.0
+    # a close fit of a clearly seen person is trusted (measured 0.69; ~0.2 when the fit is 10 px off)
+    assert est.K.shape == (3, 3) and 0.5 < est.confidence <= 1.0
 
 
 def test_real_photos(estimator, rendered, results):

@@ -191,8 +191,6 @@ SYNTHETIC_FRAMES = [
 
 @pytest.fixture(scope="module")
 def anny():
-    pytest.importorskip("torch")
-    pytest.importorskip("anny")
     from diffusion_hpc.body import get_body_model
 
     return get_body_model("anny")
