@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -18,8 +19,6 @@ from diffusion_hpc.data.benchmarks import (
     load_spin_npz,
 )
 from diffusion_hpc.errors import ConfigError, InputError
-
-h5py = pytest.importorskip("h5py")
 
 
 def true_h36m(n: int, seed: int = 0) -> np.ndarray:

@@ -41,8 +41,13 @@ def test_export_cli(small_dataset, tmp_path, fmt, suffix):
 
 
 def test_export_bad_format_is_a_clear_error(small_dataset, tmp_path):
-    proc = run_cli("export", str(small_dataset), "--format", "spin-npz", "--out", str(tmp_path / "x.json"))
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    """An --out whose suffix does not fit --format: one line naming the file, the format and the
+    corrected name; nothing is written."""
+    bad = tmp_path / "x.json"
+    proc = run_cli("export", str(small_dataset), "--format", "spin-npz", "--out", str(bad))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert str(bad) in proc.stderr and "spin-npz" in proc.stderr and str(bad.with_suffix(".npz")) in proc.stderr, proc.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_prior_fit_cli(tmp_path):
@@ -57,8 +62,7 @@ def test_prior_fit_cli(tmp_path):
 
 
 def test_estimate_cli_on_a_real_photo_and_a_blank_image(tmp_path):
-    pytest.importorskip("mediapipe")
-    skimage_data = pytest.importorskip("skimage.data")
+    import skimage.data as skimage_data
     from PIL import Image
 
     folder = tmp_path / "imgs"

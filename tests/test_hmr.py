@@ -8,9 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("transformers")
-pytest.importorskip("pytorch_lightning")
-
 CROP = 64
 
 
@@ -355,7 +352,6 @@ def test_real_dataset_from_benchmark_set(tiny_dataset, tmp_path):
 
 
 def test_lightning_advert_is_dropped_and_its_other_lines_kept():
-    pytest.importorskip("pytorch_lightning")
     import logging
 
     from pytorch_lightning.utilities.rank_zero import rank_zero_info
