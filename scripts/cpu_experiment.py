@@ -4,7 +4,7 @@
    held out, so no test pose (nor a neighbouring frame of one) is seen in training.
 2. Generate render-baseline datasets from each split (``dhpc generate``'s Python API).
 3. Fine-tune a small ResNet regressor (random init) in ``--chunks`` bounded pieces (each a
-   resume of the previous), validating on the held-out set (``train(val=...)``: ``dhpc evaluate``'s
+   resume of the previous), validating on the held-out set (``TrainConfig(val=...)``: ``dhpc evaluate``'s
    MPJPE / PA-MPJPE, H36M-17 pelvis-centred, mm) at the end of each piece; "before" is the
    initial (untrained) regressor, scored with the same functions.
 4. Write ``results.json``, ``eval.csv`` and ``curves.png`` (loss and metric curves) to ``--out``;
@@ -123,6 +123,7 @@ def main(argv=None) -> dict:
 
     import pytorch_lightning as pl
 
+    from diffusion_hpc.config import TrainConfig
     from diffusion_hpc.hmr.evaluate import load_targets
     from diffusion_hpc.hmr.train import HMRModule, train
 
@@ -143,12 +144,14 @@ def main(argv=None) -> dict:
     initial = HMRModule(backbone="tiny", backbone_config=backbone_config).regressor
     before = {"step": 0, **evaluate_initial(initial, targets)}
     print("before", before, flush=True)
+    config = TrainConfig(
+        synthetic=[train_dir], out=run, max_steps=10**7, batch_size=args.batch_size, lr=args.lr, backbone="tiny",
+        backbone_config=backbone_config, crop_size=args.crop, checkpoint_every=10**6, log_every=5, seed=args.seed,
+        val=str(test_dir), accelerator="cpu", workers=0,
+    )  # fmt: skip
     for k in range(1, args.chunks + 1):  # each chunk ends with a validation (val_every: never in between)
-        train(
-            [train_dir], out_dir=run, max_steps=10**7, batch_size=args.batch_size, lr=args.lr, resume=k > 1,
-            backbone="tiny", backbone_config=backbone_config, crop_size=args.crop, checkpoint_every=10**6,
-            log_every=5, seed=args.seed, max_minutes=args.minutes * k / args.chunks, val=str(test_dir),
-        )  # fmt: skip
+        train(TrainConfig(**{**dict(config), "resume": k > 1, "max_minutes": args.minutes * k / args.chunks}),
+              progress=False)  # fmt: skip
         print("chunk", k, read_evals(run)[-1], flush=True)
     evals = [before, *read_evals(run)]
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from diffusion_hpc.body.joint_sets import BODY25, COCO17, H36M17
+from diffusion_hpc.config import ExportConfig, build
 from diffusion_hpc.data.benchmarks import (
     SKIPOSE17,
     SPIN24,
@@ -224,7 +225,7 @@ def test_export_spin_npz_round_trip(tiny_dataset, tmp_path):
     from diffusion_hpc.data.export import export_dataset
 
     path, samples = tiny_dataset
-    result = export_dataset(path, "spin-npz", tmp_path / "out" / "train.npz")
+    result = export_dataset(ExportConfig(dataset=path, format="spin-npz", out=tmp_path / "out" / "train.npz"))
     assert result.count == len(samples) == 3 and result.images == tmp_path / "out" / "images"
     data = load_spin_npz(result.path)
     assert len(data) == 3
@@ -262,7 +263,7 @@ def test_export_coco_json(tiny_dataset, tmp_path):
     from diffusion_hpc.data.export import export_dataset
 
     path, samples = tiny_dataset
-    result = export_dataset(path, "coco-json", tmp_path / "coco" / "train.json")
+    result = export_dataset(ExportConfig(dataset=path, format="coco-json", out=tmp_path / "coco" / "train.json"))
     doc = json.loads(result.path.read_text())
     assert doc["categories"][0]["keypoints"] == list(COCO17)
     assert len(doc["images"]) == len(doc["annotations"]) == 3
@@ -284,12 +285,15 @@ def test_export_errors(tiny_dataset, tmp_path):
     from diffusion_hpc.data.export import export_dataset
 
     path, _ = tiny_dataset
-    with pytest.raises(ConfigError, match="'tfrecord' is not one of"):
-        export_dataset(path, "tfrecord", tmp_path / "x.npz")
-    with pytest.raises(ConfigError, match=r"must end with \.npz"):
-        export_dataset(path, "spin-npz", tmp_path / "x.json")
+    with pytest.raises(ConfigError, match="format: Input should be 'spin-npz' or 'coco-json'.*'tfrecord'"):
+        build(ExportConfig, {"dataset": path, "format": "tfrecord", "out": tmp_path / "x.npz"})
+    with pytest.raises(ConfigError, match=r"must end with \.npz for format spin-npz, e\.g\. .*x\.npz"):
+        build(ExportConfig, {"dataset": path, "format": "spin-npz", "out": tmp_path / "x.json"})
+    (tmp_path / "dir.npz").mkdir()
+    with pytest.raises(ConfigError, match="is a directory"):
+        export_dataset(ExportConfig(dataset=path, format="spin-npz", out=tmp_path / "dir.npz"))
     with pytest.raises(InputError, match="not a Diffusion-HPC dataset"):
-        export_dataset(tmp_path, "coco-json", tmp_path / "x.json")
+        export_dataset(ExportConfig(dataset=tmp_path, format="coco-json", out=tmp_path / "x.json"))
 
 
 def test_export_smpl_params_as_spin_pose(tiny_dataset, tmp_path):

@@ -40,6 +40,26 @@ def test_export_cli(small_dataset, tmp_path, fmt, suffix):
     assert len(list((tmp_path / "images").iterdir())) == 3
 
 
+def test_export_from_a_config_file_equals_the_flags(small_dataset, tmp_path):
+    """``--config FILE`` writes what the same flags write; a flag given wins over the file."""
+    import yaml
+
+    flags = tmp_path / "flags" / "train.npz"
+    assert run_cli("export", str(small_dataset), "--format", "spin-npz", "--out", str(flags),
+                   "--box-expand", "1.5").returncode == 0
+    config = tmp_path / "export.yaml"
+    config.write_text(yaml.safe_dump({"dataset": str(small_dataset), "format": "spin-npz", "box_expand": 1.1,
+                                      "out": str(tmp_path / "elsewhere.npz")}))
+    from_file = tmp_path / "file" / "train.npz"
+    proc = run_cli("export", "--config", str(config), "--box-expand", "1.5", "--out", str(from_file))
+    assert proc.returncode == 0, proc.stderr
+    with np.load(flags, allow_pickle=False) as a, np.load(from_file, allow_pickle=False) as b:
+        assert a.files == b.files
+        for key in a.files:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert not (tmp_path / "elsewhere.npz").exists()
+
+
 def test_export_bad_format_is_a_clear_error(small_dataset, tmp_path):
     """An --out whose suffix does not fit --format: one line naming the file, the format and the
     corrected name; nothing is written."""

@@ -6,8 +6,10 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 from conftest import run_cli
+from diffusion_hpc.config import EvaluateConfig
 from diffusion_hpc.hmr.evaluate import Targets, load_targets, score
 
 
@@ -85,13 +87,32 @@ def test_train_then_evaluate_cli(dataset, tmp_path):
     assert best["metric"] == "pck" and best["step"] == max(rows, key=lambda r: r["pck"])["step"]
     assert f"best: {run / 'best'} (step {best['step']}, pck" in proc.stdout
     for folder, row in ((run, rows[-1]), (run / "best", best)):
-        assert evaluate(folder, f"smart:{smart}", crop_size=64)["pck"] == pytest.approx(row["pck"], rel=1e-9)
+        result = evaluate(EvaluateConfig(checkpoint=folder, data=f"smart:{smart}", crop_size=64))
+        assert result["pck"] == pytest.approx(row["pck"], rel=1e-9)
     out = tmp_path / "res.json"
     proc = run_cli("evaluate", "--checkpoint", str(run), "--data", str(dataset), "--crop-size", "64", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "PA-MPJPE" in proc.stdout and "PCK" in proc.stdout
     result = json.loads(out.read_text())
     assert result["samples"] == 6 and np.isfinite(result["mpjpe_mm"]) and 0 <= result["pck"] <= 100
+    assert result["config"] == EvaluateConfig(checkpoint=run, data=str(dataset), crop_size=64, out=out).model_dump(mode="json")
+    # the same evaluation from a config file, with a flag that wins over the file's value
+    config_file = tmp_path / "evaluate.yaml"
+    config_file.write_text(yaml.safe_dump({"checkpoint": str(run), "data": str(dataset), "crop_size": 64, "limit": 2}))
+    out2 = tmp_path / "res2.json"
+    proc = run_cli("evaluate", "--config", str(config_file), "--limit", "6", "--out", str(out2))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    again = json.loads(out2.read_text())
+    assert again["config"]["limit"] == 6 and again["samples"] == 6
+    assert {k: v for k, v in again.items() if k != "config"} == {k: v for k, v in result.items() if k != "config"}
+    # the run folder holds the config the CLI built from the flags
+    from diffusion_hpc.cli import build_parser, command_config
+    from diffusion_hpc.config import TrainConfig
+
+    argv = ["train", "--synthetic", str(dataset), "--out", str(run), "--backbone", "tiny", "--max-steps", "2",
+            "--batch-size", "4", "--crop-size", "64", "--accelerator", "cpu", "--workers", "0",
+            "--val", f"smart:{smart}", "--val-every", "1"]  # fmt: skip
+    assert TrainConfig.from_yaml(run / "train.yaml") == command_config(build_parser().parse_args(argv))
 
 
 @pytest.mark.slow
@@ -108,7 +129,7 @@ def test_train_validation_under_ddp_equals_single_process(dataset, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_rows(run)
     assert [r["step"] for r in rows] == [1, 2] and rows[-1]["samples"] == 5
-    result = evaluate(run, str(dataset), crop_size=64, limit=5)
+    result = evaluate(EvaluateConfig(checkpoint=run, data=str(dataset), crop_size=64, limit=5))
     for key in ("mpjpe_mm", "pa_mpjpe_mm", "pck"):  # ranks predict in other batches: float32 rounding apart
         assert result[key] == pytest.approx(rows[-1][key], rel=1e-6), key
 

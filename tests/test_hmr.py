@@ -26,20 +26,22 @@ def trained_run(tiny_dataset, tmp_path_factory, one_thread):
     """2 steps, export copied to ``initial``, then resumed to 20 steps; validated on the training
     set every 5 steps and at the end (steps 2, 5, 10, 15, 20). Before the resume, a stale row
     (step 7, as if validated after the checkpoint the resume starts from) is added to val.jsonl."""
+    from diffusion_hpc.config import TrainConfig
     from diffusion_hpc.hmr.train import train
     from diffusion_hpc.hmr.validation import read_rows, write_rows
 
     run = tmp_path_factory.mktemp("hmr") / "run"
-    common = dict(out_dir=run, batch_size=8, backbone="tiny", crop_size=CROP, lr=1e-3, augment=False, log_every=1,
-                  checkpoint_every=5, val=str(tiny_dataset), val_every=5)  # fmt: skip
-    train([tiny_dataset], max_steps=2, **common)
+    config = TrainConfig(synthetic=[tiny_dataset], out=run, batch_size=8, backbone="tiny", crop_size=CROP, lr=1e-3,
+                         augment=False, log_every=1, checkpoint_every=5, val=str(tiny_dataset), val_every=5,
+                         accelerator="cpu", workers=0, max_steps=2)  # fmt: skip
+    train(config, progress=False)
     initial = run.parent / "initial"
     initial.mkdir()
     for name in ("regressor.json", "regressor.safetensors"):
         shutil.copy(run / name, initial / name)
     rows = read_rows(run)
     write_rows(run, rows + [dict(rows[-1], step=7)])
-    module = train([tiny_dataset], max_steps=20, resume=True, **common)
+    module = train(config.model_copy(update={"max_steps": 20, "resume": True}), progress=False)
     return run, initial, module
 
 
@@ -110,13 +112,14 @@ def test_validation_history_one_row_per_step_across_resume(trained_run):
 
 
 def test_validation_equals_evaluate_of_that_step(trained_run, tiny_dataset):
+    from diffusion_hpc.config import EvaluateConfig
     from diffusion_hpc.hmr.evaluate import evaluate
     from diffusion_hpc.hmr.validation import read_rows
 
     run, initial, _ = trained_run
     rows = {r["step"]: r for r in read_rows(run)}
     for folder, step in ((initial, 2), (run, 20)):  # the regressors exported at steps 2 and 20
-        result = evaluate(folder, str(tiny_dataset), crop_size=CROP)
+        result = evaluate(EvaluateConfig(checkpoint=folder, data=str(tiny_dataset), crop_size=CROP))
         assert result["samples"] == rows[step]["samples"] and result["protocol_3d"] == rows[step]["protocol_3d"]
         for key in ("mpjpe_mm", "pa_mpjpe_mm", "pck"):
             assert result[key] == pytest.approx(rows[step][key], rel=1e-9), (step, key)
@@ -125,6 +128,7 @@ def test_validation_equals_evaluate_of_that_step(trained_run, tiny_dataset):
 def test_best_export_is_the_best_validation(trained_run, tiny_dataset):
     import json
 
+    from diffusion_hpc.config import EvaluateConfig
     from diffusion_hpc.hmr.evaluate import evaluate
     from diffusion_hpc.hmr.validation import read_best, read_rows
 
@@ -134,12 +138,13 @@ def test_best_export_is_the_best_validation(trained_run, tiny_dataset):
     assert record == read_best(run)  # best.json = the record in the weights' header
     assert record["step"] == best_row["step"] and record["metric"] == "pa_mpjpe_mm" and record["mode"] == "min"
     assert record["value"] == best_row["pa_mpjpe_mm"]
-    result = evaluate(run / "best", str(tiny_dataset), crop_size=CROP)
+    result = evaluate(EvaluateConfig(checkpoint=run / "best", data=str(tiny_dataset), crop_size=CROP))
     assert result["pa_mpjpe_mm"] == pytest.approx(best_row["pa_mpjpe_mm"], rel=1e-9)
 
 
 def test_validation_errors_come_before_training(trained_run, tiny_dataset, tmp_path, capsys):
     from diffusion_hpc.cli import main
+    from diffusion_hpc.config import TrainConfig
     from diffusion_hpc.errors import ConfigError
     from diffusion_hpc.hmr.train import checkpoint_step, train
 
@@ -149,8 +154,8 @@ def test_validation_errors_come_before_training(trained_run, tiny_dataset, tmp_p
     cases = [
         (["--val", str(tmp_path / "no-such-set")], ["--val", "no-such-set", "does not exist", "skipose:PATH", "dataset folder"]),
         (["--val", str(tmp_path / "empty")], ["cannot tell the format of --val", "smart:PATH"]),
-        (["--val", str(tiny_dataset), "--val-every", "0"], ["--val-every must be a positive number of steps, got 0"]),
-        (["--val", str(tiny_dataset), "--val-limit", "0"], ["--val-limit must be a positive number of samples, got 0"]),
+        (["--val", str(tiny_dataset), "--val-every", "0"], ["val_every", "greater than or equal to 1", "got 0"]),
+        (["--val", str(tiny_dataset), "--val-limit", "0"], ["val_limit", "greater than or equal to 1", "got 0"]),
         (["--val-every", "5"], ["--val-every / --val-limit need --val SOURCE"]),
     ]
     for extra, messages in cases:
@@ -161,9 +166,26 @@ def test_validation_errors_come_before_training(trained_run, tiny_dataset, tmp_p
     # resuming with other validation data than the history's is refused
     run, _, _ = trained_run
     with pytest.raises(ConfigError, match="recorded on other validation data.*--val-limit"):
-        train([tiny_dataset], out_dir=run, max_steps=25, resume=True, batch_size=8, backbone="tiny", crop_size=CROP,
-              val=str(tiny_dataset), val_limit=3)  # fmt: skip
+        train(TrainConfig.from_yaml(run / "train.yaml", resume=True, max_steps=25, val_limit=3), progress=False)
     assert checkpoint_step(run / "checkpoints" / "last.ckpt") == 20
+
+
+def test_resume_with_another_training_config_is_refused(trained_run, tiny_dataset):
+    """RUN/train.yaml holds the config that started the run; a resume may change the budget, the
+    hardware and the validation, not what is trained (here: the learning rate and the data)."""
+    from diffusion_hpc.config import TrainConfig
+    from diffusion_hpc.errors import ConfigError
+    from diffusion_hpc.hmr.train import checkpoint_step, train
+
+    run, _, _ = trained_run
+    stored = TrainConfig.from_yaml(run / "train.yaml")
+    assert stored.max_steps == 2 and stored.lr == 1e-3 and not stored.resume  # the first invocation's
+    for change, named in (({"lr": 1e-2}, "lr: 0.001 -> 0.01"), ({"real": [f"smart:{tiny_dataset}"]}, "real: [] -> ")):
+        with pytest.raises(ConfigError, match="--resume: the run in .* another training config") as err:
+            train(stored.model_copy(update={"resume": True, "max_steps": 25, **change}), progress=False)
+        assert named in str(err.value) and "train.yaml" in str(err.value)
+    assert checkpoint_step(run / "checkpoints" / "last.ckpt") == 20  # nothing trained
+    assert (run / "train.yaml").read_text() == stored.to_yaml()  # nor rewritten
 
 
 @pytest.mark.parametrize("world", [2, 3])

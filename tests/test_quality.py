@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from diffusion_hpc.config import QualityConfig
 from diffusion_hpc.errors import MissingModelError
 
 SIZE = 40
@@ -311,8 +312,9 @@ def test_quality_report_masked_variant_and_comparison(tmp_path, weights_file):
     gen_b = _write_dataset(tmp_path / "gen_b", swapped, gen_masks, scores)
 
     out = tmp_path / "report"
-    result = quality(str(real_dir), [str(gen_a), str(gen_b)], out, human_only=True, weights=weights_file,
-                     kid_subsets=10, kid_subset_size=1000, batch_size=3, segmenter=seg)
+    result = quality(QualityConfig(real=str(real_dir), generated=[str(gen_a), str(gen_b)], out=out, human_only=True,
+                                   fid_weights=weights_file, kid_subsets=10, kid_subset_size=1000, batch_size=3),
+                     segmenter=seg)
     assert seg.calls == n  # real images segmented once each; datasets use their own masks
 
     table = result["comparison"]
@@ -386,7 +388,8 @@ def test_missing_weights_fail_fast(tmp_path, monkeypatch):
     monkeypatch.setattr(q, "load_image", _no_reading)
     for weights in (None, tmp_path / "nope.pth"):
         with pytest.raises(MissingModelError) as err:
-            q.quality(str(tmp_path / "real"), [str(tmp_path / "gen")], tmp_path / "out", weights=weights)
+            q.quality(QualityConfig(real=str(tmp_path / "real"), generated=[str(tmp_path / "gen")], out=tmp_path / "out",
+                                    fid_weights=weights))
         msg = str(err.value)
         assert "pt_inception-2015-12-05-6726825d.pth" in msg
         assert "DHPC_FID_WEIGHTS" in msg and str(tmp_path / "cache" / "fid") in msg
@@ -396,7 +399,7 @@ def test_missing_weights_fail_fast(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
     monkeypatch.setenv("DHPC_FID_WEIGHTS", str(tmp_path / "env.pth"))
     with pytest.raises(MissingModelError, match="env.pth"):
-        q.quality(str(tmp_path / "real"), [str(tmp_path / "gen")], tmp_path / "out")
+        q.quality(QualityConfig(real=str(tmp_path / "real"), generated=[str(tmp_path / "gen")], out=tmp_path / "out"))
 
 
 def test_bad_weights_file_names_the_problem(tmp_path):
