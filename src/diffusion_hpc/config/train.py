@@ -114,7 +114,7 @@ class TrainConfig(CommandConfig):
             raise ValueError("synthetic: dhpc train needs data: pass --synthetic DIR... and/or --real SOURCE...")
         if self.resume and self.checkpoint is not None:
             raise ValueError("checkpoint: give either --resume (continue this run) or --checkpoint (start from "
-                             "weights), not both")
+                             "weights), not both (resuming with a config file: remove its checkpoint)")
         if self.val is None and (self.val_every is not None or self.val_limit is not None):
             raise ValueError("val: --val-every / --val-limit need --val SOURCE, the held-out data to validate on")
         if self.body_model in ("smpl", "smplx") and self.smpl_path is None:
