@@ -186,7 +186,7 @@ class MediaPipeFitter(MeshEstimator):
         if todo:
             with torch_threads(1):  # tiny tensors: one thread is several times faster (see torch_threads)
                 fitted = self._fit_batch(todo)
-            for (i, det, K, size), est in zip(todo, fitted):
+            for (i, *_), est in zip(todo, fitted, strict=True):
                 results[i] = est
         return results  # type: ignore[return-value]
 
