@@ -188,6 +188,20 @@ def test_resume_with_another_training_config_is_refused(trained_run, tiny_datase
     assert (run / "train.yaml").read_text() == stored.to_yaml()  # nor rewritten
 
 
+def test_resume_from_the_stored_config(trained_run, tmp_path):
+    """``dhpc train --config RUN/train.yaml --resume --max-steps N`` continues the run as it started."""
+    from diffusion_hpc.cli import main
+    from diffusion_hpc.hmr.train import checkpoint_step
+    from diffusion_hpc.hmr.validation import read_rows
+
+    run, _, _ = trained_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    assert main(["train", "--config", str(run / "train.yaml"), "--out", str(copy), "--resume", "--max-steps", "22"]) == 0
+    assert checkpoint_step(copy / "checkpoints" / "last.ckpt") == 22
+    assert [r["step"] for r in read_rows(copy)][-2:] == [20, 22]  # the history goes on (validated at the end)
+
+
 @pytest.mark.parametrize("world", [2, 3])
 def test_rank_shares_merge_to_the_single_process_score(tiny_dataset, monkeypatch, world):
     from diffusion_hpc.hmr.evaluate import load_targets, score
