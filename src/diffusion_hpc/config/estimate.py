@@ -28,7 +28,7 @@ class EstimateConfig(CommandConfig):
     mean_params: Optional[Path] = None
     """spin: smpl_mean_params.npz, when the checkpoint lacks the mean-parameter buffers"""
     body_model: Optional[Literal["anny", "smpl", "smplx"]] = None
-    """body model of the MediaPipe fit (default anny); a regressor's is its checkpoint's"""
+    """body model of the MediaPipe fit (default: anny); a regressor's is its checkpoint's"""
     smpl_path: Optional[Path] = None
     """SMPL / SMPL-X model file or folder (the smpl / smplx fit, SMPL regressors, spin)"""
     preview: Optional[Path] = None

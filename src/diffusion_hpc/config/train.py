@@ -40,7 +40,7 @@ class TrainConfig(CommandConfig):
     out: Path
     """run folder: checkpoints, logs, train.yaml and the exported regressor"""
     resume: bool = False
-    """continue OUT/checkpoints/last.ckpt (weights, optimiser, step); the training fields must match OUT/train.yaml"""
+    """continue OUT/checkpoints/last.ckpt (weights, optimiser, step); the training options must match OUT/train.yaml"""
     checkpoint: Optional[Path] = None
     """initial weights (a run folder, .safetensors or .ckpt), weights only, strict about keys and shapes"""
     max_steps: int = Field(10000, ge=1)
