@@ -3,7 +3,9 @@ and clear errors on bad input."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -53,6 +55,9 @@ def test_reader_fields_and_manifest(dataset):
     assert {r["shard"] for r in rows} == {0, 1}
     for r in rows:
         assert r["status"] == "ok" and r["unet_evals"] == 0 and set(r["timings"]) >= {"body", "render", "generate"}
+        assert "sampler" not in r and "backbone" not in r  # no diffusion ran: the row reads as before
+    run = json.loads((dataset / "run.json").read_text())
+    assert run["generator"] == "render" and run["sampler"] is None and run["backbone"] is None
     assert (dataset / "preview.png").stat().st_size > 0 and (dataset / "manifest.jsonl").exists()
 
 
@@ -225,10 +230,61 @@ def test_inspect_cli(dataset, tmp_path):
     assert img.size[0] == 3 * 192 and img.size[1] == 7 * 192
 
 
+def _option_help(text: str) -> dict[str, str]:
+    """``--help`` output -> {each option string: the help printed beside it}, whitespace normalised."""
+    blocks: dict[str, list[str]] = {}
+    names: list[str] = []
+    for line in text.splitlines():
+        m = re.match(r"^  (-\S.*?)(?:  +(\S.*))?$", line)
+        if m:  # an option line: its flags, maybe its help
+            names = re.findall(r"(?:^|, )(-[-\w]+)", m.group(1))
+            for name in names:
+                blocks[name] = [m.group(2) or ""]
+        elif names and line.startswith("   "):  # the help continued
+            for name in names:
+                blocks[name].append(line)
+        else:
+            names = []
+    return {name: " ".join(" ".join(lines).split()) for name, lines in blocks.items()}
+
+
 def test_cli_help_reads_well():
+    """Every option of ``dhpc generate`` is listed with its help text, and the defaults it shows are
+    the config's (those the sampler preset fills in: the preset's values)."""
+    import argparse
+
+    from diffusion_hpc.cli import build_parser
+    from diffusion_hpc.config import GenerateConfig, SamplerConfig
+
+    wide = {"COLUMNS": "1000"}  # one line per option: no wrapping inside words like "instance-segmentation"
     for args in (["--help"], ["generate", "--help"], ["inspect", "--help"], ["poses", "import", "--help"]):
-        proc = run_cli(*args)
-        assert proc.returncode == 0 and "usage: dhpc" in proc.stdout
+        proc = run_cli(*args, env=wide)
+        assert proc.returncode == 0 and proc.stdout.startswith(" ".join(["usage: dhpc", *args[:-1]])), proc.stdout[:200]
+    shown = _option_help(run_cli("generate", "--help", env=wide).stdout)
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    generate_parser = commands.choices["generate"]
+    sampler = SamplerConfig()
+    checked = set()
+    for action in generate_parser._actions:
+        if not action.option_strings:
+            continue
+        help_text = " ".join((action.help or "").replace("%%", "%").split())
+        assert len(help_text) > 10, f"{action.option_strings} has no help"
+        for flag in action.option_strings:
+            assert shown.get(flag) == help_text, (flag, shown.get(flag), help_text)
+        for model in (GenerateConfig, SamplerConfig):
+            info = model.model_fields.get(action.dest)
+            if info is None or isinstance(info.default, (bool, tuple, list)) or action.dest == "prior_path":
+                continue
+            if info.default is not None:
+                assert help_text.endswith(f"(default: {info.default})"), (action.dest, help_text)
+            elif model is SamplerConfig:
+                assert f"(default: the preset's; preset {sampler.preset}: {getattr(sampler, action.dest)})" in help_text
+            else:
+                continue
+            checked.add(action.dest)
+    assert {"n", "seed", "batch_size", "body_model", "renderer", "mode", "lora_scale", "cycles", "preset", "scheduler",
+            "txt2img_steps", "steps", "strength", "guidance", "controlnet_scale", "blur_prob"} <= checked, checked
 
 
 def test_cli_and_python_api_make_the_same_dataset(dataset, tmp_path):

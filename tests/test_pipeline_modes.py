@@ -18,19 +18,19 @@ import sys
 import time
 from pathlib import Path
 
+import diffusers  # noqa: F401  (hard dependencies: a broken install fails the suite, never skips it)
 import numpy as np
 import pytest
+import skimage.data
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("diffusers")
+from diffusion_hpc.config import DEFAULT_PROMPT, GenerateConfig
+from diffusion_hpc.data import open_dataset
+from diffusion_hpc.errors import ConfigError, InputError, MissingModelError
+from diffusion_hpc.generate.base import PRESETS, expected_unet_evals, guidance_factor
+from diffusion_hpc.pipeline.generate import Generator, generate
 
-from diffusion_hpc.config import DEFAULT_PROMPT, GenerateConfig  # noqa: E402
-from diffusion_hpc.data import open_dataset  # noqa: E402
-from diffusion_hpc.errors import ConfigError, InputError, MissingModelError  # noqa: E402
-from diffusion_hpc.generate.base import PRESETS, expected_unet_evals  # noqa: E402
-from diffusion_hpc.pipeline.generate import Generator, generate  # noqa: E402
-
-from conftest import dataset_digest, run_cli, strip_timings  # noqa: E402
+from conftest import dataset_digest, run_cli, strip_timings
 
 SIZE = 64
 P = PRESETS["default"]
@@ -49,13 +49,12 @@ def backbone(tiny_backbone):
 
 @pytest.fixture(scope="module")
 def guides(tmp_path_factory):
-    skdata = pytest.importorskip("skimage.data")
     import matplotlib
     from PIL import Image
 
     folder = tmp_path_factory.mktemp("guides")
-    Image.fromarray(skdata.astronaut()).save(folder / "astronaut.png")
-    Image.fromarray(skdata.camera()).save(folder / "camera.png")
+    Image.fromarray(skimage.data.astronaut()).save(folder / "astronaut.png")
+    Image.fromarray(skimage.data.camera()).save(folder / "camera.png")
     shutil.copy(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg", folder / "grace_hopper.jpg")
     return folder
 
@@ -242,6 +241,40 @@ def test_hard_only_filter_and_cycles(backbone, guides, tmp_path):
     assert row["unet_evals"] == REGEN_EVALS
 
 
+def test_sampler_flags_reach_the_generators_and_every_row_records_them(backbone, guides, tmp_path):
+    """Non-default --steps / --strength / --guidance / --scheduler / --blur-prob: every row records
+    exactly those, and its UNet evaluations are the recorded steps x the guidance factor."""
+    out = tmp_path / "sampler"
+    proc = run_cli("generate", "--mode", "R", "--guides", str(guides), "--backbone", str(backbone), "--image-size",
+                   "64", "-n", "4", "-k", "2", "--seed", "3", "--steps", "6", "--strength", "0.5", "--guidance", "3",
+                   "--scheduler", "euler", "--blur-prob", "0.5", "--out", str(out), "--no-progress",
+                   env={"OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = open_dataset(out).manifest()
+    assert len(rows) == 4 and sum(r["status"] == "ok" for r in rows) >= 2
+    blurred = 0
+    for r in rows:
+        s = r["sampler"]
+        assert (s["steps"], s["strength"], s["guidance"], s["scheduler"], s["blur_prob"]) == (6, 0.5, 3.0, "euler", 0.5)
+        assert s["preset"] == "default" and s["txt2img_steps"] is None and s["controlnet_scale"] is None
+        regenerated = r["status"] == "ok" or r["reason"].startswith("verify")
+        assert s["regenerations"] == int(regenerated) and s["steps_run"] == (round(0.5 * 6) if regenerated else 0)
+        assert r["unet_evals"] == s["regenerations"] * s["steps_run"] * guidance_factor(s["guidance"], s["guidance_embedded"])
+        assert r["unet_evals"] == (3 * 2 if regenerated else 0)
+        assert s["blur"] == (s["blur_radius"] is not None) and (not s["blur"] or 1.0 <= s["blur_radius"] <= 2.5)
+        blurred += s["blur"]
+        # the weights, by name and fingerprint: no machine path in the dataset
+        assert r["backbone"]["spec"] == backbone.name and len(r["backbone"]["fingerprint"]) == 16
+        assert str(backbone.parent) not in json.dumps(r)
+    assert 0 < blurred < 4
+    run = json.loads((out / "run.json").read_text())
+    assert run["sampler"] == {k: rows[0]["sampler"][k] for k in run["sampler"]} and run["backbone"] == rows[0]["backbone"]
+    shown = run_cli("inspect", str(out))
+    assert shown.returncode == 0, shown.stderr
+    assert "scheduler euler  guidance 3  regeneration 6 steps at strength 0.5 (3 ran)" in shown.stdout
+    assert f"blur p 0.5 ({blurred} of " in shown.stdout and f"backbone  {backbone.name} (fingerprint " in shown.stdout
+
+
 # --- mode T ------------------------------------------------------------------------------------
 
 
@@ -254,6 +287,12 @@ def test_mode_t_labels_and_cost_share(t_dataset, anny_body):
         share = TXT2IMG_EVALS / (2 if r["index"] < 4 else 1)
         expected = share + (REGEN_EVALS if r["status"] == "ok" or r["reason"].startswith("verify") else 0)
         assert r["unet_evals"] == pytest.approx(expected), r
+        # what ran, as the row records it, accounts for the same cost
+        s = r["sampler"]
+        assert (s["txt2img_steps"], s["txt2img_steps_run"], s["steps"], s["strength"]) == (20, 20, 20, 0.7)
+        txt2img = s["txt2img_steps_run"] * guidance_factor(s["guidance"], s["txt2img_guidance_embedded"])
+        regen = s["regenerations"] * s["steps_run"] * guidance_factor(s["guidance"], s["guidance_embedded"])
+        assert r["unet_evals"] == pytest.approx(txt2img / (2 if r["index"] < 4 else 1) + regen), r
     spent = sum(r["unet_evals"] for r in rows)
     assert spent == pytest.approx(3 * TXT2IMG_EVALS + REGEN_EVALS * sum(r["status"] == "ok" for r in rows))
     for s in open_dataset(t_dataset):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -109,11 +110,38 @@ def cost_summary(rows: list[dict]) -> dict:
             "per_candidate": spent / len(rows) if rows else float("nan"), "controlnet": cn}
 
 
+def _identity(model: dict | None) -> str:
+    """``spec (commit abc1234, fingerprint 0123...)`` of a model identity (generate.identity), "" if none."""
+    if not model:
+        return ""
+    parts = ([f"commit {model['commit'][:12]}"] if model.get("commit") else []) + [f"fingerprint {model['fingerprint']}"]
+    extra = [f"controlnet {_identity(model['controlnet'])}"] if model.get("controlnet") else []
+    if model.get("lora"):
+        lora = model["lora"]
+        extra.append(f"lora {lora['file']} x{lora['scale']:g} (fingerprint {lora['fingerprint']})")
+    return f"{model['spec']} ({', '.join(parts)})" + "".join(f"; {e}" for e in extra)
+
+
+def sampler_summary(sampler: dict, rows: list[dict]) -> str:
+    """One line of what ran (run.json's ``sampler``), with the blur and steps the rows record."""
+    text = f"preset {sampler['preset']}  scheduler {sampler['scheduler']}  guidance {sampler['guidance']:g}"
+    if sampler.get("txt2img_steps") is not None:
+        text += f"  txt2img {sampler['txt2img_steps']} steps"
+    text += f"  regeneration {sampler['steps']} steps at strength {sampler['strength']:g}"
+    ran = [r["sampler"] for r in rows if r.get("sampler") and r["sampler"].get("regenerations")]
+    run_steps = sorted({s["steps_run"] for s in ran})
+    if run_steps:
+        text += f" ({'/'.join(map(str, run_steps))} ran)"
+    if sampler.get("controlnet_scale") is not None:
+        text += f"  controlnet scale {sampler['controlnet_scale']:g}"
+    if sampler.get("blur_prob"):
+        blurred = sum(1 for s in ran if s.get("blur"))
+        text += f"  blur p {sampler['blur_prob']:g} ({blurred} of {len(ran)} regenerated blurred)"
+    return text
+
+
 def summarize(path: str | Path) -> str:
     """A readable summary of a dataset: counts, failures by reason, cost, timings, score histograms."""
-    import json
-
-
     dataset = open_dataset(path)
     rows = dataset.manifest()
     config = dataset.config
@@ -127,9 +155,13 @@ def summarize(path: str | Path) -> str:
         f"mode      {mode}  generator {config.get('generator')}  body model {config.get('body_model')}  {source}",
         f"samples   {len(ok)} accepted, {len(failed)} failed, of {config.get('n')} requested; {len(dataset.shards)} shards",
     ]
+    run_path = Path(path) / "run.json"
+    run = json.loads(run_path.read_text()) if run_path.is_file() else {}
     if config.get("backbone"):
-        lines.append(f"backbone  {config.get('backbone')}  preset {config.get('preset')}  k {config.get('k')}  "
+        lines.append(f"backbone  {_identity(run.get('backbone')) or config.get('backbone')}  k {config.get('k')}  "
                      f"verify {config.get('verify')}  min agreement {config.get('min_agreement')}  cycles {config.get('cycles')}")
+    if run.get("sampler"):
+        lines.append("sampler   " + sampler_summary(run["sampler"], rows))
     if failed:
         lines.append("failures by reason:")
         for reason, count in Counter(r["reason"][:70] for r in failed).most_common():
@@ -148,8 +180,7 @@ def summarize(path: str | Path) -> str:
         stages = sorted({k for r in ok for k in (r.get("timings") or {})})
         if stages:
             means = {k: 1000 * np.mean([(r.get("timings") or {}).get(k, 0.0) for r in ok]) for k in stages}
-            run = Path(path) / "run.json"
-            write = json.loads(run.read_text()).get("write_seconds_per_sample") if run.is_file() else None
+            write = run.get("write_seconds_per_sample")
             if write is not None:
                 means["write"] = 1000 * write
             lines.append("time per sample (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in means.items()) + f"; total {sum(means.values()):.1f}")

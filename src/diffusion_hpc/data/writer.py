@@ -33,7 +33,13 @@ from diffusion_hpc.runtime.atomic import atomic_write_bytes  # noqa: F401  (re-e
 
 @dataclass
 class ManifestRow:
-    """One manifest row: what happened to one sample index."""
+    """One manifest row: what happened to one sample index.
+
+    ``sampler`` and ``backbone`` (diffusion generators) record what ran for the sample: the
+    sampler's settings, the steps that ran, blur, and the identity of the weights (see
+    :mod:`diffusion_hpc.pipeline.records`). They are left out of the row when None, so rows of
+    the render baseline read as before and older readers see only keys they know.
+    """
 
     key: str
     index: int
@@ -44,9 +50,16 @@ class ManifestRow:
     scores: dict | None = None
     unet_evals: int = 0
     timings: dict | None = None
+    sampler: dict | None = None
+    backbone: dict | None = None
 
     def to_json(self) -> str:
-        return json.dumps(self.__dict__, sort_keys=True)
+        row = {k: v for k, v in self.__dict__.items() if v is not None or k not in OPTIONAL_ROW_KEYS}
+        return json.dumps(row, sort_keys=True)
+
+
+#: row keys written only when set (added after the first datasets: older readers ignore them)
+OPTIONAL_ROW_KEYS = ("sampler", "backbone")
 
 
 def _tar_bytes(records: Iterable[SampleRecord]) -> bytes:

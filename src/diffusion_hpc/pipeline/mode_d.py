@@ -1,0 +1,79 @@
+"""Mode D's head: body poses -> bodies placed in their camera (DESIGN §2, mode D).
+
+    1. requests: every sample's pose, shape, camera and seeds, from (run seed, index) alone
+    2. body forward in the canonical frame
+    3. camera placement: orientation from the request, depth and offset so the body fits the image
+    4. the samples: logs (prompt, pose source) and the placed bodies
+
+The shared tail (:mod:`~diffusion_hpc.pipeline.tail`) takes it from there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from diffusion_hpc.body import transform_params
+from diffusion_hpc.config import DIFFUSION_GENERATORS, GenerateConfig
+from diffusion_hpc.geometry.camera import fit_translation
+from diffusion_hpc.pipeline.requests import SampleRequest, make_request, pick_line, prompt_text
+from diffusion_hpc.pipeline.samples import PlacedBodies, SampleLog, alive
+from diffusion_hpc.pipeline.stages import Stages, StageTimer
+
+
+def _shape(config: GenerateConfig, poses, request: SampleRequest) -> np.ndarray:
+    """The body shape of a request: the pose file's own (phenotype for Anny, betas for SMPL), else drawn."""
+    if poses.phenotype is not None and config.body_model == "anny":
+        return np.asarray(poses.phenotype[request.pose_index], np.float32)
+    if getattr(poses, "betas", None) is not None and config.body_model != "anny":
+        return np.asarray(poses.betas[request.pose_index], np.float32)
+    return request.shape
+
+
+def place_bodies(config: GenerateConfig, stages: Stages, poses, prompt_lines: list[str], indices: range,
+                 timer: StageTimer) -> tuple[list[SampleLog], PlacedBodies]:  # fmt: skip
+    """Mode D: the samples ``indices`` placed in their camera.
+
+    Returns:
+        the logs of every sample of the batch, and the placed bodies of those not rejected
+        (a body that cannot be fitted into the image fails with reason ``camera: ...``).
+    """
+    import torch
+
+    body = stages.body
+    height, width = config.image_size
+    # 1. requests
+    sampler = lambda rng: body.sample_shape(rng, age_years=config.shape.age_years)  # noqa: E731
+    requests = [make_request(config, i, len(poses), sampler, stages.canonical_to_camera) for i in indices]
+    # 2. body forward in the canonical frame
+    pose_rows = [r.pose_index for r in requests]
+    params = {
+        "global_orient": torch.as_tensor(np.stack([poses.global_orient[i] for i in pose_rows]), dtype=torch.float32),
+        "body_pose": torch.as_tensor(np.stack([poses.body_pose[i] for i in pose_rows]), dtype=torch.float32),
+        body.shape_key: torch.as_tensor(np.stack([_shape(config, poses, r) for r in requests]), dtype=torch.float32),
+        "transl": torch.zeros(len(requests), 3),
+    }
+    with torch.no_grad():
+        canonical = body(params)
+    timer.lap("body")
+    # 3. camera placement
+    rotations = np.stack([r.rotation for r in requests])
+    rotated = np.einsum("bij,bvj->bvi", rotations, canonical.vertices.numpy().astype(np.float64))
+    translations = np.zeros((len(requests), 3))
+    reasons = [""] * len(requests)
+    for b, r in enumerate(requests):
+        try:
+            translations[b] = fit_translation(rotated[b], r.K, width, height, r.fill, r.offset)
+        except RuntimeError as exc:
+            reasons[b] = f"camera: {exc}"
+    cam = transform_params(body, params, torch.as_tensor(rotations, dtype=torch.float32),
+                           torch.as_tensor(translations, dtype=torch.float32))  # fmt: skip
+    timer.lap("camera")
+    # 4. the samples
+    diffusion = config.generator in DIFFUSION_GENERATORS
+    names = poses.name
+    logs = [SampleLog(index=r.index, seed=r.seed, render_seed=r.generator_seed, reason=reasons[b],
+                      prompt=prompt_text(pick_line(prompt_lines, r.index), r.seed) if diffusion else "",
+                      pose_source=f"{config.poses}:{names[r.pose_index] if names is not None else r.pose_index}")
+            for b, r in enumerate(requests)]  # fmt: skip
+    placed = PlacedBodies(logs, {k: v.numpy() for k, v in cam.items()}, np.stack([r.K for r in requests]))
+    return logs, placed.take(alive(logs))

@@ -1,0 +1,183 @@
+"""What the stages of a batch hand to each other: one small typed output per stage.
+
+A batch's samples travel as :class:`SampleLog` entries (who each sample is, why it failed, what it
+cost and scored, what ran), one per sample index, whatever becomes of it. The data of the
+samples still alive travels batch first, aligned with their logs:
+
+    mode head  -> PlacedBodies  bodies in their camera (+ StartImages in modes T, R)
+    label      -> Labels        the mesh rendered in its camera: the label (renders included)
+    generator  -> Generated     the image made for each label
+    verify     -> Verification  re-estimate and person mask of each final image
+
+``take(rows)`` keeps the samples at ``rows`` (positions in the batch), so a stage that rejects
+samples hands on the survivors only; their logs keep the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+from diffusion_hpc.render.base import RenderOutput
+
+
+@dataclass
+class SampleLog:
+    """One sample index on its way through a batch; its manifest row is written from it.
+
+    Attributes:
+        index: sample index in the run; seed: its seed (diffusion stages draw from it).
+        prompt: the prompt of its image ("" for the render baseline).
+        pose_source: where its pose comes from (pose file entry, guide image, txt2img prompt + variant).
+        render_seed: the render baseline's seed (mode D).
+        reason: why the sample failed ("" while it is alive).
+        scores: per-sample scores (prior score, fit error, verification, ...).
+        unet_evals: UNet evaluations spent on it (its share of its guide's start image included).
+        controlnet_evals: ControlNet evaluations spent on it.
+        txt2img_steps_run: denoising steps of its start image (mode T; None when the start
+            generator does not say).
+        steps_run: denoising steps of its last regeneration (0: not regenerated).
+        regenerations: how many times it was regenerated (1 + the cycles it reached).
+        blur_radius: radius of the blur augmentation of its last regeneration (0: no blur).
+    """
+
+    index: int
+    seed: int
+    prompt: str = ""
+    pose_source: str = ""
+    render_seed: int = 0
+    reason: str = ""
+    scores: dict = field(default_factory=dict)
+    unet_evals: float = 0.0
+    controlnet_evals: int = 0
+    txt2img_steps_run: Optional[int] = 0
+    steps_run: int = 0
+    regenerations: int = 0
+    blur_radius: float = 0.0
+
+
+def alive(logs: Sequence[SampleLog]) -> list[int]:
+    """Positions of the samples that have not failed."""
+    return [i for i, log in enumerate(logs) if not log.reason]
+
+
+def _take_dict(values: dict[str, np.ndarray], rows: Sequence[int]) -> dict[str, np.ndarray]:
+    return {k: v[list(rows)] for k, v in values.items()}
+
+
+@dataclass
+class StartImages:
+    """The start images of B samples and their masks (modes T, R; a cycle's output images).
+
+    Attributes:
+        images: (B, H, W, 3) uint8; person: (B, H, W) bool person mask (segmenter);
+        occluders: (B, H, W) bool non-person objects in front of the person.
+    """
+
+    images: np.ndarray
+    person: np.ndarray
+    occluders: np.ndarray
+
+    def take(self, rows: Sequence[int]) -> "StartImages":
+        rows = list(rows)
+        return StartImages(self.images[rows], self.person[rows], self.occluders[rows])
+
+
+@dataclass
+class PlacedBodies:
+    """B bodies placed in their camera: what every mode's head hands to the shared tail.
+
+    Attributes:
+        logs: the B samples.
+        params: body-model parameters in the camera frame, (B, ...) each.
+        K: (B, 3, 3) float64 intrinsics (pixels of the saved image).
+        start: the start images (modes T, R; cycles); None when the image starts from noise or
+            from the render (mode D).
+    """
+
+    logs: list[SampleLog]
+    params: dict[str, np.ndarray]
+    K: np.ndarray
+    start: Optional[StartImages] = None
+
+    def __len__(self) -> int:
+        return len(self.logs)
+
+    def take(self, rows: Sequence[int]) -> "PlacedBodies":
+        rows = list(rows)
+        return PlacedBodies([self.logs[i] for i in rows], _take_dict(self.params, rows), self.K[rows],
+                            None if self.start is None else self.start.take(rows))  # fmt: skip
+
+
+@dataclass
+class Labels:
+    """The label of B samples: their placed bodies' mesh, rendered in their camera.
+
+    Attributes:
+        bodies: the placed bodies (``params`` as the body model ran them: float32).
+        joints3d: joint-set name -> (B, J, 3) float64 camera-frame joints in metres.
+        keypoints2d: (B, 17, 3) COCO-17 u, v pixels and visibility (0 out, 1 hidden, 2 visible).
+        render: the renders of the meshes (depth, silhouette mask, normals, face ids), (B, ...).
+    """
+
+    bodies: PlacedBodies
+    joints3d: dict[str, np.ndarray]
+    keypoints2d: np.ndarray
+    render: RenderOutput
+
+    @property
+    def logs(self) -> list[SampleLog]:
+        return self.bodies.logs
+
+    def __len__(self) -> int:
+        return len(self.bodies)
+
+    def take(self, rows: Sequence[int]) -> "Labels":
+        rows = list(rows)
+        r = self.render
+        render = RenderOutput(r.depth[rows], r.mask[rows], r.normals[rows], r.face_id[rows])
+        return Labels(self.bodies.take(rows), _take_dict(self.joints3d, rows), self.keypoints2d[rows], render)
+
+
+@dataclass
+class Generated:
+    """B labelled samples and the image the generator made for each.
+
+    Attributes:
+        labels: the labels the images were made for.
+        images: (B, H, W, 3) uint8.
+    """
+
+    labels: Labels
+    images: np.ndarray
+
+    @property
+    def logs(self) -> list[SampleLog]:
+        return self.labels.logs
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, rows: Sequence[int]) -> "Generated":
+        rows = list(rows)
+        return Generated(self.labels.take(rows), self.images[rows])
+
+
+@dataclass
+class Verification:
+    """Label verification of B final images (DESIGN §6).
+
+    Attributes:
+        pck_agreement: (B,) PCK of the re-estimated keypoints against the label's (NaN: no
+            visible label keypoint).
+        mask_iou: (B,) IoU of the final image's person mask and the label silhouette.
+        person_found: (B,) bool, the estimator found a person in the final image.
+        image_masks: (B, H, W) bool person masks of the final images (segmenter).
+    """
+
+    pck_agreement: np.ndarray
+    mask_iou: np.ndarray
+    person_found: np.ndarray
+    image_masks: np.ndarray
