@@ -44,7 +44,6 @@ def one_thread():
 @pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory):
     """The tiny random diffusion backbone set (``dhpc backbone tiny``), written once per session."""
-    pytest.importorskip("diffusers")
     from diffusion_hpc.generate.tiny import write_tiny_backbone
 
     return write_tiny_backbone(tmp_path_factory.mktemp("tiny") / "bb", seed=0)
@@ -53,7 +52,6 @@ def tiny_backbone(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_sdxl_backbone(tmp_path_factory):
     """The tiny random SDXL backbone set (``dhpc backbone tiny --sdxl``: text2img + ControlNet-depth)."""
-    pytest.importorskip("diffusers")
     from diffusion_hpc.generate.tiny import write_tiny_backbone
 
     return write_tiny_backbone(tmp_path_factory.mktemp("tiny-sdxl") / "bb", seed=0, sdxl=True)

@@ -312,6 +312,7 @@ def _add_quality(sub) -> None:
     _flag(q, Q, "batch_size", type=int, metavar="N")
     _flag(q, Q, "limit", type=int, metavar="N")
     _flag(q, Q, "segmenter", metavar="NAME")
+    _flag(q, Q, "hard_threshold", type=float, metavar="SCORE")
 
 
 def _add_export(sub) -> None:

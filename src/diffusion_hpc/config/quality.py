@@ -35,7 +35,8 @@ class QualityConfig(CommandConfig):
     segmenter: str = "mediapipe"
     """person segmenter for real image folders: mediapipe or a transformers instance-segmentation checkpoint"""
     hard_threshold: Optional[float] = None
-    """pose-prior score counted as a hard pose (default: each dataset's, from its config and pose prior)"""
+    """pose-prior score counted as a hard pose (default: each row's recorded hard flag, else the
+    threshold of the prior the dataset was made with)"""
     seed: int = Field(0, ge=0)
     """seed of the KID subsets"""
     device: str = "cpu"

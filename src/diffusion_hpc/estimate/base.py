@@ -43,7 +43,7 @@ class Estimate:
         image_size: (height, width) of the input image.
         fit_hypothesis: which initial hypothesis of the fit won (MediaPipe fitter: ``"base"``, or
             ``"swap"`` when the detector's left/right labels were exchanged; see
-            :data:`~diffusion_hpc.estimate.mediapipe_fit.HYPOTHESES`); "" when not ok.
+            :data:`~diffusion_hpc.estimate.fit.HYPOTHESES`); "" when not ok.
     """
 
     ok: bool

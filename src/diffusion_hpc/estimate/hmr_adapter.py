@@ -250,7 +250,7 @@ class HMREstimator(MeshEstimator):
             uv = project(joints["coco17"].astype(np.float64), K)
             if det is not None:
                 detected = coco17_from_mediapipe(det.landmarks2d)
-                fit_px, confidence = keypoint_agreement(uv, detected, detected[:, 2] > 0.3)
+                fit_px, confidence = keypoint_agreement(uv, detected, detected[:, 2] >= MIN_VISIBILITY)
                 vis, lm2d, lm3d, mask = detected[:, 2:3], det.landmarks2d, det.world, det.mask
             else:
                 fit_px, confidence = float("nan"), 1.0
