@@ -125,7 +125,7 @@ def main() -> None:
             regen = expected_unet_evals(p.regen_steps, p.guidance, p.strength)
             full = expected_unet_evals(p.regen_steps, p.guidance)
             for mode, k in (("T", 1), ("T", 3), ("R", 3), ("D", 1)):
-                kw = dict(common, mode=mode, preset=preset, n=n_cost if k == 3 else max(2, n_cost // 3))
+                kw = dict(common, mode=mode, sampler={"preset": preset}, n=n_cost if k == 3 else max(2, n_cost // 3))
                 if mode == "T":
                     kw.update(prompt="doing a backflip", k=k)
                 elif mode == "R":
