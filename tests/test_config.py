@@ -52,10 +52,11 @@ EQUIVALENT = {
         {"dataset": "runs/d1", "format": "coco-json", "out": "x/train.json", "box_expand": 1.3},
     ),
     "generate": (
-        ["--mode", "T", "--prompt", "doing a backflip", "--backbone", "tiny", "-k", "2", "-n", "8", "--seed", "3",
-         "--preset", "fast", "--steps", "6", "--blur-prob", "0.3", "--controlnet-scale", "0.8", "--fov", "30,60",
+        ["--mode", "T", "--prompt", "doing a backflip", "--backbone", "tiny", "--generator", "controlnet", "-k", "2",
+         "-n", "8", "--seed", "3", "--preset", "fast", "--steps", "6", "--blur-prob", "0.3", "--controlnet-scale", "0.8", "--fov", "30,60",
          "--image-size", "64"],
-        {"mode": "T", "prompt": "doing a backflip", "backbone": "tiny", "k": 2, "n": 8, "seed": 3,
+        {"mode": "T", "prompt": "doing a backflip", "backbone": "tiny", "generator": "controlnet", "k": 2, "n": 8,
+         "seed": 3,
          "sampler": {"preset": "fast", "steps": 6, "blur_prob": 0.3, "controlnet_scale": 0.8},
          "camera": {"fov_deg": [30, 60]}, "image_size": [64, 64]},
     ),
@@ -175,6 +176,23 @@ def test_sampler_flags_build_the_sampler_block():
     assert config.sampler == SamplerConfig(preset="original", scheduler="unipc", txt2img_steps=30, steps=50, strength=0.5,
                                            guidance=5.0)
     assert _config(["generate", "--out", "x"]).sampler == SamplerConfig()
+
+
+def test_sampler_values_a_run_would_ignore_are_errors(capsys):
+    """--strength without a start image, --txt2img-steps outside mode T, --controlnet-scale without
+    ControlNet would change nothing: each is one line naming the flag; the same values are fine
+    where they act."""
+    r = ["generate", "--out", "x", "--mode", "R", "--guides", "g", "--backbone", "b"]
+    d = ["generate", "--out", "x", "--mode", "D", "--generator", "depth2img", "--backbone", "b"]
+    for argv, message in ((d + ["--strength", "0.5"], "--strength"), (r + ["--txt2img-steps", "9"], "--txt2img-steps"),
+                          (r + ["--controlnet-scale", "0.5"], "--controlnet-scale")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, (argv, err)
+    assert _config(d + ["--strength", "0.5", "--cycles", "1"]).sampler.strength == 0.5  # cycles start from an image
+    assert _config(r + ["--generator", "controlnet", "--controlnet-scale", "0.5"]).sampler.controlnet_scale == 0.5
+    stored = _config(d + ["--preset", "fast"])  # a stored, resolved config reads back
+    assert GenerateConfig.model_validate(yaml.safe_load(stored.to_yaml())) == stored
 
 
 def test_estimate_rules(capsys):

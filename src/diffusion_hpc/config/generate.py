@@ -281,6 +281,17 @@ class GenerateConfig(CommandConfig):
             raise ValueError("cycles: extra cycles regenerate with a diffusion generator, not the render baseline")
         if self.sampler.blur_prob and not diffusion:
             raise ValueError("blur_prob: applies to diffusion generators (the render baseline has its own augmentation)")
+        preset = PRESETS[self.sampler.preset]
+        if self.mode == "D" and not self.cycles and self.sampler.strength != preset.strength:
+            raise ValueError(f"sampler.strength: mode D regenerates from noise (no start image to keep; only --cycles "
+                             f"regenerate from an image), so --strength {self.sampler.strength} would change nothing; "
+                             "leave it out")
+        if self.mode != "T" and self.sampler.txt2img_steps != preset.txt2img_steps:
+            raise ValueError(f"sampler.txt2img_steps: only mode T makes start images from text (this run is mode "
+                             f"{self.mode}); leave --txt2img-steps out")
+        if d["generator"] != "controlnet" and self.sampler.controlnet_scale != SamplerConfig().controlnet_scale:
+            raise ValueError(f"sampler.controlnet_scale: --controlnet-scale applies to --generator controlnet, not "
+                             f"{d['generator']!r}; leave it out or pass --generator controlnet")
         if not diffusion and (self.prompt is not None or self.prompts is not None):
             raise ValueError("prompt: the render baseline uses no prompt; pass --generator depth2img|controlnet "
                              "with --backbone to use it, or leave --prompt out")
