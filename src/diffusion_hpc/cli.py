@@ -32,6 +32,7 @@ from diffusion_hpc.config import (
 )
 from diffusion_hpc.errors import DhpcError
 from diffusion_hpc.geometry.boxes import BOX_EXPAND
+from diffusion_hpc.runtime.device import resolve_placement
 
 EPILOG_GENERATE = """examples:
   dhpc generate --mode D --poses builtin -n 16 --out runs/demo
@@ -195,6 +196,11 @@ def _add_generate(sub) -> None:
     _flag(g, G, "shard_size", type=int, metavar="N", text="samples per shard (T, R: a multiple of -k)"
           + _by_mode("shard_size"))
     _flag(g, G, "renderer", text="rasteriser backend (auto: GL, else PyTorch)")
+    _flag(g, G, "device", metavar="auto|cpu|cuda[:N]|mps")
+    _flag(g, G, "dtype")
+    _flag(g, G, "offload")
+    _flag(g, G, "vae_slicing", action="store_true")
+    _flag(g, G, "vae_tiling", action="store_true")
     _flag(g, RenderBaselineConfig, "backgrounds", type=Path, metavar="DIR",
           text="folder of background images for the render baseline (default: procedural)")
     _flag(g, RenderBaselineConfig, "augment", "--no-augment", action="store_false",
@@ -313,6 +319,8 @@ def _add_quality(sub) -> None:
     _flag(q, Q, "limit", type=int, metavar="N")
     _flag(q, Q, "segmenter", metavar="NAME")
     _flag(q, Q, "hard_threshold", type=float, metavar="SCORE")
+    _flag(q, Q, "device", metavar="auto|cpu|cuda[:N]|mps")
+    _flag(q, Q, "dtype")
 
 
 def _add_export(sub) -> None:
@@ -423,9 +431,10 @@ def command_config(args: argparse.Namespace) -> CommandConfig:
 
 
 def cmd_generate(args) -> int:
+    config = generate_config(args)
+    resolve_placement(config.device, config.dtype)  # an unavailable device fails here, before any model loads
     from diffusion_hpc.pipeline.generate import generate
 
-    config = generate_config(args)
     result = generate(config, args.out, resume=args.resume, progress=not args.no_progress)
     print(f"{result.accepted} samples accepted, {result.failed} failed, in {result.seconds:.1f} s -> {result.out}")
     for reason, count in sorted(result.failures.items(), key=lambda kv: -kv[1]):

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from diffusion_hpc.config.base import CommandConfig
+from diffusion_hpc.runtime.device import check_device_name
 
 #: the estimators that regress a mesh from a checkpoint (their body model is the checkpoint's)
 REGRESSORS = ("hmr", "spin")
@@ -37,6 +38,12 @@ class EstimateConfig(CommandConfig):
     """images estimated together"""
     prior: bool = True
     """mediapipe: regularise the fit with the pose prior (False: a plain L2 / joint-limit penalty)"""
+    device: str = "auto"
+    """torch device of the body fit and the regressors: auto (the first CUDA device, else the CPU), cpu, cuda, cuda:N or mps"""
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """precision of the body fit and the regressors: auto (float32), float32, float16 (GPU only) or bfloat16"""
+
+    _device = field_validator("device")(check_device_name)
 
     @property
     def fit_body_model(self) -> str:

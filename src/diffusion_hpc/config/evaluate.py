@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from diffusion_hpc.config.base import CommandConfig
+from diffusion_hpc.runtime.device import check_device_name
 
 
 class EvaluateConfig(CommandConfig):
@@ -30,3 +31,9 @@ class EvaluateConfig(CommandConfig):
     """square person crop side in pixels (the regressor's training crop size)"""
     smpl_path: Optional[Path] = None
     """SMPL / SMPL-X model file or folder, for SMPL regressors"""
+    device: str = "auto"
+    """torch device of the regressor and its body model: auto (the first CUDA device, else the CPU), cpu, cuda, cuda:N or mps"""
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """precision of the regressor and its body model: auto (float32), float32, float16 (GPU only) or bfloat16"""
+
+    _device = field_validator("device")(check_device_name)

@@ -13,6 +13,7 @@ from typing import Literal, Optional
 from pydantic import Field, field_validator, model_validator
 
 from diffusion_hpc.config.base import CommandConfig, Strict, check_range
+from diffusion_hpc.runtime.device import check_device_name
 
 
 class CameraConfig(Strict):
@@ -196,6 +197,29 @@ class GenerateConfig(CommandConfig):
     """samples per batch (modes T, R: max(1, batch_size // k) guides per batch)"""
     shard_size: Optional[int] = Field(None, ge=1)
     renderer: Literal["auto", "gl", "torch"] = "auto"
+    device: str = "auto"
+    """torch device of the models: auto (the first CUDA device, else the CPU), cpu, cuda, cuda:N or mps"""
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """precision of the diffusion models: auto (float16 on CUDA, float32 on the CPU), float32, float16
+    (GPU only) or bfloat16; the body fit and the renderer stay float32"""
+    offload: Literal["none", "model", "sequential"] = "none"
+    """diffusion weights kept on the CPU between uses (CUDA only): model (whole models, small slowdown) or
+    sequential (layer by layer: least GPU memory, slow); none keeps them on the device"""
+    vae_slicing: bool = False
+    """decode the batch's latents one image at a time (less GPU memory for large batches)"""
+    vae_tiling: bool = False
+    """decode / encode large images in overlapping tiles (less GPU memory at high resolution)"""
+
+    _device = field_validator("device")(check_device_name)
+
+    @model_validator(mode="after")
+    def _memory_options(self):
+        generator = self.generator or ("render" if self.mode == "D" else "depth2img")  # as _modes resolves it
+        if generator == "render" and (self.offload != "none" or self.vae_slicing or self.vae_tiling):
+            raise ValueError("offload: --offload / --vae-slicing / --vae-tiling are memory options of the diffusion "
+                             "generators; the render baseline runs no diffusion model, leave them out")
+        return self
+
     camera: CameraConfig = CameraConfig()
     shape: ShapeConfig = ShapeConfig()
     render_baseline: RenderBaselineConfig = RenderBaselineConfig()

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from diffusion_hpc.config.base import CommandConfig
+from diffusion_hpc.runtime.device import check_device_name
 
 
 class QualityConfig(CommandConfig):
@@ -39,7 +40,12 @@ class QualityConfig(CommandConfig):
     threshold of the prior the dataset was made with)"""
     seed: int = Field(0, ge=0)
     """seed of the KID subsets"""
-    device: str = "cpu"
-    """torch device of the Inception network"""
+    device: str = "auto"
+    """torch device of the Inception network: auto (the first CUDA device, else the CPU), cpu, cuda, cuda:N or mps"""
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """precision of the Inception network: auto (float32; FID statistics are float64 either way), float32,
+    float16 (GPU only) or bfloat16"""
     fid_method: Literal["auto", "sqrtm", "lowrank"] = "auto"
     """matrix square root of the FID: auto (low-rank trace when N < 2048, else scipy sqrtm), sqrtm or lowrank"""
+
+    _device = field_validator("device")(check_device_name)

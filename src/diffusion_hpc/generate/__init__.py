@@ -3,7 +3,8 @@
 Backends (:mod:`~diffusion_hpc.generate.base` holds the interface): ``render`` (the shaded-mesh
 baseline), ``txt2img`` (mode T's start images), ``depth2img`` and ``controlnet`` (depth-conditioned
 regeneration, :mod:`~diffusion_hpc.generate.diffusion`). The factories turn a run's config into
-generators, every field of its ``sampler`` block passed through; torch and diffusers load with
+generators, every field of its ``sampler`` block passed through, and its placement (``device``,
+``dtype``, ``offload``, ``vae_slicing``, ``vae_tiling``); torch and diffusers load with
 the first diffusion generator, not with this package.
 """
 
@@ -30,7 +31,14 @@ def make_start_generator(config: GenerateConfig) -> Text2ImageGenerator:
     (``preset``, ``scheduler``, ``txt2img_steps``, ``guidance``) and LoRA weights."""
     s = config.sampler
     return Text2ImageGenerator(config.backbone, preset=s.preset, steps=s.txt2img_steps, guidance=s.guidance,
-                               scheduler=s.scheduler, lora=config.lora, lora_scale=config.lora_scale)  # fmt: skip
+                               scheduler=s.scheduler, lora=config.lora, lora_scale=config.lora_scale,
+                               **placement_options(config))  # fmt: skip
+
+
+def placement_options(config: GenerateConfig) -> dict:
+    """The diffusion generators' ``device``, ``dtype`` and GPU memory options of a run's config."""
+    return {"device": config.device, "dtype": config.dtype, "offload": config.offload,
+            "vae_slicing": config.vae_slicing, "vae_tiling": config.vae_tiling}  # fmt: skip
 
 
 def make_image_generator(config: GenerateConfig, start: Optional[Text2ImageGenerator] = None) -> ImageGenerator:
@@ -55,10 +63,11 @@ def make_image_generator(config: GenerateConfig, start: Optional[Text2ImageGener
     return DepthRegenerator(config.backbone, method=name, controlnet=config.controlnet, preset=s.preset,
                             steps=s.steps, strength=s.strength, guidance=s.guidance, scheduler=s.scheduler,
                             controlnet_scale=s.controlnet_scale, blur_prob=s.blur_prob, share_with=share,
-                            **lora)  # fmt: skip
+                            **lora, **placement_options(config))  # fmt: skip
 
 
 __all__ = [
     "GenerationBatch", "GenerationResult", "ImageGenerator", "SamplerRun", "SamplerSettings", "RenderGenerator",
     "DepthRegenerator", "Text2ImageGenerator", "make_start_generator", "make_image_generator",
+    "placement_options",
 ]

@@ -138,6 +138,8 @@ class SamplerSettings:
         strength: SDEdit strength (regeneration; None for text-to-image).
         controlnet_scale: ControlNet conditioning scale (``controlnet`` only, else None).
         blur_prob: probability of the blur augmentation (regeneration; None for text-to-image).
+        device: the torch device the models ran on (``cpu``, ``cuda:0``...).
+        dtype: their precision (``float32``, ``float16``, ``bfloat16``; a float16 SDXL VAE runs in float32).
     """
 
     name: str
@@ -149,6 +151,8 @@ class SamplerSettings:
     strength: Optional[float] = None
     controlnet_scale: Optional[float] = None
     blur_prob: Optional[float] = None
+    device: str = "cpu"
+    dtype: str = "float32"
 
     @property
     def guidance_factor(self) -> int:

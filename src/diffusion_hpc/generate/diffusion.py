@@ -38,11 +38,22 @@ LoRA weights (``lora=``): a ``.safetensors`` file or a folder holding one (``sav
 writes ``pytorch_lora_weights.safetensors``), loaded with peft into the UNet (and text encoders, if
 the file has them). Pickled ``.bin`` weights are refused: nothing is ever unpickled.
 
+Devices (``device=``, ``dtype=``, :mod:`diffusion_hpc.runtime.device`): every component is moved
+once, at load, to the device and precision (``auto``: float16 on CUDA, float32 on the CPU). The
+noise is always drawn by the per-sample CPU generators and then moved (as diffusers recommends),
+so a seed means the same noise on every device; outputs come back to the CPU as uint8. SDXL's VAE
+overflows in float16: with a float16 SDXL backbone it runs in float32 for each encode / decode
+(its ``force_upcast``, as diffusers' SDXL pipelines do). ``offload`` (CUDA only) keeps the weights
+on the CPU between uses (diffusers' model / sequential CPU offload); ``vae_slicing`` /
+``vae_tiling`` decode one image / one tile at a time. Attention is diffusers' default, PyTorch's
+scaled-dot-product attention (nothing here replaces the attention processors).
+
 Weights are loaded offline only (:mod:`diffusion_hpc.runtime.weights`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 from pathlib import Path
@@ -64,6 +75,7 @@ from diffusion_hpc.generate.base import (
     strength_steps,
 )
 from diffusion_hpc.generate.conditioning import human_region
+from diffusion_hpc.runtime.device import Placement, dtype_name, resolve_placement
 from diffusion_hpc.runtime.weights import (
     BackboneSet,
     backbone_set,
@@ -195,13 +207,37 @@ def _from_uint8(images: np.ndarray, device, dtype):
     return x.to(device=device, dtype=dtype)
 
 
-def _dtype(name: str):
-    import torch
+#: ``offload=`` values: weights on the device (none), or on the CPU between uses (CUDA only)
+OFFLOADS = ("none", "model", "sequential")
 
-    try:
-        return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
-    except KeyError:
-        raise ConfigError(f"unknown dtype {name!r}; use float32, float16 or bfloat16") from None
+
+def placement_of(device="cpu", dtype="float32") -> Placement:
+    """The :class:`~diffusion_hpc.runtime.device.Placement` of a generator's ``device`` / ``dtype``:
+    names (``auto``, ``cuda:0``, ``bfloat16``...), torch objects, or a ready placement."""
+    if isinstance(device, Placement):
+        return device
+    return resolve_placement(str(device), dtype if isinstance(dtype, str) else dtype_name(dtype), diffusion=True)
+
+
+def _place(pipe, placement: Placement, offload: str = "none", vae_slicing: bool = False,
+           vae_tiling: bool = False):  # fmt: skip
+    """Move a loaded pipeline to its device once (or set up CPU offload) and its VAE memory options."""
+    if offload not in OFFLOADS:
+        raise ConfigError(f"unknown offload {offload!r}; use {', '.join(OFFLOADS)}")
+    if offload != "none" and placement.device.type != "cuda":
+        raise ConfigError(f"offload {offload!r} keeps weights on the CPU between uses of a GPU, but the device is "
+                          f"{placement.device}; pass --offload none (or --device cuda)")  # fmt: skip
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=placement.device)
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=placement.device)
+    else:
+        pipe = pipe.to(placement.device)
+    vae = getattr(pipe, "vae", None)
+    if vae is not None:
+        (vae.enable_slicing if vae_slicing else vae.disable_slicing)()
+        (vae.enable_tiling if vae_tiling else vae.disable_tiling)()
+    return pipe
 
 
 def _pipeline_kwargs(folder: Path) -> dict:
@@ -306,7 +342,9 @@ class Text2ImageGenerator:
             holding one (see :func:`lora_file`; loaded with peft).
         lora_scale: LoRA strength (0: the backbone's own output).
         size: default (H, W) when the batch gives none; default: the UNet's native size.
-        device, dtype: torch device / dtype name.
+        device, dtype: ``auto`` | ``cpu`` | ``cuda[:N]`` | ``mps`` and ``auto`` | ``float32`` |
+            ``float16`` | ``bfloat16`` (or torch objects; see :func:`placement_of`).
+        offload, vae_slicing, vae_tiling: GPU memory options (see the module docstring).
     """
 
     name = "txt2img"
@@ -314,11 +352,12 @@ class Text2ImageGenerator:
 
     def __init__(self, backbone, preset: str = "default", steps: Optional[int] = None,
                  guidance: Optional[float] = None, scheduler: Optional[str] = None, lora: Optional[str] = None,
-                 lora_scale: float = 1.0, size: Optional[tuple[int, int]] = None, device: str = "cpu",
-                 dtype: str = "float32"):  # fmt: skip
-        import torch
+                 lora_scale: float = 1.0, size: Optional[tuple[int, int]] = None, device="cpu",
+                 dtype="float32", offload: str = "none", vae_slicing: bool = False,
+                 vae_tiling: bool = False):  # fmt: skip
         from diffusers import AutoPipelineForText2Image
 
+        placement = placement_of(device, dtype)
         ensure_offline()
         lora_path = lora_file(lora)
         p = get_preset(preset)
@@ -333,10 +372,12 @@ class Text2ImageGenerator:
                 f"backbone {self.backbones.root} is a depth-to-image checkpoint and cannot make start images "
                 "from text; pass a text-to-image checkpoint (SD 1.x/2.x/XL) as --backbone for mode T"
             )
-        self.device = torch.device(device)
-        self.pipe = AutoPipelineForText2Image.from_pretrained(
-            str(folder), local_files_only=True, dtype=_dtype(dtype), **_pipeline_kwargs(folder)
-        ).to(self.device)
+        self.placement = placement
+        self.device = placement.device
+        pipe = AutoPipelineForText2Image.from_pretrained(
+            str(folder), local_files_only=True, dtype=placement.dtype, **_pipeline_kwargs(folder)
+        )
+        self.pipe = _place(pipe, placement, offload, vae_slicing, vae_tiling)
         self.pipe.set_progress_bar_config(disable=True)
         _check_pipeline_tokenizers(self.pipe, folder)
         self.pipe.scheduler = make_scheduler(self.scheduler_name, self.pipe.scheduler.config)
@@ -354,7 +395,7 @@ class Text2ImageGenerator:
     def settings(self) -> SamplerSettings:
         """The sampler as it runs (preset values with the overrides applied)."""
         return SamplerSettings(self.name, self.preset, self.scheduler_name, self.steps, self.guidance,
-                               self.guidance_embedded)  # fmt: skip
+                               self.guidance_embedded, **self.placement.names)  # fmt: skip
 
     def unet_evals_per_sample(self) -> int:
         """Expected UNet evaluations per sample: steps x guidance factor."""
@@ -425,6 +466,8 @@ class DepthRegenerator:
         lora, lora_scale: LoRA weights and strength, as :class:`Text2ImageGenerator`'s.
         share_with: a :class:`Text2ImageGenerator` whose components to reuse (ControlNet method:
             one copy of the weights in memory, its LoRA included: pass ``lora`` to it, not here).
+        device, dtype, offload, vae_slicing, vae_tiling: as :class:`Text2ImageGenerator`'s (with
+            ``share_with``, pass the same placement).
     """
 
     requires = ("prompts", "seeds", "depth")
@@ -435,11 +478,13 @@ class DepthRegenerator:
                  scheduler: Optional[str] = None, disparity: Literal["original", "inverse"] = "original",
                  mask_rule: Literal["any", "area"] = "any", controlnet_scale: float = 1.0,
                  blur_prob: float = 0.0, lora: Optional[str] = None, lora_scale: float = 1.0,
-                 share_with: Optional[Text2ImageGenerator] = None, device: str = "cpu",
-                 dtype: str = "float32"):  # fmt: skip
-        import torch
-
+                 share_with: Optional[Text2ImageGenerator] = None, device="cpu", dtype="float32",
+                 offload: str = "none", vae_slicing: bool = False, vae_tiling: bool = False):  # fmt: skip
+        placement = placement_of(device, dtype)
         ensure_offline()
+        if share_with is not None and method == "controlnet" and share_with.placement != placement:
+            raise ConfigError(f"share_with runs on {share_with.placement.names}, this generator on "
+                              f"{placement.names}; pass the same device and dtype to both")  # fmt: skip
         if method not in ("depth2img", "controlnet"):
             raise ConfigError(f"unknown regeneration method {method!r}; use depth2img or controlnet")
         if lora is not None and share_with is not None and method == "controlnet":
@@ -459,9 +504,10 @@ class DepthRegenerator:
         self.mask_rule = mask_rule
         self.controlnet_scale = float(controlnet_scale)
         self.blur_prob = float(blur_prob)
-        self.device = torch.device(device)
+        self.placement = placement
+        self.device = placement.device
         self.backbones = _resolve(backbone, controlnet)
-        self.pipe = self._load(_dtype(dtype), share_with)
+        self.pipe = self._load(placement.dtype, share_with, (offload, vae_slicing, vae_tiling))
         self.pipe.set_progress_bar_config(disable=True)
         _load_lora(self.pipe, lora_path, lora_scale)
         self.scheduler_config = self.pipe.scheduler.config
@@ -470,12 +516,15 @@ class DepthRegenerator:
         self.vae = self.pipe.vae
         self.controlnet = getattr(self.pipe, "controlnet", None) if method == "controlnet" else None
         self.is_sdxl = getattr(self.unet.config, "addition_embed_type", None) == "text_time"
+        # SDXL's VAE overflows in float16: encode / decode in float32 (diffusers: vae.config.force_upcast)
+        self.vae_upcast = bool(self.is_sdxl and str(self.vae.dtype) == "torch.float16"
+                               and getattr(self.vae.config, "force_upcast", False))  # fmt: skip
         self.unet_counter = EvalCounter.attach(self.unet)
         self.controlnet_counter = EvalCounter.attach(self.controlnet) if self.controlnet is not None else None
 
     # ---- loading ----------------------------------------------------------------------------
 
-    def _load(self, dtype, share_with):
+    def _load(self, dtype, share_with, memory):
         import diffusers
 
         bs = self.backbones
@@ -489,7 +538,8 @@ class DepthRegenerator:
             pipe = diffusers.StableDiffusionDepth2ImgPipeline.from_pretrained(
                 str(bs.depth2img), depth_estimator=None, feature_extractor=None, local_files_only=True,
                 dtype=dtype,
-            ).to(self.device)  # fmt: skip
+            )  # fmt: skip
+            pipe = _place(pipe, self.placement, *memory)
             _check_pipeline_tokenizers(pipe, bs.depth2img)
             return pipe
         if bs.text2img is None or bs.controlnet_depth is None:
@@ -505,10 +555,13 @@ class DepthRegenerator:
         cls = diffusers.StableDiffusionXLControlNetPipeline if sdxl else diffusers.StableDiffusionControlNetPipeline
         if share_with is not None:
             comps = {k: v for k, v in share_with.pipe.components.items() if k in inspect.signature(cls).parameters}
-            pipe = cls(**{**comps, "controlnet": cn.to(self.device)})
+            # the shared components are on the device already (moving them again is a no-op); with offload
+            # the hooks are set up again over all of them, the ControlNet included
+            pipe = _place(cls(**{**comps, "controlnet": cn}), self.placement, *memory)
         else:
             pipe = cls.from_pretrained(str(bs.text2img), controlnet=cn, local_files_only=True, dtype=dtype,
-                                       **_pipeline_kwargs(bs.text2img)).to(self.device)  # fmt: skip
+                                       **_pipeline_kwargs(bs.text2img))  # fmt: skip
+            pipe = _place(pipe, self.placement, *memory)
         _check_pipeline_tokenizers(pipe, bs.text2img)
         return pipe
 
@@ -527,7 +580,8 @@ class DepthRegenerator:
         """The sampler as it runs (preset values with the overrides applied)."""
         return SamplerSettings(self.name, self.preset, self.scheduler_name, self.steps, self.guidance,
                                self.guidance_embedded, strength=self.strength, blur_prob=self.blur_prob,
-                               controlnet_scale=self.controlnet_scale if self.method == "controlnet" else None)
+                               controlnet_scale=self.controlnet_scale if self.method == "controlnet" else None,
+                               **self.placement.names)
 
     def steps_run(self, with_start_image: bool = True) -> int:
         """Denoising steps per call: round(strength * steps) with a start image, all steps without."""
@@ -574,17 +628,33 @@ class DepthRegenerator:
             return {"text_embeds": torch.cat([neg_pooled, pooled]), "time_ids": torch.cat([ids, ids])}
         return {"text_embeds": pooled, "time_ids": ids}
 
+    @contextlib.contextmanager
+    def _vae_precision(self):
+        """The VAE's dtype for one encode / decode: float32 for a float16 SDXL VAE (then back)."""
+        if not self.vae_upcast:
+            yield self.vae.dtype
+            return
+        import torch
+
+        self.vae.to(dtype=torch.float32)
+        try:
+            yield torch.float32
+        finally:
+            self.vae.to(dtype=torch.float16)
+
     def encode_images(self, images: np.ndarray):
-        """(B, H, W, 3) uint8 -> (B, C, h, w) scaled latents (posterior mode: deterministic)."""
-        x = _from_uint8(images, self.device, self.vae.dtype)
-        lat = self.vae.encode(x).latent_dist.mode()
+        """(B, H, W, 3) uint8 -> (B, C, h, w) scaled latents (posterior mode: deterministic), in the UNet's dtype."""
+        with self._vae_precision() as dtype:
+            x = _from_uint8(images, self.device, dtype)
+            lat = self.vae.encode(x).latent_dist.mode()
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        return (lat - shift) * self.vae.config.scaling_factor
+        return ((lat - shift) * self.vae.config.scaling_factor).to(self.unet.dtype)
 
     def decode_latents(self, latents):
-        """(B, C, h, w) scaled latents -> (B, H, W, 3) uint8."""
+        """(B, C, h, w) scaled latents -> (B, H, W, 3) uint8 (on the CPU)."""
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        x = self.vae.decode(latents / self.vae.config.scaling_factor + shift, return_dict=False)[0]
+        with self._vae_precision() as dtype:
+            x = self.vae.decode((latents / self.vae.config.scaling_factor + shift).to(dtype), return_dict=False)[0]
         return _to_uint8(x)
 
     # ---- the call -----------------------------------------------------------------------------

@@ -28,7 +28,8 @@ def run_sampler(start: Optional[SamplerSettings], regen: Optional[SamplerSetting
     Keys: ``preset``, ``scheduler``, ``guidance``; the start image's ``txt2img_steps`` and
     ``txt2img_guidance_embedded`` (None outside mode T); the regeneration's ``steps``,
     ``strength``, ``guidance_embedded`` (the UNet takes the scale as an input: one pass per
-    step), ``controlnet_scale`` (None for depth2img) and ``blur_prob``.
+    step), ``controlnet_scale`` (None for depth2img) and ``blur_prob``; ``device`` and ``dtype``
+    the diffusion models ran on and in (the start image's generator runs on the same placement).
     """
     if regen is None:
         return None
@@ -38,6 +39,7 @@ def run_sampler(start: Optional[SamplerSettings], regen: Optional[SamplerSetting
         "txt2img_guidance_embedded": None if start is None else start.guidance_embedded,
         "steps": regen.steps, "strength": regen.strength, "guidance_embedded": regen.guidance_embedded,
         "controlnet_scale": regen.controlnet_scale, "blur_prob": regen.blur_prob,
+        "device": regen.device, "dtype": regen.dtype,
     }  # fmt: skip
 
 

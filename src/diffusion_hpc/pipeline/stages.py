@@ -18,6 +18,7 @@ from diffusion_hpc.generate.identity import backbone_identity
 from diffusion_hpc.generate.render_baseline import face_parts_for_body
 from diffusion_hpc.prior import get_prior
 from diffusion_hpc.render import get_renderer
+from diffusion_hpc.runtime.device import resolve_placement
 from diffusion_hpc.segment import make_segmenter
 
 
@@ -44,6 +45,8 @@ class Stages:
     def __init__(self, config: GenerateConfig) -> None:
         cfg = config
         diffusion = cfg.generator in DIFFUSION_GENERATORS
+        #: where the diffusion models run (resolved first: an unavailable device fails before any model loads)
+        self.placement = resolve_placement(cfg.device, cfg.dtype)
         self.body = get_body_model(cfg.body_model, model_path=cfg.smpl_path)
         self.faces = self.body.faces.numpy()
         self.canonical_to_camera = self.body.canonical_to_camera.numpy().astype(np.float64)
