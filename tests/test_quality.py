@@ -328,6 +328,10 @@ def test_quality_report_masked_variant_and_comparison(tmp_path, weights_file):
     assert abs(b["fid"] - a["fid"]) > 1e-3 * a["fid"]
     assert result["sources"]["real"]["mask_source"] == "fake"
     assert result["sources"]["gen_a"]["mask_source"] == "dataset"
+    import torch
+
+    assert result["settings"]["device"] == str(torch.device("cuda", 0) if torch.cuda.is_available() else "cpu")
+    assert result["settings"]["dtype"] == "float32"  # auto: Inception runs in float32
 
     m = result["manifest"]["gen_a"]
     assert (m["rows"], m["accepted"], m["dropped"]) == (5, 3, 2)

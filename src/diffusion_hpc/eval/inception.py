@@ -38,6 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from diffusion_hpc.errors import InputError, MissingModelError
+from diffusion_hpc.runtime.device import Placement, dtype_name, resolve_placement
 from diffusion_hpc.runtime.paths import cache_dir
 
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -341,12 +342,16 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_inception(weights: str | os.PathLike | None = None, device: str = "cpu") -> FIDInceptionV3:
-    """The FID Inception-v3 in eval mode, weights from :func:`find_weights` (strict key match).
+def load_inception(weights: str | os.PathLike | None = None, device="cpu", dtype="float32") -> FIDInceptionV3:
+    """The FID Inception-v3 in eval mode, weights from :func:`find_weights` (strict key match), moved
+    once to ``device`` / ``dtype`` (names as ``--device`` / ``--dtype``, torch objects, or a
+    :class:`~diffusion_hpc.runtime.device.Placement`; ``auto``: the first CUDA device, float32).
 
     Missing ``num_batches_tracked`` buffers (files saved by old torch) are tolerated; any other
     missing or unexpected key raises :class:`InputError` naming the first few.
     """
+    placement = device if isinstance(device, Placement) else resolve_placement(
+        str(device), dtype if isinstance(dtype, str) else dtype_name(dtype), diffusion=False)
     path = find_weights(weights)
     state = load_state_dict_file(path)
     model = FIDInceptionV3()
@@ -365,7 +370,7 @@ def load_inception(weights: str | os.PathLike | None = None, device: str = "cpu"
             state[k] = own[k]
     model.load_state_dict(state, strict=True)
     model.requires_grad_(False)
-    return model.eval().to(device)
+    return model.eval().to(device=placement.device, dtype=placement.dtype)
 
 
 def save_state_dict(model: nn.Module, path: str | os.PathLike) -> Path:

@@ -36,6 +36,7 @@ from diffusion_hpc.eval.inception import find_weights, load_inception
 from diffusion_hpc.eval.report import write_report
 from diffusion_hpc.prior import get_prior
 from diffusion_hpc.prior.vposer import HARD_THRESHOLD as VPOSER_HARD_THRESHOLD
+from diffusion_hpc.runtime.device import resolve_placement
 from diffusion_hpc.runtime.images import image_files, load_image
 from diffusion_hpc.segment import make_segmenter
 
@@ -177,8 +178,9 @@ def features_of_resized(model, batch: np.ndarray) -> np.ndarray:
     import torch
 
     x = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).permute(0, 3, 1, 2) / 255.0
+    weight = next(model.parameters())
     with torch.inference_mode():
-        return model(x).double().cpu().numpy()
+        return model(x.to(device=weight.device, dtype=weight.dtype)).double().cpu().numpy()
 
 
 def image_features(model, images: Iterable[np.ndarray], batch_size: int = 32) -> np.ndarray:
@@ -589,13 +591,14 @@ def quality(config: QualityConfig, *, segmenter=None) -> dict:
                                                        config.batch_size, config.limit)
     hard_threshold, seed, device, fid_method = config.hard_threshold, config.seed, config.device, config.fid_method
     segmenter = config.segmenter if segmenter is None else segmenter
+    placement = resolve_placement(device, config.dtype, diffusion=False)  # an unavailable device fails first
     weights_path = find_weights(weights)  # fail fast, before any image is read
     for p in [real, *generated]:
         source_kind(p)
     if batch_size < 1 or kid_subsets < 1 or kid_subset_size < 2:
         raise InputError(f"quality: batch_size {batch_size} must be >= 1, kid_subsets {kid_subsets} >= 1, "
                          f"kid_subset_size {kid_subset_size} >= 2")
-    model = load_inception(weights_path, device=device)
+    model = load_inception(weights_path, device=placement)
     names = _names([str(real), *map(str, generated)])
     needs_seg = human_only and any(source_kind(p) == "folder" for p in [real, *generated])
     seg = _as_segmenter(segmenter) if needs_seg else None
@@ -612,7 +615,7 @@ def quality(config: QualityConfig, *, segmenter=None) -> dict:
         "settings": {"weights": str(weights_path), "resize": "PIL bicubic (float, per channel) to 299",
                      "normalisation": "x / 255 * 2 - 1 (pytorch-fid)", "human_only": bool(human_only),
                      "kid_subsets": int(kid_subsets), "kid_subset_size": int(kid_subset_size),
-                     "kid_kernel": "(x.y / 2048 + 1)^3", "limit": limit, "seed": int(seed),
+                     "kid_kernel": "(x.y / 2048 + 1)^3", "limit": limit, "seed": int(seed), **placement.names,
                      "fid_method": fid_method + (" (low-rank trace when N < 2048, else scipy sqrtm)" if fid_method == "auto" else "")},
         "sources": {s.name: {"path": s.path, "kind": s.kind, "n": s.n, "n_human": s.n_human,
                              "no_person": s.no_person, "mask_source": s.mask_source}
