@@ -206,6 +206,16 @@ def _add_generate(sub) -> None:
     _flag(g, RenderBaselineConfig, "augment", "--no-augment", action="store_false",
           text="no blur / noise / colour augmentation of the render baseline")
     _flag(g, CameraConfig, "fov_deg", "--fov", type=_range, metavar="LOW,HIGH", text="vertical field of view range, degrees")
+    e = g.add_argument_group("scale (how the run is spread; the dataset is the same with any of these)")
+    _flag(e, G, "engine", text="local: shards one after another in this process; ray: shards spread over Ray "
+          "workers, each loading the models once")
+    _flag(e, G, "ray_address", metavar="auto|HOST:PORT", text="--engine ray: the Ray cluster to join "
+          "(default: start Ray on this machine)")
+    _flag(e, G, "workers", type=int, metavar="N", text="--engine ray: worker processes (default: the cluster's "
+          "CPUs, or its GPUs / --gpus-per-worker)")
+    _flag(e, G, "gpus_per_worker", type=float, metavar="G", text="--engine ray: GPUs per worker (0.5: two workers share one)")
+    _flag(e, G, "part", metavar="I/N", text="make only part I of N (shards s with s % N == I-1) into --out, for "
+          "job arrays; join the parts with dhpc merge")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -388,6 +398,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quality(sub)
     _add_export(sub)
 
+    m = sub.add_parser("merge", help="join the part folders of a run (dhpc generate --part I/N) into one dataset",
+                       description="Join the folders of dhpc generate --part 1/N .. N/N into the dataset the "
+                       "single run makes (same shard files, manifest and config.yaml; shards hard-linked, or "
+                       "copied across file systems; the folder appears complete or not at all). Refuses parts "
+                       "of different configs, a shard in two parts, and any missing shard (naming them).")
+    m.add_argument("parts", nargs="+", type=Path, metavar="PART_DIR", help="part folders")
+    m.add_argument("--out", required=True, type=Path, help="dataset folder to create (new or empty)")
+
     pr = sub.add_parser("prior", help="pose priors: fit the Anny prior on your own poses",
                         description="Pose-prior tools. The default Anny prior ships in the package, fitted on "
                         "CMU mocap poses; refit it on your own corpus (e.g. AMASS or BVH imports).")
@@ -433,7 +451,7 @@ def command_config(args: argparse.Namespace) -> CommandConfig:
 def cmd_generate(args) -> int:
     config = generate_config(args)
     resolve_placement(config.device, config.dtype)  # an unavailable device fails here, before any model loads
-    from diffusion_hpc.pipeline.generate import generate
+    from diffusion_hpc.engine import generate
 
     result = generate(config, args.out, resume=args.resume, progress=not args.no_progress)
     print(f"{result.accepted} samples accepted, {result.failed} failed, in {result.seconds:.1f} s -> {result.out}")
@@ -443,6 +461,15 @@ def cmd_generate(args) -> int:
         print(f"(resumed: {result.skipped_shards} shards were already complete)")
     if result.preview:
         print(f"preview: {result.preview}")
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from diffusion_hpc.data.merge import merge
+
+    result = merge(args.parts, args.out)
+    print(f"{len(args.parts)} parts merged: {result.shards} shards, {result.accepted} samples accepted, "
+          f"{result.failed} failed -> {result.out} ({result.linked} files hard-linked, {result.copied} copied)")
     return 0
 
 
@@ -583,6 +610,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_quality(args)
         if args.command == "export":
             return cmd_export(args)
+        if args.command == "merge":
+            return cmd_merge(args)
         if args.command == "prior":
             return cmd_prior(args, parser)
     except DhpcError as exc:

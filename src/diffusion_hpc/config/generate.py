@@ -142,6 +142,11 @@ DEFAULT_PROMPT = "a photo of a person"
 DEFAULT_SHARD_SIZE = 256
 
 
+#: fields that choose how a run is executed, not what it makes: left out of the dataset's config.yaml,
+#: so --resume (and dhpc merge) accept a run continued with another engine or worker count
+EXECUTION_FIELDS = ("engine", "ray_address", "workers", "gpus_per_worker")
+
+
 class GenerateConfig(CommandConfig):
     """Everything a ``dhpc generate`` run depends on. Same config + seed = same dataset, byte for byte.
 
@@ -223,6 +228,54 @@ class GenerateConfig(CommandConfig):
     camera: CameraConfig = CameraConfig()
     shape: ShapeConfig = ShapeConfig()
     render_baseline: RenderBaselineConfig = RenderBaselineConfig()
+    engine: Literal["local", "ray"] = "local"
+    """local: shards one after another in this process; ray: shards spread over Ray workers (same dataset)"""
+    ray_address: Optional[str] = None
+    """engine ray: the cluster to join, ``auto`` or HOST:PORT (default: start a Ray instance on this machine)"""
+    workers: Optional[int] = Field(None, ge=1, le=100000)
+    """engine ray: worker actors, each loads the models once (default: the cluster's CPUs, or its GPUs / gpus_per_worker)"""
+    gpus_per_worker: float = Field(0.0, ge=0.0, le=64.0)
+    """engine ray: GPUs reserved per worker (fractions share a GPU)"""
+    part: Optional[str] = None
+    """I/N: make only the shards s with s % N == I-1 into this folder (job arrays; ``dhpc merge`` joins the parts)"""
+
+    @field_validator("part")
+    @classmethod
+    def _part(cls, v):
+        if v is None:
+            return v
+        try:
+            i, n = (int(x) for x in v.split("/"))
+        except ValueError:
+            raise ValueError(f"part must be I/N (e.g. 1/4 for the first of 4 parts), got {v!r}") from None
+        if not (n >= 1 and 1 <= i <= n):
+            raise ValueError(f"part {v!r}: I must lie in 1..N (e.g. 1/{max(n, 1)}), got I={i}, N={n}")
+        return f"{i}/{n}"
+
+    @model_validator(mode="after")
+    def _engine_fields(self):
+        if self.engine != "ray":
+            given = [f for f in ("ray_address", "workers") if getattr(self, f) is not None]
+            given += ["gpus_per_worker"] if self.gpus_per_worker else []
+            if given:
+                raise ValueError(f"{given[0]}: applies to --engine ray (this run's engine is {self.engine!r}); "
+                                 f"pass --engine ray or leave --{given[0].replace('_', '-')} out")
+        return self
+
+    def part_numbers(self) -> tuple[int, int] | None:
+        """``(I, N)`` of ``part``, or None for a whole run."""
+        if self.part is None:
+            return None
+        i, n = self.part.split("/")
+        return int(i), int(n)
+
+    def dataset_yaml(self) -> str:
+        """The YAML a dataset stores (``config.yaml``): the config without the execution fields
+        (:data:`EXECUTION_FIELDS`), which change how a run is spread, not what it makes."""
+        import yaml
+
+        data = self.model_dump(mode="json", exclude=set(EXECUTION_FIELDS))
+        return yaml.safe_dump(data, sort_keys=True)
 
     @model_validator(mode="before")
     @classmethod

@@ -81,6 +81,17 @@ def _tar_bytes(records: Iterable[SampleRecord]) -> bytes:
     return buf.getvalue()
 
 
+def same_config(saved_yaml: str, config_yaml: str) -> bool:
+    """True when two stored configs describe the same dataset: equal YAML, where a key missing from one
+    side equals null on the other (configs written before an option existed lack its key)."""
+    if saved_yaml == config_yaml:
+        return True
+    import yaml
+
+    a, b = yaml.safe_load(saved_yaml) or {}, yaml.safe_load(config_yaml) or {}
+    return {k: v for k, v in a.items() if v is not None} == {k: v for k, v in b.items() if v is not None}
+
+
 class DatasetWriter:
     """Writes shards of a dataset directory; see the module docstring for the layout."""
 
@@ -99,7 +110,7 @@ class DatasetWriter:
             if not config_path.exists():
                 raise DhpcError(f"--out {self.root} is not empty and is not a Diffusion-HPC dataset (no config.yaml)")
             saved = config_path.read_text()
-            if saved != config_yaml:
+            if not same_config(saved, config_yaml):
                 import difflib
 
                 diff = [
@@ -138,10 +149,11 @@ class DatasetWriter:
         atomic_write_bytes(self.manifest_path(shard), "".join(r.to_json() + "\n" for r in rows).encode())
         atomic_write_bytes(self.shard_path(shard), _tar_bytes(records))
 
-    def finalize(self, num_shards: int, summary: dict) -> Path:
-        """Consolidate the manifest and write ``run.json``; returns the manifest path."""
+    def finalize(self, shards: int | Iterable[int], summary: dict) -> Path:
+        """Consolidate the manifest of ``shards`` (a count: shards 0..count-1; or the shard numbers of
+        a part) and write ``run.json``; returns the manifest path."""
         lines: list[str] = []
-        for shard in range(num_shards):
+        for shard in (range(shards) if isinstance(shards, int) else shards):
             lines.extend(self.manifest_path(shard).read_text().splitlines())
         manifest = self.root / "manifest.jsonl"
         atomic_write_bytes(manifest, ("\n".join(lines) + "\n").encode() if lines else b"")

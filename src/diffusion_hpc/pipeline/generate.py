@@ -30,10 +30,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from diffusion_hpc.body import check_body_model
 from diffusion_hpc.config import DEFAULT_PROMPT, DIFFUSION_GENERATORS, GenerateConfig
 from diffusion_hpc.data.inspect import write_preview
+from diffusion_hpc.data.merge import part_shards
 from diffusion_hpc.data.reader import Dataset
 from diffusion_hpc.data.schema import SampleRecord
 from diffusion_hpc.data.seeds import shard_ranges
@@ -68,6 +70,34 @@ class GenerateResult:
     seconds: float
     preview: Path | None = None
     failures: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class ShardResult:
+    """What making one shard produced (returned by :meth:`Generator.run_shard`, from any process)."""
+
+    shard: int
+    count: int  # manifest rows (sample indices) of the shard
+    failures: dict[str, int]
+    stage_seconds: float
+    write_seconds: float
+    unet_seconds: float
+
+
+@dataclass
+class RunPlan:
+    """The shards of a run in ``out``: ``ranges`` (all of the run's, by shard number), ``own`` (this
+    folder's: all, or a part's), ``pending`` (own, not yet committed)."""
+
+    out: Path
+    writer: DatasetWriter
+    ranges: list[range]
+    own: list[int]
+    pending: list[int]
+    started: float
+
+    def samples(self, shards: list[int]) -> int:
+        return sum(len(self.ranges[s]) for s in shards)
 
 
 class Generator:
@@ -168,55 +198,73 @@ class Generator:
         self.unet_seconds += timer.unet_seconds
         return records, rows, len(logs)
 
-    def _what_ran(self, out: Path) -> dict:
+    def what_ran(self, out: str | Path) -> dict:
         """run.json's record of what ran: the sampler and the weights (diffusion generators)."""
         if self.stages is not None:
             st = self.stages
             return {"generator": self.config.generator, "sampler": run_sampler(st.start_sampler, st.sampler),
                     "backbone": st.backbone}  # fmt: skip
-        previous = out / "run.json"  # a resume with nothing left to make loads no model
+        previous = Path(out) / "run.json"  # a resume with nothing left to make loads no model
         kept = json.loads(previous.read_text()) if previous.is_file() else {}
         return {"generator": self.config.generator, **{k: kept.get(k) for k in WHAT_RAN_KEYS}}
 
-    # -- the run --------------------------------------------------------------------------------
+    # -- the run: a plan, shards (the unit every engine drives), finish ----------------------------
 
-    def run(self, out: str | Path, resume: bool = False) -> GenerateResult:
-        """Generate ``config.n`` samples into ``out`` (resuming a killed run if ``resume``)."""
-        from tqdm.auto import tqdm
+    def plan(self, out: str | Path, resume: bool = False) -> RunPlan:
+        """Check ``out`` for this run (nothing written yet) and list the shards left to make.
 
+        The run's shards are all of them, or those of ``config.part`` (s % N == I-1); ``pending``
+        are those not yet committed (``resume``). The caller opens ``plan.writer`` before any shard.
+        """
         cfg = self.config
-        start = time.perf_counter()
-        # 2. check --out (no writes yet), load the models (missing files fail here), then open
-        writer = DatasetWriter(out, cfg.to_yaml(), resume=resume)
-        shards = shard_ranges(cfg.n, cfg.shard_size)
-        pending = [s for s in range(len(shards)) if not writer.is_complete(s)]
-        skipped = len(shards) - len(pending)
-        if pending:
-            self.load_models()
-        writer.open()
-        bar = tqdm(total=cfg.n, initial=cfg.n - sum(len(shards[s]) for s in pending), unit="sample",
-                   desc="generate", disable=not self.progress)
-        write_seconds, written, stage_seconds = 0.0, 0, 0.0
-        # 3. per shard, per batch: the stages of the mode
-        for s in pending:
-            records: list[SampleRecord] = []
-            rows: list[ManifestRow] = []
-            for batch in self._batches(shards[s]):
-                t0 = time.perf_counter()
-                recs, rs, count = self._make_batch(batch)
-                stage_seconds += time.perf_counter() - t0
-                records.extend(recs)
-                rows.extend(rs)
-                bar.update(count)
-            for row in rows:
-                row.shard = s
-            # 4. commit the shard
-            t0 = time.perf_counter()
-            writer.write_shard(s, records, rows)
-            write_seconds += time.perf_counter() - t0
-            written += len(rows)
-        bar.close()
+        writer = DatasetWriter(out, cfg.dataset_yaml(), resume=resume)
+        ranges = shard_ranges(cfg.n, cfg.shard_size)
+        own = part_shards(len(ranges), cfg.part_numbers())
+        if not own:
+            raise InputError(f"--part {cfg.part}: this run has only {len(ranges)} shards (n={cfg.n}, shard_size="
+                             f"{cfg.shard_size}), so part {cfg.part} holds none; use at most {len(ranges)} parts")
+        pending = [s for s in own if not writer.is_complete(s)]
+        return RunPlan(Path(out), writer, ranges, own, pending, time.perf_counter())
 
+    def run_shard(self, s: int, writer: DatasetWriter, on_batch: Callable[[int], None] | None = None) -> ShardResult:
+        """Make shard ``s`` (its batches, in the fixed composition of the run) and commit it atomically.
+
+        Every engine calls this: the bytes of a shard depend only on the config and ``s``. ``on_batch``
+        is called with the sample count of each batch done (progress).
+        """
+        cfg = self.config
+        self.load_models()
+        records: list[SampleRecord] = []
+        rows: list[ManifestRow] = []
+        stage_seconds, unet_before = 0.0, self.unet_seconds
+        for batch in self._batches(shard_ranges(cfg.n, cfg.shard_size)[s]):
+            t0 = time.perf_counter()
+            recs, rs, count = self._make_batch(batch)
+            stage_seconds += time.perf_counter() - t0
+            records.extend(recs)
+            rows.extend(rs)
+            if on_batch is not None:
+                on_batch(count)
+        for row in rows:
+            row.shard = s
+        t0 = time.perf_counter()
+        writer.write_shard(s, records, rows)
+        failures: dict[str, int] = {}
+        for row in rows:
+            if row.status != "ok":
+                failures[row.reason] = failures.get(row.reason, 0) + 1
+        return ShardResult(s, len(rows), failures, stage_seconds, time.perf_counter() - t0,
+                           self.unet_seconds - unet_before)
+
+    def finish(self, plan: RunPlan, done: list[ShardResult], what_ran: dict | None = None,
+               execution: dict | None = None) -> GenerateResult:
+        """Consolidate the manifest of the run's shards, write run.json and the preview.
+
+        ``done``: the shards made in this session (by any engine); ``what_ran``: run.json's record
+        of the sampler and weights (default: this process's models, else the previous session's);
+        ``execution``: how the session ran (engine, workers), recorded in run.json.
+        """
+        cfg, out = self.config, plan.out
         manifest = Dataset(out).manifest()
         failures: dict[str, int] = {}
         for row in manifest:
@@ -224,26 +272,62 @@ class Generator:
                 failures[row["reason"]] = failures.get(row["reason"], 0) + 1
         accepted = sum(1 for row in manifest if row["status"] == "ok")
         spent = float(sum(row.get("unet_evals", 0) for row in manifest))
-        seconds = time.perf_counter() - start
-        writer.finalize(len(shards), {
+        written = sum(r.count for r in done)
+        write_seconds = sum(r.write_seconds for r in done)
+        seconds = time.perf_counter() - plan.started
+        plan.writer.finalize(plan.own, {
             "accepted": accepted, "failed": len(manifest) - accepted, "failures": failures,
             "drifted": failures.get("verify: drifted", 0), "seconds_this_session": seconds, "n": cfg.n,
             "mode": cfg.mode, "unet_evals_total": spent,
             "unet_evals_per_accepted": spent / accepted if accepted else None,
             # the write stage is timed per shard: a shard's manifest is committed before its tar
             "write_seconds_per_sample": write_seconds / written if written else None,
-            "unet_seconds_this_session": self.unet_seconds,
-            "stage_seconds_this_session": stage_seconds,
-            **self._what_ran(Path(out)),
+            "unet_seconds_this_session": sum(r.unet_seconds for r in done),
+            "stage_seconds_this_session": sum(r.stage_seconds for r in done),
+            "part": cfg.part, "shards": len(plan.own), "shards_of_run": len(plan.ranges),
+            "execution": execution or {"engine": "local"},
+            **(what_ran if what_ran is not None else self.what_ran(out)),
         })  # fmt: skip
         preview = None
         try:
             preview = write_preview(out)
         except Exception as exc:  # the preview is a convenience; the dataset is complete without it
             log.warning("could not write the preview: %s", exc)
-        return GenerateResult(Path(out), accepted, len(manifest) - accepted, skipped, seconds, preview, failures)
+        return GenerateResult(Path(out), accepted, len(manifest) - accepted, len(plan.own) - len(plan.pending),
+                              seconds, preview, failures)
+
+    def run(self, out: str | Path, resume: bool = False) -> GenerateResult:
+        """Generate ``config.n`` samples (or the shards of ``config.part``) into ``out`` in this
+        process, one shard after another (resuming a killed run if ``resume``)."""
+        from tqdm.auto import tqdm
+
+        plan = self.plan(out, resume)
+        if plan.pending:
+            self.load_models()  # missing or broken model files fail here, before any write
+        plan.writer.open()
+        bar = tqdm(total=plan.samples(plan.own), initial=plan.samples(plan.own) - plan.samples(plan.pending),
+                   unit="sample", desc="generate", disable=not self.progress)
+        done: list[ShardResult] = []
+        for s in plan.pending:
+            done.append(self.run_shard(s, plan.writer, on_batch=bar.update))
+            if done[-1].failures:
+                bar.set_postfix(failure_counts(done), refresh=False)
+        bar.close()
+        return self.finish(plan, done)
+
+
+def failure_counts(done: list[ShardResult]) -> dict[str, int]:
+    """Failures by reason over the shards ``done`` (for a progress bar)."""
+    out: dict[str, int] = {}
+    for r in done:
+        for reason, count in r.failures.items():
+            out[reason] = out.get(reason, 0) + count
+    return out
 
 
 def generate(config: GenerateConfig, out: str | Path, resume: bool = False, progress: bool = True) -> GenerateResult:
-    """Python API of ``dhpc generate``: validate inputs, then generate into ``out``."""
+    """Python API of ``dhpc generate`` on the local engine: validate inputs, then generate into ``out``.
+
+    ``diffusion_hpc.engine.generate`` takes the same arguments and also runs ``engine: ray``.
+    """
     return Generator(config, progress=progress).run(out, resume=resume)

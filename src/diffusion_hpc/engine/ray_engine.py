@@ -1,0 +1,207 @@
+"""The Ray engine (``--engine ray``): shards spread over Ray worker actors, the same dataset as local.
+
+- The driver (this process) checks the inputs and the output folder exactly as the local engine
+  does, lists the pending shards (all, or a part's; ``--resume`` skips committed ones), and starts
+  ``workers`` actors (:class:`ShardWorker`): each builds the pipeline's models once.
+- It hands each idle worker a whole shard by number. The worker makes it with the local engine's
+  code (:meth:`~diffusion_hpc.pipeline.generate.Generator.run_shard`: seeds from (run seed, sample
+  index), the run's batch composition) and commits it itself with the atomic writer into the
+  output folder, which every worker must see (one machine, or a shared file system).
+- A worker that dies (``RayActorError``: killed, out of memory, node lost) is replaced by a new
+  actor and its shard is made again. A shard is committed only when complete (its tar renamed
+  into place last), so a redo neither duplicates nor drops a sample. A shard that kills
+  ``MAX_ATTEMPTS`` workers stops the run with its number.
+- The driver shows one progress bar (samples/s, failures by reason), then consolidates the
+  manifest and writes run.json and the preview (:meth:`Generator.finish`).
+
+If the driver itself is killed, the committed shards stay; ``dhpc generate ... --resume`` (with
+either engine) makes the rest. ``ray`` is imported only when this engine runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from pathlib import Path
+
+from diffusion_hpc.config import GenerateConfig
+from diffusion_hpc.data.writer import DatasetWriter
+from diffusion_hpc.errors import DhpcError
+from diffusion_hpc.pipeline.generate import GenerateResult, Generator, ShardResult, failure_counts
+
+log = logging.getLogger(__name__)
+
+#: a worker that dies this many times on one shard stops the run (the shard itself kills workers)
+MAX_ATTEMPTS = 3
+#: test hook, ``SHARD:MARKER``: the worker making shard SHARD kills its own process (SIGKILL) after
+#: its first batch, if the file MARKER does not exist yet (it creates it first: one kill per run)
+KILL_HOOK_ENV = "DHPC_TEST_KILL_SHARD"
+
+
+class ShardWorker:
+    """One Ray worker: the pipeline's models, loaded once, and the dataset writer of ``out``."""
+
+    def __init__(self, config: dict, out: str, kill_hook: str | None = None) -> None:
+        self.error: BaseException | None = None
+        self.kill_hook = kill_hook
+        try:
+            self.generator = Generator(GenerateConfig.model_validate(config), progress=False)
+            self.generator.load_models()
+            self.writer = DatasetWriter(out, self.generator.config.dataset_yaml(), resume=True)
+        except Exception as exc:  # raised again by ready(): the driver reports it as is
+            self.error = exc
+
+    def ready(self) -> int:
+        if self.error is not None:
+            raise self.error
+        return os.getpid()
+
+    def run_shard(self, s: int) -> ShardResult:
+        on_batch = None
+        if self.kill_hook:
+            shard, marker = self.kill_hook.split(":", 1)
+            if int(shard) == s and not os.path.exists(marker):
+                Path(marker).write_text(str(os.getpid()))
+
+                def on_batch(count: int) -> None:
+                    os.kill(os.getpid(), 9)
+
+        return self.generator.run_shard(s, self.writer, on_batch=on_batch)
+
+    def what_ran(self, out: str) -> dict:
+        return self.generator.what_ran(out)
+
+
+def _connect(config: GenerateConfig) -> bool:
+    """Join the cluster of ``ray_address`` or start a local Ray; True when this call connected."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    quiet = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    if config.ray_address is not None:
+        try:
+            ray.init(address=config.ray_address, **quiet)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise DhpcError(f"--ray-address {config.ray_address}: cannot join a Ray cluster there ({exc}); start "
+                            "one with `ray start --head` and pass its address, or leave --ray-address out to "
+                            "start Ray on this machine") from None
+    else:
+        ray.init(num_cpus=config.workers or os.cpu_count() or 1, **quiet)
+    return True
+
+
+def _worker_count(config: GenerateConfig, pending: int) -> int:
+    """Workers to start: ``config.workers``, else what the cluster holds; never more than the shards."""
+    import ray
+
+    res = ray.cluster_resources()
+    cpus, gpus = res.get("CPU", 0.0), res.get("GPU", 0.0)
+    if config.gpus_per_worker and config.gpus_per_worker > gpus:
+        raise DhpcError(f"--gpus-per-worker {config.gpus_per_worker}: the Ray cluster has {gpus:g} GPUs; "
+                        "pass a smaller value, or 0 for CPU workers")
+    fit = int(gpus // config.gpus_per_worker) if config.gpus_per_worker else int(cpus)
+    workers = config.workers if config.workers is not None else max(1, fit)
+    if workers > max(1, fit):
+        raise DhpcError(f"--workers {workers}: the Ray cluster has room for {fit} (CPUs {cpus:g}, GPUs {gpus:g}, "
+                        f"{config.gpus_per_worker:g} GPUs and 1 CPU per worker); pass --workers {max(1, fit)} or "
+                        "add nodes")
+    return max(1, min(workers, pending))
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The user's exception inside a Ray task error (a DhpcError stays one line)."""
+    from ray.exceptions import RayTaskError
+
+    return exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
+
+
+def run_ray(config: GenerateConfig, out: str | Path, resume: bool = False, progress: bool = True) -> GenerateResult:
+    """Generate the run's shards into ``out`` on Ray workers; see the module docstring."""
+    from tqdm.auto import tqdm
+
+    generator = Generator(config, progress=progress)  # inputs checked here, before Ray starts
+    plan = generator.plan(out, resume)
+    done: list[ShardResult] = []
+    what_ran = None
+    workers = 0
+    if plan.pending:
+        import ray
+        from ray.exceptions import RayActorError
+
+        started = _connect(config)
+        actors: list = []
+        try:
+            workers = _worker_count(config, len(plan.pending))
+            remote = ray.remote(num_cpus=1, num_gpus=config.gpus_per_worker or 0, max_restarts=0)(ShardWorker)
+            payload = config.model_dump(mode="json")
+            kill_hook = os.environ.get(KILL_HOOK_ENV)
+
+            def new_actor():
+                actor = remote.remote(payload, str(plan.out), kill_hook)
+                try:
+                    ray.get(actor.ready.remote())  # models load here: missing files fail before any write
+                except Exception as exc:
+                    raise _cause(exc) from None
+                return actor
+
+            t0 = time.perf_counter()
+            actors = [remote.remote(payload, str(plan.out), kill_hook) for _ in range(workers)]
+            try:
+                ray.get([a.ready.remote() for a in actors])
+            except Exception as exc:
+                raise _cause(exc) from None
+            log.info("%d Ray workers ready in %.1f s", workers, time.perf_counter() - t0)
+            plan.writer.open()
+            bar = tqdm(total=plan.samples(plan.own), initial=plan.samples(plan.own) - plan.samples(plan.pending),
+                       unit="sample", desc=f"generate (ray, {workers} workers)", disable=not progress)
+            queue, idle, running = deque(plan.pending), list(range(workers)), {}
+            attempts: dict[int, int] = {}
+            redone = 0
+            while queue or running:
+                while queue and idle:
+                    w, s = idle.pop(), queue.popleft()
+                    running[actors[w].run_shard.remote(s)] = (s, w)
+                (ref,), _ = ray.wait(list(running), num_returns=1)
+                s, w = running.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except RayActorError as exc:
+                    attempts[s] = attempts.get(s, 0) + 1
+                    if attempts[s] >= MAX_ATTEMPTS:
+                        raise DhpcError(f"shard {s} (samples {plan.ranges[s].start}..{plan.ranges[s].stop - 1}) lost "
+                                        f"its worker {attempts[s]} times (last: {str(exc).splitlines()[0]}); see "
+                                        "the Ray worker logs, then rerun with --resume") from None
+                    log.warning("worker %d died making shard %d (%s); making it again on a new worker",
+                                w, s, str(exc).splitlines()[0])
+                    ray.kill(actors[w])
+                    actors[w] = new_actor()
+                    queue.appendleft(s)
+                    idle.append(w)
+                    redone += 1
+                    bar.set_postfix({**failure_counts(done), "redone": redone}, refresh=False)
+                    continue
+                except Exception as exc:
+                    raise _cause(exc) from None
+                done.append(result)
+                idle.append(w)
+                bar.update(result.count)
+                postfix = failure_counts(done)
+                if redone:
+                    postfix["redone"] = redone
+                if postfix:
+                    bar.set_postfix(postfix, refresh=False)
+            bar.close()
+            what_ran = ray.get(actors[0].what_ran.remote(str(plan.out)))
+        finally:
+            for actor in actors:
+                ray.kill(actor)
+            if started:
+                ray.shutdown()
+    else:
+        plan.writer.open()
+    execution = {"engine": "ray", "workers": workers, "gpus_per_worker": config.gpus_per_worker,
+                 "cluster": "address" if config.ray_address else "local"}
+    return generator.finish(plan, done, what_ran=what_ran, execution=execution)
