@@ -126,7 +126,7 @@ def run_ray(config: GenerateConfig, out: str | Path, resume: bool = False, progr
     plan = generator.plan(out, resume)
     done: list[ShardResult] = []
     what_ran = None
-    workers = 0
+    workers, ready_seconds, run_seconds, redone = 0, 0.0, 0.0, 0
     if plan.pending:
         import ray
         from ray.exceptions import RayActorError
@@ -153,13 +153,14 @@ def run_ray(config: GenerateConfig, out: str | Path, resume: bool = False, progr
                 ray.get([a.ready.remote() for a in actors])
             except Exception as exc:
                 raise _cause(exc) from None
-            log.info("%d Ray workers ready in %.1f s", workers, time.perf_counter() - t0)
+            ready_seconds = time.perf_counter() - t0
+            log.info("%d Ray workers ready in %.1f s", workers, ready_seconds)
             plan.writer.open()
             bar = tqdm(total=plan.samples(plan.own), initial=plan.samples(plan.own) - plan.samples(plan.pending),
                        unit="sample", desc=f"generate (ray, {workers} workers)", disable=not progress)
             queue, idle, running = deque(plan.pending), list(range(workers)), {}
             attempts: dict[int, int] = {}
-            redone = 0
+            t0 = time.perf_counter()
             while queue or running:
                 while queue and idle:
                     w, s = idle.pop(), queue.popleft()
@@ -194,6 +195,7 @@ def run_ray(config: GenerateConfig, out: str | Path, resume: bool = False, progr
                 if postfix:
                     bar.set_postfix(postfix, refresh=False)
             bar.close()
+            run_seconds = time.perf_counter() - t0
             what_ran = ray.get(actors[0].what_ran.remote(str(plan.out)))
         finally:
             for actor in actors:
@@ -203,5 +205,8 @@ def run_ray(config: GenerateConfig, out: str | Path, resume: bool = False, progr
     else:
         plan.writer.open()
     execution = {"engine": "ray", "workers": workers, "gpus_per_worker": config.gpus_per_worker,
-                 "cluster": "address" if config.ray_address else "local"}
+                 "cluster": "address" if config.ray_address else "local",
+                 # workers started and their models loaded; then the shards, first submitted to last back
+                 "ready_seconds": ready_seconds, "shards_seconds": run_seconds, "redone_shards": redone,
+                 "worker_shard_seconds": sum(r.seconds for r in done)}
     return generator.finish(plan, done, what_ran=what_ran, execution=execution)

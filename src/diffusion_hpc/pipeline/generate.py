@@ -14,6 +14,11 @@ batch at a time, and hands records to the writer. Data flows one way: request ->
                                                                              (pipeline.tail)
     4. commit each shard atomically; consolidate the manifest; run.json (with what ran); preview
 
+A shard is the unit every engine drives (:mod:`diffusion_hpc.engine`): :meth:`Generator.plan`
+(steps 1-2: the run's shards, all or a part's, and those left to make), :meth:`Generator.run_shard`
+(step 3 and the shard's commit, in any process) and :meth:`Generator.finish` (step 4's rest).
+:meth:`Generator.run` is the local engine: the pending shards one after another in this process.
+
 Each stage hands the next a typed output (:mod:`~diffusion_hpc.pipeline.samples`); every sample
 of a batch keeps a :class:`~diffusion_hpc.pipeline.samples.SampleLog` (reason, cost, scores, what
 ran) from which its manifest row is written. Shards hold whole guides (shard_size is a multiple of
@@ -82,6 +87,7 @@ class ShardResult:
     stage_seconds: float
     write_seconds: float
     unet_seconds: float
+    seconds: float = 0.0  # wall time of the whole shard in the process that made it
 
 
 @dataclass
@@ -233,6 +239,7 @@ class Generator:
         is called with the sample count of each batch done (progress).
         """
         cfg = self.config
+        start = time.perf_counter()
         self.load_models()
         records: list[SampleRecord] = []
         rows: list[ManifestRow] = []
@@ -253,8 +260,9 @@ class Generator:
         for row in rows:
             if row.status != "ok":
                 failures[row.reason] = failures.get(row.reason, 0) + 1
-        return ShardResult(s, len(rows), failures, stage_seconds, time.perf_counter() - t0,
-                           self.unet_seconds - unet_before)
+        end = time.perf_counter()
+        return ShardResult(s, len(rows), failures, stage_seconds, end - t0, self.unet_seconds - unet_before,
+                           end - start)
 
     def finish(self, plan: RunPlan, done: list[ShardResult], what_ran: dict | None = None,
                execution: dict | None = None) -> GenerateResult:
