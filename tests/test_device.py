@@ -128,3 +128,31 @@ def test_mode_d_bfloat16_on_the_cpu_end_to_end_records_it(tiny_backbone, tmp_pat
 
     images = [s["image"] for s in open_dataset(out)]
     assert len(images) == 2 and all(np.asarray(im).std() > 0 for im in images)
+
+
+@needs_no_cuda
+def test_every_command_refuses_cuda_here_before_loading(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    commands = {
+        "estimate": ["--images", str(tmp_path / "a.png"), "--out", str(tmp_path / "e.npz"), "--estimator", "hmr",
+                     "--checkpoint", str(tmp_path)],
+        "evaluate": ["--checkpoint", str(tmp_path / "none"), "--data", str(tmp_path / "none")],
+        "quality": ["--real", str(tmp_path), "--generated", str(tmp_path), "--out", str(tmp_path / "q")],
+    }  # fmt: skip
+    for command, args in commands.items():
+        r = run_cli(command, *args, "--device", "cuda:0", timeout=120)
+        assert r.returncode == 2, (command, r.stderr)
+        assert r.stderr.strip().splitlines()[-1].endswith("pass --device cpu"), (command, r.stderr)
+
+
+def test_the_mediapipe_fit_runs_on_the_cpu_only(tmp_path):
+    from PIL import Image
+
+    from diffusion_hpc.config import EstimateConfig
+    from diffusion_hpc.estimate.run import estimate
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    with pytest.raises(ConfigError, match="MediaPipe fit runs on the CPU in float32"):
+        estimate(EstimateConfig(images=[tmp_path / "a.png"], out=tmp_path / "e.npz", device="cpu", dtype="bfloat16"))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion_hpc.errors import MissingModelError
+from diffusion_hpc.errors import ConfigError, MissingModelError
 
 CROP = 64
 
@@ -115,6 +115,20 @@ def test_batched_equals_single(estimator):
     one = estimator.estimate(images[1:], boxes=BOXES[1:])[0]
     np.testing.assert_allclose(both[1].keypoints2d, one.keypoints2d, atol=1e-3)
     np.testing.assert_allclose(both[1].params["transl"], one.params["transl"], atol=1e-5)
+
+
+def test_regressor_on_a_device_and_precision(hmr_checkpoint, fake_smpl, estimator):
+    from diffusion_hpc.estimate.hmr_adapter import HMREstimator
+
+    est = HMREstimator(hmr_checkpoint, detector=None, crop_size=CROP, model_path=fake_smpl, device="cpu",
+                       dtype="bfloat16")  # fmt: skip
+    assert next(est.regressor.parameters()).dtype == torch.bfloat16 and est.placement.names["dtype"] == "bfloat16"
+    [half] = est.estimate(_images()[:1], boxes=BOXES[:1])
+    [full] = estimator.estimate(_images()[:1], boxes=BOXES[:1])
+    assert half.ok and half.params["body_pose"].dtype == np.float32
+    np.testing.assert_allclose(half.keypoints2d[:, :2], full.keypoints2d[:, :2], atol=0.05 * CROP)
+    with pytest.raises(ConfigError, match="float16 on --device cpu"):
+        HMREstimator(hmr_checkpoint, detector=None, model_path=fake_smpl, device="cpu", dtype="float16")
 
 
 def test_missing_checkpoint_fails_before_any_image(tmp_path, fake_smpl):

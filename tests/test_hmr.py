@@ -125,6 +125,19 @@ def test_validation_equals_evaluate_of_that_step(trained_run, tiny_dataset):
             assert result[key] == pytest.approx(rows[step][key], rel=1e-9), (step, key)
 
 
+def test_evaluate_on_a_device_and_precision_records_them(trained_run, tiny_dataset):
+    from diffusion_hpc.config import EvaluateConfig
+    from diffusion_hpc.hmr.evaluate import evaluate
+
+    run, _, _ = trained_run
+    full = evaluate(EvaluateConfig(checkpoint=run, data=str(tiny_dataset), crop_size=CROP, device="cpu"))
+    half = evaluate(EvaluateConfig(checkpoint=run, data=str(tiny_dataset), crop_size=CROP, device="cpu",
+                                   dtype="bfloat16"))  # fmt: skip
+    assert (full["device"], full["dtype"], half["dtype"]) == ("cpu", "float32", "bfloat16")
+    assert half["samples"] == full["samples"]
+    assert half["mpjpe_mm"] == pytest.approx(full["mpjpe_mm"], rel=0.1)  # bfloat16: ~3 significant digits
+
+
 def test_best_export_is_the_best_validation(trained_run, tiny_dataset):
     import json
 

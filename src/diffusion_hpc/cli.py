@@ -237,6 +237,8 @@ def _add_estimate(sub) -> None:
     _flag(est, E, "batch_size", type=int, metavar="N")
     _flag(est, E, "prior", "--no-prior", action="store_false",
           text="mediapipe: regularise the fit with a plain L2 / joint-limit penalty instead of the pose prior")
+    _flag(est, E, "device", metavar="auto|cpu|cuda[:N]|mps")
+    _flag(est, E, "dtype")
 
 
 def _add_train(sub) -> None:
@@ -304,6 +306,8 @@ def _add_evaluate(sub) -> None:
     _flag(ev, V, "batch_size", type=int, metavar="N")
     _flag(ev, V, "crop_size", type=int, metavar="PX")
     _flag(ev, V, "smpl_path", type=Path, metavar="PATH")
+    _flag(ev, V, "device", metavar="auto|cpu|cuda[:N]|mps")
+    _flag(ev, V, "dtype")
 
 
 def _add_quality(sub) -> None:

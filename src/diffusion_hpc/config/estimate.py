@@ -39,9 +39,10 @@ class EstimateConfig(CommandConfig):
     prior: bool = True
     """mediapipe: regularise the fit with the pose prior (False: a plain L2 / joint-limit penalty)"""
     device: str = "auto"
-    """torch device of the body fit and the regressors: auto (the first CUDA device, else the CPU), cpu, cuda, cuda:N or mps"""
+    """hmr / spin: torch device of the regressor: auto (the first CUDA device, else the CPU), cpu, cuda, cuda:N or
+    mps (the mediapipe fit runs on the CPU)"""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    """precision of the body fit and the regressors: auto (float32), float32, float16 (GPU only) or bfloat16"""
+    """hmr / spin: precision of the regressor: auto (float32), float32, float16 (GPU only) or bfloat16"""
 
     _device = field_validator("device")(check_device_name)
 

@@ -60,6 +60,7 @@ from diffusion_hpc.estimate.landmarks import (
 from diffusion_hpc.geometry.boxes import BOX_EXPAND, crop_matrix, points_box
 from diffusion_hpc.geometry.camera import SPIN_CROP, project
 from diffusion_hpc.hmr.model import NORMALISED_FOCAL, load_regressor
+from diffusion_hpc.runtime.device import dtype_name, resolve_placement
 from diffusion_hpc.runtime.images import check_image
 
 #: regressor forward batch size
@@ -135,12 +136,16 @@ class HMREstimator(MeshEstimator):
         crop_size: crop side S in pixels (default: the ViT's image size, else 224).
         model_path: SMPL/SMPL-X model file for SMPL regressors (ignored for Anny).
         principal_point: see :func:`image_camera`.
+        device, dtype: where the regressor runs (``--device`` / ``--dtype`` names or torch objects;
+            ``auto``: the first CUDA device, float32); moved there once. The body model and
+            MediaPipe run on the CPU; outputs come back as float32 numpy.
     """
 
     name = "hmr"
 
     def __init__(self, checkpoint: str | Path, detector: str | None = "mediapipe", crop_size: int | None = None,
-                 model_path: str | Path | None = None, principal_point: str = "image") -> None:
+                 model_path: str | Path | None = None, principal_point: str = "image", device="cpu",
+                 dtype="float32") -> None:  # fmt: skip
 
         if checkpoint is None or not Path(checkpoint).expanduser().exists():
             raise MissingModelError(f"HMR checkpoint {checkpoint} does not exist (pass the folder written by "
@@ -148,14 +153,17 @@ class HMREstimator(MeshEstimator):
         check_regressor_options(detector, principal_point)
         regressor = load_regressor(Path(checkpoint).expanduser()).eval()
         self._setup(regressor, regressor.spec.name, regressor.spec.shape_key, model_path, detector, principal_point,
-                    int(crop_size) if crop_size else self._default_crop(regressor))
+                    int(crop_size) if crop_size else self._default_crop(regressor), device, dtype)
 
     def _setup(self, regressor, body_model: str, shape_key: str, model_path, detector, principal_point: str,
-               crop_size: int) -> None:
-        """State shared by every regressor estimator (the body model is checked now, loaded lazily)."""
+               crop_size: int, device="cpu", dtype="float32") -> None:
+        """State shared by every regressor estimator (the body model is checked now, loaded lazily;
+        the regressor is moved to its device and precision once)."""
 
         check_body_model(body_model, model_path)
-        self.regressor = regressor
+        self.placement = resolve_placement(str(device), dtype if isinstance(dtype, str) else dtype_name(dtype),
+                                           diffusion=False)  # fmt: skip
+        self.regressor = regressor.to(device=self.placement.device, dtype=self.placement.dtype)
         self.body_model, self.shape_key, self.model_path = body_model, shape_key, model_path
         self.principal_point, self.crop_size = principal_point, crop_size
         self.detector_name = detector
@@ -188,10 +196,11 @@ class HMREstimator(MeshEstimator):
         import torch
 
         outs: list[dict] = []
+        dev, dtype = self.placement.device, self.placement.dtype
         with torch.no_grad():
             for i in range(0, len(crops), BATCH):
-                pred = self.regressor(torch.as_tensor(crops[i : i + BATCH]))
-                outs.append({k: v.numpy() for k, v in pred.items() if k != "states"})
+                pred = self.regressor(torch.as_tensor(crops[i : i + BATCH]).to(device=dev, dtype=dtype))
+                outs.append({k: v.float().cpu().numpy() for k, v in pred.items() if k != "states"})
         return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
     # -- interface ---------------------------------------------------------------------------

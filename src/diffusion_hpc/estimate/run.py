@@ -25,10 +25,11 @@ from diffusion_hpc.body.joint_sets import COCO17
 from diffusion_hpc.config.estimate import EstimateConfig
 from diffusion_hpc.data.schema import encode_png
 from diffusion_hpc.data.writer import atomic_write_bytes
-from diffusion_hpc.errors import InputError
+from diffusion_hpc.errors import ConfigError, InputError
 from diffusion_hpc.estimate import get_estimator
 from diffusion_hpc.estimate.base import Estimate
 from diffusion_hpc.render import get_renderer
+from diffusion_hpc.runtime.device import resolve_placement
 from diffusion_hpc.runtime.images import IMAGE_SUFFIXES, image_files, load_image
 
 log = logging.getLogger(__name__)
@@ -159,13 +160,20 @@ def estimate(config: EstimateConfig) -> dict[str, np.ndarray]:
     """
     c = config
     files = collect_images(c.images)  # before any model loads: a missing path fails at once
+    placement = resolve_placement(c.device, c.dtype, diffusion=False)  # an unavailable device fails here too
     if c.estimator == "mediapipe":
+        if (c.device != "auto" and placement.device.type != "cpu") or c.dtype not in ("auto", "float32"):
+            raise ConfigError(f"--device {c.device} --dtype {c.dtype}: the MediaPipe fit runs on the CPU in float32 "
+                              "(MediaPipe and the body model are CPU-only here); leave --device / --dtype out, or "
+                              "use --estimator hmr|spin to regress on a GPU")  # fmt: skip
         estimator = get_estimator("mediapipe", body_model=c.fit_body_model, prior="default" if c.prior else None,
                                   model_path=c.smpl_path)
     elif c.estimator == "spin":
-        estimator = get_estimator("spin", checkpoint=c.checkpoint, smpl_path=c.smpl_path, mean_params=c.mean_params)
+        estimator = get_estimator("spin", checkpoint=c.checkpoint, smpl_path=c.smpl_path, mean_params=c.mean_params,
+                                  device=placement.device, dtype=placement.dtype)  # fmt: skip
     else:
-        estimator = get_estimator(c.estimator, checkpoint=c.checkpoint, model_path=c.smpl_path)
+        estimator = get_estimator(c.estimator, checkpoint=c.checkpoint, model_path=c.smpl_path,
+                                  device=placement.device, dtype=placement.dtype)  # fmt: skip
     return estimate_files(files, c.out, estimator, batch_size=c.batch_size, preview_dir=c.preview_dir)
 
 

@@ -26,7 +26,8 @@ class SPINEstimator(HMREstimator):
     name = "spin"
 
     def __init__(self, checkpoint: str | Path, smpl_path: str | Path | None = None, mean_params: str | Path | None = None,
-                 detector: str | None = "mediapipe", crop_size: int | None = None, principal_point: str = "image") -> None:
+                 detector: str | None = "mediapipe", crop_size: int | None = None, principal_point: str = "image",
+                 device="cpu", dtype="float32") -> None:  # fmt: skip
         check_regressor_options(detector, principal_point)
         self._setup(load_spin(checkpoint, mean_params), "smpl", "betas", smpl_path, detector, principal_point,
-                    int(crop_size) if crop_size else SPIN_CROP)
+                    int(crop_size) if crop_size else SPIN_CROP, device, dtype)

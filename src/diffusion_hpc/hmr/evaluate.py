@@ -33,6 +33,7 @@ from diffusion_hpc.eval import metrics
 from diffusion_hpc.hmr.data import RealDataset, crop_sample, denormalise_keypoints
 from diffusion_hpc.hmr.model import load_regressor, regress
 from diffusion_hpc.runtime.atomic import atomic_write_bytes
+from diffusion_hpc.runtime.device import Placement, resolve_placement
 
 #: 3D protocol for our own datasets: H36M-17, root-centred on the pelvis, every joint scored.
 DATASET_PROTOCOL = metrics.Protocol3D(name="h36m17 root-centred", joint_set="h36m17", root="pelvis", scored=H36M17)
@@ -123,10 +124,16 @@ def load_targets(source: str, crop_size: int = 224, limit: int | None = None, bo
     return Targets(str(source), kind, images, kp, joints3d, crop_size)
 
 
-def load_model(checkpoint: str | Path, smpl_path: str | Path | None = None):
-    """An exported regressor (run folder or its ``regressor.safetensors``) and its body model."""
+def load_model(checkpoint: str | Path, smpl_path: str | Path | None = None, placement: Placement | None = None):
+    """An exported regressor (run folder or its ``regressor.safetensors``) and its body model.
+
+    The regressor is moved once to ``placement`` (default: the CPU in float32); the body model
+    runs on the CPU in float32 (:func:`~diffusion_hpc.hmr.model.regress` moves its inputs there).
+    """
 
     regressor = load_regressor(checkpoint).eval()
+    if placement is not None:
+        regressor = regressor.to(device=placement.device, dtype=placement.dtype)
     name = regressor.spec.name
     check_body_model(name, smpl_path)
     return regressor, get_body_model(name, model_path=smpl_path)
@@ -157,11 +164,14 @@ def concat_predictions(parts: list[dict[str, np.ndarray]], keys: tuple[str, ...]
 
 
 def predict(regressor, body_model, images: np.ndarray, batch_size: int = 32) -> dict[str, np.ndarray]:
-    """``{"keypoints2d": (N, 17, 2) crop pixels, "joints3d": (N, 17, 3) H36M-17 metres}``."""
+    """``{"keypoints2d": (N, 17, 2) crop pixels, "joints3d": (N, 17, 3) H36M-17 metres}``; each batch is
+    moved to the regressor's device and precision."""
     import torch
 
+    weight = next(regressor.parameters())
     with torch.no_grad():
-        parts = [predict_batch(regressor, body_model, torch.as_tensor(images[lo : lo + batch_size]))
+        parts = [predict_batch(regressor, body_model,
+                               torch.as_tensor(images[lo : lo + batch_size]).to(weight.device, weight.dtype))
                  for lo in range(0, len(images), batch_size)]  # fmt: skip
     return concat_predictions(parts)
 
@@ -207,13 +217,16 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         result["pa_mpjpe_mm"]
 
     Returns:
-        :func:`score`'s metrics plus ``checkpoint`` and ``config`` (this config as JSON types);
+        :func:`score`'s metrics plus ``checkpoint``, ``device`` and ``dtype`` (as they ran) and
+        ``config`` (this config as JSON types);
         the same dict is written to ``config.out``.
     """
-    regressor, body = load_model(config.checkpoint, smpl_path=config.smpl_path)
+    placement = resolve_placement(config.device, config.dtype, diffusion=False)  # before any model loads
+    regressor, body = load_model(config.checkpoint, smpl_path=config.smpl_path, placement=placement)
     targets = load_targets(config.data, crop_size=config.crop_size, limit=config.limit, body_model=body.name)
     result = score(predict(regressor, body, targets.images, batch_size=config.batch_size), targets)
     result["checkpoint"] = str(config.checkpoint)
+    result.update(placement.names)  # the device and precision that ran
     result["config"] = config.model_dump(mode="json")
     if config.out is not None:
         atomic_write_bytes(config.out, json.dumps(result, indent=2, sort_keys=True).encode())

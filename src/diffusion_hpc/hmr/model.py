@@ -311,11 +311,11 @@ def regress(regressor: HMRRegressor, body_model, images: torch.Tensor) -> dict[s
     pred = regressor(images)
     spec = regressor.spec
     body_device = torch.device("cpu")
-    params = {
-        "global_orient": pred["global_orient"].to(body_device),
-        "body_pose": pred["body_pose"].to(body_device),
-        spec.shape_key: pred["shape"].to(body_device),
-        "transl": torch.zeros_like(pred["global_orient"]).to(body_device),
+    params = {  # the body model runs in float32 whatever the regressor's precision
+        "global_orient": pred["global_orient"].to(body_device, torch.float32),
+        "body_pose": pred["body_pose"].to(body_device, torch.float32),
+        spec.shape_key: pred["shape"].to(body_device, torch.float32),
+        "transl": torch.zeros_like(pred["global_orient"]).to(body_device, torch.float32),
     }
     out = body_model(params)
     joints = {k: v.to(images.device) for k, v in out.joints.items()}

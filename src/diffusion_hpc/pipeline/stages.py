@@ -64,7 +64,9 @@ class Stages:
         self.estimator = None
         self.prior = None
         if cfg.mode in ("T", "R") or cfg.verify or cfg.cycles:
-            self.segmenter = make_segmenter(cfg.segmenter)
+            # MediaPipe runs on the CPU; an instance segmenter (transformers) on the run's device, in float32
+            on_device = {} if cfg.segmenter.startswith("mediapipe") else {"device": self.placement.device}
+            self.segmenter = make_segmenter(cfg.segmenter, **on_device)
             self.prior = load_prior(cfg)
             self.estimator = get_estimator("mediapipe", body_model=cfg.body_model, prior=self.prior,
                                            model_path=cfg.smpl_path)  # fmt: skip

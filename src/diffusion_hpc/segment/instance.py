@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from diffusion_hpc.errors import ConfigError
+from diffusion_hpc.runtime.device import resolve_device
 from diffusion_hpc.segment.base import Segmentation, as_batch
 
 
@@ -59,19 +60,20 @@ class InstanceSegmenter:
     Args:
         path: local checkpoint directory (config.json, weights, preprocessor_config.json).
         score_threshold: instance score threshold (0.5).
-        device: torch device.
+        device: ``--device`` name (``auto``, ``cpu``, ``cuda:N``...) or a ``torch.device``; the model
+            is moved there once and runs in float32; masks come back to the CPU as numpy.
     """
 
-    def __init__(self, path: str | Path, score_threshold: float = 0.5, device: str = "cpu"):
+    def __init__(self, path: str | Path, score_threshold: float = 0.5, device="cpu"):
         from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation
 
         self.path = Path(path)
         self.name = f"instance:{self.path.name}"
         self.score_threshold = float(score_threshold)
-        self.device = device
+        self.device = resolve_device(str(device))
         self.processor = AutoImageProcessor.from_pretrained(str(self.path), local_files_only=True)
         self.model = AutoModelForUniversalSegmentation.from_pretrained(str(self.path), local_files_only=True)
-        self.model.eval().to(device)
+        self.model.eval().to(self.device)
         self.person_ids = person_label_ids(self.model.config.id2label)
         if not self.person_ids:
             raise ConfigError(f"segmenter {self.path} has no 'person' label in its id2label; pass a COCO-trained "
