@@ -116,3 +116,22 @@ def test_engine_options_need_ray_and_resume_ignores_them(local_run, tmp_path):
     # a complete run resumed with the Ray engine and another worker count: accepted, nothing to do, no Ray started
     result = generate(GenerateConfig(**SMALL, engine="ray", workers=1), copy, resume=True, progress=False)
     assert result.skipped_shards == 3 and dataset_digest(copy) == dataset_digest(local_run)
+
+
+def test_unreachable_ray_address_fails_fast_with_one_line(tmp_path):
+    out = tmp_path / "x"
+    proc = run_cli("generate", "-n", "4", "--out", str(out), "--engine", "ray", "--ray-address", "127.0.0.1:1",
+                   *FLAGS, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--ray-address 127.0.0.1:1" in proc.stderr
+    assert not out.exists()
+
+
+def test_cli_help_loads_neither_ray_nor_torch():
+    code = ("import sys, contextlib, io\n"
+            "from diffusion_hpc.cli import main\n"
+            "for argv in (['generate', '--help'], ['merge', '--help']):\n"
+            "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+            "        main(argv)\n"
+            "print([m for m in ('ray', 'torch') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

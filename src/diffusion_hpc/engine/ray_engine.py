@@ -82,6 +82,7 @@ def _connect(config: GenerateConfig) -> bool:
         return False
     quiet = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     if config.ray_address is not None:
+        _check_reachable(config.ray_address)
         try:
             ray.init(address=config.ray_address, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -91,6 +92,24 @@ def _connect(config: GenerateConfig) -> bool:
     else:
         ray.init(num_cpus=config.workers or os.cpu_count() or 1, **quiet)
     return True
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A HOST:PORT address must accept a connection (Ray itself retries an unreachable one for minutes)."""
+    import socket
+
+    if address == "auto":
+        return
+    host, sep, port = address.split("://")[-1].rpartition(":")
+    if not sep or not port.isdigit():
+        raise DhpcError(f"--ray-address {address}: expected auto or HOST:PORT (e.g. 10.0.0.5:6379, the address "
+                        "`ray start --head` prints)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise DhpcError(f"--ray-address {address}: nothing answers there ({exc.strerror or exc}); start the head "
+                        "with `ray start --head` and pass its address, or leave --ray-address out to start Ray "
+                        "on this machine") from None
 
 
 def _worker_count(config: GenerateConfig, pending: int) -> int:
