@@ -125,6 +125,26 @@ def test_regeneration_from_noise_matches_the_diffusers_controlnet_pipeline(kind,
     assert np.array_equal(np.round(np.clip(ref, 0, 1) * 255).astype(np.uint8), ours)
 
 
+def test_float16_sdxl_vae_runs_in_float32(sdxl):
+    """SDXL's VAE overflows in float16: with a float16 backbone it encodes and decodes in float32 and is
+    back in float16 afterwards. (float16 on the CPU is refused by --dtype; a ready Placement passes it
+    here, only to exercise the upcast without a GPU.)"""
+    from diffusion_hpc.generate.diffusion import DepthRegenerator, Text2ImageGenerator
+    from diffusion_hpc.runtime.device import Placement
+
+    half = Placement(torch.device("cpu"), torch.float16)
+    t2i = Text2ImageGenerator(sdxl, steps=2, device=half)
+    gen = DepthRegenerator(sdxl, method="controlnet", steps=2, share_with=t2i, device=half)
+    assert gen.vae_upcast and gen.unet.dtype == torch.float16 and gen.settings.dtype == "float16"
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda m, a: seen.append(a[0].dtype)) for m in (gen.vae.encoder, gen.vae.decoder)]
+    result = gen.generate(regen_batch([1, 2], start=True))
+    for h in hooks:
+        h.remove()
+    assert seen == [torch.float32, torch.float32] and gen.vae.dtype == torch.float16
+    assert result.images.dtype == np.uint8 and result.images.std() > 0
+
+
 def test_sdxl_backbone_has_no_depth2img(sdxl):
     from diffusion_hpc.generate.diffusion import DepthRegenerator
 

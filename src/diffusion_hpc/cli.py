@@ -454,7 +454,8 @@ def command_config(args: argparse.Namespace) -> CommandConfig:
 
 def cmd_generate(args) -> int:
     config = generate_config(args)
-    resolve_placement(config.device, config.dtype)  # an unavailable device fails here, before any model loads
+    if config.ray_address is None:  # models on this machine: an unavailable device fails now, before any loads
+        resolve_placement(config.device, config.dtype)  # (a Ray cluster's workers check theirs as they start)
     from diffusion_hpc.engine import generate
 
     result = generate(config, args.out, resume=args.resume, progress=not args.no_progress)

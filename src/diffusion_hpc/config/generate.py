@@ -203,10 +203,11 @@ class GenerateConfig(CommandConfig):
     shard_size: Optional[int] = Field(None, ge=1)
     renderer: Literal["auto", "gl", "torch"] = "auto"
     device: str = "auto"
-    """torch device of the models: auto (the first CUDA device, else the CPU), cpu, cuda, cuda:N or mps"""
+    """torch device of the diffusion models and an instance segmenter: auto (the first CUDA device, else the CPU),
+    cpu, cuda, cuda:N or mps (the body model, renderer, MediaPipe and the body fit run on the CPU)"""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     """precision of the diffusion models: auto (float16 on CUDA, float32 on the CPU), float32, float16
-    (GPU only) or bfloat16; the body fit and the renderer stay float32"""
+    (GPU only) or bfloat16; everything else stays float32"""
     offload: Literal["none", "model", "sequential"] = "none"
     """diffusion weights kept on the CPU between uses (CUDA only): model (whole models, small slowdown) or
     sequential (layer by layer: least GPU memory, slow); none keeps them on the device"""

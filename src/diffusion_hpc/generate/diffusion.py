@@ -636,11 +636,12 @@ class DepthRegenerator:
             return
         import torch
 
-        self.vae.to(dtype=torch.float32)
+        # nn.Module.to: diffusers' ModelMixin.to would warn on every cast
+        torch.nn.Module.to(self.vae, dtype=torch.float32)
         try:
             yield torch.float32
         finally:
-            self.vae.to(dtype=torch.float16)
+            torch.nn.Module.to(self.vae, dtype=torch.float16)
 
     def encode_images(self, images: np.ndarray):
         """(B, H, W, 3) uint8 -> (B, C, h, w) scaled latents (posterior mode: deterministic), in the UNet's dtype."""
