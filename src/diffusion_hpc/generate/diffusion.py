@@ -482,14 +482,14 @@ class DepthRegenerator:
                  offload: str = "none", vae_slicing: bool = False, vae_tiling: bool = False):  # fmt: skip
         placement = placement_of(device, dtype)
         ensure_offline()
-        if share_with is not None and method == "controlnet" and share_with.placement != placement:
-            raise ConfigError(f"share_with runs on {share_with.placement.names}, this generator on "
-                              f"{placement.names}; pass the same device and dtype to both")  # fmt: skip
         if method not in ("depth2img", "controlnet"):
             raise ConfigError(f"unknown regeneration method {method!r}; use depth2img or controlnet")
         if lora is not None and share_with is not None and method == "controlnet":
             raise ConfigError(f"lora={lora!r} with share_with: the shared generator's UNet is reused as it is; "
                               "pass lora to the Text2ImageGenerator given as share_with instead")  # fmt: skip
+        if share_with is not None and method == "controlnet" and share_with.placement != placement:
+            raise ConfigError(f"share_with runs on {share_with.placement.names}, this generator on "
+                              f"{placement.names}; pass the same device and dtype to both")  # fmt: skip
         lora_path = lora_file(lora)
         p = get_preset(preset)
         self.name = method
