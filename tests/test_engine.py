@@ -61,6 +61,17 @@ def test_ray_equals_local_byte_for_byte(ray_session, local_run, tmp_path):
     assert run["execution"]["engine"] == "ray" and run["execution"]["workers"] == 2 and run["generator"] == "render"
 
 
+def test_ray_equals_local_with_a_diffusion_generator(ray_session, tiny_backbone, tmp_path):
+    """The tiny backbone (mode D, depth2img): CPU float32 convolutions give other bytes with another
+    torch thread count, so the workers take the driver's; the images are then the local run's."""
+    cfg = dict(n=4, seed=1, image_size=(64, 64), batch_size=2, shard_size=2, generator="depth2img",
+               backbone=str(tiny_backbone), verify=False)
+    generate_local(GenerateConfig(**cfg), tmp_path / "local", progress=False)
+    generate(GenerateConfig(**cfg, engine="ray", workers=2), tmp_path / "ray", progress=False)
+    assert dataset_digest(tmp_path / "ray") == dataset_digest(tmp_path / "local")
+    assert _manifest(tmp_path / "ray") == _manifest(tmp_path / "local")  # the sampler and backbone rows too
+
+
 def test_worker_killed_mid_shard_is_redone(ray_session, local_run, tmp_path, monkeypatch):
     marker = tmp_path / "killed"
     monkeypatch.setenv(KILL_HOOK_ENV, f"1:{marker}")  # the worker of shard 1 dies after its first batch, once

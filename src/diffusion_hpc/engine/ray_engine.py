@@ -43,10 +43,13 @@ KILL_HOOK_ENV = "DHPC_TEST_KILL_SHARD"
 class ShardWorker:
     """One Ray worker: the pipeline's models, loaded once, and the dataset writer of ``out``."""
 
-    def __init__(self, config: dict, out: str, kill_hook: str | None = None) -> None:
+    def __init__(self, config: dict, out: str, threads: int, kill_hook: str | None = None) -> None:
         self.error: BaseException | None = None
         self.kill_hook = kill_hook
         try:
+            import torch
+
+            torch.set_num_threads(threads)  # the driver's count: CPU float32 bytes depend on it
             self.generator = Generator(GenerateConfig.model_validate(config), progress=False)
             self.generator.load_models()
             self.writer = DatasetWriter(out, self.generator.config.dataset_yaml(), resume=True)
@@ -130,6 +133,20 @@ def _worker_count(config: GenerateConfig, pending: int) -> int:
     return max(1, min(workers, pending))
 
 
+def _torch_threads() -> int:
+    """torch's intra-op thread count in this process (the local engine's), which every worker takes.
+
+    Convolutions on the CPU in float32 sum in an order that depends on the thread count, so a
+    diffusion image made with 1 thread differs in a few bytes from one made with 2 (measured with
+    the tiny backbone; the render baseline is unaffected). Workers use the driver's count, so a
+    Ray run equals the local run on the driver's machine; several workers on one machine then
+    share its cores (slower on the CPU; GPU kernels do not depend on it).
+    """
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _cause(exc: BaseException) -> BaseException:
     """The user's exception inside a Ray task error (a DhpcError stays one line)."""
     from ray.exceptions import RayTaskError
@@ -157,9 +174,10 @@ def run_ray(config: GenerateConfig, out: str | Path, resume: bool = False, progr
             remote = ray.remote(num_cpus=1, num_gpus=config.gpus_per_worker or 0, max_restarts=0)(ShardWorker)
             payload = config.model_dump(mode="json")
             kill_hook = os.environ.get(KILL_HOOK_ENV)
+            threads = _torch_threads()
 
             def new_actor():
-                actor = remote.remote(payload, str(plan.out), kill_hook)
+                actor = remote.remote(payload, str(plan.out), threads, kill_hook)
                 try:
                     ray.get(actor.ready.remote())  # models load here: missing files fail before any write
                 except Exception as exc:
@@ -167,7 +185,7 @@ def run_ray(config: GenerateConfig, out: str | Path, resume: bool = False, progr
                 return actor
 
             t0 = time.perf_counter()
-            actors = [remote.remote(payload, str(plan.out), kill_hook) for _ in range(workers)]
+            actors = [remote.remote(payload, str(plan.out), threads, kill_hook) for _ in range(workers)]
             try:
                 ray.get([a.ready.remote() for a in actors])
             except Exception as exc:
