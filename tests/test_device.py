@@ -64,6 +64,10 @@ def test_cli_device_errors_exit_2_with_one_line_before_any_model_loads(tmp_path)
     r = run_cli("generate", "--out", str(out), "--device", "cpu", "--dtype", "float16", timeout=120)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "bfloat16" in r.stderr
     assert not out.exists()
+    r = run_cli("generate", "--out", str(out), "--mode", "D", "--generator", "depth2img", "--backbone", str(out),
+                "--device", "cpu", "--offload", "model", timeout=120)  # fmt: skip
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "pass --offload none" in r.stderr
+    assert not out.exists()
 
 
 # --- the noise of a seed -------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from diffusion_hpc.config import (
 )
 from diffusion_hpc.errors import DhpcError
 from diffusion_hpc.geometry.boxes import BOX_EXPAND
-from diffusion_hpc.runtime.device import resolve_placement
+from diffusion_hpc.runtime.device import check_offload, resolve_placement
 
 EPILOG_GENERATE = """examples:
   dhpc generate --mode D --poses builtin -n 16 --out runs/demo
@@ -455,7 +455,8 @@ def command_config(args: argparse.Namespace) -> CommandConfig:
 def cmd_generate(args) -> int:
     config = generate_config(args)
     if config.ray_address is None:  # models on this machine: an unavailable device fails now, before any loads
-        resolve_placement(config.device, config.dtype)  # (a Ray cluster's workers check theirs as they start)
+        # (a Ray cluster's workers check theirs as they start)
+        check_offload(config.offload, resolve_placement(config.device, config.dtype).device)
     from diffusion_hpc.engine import generate
 
     result = generate(config, args.out, resume=args.resume, progress=not args.no_progress)

@@ -75,7 +75,7 @@ from diffusion_hpc.generate.base import (
     strength_steps,
 )
 from diffusion_hpc.generate.conditioning import human_region
-from diffusion_hpc.runtime.device import Placement, dtype_name, resolve_placement
+from diffusion_hpc.runtime.device import Placement, check_offload, dtype_name, resolve_placement
 from diffusion_hpc.runtime.weights import (
     BackboneSet,
     backbone_set,
@@ -207,10 +207,6 @@ def _from_uint8(images: np.ndarray, device, dtype):
     return x.to(device=device, dtype=dtype)
 
 
-#: ``offload=`` values: weights on the device (none), or on the CPU between uses (CUDA only)
-OFFLOADS = ("none", "model", "sequential")
-
-
 def placement_of(device="cpu", dtype="float32") -> Placement:
     """The :class:`~diffusion_hpc.runtime.device.Placement` of a generator's ``device`` / ``dtype``:
     names (``auto``, ``cuda:0``, ``bfloat16``...), torch objects, or a ready placement."""
@@ -221,12 +217,8 @@ def placement_of(device="cpu", dtype="float32") -> Placement:
 
 def _place(pipe, placement: Placement, offload: str = "none", vae_slicing: bool = False,
            vae_tiling: bool = False):  # fmt: skip
-    """Move a loaded pipeline to its device once (or set up CPU offload) and its VAE memory options."""
-    if offload not in OFFLOADS:
-        raise ConfigError(f"unknown offload {offload!r}; use {', '.join(OFFLOADS)}")
-    if offload != "none" and placement.device.type != "cuda":
-        raise ConfigError(f"offload {offload!r} keeps weights on the CPU between uses of a GPU, but the device is "
-                          f"{placement.device}; pass --offload none (or --device cuda)")  # fmt: skip
+    """Move a loaded pipeline to its device once (or set up CPU offload, :func:`check_offload`-ed before
+    loading) and its VAE memory options."""
     if offload == "model":
         pipe.enable_model_cpu_offload(device=placement.device)
     elif offload == "sequential":
@@ -358,6 +350,7 @@ class Text2ImageGenerator:
         from diffusers import AutoPipelineForText2Image
 
         placement = placement_of(device, dtype)
+        check_offload(offload, placement.device)
         ensure_offline()
         lora_path = lora_file(lora)
         p = get_preset(preset)
@@ -481,6 +474,7 @@ class DepthRegenerator:
                  share_with: Optional[Text2ImageGenerator] = None, device="cpu", dtype="float32",
                  offload: str = "none", vae_slicing: bool = False, vae_tiling: bool = False):  # fmt: skip
         placement = placement_of(device, dtype)
+        check_offload(offload, placement.device)
         ensure_offline()
         if method not in ("depth2img", "controlnet"):
             raise ConfigError(f"unknown regeneration method {method!r}; use depth2img or controlnet")

@@ -124,6 +124,23 @@ class Placement:
         return {"device": str(self.device), "dtype": dtype_name(self.dtype)}
 
 
+#: ``--offload`` values: weights on the device (none), or on the CPU between uses (CUDA only)
+OFFLOADS = ("none", "model", "sequential")
+
+
+def check_offload(offload: str, device: Any) -> None:
+    """``--offload`` fits ``device``: CPU offload moves weights between the CPU and a CUDA device.
+
+    Raises:
+        ConfigError: an unknown value, or offload on a device that is not CUDA.
+    """
+    if offload not in OFFLOADS:
+        raise ConfigError(f"unknown offload {offload!r}; use {', '.join(OFFLOADS)}")
+    if offload != "none" and _torch().device(device).type != "cuda":
+        raise ConfigError(f"--offload {offload} keeps weights on the CPU between uses of a GPU, but the device is "
+                          f"{device}; pass --offload none (or --device cuda)")  # fmt: skip
+
+
 def resolve_placement(device: str = "auto", dtype: str = "auto", diffusion: bool = True) -> Placement:
     """:func:`resolve_device` and :func:`resolve_dtype` together."""
     dev = resolve_device(device)
