@@ -76,14 +76,19 @@ def main() -> None:
     parser.add_argument("--tiny-n", type=int, default=24, help="tiny backbone: samples per run")
     parser.add_argument("--tiny-shard-size", type=int, default=4)
     parser.add_argument("--skip-tiny", action="store_true")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of the local engine, and so of every Ray worker (the driver's count; "
+                        "default 1: two-thread torch on a shared 2-core machine is erratic)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     import ray
+    import torch
 
     from diffusion_hpc.config import GenerateConfig
     from diffusion_hpc.generate.tiny import write_tiny_backbone
 
+    torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="dhpc-bench-engine-"))
     cpus = os.cpu_count() or 1
     t0 = time.perf_counter()
@@ -105,7 +110,7 @@ def main() -> None:
                 r = _run(GenerateConfig(**kw, **extra), tmp / f"{name.split()[0]}-{engine}-{workers}")
                 rows.append({"workload": name, **r})
         empty = _empty_call_ms()
-        print(f"{cpus} CPUs; Ray started once in {ray_start:.1f} s")
+        print(f"{cpus} CPUs, {args.threads} torch thread(s) per process; Ray started once in {ray_start:.1f} s")
         print(f"{'workload':<15} {'engine':<8} {'n':>4} {'end-to-end/s':>12} {'shards/s':>9} {'ready s':>8} "
               f"{'overhead ms/shard':>18}")
         for r in rows:
