@@ -8,7 +8,7 @@
   index), the run's batch composition) and commits it itself with the atomic writer into the
   output folder, which every worker must see (one machine, or a shared file system).
 - A worker that dies (``RayActorError``: killed, out of memory, node lost) is replaced by a new
-  actor and its shard is made again. A shard is committed only when complete (its tar renamed
+  actor (it loads its models while the others keep working) and its shard is made again. A shard is committed only when complete (its tar renamed
   into place last), so a redo neither duplicates nor drops a sample. A shard that kills
   ``MAX_ATTEMPTS`` workers stops the run with its number.
 - The driver shows one progress bar (samples/s, failures by reason), then consolidates the
@@ -176,14 +176,6 @@ def run_ray(config: GenerateConfig, out: str | Path, resume: bool = False, progr
             kill_hook = os.environ.get(KILL_HOOK_ENV)
             threads = _torch_threads()
 
-            def new_actor():
-                actor = remote.remote(payload, str(plan.out), threads, kill_hook)
-                try:
-                    ray.get(actor.ready.remote())  # models load here: missing files fail before any write
-                except Exception as exc:
-                    raise _cause(exc) from None
-                return actor
-
             t0 = time.perf_counter()
             actors = [remote.remote(payload, str(plan.out), threads, kill_hook) for _ in range(workers)]
             try:
@@ -195,6 +187,7 @@ def run_ray(config: GenerateConfig, out: str | Path, resume: bool = False, progr
             plan.writer.open()
             bar = tqdm(total=plan.samples(plan.own), initial=plan.samples(plan.own) - plan.samples(plan.pending),
                        unit="sample", desc=f"generate (ray, {workers} workers)", disable=not progress)
+            # running: ref -> (shard, worker); shard None: a replacement worker loading its models
             queue, idle, running = deque(plan.pending), list(range(workers)), {}
             attempts: dict[int, int] = {}
             t0 = time.perf_counter()
@@ -204,6 +197,13 @@ def run_ray(config: GenerateConfig, out: str | Path, resume: bool = False, progr
                     running[actors[w].run_shard.remote(s)] = (s, w)
                 (ref,), _ = ray.wait(list(running), num_returns=1)
                 s, w = running.pop(ref)
+                if s is None:  # a replacement worker is ready (or failed to load its models)
+                    try:
+                        ray.get(ref)
+                    except Exception as exc:
+                        raise _cause(exc) from None
+                    idle.append(w)
+                    continue
                 try:
                     result = ray.get(ref)
                 except RayActorError as exc:
@@ -215,9 +215,9 @@ def run_ray(config: GenerateConfig, out: str | Path, resume: bool = False, progr
                     log.warning("worker %d died making shard %d (%s); making it again on a new worker",
                                 w, s, str(exc).splitlines()[0])
                     ray.kill(actors[w])
-                    actors[w] = new_actor()
+                    actors[w] = remote.remote(payload, str(plan.out), threads, kill_hook)
+                    running[actors[w].ready.remote()] = (None, w)  # loads while the others work
                     queue.appendleft(s)
-                    idle.append(w)
                     redone += 1
                     bar.set_postfix({**failure_counts(done), "redone": redone}, refresh=False)
                     continue
