@@ -29,7 +29,7 @@ import yaml
 
 from diffusion_hpc.config.generate import EXECUTION_FIELDS, GenerateConfig
 from diffusion_hpc.data.inspect import write_preview
-from diffusion_hpc.data.reader import Dataset
+from diffusion_hpc.data.reader import Dataset, manifest_totals
 from diffusion_hpc.data.seeds import shard_name, shard_ranges
 from diffusion_hpc.data.writer import DatasetWriter
 from diffusion_hpc.errors import DhpcError
@@ -147,19 +147,11 @@ def merge(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> MergeRe
                 except OSError:  # another file system (or no hard links there): copy
                     shutil.copyfile(src, dst)
                     copied += 1
-        manifest = Dataset(tmp).manifest()
-        failures: dict[str, int] = {}
-        for row in manifest:
-            if row["status"] != "ok":
-                failures[row["reason"]] = failures.get(row["reason"], 0) + 1
-        accepted = sum(1 for row in manifest if row["status"] == "ok")
-        spent = float(sum(row.get("unet_evals", 0) for row in manifest))
+        totals = manifest_totals(Dataset(tmp).iter_manifest())
         runs = [json.loads((r / "run.json").read_text()) if (r / "run.json").is_file() else {} for r in roots]
         kept = next((r for r in runs if r.get("generator")), {})
         writer.finalize(len(ranges), {
-            "accepted": accepted, "failed": len(manifest) - accepted, "failures": failures,
-            "drifted": failures.get("verify: drifted", 0), "n": config.n, "mode": config.mode,
-            "unet_evals_total": spent, "unet_evals_per_accepted": spent / accepted if accepted else None,
+            **totals, "n": config.n, "mode": config.mode,
             "part": None, "shards": len(ranges), "shards_of_run": len(ranges),
             "merged_from": [{"folder": r.name, "part": c.get("part"), "shards": sum(1 for o in owner.values() if o == r)}
                             for r, c in zip(roots, configs)],
@@ -175,4 +167,4 @@ def merge(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> MergeRe
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return MergeResult(out, len(ranges), accepted, len(manifest) - accepted, linked, copied)
+    return MergeResult(out, len(ranges), totals["accepted"], totals["failed"], linked, copied)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import tarfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from diffusion_hpc.data.schema import decode
 from diffusion_hpc.errors import InputError
@@ -40,11 +40,16 @@ class Dataset:
 
     def manifest(self) -> list[dict]:
         """Manifest rows of the committed shards (accepted and failed samples), in index order."""
-        rows = []
+        return list(self.iter_manifest())
+
+    def iter_manifest(self) -> Iterator[dict]:
+        """The rows of :meth:`manifest` one at a time (a million-sample manifest is gigabytes as dicts)."""
         for shard in self.shards:
             part = self.root / "manifest" / (shard.stem + ".jsonl")
-            rows.extend(json.loads(line) for line in part.read_text().splitlines() if line.strip())
-        return rows
+            with part.open() as fh:
+                for line in fh:
+                    if line.strip():
+                        yield json.loads(line)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for shard in self.shards:
@@ -52,6 +57,23 @@ class Dataset:
 
     def __len__(self) -> int:
         return sum(1 for row in self.manifest() if row["status"] == "ok")
+
+
+def manifest_totals(rows: Iterable[dict]) -> dict:
+    """run.json's counts of manifest ``rows``: accepted, failed, failures by reason, drifted, UNet evaluations."""
+    accepted = failed = 0
+    failures: dict[str, int] = {}
+    spent = 0.0
+    for row in rows:
+        spent += row.get("unet_evals", 0)
+        if row["status"] == "ok":
+            accepted += 1
+        else:
+            failed += 1
+            failures[row["reason"]] = failures.get(row["reason"], 0) + 1
+    return {"accepted": accepted, "failed": failed, "failures": failures,
+            "drifted": failures.get("verify: drifted", 0), "unet_evals_total": spent,
+            "unet_evals_per_accepted": spent / accepted if accepted else None}
 
 
 def iter_shard(path: Path) -> Iterator[dict[str, Any]]:

@@ -28,7 +28,7 @@ from typing import Iterable
 from diffusion_hpc.data.schema import SampleRecord, encode
 from diffusion_hpc.data.seeds import shard_name
 from diffusion_hpc.errors import DhpcError
-from diffusion_hpc.runtime.atomic import atomic_write_bytes  # noqa: F401  (re-exported for callers)
+from diffusion_hpc.runtime.atomic import atomic_path, atomic_write_bytes  # noqa: F401  (re-exported for callers)
 
 
 @dataclass
@@ -152,11 +152,10 @@ class DatasetWriter:
     def finalize(self, shards: int | Iterable[int], summary: dict) -> Path:
         """Consolidate the manifest of ``shards`` (a count: shards 0..count-1; or the shard numbers of
         a part) and write ``run.json``; returns the manifest path."""
-        lines: list[str] = []
-        for shard in (range(shards) if isinstance(shards, int) else shards):
-            lines.extend(self.manifest_path(shard).read_text().splitlines())
         manifest = self.root / "manifest.jsonl"
-        atomic_write_bytes(manifest, ("\n".join(lines) + "\n").encode() if lines else b"")
+        with atomic_path(manifest) as tmp, open(tmp, "wb") as fh:  # streamed: parts end with a newline
+            for shard in (range(shards) if isinstance(shards, int) else shards):
+                fh.write(self.manifest_path(shard).read_bytes())
         summary = dict(summary, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
         atomic_write_bytes(self.root / "run.json", json.dumps(summary, indent=2, sort_keys=True).encode())
         return manifest

@@ -41,7 +41,7 @@ from diffusion_hpc.body import check_body_model
 from diffusion_hpc.config import DEFAULT_PROMPT, DIFFUSION_GENERATORS, GenerateConfig
 from diffusion_hpc.data.inspect import write_preview
 from diffusion_hpc.data.merge import part_shards
-from diffusion_hpc.data.reader import Dataset
+from diffusion_hpc.data.reader import Dataset, manifest_totals
 from diffusion_hpc.data.schema import SampleRecord
 from diffusion_hpc.data.seeds import shard_ranges
 from diffusion_hpc.data.writer import DatasetWriter, ManifestRow
@@ -273,21 +273,12 @@ class Generator:
         ``execution``: how the session ran (engine, workers), recorded in run.json.
         """
         cfg, out = self.config, plan.out
-        manifest = Dataset(out).manifest()
-        failures: dict[str, int] = {}
-        for row in manifest:
-            if row["status"] != "ok":
-                failures[row["reason"]] = failures.get(row["reason"], 0) + 1
-        accepted = sum(1 for row in manifest if row["status"] == "ok")
-        spent = float(sum(row.get("unet_evals", 0) for row in manifest))
+        totals = manifest_totals(Dataset(out).iter_manifest())
         written = sum(r.count for r in done)
         write_seconds = sum(r.write_seconds for r in done)
         seconds = time.perf_counter() - plan.started
         plan.writer.finalize(plan.own, {
-            "accepted": accepted, "failed": len(manifest) - accepted, "failures": failures,
-            "drifted": failures.get("verify: drifted", 0), "seconds_this_session": seconds, "n": cfg.n,
-            "mode": cfg.mode, "unet_evals_total": spent,
-            "unet_evals_per_accepted": spent / accepted if accepted else None,
+            **totals, "seconds_this_session": seconds, "n": cfg.n, "mode": cfg.mode,
             # the write stage is timed per shard: a shard's manifest is committed before its tar
             "write_seconds_per_sample": write_seconds / written if written else None,
             "unet_seconds_this_session": sum(r.unet_seconds for r in done),
@@ -301,8 +292,8 @@ class Generator:
             preview = write_preview(out)
         except Exception as exc:  # the preview is a convenience; the dataset is complete without it
             log.warning("could not write the preview: %s", exc)
-        return GenerateResult(Path(out), accepted, len(manifest) - accepted, len(plan.own) - len(plan.pending),
-                              seconds, preview, failures)
+        return GenerateResult(Path(out), totals["accepted"], totals["failed"], len(plan.own) - len(plan.pending),
+                              seconds, preview, totals["failures"])
 
     def run(self, out: str | Path, resume: bool = False) -> GenerateResult:
         """Generate ``config.n`` samples (or the shards of ``config.part``) into ``out`` in this
