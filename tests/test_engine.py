@@ -61,6 +61,20 @@ def test_ray_equals_local_byte_for_byte(ray_session, local_run, tmp_path):
     assert run["execution"]["engine"] == "ray" and run["execution"]["workers"] == 2 and run["generator"] == "render"
 
 
+def test_a_part_on_ray_holds_the_local_runs_shards(ray_session, local_run, tmp_path):
+    import tarfile
+
+    out = tmp_path / "p1"
+    generate(GenerateConfig(**SMALL, engine="ray", workers=2, part="1/2"), out, progress=False)
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["shard-000000.tar", "shard-000002.tar"]
+    for name in ("shard-000000.tar", "shard-000002.tar"):
+        with tarfile.open(out / "shards" / name) as a, tarfile.open(local_run / "shards" / name) as b:
+            assert a.getnames() == b.getnames()
+            for m in a.getnames():
+                if m.endswith(".png"):
+                    assert a.extractfile(m).read() == b.extractfile(m).read()
+
+
 def test_ray_equals_local_with_a_diffusion_generator(ray_session, tiny_backbone, tmp_path):
     """The tiny backbone (mode D, depth2img): CPU float32 convolutions give other bytes with another
     torch thread count, so the workers take the driver's; the images are then the local run's."""
