@@ -6,7 +6,9 @@
 - It hands each idle worker a whole shard by number. The worker makes it with the local engine's
   code (:meth:`~diffusion_hpc.pipeline.generate.Generator.run_shard`: seeds from (run seed, sample
   index), the run's batch composition) and commits it itself with the atomic writer into the
-  output folder, which every worker must see (one machine, or a shared file system).
+  output folder, which every worker must see (one machine, or a shared file system). On a
+  cluster the config's paths (poses, guides, backbones, backgrounds) must name the same files on
+  every node: give them absolute, on the shared file system (a local Ray shares the driver's cwd).
 - A worker that dies (``RayActorError``: killed, out of memory, node lost) is replaced by a new
   actor (it loads its models while the others keep working) and its shard is made again. A shard is committed only when complete (its tar renamed
   into place last), so a redo neither duplicates nor drops a sample. A shard that kills
@@ -177,7 +179,7 @@ def run_ray(config: GenerateConfig, out: str | Path, resume: bool = False, progr
             threads = _torch_threads()
 
             t0 = time.perf_counter()
-            actors = [remote.remote(payload, str(plan.out), threads, kill_hook) for _ in range(workers)]
+            actors = [remote.remote(payload, str(plan.out.resolve()), threads, kill_hook) for _ in range(workers)]
             try:
                 ray.get([a.ready.remote() for a in actors])
             except Exception as exc:
@@ -215,7 +217,7 @@ def run_ray(config: GenerateConfig, out: str | Path, resume: bool = False, progr
                     log.warning("worker %d died making shard %d (%s); making it again on a new worker",
                                 w, s, str(exc).splitlines()[0])
                     ray.kill(actors[w])
-                    actors[w] = remote.remote(payload, str(plan.out), threads, kill_hook)
+                    actors[w] = remote.remote(payload, str(plan.out.resolve()), threads, kill_hook)
                     running[actors[w].ready.remote()] = (None, w)  # loads while the others work
                     queue.appendleft(s)
                     redone += 1
@@ -233,7 +235,7 @@ def run_ray(config: GenerateConfig, out: str | Path, resume: bool = False, progr
                     bar.set_postfix(postfix, refresh=False)
             bar.close()
             run_seconds = time.perf_counter() - t0
-            what_ran = ray.get(actors[0].what_ran.remote(str(plan.out)))
+            what_ran = ray.get(actors[0].what_ran.remote(str(plan.out.resolve())))
         finally:
             for actor in actors:
                 ray.kill(actor)
