@@ -111,6 +111,16 @@ def strip_timings(tar_bytes: bytes) -> bytes:
     return b"".join(out)
 
 
+def manifest_rows(root: Path) -> list[dict]:
+    """The consolidated manifest's rows without their timings (the part of a row that varies run to run)."""
+    import json
+
+    rows = [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines()]
+    for r in rows:
+        r.pop("timings")
+    return rows
+
+
 def dataset_digest(root: Path) -> str:
     """Hash of a dataset's shards and manifest parts, timings excluded: equal digests = same data."""
     import hashlib

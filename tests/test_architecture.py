@@ -29,7 +29,8 @@ def test_layers_contract_is_kept():
     """import-linter's layers contract from pyproject.toml: a module imports only its own layer and
     the layers below (imports inside functions count too). Run in a child process: import-linter
     configures logging with disable_existing_loggers, which would silence this process's loggers."""
-    code = f"import sys; from importlinter.cli import lint_imports; sys.exit(lint_imports(config_filename={str(PYPROJECT)!r}))"
+    code = ("import sys; from importlinter.cli import lint_imports; "
+            f"sys.exit(lint_imports(config_filename={str(PYPROJECT)!r}))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
 
@@ -89,21 +90,23 @@ def test_internal_imports_sit_at_the_top_of_each_module():
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                for inner in ast.walk(node):
-                    if isinstance(inner, ast.ImportFrom) and (inner.level or (inner.module or "").startswith("diffusion_hpc")):
+                imports = [n for n in ast.walk(node) if isinstance(n, ast.ImportFrom)]
+                for inner in imports:
+                    if inner.level or (inner.module or "").startswith("diffusion_hpc"):
                         deferred.append(f"{name}:{inner.lineno} from {inner.module}")
     assert deferred == []
 
 
 def test_cli_starts_without_the_model_libraries():
-    """`dhpc --help` and every command's --help load neither torch nor the model libraries (the CLI
-    imports a command's implementation only when the command runs)."""
+    """`dhpc --help` and the commands' --help load neither torch, Ray nor the model libraries (the
+    CLI imports a command's implementation only when the command runs)."""
     code = ("import sys, contextlib, io\n"
             "from diffusion_hpc.cli import main\n"
-            "for argv in ([], ['generate', '--help'], ['train', '--help'], ['evaluate', '--help']):\n"
+            "for argv in ([], ['generate', '--help'], ['train', '--help'], ['evaluate', '--help'],\n"
+            "             ['merge', '--help']):\n"
             "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
             "        main(argv)\n"
-            "heavy = ('torch', 'diffusers', 'transformers', 'mediapipe', 'pytorch_lightning', 'anny')\n"
+            "heavy = ('torch', 'ray', 'diffusers', 'transformers', 'mediapipe', 'pytorch_lightning', 'anny')\n"
             "print([m for m in heavy if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr

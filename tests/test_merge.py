@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -14,17 +13,10 @@ from diffusion_hpc.data.merge import merge, part_shards
 from diffusion_hpc.errors import DhpcError
 from diffusion_hpc.pipeline.generate import generate
 
-from conftest import dataset_digest, run_cli
+from conftest import dataset_digest, manifest_rows, run_cli
 
 #: render baseline at 64 px: 10 samples in 3 shards (4, 4, 2), batches of 3
 SMALL = dict(n=10, seed=3, image_size=(64, 64), batch_size=3, shard_size=4)
-
-
-def _manifest(root: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines()]
-    for r in rows:
-        r.pop("timings")
-    return rows
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +36,7 @@ def test_part_shards_round_robin():
 
 def test_parts_hold_their_shards_and_merge_equals_single_run(runs, tmp_path):
     assert sorted(p.name for p in (runs / "p1" / "shards").iterdir()) == ["shard-000000.tar", "shard-000002.tar"]
-    assert [r["index"] for r in _manifest(runs / "p2")] == [4, 5, 6, 7]
+    assert [r["index"] for r in manifest_rows(runs / "p2")] == [4, 5, 6, 7]
     assert json.loads((runs / "p1" / "run.json").read_text())["part"] == "1/2"
     out = tmp_path / "merged"
     proc = run_cli("merge", str(runs / "p2"), str(runs / "p1"), "--out", str(out))
@@ -52,7 +44,7 @@ def test_parts_hold_their_shards_and_merge_equals_single_run(runs, tmp_path):
     assert "3 shards" in proc.stdout
     single = runs / "single"
     assert dataset_digest(out) == dataset_digest(single)
-    assert _manifest(out) == _manifest(single)
+    assert manifest_rows(out) == manifest_rows(single)
     assert (out / "config.yaml").read_text() == (single / "config.yaml").read_text()
     run = json.loads((out / "run.json").read_text())
     assert run["accepted"] == 10 and run["part"] is None and len(run["merged_from"]) == 2
