@@ -16,9 +16,11 @@ C = TypeVar("C", bound="CommandConfig")
 
 class Strict(BaseModel):
     """Unknown keys are errors, and assignments are validated. A field's docstring is its
-    description (``model_fields[name].description``), which the CLI shows as the flag's help."""
+    description (``model_fields[name].description``), which the CLI shows as the flag's help.
+    No float field (tuples such as ``fov_deg`` included) accepts NaN or infinity."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True,
+                              allow_inf_nan=False)
 
 
 def check_range(name: str):

@@ -25,8 +25,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from diffusion_hpc.errors import InputError
-from diffusion_hpc.runtime.images import image_files, load_image
+from diffusion_hpc.runtime.images import check_image_file, image_files, load_image
 
 #: image file extensions (lower case) picked up by :class:`FolderBackgrounds`
 
@@ -356,17 +355,9 @@ class ProceduralBackgrounds:
 
 
 def _verify_image(path: Path) -> None:
-    """Cheap integrity check with PIL ``verify()`` (no decoding); raises :class:`InputError` naming the file."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im.verify()
-    except Exception as exc:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError)
-        raise InputError(
-            f"background image {path} is corrupt or not a readable image ({exc.__class__.__name__}: "
-            f"{exc}); delete or replace it, or move it out of the background folder"
-        ) from exc
+    """Cheap integrity check without decoding (:func:`~diffusion_hpc.runtime.images.check_image_file`:
+    header, pixel limit, PIL ``verify()``, JPEG end marker); raises :class:`InputError` naming the file."""
+    check_image_file(path, what="background image")
 
 
 def random_crop_resize(
@@ -403,8 +394,8 @@ def random_crop_resize(
 class FolderBackgrounds:
     """:class:`BackgroundSource` of the user's images (suffixes of :data:`~diffusion_hpc.runtime.images.IMAGE_SUFFIXES`, searched recursively).
 
-    All files are checked with PIL ``verify()`` at construction, so a corrupt file fails before any
-    work starts. Each :meth:`sample` picks a file with the rng, then random-crops and resizes it.
+    All files are checked at construction without decoding (size limit, PIL ``verify()``, truncated
+    JPEG/PNG, non-image files with an image suffix), so a bad file fails before any work starts. Each :meth:`sample` picks a file with the rng, then random-crops and resizes it.
 
     Args:
         path: a directory of images.

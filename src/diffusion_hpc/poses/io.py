@@ -185,10 +185,12 @@ def load_pose_file(path: str | os.PathLike) -> PoseSet:
         if value.ndim != 1 + len(tail) or tuple(value.shape[1:]) != tail or (n is not None and value.shape[0] != n):
             expected = ", ".join(["N" if n is None else str(n)] + [str(t) for t in tail])
             raise InputError(f"{p}: {key!r} has shape {value.shape}; expected ({expected}) for {body_model}")
-        value = value.astype(np.float32)
+        with np.errstate(over="ignore"):  # values beyond float32 become inf, refused below
+            value = value.astype(np.float32)
         if not np.all(np.isfinite(value)):
-            bad = int(np.nonzero(~np.isfinite(value.reshape(value.shape[0], -1)).all(axis=1))[0][0])
-            raise InputError(f"{p}: {key!r} has NaN or infinite values (first at pose {bad})")
+            bad = int(np.nonzero((~np.isfinite(value.reshape(value.shape[0], -1))).any(axis=1))[0][0])
+            raise InputError(f"{p}: {key!r} has NaN or infinite values (or values beyond float32), first at row "
+                             f"{bad} (pose {bad}); fix or drop that pose and save the file again")
         return value
 
     need("global_orient")
