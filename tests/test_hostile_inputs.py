@@ -175,3 +175,76 @@ def test_config_float_fields_refuse_non_finite(cls, name, bad):
 def test_config_float_fields_found():
     names = {p.id for p in _float_fields()}
     assert {"CameraConfig.fov_deg", "TrainConfig.lr", "TrainConfig.loss_weights"} <= names
+
+
+# ---------------------------------------------------------------- names outside the dataset folder
+
+
+def _tar_with(path: Path, members: dict[str, bytes]) -> Path:
+    import tarfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("member", ["../evil.image.png", "/tmp/evil.image.png", "sub/000000000.json"])
+def test_reader_refuses_member_names_outside_the_shard(tmp_path, member):
+    from diffusion_hpc.data.reader import Dataset
+
+    (tmp_path / "config.yaml").write_text("{}\n")
+    _tar_with(tmp_path / "shards" / "shard-000000.tar", {member: b"x"})
+    with pytest.raises(InputError, match=r"shard-000000\.tar.*not a plain file name"):
+        list(iter(Dataset(tmp_path)))
+    assert not (tmp_path.parent / "evil.image.png").exists()
+
+
+def test_reader_refuses_record_key_that_differs_from_its_member(tmp_path):
+    import json
+
+    from diffusion_hpc.data.reader import iter_shard
+
+    shard = _tar_with(tmp_path / "shard-000000.tar", {"000000000.json": json.dumps({"key": "../../evil"}).encode()})
+    with pytest.raises(InputError, match=r"member key '000000000' holds a record whose key is '../../evil'"):
+        list(iter_shard(shard))
+
+
+@pytest.mark.parametrize("key", ["../evil", "/tmp/evil", "a/b", "..", ""])
+def test_export_refuses_image_names_outside_its_folder(tmp_path, key):
+    from diffusion_hpc.data.export import _write_images
+
+    images = tmp_path / "out" / "images"
+    images.mkdir(parents=True)
+    with pytest.raises(InputError, match="not a plain file name"):
+        _write_images({"key": key, "image_png": b"png"}, images)
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+# ---------------------------------------------------------------- prompt files
+
+
+def test_prompt_file_too_large_refused_before_reading(tmp_path, monkeypatch):
+    from diffusion_hpc.pipeline import inputs
+
+    path = tmp_path / "prompts.txt"
+    with path.open("wb") as fh:  # sparse: 20 MB declared, nothing written
+        fh.truncate(20_000_000)
+    monkeypatch.setattr(Path, "read_text", lambda *a, **k: pytest.fail("the file was read"))
+    with pytest.raises(InputError, match=r"prompts\.txt is 20\.0 MB, above the limit of 10 MB"):
+        inputs.read_prompt_lines(None, path)
+
+
+def test_prompt_file_too_many_lines_refused(tmp_path, monkeypatch):
+    from diffusion_hpc.pipeline import inputs
+
+    monkeypatch.setattr(inputs, "MAX_PROMPT_LINES", 5)
+    path = tmp_path / "prompts.txt"
+    path.write_text("".join(f"doing thing {i}\n" for i in range(6)))
+    with pytest.raises(InputError, match="holds 6 prompts, above the limit of 5"):
+        inputs.read_prompt_lines(None, path)
+    path.write_text("".join(f"doing thing {i}\n" for i in range(5)))
+    assert len(inputs.read_prompt_lines(None, path)) == 5

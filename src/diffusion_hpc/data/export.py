@@ -43,6 +43,7 @@ from diffusion_hpc.body.joint_sets import COCO17
 from diffusion_hpc.config.export import FORMAT_SUFFIX, ExportConfig
 from diffusion_hpc.data import open_dataset
 from diffusion_hpc.data.benchmarks import SPIN24, SPIN24_ALIASES, box_from_keypoints, joint_names
+from diffusion_hpc.data.reader import check_key
 from diffusion_hpc.data.schema import encode_png
 from diffusion_hpc.errors import ConfigError, InputError
 from diffusion_hpc.geometry.boxes import BOX_EXPAND, SPIN_SCALE_UNIT, mask_box
@@ -204,7 +205,7 @@ def _json_vector(v: np.ndarray) -> list[float] | None:
 
 def _write_images(fields: dict[str, Any], image_dir: Path) -> str:
 
-    name = f"{fields['key']}.png"
+    name = f"{check_key(fields['key'], 'export')}.png"  # a plain name: the file stays in image_dir
     atomic_write_bytes(image_dir / name, fields.pop("image_png"))
     return f"{IMAGE_DIR}/{name}"
 

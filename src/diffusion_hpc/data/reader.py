@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tarfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -76,22 +77,54 @@ def manifest_totals(rows: Iterable[dict]) -> dict:
             "unet_evals_per_accepted": spent / accepted if accepted else None}
 
 
+#: a sample key as the writer makes it (:func:`~diffusion_hpc.data.seeds.sample_key`): a plain
+#: file-name stem, no dot, no folder
+SAFE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def check_key(key: object, where: str) -> str:
+    """``key`` if it is a plain file-name stem (:data:`SAFE_KEY`), so a file named after it stays in its
+    folder; else :class:`InputError` naming it and ``where`` it was found."""
+    if not isinstance(key, str) or not SAFE_KEY.match(key):
+        raise InputError(f"{where}: sample key {key!r} is not a plain file name (letters, digits, '_', '-'; "
+                         "no folders, no dots); the dataset is corrupt or hand-made: regenerate the shard")
+    return key
+
+
+def _decode_checked(members: dict[str, bytes], key: str, path: Path) -> dict[str, Any]:
+    try:
+        stored = json.loads(members["json"]).get("key") if "json" in members else key
+    except (ValueError, AttributeError):
+        stored = None
+    if stored != key:
+        raise InputError(f"shard {path}: member key {key!r} holds a record whose key is {stored!r}; "
+                         "the shard is corrupt or hand-made: regenerate it")
+    return decode(members)
+
+
 def iter_shard(path: Path) -> Iterator[dict[str, Any]]:
-    """Decoded samples of one shard, grouped by key in file order."""
+    """Decoded samples of one shard, grouped by key in file order. Nothing is extracted to disk; a
+    member name that is not ``<plain key>.<ext>`` (a folder, ``..``, an absolute path, a link) is an
+    :class:`InputError` naming it."""
     current: str | None = None
     members: dict[str, bytes] = {}
     try:
         with tarfile.open(path, "r") as tar:
             for info in tar:
                 if not info.isfile():
-                    continue
+                    raise InputError(f"shard {path}: member {info.name!r} is not a regular file (a folder or a link); "
+                                     "the shard is corrupt or hand-made: regenerate it")
                 key, _, ext = info.name.partition(".")
+                check_key(key, f"shard {path} member {info.name!r}")
+                if not ext or "/" in ext or "\\" in ext:
+                    raise InputError(f"shard {path}: member {info.name!r} is not named <key>.<ext>; "
+                                     "the shard is corrupt or hand-made: regenerate it")
                 if current is not None and key != current:
-                    yield decode(members)
+                    yield _decode_checked(members, current, path)
                     members = {}
                 current = key
                 members[ext] = tar.extractfile(info).read()
     except tarfile.TarError as exc:
         raise InputError(f"shard {path} is unreadable ({exc}); regenerate it with --resume after deleting it") from exc
     if members:
-        yield decode(members)
+        yield _decode_checked(members, current, path)

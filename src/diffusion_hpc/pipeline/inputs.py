@@ -21,12 +21,29 @@ from diffusion_hpc.errors import InputError
 from diffusion_hpc.runtime.images import image_files, load_image
 
 
+#: largest ``--prompts`` file read (bytes, checked before reading) and most prompt lines kept
+MAX_PROMPT_FILE_BYTES = 10_000_000
+MAX_PROMPT_LINES = 100_000
+
+
 def read_prompt_lines(prompt: str | None, prompts: Path | None, default: str | None = None) -> list[str]:
-    """The prompt lines of a run: [prompt], the lines of ``prompts``, or [default]."""
+    """The prompt lines of a run: [prompt], the lines of ``prompts``, or [default].
+
+    A ``--prompts`` file above :data:`MAX_PROMPT_FILE_BYTES` (10 MB, checked before it is read) or
+    with more than :data:`MAX_PROMPT_LINES` prompts is an :class:`InputError`.
+    """
     if prompt is not None:
         return [prompt.strip()]
     if prompts is not None:
         path = Path(prompts)
+        try:
+            size = path.stat().st_size if path.is_file() else 0
+        except OSError:
+            size = 0  # the read below names the problem
+        if size > MAX_PROMPT_FILE_BYTES:
+            raise InputError(f"--prompts {path} is {size / 1e6:.1f} MB, above the limit of "
+                             f"{MAX_PROMPT_FILE_BYTES // 1_000_000} MB; pass a prompt file of at most "
+                             f"{MAX_PROMPT_LINES} lines (prompts are reused cyclically, a short list suffices)")
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
@@ -34,6 +51,9 @@ def read_prompt_lines(prompt: str | None, prompts: Path | None, default: str | N
         except UnicodeDecodeError:
             raise InputError(f"--prompts {path} is not a UTF-8 text file; write one prompt per line") from None
         lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+        if len(lines) > MAX_PROMPT_LINES:
+            raise InputError(f"--prompts {path} holds {len(lines)} prompts, above the limit of {MAX_PROMPT_LINES}; "
+                             "shorten the file (prompts are reused cyclically, a short list suffices)")
         if not lines:
             raise InputError(f"--prompts {path} holds no prompts; write one prompt or action phrase per line "
                              "(e.g. 'doing a backflip')")
