@@ -12,6 +12,8 @@ present in two parts, and any shard of the run missing from all parts (it names 
 part that makes them; rerun that part, with ``--resume`` if it was killed). There is no partial
 merge: a merged folder is always the whole run. The output is built in a temporary folder beside
 ``--out`` (shards hard-linked, or copied across file systems) and renamed into place at the end.
+The merge holds the lock of ``--out`` (:mod:`diffusion_hpc.data.lock`) from its checks to the
+rename, so it never races a ``dhpc generate`` or another merge into the same folder.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import yaml
 
 from diffusion_hpc.config.generate import EXECUTION_FIELDS, GenerateConfig
 from diffusion_hpc.data.inspect import write_preview
+from diffusion_hpc.data.lock import LOCK_NAME, OutputLock, is_lock_file
 from diffusion_hpc.data.reader import Dataset, manifest_totals
 from diffusion_hpc.data.seeds import shard_name, shard_ranges
 from diffusion_hpc.data.writer import DatasetWriter
@@ -92,7 +95,15 @@ def merge(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> MergeRe
     if not roots:
         raise DhpcError("merge: no part folders given; pass the folders of dhpc generate --part I/N")
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise DhpcError(f"merge: --out {out} already exists and is not an empty folder; choose a new --out")
+    with OutputLock(out, what="merge: --out"):
+        return _merge(roots, out)
+
+
+def _merge(roots: list[Path], out: Path) -> MergeResult:
+    """The merge, under the lock of ``out``."""
+    if any(not is_lock_file(p.name) for p in out.iterdir()):
         raise DhpcError(f"merge: --out {out} already exists and is not an empty folder; choose a new --out")
     configs = []
     for root in roots:
@@ -161,8 +172,10 @@ def merge(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> MergeRe
             write_preview(tmp)
         except Exception as exc:  # pragma: no cover - the preview is a convenience, as in generate
             log.warning("could not write the preview: %s", exc)
-        if out.exists():
-            out.rmdir()  # empty (checked above)
+        # the lock moves with the folder: tmp gets it (a hard link), out is emptied and replaced
+        os.link(out / LOCK_NAME, tmp / LOCK_NAME)
+        os.unlink(out / LOCK_NAME)
+        out.rmdir()  # empty (checked above; we hold its lock)
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -12,10 +12,18 @@ A shard is committed in two atomic renames: its manifest part first, then its ta
 complete when its tar exists; a run killed at any point loses at most the shards in progress, and
 ``resume`` regenerates exactly those (samples are reproducible from (seed, index)), so no sample is
 duplicated or dropped.
+
+A run writes under the folder's lock (:mod:`diffusion_hpc.data.lock`, ``.lock``), which the
+engine takes; the writer ignores the lock when it checks that a new run's folder is empty. A write
+that fails because the disk is full or read-only (``ENOSPC``, ``EDQUOT``, ``EROFS``, ``EACCES``)
+stops the run with one line naming the folder and the fix (free space, then ``--resume``); the
+shard being written is not committed (a manifest part whose tar failed is removed again).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import os
@@ -23,8 +31,9 @@ import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
+from diffusion_hpc.data.lock import is_lock_file
 from diffusion_hpc.data.schema import SampleRecord, encode
 from diffusion_hpc.data.seeds import shard_name
 from diffusion_hpc.errors import DhpcError
@@ -56,6 +65,23 @@ class ManifestRow:
     def to_json(self) -> str:
         row = {k: v for k, v in self.__dict__.items() if v is not None or k not in OPTIONAL_ROW_KEYS}
         return json.dumps(row, sort_keys=True)
+
+
+#: errno values of a full or read-only output (the user frees space or fixes permissions, then resumes)
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+@contextlib.contextmanager
+def storage_errors(root: Path, what: str) -> Iterator[None]:
+    """Turn a full or read-only disk under ``root`` into one DhpcError naming the folder and the fix."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS:
+            raise
+        raise DhpcError(f"--out {root}: cannot write {what} ({os.strerror(exc.errno)}); free space there (or make "
+                        "it writable), then rerun the same command with --resume: committed shards are kept"
+                        ) from None
 
 
 #: row keys written only when set (added after the first datasets: older readers ignore them)
@@ -102,7 +128,7 @@ class DatasetWriter:
         if self.root.exists() and not self.root.is_dir():
             raise DhpcError(f"--out {self.root} is a file, not a directory; choose a directory path")
         config_path = self.root / "config.yaml"
-        if self.root.exists() and any(self.root.iterdir()):
+        if self.root.exists() and any(not is_lock_file(p.name) for p in self.root.iterdir()):
             if not resume:
                 raise DhpcError(
                     f"--out {self.root} already holds data; pass --resume to continue that run, or choose a new --out"
@@ -125,10 +151,11 @@ class DatasetWriter:
 
     def open(self) -> "DatasetWriter":
         """Create the directory layout and store the config (idempotent)."""
-        (self.root / "shards").mkdir(parents=True, exist_ok=True)
-        (self.root / "manifest").mkdir(exist_ok=True)
-        if not (self.root / "config.yaml").exists():
-            atomic_write_bytes(self.root / "config.yaml", self.config_yaml.encode())
+        with storage_errors(self.root, "the dataset's folders and config.yaml"):
+            (self.root / "shards").mkdir(parents=True, exist_ok=True)
+            (self.root / "manifest").mkdir(exist_ok=True)
+            if not (self.root / "config.yaml").exists():
+                atomic_write_bytes(self.root / "config.yaml", self.config_yaml.encode())
         return self
 
     def shard_path(self, shard: int) -> Path:
@@ -146,16 +173,24 @@ class DatasetWriter:
         keys = [r.key for r in records]
         if len(set(keys)) != len(keys):  # pragma: no cover - guarded by the pipeline
             raise RuntimeError(f"duplicate keys in shard {shard}")
-        atomic_write_bytes(self.manifest_path(shard), "".join(r.to_json() + "\n" for r in rows).encode())
-        atomic_write_bytes(self.shard_path(shard), _tar_bytes(records))
+        data = _tar_bytes(records)
+        with storage_errors(self.root, f"shard {shard_name(shard)}"):
+            atomic_write_bytes(self.manifest_path(shard), "".join(r.to_json() + "\n" for r in rows).encode())
+            try:
+                atomic_write_bytes(self.shard_path(shard), data)
+            except BaseException:  # no manifest part without its tar: the shard is not committed
+                with contextlib.suppress(OSError):
+                    os.unlink(self.manifest_path(shard))
+                raise
 
     def finalize(self, shards: int | Iterable[int], summary: dict) -> Path:
         """Consolidate the manifest of ``shards`` (a count: shards 0..count-1; or the shard numbers of
         a part) and write ``run.json``; returns the manifest path."""
         manifest = self.root / "manifest.jsonl"
-        with atomic_path(manifest) as tmp, open(tmp, "wb") as fh:  # streamed: parts end with a newline
-            for shard in (range(shards) if isinstance(shards, int) else shards):
-                fh.write(self.manifest_path(shard).read_bytes())
-        summary = dict(summary, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        atomic_write_bytes(self.root / "run.json", json.dumps(summary, indent=2, sort_keys=True).encode())
+        with storage_errors(self.root, "manifest.jsonl and run.json"):
+            with atomic_path(manifest) as tmp, open(tmp, "wb") as fh:  # streamed: parts end with a newline
+                for shard in (range(shards) if isinstance(shards, int) else shards):
+                    fh.write(self.manifest_path(shard).read_bytes())
+            summary = dict(summary, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            atomic_write_bytes(self.root / "run.json", json.dumps(summary, indent=2, sort_keys=True).encode())
         return manifest

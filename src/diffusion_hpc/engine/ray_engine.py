@@ -1,8 +1,9 @@
 """The Ray engine (``--engine ray``): shards spread over Ray worker actors, the same dataset as local.
 
 - The driver (this process) checks the inputs and the output folder exactly as the local engine
-  does, lists the pending shards (all, or a part's; ``--resume`` skips committed ones), and starts
-  ``workers`` actors (:class:`ShardWorker`): each builds the pipeline's models once.
+  does, holds the folder's lock for the whole run (workers write shards under it, they do not
+  take it; :mod:`diffusion_hpc.data.lock`), lists the pending shards (all, or a part's;
+  ``--resume`` skips committed ones), and starts ``workers`` actors (:class:`ShardWorker`): each builds the pipeline's models once.
 - It hands each idle worker a whole shard by number. The worker makes it with the local engine's
   code (:meth:`~diffusion_hpc.pipeline.generate.Generator.run_shard`: seeds from (run seed, sample
   index), the run's batch composition) and commits it itself with the atomic writer into the
@@ -161,91 +162,92 @@ def run_ray(config: GenerateConfig, out: str | Path, resume: bool = False, progr
     from tqdm.auto import tqdm
 
     generator = Generator(config, progress=progress)  # inputs checked here, before Ray starts
-    plan = generator.plan(out, resume)
-    done: list[ShardResult] = []
-    what_ran = None
-    workers, ready_seconds, run_seconds, redone = 0, 0.0, 0.0, 0
-    if plan.pending:
-        import ray
-        from ray.exceptions import RayActorError
+    # the driver holds the output folder's lock (workers write under it), released at the end
+    with generator.plan(out, resume) as plan:
+        done: list[ShardResult] = []
+        what_ran = None
+        workers, ready_seconds, run_seconds, redone = 0, 0.0, 0.0, 0
+        if plan.pending:
+            import ray
+            from ray.exceptions import RayActorError
 
-        started = _connect(config)
-        actors: list = []
-        try:
-            workers = _worker_count(config, len(plan.pending))
-            remote = ray.remote(num_cpus=1, num_gpus=config.gpus_per_worker or 0, max_restarts=0)(ShardWorker)
-            payload = config.model_dump(mode="json")
-            kill_hook = os.environ.get(KILL_HOOK_ENV)
-            threads = _torch_threads()
-
-            t0 = time.perf_counter()
-            actors = [remote.remote(payload, str(plan.out.resolve()), threads, kill_hook) for _ in range(workers)]
+            started = _connect(config)
+            actors: list = []
             try:
-                ray.get([a.ready.remote() for a in actors])
-            except Exception as exc:
-                raise _cause(exc) from None
-            ready_seconds = time.perf_counter() - t0
-            log.info("%d Ray workers ready in %.1f s", workers, ready_seconds)
-            plan.writer.open()
-            bar = tqdm(total=plan.samples(plan.own), initial=plan.samples(plan.own) - plan.samples(plan.pending),
-                       unit="sample", desc=f"generate (ray, {workers} workers)", disable=not progress)
-            # running: ref -> (shard, worker); shard None: a replacement worker loading its models
-            queue, idle, running = deque(plan.pending), list(range(workers)), {}
-            attempts: dict[int, int] = {}
-            t0 = time.perf_counter()
-            while queue or running:
-                while queue and idle:
-                    w, s = idle.pop(), queue.popleft()
-                    running[actors[w].run_shard.remote(s)] = (s, w)
-                (ref,), _ = ray.wait(list(running), num_returns=1)
-                s, w = running.pop(ref)
-                if s is None:  # a replacement worker is ready (or failed to load its models)
-                    try:
-                        ray.get(ref)
-                    except Exception as exc:
-                        raise _cause(exc) from None
-                    idle.append(w)
-                    continue
+                workers = _worker_count(config, len(plan.pending))
+                remote = ray.remote(num_cpus=1, num_gpus=config.gpus_per_worker or 0, max_restarts=0)(ShardWorker)
+                payload = config.model_dump(mode="json")
+                kill_hook = os.environ.get(KILL_HOOK_ENV)
+                threads = _torch_threads()
+
+                t0 = time.perf_counter()
+                actors = [remote.remote(payload, str(plan.out.resolve()), threads, kill_hook) for _ in range(workers)]
                 try:
-                    result = ray.get(ref)
-                except RayActorError as exc:
-                    attempts[s] = attempts.get(s, 0) + 1
-                    if attempts[s] >= MAX_ATTEMPTS:
-                        raise DhpcError(f"shard {s} (samples {plan.ranges[s].start}..{plan.ranges[s].stop - 1}) lost "
-                                        f"its worker {attempts[s]} times (last: {str(exc).splitlines()[0]}); see "
-                                        "the Ray worker logs, then rerun with --resume") from None
-                    log.warning("worker %d died making shard %d (%s); making it again on a new worker",
-                                w, s, str(exc).splitlines()[0])
-                    ray.kill(actors[w])
-                    actors[w] = remote.remote(payload, str(plan.out.resolve()), threads, kill_hook)
-                    running[actors[w].ready.remote()] = (None, w)  # loads while the others work
-                    queue.appendleft(s)
-                    redone += 1
-                    bar.set_postfix({**failure_counts(done), "redone": redone}, refresh=False)
-                    continue
+                    ray.get([a.ready.remote() for a in actors])
                 except Exception as exc:
                     raise _cause(exc) from None
-                done.append(result)
-                idle.append(w)
-                bar.update(result.count)
-                postfix = failure_counts(done)
-                if redone:
-                    postfix["redone"] = redone
-                if postfix:
-                    bar.set_postfix(postfix, refresh=False)
-            bar.close()
-            run_seconds = time.perf_counter() - t0
-            what_ran = ray.get(actors[0].what_ran.remote(str(plan.out.resolve())))
-        finally:
-            for actor in actors:
-                ray.kill(actor)
-            if started:
-                ray.shutdown()
-    else:
-        plan.writer.open()
-    execution = {"engine": "ray", "workers": workers, "gpus_per_worker": config.gpus_per_worker,
-                 "cluster": "address" if config.ray_address else "local",
-                 # workers started and their models loaded; then the shards, first submitted to last back
-                 "ready_seconds": ready_seconds, "shards_seconds": run_seconds, "redone_shards": redone,
-                 "worker_shard_seconds": sum(r.seconds for r in done)}
-    return generator.finish(plan, done, what_ran=what_ran, execution=execution)
+                ready_seconds = time.perf_counter() - t0
+                log.info("%d Ray workers ready in %.1f s", workers, ready_seconds)
+                plan.writer.open()
+                bar = tqdm(total=plan.samples(plan.own), initial=plan.samples(plan.own) - plan.samples(plan.pending),
+                           unit="sample", desc=f"generate (ray, {workers} workers)", disable=not progress)
+                # running: ref -> (shard, worker); shard None: a replacement worker loading its models
+                queue, idle, running = deque(plan.pending), list(range(workers)), {}
+                attempts: dict[int, int] = {}
+                t0 = time.perf_counter()
+                while queue or running:
+                    while queue and idle:
+                        w, s = idle.pop(), queue.popleft()
+                        running[actors[w].run_shard.remote(s)] = (s, w)
+                    (ref,), _ = ray.wait(list(running), num_returns=1)
+                    s, w = running.pop(ref)
+                    if s is None:  # a replacement worker is ready (or failed to load its models)
+                        try:
+                            ray.get(ref)
+                        except Exception as exc:
+                            raise _cause(exc) from None
+                        idle.append(w)
+                        continue
+                    try:
+                        result = ray.get(ref)
+                    except RayActorError as exc:
+                        attempts[s] = attempts.get(s, 0) + 1
+                        if attempts[s] >= MAX_ATTEMPTS:
+                            raise DhpcError(f"shard {s} (samples {plan.ranges[s].start}..{plan.ranges[s].stop - 1}) lost "
+                                            f"its worker {attempts[s]} times (last: {str(exc).splitlines()[0]}); see "
+                                            "the Ray worker logs, then rerun with --resume") from None
+                        log.warning("worker %d died making shard %d (%s); making it again on a new worker",
+                                    w, s, str(exc).splitlines()[0])
+                        ray.kill(actors[w])
+                        actors[w] = remote.remote(payload, str(plan.out.resolve()), threads, kill_hook)
+                        running[actors[w].ready.remote()] = (None, w)  # loads while the others work
+                        queue.appendleft(s)
+                        redone += 1
+                        bar.set_postfix({**failure_counts(done), "redone": redone}, refresh=False)
+                        continue
+                    except Exception as exc:
+                        raise _cause(exc) from None
+                    done.append(result)
+                    idle.append(w)
+                    bar.update(result.count)
+                    postfix = failure_counts(done)
+                    if redone:
+                        postfix["redone"] = redone
+                    if postfix:
+                        bar.set_postfix(postfix, refresh=False)
+                bar.close()
+                run_seconds = time.perf_counter() - t0
+                what_ran = ray.get(actors[0].what_ran.remote(str(plan.out.resolve())))
+            finally:
+                for actor in actors:
+                    ray.kill(actor)
+                if started:
+                    ray.shutdown()
+        else:
+            plan.writer.open()
+        execution = {"engine": "ray", "workers": workers, "gpus_per_worker": config.gpus_per_worker,
+                     "cluster": "address" if config.ray_address else "local",
+                     # workers started and their models loaded; then the shards, first submitted to last back
+                     "ready_seconds": ready_seconds, "shards_seconds": run_seconds, "redone_shards": redone,
+                     "worker_shard_seconds": sum(r.seconds for r in done)}
+        return generator.finish(plan, done, what_ran=what_ran, execution=execution)

@@ -40,6 +40,7 @@ from typing import Callable
 from diffusion_hpc.body import check_body_model
 from diffusion_hpc.config import DEFAULT_PROMPT, DIFFUSION_GENERATORS, GenerateConfig
 from diffusion_hpc.data.inspect import write_preview
+from diffusion_hpc.data.lock import OutputLock
 from diffusion_hpc.data.merge import part_shards
 from diffusion_hpc.data.reader import Dataset, manifest_totals
 from diffusion_hpc.data.schema import SampleRecord
@@ -93,7 +94,10 @@ class ShardResult:
 @dataclass
 class RunPlan:
     """The shards of a run in ``out``: ``ranges`` (all of the run's, by shard number), ``own`` (this
-    folder's: all, or a part's), ``pending`` (own, not yet committed)."""
+    folder's: all, or a part's), ``pending`` (own, not yet committed).
+
+    ``lock`` is the output folder's lock, held from :meth:`Generator.plan` on; the engine releases
+    it when the run ends, also on an error (``with plan:`` or :meth:`release`)."""
 
     out: Path
     writer: DatasetWriter
@@ -101,9 +105,21 @@ class RunPlan:
     own: list[int]
     pending: list[int]
     started: float
+    lock: OutputLock | None = None
 
     def samples(self, shards: list[int]) -> int:
         return sum(len(self.ranges[s]) for s in shards)
+
+    def release(self) -> None:
+        """Release the output folder's lock (the run ended, or failed)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def __enter__(self) -> "RunPlan":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 class Generator:
@@ -217,20 +233,28 @@ class Generator:
     # -- the run: a plan, shards (the unit every engine drives), finish ----------------------------
 
     def plan(self, out: str | Path, resume: bool = False) -> RunPlan:
-        """Check ``out`` for this run (nothing written yet) and list the shards left to make.
+        """Take the lock of ``out`` and check ``out`` for this run (no data written yet); list the
+        shards left to make.
 
         The run's shards are all of them, or those of ``config.part`` (s % N == I-1); ``pending``
-        are those not yet committed (``resume``). The caller opens ``plan.writer`` before any shard.
+        are those not yet committed (``resume``). The caller opens ``plan.writer`` before any shard
+        and releases ``plan`` (its lock) when the run ends: ``with generator.plan(out) as plan:``.
+        A folder another live run writes to fails here, naming that run (:mod:`diffusion_hpc.data.lock`).
         """
         cfg = self.config
-        writer = DatasetWriter(out, cfg.dataset_yaml(), resume=resume)
-        ranges = shard_ranges(cfg.n, cfg.shard_size)
-        own = part_shards(len(ranges), cfg.part_numbers())
-        if not own:
-            raise InputError(f"--part {cfg.part}: this run has only {len(ranges)} shards (n={cfg.n}, shard_size="
-                             f"{cfg.shard_size}), so part {cfg.part} holds none; use at most {len(ranges)} parts")
-        pending = [s for s in own if not writer.is_complete(s)]
-        return RunPlan(Path(out), writer, ranges, own, pending, time.perf_counter())
+        lock = OutputLock(out).acquire()
+        try:
+            writer = DatasetWriter(out, cfg.dataset_yaml(), resume=resume)
+            ranges = shard_ranges(cfg.n, cfg.shard_size)
+            own = part_shards(len(ranges), cfg.part_numbers())
+            if not own:
+                raise InputError(f"--part {cfg.part}: this run has only {len(ranges)} shards (n={cfg.n}, shard_size="
+                                 f"{cfg.shard_size}), so part {cfg.part} holds none; use at most {len(ranges)} parts")
+            pending = [s for s in own if not writer.is_complete(s)]
+        except BaseException:
+            lock.release()
+            raise
+        return RunPlan(Path(out), writer, ranges, own, pending, time.perf_counter(), lock)
 
     def run_shard(self, s: int, writer: DatasetWriter, on_batch: Callable[[int], None] | None = None) -> ShardResult:
         """Make shard ``s`` (its batches, in the fixed composition of the run) and commit it atomically.
@@ -300,19 +324,19 @@ class Generator:
         process, one shard after another (resuming a killed run if ``resume``)."""
         from tqdm.auto import tqdm
 
-        plan = self.plan(out, resume)
-        if plan.pending:
-            self.load_models()  # missing or broken model files fail here, before any write
-        plan.writer.open()
-        bar = tqdm(total=plan.samples(plan.own), initial=plan.samples(plan.own) - plan.samples(plan.pending),
-                   unit="sample", desc="generate", disable=not self.progress)
-        done: list[ShardResult] = []
-        for s in plan.pending:
-            done.append(self.run_shard(s, plan.writer, on_batch=bar.update))
-            if done[-1].failures:
-                bar.set_postfix(failure_counts(done), refresh=False)
-        bar.close()
-        return self.finish(plan, done)
+        with self.plan(out, resume) as plan:  # the folder's lock, released at the end (also on errors)
+            if plan.pending:
+                self.load_models()  # missing or broken model files fail here, before any write
+            plan.writer.open()
+            bar = tqdm(total=plan.samples(plan.own), initial=plan.samples(plan.own) - plan.samples(plan.pending),
+                       unit="sample", desc="generate", disable=not self.progress)
+            done: list[ShardResult] = []
+            for s in plan.pending:
+                done.append(self.run_shard(s, plan.writer, on_batch=bar.update))
+                if done[-1].failures:
+                    bar.set_postfix(failure_counts(done), refresh=False)
+            bar.close()
+            return self.finish(plan, done)
 
 
 def failure_counts(done: list[ShardResult]) -> dict[str, int]:
