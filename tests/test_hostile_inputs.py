@@ -248,3 +248,18 @@ def test_prompt_file_too_many_lines_refused(tmp_path, monkeypatch):
         inputs.read_prompt_lines(None, path)
     path.write_text("".join(f"doing thing {i}\n" for i in range(5)))
     assert len(inputs.read_prompt_lines(None, path)) == 5
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf"])
+def test_bvh_non_finite_refused(tmp_path, bad):
+    from test_poses import TINY_BVH
+
+    from diffusion_hpc.poses import import_bvh
+
+    lines = TINY_BVH.splitlines()
+    lines[-2] = lines[-2].replace("90 0 0 90", f"90 0 0 {bad}", 1)
+    path = tmp_path / "bad.bvh"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=r"bad\.bvh, line 25: frame 1 has a NaN or infinite value"):
+        import_bvh([str(path)], str(tmp_path / "out.npz"))
+    assert not (tmp_path / "out.npz").exists()
