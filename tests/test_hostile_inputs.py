@@ -79,14 +79,16 @@ def _folder_with(tmp_path: Path, bad: str) -> Path:
     folder.mkdir()
     for i in range(2):
         (folder / f"good{i}.png").write_bytes(image_bytes("PNG"))
-    png, jpg = image_bytes("PNG"), image_bytes("JPEG")
-    content = {"trunc.png": png[: len(png) // 2], "trunc.jpg": jpg[: len(jpg) - 40],
-               "x.png": b"this is a text file, not an image\n"}[bad]
+    if bad.startswith("trunc."):
+        whole = image_bytes({"jpg": "JPEG", "tif": "TIFF"}.get(bad[6:], bad[6:].upper()))
+        content = whole[: len(whole) - 40] if bad == "trunc.jpg" else whole[: len(whole) // 2]
+    else:
+        content = b"this is a text file, not an image\n"
     (folder / bad).write_bytes(content)
     return folder
 
 
-@pytest.mark.parametrize("bad", ["trunc.png", "trunc.jpg", "x.png"])
+@pytest.mark.parametrize("bad", ["trunc.png", "trunc.jpg", "trunc.webp", "trunc.bmp", "trunc.tif", "x.png"])
 def test_guides_folder_refuses_bad_file_up_front(tmp_path, bad):
     from diffusion_hpc.pipeline.inputs import GuideImages
 
@@ -94,7 +96,7 @@ def test_guides_folder_refuses_bad_file_up_front(tmp_path, bad):
         GuideImages(_folder_with(tmp_path, bad), (32, 32))
 
 
-@pytest.mark.parametrize("bad", ["trunc.png", "trunc.jpg", "x.png"])
+@pytest.mark.parametrize("bad", ["trunc.png", "trunc.jpg", "trunc.webp", "trunc.bmp", "trunc.tif", "x.png"])
 def test_background_folder_refuses_bad_file_up_front(tmp_path, bad):
     from diffusion_hpc.generate.backgrounds import FolderBackgrounds
 

@@ -7,7 +7,8 @@ file gives the same pixels to every stage.
 Before any decode, :func:`check_image_file` reads only the file's header (PIL ``Image.open``) and
 refuses a file that is not an image, whose declared width x height exceeds :func:`max_image_pixels`
 (:data:`MAX_IMAGE_PIXELS`, 50 megapixels, or the environment variable ``DHPC_MAX_IMAGE_PIXELS``),
-or that is truncated (PNG: chunks and CRCs up to ``IEND``; JPEG: no end marker after the last scan).
+or that is truncated (PNG: chunks and CRCs up to ``IEND``; JPEG: no end marker after the last scan;
+WebP: its header; BMP and TIFF, which have no cheap check: a full PIL decode).
 """
 
 from __future__ import annotations
@@ -85,6 +86,13 @@ def check_image_file(path: str | os.PathLike, what: str = "image file") -> tuple
         raise InputError(f"{what} {path} declares {width}x{height} pixels ({width * height / 1e6:.0f} MP), above the "
                          f"limit of {limit} pixels; downscale it, remove it, or raise the limit with "
                          f"{MAX_IMAGE_PIXELS_ENV}=<pixels>")
+    if fmt not in ("PNG", "JPEG", "WEBP"):  # BMP, TIFF: no structural check short of decoding (size bounded above)
+        try:
+            with Image.open(path) as im:
+                im.load()
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise InputError(f"{what} {path} is corrupt or truncated ({exc.__class__.__name__}: {exc}); "
+                             "replace it with a complete copy or remove it from the folder") from exc
     if fmt == "JPEG":
         data = path.read_bytes()
         last_scan = data.rfind(b"\xff\xda")
