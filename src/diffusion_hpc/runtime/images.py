@@ -49,11 +49,12 @@ def max_image_pixels() -> int:
 
 
 def check_image_file(path: str | os.PathLike, what: str = "image file") -> tuple[int, int]:
-    """Check an image file without decoding its pixels; return its declared (width, height).
+    """Check an image file before it is decoded; return its declared (width, height).
 
-    Reads the header (PIL ``Image.open``), refuses a declared size above :func:`max_image_pixels`,
-    then checks the file's structure (PIL ``verify()``: PNG chunks and CRCs; JPEG: an end-of-image
-    marker after the last scan), so a truncated or non-image file is refused before any work.
+    Reads the header (PIL ``Image.open``), refuses a declared size above :func:`max_image_pixels`
+    (before any pixel is decoded), then checks the file's structure (PIL ``verify()``: PNG chunks and
+    CRCs; JPEG: an end-of-image marker after the last scan; BMP and TIFF: a PIL decode, as they have
+    no cheaper check), so a truncated or non-image file is refused before any work.
 
     Raises:
         InputError: the file is missing, not an image, too large, or truncated; the message names it.
