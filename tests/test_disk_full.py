@@ -123,3 +123,27 @@ def test_real_full_filesystem(reference, tmp_path):
         assert not (out / LOCK_NAME).exists()
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_merge_onto_a_full_disk_leaves_nothing(reference, tmp_path, monkeypatch):
+    """Parts on another file system are copied; a full disk there stops the merge with one line and
+    leaves neither the output nor its temporary folder (nor the lock)."""
+    from diffusion_hpc.data import merge as merge_module
+
+    real_link = os.link
+
+    def no_link(src, dst):  # os.link is global: the lock (and its move into the output) still links
+        if Path(dst).name == LOCK_NAME:
+            return real_link(src, dst)
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(merge_module.os, "link", no_link)
+    monkeypatch.setattr(merge_module.shutil, "copyfile", full)
+    out = tmp_path / "merged"
+    with pytest.raises(DhpcError, match=rf"merge: --out {out}: cannot write shard-000000.jsonl .*No space left on "
+                                        "device.*then merge again: nothing was merged"):
+        merge_module.merge([reference], out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

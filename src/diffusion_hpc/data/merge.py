@@ -34,7 +34,7 @@ from diffusion_hpc.data.inspect import write_preview
 from diffusion_hpc.data.lock import LOCK_NAME, OutputLock, is_lock_file
 from diffusion_hpc.data.reader import Dataset, manifest_totals
 from diffusion_hpc.data.seeds import shard_name, shard_ranges
-from diffusion_hpc.data.writer import DatasetWriter
+from diffusion_hpc.data.writer import DatasetWriter, storage_errors
 from diffusion_hpc.errors import DhpcError
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,9 @@ def _merge(roots: list[Path], out: Path) -> MergeResult:
         shutil.rmtree(tmp)
     linked = copied = 0
     try:
-        writer = DatasetWriter(tmp, config.dataset_yaml()).open()
+        writer = DatasetWriter(tmp, config.dataset_yaml())
+        writer.label, writer.retry = f"merge: --out {out}", "then merge again: nothing was merged"
+        writer.open()
         for s in range(len(ranges)):
             for src, dst in ((owner[s] / "manifest" / f"{shard_name(s)}.jsonl", writer.manifest_path(s)),
                              (owner[s] / "shards" / f"{shard_name(s)}.tar", writer.shard_path(s))):
@@ -156,7 +158,8 @@ def _merge(roots: list[Path], out: Path) -> MergeResult:
                     os.link(src, dst)
                     linked += 1
                 except OSError:  # another file system (or no hard links there): copy
-                    shutil.copyfile(src, dst)
+                    with storage_errors(writer.label, f"{dst.name} (copied from {src.parent.parent})", writer.retry):
+                        shutil.copyfile(src, dst)
                     copied += 1
         totals = manifest_totals(Dataset(tmp).iter_manifest())
         runs = [json.loads((r / "run.json").read_text()) if (r / "run.json").is_file() else {} for r in roots]

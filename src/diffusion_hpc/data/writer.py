@@ -69,19 +69,20 @@ class ManifestRow:
 
 #: errno values of a full or read-only output (the user frees space or fixes permissions, then resumes)
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+#: the fix after a full disk, for a run
+RETRY = "then rerun the same command with --resume: committed shards are kept"
 
 
 @contextlib.contextmanager
-def storage_errors(root: Path, what: str) -> Iterator[None]:
-    """Turn a full or read-only disk under ``root`` into one DhpcError naming the folder and the fix."""
+def storage_errors(label: str, what: str, retry: str = RETRY) -> Iterator[None]:
+    """Turn a full or read-only disk into one DhpcError naming the folder (``label``) and the fix."""
     try:
         yield
     except OSError as exc:
         if exc.errno not in STORAGE_ERRNOS:
             raise
-        raise DhpcError(f"--out {root}: cannot write {what} ({os.strerror(exc.errno)}); free space there (or make "
-                        "it writable), then rerun the same command with --resume: committed shards are kept"
-                        ) from None
+        raise DhpcError(f"{label}: cannot write {what} ({os.strerror(exc.errno)}); free space there (or make "
+                        f"it writable), {retry}") from None
 
 
 #: row keys written only when set (added after the first datasets: older readers ignore them)
@@ -125,6 +126,7 @@ class DatasetWriter:
         """Check that ``root`` can take this run (nothing is written until :meth:`open`)."""
         self.root = Path(root)
         self.config_yaml = config_yaml
+        self.label, self.retry = f"--out {self.root}", RETRY  # named in a full-disk error (merge sets its own)
         if self.root.exists() and not self.root.is_dir():
             raise DhpcError(f"--out {self.root} is a file, not a directory; choose a directory path")
         config_path = self.root / "config.yaml"
@@ -151,7 +153,7 @@ class DatasetWriter:
 
     def open(self) -> "DatasetWriter":
         """Create the directory layout and store the config (idempotent)."""
-        with storage_errors(self.root, "the dataset's folders and config.yaml"):
+        with storage_errors(self.label, "the dataset's folders and config.yaml", self.retry):
             (self.root / "shards").mkdir(parents=True, exist_ok=True)
             (self.root / "manifest").mkdir(exist_ok=True)
             if not (self.root / "config.yaml").exists():
@@ -174,7 +176,7 @@ class DatasetWriter:
         if len(set(keys)) != len(keys):  # pragma: no cover - guarded by the pipeline
             raise RuntimeError(f"duplicate keys in shard {shard}")
         data = _tar_bytes(records)
-        with storage_errors(self.root, f"shard {shard_name(shard)}"):
+        with storage_errors(self.label, f"shard {shard_name(shard)}", self.retry):
             atomic_write_bytes(self.manifest_path(shard), "".join(r.to_json() + "\n" for r in rows).encode())
             try:
                 atomic_write_bytes(self.shard_path(shard), data)
@@ -187,7 +189,7 @@ class DatasetWriter:
         """Consolidate the manifest of ``shards`` (a count: shards 0..count-1; or the shard numbers of
         a part) and write ``run.json``; returns the manifest path."""
         manifest = self.root / "manifest.jsonl"
-        with storage_errors(self.root, "manifest.jsonl and run.json"):
+        with storage_errors(self.label, "manifest.jsonl and run.json", self.retry):
             with atomic_path(manifest) as tmp, open(tmp, "wb") as fh:  # streamed: parts end with a newline
                 for shard in (range(shards) if isinstance(shards, int) else shards):
                     fh.write(self.manifest_path(shard).read_bytes())
