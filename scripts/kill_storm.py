@@ -3,7 +3,7 @@
     .venv/bin/python scripts/kill_storm.py --out /tmp/storm --kills 20 [--engine ray] [-n 40]
 
 The run is mode D, the render baseline at 64 px with small shards (4 samples, batches of 3). An
-unkilled run goes to OUT-reference first and times the phases. Then each round starts `dhpc
+unkilled run (same engine) goes to OUT-reference first and times the phases. Then each round starts `dhpc
 generate` (the first fresh, then with --resume) in its own session and SIGKILLs the whole session
 (with Ray, its helpers too) at a random moment: a fifth of the kills during start-up (before the
 run takes the folder's lock), the rest at a uniform time after it took the lock, within its model
@@ -151,7 +151,7 @@ def storm(out: Path, kills: int, n: int = 40, seed: int = 0, engine: str = "loca
     reference = out.with_name(out.name + "-reference")
     shutil.rmtree(reference, ignore_errors=True)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(command(reference, n, seed, "local", False), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(command(reference, n, seed, engine, False), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     locked = first = None
     while proc.poll() is None:
