@@ -18,8 +18,6 @@ equals the unkilled run's. It prints one JSON summary and exits 1 when a check f
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
 import json
 import os
 import random
@@ -30,6 +28,8 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+
+from diffusion_hpc.data.reader import dataset_digest
 
 LOCK = ".lock"
 #: share of the kills during start-up (before the run takes its lock); the rest after it
@@ -83,35 +83,6 @@ def with_kill(proc: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     proc.wait()
-
-
-def strip_timings(data: bytes) -> bytes:
-    """A shard's bytes with each sample's ``timings`` removed from its JSON member."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=io.BytesIO(data)) as src, tarfile.open(fileobj=out, mode="w",
-                                                                     format=tarfile.USTAR_FORMAT) as dst:
-        for m in src.getmembers():
-            body = src.extractfile(m).read()
-            if m.name.endswith(".json"):
-                meta = json.loads(body)
-                meta.pop("timings", None)
-                body = json.dumps(meta, sort_keys=True).encode()
-            m.size = len(body)
-            dst.addfile(m, io.BytesIO(body))
-    return out.getvalue()
-
-
-def digest(root: Path) -> str:
-    """Hash of the shards and manifest parts, timings excluded: equal digests = the same data."""
-    h = hashlib.sha256()
-    for p in sorted((root / "shards").glob("*.tar")):
-        h.update(p.name.encode() + strip_timings(p.read_bytes()))
-    for p in sorted((root / "manifest").glob("*.jsonl")):
-        rows = [json.loads(line) for line in p.read_text().splitlines()]
-        for r in rows:
-            r.pop("timings", None)
-        h.update(p.name.encode() + json.dumps(rows, sort_keys=True).encode())
-    return h.hexdigest()
 
 
 def check(out: Path, n: int) -> list[str]:
@@ -185,7 +156,7 @@ def storm(out: Path, kills: int, n: int = 40, seed: int = 0, engine: str = "loca
         run_round(command(out, n, seed, engine, resume=True), out, None)
         rounds += 1
     problems = check(out, n)
-    same = digest(out) == digest(reference)
+    same = dataset_digest(out) == dataset_digest(reference)
     if not same:
         problems.append("the dataset differs from the unkilled run's")
     return {"engine": engine, "n": n, "kills": len(moments), "rounds": rounds,

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from diffusion_hpc.data.reader import dataset_digest  # noqa: F401  (imported by the tests from here)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,24 +95,6 @@ def regen_batch(seeds, start: bool = True, first: int = 0):
                            silhouettes=sil, occluder_masks=occ, depth=depth)  # fmt: skip
 
 
-def strip_timings(tar_bytes: bytes) -> bytes:
-    """A shard's members as bytes with the per-sample ``timings`` (which vary run to run) removed."""
-    import io
-    import json
-    import tarfile
-
-    out = []
-    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
-        for info in tar:
-            content = tar.extractfile(info).read()
-            if info.name.endswith(".json"):
-                meta = json.loads(content)
-                meta.pop("timings")
-                content = json.dumps(meta, sort_keys=True).encode()
-            out.append(info.name.encode() + content)
-    return b"".join(out)
-
-
 def manifest_rows(root: Path) -> list[dict]:
     """The consolidated manifest's rows without their timings (the part of a row that varies run to run)."""
     import json
@@ -119,19 +103,3 @@ def manifest_rows(root: Path) -> list[dict]:
     for r in rows:
         r.pop("timings")
     return rows
-
-
-def dataset_digest(root: Path) -> str:
-    """Hash of a dataset's shards and manifest parts, timings excluded: equal digests = same data."""
-    import hashlib
-    import json
-
-    h = hashlib.sha256()
-    for p in sorted((root / "shards").glob("*.tar")):
-        h.update(p.name.encode() + strip_timings(p.read_bytes()))
-    for p in sorted((root / "manifest").glob("*.jsonl")):
-        rows = [json.loads(line) for line in p.read_text().splitlines()]
-        for r in rows:
-            r.pop("timings")
-        h.update(p.name.encode() + json.dumps(rows, sort_keys=True).encode())
-    return h.hexdigest()

@@ -26,11 +26,12 @@ import torch
 
 from diffusion_hpc.config import DEFAULT_PROMPT, GenerateConfig
 from diffusion_hpc.data import open_dataset
+from diffusion_hpc.data.reader import shard_without_timings
 from diffusion_hpc.errors import ConfigError, InputError, MissingModelError
 from diffusion_hpc.generate.base import PRESETS, expected_unet_evals, guidance_factor
 from diffusion_hpc.pipeline.generate import Generator, generate
 
-from conftest import dataset_digest, run_cli, strip_timings
+from conftest import dataset_digest, run_cli
 
 SIZE = 64
 P = PRESETS["default"]
@@ -171,7 +172,7 @@ def test_determinism_same_seed_same_samples(r_dataset, backbone, guides, tmp_pat
     out = tmp_path / "again"
     generate(r_config(backbone, guides, n=2), out, progress=False)
     name = "shards/shard-000000.tar"
-    assert strip_timings((out / name).read_bytes()) == strip_timings((r_dataset / name).read_bytes())
+    assert shard_without_timings((out / name).read_bytes()) == shard_without_timings((r_dataset / name).read_bytes())
 
 
 @pytest.mark.slow

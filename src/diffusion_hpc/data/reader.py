@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import re
 import tarfile
@@ -128,3 +130,33 @@ def iter_shard(path: Path) -> Iterator[dict[str, Any]]:
         raise InputError(f"shard {path} is unreadable ({exc}); regenerate it with --resume after deleting it") from exc
     if members:
         yield _decode_checked(members, current, path)
+
+
+def shard_without_timings(tar_bytes: bytes) -> bytes:
+    """A shard's members (name + content) with each sample's ``timings``, which vary run to run,
+    removed from its JSON. The writer fixes every other header field (mtime 0, mode 0644)."""
+    out = []
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
+        for info in tar:
+            content = tar.extractfile(info).read()
+            if info.name.endswith(".json"):
+                meta = json.loads(content)
+                meta.pop("timings")
+                content = json.dumps(meta, sort_keys=True).encode()
+            out.append(info.name.encode() + content)
+    return b"".join(out)
+
+
+def dataset_digest(root: str | Path) -> str:
+    """SHA-256 of a dataset's shards and manifest parts, per-sample timings excluded: two datasets
+    with equal digests hold the same data (e.g. a merged or resumed run and a single unbroken one)."""
+    root = Path(root)
+    h = hashlib.sha256()
+    for p in sorted((root / "shards").glob("*.tar")):
+        h.update(p.name.encode() + shard_without_timings(p.read_bytes()))
+    for p in sorted((root / "manifest").glob("*.jsonl")):
+        rows = [json.loads(line) for line in p.read_text().splitlines()]
+        for r in rows:
+            r.pop("timings")
+        h.update(p.name.encode() + json.dumps(rows, sort_keys=True).encode())
+    return h.hexdigest()
