@@ -204,7 +204,6 @@ def _json_vector(v: np.ndarray) -> list[float] | None:
 
 
 def _write_images(fields: dict[str, Any], image_dir: Path) -> str:
-
     name = f"{check_key(fields['key'], 'export')}.png"  # a plain name: the file stays in image_dir
     atomic_write_bytes(image_dir / name, fields.pop("image_png"))
     return f"{IMAGE_DIR}/{name}"

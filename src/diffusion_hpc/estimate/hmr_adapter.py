@@ -173,21 +173,18 @@ class HMREstimator(MeshEstimator):
     # -- pieces ------------------------------------------------------------------------------
     @staticmethod
     def _default_crop(regressor) -> int:
-
         cfg = regressor.backbone.config
         return int(getattr(cfg, "image_size", SPIN_CROP)) if regressor._kind == "vit" else SPIN_CROP
 
     @property
     def body(self):
         if self._body is None:
-
             self._body = get_body_model(self.body_model, model_path=self.model_path)
         return self._body
 
     @property
     def detector(self):
         if self._detector is None and self.detector_name == "mediapipe":
-
             self._detector = MediaPipeDetector()
         return self._detector
 

@@ -127,7 +127,6 @@ def render_preview(image: np.ndarray, estimate: Estimate, body=None) -> np.ndarr
         cv2.drawContours(canvas, contours, -1, (255, 255, 255), 1, lineType=cv2.LINE_AA)
     radius = max(2, round(min(height, width) / 150))
     if estimate.ok:
-
         kp = estimate.keypoints2d
         for a, b in COCO17_EDGES:
             i, j = COCO17.index(a), COCO17.index(b)
@@ -208,7 +207,6 @@ def estimate_files(paths_or_dir, out_npz: str | Path, estimator, *, batch_size: 
     arrays = estimates_to_arrays(estimates, [str(p) for p in files], body_model)
     write_npz_atomic(out_npz, arrays)
     if preview_dir is not None:
-
         preview_dir = Path(preview_dir)
         preview_dir.mkdir(parents=True, exist_ok=True)
         body = getattr(estimator, "body", None)

@@ -251,7 +251,6 @@ SMART_PROTOCOL = Protocol2D(
 
 
 def _to_protocol_set(joints: np.ndarray, source: str, target: str, needed: tuple[str, ...], what: str) -> np.ndarray:
-
     names = joint_names(source)
     missing = [n for n in needed if n not in names]
     if missing:
@@ -276,7 +275,6 @@ def prepare_3d(joints, protocol: Protocol3D = SKIPOSE_PROTOCOL, joint_set: str |
 
 
 def _names(joint_set: str) -> tuple[str, ...]:
-
     return joint_names(joint_set)
 
 

@@ -102,7 +102,6 @@ def iter_source(path: str | os.PathLike, limit: Optional[int] = None) -> Iterato
     kind = source_kind(path)
     count = 0
     if kind == "dataset":
-
         for sample in open_dataset(path):
             if limit is not None and count >= limit:
                 return
@@ -193,7 +192,6 @@ def image_features(model, images: Iterable[np.ndarray], batch_size: int = 32) ->
 
 def _as_segmenter(segmenter):
     if segmenter is None or isinstance(segmenter, str):
-
         return make_segmenter(segmenter or "mediapipe")
     if not hasattr(segmenter, "segment"):
         raise TypeError(f"segmenter must be a spec string or have .segment(images), got {type(segmenter).__name__}")
@@ -246,7 +244,6 @@ def source_features(
         raise InputError(f"{path} holds no accepted samples; nothing to score")
     manifest = config = None
     if kind == "dataset":
-
         ds = open_dataset(path)
         manifest, config = ds.manifest(), ds.config
     return SourceFeatures(

@@ -223,7 +223,6 @@ class RenderGenerator:
     requires = ("render", "face_part", "seeds")
 
     def __init__(self, augment: bool = True, backgrounds=None):
-
         self.inner = RenderBaselineGenerator(augment=augment)
         self.backgrounds = backgrounds
 

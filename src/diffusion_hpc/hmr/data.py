@@ -104,7 +104,6 @@ def denormalise_keypoints(uv: np.ndarray, size: int) -> np.ndarray:
 
 
 def _pose_flip_permutation(body_model: str) -> np.ndarray:
-
     spec = body_spec(body_model)
     perm = flip_permutation(spec.pose_joint_set)[: spec.pose_joint_count]
     if perm.max() >= spec.pose_joint_count:  # pragma: no cover - guards a new joint-set layout
@@ -326,7 +325,6 @@ class SyntheticShards(torch.utils.data.IterableDataset):
         self.start = 0
 
     def _records(self, rng: np.random.Generator, cid: int, count: int) -> Iterator[dict]:
-
         split_by_shard = len(self.shards) >= count
         shards = self.shards[cid::count] if split_by_shard else list(self.shards)
         order = rng.permutation(len(shards)) if self.shuffle_buffer > 1 else range(len(shards))
@@ -415,7 +413,6 @@ class RealDataset(torch.utils.data.Dataset):
         self.keypoints = self.data.keypoints_in(KEYPOINT_SET)
         self.joints3d = None
         if self.data.joints3d is not None:
-
             j = convert_joints(self.data.joints3d, self.data.joints3d_set, JOINTS3D_SET)
             conf = np.ones(j.shape[:2]) if self.data.joints3d_conf is None else convert_joints(
                 np.asarray(self.data.joints3d_conf, np.float64)[..., None], self.data.joints3d_set, JOINTS3D_SET, fill=0.0

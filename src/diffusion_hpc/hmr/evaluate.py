@@ -101,7 +101,6 @@ def load_targets(source: str, crop_size: int = 224, limit: int | None = None, bo
     kind, path = _source_kind(source, option)
     items: list[dict[str, torch.Tensor]] = []
     if kind == "dataset":
-
         for i, rec in enumerate(open_dataset(path)):
             if limit is not None and i >= limit:
                 break

@@ -72,7 +72,6 @@ class HMRModule(pl.LightningModule):
     @property
     def body(self):
         if self._body is None:
-
             object.__setattr__(self, "_body", get_body_model(self.hparams.body_model, model_path=self.hparams.smpl_path))
         return self._body
 

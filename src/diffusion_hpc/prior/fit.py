@@ -215,7 +215,6 @@ def assign_folds(groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
 
 
 def _features(body_pose: np.ndarray) -> np.ndarray:
-
     with torch.no_grad():
         return pose_features(torch.as_tensor(body_pose, dtype=torch.float64)).numpy()
 
