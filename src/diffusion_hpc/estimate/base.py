@@ -44,6 +44,14 @@ class Estimate:
         fit_hypothesis: which initial hypothesis of the fit won (MediaPipe fitter: ``"base"``, or
             ``"swap"`` when the detector's left/right labels were exchanged; see
             :data:`~diffusion_hpc.estimate.fit.HYPOTHESES`); "" when not ok.
+        facing: which way the fitted body faces the camera: ``"front"``, ``"side"`` or ``"back"``
+            (:func:`~diffusion_hpc.estimate.facing.facing_label` of its torso); "" when not ok or the
+            estimator does not decide it.
+        facing_score: the label-free facing cues combined, in [-1, 1] (+1: facing the camera;
+            :func:`~diffusion_hpc.estimate.facing.facing_score`); NaN when not decided.
+        facing_margin: how clearly the kept hypothesis beat the left/right-swapped one, >= 0 (in the
+            units of :func:`~diffusion_hpc.estimate.facing.choose_hypotheses`; small: a close call);
+            NaN when not decided.
     """
 
     ok: bool
@@ -60,6 +68,9 @@ class Estimate:
     fit_error_px: float = float("nan")
     image_size: tuple[int, int] = (0, 0)
     fit_hypothesis: str = ""
+    facing: str = ""
+    facing_score: float = float("nan")
+    facing_margin: float = float("nan")
 
 
 class MeshEstimator:

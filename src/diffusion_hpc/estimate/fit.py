@@ -20,8 +20,9 @@ ordering of the limbs (which elbow is in front) and which way the person faces.
 
 Hypotheses: every image is fitted from :attr:`FitWeights.hypotheses` starts at once (rows of one
 batch, hypothesis-major: row ``h * B + b``), by default ``base`` and ``swap`` (the detector's
-left/right labels exchanged, which MediaPipe gets wrong on some back views); the final energy picks
-one per image (:func:`select_hypotheses`).
+left/right labels exchanged, which MediaPipe gets wrong on some back views); the final energy and
+the facing cues of :mod:`~diffusion_hpc.estimate.facing` pick one per image (a swapped hypothesis
+wins only with a margin; :func:`select_hypotheses` gathers the chosen rows).
 
 Initialisation (:func:`initial_placement`): the global orientation is the Kabsch rotation from the
 rest body's torso (shoulders, hips, in camera orientation) to the world landmarks' torso; the
@@ -446,10 +447,12 @@ def optimise(body: BodyModel, joints: Callable[[dict], torch.Tensor], targets: F
         return FitResult(final, energy(final, ones, tt(targets.world_select)))
 
 
-def select_hypotheses(result: FitResult, targets: FitTargets) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+def select_hypotheses(result: FitResult, targets: FitTargets, best: np.ndarray | None = None) -> tuple[dict[str, torch.Tensor], np.ndarray]:
     """(params of the B chosen rows, (B,) index into ``targets.hypotheses``): per image the
-    hypothesis with the lowest final energy."""
+    hypothesis ``best`` (B,) names, by default the one with the lowest final energy (the MediaPipe
+    fitter passes :func:`~diffusion_hpc.estimate.facing.choose_hypotheses`' choice)."""
     B = targets.images
-    best = result.energy.reshape(len(targets.hypotheses), B).argmin(0)  # (B,)
-    rows = best * B + torch.arange(B)
-    return {k: v[rows] for k, v in result.params.items()}, best.numpy()
+    if best is None:
+        best = result.energy.reshape(len(targets.hypotheses), B).argmin(0).numpy()
+    rows = torch.as_tensor(np.asarray(best, np.int64)) * B + torch.arange(B)
+    return {k: v[rows] for k, v in result.params.items()}, np.asarray(best, np.int64)

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -36,6 +38,15 @@ from diffusion_hpc.body.anny import AnnyReducedForward
 from diffusion_hpc.body.joint_sets import COCO17
 from diffusion_hpc.errors import MissingModelError
 from diffusion_hpc.estimate.base import Estimate, MeshEstimator
+from diffusion_hpc.estimate.facing import (
+    FacingWeights,
+    choose_hypotheses,
+    face_depth_cue,
+    face_detector_cue,
+    facing_label,
+    facing_score,
+    torso_facing,
+)
 from diffusion_hpc.estimate.fit import (
     COCO17_FLIP,
     TORSO,
@@ -61,6 +72,7 @@ from diffusion_hpc.geometry.camera import project
 from diffusion_hpc.prior import get_prior
 from diffusion_hpc.prior.base import PosePrior
 from diffusion_hpc.runtime.images import check_image
+from diffusion_hpc.runtime.native_log import MEDIAPIPE_CHATTER, filtered_native_stderr
 from diffusion_hpc.runtime.threads import torch_threads
 
 log = logging.getLogger(__name__)
@@ -94,6 +106,35 @@ def resolve_prior(prior: PosePrior | str | None, body_model: str) -> PosePrior |
         return None
 
 
+class MediaPipeFaceDetector:
+    """MediaPipe's face detector (the short-range model, ``model_selection=0``, which ships in the
+    wheel), created on first use and reused; calls are serialised. One of the facing cues
+    (:func:`~diffusion_hpc.estimate.facing.face_detector_cue`)."""
+
+    def __init__(self, min_detection_confidence: float = 0.5) -> None:
+        self.min_detection_confidence = min_detection_confidence
+        self._faces = None
+        self._lock = threading.Lock()
+
+    def detect(self, image: np.ndarray) -> np.ndarray:
+        """(F, 5) faces in an (H, W, 3) uint8 RGB image: score, x0, y0, x1, y1 in pixels (F may be 0)."""
+        with self._lock, filtered_native_stderr(MEDIAPIPE_CHATTER):
+            if self._faces is None:
+                os.environ.setdefault("GLOG_minloglevel", "2")
+                import mediapipe as mp  # the pose detector has already checked it is installed
+
+                self._faces = mp.solutions.face_detection.FaceDetection(
+                    model_selection=0, min_detection_confidence=self.min_detection_confidence)
+            result = self._faces.process(np.ascontiguousarray(image))
+        height, width = image.shape[:2]
+        rows = []
+        for det in result.detections or ():
+            box = det.location_data.relative_bounding_box
+            x0, y0 = box.xmin * width, box.ymin * height
+            rows.append([det.score[0], x0, y0, x0 + box.width * width, y0 + box.height * height])
+        return np.array(rows, np.float64).reshape(-1, 5)
+
+
 class MediaPipeFitter(MeshEstimator):
     """MediaPipe Pose + batched body-model fit (see the module docstring).
 
@@ -105,13 +146,15 @@ class MediaPipeFitter(MeshEstimator):
             :func:`~diffusion_hpc.estimate.fit.fallback_pose_penalty`.
         fov_deg: assumed field of view across the longer image side.
         weights: :class:`~diffusion_hpc.estimate.fit.FitWeights`.
+        facing: :class:`~diffusion_hpc.estimate.facing.FacingWeights` (which hypothesis wins).
         model_path: SMPL model file or folder (ignored for Anny).
     """
 
     name = "mediapipe"
 
     def __init__(self, body_model: str = "anny", prior: PosePrior | str | None = "default", fov_deg: float = DEFAULT_FOV_DEG,
-                 weights: FitWeights | None = None, model_path: str | None = None) -> None:
+                 weights: FitWeights | None = None, model_path: str | None = None,
+                 facing: FacingWeights | None = None) -> None:
         check_body_model(body_model, model_path)
         if not (5.0 <= fov_deg <= 150.0):
             raise ValueError(f"fov_deg must lie in [5, 150] degrees, got {fov_deg}")
@@ -120,7 +163,9 @@ class MediaPipeFitter(MeshEstimator):
         self.prior = resolve_prior(prior, body_model)
         self.fov_deg = float(fov_deg)
         self.weights = weights or FitWeights()
+        self.facing = facing or FacingWeights()
         self.detector = MediaPipeDetector()
+        self.face_detector = MediaPipeFaceDetector()
         self._body = None
         self._fast: AnnyReducedForward | None = None
         self._rest: tuple[np.ndarray, np.ndarray] | None = None
@@ -158,16 +203,28 @@ class MediaPipeFitter(MeshEstimator):
         """MediaPipe detections, one per image (None: no person)."""
         return [self.detector.detect(check_image(im, f"images[{i}]")) for i, im in enumerate(images)]
 
+    def detect_faces(self, images: Sequence[np.ndarray], detections: Sequence[Detection | None]) -> list[np.ndarray]:
+        """(F, 5) faces per image (:class:`MediaPipeFaceDetector`), looked for only where a person was found."""
+        return [np.zeros((0, 5)) if det is None else self.face_detector.detect(im) for im, det in zip(images, detections)]
+
     def estimate(self, images: Sequence[np.ndarray]) -> list[Estimate]:
         """One :class:`Estimate` per (H, W, 3) uint8 RGB image; all found people fitted in one batch."""
         images = [check_image(im, f"images[{i}]") for i, im in enumerate(images)]
         detections = self.detect(images)
-        return self.fit(detections, [im.shape[:2] for im in images])
+        return self.fit(detections, [im.shape[:2] for im in images], self.detect_faces(images, detections))
 
-    def fit(self, detections: Sequence[Detection | None], sizes: Sequence[tuple[int, int]]) -> list[Estimate]:
-        """Fit the body to detections (one batched optimisation); None entries give ok=False."""
+    def fit(self, detections: Sequence[Detection | None], sizes: Sequence[tuple[int, int]],
+            faces: Sequence[np.ndarray] | None = None) -> list[Estimate]:
+        """Fit the body to detections (one batched optimisation); None entries give ok=False.
+
+        ``faces``: per image the (F, 5) faces of :meth:`detect_faces` (None: no face cue, the facing
+        decision then rests on the landmarks' face depth and the fit's energy).
+        """
         results: list[Estimate | None] = [None] * len(detections)
         todo = []
+        faces = [np.zeros((0, 5))] * len(detections) if faces is None else list(faces)
+        if len(faces) != len(detections):
+            raise ValueError(f"faces: {len(faces)} entries for {len(detections)} detections; pass one (F, 5) array per image")
         for i, (det, size) in enumerate(zip(detections, sizes)):
             K = intrinsics_for_image(size[1], size[0], self.fov_deg)
             if det is None:
@@ -182,7 +239,7 @@ class MediaPipeFitter(MeshEstimator):
                                       body_model=self.body_model, K=K, landmarks2d=det.landmarks2d,
                                       landmarks3d=det.world, person_mask=det.mask, image_size=tuple(size))
                 continue
-            todo.append((i, det, K, tuple(size)))
+            todo.append((i, det, K, tuple(size), faces[i]))
         if todo:
             with torch_threads(1):  # tiny tensors: one thread is several times faster (see torch_threads)
                 fitted = self._fit_batch(todo)
@@ -195,7 +252,7 @@ class MediaPipeFitter(MeshEstimator):
     def _fit_batch(self, todo) -> list[Estimate]:
         body = self.body
         targets = stack_targets(
-            [(coco17_from_mediapipe(det.landmarks2d), coco17_from_mediapipe(det.world), K) for _, det, K, _ in todo],
+            [(coco17_from_mediapipe(det.landmarks2d), coco17_from_mediapipe(det.world), K) for _, det, K, *_ in todo],
             self.weights.checked_hypotheses(), MIN_VISIBILITY)
         rest, root_to_hips = self._rest_joints()
         c2c = body.canonical_to_camera.double().numpy()
@@ -204,17 +261,33 @@ class MediaPipeFitter(MeshEstimator):
         free = free_joint_mask(body)
         result = optimise(body, self._joints, targets, np.stack([s[0] for s in starts]), np.stack([s[1] for s in starts]),
                           self._init_pose(), free, unmodelled_joint_mask(body, self.prior, free), self.prior, self.weights)
-        final, best = select_hypotheses(result, targets)
+        best, decision = self._decide_facing(todo, result, targets)
+        final, best = select_hypotheses(result, targets, best)
         with torch.no_grad():
             out = body(final)
-        return self._estimates(todo, final, out, targets, best)
+        return self._estimates(todo, final, out, targets, best, decision)
 
-    def _estimates(self, todo, final: dict, out, targets: FitTargets, best: np.ndarray) -> list[Estimate]:
+    def _decide_facing(self, todo, result, targets: FitTargets) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(best (B,) hypothesis index, per-image decision arrays) from the facing cues
+        (:mod:`~diffusion_hpc.estimate.facing`): face depth in the world landmarks, the face detector,
+        and the direction each hypothesis's fitted torso faces."""
+        M, B = len(targets.hypotheses), targets.images
+        with torch.no_grad():
+            fitted = torso_facing(self._joints(result.params).double().numpy()).reshape(M, B)
+        depth = np.array([face_depth_cue(coco17_from_mediapipe(det.world)) for _, det, *_ in todo])
+        face = np.array([face_detector_cue(f, coco17_from_mediapipe(det.landmarks2d)[COCO17.index("nose"), :2])
+                         for _, det, _, _, f in todo])
+        score = facing_score(depth, face, self.facing)
+        best, margin = choose_hypotheses(result.energy.reshape(M, B).numpy(), fitted, score, targets.hypotheses, self.facing)
+        return best, {"score": score, "margin": margin, "fitted": fitted[best, np.arange(B)]}
+
+    def _estimates(self, todo, final: dict, out, targets: FitTargets, best: np.ndarray,
+                   decision: dict[str, np.ndarray]) -> list[Estimate]:
         """One ok :class:`Estimate` per fitted image from the chosen rows ``best`` (B,) of ``targets``."""
         B = targets.images
         conf = targets.conf.reshape(len(targets.hypotheses), B, 17)[best, np.arange(B)]
         results = []
-        for b, (_, det, K, size) in enumerate(todo):
+        for b, (_, det, K, size, _) in enumerate(todo):
             hypothesis = targets.hypotheses[int(best[b])]
             joints = {name: j[b].numpy().astype(np.float32) for name, j in out.joints.items()}
             uv = project(joints["coco17"].astype(np.float64), K)
@@ -228,5 +301,7 @@ class MediaPipeFitter(MeshEstimator):
                 K=K, joints3d=joints, keypoints2d=np.concatenate([uv, detected[:, 2:3]], axis=1),
                 confidence=confidence, landmarks2d=det.landmarks2d, landmarks3d=det.world,
                 person_mask=det.mask, fit_error_px=fit_px, image_size=size, fit_hypothesis=hypothesis,
+                facing=facing_label(float(decision["fitted"][b]), self.facing.side_cos),
+                facing_score=float(decision["score"][b]), facing_margin=float(decision["margin"][b]),
             ))
         return results

@@ -6,6 +6,9 @@ for N images in input order:
 - ``path`` (N,) unicode: the image file; ``ok`` (N,) bool; ``reason`` (N,) unicode
 - ``body_model`` () unicode; ``image_size`` (N, 2) int (height, width)
 - ``K`` (N, 3, 3); ``confidence`` (N,); ``fit_error_px`` (N,) (NaN where not ok)
+- ``fit_hypothesis`` (N,) unicode (``base`` / ``swap``; "" where not ok); ``facing`` (N,) unicode
+  (``front`` / ``side`` / ``back``); ``facing_score`` (N,) label-free facing cues in [-1, 1];
+  ``facing_margin`` (N,) how clearly the kept hypothesis won (NaN where not decided)
 - ``params/<key>`` (N, ...) float32 camera-frame body parameters (zeros where not ok)
 - ``joints3d/<set>`` (N, J, 3) camera-frame metres (zeros where not ok)
 - ``keypoints2d`` (N, 17, 3) COCO-17 u, v pixels + confidence
@@ -78,6 +81,10 @@ def estimates_to_arrays(estimates: Sequence[Estimate], paths: Sequence[str], bod
         "K": np.stack([np.asarray(e.K, np.float64) for e in estimates]),
         "confidence": np.array([e.confidence for e in estimates], dtype=np.float32),
         "fit_error_px": np.array([e.fit_error_px for e in estimates], dtype=np.float32),
+        "fit_hypothesis": np.array([e.fit_hypothesis for e in estimates], dtype=np.str_),
+        "facing": np.array([e.facing for e in estimates], dtype=np.str_),
+        "facing_score": np.array([e.facing_score for e in estimates], dtype=np.float32),
+        "facing_margin": np.array([e.facing_margin for e in estimates], dtype=np.float32),
         "keypoints2d": np.stack([np.asarray(e.keypoints2d, np.float32) for e in estimates]),
         "landmarks2d": np.stack([np.asarray(e.landmarks2d, np.float32) for e in estimates]),
         "landmarks3d": np.stack([np.asarray(e.landmarks3d, np.float32) for e in estimates]),
