@@ -311,6 +311,44 @@ def test_builtin_poses():
         assert path.stat().st_size < 1_000_000
 
 
+def test_builtin_hard_resolves_and_is_hard_for_the_prior(tmp_path):
+    import hashlib
+
+    import torch
+
+    from diffusion_hpc.errors import ConfigError
+    from diffusion_hpc.poses import BUILTIN_SETS, load_pose_set
+    from diffusion_hpc.poses.io import builtin_set_selection
+    from diffusion_hpc.prior import get_prior
+    from diffusion_hpc.prior.anny_prior import default_prior_path, label_easy_hard
+
+    assert BUILTIN_SETS == ("builtin", "builtin-hard")
+    every, hard = load_pose_set("builtin"), load_pose_set("builtin-hard")
+    assert len(every) == len(builtin_poses()) and hard.body_model == "anny"
+    assert 100 <= len(hard) < len(every) // 2 and set(hard.name) < set(every.name)
+    # Chosen with the shipped prior (same file) at its recorded corpus threshold: every pose is hard.
+    prior = get_prior("anny")
+    sel = builtin_set_selection("builtin-hard")
+    assert sel["prior_sha256"] == hashlib.sha256(default_prior_path().read_bytes()).hexdigest()
+    assert sel["threshold"] == prior.corpus_hard_threshold == prior.metadata["calibration"]["in_sample_hard_threshold"]
+    assert sel["n_poses"] == len(hard)
+    with torch.no_grad():
+        scores = prior.score(torch.as_tensor(hard.body_pose)).numpy()
+        rest = prior.score(torch.as_tensor(every.body_pose[~np.isin(every.name, hard.name)])).numpy()
+    assert (scores >= prior.corpus_hard_threshold).all() and (rest < prior.corpus_hard_threshold).all()
+    # It is the hard activities the set gathers, not the everyday ones.
+    labels = label_easy_hard(hard.description)
+    assert (labels == 1).sum() > 5 * (labels == 0).sum()
+    # A pose file path still works; a typo of a set name is refused with the choices.
+    path = save_pose_file(tmp_path / "few.npz", every.subset([0, 1]))
+    assert len(load_pose_set(path)) == 2 and len(load_pose_set(str(path))) == 2
+    for bad in ("builtin_hard", "builtin-easy"):
+        with pytest.raises(ConfigError, match="builtin-hard"):
+            load_pose_set(bad)
+    with pytest.raises(ConfigError, match=r"'hardest'.*builtin, builtin-hard"):
+        builtin_poses("hardest")
+
+
 def test_builtin_poses_upright_in_anny(anny):
     ps = builtin_poses()
     _, h36m = _anny_joints(anny, ps.global_orient, ps.body_pose)

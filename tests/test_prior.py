@@ -83,6 +83,56 @@ def test_perturb_plausible_and_different(prior, poses):
     assert torch.equal(var, again)
 
 
+def test_variants_harder_than_inputs_and_plausible(prior, poses):
+    """The original's augmentation pushes variants outward (z * (1.5 + 0.3 N)): on average they are
+    harder than the pose they come from, and still plausible, for training poses and for new ones."""
+    bp = torch.tensor(poses.body_pose[::12])  # 62 poses: walking ... breakdance
+    g = torch.Generator().manual_seed(0)
+    var = prior.perturb(bp, 1.0, g)
+    assert prior.is_plausible(var).all()
+    s_in, s_var = prior.score(bp), prior.score(var)
+    assert s_var.mean() >= 1.5 * s_in.mean() and (s_var >= s_in).float().mean() >= 0.9
+    # Poses the prior has not seen: rotations jittered by 0.03 rad score like held-out poses (mean
+    # ~150), by 0.08 rad near the plausible edge (mean ~660): variants are harder, all plausible
+    # (the pushes past the edge are shrunk back only as far as needed).
+    for sigma in (0.03, 0.08):
+        new = bp + sigma * torch.randn(bp.shape, generator=torch.Generator().manual_seed(1))
+        new = new[prior.is_plausible(new)]
+        assert len(new) > 55
+        v = prior.perturb(new, 1.0, g)
+        assert prior.is_plausible(v).all() and (prior.score(v) >= prior.score(new)).float().mean() >= 0.9
+    # An implausible input comes back plausible; strength scales the push.
+    bad = bp[:4].clone()
+    bad[:, :, 0] += 2.5
+    assert not prior.is_plausible(bad).any() and prior.is_plausible(prior.perturb(bad, 1.0, g)).all()
+    weak = prior.perturb(bp, 0.2, torch.Generator().manual_seed(0))
+    assert s_in.mean() < prior.score(weak).mean() < s_var.mean()
+
+
+def test_push_whitened_and_bisection_maths():
+    from diffusion_hpc.prior.anny_prior import bisect_plausible, push_whitened
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.ones(4000, 60)
+    f = push_whitened(w, torch.randn(w.shape, generator=g))
+    assert f.mean().item() == pytest.approx(1.5, abs=0.01) and f.std().item() == pytest.approx(0.3, abs=0.01)
+    assert torch.equal(push_whitened(w, torch.randn(w.shape, generator=g), 0.0), w)
+    # A path whose pose holds the fraction t and the row; plausible up to a per-row limit.
+    limit = torch.tensor([1.0, 0.3, 0.0, 0.77])
+
+    def decode(t, rows):
+        pose = torch.zeros(len(rows), 30, 3)
+        pose[:, 0, 0], pose[:, 0, 1] = t, rows.float()
+        return pose
+
+    def plausible(pose):
+        return pose[:, 0, 0] <= limit[pose[:, 0, 1].long()] + 1e-9
+
+    out, t = bisect_plausible(decode, plausible, 4, 8)
+    assert t[0] == 1.0 and (t <= limit).all() and (limit - t < 2**-8 + 1e-9).all()
+    assert torch.equal(out[:, 0, 0], t)
+
+
 def test_sample_plausible(prior):
     s = prior.sample(64, torch.Generator().manual_seed(0))
     assert s.shape == (64, 30, 3) and torch.isfinite(s).all()
@@ -239,3 +289,25 @@ def test_augment_poses_vposer(vposer_ckpt):
     out = augment_poses(prior, bp, np.zeros((2, 3), np.float32), betas, k=3, generator=0, body_model="smpl")
     assert out.body_pose.shape == (2, 3, 23, 3) and np.array_equal(out.body_pose[:, 0], bp)
     assert np.array_equal(out.shape[:, 0], betas) and not np.allclose(out.shape[:, 1], betas)
+
+
+# --------------------------------------------------------------------------- prompts per variant
+
+
+def test_templates_per_variant_differ_and_are_reproducible():
+    from diffusion_hpc.generate.base import PROMPT_TEMPLATES
+    from diffusion_hpc.pipeline.requests import variant_prompt
+
+    assert len(PROMPT_TEMPLATES) == 8 and len(set(PROMPT_TEMPLATES)) == 8
+    assert all(t.count("{action}") == 1 for t in PROMPT_TEMPLATES)
+    k, guides = 3, 40
+    prompts = [[variant_prompt("doing a backflip", 7, g * k + v) for v in range(k)] for g in range(guides)]
+    # Each variant draws its own template: the variants of a guide do not all share one.
+    assert sum(len(set(p)) > 1 for p in prompts) > guides // 2
+    used = {p for row in prompts for p in row}
+    assert len(used) == 8 and all(p.endswith(" doing a backflip") for p in used)
+    # Reproducible and order-free: from (run seed, sample index) alone.
+    assert [variant_prompt("doing a backflip", 7, i) for i in reversed(range(k * guides))][::-1] == sum(prompts, [])
+    assert [variant_prompt("doing a backflip", 8, i) for i in range(30)] != sum(prompts, [])[:30]
+    # A full prompt line is used verbatim by every variant.
+    assert {variant_prompt("a skier on a slope, winter", 7, i) for i in range(6)} == {"a skier on a slope, winter"}

@@ -55,7 +55,12 @@ def stage_seed(seed: int, stage: int) -> int:
 
 
 def prompt_rng(seed: int) -> np.random.Generator:
-    """The generator that picks the prompt template of the sample or guide seeded ``seed``."""
+    """The generator that picks the prompt template of the sample or guide seeded ``seed``.
+
+    A guide's seed (:func:`guide_seed`) picks its start image's template; each sample's own seed
+    (:func:`sample_seed`, whose index holds the variant: guide * k + variant) picks the template of
+    its regeneration, so the k variants of a guide draw theirs independently.
+    """
     return np.random.default_rng([int(seed), PROMPT_STREAM])
 
 

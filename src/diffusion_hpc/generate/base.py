@@ -40,12 +40,21 @@ if TYPE_CHECKING:
 #: the original's negative prompt
 NEGATIVE_PROMPT = "deformed, bad anatomy"
 
-#: prompt templates around an action phrase (DESIGN §2 step 1)
+#: The original's eight prompt templates around an action phrase (DESIGN §2 step 1). Verified against
+#: the paper's public code (github.com/ZZWENG/Diffusion_HPC, ``generate_dataset.py``,
+#: ``prompt_template``, commit c0f976e), whose ``sample_prompt`` draws one uniformly for every
+#: text-to-image start image and again for every regenerated variant. The four DESIGN §2 lists come
+#: first (indices 0-3 unchanged since they were our only ones), then the other four; the
+#: original's order is 4, 0, 5, 2, 6, 1, 3, 7 of ours. The original's ``{}`` is our ``{action}``.
 PROMPT_TEMPLATES: tuple[str, ...] = (
     "a photo of an athlete {action}",
     "a side shot of a person {action}",
     "a blurry image of an athlete {action}",
     "a high speed shot of a person {action}",
+    "a picture of an athlete {action}",
+    "a low resolution picture of a person {action}",
+    "a nice shot of a person {action}",
+    "a slow motion shot of a person {action}",
 )
 
 
@@ -58,7 +67,10 @@ def format_prompt(action: str, template: int | str = 0) -> str:
 
 
 def prompt_for_sample(action: str, seed: int, templates: Sequence[str] = PROMPT_TEMPLATES) -> str:
-    """The prompt of one sample: a template chosen by the sample's seed (reproducible, order-free)."""
+    """The prompt of one image: a template drawn uniformly from the prompt stream of ``seed``
+    (:func:`~diffusion_hpc.data.seeds.prompt_rng`; reproducible, order-free). Pass a guide's seed for
+    its start image and each sample's own seed for its regeneration, so every variant draws its own
+    template as the original does."""
     rng = prompt_rng(seed)
     return format_prompt(action, templates[int(rng.integers(len(templates)))])
 

@@ -122,6 +122,16 @@ def prompt_text(line: str, seed: int) -> str:
     return line.strip() if is_full_prompt(line) else prompt_for_sample(line, seed)
 
 
+def variant_prompt(line: str, run_seed: int, index: int) -> str:
+    """The regeneration prompt of sample ``index`` of modes T and R (variant ``index % k`` of guide
+    ``index // k``): :func:`prompt_text` with the sample's own seed
+    (:func:`~diffusion_hpc.data.seeds.sample_seed`), so every variant draws its own template, as the
+    original draws one per regenerated image, while its guide's start image keeps the guide's draw.
+    Reproducible and order-free: it depends on (run seed, sample index) only.
+    """
+    return prompt_text(line, sample_seed(run_seed, index))
+
+
 def pick_line(lines: list[str], item: int) -> str:
     """Prompt line of guide (mode T/R) or sample (mode D) ``item``: round robin over the lines."""
     return lines[int(item) % len(lines)]

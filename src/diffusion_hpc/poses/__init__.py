@@ -8,6 +8,14 @@ funding from NSF EIA-0196217.
 
 from __future__ import annotations
 
-from diffusion_hpc.poses.io import PoseSet, builtin_poses, import_bvh, load_pose_file, save_pose_file
+from diffusion_hpc.poses.io import (
+    BUILTIN_SETS,
+    PoseSet,
+    builtin_poses,
+    import_bvh,
+    load_pose_file,
+    load_pose_set,
+    save_pose_file,
+)
 
-__all__ = ["PoseSet", "load_pose_file", "save_pose_file", "builtin_poses", "import_bvh"]
+__all__ = ["BUILTIN_SETS", "PoseSet", "load_pose_file", "load_pose_set", "save_pose_file", "builtin_poses", "import_bvh"]

@@ -37,7 +37,12 @@ same directory, then ``os.replace``).
 
 The packaged set (:func:`builtin_poses`, ``diffusion_hpc/poses/data/cmu_builtin.npz``) holds real
 motion-capture poses of the CMU Graphics Lab Motion Capture Database retargeted to Anny by
-``scripts/build_builtin_poses.py`` (see :mod:`diffusion_hpc.poses.retarget`).
+``scripts/build_builtin_poses.py`` (see :mod:`diffusion_hpc.poses.retarget`). Named subsets
+(:data:`BUILTIN_SETS`; ``builtin-hard``: the poses the shipped prior calls hard) are lists of pose
+names in ``cmu_builtin_sets.npz`` (format ``dhpc-pose-sets/1``: ``format``, then per set
+``<set>`` (M,) str names and ``<set>.selection`` a JSON string saying how they were chosen),
+written by ``scripts/fit_default_prior.py``. :func:`load_pose_set` resolves ``--poses``: a set
+name or a pose file.
 
 The data used in this project was obtained from mocap.cs.cmu.edu. The database was created with
 funding from NSF EIA-0196217.
@@ -45,6 +50,7 @@ funding from NSF EIA-0196217.
 
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 from dataclasses import dataclass, field, fields
@@ -253,13 +259,81 @@ def save_pose_file(path: str | os.PathLike, pose_set: PoseSet, rotation_dtype=np
     return p
 
 
-def builtin_poses() -> PoseSet:
-    """The packaged CMU motion-capture poses for Anny (``diffusion_hpc/poses/data/cmu_builtin.npz``)."""
+#: named packaged pose sets (``--poses NAME``): every built-in pose, or the hard ones
+BUILTIN_SETS = ("builtin", "builtin-hard")
+#: the packaged selections of :data:`BUILTIN_SETS` (pose names per set, and how each was chosen)
+SETS_FORMAT = "dhpc-pose-sets/1"
+SETS_FILE = "data/cmu_builtin_sets.npz"
+
+
+def _packaged(relative: str):
+    """A context manager giving the path of a packaged file of ``diffusion_hpc.poses``."""
     from importlib import resources
 
-    ref = resources.files("diffusion_hpc.poses").joinpath("data/cmu_builtin.npz")
-    with resources.as_file(ref) as path:
-        return load_pose_file(path)
+    return resources.as_file(resources.files("diffusion_hpc.poses").joinpath(relative))
+
+
+def builtin_set_selection(name: str) -> dict:
+    """How the packaged set ``name`` was chosen (criterion, prior, threshold, counts), as
+    written by ``scripts/fit_default_prior.py``; ``{}`` for ``"builtin"`` (all poses)."""
+    _check_set_name(name)
+    if name == "builtin":
+        return {}
+    with _packaged(SETS_FILE) as path, np.load(path, allow_pickle=False) as npz:
+        return json.loads(str(npz[f"{name}.selection"]))
+
+
+def builtin_set_names(name: str) -> np.ndarray:
+    """(M,) str: the pose names of the packaged set ``name`` (a subset of :func:`builtin_poses`)."""
+    _check_set_name(name)
+    if name == "builtin":
+        return builtin_poses().name
+    with _packaged(SETS_FILE) as path, np.load(path, allow_pickle=False) as npz:
+        if _scalar_string(npz["format"]) != SETS_FORMAT:
+            raise InputError(f"{path}: 'format' is {npz['format']!r}, expected {SETS_FORMAT!r}; reinstall the package")
+        return npz[name].astype(str)
+
+
+def _check_set_name(name: str) -> None:
+    if name not in BUILTIN_SETS:
+        raise ConfigError(f"unknown built-in pose set {name!r}; choose one of {', '.join(BUILTIN_SETS)} "
+                          "or pass a pose file (.npz)")
+
+
+def builtin_poses(name: str = "builtin") -> PoseSet:
+    """A packaged pose set for Anny: ``"builtin"``, the CMU motion-capture poses
+    (``diffusion_hpc/poses/data/cmu_builtin.npz``), or ``"builtin-hard"``, those of them the
+    shipped Anny prior calls hard (:func:`builtin_set_selection` says how they were chosen).
+
+    Raises:
+        ConfigError: ``name`` is not one of :data:`BUILTIN_SETS`.
+    """
+    _check_set_name(name)
+    with _packaged("data/cmu_builtin.npz") as path:
+        poses = load_pose_file(path)
+    if name == "builtin":
+        return poses
+    names = builtin_set_names(name)
+    row = {n: i for i, n in enumerate(poses.name)}
+    missing = [n for n in names if n not in row]
+    if missing:
+        raise InputError(f"the packaged set {name!r} names {len(missing)} poses not in cmu_builtin.npz "
+                         f"(first {missing[0]!r}); rebuild it with scripts/fit_default_prior.py --sets-only")
+    return poses.subset([row[n] for n in names])
+
+
+def load_pose_set(spec: str | os.PathLike) -> PoseSet:
+    """The poses ``spec`` names: a packaged set (:data:`BUILTIN_SETS`) or a pose file path.
+
+    A string starting with ``builtin`` that is neither a packaged set nor an existing file is
+    refused with the list of sets (a typo such as ``builtin_hard`` is not read as a path).
+    """
+    text = os.fspath(spec)
+    if isinstance(spec, str) and text in BUILTIN_SETS:
+        return builtin_poses(text)
+    if isinstance(spec, str) and text.startswith("builtin") and not Path(text).exists():
+        _check_set_name(text)
+    return load_pose_file(text)
 
 
 def import_bvh(paths: list[str], out: str, every: int = 1, max_frames: int | None = None) -> PoseSet:

@@ -1,6 +1,7 @@
 """Pose augmentation: k variants per guide (Diffusion-HPC step 4).
 
-Variant 0 is the guide itself; variants 1..k-1 are ``prior.perturb`` of its body pose, with
+Variant 0 is the guide itself; variants 1..k-1 are ``prior.perturb`` of its body pose (pushed
+away from the prior's mean, as the original's z · (1.5 + 0.3 N): on average harder), with
 global-orientation jitter (+ N(0, 1) · 10° per axis, as in the original) and shape jitter (Anny
 phenotype: + N(0, 1) · :data:`PHENOTYPE_JITTER`, clipped to [0, 1]; SMPL betas: · (1 + 0.1 N(0, 1))).
 A variant whose pose is not ``prior.is_plausible`` is redrawn, at most ``max_tries`` times (then

@@ -21,6 +21,12 @@ class PosePrior(torch.nn.Module):
     #: score at or above which a pose counts as hard (calibrated per prior, documented)
     hard_threshold: float = float("inf")
 
+    @property
+    def corpus_hard_threshold(self) -> float:
+        """The hard threshold for the prior's own training poses, which it scores in-sample (lower
+        than new poses); equal to :attr:`hard_threshold` for a prior without such a calibration."""
+        return self.hard_threshold
+
     def score(self, body_pose: torch.Tensor) -> torch.Tensor:
         """(B,) one number per pose: higher = harder / less typical."""
         raise NotImplementedError
