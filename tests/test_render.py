@@ -329,6 +329,25 @@ def test_normals_match_between_windings(renderer):
     np.testing.assert_allclose(a.normals, b.normals, atol=1e-6)
 
 
+def test_label_pass_reads_depth_and_face_ids_only(renderer):
+    """``normals=False`` (the pipeline's label pass): the same depth, mask and face ids, no per-pixel
+    normals, and each pixel's face normal equals the normal the full pass writes there."""
+    H, W = 64, 64
+    K = make_K(f=70.0, cx=31.5, cy=32.5)
+    v, f = body_like_mesh(z=2.5)
+    verts = np.stack([v, v + [0.05, 0.0, 0.3]])
+    full = renderer.render(verts, f, K, (H, W))
+    label = renderer.render(verts, f, K, (H, W), normals=False)
+    assert label.normals is None and label.face_normals.shape == (2, len(f), 3)
+    np.testing.assert_array_equal(label.depth, full.depth)
+    np.testing.assert_array_equal(label.face_id, full.face_id)
+    np.testing.assert_array_equal(label.mask, full.mask)
+    for b in range(2):
+        m = label.mask[b]
+        np.testing.assert_allclose(label.face_normals[b][label.face_id[b][m]], full.normals[b][m], atol=1e-5)
+    assert label.take([0, 1]) is label and label.take([1]).depth.shape == (1, H, W)
+
+
 # ----------------------------------------------------------------------------------------------
 # (f) factory
 # ----------------------------------------------------------------------------------------------

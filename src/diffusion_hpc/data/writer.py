@@ -8,9 +8,12 @@ Layout of a dataset directory::
     manifest.jsonl           all rows, consolidated when the run finishes
     preview.png              image | depth | silhouette and keypoints, a few samples
 
-A shard is committed in two atomic renames: its manifest part first, then its tar. A shard is
-complete when its tar exists; a run killed at any point loses at most the shards in progress, and
-``resume`` regenerates exactly those (samples are reproducible from (seed, index)), so no sample is
+A shard is streamed (:class:`ShardStream`): its records are encoded and appended to a temporary tar
+on a writer thread while the next batch is made, so a run holds a bounded number of records
+whatever the shard size. It is committed in two atomic renames: its manifest part first, then its
+tar. A shard is complete when its tar exists; a run killed at any point loses at most the shards in
+progress (their temporary tars are removed when the folder is opened again), and ``resume``
+regenerates exactly those (samples are reproducible from (seed, index)), so no sample is
 duplicated or dropped.
 
 A run writes under the folder's lock (:mod:`diffusion_hpc.data.lock`, ``.lock``), which the
@@ -27,7 +30,10 @@ import errno
 import io
 import json
 import os
+import queue
 import tarfile
+import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,23 +95,137 @@ def storage_errors(label: str, what: str, retry: str = RETRY) -> Iterator[None]:
 OPTIONAL_ROW_KEYS = ("sampler", "backbone")
 
 
-def _tar_bytes(records: Iterable[SampleRecord]) -> bytes:
-    """A WebDataset tar (members ``<key>.<ext>``, deterministic headers) of ``records``."""
-    from concurrent.futures import ThreadPoolExecutor
+#: records a shard stream holds at most before :meth:`ShardStream.add` waits for the encoder: with
+#: the batch being made, the most records a run holds at once (memory flat in the shard size)
+STREAM_DEPTH = 16
 
-    # PNG encoding releases the GIL: encode the records on all cores, write them in order.
-    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        encoded = list(pool.map(encode, records))
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for record, members in zip(records, encoded):
-            for ext, data in members.items():
-                info = tarfile.TarInfo(f"{record.key}.{ext}")
-                info.size = len(data)
-                info.mtime = 0
-                info.mode = 0o644
-                tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+
+def _add_members(tar: tarfile.TarFile, key: str, members: dict[str, bytes]) -> None:
+    """Append one record's members (``<key>.<ext>``, deterministic headers) to a WebDataset tar."""
+    for ext, data in members.items():
+        info = tarfile.TarInfo(f"{key}.{ext}")
+        info.size = len(data)
+        info.mtime = 0
+        info.mode = 0o644
+        tar.addfile(info, io.BytesIO(data))
+
+
+def commit_file(tmp: Path, target: Path) -> None:
+    """Make the finished file ``tmp`` (in ``target``'s folder) ``target``: fsync, mode 0644, rename.
+
+    A shard's tar is committed through here (its manifest part through ``atomic_write_bytes``)."""
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600
+    os.replace(tmp, target)
+
+
+class ShardStream:
+    """One shard being written, streamed: records are PNG-encoded and appended to the shard's
+    temporary tar on a writer thread as they come, while the caller makes the next batch.
+
+    At most :data:`STREAM_DEPTH` records wait in the queue (:meth:`add` blocks when it is full), so
+    a shard of any size holds about one batch plus the queue in memory. The tar's bytes equal
+    those of writing all records at once. :meth:`commit` makes the shard complete (manifest part,
+    then tar: the commit point); leaving the ``with`` block without a commit (an error, a full
+    disk) removes the temporary tar, and nothing of the shard is committed. A killed process leaves
+    the temporary file behind; the next :meth:`DatasetWriter.open` (under the folder's lock)
+    removes it.
+
+    ``waited`` is the time the caller spent in :meth:`add` and :meth:`commit` (encoding and
+    writing not hidden behind the caller's work).
+    """
+
+    def __init__(self, writer: "DatasetWriter", shard: int, depth: int = STREAM_DEPTH) -> None:
+        self.writer, self.shard = writer, shard
+        self.target = writer.shard_path(shard)
+        self.waited = 0.0
+        self._keys: set[str] = set()
+        self._error: BaseException | None = None
+        self._done = False
+        with self._storage():
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=self.target.parent)
+        self.tmp = Path(tmp)
+        self._fh = os.fdopen(fd, "wb")
+        self._tar = tarfile.open(fileobj=self._fh, mode="w", format=tarfile.USTAR_FORMAT)
+        self._queue: "queue.Queue[SampleRecord | None]" = queue.Queue(maxsize=max(1, depth))
+        self._thread = threading.Thread(target=self._drain, name=f"dhpc-shard-{shard}", daemon=True)
+        self._thread.start()
+
+    def _storage(self):
+        return storage_errors(self.writer.label, f"shard {shard_name(self.shard)}", self.writer.retry)
+
+    def _drain(self) -> None:
+        """The writer thread: encode and append each queued record, in order, until ``None``."""
+        while True:
+            record = self._queue.get()
+            if record is None:
+                return
+            if self._error is not None:
+                continue  # keep draining so that add() never blocks on a dead writer
+            try:
+                _add_members(self._tar, record.key, encode(record))
+            except BaseException as exc:  # handed to the caller by add() / commit()
+                self._error = exc
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            with self._storage():
+                raise self._error
+
+    def add(self, records: Iterable[SampleRecord]) -> None:
+        """Queue ``records`` (in shard order) for encoding; waits while the queue is full."""
+        t0 = time.perf_counter()
+        for record in records:
+            self._raise_error()
+            if record.key in self._keys:  # pragma: no cover - guarded by the pipeline
+                raise RuntimeError(f"duplicate key {record.key} in shard {self.shard}")
+            self._keys.add(record.key)
+            self._queue.put(record)
+        self.waited += time.perf_counter() - t0
+
+    def _stop(self) -> None:
+        """Let the writer thread finish what is queued and end."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def commit(self, rows: list[ManifestRow]) -> None:
+        """Finish the tar and commit the shard: manifest part, then tar (the commit point)."""
+        t0 = time.perf_counter()
+        self._stop()
+        self._raise_error()
+        with self._storage():
+            self._tar.close()
+            self._fh.close()
+            manifest = self.writer.manifest_path(self.shard)
+            atomic_write_bytes(manifest, "".join(r.to_json() + "\n" for r in rows).encode())
+            try:
+                commit_file(self.tmp, self.target)
+            except BaseException:  # no manifest part without its tar: the shard is not committed
+                with contextlib.suppress(OSError):
+                    os.unlink(manifest)
+                raise
+        self._done = True
+        self.waited += time.perf_counter() - t0
+
+    def abort(self) -> None:
+        """Drop the shard: stop the writer thread, remove the temporary tar (nothing is committed)."""
+        self._stop()
+        with contextlib.suppress(Exception):
+            self._tar.close()
+        with contextlib.suppress(Exception):
+            self._fh.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.tmp)
+        self._done = True
+
+    def __enter__(self) -> "ShardStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self._done:
+            self.abort()
 
 
 def same_config(saved_yaml: str, config_yaml: str) -> bool:
@@ -158,7 +278,17 @@ class DatasetWriter:
             (self.root / "manifest").mkdir(exist_ok=True)
             if not (self.root / "config.yaml").exists():
                 atomic_write_bytes(self.root / "config.yaml", self.config_yaml.encode())
+            self._remove_stale_temporaries()
         return self
+
+    def _remove_stale_temporaries(self) -> None:
+        """Remove the temporary files a killed run left in shards/ and manifest/ (a shard in the
+        making, a manifest part being committed). Called from :meth:`open`, which the engine calls
+        under the folder's lock before any shard is made, so no live writer owns them."""
+        for folder in (self.root / "shards", self.root / "manifest"):
+            for tmp in folder.glob(".shard-*.tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
 
     def shard_path(self, shard: int) -> Path:
         return self.root / "shards" / f"{shard_name(shard)}.tar"
@@ -170,20 +300,16 @@ class DatasetWriter:
         """True when shard ``shard`` was committed (its tar exists)."""
         return self.shard_path(shard).exists()
 
+    def open_shard(self, shard: int, depth: int = STREAM_DEPTH) -> ShardStream:
+        """A :class:`ShardStream` for shard ``shard``: ``with writer.open_shard(s) as stream:``
+        ``stream.add(records)`` per batch, then ``stream.commit(rows)``."""
+        return ShardStream(self, shard, depth)
+
     def write_shard(self, shard: int, records: list[SampleRecord], rows: list[ManifestRow]) -> None:
-        """Commit one shard: manifest part, then tar (the commit point)."""
-        keys = [r.key for r in records]
-        if len(set(keys)) != len(keys):  # pragma: no cover - guarded by the pipeline
-            raise RuntimeError(f"duplicate keys in shard {shard}")
-        data = _tar_bytes(records)
-        with storage_errors(self.label, f"shard {shard_name(shard)}", self.retry):
-            atomic_write_bytes(self.manifest_path(shard), "".join(r.to_json() + "\n" for r in rows).encode())
-            try:
-                atomic_write_bytes(self.shard_path(shard), data)
-            except BaseException:  # no manifest part without its tar: the shard is not committed
-                with contextlib.suppress(OSError):
-                    os.unlink(self.manifest_path(shard))
-                raise
+        """Commit one shard of ``records`` at once: manifest part, then tar (the commit point)."""
+        with self.open_shard(shard) as stream:
+            stream.add(records)
+            stream.commit(rows)
 
     def finalize(self, shards: int | Iterable[int], summary: dict) -> Path:
         """Consolidate the manifest of ``shards`` (a count: shards 0..count-1; or the shard numbers of

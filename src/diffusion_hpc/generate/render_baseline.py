@@ -210,10 +210,7 @@ def _put_rows(out: np.ndarray, idx: np.ndarray, rows: np.ndarray) -> None:
 
 def render_item(renders: RenderOutput, i: int) -> RenderOutput:
     """Item ``i`` of a batched :class:`RenderOutput`, unbatched: (H, W), (H, W, 3) views."""
-    return RenderOutput(
-        depth=renders.depth[i], mask=renders.mask[i], normals=renders.normals[i],
-        face_id=renders.face_id[i],
-    )
+    return renders.item(i)
 
 
 def _unbatch(render: RenderOutput) -> RenderOutput:
@@ -238,8 +235,9 @@ def shade(render: RenderOutput, face_part: np.ndarray, appearance: Appearance) -
 
     Args:
         render: ONE image's buffers (see :func:`render_item`): mask (H, W) bool, normals
-            (H, W, 3) float32 unit camera-frame normals facing the camera, face_id (H, W) int32
-            (-1 on background); depth is not used. A batch of one is accepted too.
+            (H, W, 3) float32 unit camera-frame normals facing the camera (or None, and the face
+            normals (F, 3) instead), face_id (H, W) int32 (-1 on background); depth is not used.
+            A batch of one is accepted too.
         face_part: (F,) int part index per face into :data:`BODY_PARTS`.
         appearance: the look to render.
 
@@ -259,7 +257,12 @@ def shade(render: RenderOutput, face_part: np.ndarray, appearance: Appearance) -
     fid = face_id.reshape(-1)[idx]
     fid = np.clip(fid, 0, face_part.shape[0] - 1)  # defensive: a masked pixel always has a face
     part = np.asarray(face_part)[fid]
-    n = _take_rows(normals.reshape(-1, 3), idx).astype(np.float32, copy=False)
+    if normals is not None:
+        n = _take_rows(normals.reshape(-1, 3), idx).astype(np.float32, copy=False)
+    elif render.face_normals is not None:
+        n = _take_rows(render.face_normals, fid).astype(np.float32, copy=False)
+    else:
+        raise ValueError("shade() needs normals: a render with per-pixel normals or with face normals")
 
     # albedo variation: per face, plus a smooth image-space field (drawn at 1/4 resolution)
     tex_rng = np.random.default_rng(appearance.texture_seed)

@@ -10,7 +10,8 @@ samples still alive travels batch first, aligned with their logs:
     verify     -> Verification  re-estimate and person mask of each final image
 
 ``take(rows)`` keeps the samples at ``rows`` (positions in the batch), so a stage that rejects
-samples hands on the survivors only; their logs keep the reason.
+samples hands on the survivors only; their logs keep the reason. A ``take`` that keeps every sample
+returns the same object: a batch's render buffers are never copied when nothing was dropped.
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ class SampleLog:
 def alive(logs: Sequence[SampleLog]) -> list[int]:
     """Positions of the samples that have not failed."""
     return [i for i, log in enumerate(logs) if not log.reason]
+
+
+def everyone(rows: Sequence[int], count: int) -> bool:
+    """True when ``rows`` are all ``count`` positions in order (a ``take`` that keeps everything)."""
+    return list(rows) == list(range(count))
 
 
 def _take_dict(values: dict[str, np.ndarray], rows: Sequence[int]) -> dict[str, np.ndarray]:
@@ -136,9 +142,10 @@ class Labels:
 
     def take(self, rows: Sequence[int]) -> "Labels":
         rows = list(rows)
-        r = self.render
-        render = RenderOutput(r.depth[rows], r.mask[rows], r.normals[rows], r.face_id[rows])
-        return Labels(self.bodies.take(rows), _take_dict(self.joints3d, rows), self.keypoints2d[rows], render)
+        if everyone(rows, len(self)):  # nobody dropped: the same buffers, no copy of the renders
+            return self
+        return Labels(self.bodies.take(rows), _take_dict(self.joints3d, rows), self.keypoints2d[rows],
+                      self.render.take(rows))  # fmt: skip
 
 
 @dataclass
@@ -162,6 +169,8 @@ class Generated:
 
     def take(self, rows: Sequence[int]) -> "Generated":
         rows = list(rows)
+        if everyone(rows, len(self)):
+            return self
         return Generated(self.labels.take(rows), self.images[rows])
 
 

@@ -75,8 +75,9 @@ def label(stages: Stages, bodies: PlacedBodies, size: tuple[int, int], timer: St
     with torch.no_grad():
         out = stages.body(params)
     timer.lap("body")
+    # depth and face ids only: a pixel's normal is its face's (RenderOutput.face_normals)
     render = stages.renderer.render(out.vertices.numpy().astype(np.float32), stages.faces,
-                                    bodies.K.astype(np.float32), tuple(size))  # fmt: skip
+                                    bodies.K.astype(np.float32), tuple(size), normals=False)  # fmt: skip
     timer.lap("render")
     joints3d = {name: j.numpy().astype(np.float64) for name, j in out.joints.items()}
     keypoints = []

@@ -8,6 +8,7 @@ to ``u = fx * x / z + cx``, ``v = fy * y / z + cy``. Depth is metric camera-fram
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -19,11 +20,49 @@ class RenderOutput:
     Attributes:
         depth: (B, H, W) float32, camera-frame z in metres, 0 where no surface.
         mask: (B, H, W) bool, True where a face covers the pixel centre.
-        normals: (B, H, W, 3) float32 unit camera-frame normals facing the camera, 0 on background.
+        normals: (B, H, W, 3) float32 unit camera-frame normals facing the camera, 0 on background;
+            None when the caller did not ask for per-pixel normals (``render(..., normals=False)``:
+            :attr:`face_normals` then give them, per face).
         face_id: (B, H, W) int32 index of the visible triangle, -1 on background.
+        face_normals: (B, F, 3) float32 unit camera-frame normal of every face, facing the camera
+            (a pixel's normal is ``face_normals[b, face_id]``); None when the renderer did not say.
     """
 
     depth: np.ndarray
     mask: np.ndarray
-    normals: np.ndarray
+    normals: np.ndarray | None
     face_id: np.ndarray
+    face_normals: np.ndarray | None = None
+
+    def item(self, i: int) -> "RenderOutput":
+        """Item ``i``, unbatched: (H, W), (H, W, 3), (F, 3) views (no copy)."""
+        return RenderOutput(self.depth[i], self.mask[i], None if self.normals is None else self.normals[i],
+                            self.face_id[i], None if self.face_normals is None else self.face_normals[i])
+
+    def take(self, rows: Sequence[int]) -> "RenderOutput":
+        """The items at ``rows``; the same arrays (no copy) when ``rows`` are all items in order."""
+        rows = list(rows)
+        if rows == list(range(len(self.mask))):
+            return self
+        normals, face_normals = self.normals, self.face_normals
+        return RenderOutput(self.depth[rows], self.mask[rows], None if normals is None else normals[rows],
+                            self.face_id[rows], None if face_normals is None else face_normals[rows])
+
+
+def face_normals_facing_camera(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Unit normal of every face, oriented towards the camera (``n . v0 < 0``; 0 for a degenerate face).
+
+    Args:
+        vertices: (B, V, 3) camera-frame vertices; faces: (F, 3) vertex indices.
+
+    Returns:
+        (B, F, 3) float32 normals (what the renderers write per pixel).
+    """
+    v = np.asarray(vertices, np.float32)
+    v0, v1, v2 = (v[:, faces[:, k]] for k in range(3))
+    n = np.cross(v1 - v0, v2 - v0)
+    length = np.sqrt(np.einsum("bfi,bfi->bf", n, n))[..., None]
+    n = np.divide(n, length, out=np.zeros_like(n), where=length > 0)
+    flip = np.einsum("bfi,bfi->bf", n, v0) > 0
+    n[flip] *= -1.0
+    return n

@@ -11,6 +11,9 @@ Outputs are written to float colour attachments, not read from the depth buffer:
   every attachment with float values, i.e. an integer attachment receives the float's bit pattern:
   0.0 is the only clear value that means the same as an int, hence the +1.)
 
+Without per-pixel normals (``render(..., normals=False)``, what the pipeline asks for) a second
+program and framebuffer write only z and the face id, and only those two are read back; the face
+normals are then computed per face on the CPU (:func:`~diffusion_hpc.render.base.face_normals_facing_camera`).
 Each attachment is read straight into its output array (no reshuffling copies).
 
 The projection matrix maps the OpenCV pixel convention onto GL's: pixel (row i, col j) has its centre
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffusion_hpc.render.base import RenderOutput
+from diffusion_hpc.render.base import RenderOutput, face_normals_facing_camera
 
 NEAR = 0.05
 FAR = 100.0
@@ -77,6 +80,20 @@ layout(location = 2) out int out_fid;
 void main() {
     out_z = g_pos.z;
     out_normal = vec4(g_normal, 0.0);
+    out_fid = g_fid;
+}
+"""
+
+#: the label pass: depth and face id only (2 attachments, 8 bytes a pixel to read back, not 20)
+_FS_LABEL = """
+#version 330
+in vec3 g_pos;
+flat in vec3 g_normal;
+flat in int g_fid;
+layout(location = 0) out float out_z;
+layout(location = 1) out int out_fid;
+void main() {
+    out_z = g_pos.z;
     out_fid = g_fid;
 }
 """
@@ -138,27 +155,28 @@ class GLRenderer:
         self._mgl = moderngl
         ctx = self._ctx
         try:
-            self._prog = ctx.program(vertex_shader=_VS, geometry_shader=_GS, fragment_shader=_FS)
+            # with per-pixel normals (True) and without (False: the label pass)
+            self._progs = {normals: ctx.program(vertex_shader=_VS, geometry_shader=_GS, fragment_shader=fs)
+                           for normals, fs in ((True, _FS), (False, _FS_LABEL))}  # fmt: skip
         except Exception as exc:
             ctx.release()
             raise RuntimeError(f"OpenGL 3.3 shaders do not compile on this context: {exc}") from exc
         self._size: tuple[int, int] | None = None
-        self._fbo = None
+        self._fbos: dict = {}
         self._attachments: tuple = ()
         self._n_verts = -1
         self._faces: np.ndarray | None = None
         self._vbo = None
         self._ibo = None
-        self._vao = None
+        self._vaos: dict = {}
 
     # -- resources -------------------------------------------------------------------------
     def _ensure_fbo(self, size: tuple[int, int]) -> None:
         """(Re)create the framebuffer when the image size (H, W) changes."""
         if self._size == size:
             return
-        for obj in (self._fbo, *self._attachments):
-            if obj is not None:
-                obj.release()
+        for obj in (*self._fbos.values(), *self._attachments):
+            obj.release()
         H, W = size
         ctx = self._ctx
         z = ctx.renderbuffer((W, H), components=1, dtype="f4")
@@ -166,7 +184,8 @@ class GLRenderer:
         fid = ctx.renderbuffer((W, H), components=1, dtype="i4")
         zbuf = ctx.depth_renderbuffer((W, H))
         self._attachments = (z, normal, fid, zbuf)
-        self._fbo = ctx.framebuffer(color_attachments=[z, normal, fid], depth_attachment=zbuf)
+        self._fbos = {True: ctx.framebuffer(color_attachments=[z, normal, fid], depth_attachment=zbuf),
+                      False: ctx.framebuffer(color_attachments=[z, fid], depth_attachment=zbuf)}  # fmt: skip
         self._size = size
 
     def _ensure_mesh(self, n_verts: int, faces: np.ndarray) -> None:
@@ -184,14 +203,15 @@ class GLRenderer:
                 self._ibo.release()
             self._ibo = ctx.buffer(np.ascontiguousarray(faces, dtype="u4").tobytes())
             self._faces = faces.copy()
-        if self._vao is not None:
-            self._vao.release()
-        self._vao = ctx.vertex_array(self._prog, [(self._vbo, "3f", "in_pos")],
-                                     index_buffer=self._ibo, index_element_size=4)
+        for vao in self._vaos.values():
+            vao.release()
+        self._vaos = {normals: ctx.vertex_array(prog, [(self._vbo, "3f", "in_pos")], index_buffer=self._ibo,
+                                                index_element_size=4)
+                      for normals, prog in self._progs.items()}  # fmt: skip
         self._n_verts = n_verts
 
     # -- rendering -------------------------------------------------------------------------
-    def render(self, vertices, faces, K, size) -> RenderOutput:
+    def render(self, vertices, faces, K, size, normals: bool = True) -> RenderOutput:
         """Render a batch of meshes sharing one topology.
 
         Args:
@@ -199,10 +219,12 @@ class GLRenderer:
             faces: (F, 3) integer vertex indices, shared by the batch (F < 2**31).
             K: (3, 3) or (B, 3, 3) pinhole intrinsics in pixels.
             size: (H, W) output size.
+            normals: also render and read back per-pixel normals; without them (faster) the output's
+                ``normals`` is None and its ``face_normals`` give each pixel's normal.
 
         Returns:
-            RenderOutput with depth (B,H,W) f32, mask (B,H,W) bool, normals (B,H,W,3) f32,
-            face_id (B,H,W) i32.
+            RenderOutput with depth (B,H,W) f32, mask (B,H,W) bool, normals (B,H,W,3) f32 (or None),
+            face_id (B,H,W) i32, face_normals (B,F,3) f32.
         """
         verts = _to_numpy(vertices, np.float32)
         if verts.ndim == 2:
@@ -222,44 +244,53 @@ class GLRenderer:
             raise ValueError(f"K must be (3, 3) or (B, 3, 3) with B={B}, got {Ks.shape}")
         H, W = int(size[0]), int(size[1])
 
-        depth = np.zeros((B, H, W), np.float32)
-        normals = np.zeros((B, H, W, 3), np.float32)
-        face_id = np.zeros((B, H, W), np.int32)
-        if faces_np.shape[0] and B:
+        draw = bool(faces_np.shape[0] and B)
+        alloc = np.empty if draw else np.zeros  # every drawn pixel is read back into the arrays
+        depth = alloc((B, H, W), np.float32)
+        normal_map = alloc((B, H, W, 3), np.float32) if normals else None
+        face_id = alloc((B, H, W), np.int32)
+        if draw:
             with self._ctx:  # make the context current in this thread
-                self._draw_batch(verts, faces_np, Ks, (H, W), depth, normals, face_id)
+                self._draw_batch(verts, faces_np, Ks, (H, W), depth, normal_map, face_id)
         face_id -= 1
-        return RenderOutput(depth=depth, mask=face_id >= 0, normals=normals, face_id=face_id)
+        return RenderOutput(depth=depth, mask=face_id >= 0, normals=normal_map, face_id=face_id,
+                            face_normals=face_normals_facing_camera(verts, faces_np))
 
     def _draw_batch(self, verts, faces, Ks, size, depth_out, normal_out, fid_out) -> None:
-        """Draw each batch item into the persistent FBO and read it back into the out arrays."""
+        """Draw each batch item into the persistent FBO and read it back into the out arrays
+        (``normal_out`` None: the label pass, depth and face id only)."""
         ctx, mgl = self._ctx, self._mgl
         self._ensure_fbo(size)
         self._ensure_mesh(verts.shape[1], faces)
         H, W = size
-        fbo = self._fbo
+        with_normals = normal_out is not None
+        fbo, vao = self._fbos[with_normals], self._vaos[with_normals]
+        fid_attachment = 2 if with_normals else 1
         fbo.use()
         ctx.viewport = (0, 0, W, H)
         ctx.enable(mgl.DEPTH_TEST)
         ctx.disable(mgl.CULL_FACE | mgl.BLEND)
         ctx.depth_func = "<"
-        proj = self._prog["proj"]
+        proj = self._progs[with_normals]["proj"]
         for b in range(verts.shape[0]):
-            self._vbo.write(verts[b].tobytes())
+            self._vbo.write(verts[b])
             P = projection_from_K(Ks[b], size, self.near, self.far)
             proj.write(P.T.astype(np.float32).tobytes())  # GL matrices are column-major
             fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
-            self._vao.render(mgl.TRIANGLES)
+            vao.render(mgl.TRIANGLES)
             fbo.read_into(depth_out[b], components=1, attachment=0, dtype="f4")
-            fbo.read_into(normal_out[b], components=3, attachment=1, dtype="f4")
-            fbo.read_into(fid_out[b], components=1, attachment=2, dtype="i4")
+            if with_normals:
+                fbo.read_into(normal_out[b], components=3, attachment=1, dtype="f4")
+            fbo.read_into(fid_out[b], components=1, attachment=fid_attachment, dtype="i4")
 
     def release(self) -> None:
         """Free the GL objects and the context (the renderer is unusable afterwards)."""
         with self._ctx:
-            for obj in (self._vao, self._vbo, self._ibo, self._fbo, self._prog, *self._attachments):
+            for obj in (*self._vaos.values(), self._vbo, self._ibo, *self._fbos.values(), *self._progs.values(),
+                        *self._attachments):
                 if obj is not None:
                     obj.release()
-        self._vao = self._vbo = self._ibo = self._fbo = None
+        self._vbo = self._ibo = None
+        self._vaos, self._fbos, self._progs = {}, {}, {}
         self._attachments = ()
         self._ctx.release()

@@ -235,7 +235,7 @@ class TorchRenderer:
     def __init__(self, near: float = NEAR, far: float = FAR, budget: int = 2_000_000):
         self.near, self.far, self.budget = float(near), float(far), int(budget)
 
-    def render(self, vertices, faces, K, size) -> RenderOutput:
+    def render(self, vertices, faces, K, size, normals: bool = True) -> RenderOutput:
         """Render a batch of meshes sharing one topology.
 
         Args:
@@ -243,10 +243,12 @@ class TorchRenderer:
             faces: (F, 3) integer vertex indices, shared by the batch.
             K: (3, 3) or (B, 3, 3) pinhole intrinsics in pixels.
             size: (H, W) output size.
+            normals: also fill per-pixel normals; without them the output's ``normals`` is None and
+                its ``face_normals`` give each pixel's normal.
 
         Returns:
-            RenderOutput with depth (B,H,W) f32, mask (B,H,W) bool, normals (B,H,W,3) f32,
-            face_id (B,H,W) i32.
+            RenderOutput with depth (B,H,W) f32, mask (B,H,W) bool, normals (B,H,W,3) f32 (or None),
+            face_id (B,H,W) i32, face_normals (B,F,3) f32.
         """
         import torch
 
@@ -254,12 +256,15 @@ class TorchRenderer:
         depth, fid = rasterize(v, f, k, size, self.near, self.far, self.budget)
         B, H, W = depth.shape
         mask = fid >= 0
-        normals = torch.zeros((B, H, W, 3), dtype=torch.float32)
-        if f.shape[0]:
-            fn, _ = face_normals_facing_camera(v[:, f].float())  # (B, F, 3)
-            b_idx = torch.arange(B)[:, None, None].expand(B, H, W)
-            normals[mask] = fn[b_idx[mask], fid[mask]]
+        fn = face_normals_facing_camera(v[:, f].float())[0] if f.shape[0] else torch.zeros((B, 0, 3))  # (B, F, 3)
+        normal_map = None
+        if normals:
+            normal_map = torch.zeros((B, H, W, 3), dtype=torch.float32)
+            if f.shape[0]:
+                b_idx = torch.arange(B)[:, None, None].expand(B, H, W)
+                normal_map[mask] = fn[b_idx[mask], fid[mask]]
+            normal_map = normal_map.numpy()
         return RenderOutput(
-            depth=depth.numpy(), mask=mask.numpy(), normals=normals.numpy(),
-            face_id=fid.to(torch.int32).numpy(),
+            depth=depth.numpy(), mask=mask.numpy(), normals=normal_map,
+            face_id=fid.to(torch.int32).numpy(), face_normals=fn.float().numpy(),
         )

@@ -1,0 +1,38 @@
+"""Flat memory: a shard is streamed to its tar while it is made, so a run holds a bounded number of
+sample records whatever the shard size (the figure at scale: scripts/bench_generate.py --memory)."""
+
+from __future__ import annotations
+
+import gc
+
+from diffusion_hpc.config import GenerateConfig
+from diffusion_hpc.data import open_dataset
+from diffusion_hpc.data.schema import SampleRecord
+from diffusion_hpc.data.writer import STREAM_DEPTH
+from diffusion_hpc.pipeline.generate import Generator
+
+
+def live_records() -> int:
+    return sum(1 for obj in gc.get_objects() if type(obj) is SampleRecord)
+
+
+def test_a_shard_holds_a_bounded_number_of_records(tmp_path, anny_body):
+    """One shard of 40 samples in batches of 4: after every batch, at most the queue and about two
+    batches of records are alive (holding the whole shard until its commit would reach 40); the
+    streamed shard reads whole and equals the shards of a run with small shards."""
+    n, batch = 40, 4
+    config = GenerateConfig(n=n, seed=2, image_size=(48, 48), batch_size=batch, shard_size=n)
+    generator = Generator(config, progress=False)
+    held: list[int] = []
+    with generator.plan(tmp_path / "d") as plan:
+        plan.writer.open()
+        generator.run_shard(0, plan.writer, on_batch=lambda count: held.append(live_records()))
+    assert len(held) == n // batch
+    assert max(held) <= STREAM_DEPTH + 2 * batch < n, held
+    assert len(list(open_dataset(tmp_path / "d"))) == n
+
+    small = GenerateConfig(n=n, seed=2, image_size=(48, 48), batch_size=batch, shard_size=8)
+    Generator(small, progress=False).run(tmp_path / "small")
+    assert [s["key"] for s in open_dataset(tmp_path / "small")] == [s["key"] for s in open_dataset(tmp_path / "d")]
+    assert {s["key"]: s["image"].tobytes() for s in open_dataset(tmp_path / "small")} == \
+        {s["key"]: s["image"].tobytes() for s in open_dataset(tmp_path / "d")}
