@@ -104,6 +104,53 @@ def test_background_folder_refuses_bad_file_up_front(tmp_path, bad):
         FolderBackgrounds(_folder_with(tmp_path, bad))
 
 
+@pytest.mark.parametrize("side, bad", [("real", "trunc.png"), ("real", "x.png"), ("generated", "trunc.jpg"),
+                                       ("generated", "trunc.webp")])
+def test_quality_folders_refuse_bad_file_before_the_network_loads(tmp_path, monkeypatch, side, bad):
+    """`dhpc quality`: a bad file in the real or a generated image folder is refused up front (not
+    skipped), naming the file, before the Inception network loads or any report is written."""
+    from diffusion_hpc.config import QualityConfig
+    from diffusion_hpc.eval import quality as q
+
+    def _no_model(*a, **k):
+        raise AssertionError("the Inception network loaded before the folders were checked")
+
+    monkeypatch.setattr(q, "load_inception", _no_model)
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"never read: the folders fail first")
+    good, broken = tmp_path / "good", _folder_with(tmp_path, bad)
+    good.mkdir()
+    for i in range(2):
+        (good / f"g{i}.png").write_bytes(image_bytes("PNG"))
+    folders = {"real": good, "generated": good} | {side: broken}
+    cfg = QualityConfig(real=str(folders["real"]), generated=[str(good), str(folders["generated"])],
+                        out=tmp_path / "report", fid_weights=weights)
+    with pytest.raises(InputError, match=rf"--{side} image .*{bad.replace('.', '[.]')} .*remove it from the folder"):
+        q.quality(cfg)
+    assert not (tmp_path / "report").exists()
+    # --limit: only the files read are checked (the bad one sorts last)
+    (broken / bad).rename(broken / f"z{bad}")
+    (broken / "good0.png").unlink()
+    assert q.check_source(broken, f"--{side} image", limit=1) == "folder"
+    with pytest.raises(InputError, match=rf"z{bad.replace('.', '[.]')}"):
+        q.check_source(broken, f"--{side} image", limit=2)
+
+
+def test_quality_cli_bad_real_file_is_one_clear_line(tmp_path):
+    import subprocess
+    import sys
+
+    real = _folder_with(tmp_path, "x.png")
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"never read")
+    proc = subprocess.run([sys.executable, "-m", "diffusion_hpc.cli", "quality", "--real", str(real), "--generated",
+                           str(real), "--out", str(tmp_path / "rep"), "--fid-weights", str(weights)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and f"--real image {real / 'x.png'} is corrupt" in proc.stderr, proc.stderr
+    assert not (tmp_path / "rep").exists()
+
+
 def test_good_jpeg_folder_accepted(tmp_path):
     from diffusion_hpc.generate.backgrounds import FolderBackgrounds
 

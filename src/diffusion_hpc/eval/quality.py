@@ -15,8 +15,12 @@ Conventions (clean-fid's "clean" mode with pytorch-fid's network and normalisati
   the segmenter finds no person are left out of the H-metrics (their count is reported).
 
 Sources are a Diffusion-HPC dataset directory (has ``config.yaml``) or a folder of images (png,
-jpg, jpeg, bmp, webp; searched recursively, sorted by path). Importing this module imports
-neither torch nor PIL; they load on first use.
+jpg, jpeg, bmp, webp, tif, tiff; searched recursively, sorted by path; other files are ignored).
+Image folders are checked up front (:func:`check_source`): before the Inception network loads,
+every image file a folder source will read (the first ``limit``) passes
+:func:`~diffusion_hpc.runtime.images.check_image_file`; a corrupt, truncated, oversized or
+non-image file (an image suffix on something else) is refused with one line naming it, never
+skipped. Importing this module imports neither torch nor PIL; they load on first use.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from diffusion_hpc.eval.report import write_report
 from diffusion_hpc.prior import get_prior
 from diffusion_hpc.prior.vposer import HARD_THRESHOLD as VPOSER_HARD_THRESHOLD
 from diffusion_hpc.runtime.device import resolve_placement
-from diffusion_hpc.runtime.images import image_files, load_image
+from diffusion_hpc.runtime.images import check_image_file, image_files, load_image
 from diffusion_hpc.segment import make_segmenter
 
 INPUT_SIZE = 299
@@ -95,6 +99,25 @@ def source_kind(path: str | os.PathLike) -> str:
     if (p / "config.yaml").is_file():
         return "dataset"
     return "folder"
+
+
+def check_source(path: str | os.PathLike, what: str, limit: Optional[int] = None) -> str:
+    """The kind of source ``path`` is (:func:`source_kind`), after checking, for an image folder, every
+    image file it will read (the first ``limit``, in :func:`iter_source`'s order) without decoding
+    (:func:`~diffusion_hpc.runtime.images.check_image_file`: header, pixel limit, truncation).
+
+    Args:
+        what: how errors name the source's files (e.g. ``"--real image"``).
+
+    Raises:
+        InputError: ``path`` is no source, or one of its image files is corrupt, truncated, too large
+            or not an image; the message names the file.
+    """
+    kind = source_kind(path)
+    if kind == "folder":
+        for f in image_files(path, recursive=True, what=f"{what} folder")[:limit]:
+            check_image_file(f, what)
+    return kind
 
 
 def iter_source(path: str | os.PathLike, limit: Optional[int] = None) -> Iterator[tuple[str, np.ndarray, Optional[np.ndarray]]]:
@@ -590,11 +613,13 @@ def quality(config: QualityConfig, *, segmenter=None) -> dict:
     segmenter = config.segmenter if segmenter is None else segmenter
     placement = resolve_placement(device, config.dtype, diffusion=False)  # an unavailable device fails first
     weights_path = find_weights(weights)  # fail fast, before any image is read
-    for p in [real, *generated]:
-        source_kind(p)
     if batch_size < 1 or kid_subsets < 1 or kid_subset_size < 2:
         raise InputError(f"quality: batch_size {batch_size} must be >= 1, kid_subsets {kid_subsets} >= 1, "
                          f"kid_subset_size {kid_subset_size} >= 2")
+    # every source, and every image file a folder source will read, checked before the network loads
+    check_source(real, "--real image", limit)
+    for g in generated:
+        check_source(g, "--generated image", limit)
     model = load_inception(weights_path, device=placement)
     names = _names([str(real), *map(str, generated)])
     needs_seg = human_only and any(source_kind(p) == "folder" for p in [real, *generated])
