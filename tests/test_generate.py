@@ -337,3 +337,22 @@ def test_user_backgrounds_folder(tmp_path):
     proc = run_cli("generate", "-n", "2", "--image-size", "64", "--backgrounds", str(folder), "--out",
                    str(tmp_path / "bgrun2"), "--no-progress")
     assert proc.returncode == 2 and "broken.jpg" in proc.stderr and not (tmp_path / "bgrun2").exists()
+
+
+def test_camera_placement_of_a_batch_equals_one_by_one():
+    """Mode D places a whole batch at once (geometry.camera.fit_translations): the same translations
+    as one sample at a time, and a body that cannot fit is flagged, not placed."""
+    from diffusion_hpc.geometry.camera import fit_translation, fit_translations, intrinsics_from_fov
+
+    rng = np.random.default_rng(0)
+    points = rng.normal(0.0, [0.25, 0.8, 0.2], (5, 400, 3))
+    points[4, :200] = [[1.0, 1.0, -100.0], [-1.0, -1.0, -100.0]] * 100  # a wide near end 200 m before a far one:
+    points[4, 200:] = [0.0, 0.0, 100.0]  # the near end stays out of frame at any fill
+    K = np.stack([intrinsics_from_fov(fov, 96, 64) for fov in (40.0, 50.0, 60.0, 45.0, 50.0)])
+    fill, offset = np.array([0.9, 0.7, 0.8, 0.95, 0.9]), rng.uniform(-1, 1, (5, 2))
+    t, ok = fit_translations(points, K, 96, 64, fill, offset)
+    assert ok.tolist() == [True, True, True, True, False]
+    for b in range(4):
+        np.testing.assert_allclose(t[b], fit_translation(points[b], K[b], 96, 64, fill[b], tuple(offset[b])), atol=1e-12)
+    with pytest.raises(RuntimeError, match="could not fit"):
+        fit_translation(points[4], K[4], 96, 64, fill[4], tuple(offset[4]))

@@ -65,51 +65,82 @@ def rotation_z(angle: float) -> np.ndarray:
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
+def fit_translations(
+    points: np.ndarray, K: np.ndarray, width: int, height: int, fill, offset=(0.0, 0.0)
+) -> tuple[np.ndarray, np.ndarray]:
+    """Translations that put each of B point sets fully in frame, spanning ``fill`` of the limiting
+    image side; batched (no loop over the samples).
+
+    Each point set (camera orientation already applied) is moved to the depth at which its
+    projected bounding box spans ``fill`` of the image width or height (whichever binds first),
+    then shifted within the remaining slack by ``offset`` (each in [-1, 1], a fraction of the
+    slack on either side). If depth relief pushes a point outside the image, that sample's
+    ``fill`` shrinks (x 0.95, at most 50 times) until everything is inside.
+
+    Args:
+        points: (B, N, 3) vertices in camera orientation.
+        K: (B, 3, 3) intrinsics (or (3, 3), shared).
+        width, height: image size in pixels.
+        fill: (B,) or scalar, in (0, 1], share of the limiting image side the body spans.
+        offset: (B, 2) or (2,), (horizontal, vertical) placement in the slack, in [-1, 1].
+    Returns:
+        translations (B, 3) such that every ``points[b] + t[b]`` projects inside the image with
+        z > 0, and ok (B,) bool: False where no fill fitted (that sample's translation is NaN).
+    """
+    points = np.asarray(points, dtype=np.float64)
+    B, N = points.shape[:2]
+    K = np.broadcast_to(np.asarray(K, dtype=np.float64), (B, 3, 3))
+    fill = np.broadcast_to(np.asarray(fill, dtype=np.float64), (B,)).copy()
+    offset = np.broadcast_to(np.asarray(offset, dtype=np.float64), (B, 2))
+    fx, fy, cx, cy = K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2]
+    focal = np.stack([fx, fy], -1)  # (B, 2)
+    centre = (points.min(1) + points.max(1)) / 2.0  # (B, 3)
+    local = points - centre[:, None]
+    # Solve on a subsample plus the extreme points (fast); check containment on all points.
+    extremes = np.concatenate([local.argmin(1), local.argmax(1)], axis=1)  # (B, 6)
+    probe = np.concatenate([local[:, :: max(1, N // 2000)], np.take_along_axis(local, extremes[..., None], 1)], 1)
+    nearest = 0.1 - local[:, :, 2].min(1)  # (B,) depth that keeps every point 0.1 m in front
+    limit = np.array([width - 1, height - 1], np.float64)
+    out = np.full((B, 3), np.nan)
+    todo = np.arange(B)
+    for _ in range(50):
+        p, k, f = probe[todo], K[todo], focal[todo]
+        z = np.full(len(todo), 3.0)
+        for _ in range(30):  # fixed point: depth at which the box spans `fill`
+            depth = z[:, None] + p[:, :, 2]
+            span_u = np.ptp(fx[todo, None] * p[:, :, 0] / depth, axis=1) / (width - 1)
+            span_v = np.ptp(fy[todo, None] * p[:, :, 1] / depth, axis=1) / (height - 1)
+            z = z * (np.maximum(span_u, span_v) / fill[todo])
+        z = np.maximum(z, nearest[todo])
+        t = np.zeros((len(todo), 3))
+        t[:, 2] = z
+        for _ in range(10):  # shift the projected box centre to its target
+            uv = project(p + t[:, None], k)
+            lo, hi = uv.min(1), uv.max(1)
+            slack = (limit - (hi - lo)) / 2.0
+            target = np.stack([cx[todo], cy[todo]], -1) + offset[todo] * np.maximum(slack, 0.0) * 0.98
+            t[:, :2] += (target - (lo + hi) / 2.0) * z[:, None] / f
+        uv = project(local[todo] + t[:, None], k)
+        inside = (uv.min((1, 2)) >= 0.0) & (uv[:, :, 0].max(1) <= width - 1) & (uv[:, :, 1].max(1) <= height - 1)
+        out[todo[inside]] = t[inside] - centre[todo[inside]]
+        todo = todo[~inside]
+        if not len(todo):
+            break
+        fill[todo] *= 0.95
+    ok = np.ones(B, bool)
+    ok[todo] = False
+    return out, ok
+
+
 def fit_translation(
     points: np.ndarray, K: np.ndarray, width: int, height: int, fill: float, offset: tuple[float, float] = (0.0, 0.0)
 ) -> np.ndarray:
-    """Translation that puts ``points`` fully in frame, spanning ``fill`` of the limiting image side.
+    """:func:`fit_translations` of one point set: points (N, 3), K (3, 3) -> (3,) translation.
 
-    The points (camera orientation already applied) are moved to the depth at which their
-    projected bounding box spans ``fill`` of the image width or height (whichever binds first),
-    then shifted within the remaining slack by ``offset`` (each in [-1, 1], a fraction of the
-    slack on either side). If depth relief pushes a point outside the image, ``fill`` shrinks
-    until everything is inside.
-
-    Args:
-        points: (N, 3) vertices in camera orientation.
-        K: (3, 3) intrinsics.
-        width, height: image size in pixels.
-        fill: in (0, 1], share of the limiting image side the body spans.
-        offset: (horizontal, vertical) placement in the slack, in [-1, 1].
-    Returns:
-        (3,) translation t such that every ``points + t`` projects inside the image with z > 0.
+    Raises:
+        RuntimeError: no fill fits the points in the image.
     """
-    points = np.asarray(points, dtype=np.float64)
-    K = np.asarray(K, dtype=np.float64)
-    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
-    centre = (points.min(0) + points.max(0)) / 2.0
-    local = points - centre
-    # Solve on a subsample plus the extreme points (fast); check containment on all points.
-    extremes = np.concatenate([local.argmin(0), local.argmax(0)])
-    probe = np.concatenate([local[:: max(1, len(local) // 2000)], local[extremes]])
-    for _ in range(50):
-        z = 3.0
-        for _ in range(30):  # fixed point: depth at which the box spans `fill`
-            depth = z + probe[:, 2]
-            span_u = np.ptp(fx * probe[:, 0] / depth) / (width - 1)
-            span_v = np.ptp(fy * probe[:, 1] / depth) / (height - 1)
-            z *= max(span_u, span_v) / fill
-        z = max(z, 0.1 - local[:, 2].min())
-        t = np.array([0.0, 0.0, z])
-        for _ in range(10):  # shift the projected box centre to its target
-            uv = project(probe + t, K)
-            lo, hi = uv.min(0), uv.max(0)
-            slack = np.array([(width - 1) - (hi[0] - lo[0]), (height - 1) - (hi[1] - lo[1])]) / 2.0
-            target = np.array([cx, cy]) + np.asarray(offset) * np.maximum(slack, 0.0) * 0.98
-            t[:2] += (target - (lo + hi) / 2.0) * z / np.array([fx, fy])
-        uv = project(local + t, K)
-        if uv.min() >= 0.0 and uv[:, 0].max() <= width - 1 and uv[:, 1].max() <= height - 1:
-            return t - centre
-        fill *= 0.95
-    raise RuntimeError("could not fit the body in frame")
+    t, ok = fit_translations(np.asarray(points)[None], np.asarray(K)[None], width, height, fill, offset)
+    if not ok[0]:
+        raise RuntimeError("could not fit the body in frame")
+    return t[0]

@@ -3,6 +3,7 @@
     1. requests: every sample's pose, shape, camera and seeds, from (run seed, index) alone
     2. body forward in the canonical frame
     3. camera placement: orientation from the request, depth and offset so the body fits the image
+       (the whole batch at once)
     4. the samples: logs (prompt, pose source) and the placed bodies
 
 The shared tail (:mod:`~diffusion_hpc.pipeline.tail`) takes it from there.
@@ -14,7 +15,7 @@ import numpy as np
 
 from diffusion_hpc.body import transform_params
 from diffusion_hpc.config import DIFFUSION_GENERATORS, GenerateConfig
-from diffusion_hpc.geometry.camera import fit_translation
+from diffusion_hpc.geometry.camera import fit_translations
 from diffusion_hpc.pipeline.requests import SampleRequest, make_request, pick_line, prompt_text
 from diffusion_hpc.pipeline.samples import PlacedBodies, SampleLog, alive
 from diffusion_hpc.pipeline.stages import Stages, StageTimer
@@ -58,13 +59,11 @@ def place_bodies(config: GenerateConfig, stages: Stages, poses, prompt_lines: li
     # 3. camera placement
     rotations = np.stack([r.rotation for r in requests])
     rotated = np.einsum("bij,bvj->bvi", rotations, canonical.vertices.numpy().astype(np.float64))
-    translations = np.zeros((len(requests), 3))
-    reasons = [""] * len(requests)
-    for b, r in enumerate(requests):
-        try:
-            translations[b] = fit_translation(rotated[b], r.K, width, height, r.fill, r.offset)
-        except RuntimeError as exc:
-            reasons[b] = f"camera: {exc}"
+    translations, fitted = fit_translations(rotated, np.stack([r.K for r in requests]), width, height,
+                                            np.array([r.fill for r in requests]),
+                                            np.array([r.offset for r in requests], np.float64))  # fmt: skip
+    translations[~fitted] = 0.0  # a failed sample is dropped: its placement is never used
+    reasons = ["" if ok else "camera: could not fit the body in frame" for ok in fitted]
     cam = transform_params(body, params, torch.as_tensor(rotations, dtype=torch.float32),
                            torch.as_tensor(translations, dtype=torch.float32))  # fmt: skip
     timer.lap("camera")
