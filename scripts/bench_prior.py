@@ -1,9 +1,14 @@
 """Score distributions of the Anny prior on easy vs hard CMU poses, and a grid of perturbed variants.
 
 Usage: python scripts/bench_prior.py OUT.png [--guides 4] [--variants 5] [--strength 1.0] [--size 192] [--seed 0]
+                                           [--estimates EST.npz]
 
 Prints score quantiles of the easy and hard activity sets (in-sample for the shipped prior; the
-held-out figures are in its metadata) and the timing of score / perturb / sample. The grid has
+held-out figures are in its metadata), the timing of score / perturb / sample, and the scores of
+``perturb`` variants against their inputs (quantiles, mean, share at least as hard as the input,
+plausible share, hard share) for the built-in poses (in-sample), new poses (built-in rotations
+jittered by 0.03 rad, which score like held-out poses) and, with ``--estimates``, the body poses of
+a ``dhpc estimate`` results file (``params/body_pose`` of the fitted images). The grid has
 one row per guide pose (walking, sitting, cartwheel, breakdance...): column 0 is the guide, the
 next columns its ``perturb`` variants, each labelled with its score (red = hard).
 """
@@ -56,6 +61,7 @@ def main(argv=None) -> None:
     ap.add_argument("--strength", type=float, default=1.0)
     ap.add_argument("--size", type=int, default=192)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--estimates", default=None, help="a dhpc estimate results file (.npz): their poses' variants too")
     args = ap.parse_args(argv)
 
     from diffusion_hpc.body import get_body_model
@@ -88,6 +94,25 @@ def main(argv=None) -> None:
     prior.sample(64, g)
     t_samp = (time.perf_counter() - t0) / 64 * 1e3
     print(f"ms per pose: score {t_score:.3f}  perturb {t_pert:.3f}  sample {t_samp:.3f}")
+
+    # Variants against their inputs.
+    sets = [("built-in (in-sample)", bp),
+            ("new (jitter 0.03 rad)", bp + 0.03 * torch.randn(bp.shape, generator=torch.Generator().manual_seed(args.seed)))]
+    if args.estimates:
+        with np.load(args.estimates, allow_pickle=False) as est:
+            ok = est["ok"].astype(bool)
+            sets.append((f"estimates ({int(ok.sum())} images)", torch.as_tensor(est["params/body_pose"][ok], dtype=torch.float32)))
+    print(f"\nvariants at strength {args.strength}, {args.variants} per pose (hard = score >= {prior.hard_threshold:.1f}):")
+    print(f"{'set':<26} {'':>8} {'n':>5} " + " ".join(f"q{int(q * 100):02d}".rjust(7) for q in qs) + "     mean  >=input  plaus%  hard%")
+    for name, inputs in sets:
+        s_in = prior.score(inputs).numpy()
+        var = torch.cat([prior.perturb(inputs, args.strength, g) for _ in range(args.variants)])
+        s_var = prior.score(var).numpy()
+        share = np.mean(s_var >= np.tile(s_in, args.variants))
+        plaus = prior.is_plausible(var).float().mean().item()
+        for label, sc, extra in (("inputs", s_in, ""), ("variants", s_var, f"  {100 * share:6.1f}  {100 * plaus:6.1f}")):
+            print(f"{name if label == 'inputs' else '':<26} {label:>8} {sc.size:>5} " + " ".join(f"{np.quantile(sc, q):7.1f}" for q in qs)
+                  + f"  {sc.mean():7.1f}" + (extra or " " * 16) + f"  {100 * np.mean(sc >= prior.hard_threshold):5.1f}")
 
     # Grid: guides x (1 + variants).
     rng = np.random.default_rng(args.seed)

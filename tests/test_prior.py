@@ -163,6 +163,20 @@ def test_shipped_file_safetensors_metadata(prior):
     assert any(c["selected"] for c in meta["comparison"]) and len(meta["comparison"]) >= 2
 
 
+def test_describe_records_file_and_thresholds(prior):
+    import hashlib
+
+    from diffusion_hpc.prior.anny_prior import default_prior_path
+
+    d = prior.describe()
+    assert json.loads(json.dumps(d)) == d
+    assert d["name"] == "anny" and d["file"] == str(default_prior_path())
+    assert d["sha256"] == hashlib.sha256(default_prior_path().read_bytes()).hexdigest()
+    assert (d["hard_threshold"], d["corpus_hard_threshold"], d["plausible_threshold"]) == (
+        prior.hard_threshold, prior.metadata["calibration"]["in_sample_hard_threshold"], prior.plausible_threshold)
+    assert d["corpus_hard_threshold"] < d["hard_threshold"]
+
+
 def test_fit_prior_roundtrip(tmp_path, poses):
     from diffusion_hpc.prior import get_prior
     from diffusion_hpc.prior.fit import fit_prior
@@ -202,6 +216,7 @@ def test_vposer_roundtrip(vposer_ckpt):
 
     path, net = vposer_ckpt
     prior = get_prior("vposer", path)
+    assert prior.describe()["file"] == str(path) and prior.describe()["hard_threshold"] == 30.0
     assert torch.equal(prior.net.decoder_net[5].weight, net.decoder_net[5].weight)
     bp = 0.3 * torch.randn(5, 23, 3, generator=torch.Generator().manual_seed(0))
     q = prior.encode(bp)
@@ -276,6 +291,11 @@ def test_augment_poses_anny(prior, poses):
     assert (out.shape >= 0).all() and (out.shape <= 1).all()
     again = augment_poses(prior, bp, go, ph, k=3, generator=0)
     assert np.array_equal(out.body_pose, again.body_pose)
+    # Each variant carries its own score and hard flag (the input's in column 0).
+    assert out.scores.shape == out.hard.shape == (2, 3)
+    assert np.allclose(out.scores[:, 0], prior.score(torch.tensor(bp)).numpy(), rtol=1e-3)  # batch-size round-off
+    assert (out.scores[:, 1:] > out.scores[:, :1]).all()
+    assert np.array_equal(out.hard, out.scores >= prior.hard_threshold)
     shared = augment_poses(prior, bp[:1], go, ph, k=2, generator=0)  # one pose for two guides
     assert np.array_equal(shared.body_pose[:, 0], np.repeat(bp[:1], 2, 0))
 

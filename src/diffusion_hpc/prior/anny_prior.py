@@ -301,6 +301,8 @@ class AnnyPosePrior(PosePrior):
         self.hard_threshold = float(metadata["hard_threshold"])
         self.plausible_threshold = float(metadata["plausible_threshold"])
         self.perturb_scale = float(metadata.get("perturb_scale", 0.5))
+        #: the weights file (set by :func:`load_prior_file`; None when built from tensors)
+        self.path: Path | None = None
         self.register_buffer("log_peak", gmm_subspace_log_peak(self.residual_var, self.log_weights, self.chol, dim))
 
     @property
@@ -476,7 +478,9 @@ def load_prior_file(path: str | os.PathLike) -> AnnyPosePrior:
         raise InputError(f"{p}: not a readable safetensors prior file ({type(exc).__name__}: {exc})") from None
     if meta.get("format") != FORMAT:
         raise InputError(f"{p}: metadata 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
-    return AnnyPosePrior(tensors, json.loads(meta["dhpc"]))
+    prior = AnnyPosePrior(tensors, json.loads(meta["dhpc"]))
+    prior.path = p
+    return prior
 
 
 def default_prior_path() -> Path:

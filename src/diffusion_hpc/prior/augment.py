@@ -32,6 +32,8 @@ class AugmentedPoses:
         shape: (B, k, S) phenotype or betas; [:, 0] is the input.
         plausible: (B, k) bool, ``prior.is_plausible`` of each variant's pose.
         redraws: number of variants that had to be redrawn (summed over tries).
+        scores: (B, k) float32 ``prior.score`` of each variant's pose ([:, 0]: the input's).
+        hard: (B, k) bool, ``scores >= prior.hard_threshold`` (variants are new poses to the prior).
     """
 
     body_pose: np.ndarray
@@ -39,6 +41,8 @@ class AugmentedPoses:
     shape: np.ndarray
     plausible: np.ndarray
     redraws: int
+    scores: np.ndarray
+    hard: np.ndarray
 
 
 def jitter_shape(shape: torch.Tensor, body_model: str, generator: torch.Generator) -> torch.Tensor:
@@ -110,11 +114,16 @@ def augment_poses(
         orients.append(jitter_orientation(go, g))
         shapes.append(jitter_shape(sh, body_model, g))
     body = torch.stack(poses, 1)
-    plausible = prior.is_plausible(body.reshape(b * k, *body.shape[2:])).reshape(b, k)
+    flat = body.reshape(b * k, *body.shape[2:])
+    with torch.no_grad():
+        scores = prior.score(flat).reshape(b, k)
+    plausible = prior.is_plausible(flat).reshape(b, k)
     return AugmentedPoses(
         body_pose=body.detach().numpy().astype(np.float32),
         global_orient=torch.stack(orients, 1).detach().numpy().astype(np.float32),
         shape=torch.stack(shapes, 1).detach().numpy().astype(np.float32),
         plausible=plausible.numpy(),
         redraws=redraws,
+        scores=scores.numpy().astype(np.float32),
+        hard=(scores >= prior.hard_threshold).numpy(),
     )

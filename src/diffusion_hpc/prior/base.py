@@ -7,6 +7,9 @@ from CMU mocap (shipped in the package), and a VPoser adapter for SMPL users.
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -26,6 +29,20 @@ class PosePrior(torch.nn.Module):
         """The hard threshold for the prior's own training poses, which it scores in-sample (lower
         than new poses); equal to :attr:`hard_threshold` for a prior without such a calibration."""
         return self.hard_threshold
+
+    def describe(self) -> dict:
+        """What a dataset records about the prior that scored it: ``name``, ``body_model``,
+        ``file`` (its weights, or None for a shipped prior), ``sha256`` of that file (None when
+        there is none), ``hard_threshold``, ``corpus_hard_threshold``, ``plausible_threshold``.
+        JSON-ready."""
+        path = getattr(self, "path", None)
+        return {
+            "name": self.name, "body_model": self.body_model,
+            "file": None if path is None else str(path),
+            "sha256": None if path is None or not Path(path).is_file() else hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+            "hard_threshold": float(self.hard_threshold), "corpus_hard_threshold": float(self.corpus_hard_threshold),
+            "plausible_threshold": float(getattr(self, "plausible_threshold", float("inf"))),
+        }
 
     def score(self, body_pose: torch.Tensor) -> torch.Tensor:
         """(B,) one number per pose: higher = harder / less typical."""
