@@ -7,8 +7,8 @@
    and the share of wall time spent outside the UNet (text encoder, VAE, scheduler, ControlNet,
    Python).
 2. Peak memory: the process's peak resident set size after each phase.
-3. Cost: UNet evaluations per sample per preset and mode, measured by the UNet counter, against the
-   original's 170 (mode T) and 70 (mode R).
+3. Cost: UNet evaluations per sample per preset (and the fast preset with TCD) and mode, measured by
+   the UNet counter, against the original's 170 (mode T) and 70 (mode R).
 
 Without ``--backbone`` the tiny backbone is written to a temporary directory. The tiny UNet is so
 small that per-call overheads dominate: read the throughput figures as pipeline overhead, not as a
@@ -98,16 +98,16 @@ def main() -> None:
     # 2. UNet evaluations per sample per preset and mode (measured), vs the original
     print("\n| preset | scheduler | T: txt2img + regen | R: regen | D: regen from noise | vs original T 170 / R 70 |")
     print("|---|---|---:|---:|---:|---|")
-    for preset in PRESETS:
-        t = Text2ImageGenerator(backbone, preset=preset)
-        r = DepthRegenerator(backbone, method="depth2img", preset=preset)
+    for preset, scheduler in [(p, None) for p in PRESETS] + [("fast", "tcd")]:
+        t = Text2ImageGenerator(backbone, preset=preset, scheduler=scheduler)
+        r = DepthRegenerator(backbone, method="depth2img", preset=preset, scheduler=scheduler)
         ti = int(t.generate(GenerationBatch(seeds=[0], prompts=["a"], size=(64, 64))).unet_evals[0])
         ri = int(r.generate(regen_batch(1)).unet_evals[0])
         b = regen_batch(1)
         b.start_images = None
         di = int(r.generate(b).unet_evals[0])
         mode_t = ti + ri
-        print(f"| {preset} | {PRESETS[preset].scheduler} | {ti} + {ri} = {mode_t} | {ri} | {di} | "
+        print(f"| {preset} | {scheduler or PRESETS[preset].scheduler} | {ti} + {ri} = {mode_t} | {ri} | {di} | "
               f"T {mode_t / ORIGINAL_UNET_EVALS['T']:.0%}, R {ri / ORIGINAL_UNET_EVALS['R']:.0%} |")  # fmt: skip
     print(f"\npeak RSS {peak_mb():.0f} MB")
     if tmp is not None:

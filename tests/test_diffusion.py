@@ -27,6 +27,7 @@ from diffusion_hpc.runtime.weights import check_models, check_tokenizer
 
 from conftest import TINY_SIZE as SIZE
 from conftest import regen_batch, regen_scene
+from test_pipeline_modes import PhotoStart, guides  # noqa: F401  (guides: the real-photo fixture)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -355,3 +356,121 @@ def test_instance_segmenter_with_a_tiny_random_mask2former(tmp_path):
     assert out.person.shape == out.occluders.shape == (2, 48, 40)
     assert not (out.person & out.occluders).any()
     assert np.array_equal(out.person_found, out.person.reshape(2, -1).any(axis=1))
+
+
+# --------------------------------------------------------------------------------------------
+# few-step sampling: LCM, TCD (preset fast) and Turbo (Euler ancestral, trailing timesteps)
+
+#: (preset, scheduler override, txt2img evals, regeneration evals with a start image, from noise)
+FEW_STEP = [("fast", None, 4, 3, 4), ("fast", "tcd", 4, 3, 4), ("turbo", None, 1, 1, 2)]
+
+
+@pytest.mark.parametrize("preset, scheduler, t_evals, r_evals, d_evals", FEW_STEP)
+def test_few_step_samplers_count_and_repeat_per_sample(backbone, preset, scheduler, t_evals, r_evals, d_evals):
+    """The few-step presets run their schedulers with guidance off through txt2img and both depth
+    regenerations: one UNet row per sample per step, and each sample's scheduler noise (LCM's and TCD's
+    multistep noise, Euler ancestral's) drawn from its own stream: same seeds, same bytes; a sample
+    alone matches itself in a batch up to the batched kernels' rounding."""
+    from diffusion_hpc.generate.diffusion import DepthRegenerator, Text2ImageGenerator
+
+    expected = PRESETS[preset]
+    t2i = Text2ImageGenerator(backbone, preset=preset, scheduler=scheduler)
+    batch = GenerationBatch(seeds=[11, 12], prompts=["a", "b"], size=(SIZE, SIZE))
+    out = t2i.generate(batch)
+    assert (out.unet_evals == t_evals).all() and out.ran.steps_run == expected.txt2img_steps == t_evals
+    assert np.array_equal(out.images, t2i.generate(batch).images) and not np.array_equal(*out.images)
+    alone = t2i.generate(GenerationBatch(seeds=[12], prompts=["b"], size=(SIZE, SIZE)))
+    assert np.abs(alone.images[0].astype(int) - out.images[1]).max() <= 2
+    for method in ("depth2img", "controlnet"):
+        gen = DepthRegenerator(backbone, method=method, preset=preset, scheduler=scheduler,
+                               share_with=t2i if method == "controlnet" else None)  # fmt: skip
+        assert gen.settings.scheduler == (scheduler or expected.scheduler) and gen.settings.guidance_factor == 1
+        out = gen.generate(regen_batch([1, 2]))
+        cn = r_evals if method == "controlnet" else 0
+        assert out.ran.steps_run == r_evals and (out.unet_evals == r_evals).all() and (out.controlnet_evals == cn).all()
+        assert gen.unet_evals_per_sample() == r_evals
+        assert np.array_equal(out.images, gen.generate(regen_batch([1, 2])).images)
+        alone = gen.generate(regen_batch([2], first=1))
+        assert np.abs(alone.images[0].astype(int) - out.images[1]).max() <= 2
+        d = gen.generate(regen_batch([3], start=False))  # mode D: every step from noise
+        assert d.ran.steps_run == d_evals and (d.unet_evals == d_evals).all()
+
+
+def test_few_step_img2img_schedules_follow_strength(backbone):
+    """LCM / TCD place their steps below the noise level strength asks for (their own img2img
+    schedule); Turbo's 2 trailing steps at strength 0.5 run the one at t = 499; a strength below one
+    step's worth still runs one step; a strength with no distillation timestep left is refused."""
+    from diffusion_hpc.errors import ConfigError
+    from diffusion_hpc.generate.diffusion import DepthRegenerator, make_scheduler, regen_timesteps
+
+    config = json.loads((backbone / "depth2img" / "scheduler" / "scheduler_config.json").read_text())
+    for name in ("lcm", "tcd"):
+        ts, n = regen_timesteps(make_scheduler(name, config), name, 4, 0.7, with_start=True)
+        assert n == 3 and ts.tolist() == [699, 479, 239]  # 3 of LCM's 50 distillation steps below t = 700
+        ts, n = regen_timesteps(make_scheduler(name, config), name, 4, 1.0, with_start=False)
+        assert n == 4 and ts[0] == 999
+        ts, n = regen_timesteps(make_scheduler(name, config), name, 4, 0.1, with_start=True)  # round(0.4) = 0
+        assert n == 1 and ts.tolist() == [99]
+        with pytest.raises(ConfigError, match=r"strength 0.01 .*--strength >= 0.02"):
+            regen_timesteps(make_scheduler(name, config), name, 4, 0.01, with_start=True)
+    turbo = PRESETS["turbo"]
+    euler_a = make_scheduler(turbo.scheduler, config, turbo.timestep_spacing)
+    ts, n = regen_timesteps(euler_a, turbo.scheduler, turbo.regen_steps, turbo.strength, with_start=True)
+    assert n == 1 and ts.tolist() == [499]
+    leading = make_scheduler("euler_a", {**config, "timestep_spacing": "leading"})
+    assert regen_timesteps(leading, "euler_a", 2, 0.5, with_start=True)[0].tolist() == [1]  # why Turbo trails
+    gen = DepthRegenerator(backbone, preset="fast", strength=0.1)
+    assert (gen.generate(regen_batch([4])).unet_evals == 1).all()
+    with pytest.raises(ConfigError, match="strength 0.01"):
+        DepthRegenerator(backbone, preset="fast", scheduler="tcd", strength=0.01)
+
+
+def test_tcd_eta_reaches_every_step(backbone, monkeypatch):
+    """TCD's eta (gamma) is passed to the txt2img pipeline and to our regeneration loop: with eta 0
+    (deterministic TCD) both outputs change."""
+    from diffusion_hpc.generate import diffusion
+    from diffusion_hpc.generate.diffusion import DepthRegenerator, Text2ImageGenerator
+
+    t2i = Text2ImageGenerator(backbone, preset="fast", scheduler="tcd")
+    regen = DepthRegenerator(backbone, preset="fast", scheduler="tcd")
+    batch = GenerationBatch(seeds=[5], prompts=["a"], size=(SIZE, SIZE))
+    made, regenerated = t2i.generate(batch).images, regen.generate(regen_batch([5])).images
+    monkeypatch.setitem(diffusion.STEP_KWARGS, "tcd", {"eta": 0.0})
+    assert not np.array_equal(made, t2i.generate(batch).images)
+    assert not np.array_equal(regenerated, regen.generate(regen_batch([5])).images)
+
+
+def test_few_step_presets_end_to_end_record_their_cost(backbone, guides, tmp_path):  # noqa: F811
+    """--preset fast (LCM) in mode T and --preset turbo in mode R through the Python API, end to end:
+    each manifest row records the preset's sampler, and the UNet evaluations it counts are the
+    goals: fast mode T (k=1) 4 + 3 = 7 <= 8 per accepted sample, turbo mode R 1 (original: 170 / 70)."""
+    from diffusion_hpc.config import GenerateConfig
+    from diffusion_hpc.data import open_dataset
+    from diffusion_hpc.pipeline.generate import Generator, generate
+    from diffusion_hpc.pipeline.inputs import GuideImages
+
+    photos = [GuideImages(guides, (SIZE, SIZE)).load(i) for i in range(3)]
+    cfg = GenerateConfig(mode="T", prompt="doing a backflip", backbone=str(backbone), image_size=(SIZE, SIZE), n=2,
+                         k=1, seed=1, sampler={"preset": "fast"})  # fmt: skip
+    gen = Generator(cfg, progress=False)
+    gen.load_models()
+    gen.stages.start = PhotoStart(gen.stages.start, photos)
+    gen.run(tmp_path / "t")
+    rows = open_dataset(tmp_path / "t").manifest()
+    assert len(rows) == 2 and any(r["status"] == "ok" for r in rows)
+    for r in rows:
+        s = r["sampler"]
+        assert (s["preset"], s["scheduler"], s["guidance"], s["txt2img_steps_run"]) == ("fast", "lcm", 1.0, 4)
+        regenerated = r["status"] == "ok" or r["reason"].startswith("verify")
+        assert s["steps_run"] == (3 if regenerated else 0) and r["unet_evals"] == 4 + s["steps_run"] <= 8
+    out = tmp_path / "r"
+    r_cfg = GenerateConfig(mode="R", guides=guides, backbone=str(backbone), image_size=(SIZE, SIZE), n=2, k=1, seed=3,
+                           sampler={"preset": "turbo"})  # fmt: skip
+    generate(r_cfg, out, progress=False)
+    rows = open_dataset(out).manifest()
+    assert len(rows) == 2 and any(r["status"] == "ok" for r in rows)
+    for r in rows:
+        s = r["sampler"]
+        assert (s["preset"], s["scheduler"], s["guidance"], s["steps"], s["strength"]) == ("turbo", "euler_a", 0.0, 2, 0.5)
+        regenerated = r["status"] == "ok" or r["reason"].startswith("verify")
+        assert s["steps_run"] == int(regenerated) and r["unet_evals"] == s["steps_run"] <= 4

@@ -95,13 +95,20 @@ def test_sdxl_controlnet_regeneration_runs_and_counts(cnet):
     assert d.ran.steps_run == 4 and (d.unet_evals == 8).all() and (d.controlnet_evals == 8).all()
 
 
-@pytest.mark.parametrize("kind, guidance", [("sd", 7.5), ("sdxl", 7.5), ("sdxl", 1.0)])
-def test_regeneration_from_noise_matches_the_diffusers_controlnet_pipeline(kind, guidance, request):
+@pytest.mark.parametrize("kind, preset, scheduler, guidance", [
+    ("sd", "default", None, 7.5), ("sdxl", "default", None, 7.5), ("sdxl", "default", None, 1.0),
+    ("sd", "fast", None, None), ("sd", "fast", "tcd", None), ("sdxl", "turbo", None, None),
+])  # fmt: skip
+def test_regeneration_from_noise_matches_the_diffusers_controlnet_pipeline(kind, preset, scheduler, guidance, request):
     """Mode D (no start image, all steps) is plain ControlNet text-to-image: the diffusers pipeline
-    on the same initial latents and control image must give the same bytes."""
+    on the same initial latents and control image must give the same bytes. The few-step presets
+    too (LCM, TCD with its eta, Turbo's Euler ancestral on trailing timesteps, guidance off): their
+    scheduler noise comes from each sample's generator after its region and strength noise, as the
+    pipeline draws it from the same generators."""
     from diffusion_hpc.generate import conditioning as C
     from diffusion_hpc.data.seeds import STAGE_REGEN
     from diffusion_hpc.generate.diffusion import (
+        STEP_KWARGS,
         DepthRegenerator,
         make_scheduler,
         per_sample_randn,
@@ -109,17 +116,22 @@ def test_regeneration_from_noise_matches_the_diffusers_controlnet_pipeline(kind,
     )
 
     backbone = request.getfixturevalue("tiny_sdxl_backbone" if kind == "sdxl" else "tiny_backbone")
-    gen = DepthRegenerator(backbone, method="controlnet", steps=3, guidance=guidance)
+    steps = 3 if preset == "default" else None  # the few-step presets' own step counts
+    gen = DepthRegenerator(backbone, method="controlnet", preset=preset, scheduler=scheduler, steps=steps,
+                           guidance=guidance)  # fmt: skip
     batch = regen_batch([8, 9], start=False)
     ours = gen.generate(batch).images
     seeds = list(batch.seeds)
-    latents = per_sample_randn(torch_generators(seeds, STAGE_REGEN), (4, SIZE // 8, SIZE // 8))
+    generators = torch_generators(seeds, STAGE_REGEN)
+    latents = per_sample_randn(generators, (4, SIZE // 8, SIZE // 8))
+    per_sample_randn(generators, (4, SIZE // 8, SIZE // 8))  # the strength noise, unused without a start image
     depth, occ = torch.from_numpy(batch.depth), torch.from_numpy(batch.occluder_masks)
     control = C.controlnet_conditioning(C.depth_to_disparity(depth, occ, scheme=gen.disparity))
-    gen.pipe.scheduler = make_scheduler(gen.scheduler_name, gen.scheduler_config)
+    gen.pipe.scheduler = make_scheduler(gen.scheduler_name, gen.scheduler_config, gen.timestep_spacing)
     ref = gen.pipe(prompt=list(batch.prompts), negative_prompt=batch.negatives() if gen.cfg else None, image=control,
-                   latents=latents, num_inference_steps=3, guidance_scale=guidance, height=SIZE, width=SIZE,
-                   output_type="np").images  # fmt: skip
+                   latents=latents, generator=generators,
+                   num_inference_steps=gen.steps, guidance_scale=gen.guidance, height=SIZE, width=SIZE,
+                   output_type="np", **STEP_KWARGS.get(gen.scheduler_name, {})).images  # fmt: skip
     assert type(gen.pipe).__name__ == ("StableDiffusionXLControlNetPipeline" if kind == "sdxl"
                                        else "StableDiffusionControlNetPipeline")  # fmt: skip
     assert np.array_equal(np.round(np.clip(ref, 0, 1) * 255).astype(np.uint8), ours)

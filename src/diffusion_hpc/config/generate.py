@@ -72,9 +72,12 @@ class Preset:
     Attributes:
         scheduler: scheduler name (see :data:`SCHEDULERS`).
         txt2img_steps: denoising steps of the start image.
-        regen_steps: nominal steps of the regeneration (``round(strength * regen_steps)`` run).
+        regen_steps: nominal steps of the regeneration (``round(strength * regen_steps)`` run, at least 1).
         guidance: classifier-free guidance scale; <= 1 turns guidance off (one UNet eval per step).
         strength: SDEdit noise strength of the regeneration.
+        timestep_spacing: diffusers' ``timestep_spacing`` forced on the scheduler (``trailing``: the
+            first of few steps starts at the last training timestep, as Turbo backbones need); None
+            keeps the backbone's own scheduler config.
     """
 
     scheduler: str
@@ -82,21 +85,31 @@ class Preset:
     regen_steps: int
     guidance: float
     strength: float = 0.7
+    timestep_spacing: Optional[str] = None
 
 
 #: ``original``: the paper's settings (DDIM in place of SD v1-4's PNDM: same step count, exact counts).
 #: ``default``: DPM-Solver++ (2M) at 20 steps: 40 + 28 = 68 UNet evals per mode-T sample (original: 170).
-#: ``fast``: for LCM / distilled backbones (or an LCM-LoRA): 4 + round(0.7 * 8) = 10, guidance off.
+#: ``fast``: LCM (an LCM-distilled backbone, or an LCM- / Hyper-SD LoRA), guidance off: 4 + round(0.7 * 4) = 7
+#: per mode-T sample, 3 in mode R, 4 in mode D; ``--scheduler tcd`` for TCD- / Hyper-SD TCD LoRAs.
+#: ``turbo``: SD-/SDXL-Turbo (adversarially distilled), Euler ancestral on trailing timesteps, guidance 0,
+#: as diffusers' Turbo guide runs them: 1 txt2img step, img2img 2 steps at strength 0.5 (1 runs): 1 + 1 = 2.
 PRESETS: dict[str, Preset] = {
     "original": Preset("ddim", 50, 50, 7.5),
     "default": Preset("dpm++", 20, 20, 7.5),
-    "fast": Preset("lcm", 4, 8, 1.0),
+    "fast": Preset("lcm", 4, 4, 1.0),
+    "turbo": Preset("euler_a", 1, 2, 0.0, strength=0.5, timestep_spacing="trailing"),
 }
 
 #: scheduler names accepted by ``scheduler`` and the presets
-SCHEDULERS: tuple[str, ...] = ("ddim", "pndm", "dpm++", "dpm++sde", "unipc", "euler", "euler_a", "lcm")
+SCHEDULERS: tuple[str, ...] = ("ddim", "pndm", "dpm++", "dpm++sde", "unipc", "euler", "euler_a", "lcm", "tcd")
+#: few-step (consistency-distilled) schedulers: their own img2img schedule (``set_timesteps(n, strength=s)``
+#: spreads the n steps over the distillation timesteps below s), and they expect guidance off (or embedded)
+FEW_STEP_SCHEDULERS: tuple[str, ...] = ("lcm", "tcd")
+#: TCD's ``eta`` (the paper's gamma: share of each step's noise drawn afresh; diffusers' and the paper's default)
+TCD_ETA = 0.3
 
-SchedulerName = Literal["ddim", "pndm", "dpm++", "dpm++sde", "unipc", "euler", "euler_a", "lcm"]
+SchedulerName = Literal["ddim", "pndm", "dpm++", "dpm++sde", "unipc", "euler", "euler_a", "lcm", "tcd"]
 
 
 class SamplerConfig(Strict):
@@ -106,14 +119,15 @@ class SamplerConfig(Strict):
     (the dataset's ``config.yaml``) holds the values that ran.
     """
 
-    preset: Literal["original", "default", "fast"] = "default"
-    """original (the paper: DDIM, 50 steps, guidance 7.5), default (DPM++ 2M, 20 steps), fast (LCM backbones)"""
+    preset: Literal["original", "default", "fast", "turbo"] = "default"
+    """original (the paper: DDIM, 50 steps, guidance 7.5), default (DPM++ 2M, 20 steps), fast (LCM / TCD
+    backbones or LoRAs: 4 steps, guidance off), turbo (SD-/SDXL-Turbo: 1 step, guidance 0)"""
     scheduler: Optional[SchedulerName] = None
     """scheduler of both the start image and the regeneration"""
     txt2img_steps: Optional[int] = Field(None, ge=1, le=1000)
     """denoising steps of the start image (mode T)"""
     steps: Optional[int] = Field(None, ge=1, le=1000)
-    """nominal steps of the regeneration; round(strength x steps) of them run on a start image"""
+    """nominal steps of the regeneration; round(strength x steps) of them (at least 1) run on a start image"""
     strength: Optional[float] = Field(None, gt=0.0, le=1.0)
     """SDEdit noise strength of the regeneration (the original: 0.7)"""
     guidance: Optional[float] = Field(None, ge=0.0, le=50.0)

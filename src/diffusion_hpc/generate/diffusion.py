@@ -14,13 +14,24 @@ Two backends behind :class:`~diffusion_hpc.generate.base.ImageGenerator`:
   1. encode the start image to latents (VAE posterior mode, scaled);
   2. replace the latents inside the human region (person mask | silhouette, minus occluders) by
      Gaussian noise (:func:`~diffusion_hpc.generate.conditioning.composite_start_latents`);
-  3. noise the result to the first of the last ``round(strength * steps)`` timesteps;
+  3. noise the result to the first of the ``round(strength * steps)`` timesteps that run (at least
+     one; :func:`regen_timesteps`: the last ones of the schedule, or for LCM / TCD their own img2img
+     schedule below ``strength``);
   4. denoise, conditioned on the rendered depth as disparity with occluders zeroed (SD-2-depth:
-     a 5th UNet input channel; ControlNet: residuals), with classifier-free guidance;
+     a 5th UNet input channel; ControlNet: residuals), with classifier-free guidance when
+     ``guidance > 1`` (the few-step presets run without: one UNet row per sample per step);
   5. decode; optional Gaussian blur augmentation.
 
+Few-step sampling (DESIGN §6): preset ``fast`` runs diffusers' ``LCMScheduler`` (``--scheduler tcd``:
+``TCDScheduler``, eta :data:`~diffusion_hpc.config.generate.TCD_ETA`) with guidance off, for
+LCM-distilled backbones and LCM- / TCD- / Hyper-SD LoRAs; preset ``turbo`` runs Euler ancestral on
+``trailing`` timesteps with guidance 0 for SD-/SDXL-Turbo (1 text-to-image step; 2 nominal
+regeneration steps at strength 0.5, of which 1 runs), as diffusers' Turbo guide does. Both go through
+the same depth conditioning and start-latent compositing as every scheduler.
+
 Randomness: sample i draws from its own ``torch.Generator`` seeded from ``(seeds[i], stage)``, in a
-fixed order (region noise, then strength noise, then scheduler noise), so its output does not depend
+fixed order (region noise, then strength noise, then scheduler noise: the multistep noise of LCM,
+TCD and Euler ancestral is drawn per sample from these generators), so its output does not depend
 on the batch it is in, up to the float rounding of batched kernels (CPU convolutions and GEMMs sum
 in a batch-size dependent order: ~1e-6 relative, at most 1-2 grey levels on a few pixels after
 uint8 rounding). The same seed in the same batch gives identical bytes.
@@ -62,6 +73,7 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 
 from diffusion_hpc.config import SCHEDULERS
+from diffusion_hpc.config.generate import FEW_STEP_SCHEDULERS, TCD_ETA
 from diffusion_hpc.data.seeds import STAGE_BLUR, STAGE_REGEN, STAGE_TXT2IMG, stage_seed
 from diffusion_hpc.errors import ConfigError, MissingModelError
 from diffusion_hpc.generate import conditioning as C
@@ -151,8 +163,16 @@ class EvalCounter:
 # helpers
 
 
-def make_scheduler(name: str, config):
-    """A fresh scheduler of kind ``name`` (see :data:`SCHEDULERS`) from a pipeline's scheduler config."""
+#: extra ``scheduler.step`` arguments per scheduler name (the per-sample generators are passed to every
+#: scheduler whose step takes them): TCD's stochastic share of each step
+STEP_KWARGS: dict[str, dict] = {"tcd": {"eta": TCD_ETA}}
+
+
+def make_scheduler(name: str, config, timestep_spacing: Optional[str] = None):
+    """A fresh scheduler of kind ``name`` (see :data:`SCHEDULERS`) from a pipeline's scheduler config.
+
+    ``timestep_spacing`` (a preset's, e.g. ``trailing`` for Turbo backbones) overrides the config's.
+    """
     import diffusers
 
     kinds = {
@@ -164,11 +184,60 @@ def make_scheduler(name: str, config):
         "euler": (diffusers.EulerDiscreteScheduler, {}),
         "euler_a": (diffusers.EulerAncestralDiscreteScheduler, {}),
         "lcm": (diffusers.LCMScheduler, {}),
+        "tcd": (diffusers.TCDScheduler, {}),
     }
     if name not in kinds:
         raise ConfigError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
     cls, extra = kinds[name]
+    if timestep_spacing is not None:
+        extra = {**extra, "timestep_spacing": timestep_spacing}
     return cls.from_config(config, **extra)
+
+
+def regen_timesteps(scheduler, name: str, steps: int, strength: float, with_start: bool, device="cpu"):
+    """Set ``scheduler``'s timesteps for one regeneration; return those that run and their count.
+
+    Without a start image all ``steps`` run from pure noise. With one, ``n = round(strength * steps)``
+    run (at least 1, :func:`~diffusion_hpc.generate.base.strength_steps`):
+
+    - few-step schedulers (:data:`~diffusion_hpc.config.generate.FEW_STEP_SCHEDULERS`: LCM, TCD) get
+      their own img2img schedule, ``set_timesteps(n, strength=strength)``: n steps spread over the
+      distillation timesteps below ``strength`` (as diffusers' LCM img2img pipeline does), so the first
+      step starts at the noise level ``strength`` asks for;
+    - the others run the last n of ``steps`` timesteps (SDEdit: the original's 35 of 50), from
+      ``set_begin_index`` on.
+
+    Args:
+        scheduler: a fresh scheduler of kind ``name`` (:func:`make_scheduler`).
+    Returns:
+        ``(timesteps, n)``: (n * order,) timesteps to run, first the one the start latents are noised to.
+    Raises:
+        ConfigError: a few-step scheduler with fewer distillation timesteps below ``strength`` than steps.
+    """
+    n = strength_steps(steps, strength) if with_start else int(steps)
+    if name in FEW_STEP_SCHEDULERS:
+        s = float(strength) if with_start else 1.0
+        origin = int(scheduler.config.original_inference_steps)
+        if int(origin * s) < n:
+            need = n / origin
+            raise ConfigError(f"strength {s:g} leaves {int(origin * s)} of the {name} scheduler's {origin} "
+                              f"distillation timesteps for {n} denoising steps; pass --strength >= {need:.2f} "
+                              f"or fewer --steps")  # fmt: skip
+        scheduler.set_timesteps(n, device=device, strength=s)
+        return scheduler.timesteps, n
+    scheduler.set_timesteps(int(steps), device=device)
+    begin = (int(steps) - n) * scheduler.order
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(begin)
+    return scheduler.timesteps[begin:], n
+
+
+def step_kwargs(name: str, scheduler, generators) -> dict:
+    """``scheduler.step``'s extra arguments: the per-sample generators (its noise, e.g. LCM's, TCD's
+    and Euler ancestral's, comes from each sample's own stream) and :data:`STEP_KWARGS`."""
+    accepted = inspect.signature(scheduler.step).parameters
+    kw = {"generator": generators} if "generator" in accepted else {}
+    return {**kw, **{k: v for k, v in STEP_KWARGS.get(name, {}).items() if k in accepted}}
 
 
 def guidance_embedding(w, dim: int):
@@ -328,7 +397,7 @@ class Text2ImageGenerator:
 
     Args:
         backbone: ``--backbone`` (dir, bundle or cached hub id) or a resolved :class:`BackboneSet`.
-        preset: ``original`` | ``default`` | ``fast`` (:data:`~diffusion_hpc.config.PRESETS`).
+        preset: ``original`` | ``default`` | ``fast`` | ``turbo`` (:data:`~diffusion_hpc.config.PRESETS`).
         steps, guidance, scheduler: override the preset's values.
         lora: LoRA weights of a domain-fine-tuned backbone: a ``.safetensors`` file or a folder
             holding one (see :func:`lora_file`; loaded with peft).
@@ -358,6 +427,7 @@ class Text2ImageGenerator:
         self.steps = int(steps if steps is not None else p.txt2img_steps)
         self.guidance = float(guidance if guidance is not None else p.guidance)
         self.scheduler_name = scheduler or p.scheduler
+        self.timestep_spacing = p.timestep_spacing
         self.backbones = _resolve(backbone)
         folder = self.backbones.text2img
         if folder is None:
@@ -373,7 +443,7 @@ class Text2ImageGenerator:
         self.pipe = _place(pipe, placement, offload, vae_slicing, vae_tiling)
         self.pipe.set_progress_bar_config(disable=True)
         _check_pipeline_tokenizers(self.pipe, folder)
-        self.pipe.scheduler = make_scheduler(self.scheduler_name, self.pipe.scheduler.config)
+        self.pipe.scheduler = make_scheduler(self.scheduler_name, self.pipe.scheduler.config, self.timestep_spacing)
         _load_lora(self.pipe, lora_path, lora_scale)
         self.size = size
         self.unet_counter = EvalCounter.attach(self.pipe.unet)
@@ -423,6 +493,7 @@ class Text2ImageGenerator:
                       height=h, width=w, latents=latents, generator=generators, output_type="np")  # fmt: skip
         if "negative_prompt" in self._call_params and guidance_factor(self.guidance, self.guidance_embedded) == 2:
             kwargs["negative_prompt"] = batch.negatives()
+        kwargs.update({k: v for k, v in STEP_KWARGS.get(self.scheduler_name, {}).items() if k in self._call_params})
         self.unet_counter.reset()
         with torch.inference_mode():
             out = self.pipe(**kwargs)
@@ -450,8 +521,9 @@ class DepthRegenerator:
         method: ``depth2img`` (SD-2-depth: depth as a 5th UNet channel) or ``controlnet``
             (ControlNet-depth on the text-to-image backbone: SD 1.x / 2.x or SDXL).
         controlnet: ``--controlnet`` (overrides a bundle's ControlNet).
-        preset: ``original`` | ``default`` | ``fast``; ``steps`` / ``strength`` / ``guidance`` /
-            ``scheduler`` override it. ``round(strength * steps)`` steps run.
+        preset: ``original`` | ``default`` | ``fast`` | ``turbo``; ``steps`` / ``strength`` /
+            ``guidance`` / ``scheduler`` override it. ``round(strength * steps)`` steps (at least 1)
+            run on a start image (:func:`regen_timesteps`).
         disparity: depth conversion scheme (``original`` or ``inverse``).
         mask_rule: pixel -> latent mask rule (``any`` or ``area``, see ``latent_mask``).
         controlnet_scale: ControlNet conditioning scale.
@@ -505,7 +577,9 @@ class DepthRegenerator:
         self.pipe.set_progress_bar_config(disable=True)
         _load_lora(self.pipe, lora_path, lora_scale)
         self.scheduler_config = self.pipe.scheduler.config
-        make_scheduler(self.scheduler_name, self.scheduler_config)  # validates the name now
+        self.timestep_spacing = p.timestep_spacing
+        # validates the name, and a few-step scheduler's steps against strength, now
+        regen_timesteps(self._scheduler(), self.scheduler_name, self.steps, self.strength, with_start=True)
         self.unet = self.pipe.unet
         self.vae = self.pipe.vae
         self.controlnet = getattr(self.pipe, "controlnet", None) if method == "controlnet" else None
@@ -558,6 +632,10 @@ class DepthRegenerator:
             pipe = _place(pipe, self.placement, *memory)
         _check_pipeline_tokenizers(pipe, bs.text2img)
         return pipe
+
+    def _scheduler(self):
+        """A fresh scheduler of the run's kind (schedulers hold per-call state)."""
+        return make_scheduler(self.scheduler_name, self.scheduler_config, self.timestep_spacing)
 
     # ---- cost -------------------------------------------------------------------------------
 
@@ -684,14 +762,10 @@ class DepthRegenerator:
                 w_emb = torch.full((b,), self.guidance - 1.0)
                 timestep_cond = guidance_embedding(w_emb, self.unet.config.time_cond_proj_dim).to(dev, dtype)
 
-            # 3. timesteps: the last round(strength * steps) of the schedule
-            scheduler = make_scheduler(self.scheduler_name, self.scheduler_config)
-            scheduler.set_timesteps(self.steps, device=dev)
-            n_run = self.steps_run(with_start)
-            begin = (self.steps - n_run) * scheduler.order
-            timesteps = scheduler.timesteps[begin:]
-            if hasattr(scheduler, "set_begin_index"):
-                scheduler.set_begin_index(begin)
+            # 3. timesteps: round(strength * steps) of them with a start image (regen_timesteps)
+            scheduler = self._scheduler()
+            timesteps, n_run = regen_timesteps(scheduler, self.scheduler_name, self.steps, self.strength,
+                                               with_start, device=dev)  # fmt: skip
 
             # 4. per-sample noise: region noise, then strength noise (fixed order per sample)
             gens = torch_generators(batch.seeds, STAGE_REGEN)
@@ -719,7 +793,7 @@ class DepthRegenerator:
             cond = torch.cat([cond, cond]) if self.cfg else cond
 
             # 7. denoising loop
-            step_kw = {"generator": gens} if "generator" in inspect.signature(scheduler.step).parameters else {}
+            step_kw = step_kwargs(self.scheduler_name, scheduler, gens)
             for i, t in enumerate(timesteps):
                 x = torch.cat([latents, latents]) if self.cfg else latents
                 x = scheduler.scale_model_input(x, t)
