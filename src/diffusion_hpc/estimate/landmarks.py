@@ -6,6 +6,14 @@ one whose model ships in the wheel) gives 33 image landmarks with visibility, 33
 camera) and a person mask. The landmarks map to COCO-17 by :data:`MEDIAPIPE_TO_COCO17`. MediaPipe
 labels left/right from the person's own point of view, as COCO does, so the map is name to name.
 MediaPipe itself is imported when the first detector runs.
+
+MediaPipe finds people of roughly a third of its input's height or more, so
+:class:`MediaPipeDetector` looks again when the whole image shows no one: on overlapping square
+tiles (:data:`DETECT_GRIDS`, coarse to fine, each tile resized to :data:`TILE_SIZE`), keeping the
+most confident person of the first grid that finds one, and then on a crop around that person
+(:data:`REFINE_EXPAND`, resized to :data:`REFINE_SIZE`) for precise landmarks and mask. A person
+found small in the whole image (below :data:`SMALL_PERSON` of the longer side) is refined the same
+way; a larger one costs the one whole-image pass.
 """
 
 from __future__ import annotations
@@ -13,11 +21,15 @@ from __future__ import annotations
 import math
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from itertools import chain
 
 import numpy as np
 
 from diffusion_hpc.body.joint_sets import COCO17
+from diffusion_hpc.geometry.boxes import (
+    BOX_EXPAND, crop_grid, crop_to_frame, points_box, square_window, window_box,
+)
 from diffusion_hpc.errors import MissingModelError
 from diffusion_hpc.runtime.native_log import MEDIAPIPE_CHATTER, filtered_native_stderr
 
@@ -39,6 +51,24 @@ COCO17_FROM_MEDIAPIPE = np.array([MEDIAPIPE33.index(MEDIAPIPE_TO_COCO17[n]) for 
 
 #: landmarks with a visibility below this do not enter a fit or a box
 MIN_VISIBILITY = 0.3
+
+#: tile grids searched, in order, when the whole image shows no one: (tiles across the longer side,
+#: overlap fraction of neighbours); the first grid that finds someone ends the search
+DETECT_GRIDS: tuple[tuple[int, float], ...] = ((2, 0.5), (3, 0.5), (5, 0.5))
+#: tiles are resized to this side (px) before MediaPipe
+TILE_SIZE = 256
+#: a person whose landmark box (seen landmarks) is below this fraction of the longer image side is
+#: refined on a crop around it
+SMALL_PERSON = 0.3
+#: the refinement crop is this x the person's square box (BOX_EXPAND x the seen landmarks' extent)
+REFINE_EXPAND = 1.5
+#: the refinement crop is resized to this side (px) before MediaPipe
+REFINE_SIZE = 512
+#: a refined person with a mean landmark visibility of at least this ends the search (weaker ones
+#: are kept while finer grids are searched; tiles of cups and cats give persons of 0.3 to 0.75)
+ACCEPT_SCORE = 0.8
+#: people refined per tile grid, most confident first
+TILE_CANDIDATES = 2
 
 
 def coco17_from_mediapipe(landmarks: np.ndarray) -> np.ndarray:
@@ -70,22 +100,101 @@ class Detection:
         landmarks2d: (33, 3) u, v in pixels and visibility in [0, 1].
         world: (33, 3) metres, origin between the hips, camera-aligned axes.
         mask: (H, W) float32 person segmentation in [0, 1].
+        crop: the square window ``(x0, y0, side)`` in image px the landmarks were found in (see
+            :func:`~diffusion_hpc.geometry.boxes.square_window`); None: the whole image.
+        passes: MediaPipe calls spent on this image.
     """
 
     landmarks2d: np.ndarray
     world: np.ndarray
     mask: np.ndarray | None
+    crop: tuple[int, int, int] | None = None
+    passes: int = 1
+
+    @property
+    def score(self) -> float:
+        """Mean landmark visibility in [0, 1] (how sure MediaPipe is of this person)."""
+        return float(self.landmarks2d[:, 2].mean())
+
+    def box(self, expand: float = BOX_EXPAND) -> tuple[np.ndarray, float] | None:
+        """Square person box ``(centre (2,), side)`` px around the landmarks seen with at least
+        :data:`MIN_VISIBILITY` (``expand`` x their extent); None when fewer than two are seen."""
+        seen = self.landmarks2d[:, 2] >= MIN_VISIBILITY
+        return points_box(self.landmarks2d[seen, :2], expand) if seen.sum() >= 2 else None
+
+
+def cut_window(image: np.ndarray, window: tuple[int, int, int], size: int) -> np.ndarray:
+    """(size, size, C) the square ``window`` ``(x0, y0, side)`` of an (H, W, C) image, zero outside
+    the image, resized to ``size`` (area interpolation when shrinking)."""
+    x0, y0, side = window
+    height, width = image.shape[:2]
+    xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + side, width), min(y0 + side, height)
+    out = np.zeros((side, side) + image.shape[2:], image.dtype)
+    if xb > xa and yb > ya:
+        out[ya - y0:yb - y0, xa - x0:xb - x0] = image[ya:yb, xa:xb]
+    if side == size:
+        return out
+    import cv2
+
+    return cv2.resize(out, (size, size), interpolation=cv2_interpolation(side, size))
+
+
+def paste_window(values: np.ndarray, window: tuple[int, int, int], shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) float32 image of a (S, S) map over the square ``window`` ``(x0, y0, side)``, resized
+    back to the window's side; zero outside the window (the inverse of :func:`cut_window`)."""
+    import cv2
+
+    x0, y0, side = window
+    height, width = shape
+    full = np.asarray(values, np.float32)
+    if full.shape[0] != side:
+        full = cv2.resize(full, (side, side), interpolation=cv2_interpolation(full.shape[0], side))
+    out = np.zeros((height, width), np.float32)
+    xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + side, width), min(y0 + side, height)
+    if xb > xa and yb > ya:
+        out[ya:yb, xa:xb] = full[ya - y0:yb - y0, xa - x0:xb - x0]
+    return out
+
+
+def centred_in(detection: Detection, window: tuple[int, int, int], shape: tuple[int, int]) -> bool:
+    """Whether the box of a detection's seen landmarks is centred inside the square ``window``
+    ``(x0, y0, side)`` and inside an image of ``shape`` (H, W) (a person MediaPipe placed beyond
+    the pixels it saw is not one)."""
+    box = detection.box()
+    if box is None:
+        return False
+    (cx, cy), (x0, y0, side) = box[0], window
+    height, width = shape
+    return bool(max(x0, 0) - 0.5 <= cx <= min(x0 + side, width) - 0.5
+                and max(y0, 0) - 0.5 <= cy <= min(y0 + side, height) - 0.5)
+
+
+def cv2_interpolation(source: int, target: int) -> int:
+    """OpenCV interpolation flag for resizing ``source`` px to ``target`` px: area when shrinking."""
+    import cv2
+
+    return cv2.INTER_AREA if target < source else cv2.INTER_LINEAR
 
 
 class MediaPipeDetector:
     """MediaPipe Pose, created on first use and reused (not thread-safe: calls are serialised).
 
-    MediaPipe's native start-up and first-frame log lines are filtered out of stderr
-    (:func:`filtered_native_stderr`); anything else it writes there is kept.
+    :meth:`detect` runs MediaPipe on the whole image, then, when it finds no one or someone small,
+    on tiles and a crop around the person (module docstring). ``passes`` counts MediaPipe calls
+    over the detector's life. MediaPipe's native start-up and first-frame log lines are filtered out
+    of stderr (:func:`filtered_native_stderr`); anything else it writes there is kept.
+
+    Args:
+        min_detection_confidence: MediaPipe's person-detector threshold.
+        grids: tile grids searched when the whole image shows no one (:data:`DETECT_GRIDS`; ``()``:
+            the whole image only, no refinement).
     """
 
-    def __init__(self, min_detection_confidence: float = 0.5) -> None:
+    def __init__(self, min_detection_confidence: float = 0.5,
+                 grids: tuple[tuple[int, float], ...] = DETECT_GRIDS) -> None:
         self.min_detection_confidence = min_detection_confidence
+        self.grids = tuple(grids)
+        self.passes = 0
         self._pose = None
         self._lock = threading.Lock()
 
@@ -103,12 +212,13 @@ class MediaPipeDetector:
             min_detection_confidence=self.min_detection_confidence,
         )
 
-    def detect(self, image: np.ndarray) -> Detection | None:
-        """The most prominent person in an (H, W, 3) uint8 RGB image, or None."""
-        with self._lock, filtered_native_stderr(MEDIAPIPE_CHATTER):
+    def _process(self, image: np.ndarray) -> Detection | None:
+        """One MediaPipe call on an (H, W, 3) uint8 RGB image: landmarks in its own pixels, or None."""
+        with filtered_native_stderr(MEDIAPIPE_CHATTER):
             if self._pose is None:
                 self._pose = self._create()
             result = self._pose.process(np.ascontiguousarray(image))
+        self.passes += 1
         if result.pose_landmarks is None:
             return None
         height, width = image.shape[:2]
@@ -116,3 +226,64 @@ class MediaPipeDetector:
         world = np.array([[p.x, p.y, p.z] for p in result.pose_world_landmarks.landmark])
         mask = None if result.segmentation_mask is None else np.asarray(result.segmentation_mask, np.float32)
         return Detection(lm, world, mask)
+
+    def _process_window(self, image: np.ndarray, window: tuple[int, int, int], size: int) -> Detection | None:
+        """MediaPipe on the square ``window`` of ``image`` resized to ``size``; landmarks and mask
+        mapped back to the image's pixels."""
+        found = self._process(cut_window(image, window, size))
+        if found is None:
+            return None
+        centre, side = window_box(window)
+        lm = found.landmarks2d.copy()
+        lm[:, :2] = crop_to_frame(lm[:, :2], centre, side, size)
+        mask = None if found.mask is None else paste_window(found.mask, window, image.shape[:2])
+        return Detection(lm, found.world, mask, crop=window)
+
+    def _tile_people(self, image: np.ndarray, tiles: int, overlap: float) -> list[Detection]:
+        """People centred in their tile over the tiles of one grid, most confident first, at most
+        :data:`TILE_CANDIDATES`."""
+        height, width = image.shape[:2]
+        found = [d for w in crop_grid(height, width, tiles, overlap)
+                 if (d := self._process_window(image, w, TILE_SIZE)) is not None and centred_in(d, w, (height, width))]
+        return sorted(found, key=lambda d: -d.score)[:TILE_CANDIDATES]
+
+    def _refine(self, image: np.ndarray, found: Detection) -> Detection | None:
+        """MediaPipe on the crop around a person's box (:data:`REFINE_EXPAND`, :data:`REFINE_SIZE`);
+        None when it finds no one centred in the image."""
+        box = found.box()
+        if box is None:
+            return None
+        window = square_window(box[0], REFINE_EXPAND * box[1])
+        refined = self._process_window(image, window, REFINE_SIZE)
+        return refined if refined is not None and centred_in(refined, window, image.shape[:2]) else None
+
+    def detect(self, image: np.ndarray) -> Detection | None:
+        """The most prominent person in an (H, W, 3) uint8 RGB image, or None.
+
+        1. MediaPipe on the whole image; a person at least :data:`SMALL_PERSON` of the longer side
+           is returned as found (one pass).
+        2. Candidates, in order: the small person of step 1, then the most confident people of each
+           tile grid (:attr:`grids`, coarse to fine, :data:`TILE_CANDIDATES` a grid), each refined on a crop around its box
+           (:meth:`_refine`). The first refined candidate whose score reaches :data:`ACCEPT_SCORE`
+           ends the search; otherwise the most confident candidate seen is returned (an unrefined
+           one keeps the tile it was found in as ``crop``).
+        """
+        with self._lock:
+            start = self.passes
+            found = self._process(image)
+            box = None if found is None else found.box()
+            large = box is not None and box[1] / BOX_EXPAND >= SMALL_PERSON * max(image.shape[:2])
+            if not self.grids or (found is not None and large):
+                return None if found is None else replace(found, passes=self.passes - start)
+            candidates = chain([found], chain.from_iterable(self._tile_people(image, t, o) for t, o in self.grids))
+            best = None
+            for candidate in candidates:
+                if candidate is None:
+                    continue
+                refined = self._refine(image, candidate)
+                person = refined or candidate
+                if best is None or person.score > best.score:
+                    best = person
+                if refined is not None and refined.score >= ACCEPT_SCORE:
+                    break
+            return None if best is None else replace(best, passes=self.passes - start)

@@ -87,3 +87,60 @@ def crop_matrix(center: np.ndarray, side: float, size: int, rotation_deg: float 
     A[:2, :2] = r
     A[:2, 2] = half - r @ np.asarray(center, np.float64)
     return A
+
+
+def frame_to_crop(points: np.ndarray, center: np.ndarray, side: float, size: int) -> np.ndarray:
+    """(N, 2) frame px -> (N, 2) crop px of the square box ``(center, side)`` resized to ``size`` px
+    (:func:`crop_matrix` without rotation)."""
+    A = crop_matrix(np.asarray(center, np.float64), float(side), int(size))
+    return np.asarray(points, np.float64) @ A[:2, :2].T + A[:2, 2]
+
+
+def crop_to_frame(points: np.ndarray, center: np.ndarray, side: float, size: int) -> np.ndarray:
+    """(N, 2) crop px of the square box ``(center, side)`` resized to ``size`` px -> (N, 2) frame px
+    (the inverse of :func:`frame_to_crop`)."""
+    A = np.linalg.inv(crop_matrix(np.asarray(center, np.float64), float(side), int(size)))
+    return np.asarray(points, np.float64) @ A[:2, :2].T + A[:2, 2]
+
+
+def square_window(center: np.ndarray, side: float) -> tuple[int, int, int]:
+    """Integer square window ``(x0, y0, side)`` closest to the box ``(center (2,), side)``.
+
+    The window covers columns ``x0 .. x0 + side - 1``; its exact centre ``x0 + (side - 1) / 2``
+    is the box centre rounded to the pixel grid. Cutting the window out and resizing it to ``size``
+    px (``cv2.resize``, any interpolation) is the map :func:`frame_to_crop` of that exact centre and
+    integer side, so crop pixels map back to the frame with :func:`crop_to_frame`.
+    """
+    s = max(int(round(float(side))), 1)
+    cx, cy = np.asarray(center, np.float64)
+    return int(round(cx - (s - 1) / 2.0)), int(round(cy - (s - 1) / 2.0)), s
+
+
+def window_box(window: tuple[int, int, int]) -> tuple[np.ndarray, float]:
+    """The box ``(centre (2,), side)`` of an integer window ``(x0, y0, side)`` (:func:`square_window`)."""
+    x0, y0, s = window
+    return np.array([x0 + (s - 1) / 2.0, y0 + (s - 1) / 2.0]), float(s)
+
+
+def crop_grid(height: int, width: int, tiles: int, overlap: float) -> list[tuple[int, int, int]]:
+    """Overlapping square windows ``(x0, y0, side)`` tiling an (H, W) frame, row by row.
+
+    ``tiles`` windows span the longer side, neighbours overlapping by the fraction ``overlap`` of a
+    side: ``side = L / (1 + (tiles - 1) (1 - overlap))`` with L the longer side. The shorter side
+    gets as many windows as it needs at (at most) the same stride, first and last flush with the
+    frame's edges; a side shorter than a window gets one window centred on it (reaching past the
+    frame). With overlap 0.5, anything of at most half a side lies wholly inside some window.
+    """
+    if tiles < 1 or not (0.0 <= overlap < 1.0):
+        raise ValueError(f"crop_grid needs tiles >= 1 and 0 <= overlap < 1, got tiles={tiles}, overlap={overlap}")
+    side = max(height, width) / (1.0 + (tiles - 1) * (1.0 - overlap))
+    stride = side * (1.0 - overlap)
+
+    def starts(length: int) -> np.ndarray:
+        if length <= side:
+            return np.array([(length - side) / 2.0])
+        count = int(math.ceil((length - side) / stride - 1e-9)) + 1
+        return np.linspace(0.0, length - side, count)
+
+    s = max(int(round(side)), 1)
+    return [(int(round(x0)), int(round(y0)), s) for y0 in starts(height) for x0 in starts(width)]
