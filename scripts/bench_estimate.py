@@ -3,10 +3,16 @@
     .venv/bin/python scripts/bench_estimate.py [--n 112] [--out DIR]
 
 1. Renders ``--n`` images with known poses (render baseline, built-in CMU poses, sampled shapes and
-   cameras, 256 px), fits them 16 at a time, and reports PA-MPJPE and MPJPE (root-relative) in mm
-   on H36M-17, split easy / hard. Hard = the pose prior calls it hard (``get_prior().is_hard``) when
-   the prior module exists, else the head (head_top) is below the pelvis in the world (the
-   rule used is printed).
+   cameras, 256 px) over procedural backgrounds and ``--n`` more over real photos that ship in
+   wheels (scikit-image's coffee, brick, grass, gravel, rocket, chelsea, ...), fits them 16 at a
+   time, and reports swap-aware figures (:func:`swap_aware_table`): limb PA-MPJPE (hips, knees,
+   ankles, shoulders, elbows, wrists) against the TRUE joints, the same for MediaPipe's own world
+   landmarks (what the fit has to beat), left/right accuracy (per limb pair, in the camera frame,
+   hip-centred: is the fitted left joint nearer the true left than the true right one), the share
+   of images whose labels are swapped (fewer than half the pairs right) and the facing accuracy;
+   split by view (front / side / back from the true torso's direction to the camera), near / far
+   camera, easy / hard pose (the pose prior's ``is_hard``) and background. Also H36M-17 PA-MPJPE
+   and MPJPE (root-relative) as before.
 2. On the real photos that ship in wheels (scikit-image ``camera``, ``astronaut``; matplotlib
    ``grace_hopper``): fitted COCO-17 vs the detector's landmarks (median px) and the fitted
    silhouette vs MediaPipe's person mask (IoU). Overlays go to ``--out``.
@@ -35,6 +41,67 @@ def pa_mpjpe(pred: np.ndarray, gt: np.ndarray) -> float:
     d = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
     scale = (s * np.diag(d)).sum() / (a**2).sum()
     return float(np.linalg.norm(scale * a @ (u @ d @ vt).T - b, axis=1).mean())
+
+
+#: COCO-17 indices of the limb joints (shoulders, elbows, wrists, hips, knees, ankles)
+LIMBS = np.arange(5, 17)
+#: camera distance (m) below which a render counts as "near"
+NEAR_M = 2.5
+#: skimage.data photos used as render backgrounds (all ship in the scikit-image wheel)
+BACKGROUND_PHOTOS = ("coffee", "brick", "grass", "gravel", "rocket", "chelsea", "astronaut", "immunohistochemistry",
+                     "retina", "cell", "page", "moon")
+
+
+def background_folder(out: Path) -> Path:
+    """A folder of real photos (scikit-image's sample images) for the render baseline's backgrounds."""
+    import cv2
+    import skimage.data
+
+    folder = out / "photo_backgrounds"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in BACKGROUND_PHOTOS:
+        image = getattr(skimage.data, name)()
+        image = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3]
+        cv2.imwrite(str(folder / f"{name}.png"), np.ascontiguousarray(image[..., ::-1]))
+    return folder
+
+
+def swap_aware_table(results, samples, groups: dict[str, np.ndarray]) -> None:
+    """Print limb PA-MPJPE (fit and detector), left/right accuracy, swaps and facing per group of renders."""
+    from diffusion_hpc.estimate.facing import facing_label, left_right_accuracy, torso_facing
+    from diffusion_hpc.estimate.landmarks import coco17_from_mediapipe
+
+    n = len(samples)
+    pa, det_pa, lr, facing_ok = (np.full(n, np.nan) for _ in range(4))
+    for i, (r, s) in enumerate(zip(results, samples)):
+        if not r.ok:
+            continue
+        true = s["joints3d"]["coco17"]
+        fit = r.joints3d["coco17"]
+        pa[i] = pa_mpjpe(fit[LIMBS], true[LIMBS]) * 1000
+        det_pa[i] = pa_mpjpe(coco17_from_mediapipe(r.landmarks3d)[LIMBS], true[LIMBS]) * 1000
+        lr[i] = left_right_accuracy(fit, true)
+        facing_ok[i] = facing_label(torso_facing(true)) == facing_label(torso_facing(fit))
+    print(f"  {'group':12s} {'n':>4s} {'fitted':>6s}  limb PA-MPJPE mean / median (mm)  detector's   "
+          f"L/R pairs  swapped  facing")
+    for name, sel in groups.items():
+        ok = sel & np.isfinite(pa)
+        if not ok.any():
+            continue
+        print(f"  {name:12s} {sel.sum():4d} {ok.sum():6d}  {pa[ok].mean():6.1f} / {np.median(pa[ok]):6.1f}"
+              f"{'':18s}{det_pa[ok].mean():5.1f} / {np.median(det_pa[ok]):5.1f}  {lr[ok].mean():6.3f}"
+              f"  {np.mean(lr[ok] < 0.5):6.3f}  {facing_ok[ok].mean():6.3f}")
+
+
+def render_groups(samples, hard: np.ndarray, photo_bg: np.ndarray) -> dict[str, np.ndarray]:
+    """Named boolean selections of the renders: all, views, near / far, easy / hard, backgrounds."""
+    from diffusion_hpc.estimate.facing import facing_label, torso_facing
+
+    view = np.array([facing_label(torso_facing(s["joints3d"]["coco17"])) for s in samples])
+    near = np.array([s["scores"]["distance_m"] < NEAR_M for s in samples])
+    return {"all": np.ones(len(samples), bool), "front": view == "front", "side": view == "side",
+            "back": view == "back", f"near <{NEAR_M:.1f}m": near, "far": ~near, "easy": ~hard, "hard": hard,
+            "procedural": ~photo_bg, "photo bg": photo_bg}
 
 
 def hard_flags(samples, body) -> tuple[np.ndarray, str]:
@@ -105,10 +172,12 @@ def hardest_poses(est, out: Path, n: int, seed: int) -> None:
         generate(GenerateConfig(n=n, image_size=(256, 256), seed=seed, poses=str(out / "hardest_poses.npz")),
                  out=ds, progress=False)
     samples = list(open_dataset(ds))
-    pa = pa_mpjpe_mm(in_batches(est.estimate, [s["image"] for s in samples]), samples)
+    results = in_batches(est.estimate, [s["image"] for s in samples])
+    pa = pa_mpjpe_mm(results, samples)
     ok = np.isfinite(pa)
     print(f"  hardest n={ok.sum():3d} of {len(samples)} (prior score {score[top].min():.0f}-{score[top].max():.0f}, "
-          f"hard threshold {prior.hard_threshold:.0f})  PA-MPJPE mean {pa[ok].mean():6.1f} median {np.median(pa[ok]):6.1f} mm")
+          f"hard threshold {prior.hard_threshold:.0f})  H36M PA-MPJPE mean {pa[ok].mean():6.1f} median {np.median(pa[ok]):6.1f} mm")
+    swap_aware_table(results, samples, {"hardest": np.ones(len(samples), bool)})
 
 
 def error_budget(est, samples, easy: np.ndarray) -> None:
@@ -141,10 +210,15 @@ def main() -> None:
     from diffusion_hpc.estimate.run import render_preview
     from diffusion_hpc.pipeline.generate import generate
 
-    ds = out / "renders"
+    ds, ds_photo = out / "renders", out / "renders_photo_bg"
     if not (ds / "config.yaml").exists():
         generate(GenerateConfig(n=args.n, image_size=(256, 256), seed=args.seed), out=ds, progress=False)
-    samples = list(open_dataset(ds))
+    if not (ds_photo / "config.yaml").exists():
+        cfg = GenerateConfig(n=args.n, image_size=(256, 256), seed=args.seed + 7)
+        cfg.render_baseline.backgrounds = background_folder(out)
+        generate(cfg, out=ds_photo, progress=False)
+    samples = list(open_dataset(ds)) + list(open_dataset(ds_photo))
+    photo_bg = np.arange(len(samples)) >= args.n
     est = get_estimator("mediapipe")
     body = est.body
     images = [s["image"] for s in samples]
@@ -166,7 +240,13 @@ def main() -> None:
             pa[i] = pa_mpjpe(e, g) * 1000
             mp[i] = np.linalg.norm((e - e[0]) - (g - g[0]), axis=1).mean() * 1000
     ok = np.isfinite(pa)
-    print(f"renders: {len(samples)} ({ok.sum()} fitted), hard rule: {rule}")
+    print(f"renders: {len(samples)} ({ok.sum()} fitted; {args.n} procedural, {args.n} over photos), hard rule: {rule}")
+    print(f"swap-aware (views from the true torso's direction to the camera, side within 60 deg of side-on):")
+    swap_aware_table(results, samples, render_groups(samples, hard, photo_bg))
+    hyp = np.array([r.fit_hypothesis for r in results])
+    print(f"  fit hypothesis kept: base {np.sum(hyp == 'base')}, swap {np.sum(hyp == 'swap')}; facing decided: "
+          + ", ".join(f"{f} {np.sum([r.facing == f for r in results])}" for f in ("front", "side", "back")))
+    print("H36M-17 (all 17 joints):")
     for name, sel in (("easy", ~hard & ok), ("hard", hard & ok), ("all", ok)):
         if sel.any():
             print(f"  {name:4s} n={sel.sum():3d}  PA-MPJPE mean {pa[sel].mean():6.1f} median {np.median(pa[sel]):6.1f} mm"
