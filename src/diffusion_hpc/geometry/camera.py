@@ -65,6 +65,12 @@ def rotation_z(angle: float) -> np.ndarray:
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
+def _project_batch(points: np.ndarray, K_t: np.ndarray) -> np.ndarray:
+    """:func:`project` of (B, N, 3) points with (B, 3, 3) transposed intrinsics, as one batched matmul."""
+    uvw = points @ K_t
+    return uvw[..., :2] / uvw[..., 2:3]
+
+
 def fit_translations(
     points: np.ndarray, K: np.ndarray, width: int, height: int, fill, offset=(0.0, 0.0)
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -94,17 +100,19 @@ def fit_translations(
     offset = np.broadcast_to(np.asarray(offset, dtype=np.float64), (B, 2))
     fx, fy, cx, cy = K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2]
     focal = np.stack([fx, fy], -1)  # (B, 2)
-    centre = (points.min(1) + points.max(1)) / 2.0  # (B, 3)
+    low, high = points.min(1), points.max(1)
+    centre = (low + high) / 2.0  # (B, 3)
     local = points - centre[:, None]
     # Solve on a subsample plus the extreme points (fast); check containment on all points.
-    extremes = np.concatenate([local.argmin(1), local.argmax(1)], axis=1)  # (B, 6)
+    extremes = np.concatenate([points.argmin(1), points.argmax(1)], axis=1)  # (B, 6), those of local too
     probe = np.concatenate([local[:, :: max(1, N // 2000)], np.take_along_axis(local, extremes[..., None], 1)], 1)
-    nearest = 0.1 - local[:, :, 2].min(1)  # (B,) depth that keeps every point 0.1 m in front
+    nearest = 0.1 - (low[:, 2] - centre[:, 2])  # (B,) depth that keeps every point 0.1 m in front
     limit = np.array([width - 1, height - 1], np.float64)
     out = np.full((B, 3), np.nan)
     todo = np.arange(B)
     for _ in range(50):
-        p, k, f = probe[todo], K[todo], focal[todo]
+        p, f = probe[todo], focal[todo]
+        kt = K[todo].transpose(0, 2, 1)
         z = np.full(len(todo), 3.0)
         for _ in range(30):  # fixed point: depth at which the box spans `fill`
             depth = z[:, None] + p[:, :, 2]
@@ -115,13 +123,13 @@ def fit_translations(
         t = np.zeros((len(todo), 3))
         t[:, 2] = z
         for _ in range(10):  # shift the projected box centre to its target
-            uv = project(p + t[:, None], k)
+            uv = _project_batch(p + t[:, None], kt)
             lo, hi = uv.min(1), uv.max(1)
             slack = (limit - (hi - lo)) / 2.0
             target = np.stack([cx[todo], cy[todo]], -1) + offset[todo] * np.maximum(slack, 0.0) * 0.98
             t[:, :2] += (target - (lo + hi) / 2.0) * z[:, None] / f
-        uv = project(local[todo] + t[:, None], k)
-        inside = (uv.min((1, 2)) >= 0.0) & (uv[:, :, 0].max(1) <= width - 1) & (uv[:, :, 1].max(1) <= height - 1)
+        uv = _project_batch(local[todo] + t[:, None], kt)
+        inside = (uv.min(1) >= 0.0).all(1) & (uv.max(1) <= limit).all(1)
         out[todo[inside]] = t[inside] - centre[todo[inside]]
         todo = todo[~inside]
         if not len(todo):

@@ -49,20 +49,34 @@ class RenderOutput:
                             self.face_id[rows], None if face_normals is None else face_normals[rows])
 
 
-def face_normals_facing_camera(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+def face_normals_facing_camera(vertices: np.ndarray, faces: np.ndarray, face_id: np.ndarray | None = None) -> np.ndarray:
     """Unit normal of every face, oriented towards the camera (``n . v0 < 0``; 0 for a degenerate face).
 
     Args:
         vertices: (B, V, 3) camera-frame vertices; faces: (F, 3) vertex indices.
+        face_id: (B, H, W) visible face per pixel (-1: background), or None; when given, only the
+            faces that cover a pixel get their normal (the others stay 0): what shading reads.
 
     Returns:
         (B, F, 3) float32 normals (what the renderers write per pixel).
     """
     v = np.asarray(vertices, np.float32)
-    v0, v1, v2 = (v[:, faces[:, k]] for k in range(3))
-    n = np.cross(v1 - v0, v2 - v0)
-    length = np.sqrt(np.einsum("bfi,bfi->bf", n, n))[..., None]
-    n = np.divide(n, length, out=np.zeros_like(n), where=length > 0)
-    flip = np.einsum("bfi,bfi->bf", n, v0) > 0
-    n[flip] *= -1.0
-    return n
+    faces = np.asarray(faces)
+    out = np.zeros((len(v), len(faces), 3), np.float32)
+    for b in range(len(v)):
+        if face_id is None:
+            rows = np.arange(len(faces))
+        else:
+            seen = np.zeros(len(faces) + 1, bool)
+            seen[face_id[b].reshape(-1) + 1] = True
+            rows = np.flatnonzero(seen[1:])
+        tri = faces[rows]
+        v0 = v[b, tri[:, 0]]
+        e1, e2 = v[b, tri[:, 1]] - v0, v[b, tri[:, 2]] - v0
+        n = np.stack([e1[:, 1] * e2[:, 2] - e1[:, 2] * e2[:, 1], e1[:, 2] * e2[:, 0] - e1[:, 0] * e2[:, 2],
+                      e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]], -1)  # fmt: skip
+        length = np.sqrt((n * n).sum(-1))[:, None]
+        n = np.divide(n, length, out=np.zeros_like(n), where=length > 0)
+        n[(n * v0).sum(-1) > 0] *= -1.0
+        out[b, rows] = n
+    return out

@@ -13,7 +13,8 @@ Outputs are written to float colour attachments, not read from the depth buffer:
 
 Without per-pixel normals (``render(..., normals=False)``, what the pipeline asks for) a second
 program and framebuffer write only z and the face id, and only those two are read back; the face
-normals are then computed per face on the CPU (:func:`~diffusion_hpc.render.base.face_normals_facing_camera`).
+normals of the visible faces are then computed on the CPU
+(:func:`~diffusion_hpc.render.base.face_normals_facing_camera`).
 Each attachment is read straight into its output array (no reshuffling copies).
 
 The projection matrix maps the OpenCV pixel convention onto GL's: pixel (row i, col j) has its centre
@@ -84,17 +85,27 @@ void main() {
 }
 """
 
-#: the label pass: depth and face id only (2 attachments, 8 bytes a pixel to read back, not 20)
+#: the label pass: depth and face id only (2 attachments, 8 bytes a pixel to read back, not 20), and
+#: no geometry shader (the fragment shader has the primitive id; llvmpipe runs geometry shaders slowly)
+_VS_LABEL = """
+#version 330
+uniform mat4 proj;
+in vec3 in_pos;
+out float v_z;
+void main() {
+    v_z = in_pos.z;
+    gl_Position = proj * vec4(in_pos, 1.0);
+}
+"""
+
 _FS_LABEL = """
 #version 330
-in vec3 g_pos;
-flat in vec3 g_normal;
-flat in int g_fid;
+in float v_z;
 layout(location = 0) out float out_z;
 layout(location = 1) out int out_fid;
 void main() {
-    out_z = g_pos.z;
-    out_fid = g_fid;
+    out_z = v_z;
+    out_fid = gl_PrimitiveID + 1;
 }
 """
 
@@ -156,8 +167,8 @@ class GLRenderer:
         ctx = self._ctx
         try:
             # with per-pixel normals (True) and without (False: the label pass)
-            self._progs = {normals: ctx.program(vertex_shader=_VS, geometry_shader=_GS, fragment_shader=fs)
-                           for normals, fs in ((True, _FS), (False, _FS_LABEL))}  # fmt: skip
+            self._progs = {True: ctx.program(vertex_shader=_VS, geometry_shader=_GS, fragment_shader=_FS),
+                           False: ctx.program(vertex_shader=_VS_LABEL, fragment_shader=_FS_LABEL)}  # fmt: skip
         except Exception as exc:
             ctx.release()
             raise RuntimeError(f"OpenGL 3.3 shaders do not compile on this context: {exc}") from exc
@@ -224,7 +235,8 @@ class GLRenderer:
 
         Returns:
             RenderOutput with depth (B,H,W) f32, mask (B,H,W) bool, normals (B,H,W,3) f32 (or None),
-            face_id (B,H,W) i32, face_normals (B,F,3) f32.
+            face_id (B,H,W) i32, face_normals (B,F,3) f32 (without a normal map; 0 for faces that
+            cover no pixel) or None.
         """
         verts = _to_numpy(vertices, np.float32)
         if verts.ndim == 2:
@@ -253,8 +265,9 @@ class GLRenderer:
             with self._ctx:  # make the context current in this thread
                 self._draw_batch(verts, faces_np, Ks, (H, W), depth, normal_map, face_id)
         face_id -= 1
+        # without a normal map: the visible faces' normals (the others are never read)
         return RenderOutput(depth=depth, mask=face_id >= 0, normals=normal_map, face_id=face_id,
-                            face_normals=face_normals_facing_camera(verts, faces_np))
+                            face_normals=None if normals else face_normals_facing_camera(verts, faces_np, face_id))
 
     def _draw_batch(self, verts, faces, Ks, size, depth_out, normal_out, fid_out) -> None:
         """Draw each batch item into the persistent FBO and read it back into the out arrays
