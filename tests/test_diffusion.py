@@ -423,6 +423,8 @@ def test_few_step_img2img_schedules_follow_strength(backbone):
     assert (gen.generate(regen_batch([4])).unet_evals == 1).all()
     with pytest.raises(ConfigError, match="strength 0.01"):
         DepthRegenerator(backbone, preset="fast", scheduler="tcd", strength=0.01)
+    with pytest.raises(ConfigError, match=r"for 60 denoising steps; pass --steps <= 50"):  # mode D: all from noise
+        DepthRegenerator(backbone, preset="fast", steps=60, strength=1.0)
 
 
 def test_tcd_eta_reaches_every_step(backbone, monkeypatch):
@@ -471,6 +473,7 @@ def test_few_step_presets_end_to_end_record_their_cost(backbone, guides, tmp_pat
     assert len(rows) == 2 and any(r["status"] == "ok" for r in rows)
     for r in rows:
         s = r["sampler"]
-        assert (s["preset"], s["scheduler"], s["guidance"], s["steps"], s["strength"]) == ("turbo", "euler_a", 0.0, 2, 0.5)
+        assert (s["preset"], s["scheduler"], s["guidance"], s["steps"], s["strength"]) == \
+            ("turbo", "euler_a", 0.0, 2, 0.5)  # fmt: skip
         regenerated = r["status"] == "ok" or r["reason"].startswith("verify")
         assert s["steps_run"] == int(regenerated) and r["unet_evals"] == s["steps_run"] <= 4

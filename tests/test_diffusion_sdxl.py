@@ -27,6 +27,14 @@ def sdxl(tiny_sdxl_backbone):
 
 
 @pytest.fixture(scope="module")
+def tiny_lcm_backbone(tmp_path_factory):
+    """The tiny SD backbone with guidance-distilled (LCM-style) UNets."""
+    from diffusion_hpc.generate.tiny import write_tiny_backbone
+
+    return write_tiny_backbone(tmp_path_factory.mktemp("tiny-lcm") / "bb", seed=0, lcm=True)
+
+
+@pytest.fixture(scope="module")
 def t2i(sdxl):
     from diffusion_hpc.generate.diffusion import Text2ImageGenerator
 
@@ -97,14 +105,15 @@ def test_sdxl_controlnet_regeneration_runs_and_counts(cnet):
 
 @pytest.mark.parametrize("kind, preset, scheduler, guidance", [
     ("sd", "default", None, 7.5), ("sdxl", "default", None, 7.5), ("sdxl", "default", None, 1.0),
-    ("sd", "fast", None, None), ("sd", "fast", "tcd", None), ("sdxl", "turbo", None, None),
+    ("sd", "fast", None, None), ("sd", "fast", "tcd", None), ("sdxl", "turbo", None, None), ("lcm", "fast", None, 8.0),
 ])  # fmt: skip
 def test_regeneration_from_noise_matches_the_diffusers_controlnet_pipeline(kind, preset, scheduler, guidance, request):
     """Mode D (no start image, all steps) is plain ControlNet text-to-image: the diffusers pipeline
     on the same initial latents and control image must give the same bytes. The few-step presets
     too (LCM, TCD with its eta, Turbo's Euler ancestral on trailing timesteps, guidance off): their
     scheduler noise comes from each sample's generator after its region and strength noise, as the
-    pipeline draws it from the same generators."""
+    pipeline draws it from the same generators. A guidance-distilled (LCM) UNet takes guidance 8 as an
+    embedding: one UNet row per sample per step."""
     from diffusion_hpc.generate import conditioning as C
     from diffusion_hpc.data.seeds import STAGE_REGEN
     from diffusion_hpc.generate.diffusion import (
@@ -115,12 +124,16 @@ def test_regeneration_from_noise_matches_the_diffusers_controlnet_pipeline(kind,
         torch_generators,
     )
 
-    backbone = request.getfixturevalue("tiny_sdxl_backbone" if kind == "sdxl" else "tiny_backbone")
+    fixture = {"sd": "tiny_backbone", "sdxl": "tiny_sdxl_backbone", "lcm": "tiny_lcm_backbone"}[kind]
+    backbone = request.getfixturevalue(fixture)
     steps = 3 if preset == "default" else None  # the few-step presets' own step counts
     gen = DepthRegenerator(backbone, method="controlnet", preset=preset, scheduler=scheduler, steps=steps,
                            guidance=guidance)  # fmt: skip
     batch = regen_batch([8, 9], start=False)
-    ours = gen.generate(batch).images
+    out = gen.generate(batch)
+    ours = out.images
+    assert gen.guidance_embedded == (kind == "lcm") and gen.cfg == (guidance == 7.5)
+    assert (out.unet_evals == gen.steps * (2 if gen.cfg else 1)).all()
     seeds = list(batch.seeds)
     generators = torch_generators(seeds, STAGE_REGEN)
     latents = per_sample_randn(generators, (4, SIZE // 8, SIZE // 8))

@@ -219,10 +219,9 @@ def regen_timesteps(scheduler, name: str, steps: int, strength: float, with_star
         s = float(strength) if with_start else 1.0
         origin = int(scheduler.config.original_inference_steps)
         if int(origin * s) < n:
-            need = n / origin
+            fix = f"--strength >= {n / origin:.2f} or fewer --steps" if with_start else f"--steps <= {origin}"
             raise ConfigError(f"strength {s:g} leaves {int(origin * s)} of the {name} scheduler's {origin} "
-                              f"distillation timesteps for {n} denoising steps; pass --strength >= {need:.2f} "
-                              f"or fewer --steps")  # fmt: skip
+                              f"distillation timesteps for {n} denoising steps; pass {fix}")  # fmt: skip
         scheduler.set_timesteps(n, device=device, strength=s)
         return scheduler.timesteps, n
     scheduler.set_timesteps(int(steps), device=device)
@@ -578,8 +577,9 @@ class DepthRegenerator:
         _load_lora(self.pipe, lora_path, lora_scale)
         self.scheduler_config = self.pipe.scheduler.config
         self.timestep_spacing = p.timestep_spacing
-        # validates the name, and a few-step scheduler's steps against strength, now
-        regen_timesteps(self._scheduler(), self.scheduler_name, self.steps, self.strength, with_start=True)
+        # validates the name, and a few-step scheduler's steps against strength (and from noise), now
+        for with_start in (False, True):
+            regen_timesteps(self._scheduler(), self.scheduler_name, self.steps, self.strength, with_start)
         self.unet = self.pipe.unet
         self.vae = self.pipe.vae
         self.controlnet = getattr(self.pipe, "controlnet", None) if method == "controlnet" else None

@@ -25,6 +25,11 @@ part (there is no SDXL depth-to-image pipeline; regeneration uses the ControlNet
                                 64-dim concatenated hidden states; pooled text + 6 size/crop ids)
     DIR/controlnet_depth/       ControlNetModel with the same added embedding
 
+``lcm=True`` makes the UNets guidance-distilled, as LCM-distilled checkpoints (LCM-Dreamshaper,
+LCM-SDXL) are: they take the guidance scale as an embedding (``time_cond_proj_dim``), so a guided
+step costs one UNet row, and the pipelines ship ``LCMScheduler``. The ControlNet stays a plain one
+(real ControlNet-depth models have no guidance embedding).
+
 The output is a deterministic function of ``seed`` (same weights, same files' contents).
 """
 
@@ -117,6 +122,8 @@ _UNET_KW = dict(
 
 #: SDXL's second text encoder: pooled, projected embedding size (real SDXL: 1280)
 _SDXL_POOLED_DIM = 24
+#: size of the guidance-scale embedding of a guidance-distilled (LCM) UNet (LCM-Dreamshaper: 256)
+_LCM_COND_DIM = 16
 #: SDXL's size / crop conditioning: 6 ids (original H, W, crop top, left, target H, W), each embedded in 8
 _SDXL_TIME_DIM = 8
 #: SDXL UNet / ControlNet changes (as diffusers' own SDXL test configs): both encoders' hidden states
@@ -128,13 +135,14 @@ _SDXL_KW = dict(
 )  # fmt: skip
 
 
-def _unet(in_channels: int, sdxl: bool = False):
+def _unet(in_channels: int, sdxl: bool = False, lcm: bool = False):
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
         in_channels=in_channels, out_channels=4, up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        sample_size=TINY_IMAGE_SIZE // 8, **{**_UNET_KW, **(_SDXL_KW if sdxl else {})},
-    ).eval()
+        sample_size=TINY_IMAGE_SIZE // 8, time_cond_proj_dim=_LCM_COND_DIM if lcm else None,
+        **{**_UNET_KW, **(_SDXL_KW if sdxl else {})},
+    ).eval()  # fmt: skip
 
 
 def _controlnet(sdxl: bool = False):
@@ -146,11 +154,11 @@ def _controlnet(sdxl: bool = False):
     ).eval()  # fmt: skip
 
 
-def _scheduler():
-    from diffusers import DDIMScheduler
+def _scheduler(lcm: bool = False):
+    from diffusers import DDIMScheduler, LCMScheduler
 
-    # Stable Diffusion's training schedule
-    return DDIMScheduler(
+    # Stable Diffusion's training schedule (LCM: the same, with LCM's 50 distillation steps)
+    return (LCMScheduler if lcm else DDIMScheduler)(
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
         clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
     )  # fmt: skip
@@ -164,13 +172,14 @@ def _mark_tiny(folder: Path, seed: int) -> None:
     (folder / TINY_MARKER).write_text(json.dumps({"tiny": True, "seed": seed}) + "\n")
 
 
-def write_tiny_backbone(out_dir: str | Path, seed: int = 0, sdxl: bool = False) -> Path:
+def write_tiny_backbone(out_dir: str | Path, seed: int = 0, sdxl: bool = False, lcm: bool = False) -> Path:
     """Write the tiny text2img + depth2img + ControlNet-depth bundle to ``out_dir`` (created).
 
     Args:
         out_dir: target directory; existing files of the bundle are overwritten.
         seed: weight initialisation seed (same seed -> same weights).
         sdxl: write the SDXL text2img + ControlNet-depth bundle instead (no depth2img part).
+        lcm: guidance-distilled UNets (LCM-style guidance embedding) and ``LCMScheduler`` configs.
 
     Returns:
         ``out_dir`` as a Path; pass it as ``--backbone``.
@@ -181,7 +190,7 @@ def write_tiny_backbone(out_dir: str | Path, seed: int = 0, sdxl: bool = False) 
     out.mkdir(parents=True, exist_ok=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        parts = _write_sdxl(out) if sdxl else _write_sd(out)
+        parts = _write_sdxl(out, lcm) if sdxl else _write_sd(out, lcm)
     for sub in parts:
         if sub != "controlnet_depth":
             _mark_tiny(out / sub, seed)
@@ -197,27 +206,29 @@ def write_tiny_backbone(out_dir: str | Path, seed: int = 0, sdxl: bool = False) 
     }
     if sdxl:
         bundle["sdxl"] = True
+    if lcm:
+        bundle["lcm"] = True
     (out / BUNDLE_FILE).write_text(json.dumps(bundle, indent=2, sort_keys=True) + "\n")
     return out
 
 
-def _write_sd(out: Path) -> tuple[str, ...]:
+def _write_sd(out: Path, lcm: bool = False) -> tuple[str, ...]:
     """The SD 1.x-style parts (weights drawn from the global torch RNG, in a fixed order)."""
     from diffusers import StableDiffusionDepth2ImgPipeline, StableDiffusionPipeline
 
     tokenizer = tiny_tokenizer()
     text_encoder = _text_encoder(tokenizer)
     vae = _vae()
-    unet = _unet(4)
-    unet_depth = _unet(5)
+    unet = _unet(4, lcm=lcm)
+    unet_depth = _unet(5, lcm=lcm)
     controlnet = _controlnet()
     t2i = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=_scheduler(),
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=_scheduler(lcm),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )  # fmt: skip
     t2i.save_pretrained(out / "text2img")
     d2i = StableDiffusionDepth2ImgPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet_depth, scheduler=_scheduler(),
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet_depth, scheduler=_scheduler(lcm),
         depth_estimator=None, feature_extractor=None,
     )  # fmt: skip
     d2i.save_pretrained(out / "depth2img")
@@ -225,7 +236,7 @@ def _write_sd(out: Path) -> tuple[str, ...]:
     return ("text2img", "depth2img", "controlnet_depth")
 
 
-def _write_sdxl(out: Path) -> tuple[str, ...]:
+def _write_sdxl(out: Path, lcm: bool = False) -> tuple[str, ...]:
     """The SDXL parts (weights drawn from the global torch RNG, in a fixed order)."""
     from diffusers import StableDiffusionXLPipeline
 
@@ -233,11 +244,11 @@ def _write_sdxl(out: Path) -> tuple[str, ...]:
     text_encoder = _text_encoder(tokenizer)
     text_encoder_2 = _text_encoder(tokenizer_2, projection_dim=_SDXL_POOLED_DIM)
     vae = _vae()
-    unet = _unet(4, sdxl=True)
+    unet = _unet(4, sdxl=True, lcm=lcm)
     controlnet = _controlnet(sdxl=True)
     t2i = StableDiffusionXLPipeline(
         vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
-        tokenizer_2=tokenizer_2, unet=unet, scheduler=_scheduler(), add_watermarker=False,
+        tokenizer_2=tokenizer_2, unet=unet, scheduler=_scheduler(lcm), add_watermarker=False,
     )  # fmt: skip
     t2i.save_pretrained(out / "text2img")
     controlnet.save_pretrained(out / "controlnet_depth")
