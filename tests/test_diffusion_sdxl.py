@@ -148,6 +148,12 @@ def test_regeneration_from_noise_matches_the_diffusers_controlnet_pipeline(kind,
     assert type(gen.pipe).__name__ == ("StableDiffusionXLControlNetPipeline" if kind == "sdxl"
                                        else "StableDiffusionControlNetPipeline")  # fmt: skip
     assert np.array_equal(np.round(np.clip(ref, 0, 1) * 255).astype(np.uint8), ours)
+    if kind == "lcm":  # the start image too: guidance 8 embedded, 4 LCM steps, 4 UNet rows
+        from diffusion_hpc.generate.diffusion import Text2ImageGenerator
+
+        t2i = Text2ImageGenerator(backbone, preset=preset, guidance=guidance)
+        made = t2i.generate(GenerationBatch(seeds=seeds, prompts=list(batch.prompts), size=(SIZE, SIZE)))
+        assert t2i.settings.guidance_embedded and (made.unet_evals == 4).all()
 
 
 def test_float16_sdxl_vae_runs_in_float32(sdxl):
