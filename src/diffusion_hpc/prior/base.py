@@ -32,8 +32,9 @@ class PosePrior(torch.nn.Module):
 
     def describe(self) -> dict:
         """What a dataset records about the prior that scored it: ``name``, ``body_model``,
-        ``file`` (its weights, or None for a shipped prior), ``sha256`` of that file (None when
-        there is none), ``hard_threshold``, ``corpus_hard_threshold``, ``plausible_threshold``.
+        ``file`` (the weights file it was loaded from, the packaged one for the shipped prior;
+        None when built from tensors), ``sha256`` of that file (identifies the prior across
+        versions), ``hard_threshold``, ``corpus_hard_threshold``, ``plausible_threshold``.
         JSON-ready."""
         path = getattr(self, "path", None)
         return {
