@@ -417,6 +417,8 @@ def test_few_step_img2img_schedules_follow_strength(backbone):
     euler_a = make_scheduler(turbo.scheduler, config, turbo.timestep_spacing)
     ts, n = regen_timesteps(euler_a, turbo.scheduler, turbo.regen_steps, turbo.strength, with_start=True)
     assert n == 1 and ts.tolist() == [499]
+    euler_a = make_scheduler(turbo.scheduler, config, turbo.timestep_spacing)
+    assert regen_timesteps(euler_a, "euler_a", 2, 0.2, with_start=True)[1] == 1  # round(0.4) = 0: still one step
     leading = make_scheduler("euler_a", {**config, "timestep_spacing": "leading"})
     assert regen_timesteps(leading, "euler_a", 2, 0.5, with_start=True)[0].tolist() == [1]  # why Turbo trails
     gen = DepthRegenerator(backbone, preset="fast", strength=0.1)
