@@ -219,9 +219,10 @@ def regen_timesteps(scheduler, name: str, steps: int, strength: float, with_star
         s = float(strength) if with_start else 1.0
         origin = int(scheduler.config.original_inference_steps)
         if int(origin * s) < n:
-            fix = f"--strength >= {n / origin:.2f} or fewer --steps" if with_start else f"--steps <= {origin}"
+            fewer = " or fewer --steps" if n > 1 else ""
+            fix = f"--strength >= {n / origin:.2f}{fewer}" if with_start else f"--steps <= {origin}"
             raise ConfigError(f"strength {s:g} leaves {int(origin * s)} of the {name} scheduler's {origin} "
-                              f"distillation timesteps for {n} denoising steps; pass {fix}")  # fmt: skip
+                              f"distillation timesteps for {n} denoising step{'s' * (n > 1)}; pass {fix}")  # fmt: skip
         scheduler.set_timesteps(n, device=device, strength=s)
         return scheduler.timesteps, n
     scheduler.set_timesteps(int(steps), device=device)
