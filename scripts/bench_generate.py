@@ -4,18 +4,60 @@ Measures the whole per-sample path (requests, body model, camera placement, rend
 generator, labels, PNG encoding and the shard write), after a warm-up run that loads the models,
 plus the mean time per stage from the manifest and the process's peak resident memory.
 
+``--memory N1 N2 ...``: instead, peak resident memory (ru_maxrss) of a whole ``dhpc generate`` run
+of each size, each in its own subprocess, and the ratio of each to the first (flat memory: a
+1,000-sample run should need about what a 100-sample run needs).
+
     .venv/bin/python scripts/bench_generate.py --n 64 --batch-sizes 1 16 --image-size 512
+    .venv/bin/python scripts/bench_generate.py --memory 100 1000 --batch-sizes 16 --image-size 512
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+
+def peak_rss_mb(n: int, batch_size: int, image_size: int, renderer: str, out: Path) -> tuple[float, float]:
+    """(peak resident MB, seconds) of ``dhpc generate -n n`` (mode D) in a subprocess of its own."""
+    command = [sys.executable, "-m", "diffusion_hpc.cli", "generate", "--out", str(out), "-n", str(n),
+               "--batch-size", str(batch_size), "--image-size", str(image_size), "--renderer", renderer,
+               "--no-progress"]  # fmt: skip
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench_generate: {' '.join(command)} failed ({proc.returncode})")
+    return usage.ru_maxrss / 1024, time.perf_counter() - start
+
+
+def memory(args) -> None:
+    """Peak RSS of a run of each size in ``args.memory`` (one subprocess each), and the ratios."""
+    tmp = Path(tempfile.mkdtemp(prefix="dhpc-bench-mem-"))
+    bs = args.batch_sizes[0]
+    try:
+        rows = []
+        for n in args.memory:
+            mb, seconds = peak_rss_mb(n, bs, args.image_size, args.renderer, tmp / f"n{n}")
+            rows.append({"n": n, "peak_rss_mb": mb, "seconds": seconds})
+            shutil.rmtree(tmp / f"n{n}")
+        print(f"mode D, render baseline, {args.image_size}x{args.image_size}, batch {bs}, renderer {args.renderer}: "
+              "peak resident memory of `dhpc generate` (one subprocess per run)")
+        for r in rows:
+            print(f"n={r['n']:>6}  {r['peak_rss_mb']:>8.0f} MB  x{r['peak_rss_mb'] / rows[0]['peak_rss_mb']:.3f}  "
+                  f"({r['seconds']:.0f} s)")
+        print(json.dumps({"memory": rows}))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> None:
@@ -24,7 +66,12 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--renderer", default="auto")
+    parser.add_argument("--memory", type=int, nargs="+", metavar="N",
+                        help="measure peak resident memory of runs of these sizes instead")
     args = parser.parse_args()
+    if args.memory:
+        memory(args)
+        return
 
     from diffusion_hpc.config import GenerateConfig
     from diffusion_hpc.data import open_dataset

@@ -129,8 +129,8 @@ class ShardStream:
     those of writing all records at once. :meth:`commit` makes the shard complete (manifest part,
     then tar: the commit point); leaving the ``with`` block without a commit (an error, a full
     disk) removes the temporary tar, and nothing of the shard is committed. A killed process leaves
-    the temporary file behind; the next :meth:`DatasetWriter.open` (under the folder's lock)
-    removes it.
+    the temporary file behind; the next stream of that shard, or the next
+    :meth:`DatasetWriter.open` (under the folder's lock), removes it.
 
     ``waited`` is the time the caller spent in :meth:`add` and :meth:`commit` (encoding and
     writing not hidden behind the caller's work).
@@ -143,6 +143,11 @@ class ShardStream:
         self._keys: set[str] = set()
         self._error: BaseException | None = None
         self._done = False
+        # a worker that died making this shard left its temporary tar (an engine makes a shard in
+        # one process at a time, so no live writer owns it)
+        for stale in self.target.parent.glob(f".{self.target.name}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
         with self._storage():
             fd, tmp = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=self.target.parent)
         self.tmp = Path(tmp)

@@ -19,6 +19,7 @@ costs a few milliseconds.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Callable, Protocol
@@ -160,6 +161,15 @@ def _sky_ground(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return sky * (1.0 - a) + ground * a
 
 
+@functools.lru_cache(maxsize=8)
+def pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """(yy, xx): (h, w) float32 row and column of every pixel, read-only, made once per size."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy.flags.writeable = False
+    xx.flags.writeable = False
+    return yy, xx
+
+
 def _noise(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Multi-octave noise through a colour ramp of 2-3 muted colours."""
     n = smooth_noise(rng, h, w, cells=rng.uniform(1.5, 5.0), octaves=5,
@@ -180,7 +190,7 @@ def _blobs(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     sh, sw = max(8, h // 8), max(8, w // 8)
     img = np.empty((sh, sw, 3), np.float32)
     img[:] = muted_colour(rng)
-    yy, xx = np.mgrid[0:sh, 0:sw].astype(np.float32)
+    yy, xx = pixel_grid(sh, sw)
     for _ in range(int(rng.integers(3, 9))):
         cy, cx = rng.uniform(0, sh), rng.uniform(0, sw)
         r = rng.uniform(0.08, 0.35) * max(sh, sw)
@@ -195,7 +205,7 @@ def _stripes(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     angle = rng.choice([0.0, 90.0, rng.uniform(0.0, 180.0)])
     th = np.deg2rad(angle)
     period = rng.uniform(0.03, 0.2) * max(h, w)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy, xx = pixel_grid(h, w)
     u = xx * np.float32(np.cos(th)) + yy * np.float32(np.sin(th))
     idx = np.floor(u / period).astype(np.int64)
     idx -= idx.min()
@@ -239,7 +249,7 @@ def _tile_pattern(
 def _tiles(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A fronto-parallel tiled wall."""
     size = rng.uniform(0.05, 0.2) * max(h, w)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy, xx = pixel_grid(h, w)
     img = _tile_pattern(rng, xx / size, yy / size, planks=False)
     return _shade_texture(rng, img, rng.uniform(0.03, 0.1), cells=6.0)
 
@@ -250,7 +260,7 @@ def _room(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     wall_c = _pick(rng, WALL, 12.0)
     wall = _vertical_ramp(h, w, wall_c * rng.uniform(0.85, 1.05), wall_c * rng.uniform(0.75, 1.0))
     wall = _shade_texture(rng, wall, rng.uniform(0.02, 0.08), cells=5.0)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy, xx = pixel_grid(h, w)
     dy = np.maximum(yy - horizon, 0.5)
     f = 0.6 * max(h, w)  # pinhole focal (pixels) of the imagined camera
     cam_h = rng.uniform(1.0, 1.8)  # metres above the floor
@@ -279,7 +289,7 @@ def _vignette(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Plain colour, faint vertical gradient, elliptical vignette."""
     c = muted_colour(rng) if rng.uniform() < 0.6 else _pick(rng, WALL)
     img = _vertical_ramp(h, w, c * rng.uniform(0.95, 1.1), c * rng.uniform(0.8, 1.0))
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy, xx = pixel_grid(h, w)
     cy, cx = h * rng.uniform(0.35, 0.6), w * rng.uniform(0.4, 0.6)
     r2 = ((yy - cy) / (0.5 * h)) ** 2 + ((xx - cx) / (0.5 * w)) ** 2
     img *= (1.0 - rng.uniform(0.2, 0.55) * np.clip(r2 / 2.0, 0.0, 1.0))[:, :, None]

@@ -4,7 +4,8 @@
     2. body forward in the canonical frame
     3. camera placement: orientation from the request, depth and offset so the body fits the image
        (the whole batch at once)
-    4. the samples: logs (prompt, pose source) and the placed bodies
+    4. the samples: logs (prompt, pose source) and the placed bodies, with their mesh and joints in
+       the camera (the canonical forward moved rigidly: the tail needs no second forward)
 
 The shared tail (:mod:`~diffusion_hpc.pipeline.tail`) takes it from there.
 """
@@ -74,5 +75,11 @@ def place_bodies(config: GenerateConfig, stages: Stages, poses, prompt_lines: li
                       prompt=prompt_text(pick_line(prompt_lines, r.index), r.seed) if diffusion else "",
                       pose_source=f"{config.poses}:{names[r.pose_index] if names is not None else r.pose_index}")
             for b, r in enumerate(requests)]  # fmt: skip
-    placed = PlacedBodies(logs, {k: v.numpy() for k, v in cam.items()}, np.stack([r.K for r in requests]))
+    # the label's mesh and joints: the canonical forward moved rigidly (what a forward on the camera
+    # parameters gives, to float precision), so the tail runs no second forward
+    vertices = (rotated + translations[:, None]).astype(np.float32)
+    joints = {name: np.einsum("bij,bkj->bki", rotations, j.numpy().astype(np.float64)) + translations[:, None]
+              for name, j in canonical.joints.items()}  # fmt: skip
+    placed = PlacedBodies(logs, {k: v.numpy() for k, v in cam.items()}, np.stack([r.K for r in requests]),
+                          vertices=vertices, joints=joints)  # fmt: skip
     return logs, placed.take(alive(logs))

@@ -101,12 +101,17 @@ class PlacedBodies:
         K: (B, 3, 3) float64 intrinsics (pixels of the saved image).
         start: the start images (modes T, R; cycles); None when the image starts from noise or
             from the render (mode D).
+        vertices, joints: the body model's output on ``params`` when the head has it already (mode D:
+            its canonical forward moved rigidly into the camera; (B, V, 3) float32 and joint-set
+            name -> (B, J, 3) float64), so the label needs no second forward; else None.
     """
 
     logs: list[SampleLog]
     params: dict[str, np.ndarray]
     K: np.ndarray
     start: Optional[StartImages] = None
+    vertices: Optional[np.ndarray] = None
+    joints: Optional[dict[str, np.ndarray]] = None
 
     def __len__(self) -> int:
         return len(self.logs)
@@ -114,7 +119,9 @@ class PlacedBodies:
     def take(self, rows: Sequence[int]) -> "PlacedBodies":
         rows = list(rows)
         return PlacedBodies([self.logs[i] for i in rows], _take_dict(self.params, rows), self.K[rows],
-                            None if self.start is None else self.start.take(rows))  # fmt: skip
+                            None if self.start is None else self.start.take(rows),
+                            None if self.vertices is None else self.vertices[rows],
+                            None if self.joints is None else _take_dict(self.joints, rows))  # fmt: skip
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """The tail every mode shares (DESIGN §2 steps 5-8):
 
-    1. label: body forward on the placed bodies, render depth / silhouette, project keypoints
+    1. label: body forward on the placed bodies (unless the head ran it: mode D), render depth /
+       silhouette, project keypoints
     2. image: the image generator on the labels (render baseline, or depth-conditioned regeneration
        SDEdit style from the start image when there is one)
     3. cycles (optional): re-estimate the body in the output image, label that estimate, regenerate
@@ -71,15 +72,19 @@ def label(stages: Stages, bodies: PlacedBodies, size: tuple[int, int], timer: St
 
     if not len(bodies):
         return _empty_labels(bodies, size)
-    params = {key: torch.as_tensor(v, dtype=torch.float32) for key, v in bodies.params.items()}
-    with torch.no_grad():
-        out = stages.body(params)
-    timer.lap("body")
+    params = {key: np.asarray(v, np.float32) for key, v in bodies.params.items()}  # as the body model runs them
+    if bodies.vertices is not None:  # the head ran the body model already (mode D)
+        vertices, joints3d = bodies.vertices, bodies.joints
+    else:
+        with torch.no_grad():
+            out = stages.body({key: torch.as_tensor(v) for key, v in params.items()})
+        vertices = out.vertices.numpy().astype(np.float32)
+        joints3d = {name: j.numpy().astype(np.float64) for name, j in out.joints.items()}
+        timer.lap("body")
     # depth and face ids only: a pixel's normal is its face's (RenderOutput.face_normals)
-    render = stages.renderer.render(out.vertices.numpy().astype(np.float32), stages.faces,
-                                    bodies.K.astype(np.float32), tuple(size), normals=False)  # fmt: skip
+    render = stages.renderer.render(vertices, stages.faces, bodies.K.astype(np.float32), tuple(size),
+                                    normals=False)  # fmt: skip
     timer.lap("render")
-    joints3d = {name: j.numpy().astype(np.float64) for name, j in out.joints.items()}
     keypoints = []
     for b, log in enumerate(bodies.logs):
         coco = joints3d["coco17"][b]
@@ -87,7 +92,7 @@ def label(stages: Stages, bodies: PlacedBodies, size: tuple[int, int], timer: St
         keypoints.append(np.concatenate([uv, keypoint_visibility(uv, coco[:, 2], render.depth[b])[:, None]], axis=1))
         if not render.mask[b].any():
             log.reason = "render: the mesh is outside the image"
-    ran = PlacedBodies(bodies.logs, {k: v.numpy() for k, v in params.items()}, bodies.K, bodies.start)
+    ran = PlacedBodies(bodies.logs, params, bodies.K, bodies.start)
     return Labels(ran, joints3d, np.stack(keypoints), render)
 
 
