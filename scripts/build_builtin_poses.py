@@ -21,6 +21,9 @@ Stored per pose: ``source`` (the BVH file name, e.g. ``13_31.bvh``), ``descripti
 ``subject`` and ``name`` = ``cmu_<trial>_f<frame>`` (``frame_approx`` of the data: the frame index
 is approximate, within a few percent).
 
+After a rebuild, run ``scripts/fit_default_prior.py``: the shipped prior is fitted on these poses
+and the packaged set ``builtin-hard`` (``cmu_builtin_sets.npz``) names some of them.
+
 Hands: the wrist channels are clamped (flips above 90 deg -> identity), fingers and thumbs keep
 Anny's rest pose (see :mod:`diffusion_hpc.poses.retarget`).
 
