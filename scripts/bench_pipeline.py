@@ -119,7 +119,7 @@ def main() -> None:
         print("## UNet evaluations per accepted sample (measured by the UNet counters; tiny backbone)")
         print(f"{'preset':<9} {'mode':<4} {'k':>2} {'accepted':>8} {'measured':>9} {'formula':>8} {'original':>8}")
         n_cost = 3 if args.quick else 6
-        for preset in ("original", "default", "fast"):
+        for preset in PRESETS:
             p = PRESETS[preset]
             t2i = expected_unet_evals(p.txt2img_steps, p.guidance)
             regen = expected_unet_evals(p.regen_steps, p.guidance, p.strength)

@@ -170,7 +170,7 @@ def _add_generate(sub) -> None:
     s = g.add_argument_group("diffusion sampler (a preset, then any value given here overrides it)")
     S = SamplerConfig
     _flag(s, S, "preset", text="original (the paper: DDIM, 50 steps, guidance 7.5), default (DPM++ 2M, 20 steps), "
-          "fast (LCM backbones)")
+          "fast (LCM / TCD / Hyper-SD backbones or LoRAs: 4 steps, guidance off), turbo (SD-/SDXL-Turbo: 1 step, guidance 0)")
     _flag(s, S, "scheduler", text="scheduler of the start image and the regeneration" + _by_preset("scheduler"))
     _flag(s, S, "txt2img_steps", type=int, metavar="N",
           text="denoising steps of the start image (mode T)" + _by_preset("txt2img_steps"))
