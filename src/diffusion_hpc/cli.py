@@ -155,7 +155,7 @@ def _add_generate(sub) -> None:
           "('doing a backflip'), or a full prompt (starts with a/an/the or holds a comma)")
     _flag(g, G, "prompts", type=Path, metavar="FILE", text="text file: one prompt or action phrase per line (instead of --prompt)")
     _flag(g, G, "guides", type=Path, metavar="DIR", text="R: folder of your real images of the domain (start images)")
-    _flag(g, G, "poses", text="D: 'builtin' (CMU mocap poses retargeted to Anny) or a pose file (.npz)")
+    _flag(g, G, "poses", text="D: 'builtin' (CMU mocap poses retargeted to Anny), 'builtin-hard' (those the prior calls hard) or a pose file (.npz)")
     _flag(g, G, "n", "-n", "--num-samples", type=int, text="number of samples")
     _flag(g, G, "k", "-k", type=int, text="T, R: variants per guide, the estimate + k-1 augmented poses" + _by_mode("k"))
     _flag(g, G, "seed", type=int, text="run seed")
@@ -379,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--every", type=int, default=1, help="keep every k-th frame (default 1)")
     imp.add_argument("--max-frames", type=int, help="at most this many frames per file")
     show = psub.add_parser("show", help="print what a pose file holds")
-    show.add_argument("file", help="pose file (.npz) or 'builtin'")
+    show.add_argument("file", help="pose file (.npz), 'builtin' or 'builtin-hard'")
 
 
     _add_estimate(sub)
@@ -418,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Fit the Anny pose prior (Gaussian in a PCA subspace of 6D joint rotations, "
                            "model chosen by held-out log-likelihood with folds split by subject) and write it "
                            "as a safetensors file.")
-    fit.add_argument("--poses", required=True, help="'builtin' or an Anny pose file (.npz; see dhpc poses import)")
+    fit.add_argument("--poses", required=True, help="'builtin', 'builtin-hard' or an Anny pose file (.npz; see dhpc poses import)")
     fit.add_argument("--out", required=True, type=Path, help="prior file to write (.safetensors)")
     fit.add_argument("--seed", type=int, default=0)
     return parser
@@ -495,7 +495,7 @@ def cmd_poses(args, parser) -> int:
         print(f"{len(result)} poses from {len(args.bvh)} files -> {args.out}")
         return 0
     if args.poses_command == "show":
-        pose_set = poses.builtin_poses() if args.file == "builtin" else poses.load_pose_file(args.file)
+        pose_set = poses.load_pose_set(args.file)
         print(f"{args.file}: {len(pose_set)} poses for body model {pose_set.body_model!r}, "
               f"body_pose {tuple(pose_set.body_pose.shape)}")
         return 0
@@ -572,10 +572,10 @@ def cmd_prior(args, parser) -> int:
     if args.prior_command != "fit":
         parser.parse_args(["prior", "--help"])
         return 2
-    from diffusion_hpc.poses import builtin_poses, load_pose_file
+    from diffusion_hpc.poses import load_pose_set
     from diffusion_hpc.prior.fit import fit_prior, format_report
 
-    poses = builtin_poses() if args.poses == "builtin" else load_pose_file(args.poses)
+    poses = load_pose_set(args.poses)
     if poses.body_model != "anny":
         raise DhpcError(f"{args.poses} holds {poses.body_model!r} poses; the prior fit takes Anny poses (for SMPL use VPoser)")
     result = fit_prior(poses, args.out, seed=args.seed, training_data=f"{args.poses}: {len(poses)} poses")

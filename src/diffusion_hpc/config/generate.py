@@ -172,7 +172,7 @@ class GenerateConfig(CommandConfig):
     mode: Literal["T", "R", "D"] = "D"
     """T: from text prompts; R: from the user's real images (``guides``); D: from body poses"""
     poses: str = "builtin"
-    """mode D: ``builtin`` (CMU mocap retargeted to Anny) or a pose file (.npz, see diffusion_hpc.poses.io)"""
+    """mode D: ``builtin`` (CMU mocap retargeted to Anny), ``builtin-hard`` (those the shipped prior calls hard) or a pose file (.npz, see diffusion_hpc.poses.io)"""
     prompt: Optional[str] = None
     """an action phrase put into the prompt templates ("doing a backflip"), or a full prompt (with
     ``{action}`` replaced, or more than one sentence-like phrase: see pipeline.requests.prompt_for_guide)"""

@@ -51,18 +51,18 @@ from diffusion_hpc.generate.backgrounds import FolderBackgrounds
 from diffusion_hpc.generate.diffusion import lora_file
 from diffusion_hpc.pipeline.guided import place_guided
 from diffusion_hpc.pipeline.inputs import GuideImages, read_prompt_lines
-from diffusion_hpc.pipeline.mode_d import place_bodies
+from diffusion_hpc.pipeline.mode_d import hard_threshold_of_poses, place_bodies
 from diffusion_hpc.pipeline.records import run_sampler
 from diffusion_hpc.pipeline.requests import guides_of
 from diffusion_hpc.pipeline.stages import Stages, StageTimer
 from diffusion_hpc.pipeline.tail import finish
-from diffusion_hpc.poses import builtin_poses, load_pose_file
+from diffusion_hpc.poses import load_pose_set
 from diffusion_hpc.runtime.weights import backbone_set, check_models
 
 log = logging.getLogger(__name__)
 
 #: run.json keys describing what ran (kept from an earlier session when a resume loads no model)
-WHAT_RAN_KEYS = ("sampler", "backbone")
+WHAT_RAN_KEYS = ("sampler", "backbone", "prior")
 
 
 @dataclass
@@ -183,7 +183,7 @@ class Generator:
 
     def _load_poses(self):
         cfg = self.config
-        poses = builtin_poses() if cfg.poses == "builtin" else load_pose_file(cfg.poses)
+        poses = load_pose_set(cfg.poses)
         if poses.body_model != cfg.body_model:
             raise InputError(
                 f"pose file {cfg.poses} holds {poses.body_model!r} poses but --body-model is {cfg.body_model!r}; "
@@ -224,8 +224,13 @@ class Generator:
         """run.json's record of what ran: the sampler and the weights (diffusion generators)."""
         if self.stages is not None:
             st = self.stages
+            prior = None
+            if st.prior is not None:
+                prior = st.prior.describe()
+                if self.config.mode == "D":
+                    prior["hard_threshold_used"] = hard_threshold_of_poses(self.config, st.prior)
             return {"generator": self.config.generator, "sampler": run_sampler(st.start_sampler, st.sampler),
-                    "backbone": st.backbone}  # fmt: skip
+                    "backbone": st.backbone, "prior": prior}  # fmt: skip
         previous = Path(out) / "run.json"  # a resume with nothing left to make loads no model
         kept = json.loads(previous.read_text()) if previous.is_file() else {}
         return {"generator": self.config.generator, **{k: kept.get(k) for k in WHAT_RAN_KEYS}}

@@ -24,7 +24,7 @@ from diffusion_hpc.config import GenerateConfig
 from diffusion_hpc.data.seeds import augment_seed, guide_seed, sample_seed
 from diffusion_hpc.generate.base import GenerationBatch
 from diffusion_hpc.pipeline.inputs import GuideImages
-from diffusion_hpc.pipeline.requests import pick_line, prompt_text, variants_in_run
+from diffusion_hpc.pipeline.requests import pick_line, prompt_text, variant_prompt, variants_in_run
 from diffusion_hpc.pipeline.samples import PlacedBodies, SampleLog, StartImages, alive
 from diffusion_hpc.pipeline.stages import Stages, StageTimer
 from diffusion_hpc.prior.augment import augment_poses
@@ -115,13 +115,17 @@ def place_guided(config: GenerateConfig, stages: Stages, guide_images: Optional[
                                      k=k, generator=augment_seed(cfg.seed, guide), body_model=cfg.body_model)
         for v in range(count):
             index = guide * k + v
-            log = SampleLog(index=index, seed=sample_seed(cfg.seed, index), prompt=g.prompts[i],
+            log = SampleLog(index=index, seed=sample_seed(cfg.seed, index),
+                            prompt=variant_prompt(pick_line(prompt_lines, guide), cfg.seed, index),
                             pose_source=f"{g.sources[i]}#variant{v}", unet_evals=float(g.unet_evals[i] / max(count, 1)),
                             reason=reasons[i], txt2img_steps_run=g.steps_run)  # fmt: skip
+            log.scores["guide_prior_score"] = float(prior_scores[i])  # the estimate's (the hard-only filter's)
             log.scores["prior_score"] = float(prior_scores[i])
             if not np.isnan(prior_scores[i]):
                 log.scores["hard"] = float(prior_scores[i] >= st.prior.hard_threshold)
-            if variants is not None:
+            if variants is not None:  # each variant's own pose: its score and flag
+                log.scores["prior_score"] = float(variants.scores[0, v])
+                log.scores["hard"] = float(variants.hard[0, v])
                 est = estimates[i]
                 Ks.append(np.asarray(est.K, np.float64))
                 params.append({"global_orient": variants.global_orient[0, v], "body_pose": variants.body_pose[0, v],

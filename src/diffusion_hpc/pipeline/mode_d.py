@@ -13,6 +13,7 @@ The shared tail (:mod:`~diffusion_hpc.pipeline.tail`) takes it from there.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from diffusion_hpc.body import transform_params
 from diffusion_hpc.config import DIFFUSION_GENERATORS, GenerateConfig
@@ -20,6 +21,7 @@ from diffusion_hpc.geometry.camera import fit_translations
 from diffusion_hpc.pipeline.requests import SampleRequest, make_request, pick_line, prompt_text
 from diffusion_hpc.pipeline.samples import PlacedBodies, SampleLog, alive
 from diffusion_hpc.pipeline.stages import Stages, StageTimer
+from diffusion_hpc.poses import BUILTIN_SETS
 
 
 def _shape(config: GenerateConfig, poses, request: SampleRequest) -> np.ndarray:
@@ -29,6 +31,21 @@ def _shape(config: GenerateConfig, poses, request: SampleRequest) -> np.ndarray:
     if getattr(poses, "betas", None) is not None and config.body_model != "anny":
         return np.asarray(poses.betas[request.pose_index], np.float32)
     return request.shape
+
+
+def hard_threshold_of_poses(config: GenerateConfig, prior) -> float:
+    """The hard threshold for mode D's poses: the built-in sets scored by the shipped prior are its
+    training corpus, scored in-sample (``corpus_hard_threshold``); any other pose is new to it."""
+    return prior.corpus_hard_threshold if config.poses in BUILTIN_SETS and config.prior_path is None else prior.hard_threshold
+
+
+def pose_scores(config: GenerateConfig, stages: Stages, body_pose) -> tuple[np.ndarray | None, float]:
+    """((B,) prior scores of the poses, the hard threshold for them); (None, nan) without a prior."""
+    if stages.prior is None:
+        return None, float("nan")
+    with torch.no_grad():
+        scores = stages.prior.score(body_pose).numpy()
+    return scores, hard_threshold_of_poses(config, stages.prior)
 
 
 def place_bodies(config: GenerateConfig, stages: Stages, poses, prompt_lines: list[str], indices: range,
@@ -69,12 +86,17 @@ def place_bodies(config: GenerateConfig, stages: Stages, poses, prompt_lines: li
                            torch.as_tensor(translations, dtype=torch.float32))  # fmt: skip
     timer.lap("camera")
     # 4. the samples
+    scores, threshold = pose_scores(config, stages, params["body_pose"])
     diffusion = config.generator in DIFFUSION_GENERATORS
     names = poses.name
     logs = [SampleLog(index=r.index, seed=r.seed, render_seed=r.generator_seed, reason=reasons[b],
                       prompt=prompt_text(pick_line(prompt_lines, r.index), r.seed) if diffusion else "",
                       pose_source=f"{config.poses}:{names[r.pose_index] if names is not None else r.pose_index}")
             for b, r in enumerate(requests)]  # fmt: skip
+    if scores is not None:
+        for log, score in zip(logs, scores):
+            log.scores["prior_score"] = float(score)
+            log.scores["hard"] = float(score >= threshold)
     # the label's mesh and joints: the canonical forward moved rigidly (what a forward on the camera
     # parameters gives, to float precision), so the tail runs no second forward
     vertices = (rotated + translations[:, None]).astype(np.float32)

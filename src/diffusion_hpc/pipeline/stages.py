@@ -63,11 +63,13 @@ class Stages:
         self.segmenter = None
         self.estimator = None
         self.prior = None
+        if cfg.mode == "D" and (cfg.body_model == "anny" or cfg.prior_path is not None):
+            self.prior = load_prior(cfg)  # mode D scores every pose (prior_score, hard)
         if cfg.mode in ("T", "R") or cfg.verify or cfg.cycles:
             # MediaPipe runs on the CPU; an instance segmenter (transformers) on the run's device, in float32
             on_device = {} if cfg.segmenter.startswith("mediapipe") else {"device": self.placement.device}
             self.segmenter = make_segmenter(cfg.segmenter, **on_device)
-            self.prior = load_prior(cfg)
+            self.prior = self.prior or load_prior(cfg)
             self.estimator = get_estimator("mediapipe", body_model=cfg.body_model, prior=self.prior,
                                            model_path=cfg.smpl_path)  # fmt: skip
 
