@@ -187,6 +187,8 @@ def test_estimate_files_end_to_end(tmp_path, estimator):
     assert list(data["ok"]) == [False, True] and data["reason"][0] == "no person found"
     assert data["params/body_pose"].shape == (2, 30, 3) and data["keypoints2d"].shape == (2, 17, 3)
     assert data["joints3d/h36m17"].shape == (2, 17, 3) and data["K"].shape == (2, 3, 3)
+    assert data["facing"][0] == "" and data["facing"][1] in PHOTO_FACING["camera"] and data["fit_hypothesis"][1] == "base"
+    assert np.isnan(data["facing_margin"][0]) and data["facing_margin"][1] > 0 and data["facing_score"][1] > 0.5
     assert set(arrays) == set(data.files)
     previews = sorted(p.name for p in (tmp_path / "prev").iterdir())
     assert previews == ["blank.png", "camera.png"]
