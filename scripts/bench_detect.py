@@ -1,6 +1,7 @@
 """Benchmark person detection against person size: the single-pass and the multi-scale MediaPipe detector.
 
-    .venv/bin/python scripts/bench_detect.py [--n 16] [--frames 2048,1024,512] [--sizes 5,10,15,25,50,80] [--out DIR]
+    .venv/bin/python scripts/bench_detect.py [--n 16] [--frames 2048,1024,512] [--sizes 5,10,15,25,50,80|none]
+                                             [--empty 8] [--grids 2x0.5,3x0.5] [--out DIR]
 
 1. People: render-baseline samples (``dhpc generate`` mode D, 512², sampled shapes, cameras from the
    front, back and side) of the built-in poses and of the ``--n-hard`` built-in poses the prior
@@ -20,6 +21,7 @@
    left/right flip still counts as found). Reported per frame size and size bin: recall, time per
    image, MediaPipe passes per image, and the median 2D COCO-17 error of found people against the
    true projections (px and % of the person's size; true-visible joints only).
+4. False detections: ``--empty`` frames per frame size without a person (the same backgrounds).
 """
 
 from __future__ import annotations
@@ -138,6 +140,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="5,10,15,25,50,80", help="person sizes, %% of the frame height")
     ap.add_argument("--grids", default=None, help="tile grids of the multi-scale detector, e.g. 2x0.5,3x0.5 "
                     "(tiles x overlap; default: DETECT_GRIDS)")
+    ap.add_argument("--empty", type=int, default=8, help="frames without a person per frame size (false detections)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", type=Path, default=None, help="folder for the renders (default: a temp dir)")
     args = ap.parse_args()
@@ -156,7 +159,7 @@ def main() -> None:
     for det in detectors.values():  # warm-up: MediaPipe graphs
         det.detect(np.zeros((256, 256, 3), np.uint8))
     frames = [int(f) for f in args.frames.split(",")]
-    sizes = [float(s) / 100 for s in args.sizes.split(",")]
+    sizes = [] if args.sizes == "none" else [float(s) / 100 for s in args.sizes.split(",")]
     print("recall: all (procedural backgrounds, photos); s/img; MediaPipe passes per image; median 2D error px (% of size)")
     print(f"{'frame':>5} {'size':>4}  " + "  ".join(
         f"{name:>11}: recall (proc photo) s/img passes err px (%)" for name in detectors))
@@ -198,6 +201,20 @@ def main() -> None:
                              f"{np.mean(row['time']):5.2f} "
                              f"{np.mean(row['passes']):6.1f} {err}")
             print(f"{frame:5d} {fraction:4.0%}  " + "  ".join(cells), flush=True)
+    if args.empty:
+        print(f"false detections on {args.empty} frames without a person per frame size (half photos), and s/img:")
+        for frame in frames:
+            rng = np.random.default_rng([args.seed, frame])
+            backgrounds = [photo_background(PHOTO_BACKGROUNDS[(i // 2) % len(PHOTO_BACKGROUNDS)], frame) if i % 2
+                           else procedural_background(rng, frame, frame) for i in range(args.empty)]
+            cells = []
+            for name, det in detectors.items():
+                t0 = time.perf_counter()
+                false = sum(det.detect(b) is not None for b in backgrounds)
+                cells.append(f"{name:>11}: {false} of {len(backgrounds)}, {(time.perf_counter() - t0) / len(backgrounds):.2f} s")
+            print(f"  {frame:5d}  " + "  ".join(cells), flush=True)
+    if not sizes:
+        return
     print("over all frames:")
     for name, entries in summary.items():
         big = [f for _, fraction, row in entries if fraction >= 0.1 for f in row["found"]]

@@ -8,12 +8,13 @@ labels left/right from the person's own point of view, as COCO does, so the map 
 MediaPipe itself is imported when the first detector runs.
 
 MediaPipe finds people of roughly a third of its input's height or more, so
-:class:`MediaPipeDetector` looks again when the whole image shows no one: on overlapping square
-tiles (:data:`DETECT_GRIDS`, coarse to fine, each tile resized to :data:`TILE_SIZE`), keeping the
-most confident person of the first grid that finds one, and then on a crop around that person
-(:data:`REFINE_EXPAND`, resized to :data:`REFINE_SIZE`) for precise landmarks and mask. A person
-found small in the whole image (below :data:`SMALL_PERSON` of the longer side) is refined the same
-way; a larger one costs the one whole-image pass.
+:class:`MediaPipeDetector` looks again when the whole image shows no one or someone small (below
+:data:`SMALL_PERSON` of the longer side): on overlapping square tiles (:data:`DETECT_GRIDS`, coarse
+to fine, each tile resized to :data:`TILE_SIZE`), each tile person confirmed by MediaPipe on a crop
+around it (:data:`REFINE_EXPAND`, resized to :data:`REFINE_SIZE`), which also gives the precise
+landmarks and mask, mapped back to the image's pixels. The first confirmed person scoring
+:data:`ACCEPT_SCORE` ends the search, else the most confident one is kept. A person of at least
+:data:`SMALL_PERSON` in the whole image costs that one pass, as before.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ MIN_VISIBILITY = 0.3
 DETECT_GRIDS: tuple[tuple[int, float], ...] = ((2, 0.5), (3, 0.5), (5, 0.5), (7, 0.5))
 #: grids whose tiles are smaller than this (px) are skipped (people in them would be too small to
 #: give usable landmarks)
-MIN_TILE = 192
+MIN_TILE = 128
 #: tiles are resized to this side (px) before MediaPipe
 TILE_SIZE = 256
 #: a person whose landmark box (seen landmarks) is below this fraction of the longer image side is
@@ -69,9 +70,13 @@ REFINE_EXPAND = 1.5
 REFINE_SIZE = 512
 #: a refined person with a mean landmark visibility of at least this ends the search (weaker ones
 #: are kept while finer grids are searched). Measured on renders pasted into 2048² photos
-#: (scripts/bench_detect.py): refined true people score 0.56-0.97, most >= 0.7; tile persons on
-#: photos (cups, cats) mostly vanish on refinement, the rest refine to <= 0.62
-ACCEPT_SCORE = 0.7
+#: (scripts/bench_detect.py): refined true people score 0.56-0.97, most >= 0.7 (a bust photo,
+#: legs unseen, about 0.7); tile persons on photos (cups, cats) mostly vanish on refinement, the
+#: rest refine to <= 0.62
+ACCEPT_SCORE = 0.65
+#: a refined person scoring below this is not confirmed (true people refine to >= 0.56 in
+#: scripts/bench_detect.py; on person-free photos, refined persons of 0.36-0.60 appear)
+MIN_SCORE = 0.55
 #: people refined per tile grid, most confident first
 TILE_CANDIDATES = 2
 
@@ -257,13 +262,15 @@ class MediaPipeDetector:
 
     def _refine(self, image: np.ndarray, found: Detection) -> Detection | None:
         """MediaPipe on the crop around a person's box (:data:`REFINE_EXPAND`, :data:`REFINE_SIZE`);
-        None when it finds no one centred in the image."""
+        None when it finds no one centred in the crop, or someone scoring below :data:`MIN_SCORE`."""
         box = found.box()
         if box is None:
             return None
         window = square_window(box[0], REFINE_EXPAND * box[1])
         refined = self._process_window(image, window, REFINE_SIZE)
-        return refined if refined is not None and centred_in(refined, window, image.shape[:2]) else None
+        if refined is None or refined.score < MIN_SCORE or not centred_in(refined, window, image.shape[:2]):
+            return None
+        return refined
 
     def detect(self, image: np.ndarray) -> Detection | None:
         """The most prominent person in an (H, W, 3) uint8 RGB image, or None.
