@@ -1,7 +1,7 @@
 """SIGKILL `dhpc generate` at random moments, --resume after each kill, then check nothing was lost.
 
     .venv/bin/python scripts/kill_storm.py --out /tmp/storm --kills 20 [--mode D|R|T] [--engine ray] [-n 40]
-        [--backbone DIR] [--guides DIR]
+        [--backbone DIR] [--guides DIR] [--phase start|locked|commit] [--rng-seed S]
 
 Every run is at 64 px with small shards (4 samples, batches of 3). Mode D: the render baseline.
 Modes R and T: the tiny random diffusion backbone (``--backbone``, else written once to
@@ -290,9 +290,11 @@ def main() -> int:
     ap.add_argument("--guides", type=Path, help="R: folder of photos of people (default: scikit-image's "
                     "astronaut and matplotlib's grace_hopper, copied to OUT-guides)")
     ap.add_argument("--rng-seed", type=int, default=0, help="seed of the kill moments")
+    ap.add_argument("--phase", choices=("start", "locked", "commit"), help="time every kill from this moment "
+                    "(default: drawn per kill)")
     args = ap.parse_args()
     summary = storm(args.out, args.kills, args.n, args.seed, args.engine, args.rng_seed, args.mode, args.backbone,
-                    args.guides)
+                    args.guides, args.phase)
     print(json.dumps(summary, indent=1))
     return 1 if summary["problems"] else 0
 
