@@ -56,8 +56,6 @@ def place_bodies(config: GenerateConfig, stages: Stages, poses, prompt_lines: li
         the logs of every sample of the batch, and the placed bodies of those not rejected
         (a body that cannot be fitted into the image fails with reason ``camera: ...``).
     """
-    import torch
-
     body = stages.body
     height, width = config.image_size
     # 1. requests
