@@ -16,7 +16,9 @@
 2. On the real photos that ship in wheels (scikit-image ``camera``, ``astronaut``; matplotlib
    ``grace_hopper``): fitted COCO-17 vs the detector's landmarks (median px) and the fitted
    silhouette vs MediaPipe's person mask (IoU). Overlays go to ``--out``.
-3. Time per image (detection + fit) at batch 1 and batch 16.
+3. Time per image at batch 1 and batch 16, per stage (:func:`stage_timing`): pose detection,
+   face detection, the fit (optimisation, final forward, outputs). ``--timing`` runs only this
+   (on the first ``--n`` procedural renders, ``--rounds`` alternating rounds, medians).
 4. With ``--n-hard M`` (default 48): M more renders of the M built-in poses the prior scores
    highest (the shipped set has few above the hard threshold), reported as ``hardest``.
 5. With ``--budget``: the error budget of the easy renders, refitting with the renders' true COCO-17
@@ -180,6 +182,47 @@ def hardest_poses(est, out: Path, n: int, seed: int) -> None:
     swap_aware_table(results, samples, {"hardest": np.ones(len(samples), bool)})
 
 
+def stage_timing(est, images: list, rounds: int = 3, batch1: int = 4) -> dict[str, dict[str, float]]:
+    """Seconds per image of each stage at batch 1 (the first ``batch1`` images, one at a time) and at
+    batch 16 (the first 16 images in one call): ``detect`` (MediaPipe Pose), ``faces`` (the face
+    detector), ``fit`` (:meth:`MediaPipeFitter.fit`), ``total``; medians over ``rounds`` rounds, the two
+    batch sizes alternating within each round so machine load hits both alike."""
+    times: dict[str, dict[str, list]] = {b: {k: [] for k in ("detect", "faces", "fit")} for b in ("batch 1", "batch 16")}
+
+    def run(batch: list, into: dict[str, list], share: int) -> None:
+        t0 = time.perf_counter()
+        detections = est.detect(batch)
+        t1 = time.perf_counter()
+        faces = est.detect_faces(batch, detections)
+        t2 = time.perf_counter()
+        est.fit(detections, [im.shape[:2] for im in batch], faces)
+        t3 = time.perf_counter()
+        for key, dt in (("detect", t1 - t0), ("faces", t2 - t1), ("fit", t3 - t2)):
+            into[key].append(dt / share)
+
+    for _ in range(rounds):
+        one = {k: [] for k in times["batch 1"]}
+        for im in images[:batch1]:
+            run([im], one, batch1)
+        for key, values in one.items():
+            times["batch 1"][key].append(sum(values))
+        run(images[:16], times["batch 16"], len(images[:16]))
+    out = {b: {k: float(np.median(v)) for k, v in t.items()} for b, t in times.items()}
+    for t in out.values():
+        t["total"] = t["detect"] + t["faces"] + t["fit"]
+    return out
+
+
+def print_timing(timing: dict[str, dict[str, float]]) -> None:
+    """One line per batch size: ms per image of each stage."""
+    import os
+
+    print(f"time per image (ms; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs):")
+    for batch, t in timing.items():
+        print(f"  {batch:8s}  detect {t['detect'] * 1000:6.0f}  faces {t['faces'] * 1000:5.0f}  "
+              f"fit {t['fit'] * 1000:6.0f}  total {t['total'] * 1000:6.0f}")
+
+
 def error_budget(est, samples, easy: np.ndarray) -> None:
     """Print easy-render PA-MPJPE with the detector's inputs swapped for the truth (module docstring)."""
     detections = est.detect([s["image"] for s in samples])
@@ -200,6 +243,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="folder for overlays (default: a temp dir)")
     ap.add_argument("--n-hard", type=int, default=48, help="renders of the highest-scoring built-in poses (0: none)")
     ap.add_argument("--budget", action="store_true", help="also refit with true 2D / 3D inputs (error budget)")
+    ap.add_argument("--timing", action="store_true", help="only time the stages at batch 1 and 16 (no accuracy)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of --timing (medians)")
     args = ap.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_estimate_"))
     out.mkdir(parents=True, exist_ok=True)
@@ -213,6 +258,12 @@ def main() -> None:
     ds, ds_photo = out / "renders", out / "renders_photo_bg"
     if not (ds / "config.yaml").exists():
         generate(GenerateConfig(n=args.n, image_size=(256, 256), seed=args.seed), out=ds, progress=False)
+    if args.timing:
+        est = get_estimator("mediapipe")
+        images = [s["image"] for s in open_dataset(ds)]
+        est.estimate(images[:2])  # warm-up: MediaPipe graphs, Anny load
+        print_timing(stage_timing(est, images, args.rounds))
+        return
     if not (ds_photo / "config.yaml").exists():
         cfg = GenerateConfig(n=args.n, image_size=(256, 256), seed=args.seed + 7)
         cfg.render_baseline.backgrounds = background_folder(out)
@@ -224,13 +275,8 @@ def main() -> None:
     images = [s["image"] for s in samples]
     est.estimate(images[:2])  # warm-up: MediaPipe graph, Anny load
 
-    t0 = time.perf_counter()
     results = in_batches(est.estimate, images)
-    t16 = (time.perf_counter() - t0) / len(images)
-    t0 = time.perf_counter()
-    for im in images[:8]:
-        est.estimate([im])
-    t1 = (time.perf_counter() - t0) / 8
+    timing = stage_timing(est, images, rounds=1)
 
     hard, rule = hard_flags(samples, body)
     pa, mp = np.full(len(samples), np.nan), np.full(len(samples), np.nan)
@@ -251,7 +297,7 @@ def main() -> None:
         if sel.any():
             print(f"  {name:4s} n={sel.sum():3d}  PA-MPJPE mean {pa[sel].mean():6.1f} median {np.median(pa[sel]):6.1f} mm"
                   f"  MPJPE mean {mp[sel].mean():6.1f} median {np.median(mp[sel]):6.1f} mm")
-    print(f"time per image (detection + fit): batch 1 {t1:.3f} s, batch 16 {t16:.3f} s")
+    print_timing(timing)
     if args.n_hard:
         hardest_poses(est, out, args.n_hard, args.seed + 1)
     if args.budget:

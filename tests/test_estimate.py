@@ -318,3 +318,30 @@ def test_facing_decision_math():
     best, margin = choose_hypotheses(energy, fitted, np.array([1.0, -1.0, 0.0]), ("base", "swap"), w)
     assert best.tolist() == [0, 1, 1]
     np.testing.assert_allclose(margin, [abs(0.1 - w.margin - w.w_cue), 0.1 - w.margin + w.w_cue, 0.1 - w.margin])
+
+
+def test_fit_shortcuts_match_the_body_model(estimator):
+    """The fit's shortcuts are exact: stage 1 moves the start body rigidly (:func:`rigid_joints`)
+    instead of running the forward pass, the reduced forward's ``keypoints`` are its COCO-17, and
+    the 3D term's no-gradient Kabsch rotation is the differentiable one's."""
+    import torch
+
+    from diffusion_hpc.estimate.fit import kabsch_no_grad, rigid_joints
+    from diffusion_hpc.geometry.rotations import rigid_rotation
+
+    body, fast = estimator.body, estimator._fast
+    gen = torch.Generator().manual_seed(3)
+    start = body.neutral_params(1)
+    start["body_pose"] = torch.randn(1, 30, 3, generator=gen) * 0.3
+    moved = {k: v.repeat(3, *[1] * (v.ndim - 1)) for k, v in start.items()}
+    moved["global_orient"] = torch.randn(3, 3, generator=gen)
+    moved["transl"] = torch.tensor([[0.3, -0.2, 4.0], [-1.0, 0.5, 7.0], [0.0, 0.0, 2.0]])
+    with torch.no_grad():
+        rest, root = fast.keypoints(start), body.root_rest_position(start)
+        shortcut = rigid_joints(rest, root, moved["global_orient"], moved["transl"])
+        full = body(moved).joints["coco17"]
+        assert (fast.keypoints(moved) - fast(moved)[0]).abs().max() == 0
+    assert (shortcut - full).norm(dim=-1).max() < 3e-4  # metres, as the reduced forward's own tolerance
+    source, target, w = torch.randn(4, 17, 3, generator=gen), torch.randn(4, 17, 3, generator=gen), torch.rand(4, 17, generator=gen)
+    reference = rigid_rotation(source.double(), target.double(), w.double(), centred=False).float()
+    assert (kabsch_no_grad(source, target, w) - reference).abs().max() < 1e-4

@@ -261,6 +261,13 @@ class AnnyReducedForward:
 
     def __call__(self, params: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(coco17 (B, 17, 3), bone heads (B, 31, 3)) in the frame of ``params`` (as :meth:`AnnyBody.forward`)."""
+        return self._forward(params, with_heads=True)  # type: ignore[return-value]
+
+    def keypoints(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """(B, 17, 3) COCO-17 keypoints only (the fit's inner loop: no bone ends are computed)."""
+        return self._forward(params, with_heads=False)[0]
+
+    def _forward(self, params: Mapping[str, torch.Tensor], with_heads: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         import anny.skinning.skinning as skinning  # loaded with the model (see _load_anny_core)
         import anny.utils.kinematics as kinematics
 
@@ -276,5 +283,7 @@ class AnnyReducedForward:
             rest_poses[:, 0, :3, :3] = torch.eye(3, dtype=rest_poses.dtype)
         transforms, poses = core.get_bone_transforms(self.body.pose_transforms(params), rest_poses)
         coco = contracted_keypoints(transforms[:, self.contraction["bones"]].float(), coeffs, self.contraction)
+        if not with_heads:
+            return coco, None
         bone_heads, _ = core.get_bone_ends(heads, tails, rest_poses, poses)
         return coco, bone_heads

@@ -44,7 +44,7 @@ import torch
 
 from diffusion_hpc.body.base import BodyModel
 from diffusion_hpc.body.joint_sets import ANNY_CMU31, COCO17, flip_permutation
-from diffusion_hpc.geometry.rotations import rigid_rotation, rotmat_to_rotvec
+from diffusion_hpc.geometry.rotations import rigid_rotation, rotmat_to_rotvec, rotvec_to_rotmat
 from diffusion_hpc.prior.anny_prior import ARTICULATED_INDEX
 from diffusion_hpc.prior.base import PosePrior
 
@@ -172,6 +172,22 @@ def reprojection_energy(joints: torch.Tensor, K: torch.Tensor, uv: torch.Tensor,
     return (weights * geman_mcclure(e2, sigma)).sum(-1) / sigma**2
 
 
+def kabsch_no_grad(source: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(N, 3, 3) proper rotation R minimising ``sum_j w_j || R s_j - t_j ||^2`` about the origin, without
+    gradient: one batched 3x3 SVD (several times cheaper per call than the differentiable
+    :func:`~diffusion_hpc.geometry.rotations.rigid_rotation`; the fit needs one every iteration).
+
+    Args:
+        source, target: (N, J, 3); weights: (N, J) >= 0.
+    """
+    with torch.no_grad():
+        cov = torch.einsum("nj,nja,njb->nab", weights, target, source)  # sum_j w_j t_j s_j^T
+        u, _, vt = torch.linalg.svd(cov)
+        flip = torch.ones_like(cov[:, 0])
+        flip[:, 2] = torch.sign(torch.linalg.det(u @ vt))
+        return (u * flip[:, None, :]) @ vt
+
+
 def relative_3d_energy(joints: torch.Tensor, world: torch.Tensor, weights: torch.Tensor, align: bool = True,
                        align_scale: bool = False, sigma: float = 0.0) -> torch.Tensor:
     """(N,) ``sum_j w_j || (J_j - J_hip) - R (W_j - W_hip) ||^2`` (Geman-McClure with ``sigma`` > 0).
@@ -179,16 +195,16 @@ def relative_3d_energy(joints: torch.Tensor, world: torch.Tensor, weights: torch
     Args:
         joints: (N, 17, 3) COCO-17 camera-frame joints; world: (N, 17, 3) hip-centred world
             landmarks; weights: (N, 17).
-        align: R is the weighted Kabsch rotation of the landmarks onto the joints (no gradient);
-            else identity. align_scale: also scale the landmarks to the joints (least squares,
-            clamped to [0.7, 1.4], no gradient).
+        align: R is the weighted Kabsch rotation of the landmarks onto the joints (no gradient,
+            :func:`kabsch_no_grad`); else identity. align_scale: also scale the landmarks to the
+            joints (least squares, clamped to [0.7, 1.4], no gradient).
     """
     rel = joints - joints[:, HIPS].mean(1, keepdim=True)
     target = world
     if align:
-        with torch.no_grad():
-            target = world @ rigid_rotation(world, rel, weights, centred=False).transpose(1, 2)
-            if align_scale:  # the detector's body size is not the model's
+        target = world @ kabsch_no_grad(world, rel.detach(), weights).transpose(1, 2)
+        if align_scale:  # the detector's body size is not the model's
+            with torch.no_grad():
                 num = (weights[..., None] * rel * target).sum((1, 2))
                 den = (weights[..., None] * target * target).sum((1, 2)).clamp_min(1e-9)
                 target = target * (num / den).clamp(0.7, 1.4)[:, None, None]
@@ -378,10 +394,26 @@ class FitResult:
     energy: torch.Tensor
 
 
+def rigid_joints(rest: torch.Tensor, root: torch.Tensor, orient: torch.Tensor, transl: torch.Tensor) -> torch.Tensor:
+    """(N, J, 3) joints of a body whose pose and shape are fixed, moved by ``global_orient`` and ``transl``.
+
+    The body's global rotation pivots about its root joint, so ``J = R(orient) (J0 - r) + r + t``.
+
+    Args:
+        rest: (N|1, J, 3) joints at zero global_orient and transl; root: (N|1, 3) root joint r there;
+        orient: (N, 3) axis-angle; transl: (N, 3).
+    """
+    return (rest - root[:, None]) @ rotvec_to_rotmat(orient).transpose(1, 2) + (root + transl)[:, None]
+
+
 def optimise(body: BodyModel, joints: Callable[[dict], torch.Tensor], targets: FitTargets, orient0: np.ndarray,
              transl0: np.ndarray, pose0: torch.Tensor, free: np.ndarray, unmodelled: np.ndarray,
              prior: PosePrior | None, weights: FitWeights) -> FitResult:
     """Minimise the energy of the module docstring for every row of ``targets`` at once (Adam).
+
+    Stage 1 moves only the global orientation and translation, so the body's joints are computed
+    once and moved rigidly (:func:`rigid_joints`), and the pose and shape terms, constant there, are
+    left out. Stage 2 runs the whole energy on the reduced or full forward ``joints``.
 
     Args:
         body: the body model (shape key, sizes, neutral shape); joints: parameters -> (N, 17, 3)
@@ -396,11 +428,15 @@ def optimise(body: BodyModel, joints: Callable[[dict], torch.Tensor], targets: F
     def tt(a) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a), dtype=torch.float32)
 
+    # 1. constants, once per call
     uv_t, K_t, world_t, scale_t = tt(targets.uv), tt(targets.K), tt(targets.world), tt(targets.scale)
     w2_t = tt(targets.conf * COCO17_FIT_WEIGHT)
     w3_t = tt(targets.conf * (COCO17_WORLD_WEIGHT if cw.world_reliability else COCO17_FIT_WEIGHT))
+    torso_mask = torch.zeros(17)
+    torso_mask[TORSO_INDEX] = 1.0
     free_t = tt(free)[None, :, None]
     unmodelled_t = tt(unmodelled)[None, :, None]
+    pull_unmodelled = prior is not None and cw.w_unmodelled > 0 and bool(unmodelled.any())
     pose0 = pose0[None]
     orient = tt(orient0).requires_grad_(True)
     transl = tt(transl0).requires_grad_(True)
@@ -408,31 +444,43 @@ def optimise(body: BodyModel, joints: Callable[[dict], torch.Tensor], targets: F
     neutral = body.neutral_params(1)[body.shape_key]
     shape_logit = torch.zeros(N, body.shape_dim, requires_grad=True)
 
+    def shape_now() -> torch.Tensor:
+        return torch.sigmoid(shape_logit) if body.shape_key == "phenotype" else shape_logit * 3.0
+
     def params_now() -> dict[str, torch.Tensor]:
-        shape = torch.sigmoid(shape_logit) if body.shape_key == "phenotype" else shape_logit * 3.0
-        return {"global_orient": orient, "body_pose": pose0 + delta * free_t, body.shape_key: shape, "transl": transl}
+        return {"global_orient": orient, "body_pose": pose0 + delta * free_t, body.shape_key: shape_now(), "transl": transl}
 
-    def energy(p: Mapping[str, torch.Tensor], joints_mask: torch.Tensor, world: torch.Tensor = world_t) -> torch.Tensor:
-        coco = joints(p)  # (N, 17, 3)
-        loss_2d = reprojection_energy(coco, K_t, uv_t, scale_t, w2_t * joints_mask, cw.robust_sigma)
-        loss_3d = relative_3d_energy(coco, world, w3_t * joints_mask, cw.align_3d, cw.align_scale, cw.sigma_3d)
+    def data_energy(coco: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor, world: torch.Tensor) -> torch.Tensor:
+        """(N,) the 2D and 3D terms of (N, 17, 3) joints."""
+        loss = cw.w_2d * reprojection_energy(coco, K_t, uv_t, scale_t, w2, cw.robust_sigma)
+        if cw.w_3d:
+            loss = loss + cw.w_3d * relative_3d_energy(coco, world, w3, cw.align_3d, cw.align_scale, cw.sigma_3d)
+        return loss
+
+    def energy(p: Mapping[str, torch.Tensor], world: torch.Tensor = world_t) -> torch.Tensor:
+        """(N,) the whole energy of parameters ``p`` (all joints)."""
+        loss = data_energy(joints(p), w2_t, w3_t, world)
         if prior is not None:
-            loss_pose = cw.w_pose * prior.penalty(p["body_pose"])
-            if cw.w_unmodelled > 0 and unmodelled.any():
-                loss_pose = loss_pose + cw.w_unmodelled * ((delta * unmodelled_t) ** 2).sum((-1, -2))
+            loss = loss + cw.w_pose * prior.penalty(p["body_pose"])
+            if pull_unmodelled:
+                loss = loss + cw.w_unmodelled * ((delta * unmodelled_t) ** 2).sum((-1, -2))
         else:
-            loss_pose = cw.w_fallback * fallback_pose_penalty(p["body_pose"])
-        loss_shape = ((p[body.shape_key] - neutral) ** 2).sum(-1)
-        return cw.w_2d * loss_2d + cw.w_3d * loss_3d + loss_pose + cw.w_shape * loss_shape
+            loss = loss + cw.w_fallback * fallback_pose_penalty(p["body_pose"])
+        return loss + cw.w_shape * ((p[body.shape_key] - neutral) ** 2).sum(-1)
 
-    torso_mask = torch.zeros(17)
-    torso_mask[TORSO_INDEX] = 1.0
-    ones = torch.ones(17)
+    # 2. stage 1: global orientation and translation on the torso; the body itself does not change
+    with torch.no_grad():
+        start = {k: v.detach() for k, v in params_now().items()}
+        start["global_orient"], start["transl"] = torch.zeros(1, 3), torch.zeros(1, 3)
+        start = {k: v[:1] for k, v in start.items()}  # every row starts from the same pose and shape
+        rest, root = joints(start), body.root_rest_position(start)
+    w2_torso, w3_torso = w2_t * torso_mask, w3_t * torso_mask
     stage1 = torch.optim.Adam([orient, transl], lr=cw.lr)
     for _ in range(cw.iters_global):
         stage1.zero_grad()
-        energy(params_now(), torso_mask).sum().backward()
+        data_energy(rigid_joints(rest, root, orient, transl), w2_torso, w3_torso, world_t).sum().backward()
         stage1.step()
+    # 3. stage 2: everything
     stage2 = torch.optim.Adam([orient, transl, delta, shape_logit], lr=cw.lr)
     for it in range(cw.iters_full):
         if cw.lr_final != 1.0:
@@ -440,11 +488,11 @@ def optimise(body: BodyModel, joints: Callable[[dict], torch.Tensor], targets: F
             for g in stage2.param_groups:
                 g["lr"] = cw.lr * f
         stage2.zero_grad()
-        energy(params_now(), ones).sum().backward()
+        energy(params_now()).sum().backward()
         stage2.step()
     with torch.no_grad():
         final = {k: v.detach() for k, v in params_now().items()}
-        return FitResult(final, energy(final, ones, tt(targets.world_select)))
+        return FitResult(final, energy(final, tt(targets.world_select)))
 
 
 def select_hypotheses(result: FitResult, targets: FitTargets, best: np.ndarray | None = None) -> tuple[dict[str, torch.Tensor], np.ndarray]:

@@ -196,7 +196,7 @@ class MediaPipeFitter(MeshEstimator):
     def _joints(self, params: dict) -> torch.Tensor:
         """(B, 17, 3) COCO-17 joints: the reduced forward for Anny, else the full forward."""
         if self._fast is not None:
-            return self._fast(params)[0]
+            return self._fast.keypoints(params)
         return self.body(params).joints["coco17"]
 
     def _init_pose(self) -> torch.Tensor:
