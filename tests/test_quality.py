@@ -284,6 +284,16 @@ def test_hard_share_is_the_generating_priors_verdict(tmp_path):
     assert moved["hard_share"] == pytest.approx(1 / 4) and moved["hard_threshold"] is None
     assert "gone.safetensors" in moved["hard_threshold_source"]
 
+    # the dataset's own record (run.json's prior) wins over what the config would load today: an
+    # older dataset keeps its threshold, and mode D's threshold for its built-in poses is the one used
+    record = dict(shipped.describe(), hard_threshold_used=100.0)
+    recorded = stats(_scored_rows(scores), prior=record)
+    assert recorded["hard_share"] == pytest.approx(2 / 4) and recorded["hard_threshold"] == 100.0
+    assert record["sha256"][:12] in recorded["hard_threshold_source"]
+    gone = stats(_scored_rows(scores), prior=dict(record, hard_threshold_used=None),
+                 config=_pipeline_config(prior_path=str(tmp_path / "gone.safetensors")))
+    assert gone["hard_threshold"] == pytest.approx(shipped.hard_threshold) and gone["hard_share"] == pytest.approx(1 / 4)
+
 
 def test_quality_report_masked_variant_and_comparison(tmp_path, weights_file):
     from PIL import Image

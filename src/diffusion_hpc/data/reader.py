@@ -41,6 +41,13 @@ class Dataset:
 
         return yaml.safe_load((self.root / "config.yaml").read_text())
 
+    @property
+    def run_record(self) -> dict:
+        """The dataset's ``run.json`` (what ran: sampler, weights, prior and its thresholds), or {}
+        before a run has finished once."""
+        path = self.root / "run.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
     def manifest(self) -> list[dict]:
         """Manifest rows of the committed shards (accepted and failed samples), in index order."""
         return list(self.iter_manifest())

@@ -149,7 +149,8 @@ class SourceFeatures:
         no_person: images left out of ``human`` because the segmenter found no person.
         mask_source: ``"dataset"`` (stored masks), the segmenter's name, or ``""``.
         samples: up to a few (thumbnail, human-only thumbnail or None) pairs for the sample grid.
-        manifest: the dataset's manifest rows (None for folders); config: its config dict.
+        manifest: the dataset's manifest rows (None for folders); config: its config dict;
+        prior: its run.json's record of the pose prior that scored it (None when not recorded).
     """
 
     name: str
@@ -162,6 +163,7 @@ class SourceFeatures:
     samples: list = field(default_factory=list)
     manifest: Optional[list] = None
     config: Optional[dict] = None
+    prior: Optional[dict] = None
 
     @property
     def n(self) -> int:
@@ -265,14 +267,14 @@ def source_features(
     features = full.result()
     if features.shape[0] == 0:
         raise InputError(f"{path} holds no accepted samples; nothing to score")
-    manifest = config = None
+    manifest = config = prior = None
     if kind == "dataset":
         ds = open_dataset(path)
-        manifest, config = ds.manifest(), ds.config
+        manifest, config, prior = ds.manifest(), ds.config, ds.run_record.get("prior")
     return SourceFeatures(
         name=name or Path(path).name, path=str(path), kind=kind, features=features,
         human=human.result() if human_only else None, no_person=no_person, mask_source=mask_source,
-        samples=samples, manifest=manifest, config=config,
+        samples=samples, manifest=manifest, config=config, prior=prior,
     )
 
 
@@ -444,14 +446,23 @@ def _histogram(values: np.ndarray, bins: int = 20, range_=None) -> dict:
     return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
 
 
-def dataset_hard_threshold(config: dict) -> tuple[float, str]:
-    """(threshold, source) of the pose prior a dataset was made with, read from its ``config.yaml``
-    as the pipeline chooses the prior: Anny scores with the shipped prior (``prior_path`` null) or the
-    prior file ``prior_path`` names; SMPL / SMPL-X with VPoser, whose threshold is fixed (30).
+def dataset_hard_threshold(config: dict, prior: Optional[dict] = None) -> tuple[float, str]:
+    """(threshold, source) of the pose prior a dataset was made with.
+
+    From the dataset's own record when it has one (``prior``: run.json's ``prior``, with the
+    threshold the run used, ``hard_threshold_used``, or the prior's ``hard_threshold``), so a later
+    version's prior never relabels an older dataset; else from its ``config.yaml`` as the pipeline
+    chooses the prior: Anny scores with the shipped prior (``prior_path`` null) or the prior file
+    ``prior_path`` names; SMPL / SMPL-X with VPoser, whose threshold is fixed (30).
 
     Raises:
-        InputError: the prior file the config names is not there.
+        InputError: no record, and the prior file the config names is not there.
     """
+    if prior and prior.get("hard_threshold") is not None:
+        used = prior.get("hard_threshold_used")
+        threshold = float(used if used is not None else prior["hard_threshold"])
+        sha = (prior.get("sha256") or "")[:12] or "unknown"
+        return threshold, f"the dataset's recorded prior (run.json: {prior.get('name')}, sha256 {sha})"
     body_model, prior_path = config.get("body_model", "anny"), config.get("prior_path")
     if body_model != "anny":
         return VPOSER_HARD_THRESHOLD, f"VPoser's threshold (the dataset's body_model {body_model})"
@@ -464,13 +475,14 @@ def dataset_hard_threshold(config: dict) -> tuple[float, str]:
                          "there; put the file back or pass the threshold with --hard-threshold") from None
 
 
-def hard_flags(rows: list[dict], hard_threshold: Optional[float] = None,
-               config: Optional[dict] = None) -> tuple[np.ndarray, Optional[float], str]:
+def hard_flags(rows: list[dict], hard_threshold: Optional[float] = None, config: Optional[dict] = None,
+               prior: Optional[dict] = None) -> tuple[np.ndarray, Optional[float], str]:
     """(hard (N,) bool, threshold, source) for accepted rows with a finite ``prior_score``.
 
     A row is hard by ``hard_threshold`` when given (score >= it); else by its recorded ``hard``
     flag (modes T and R record the generating prior's verdict per guided sample); rows without one
-    by the threshold of the dataset's prior (:func:`dataset_hard_threshold`). ``threshold`` is the
+    by the threshold of the dataset's prior (:func:`dataset_hard_threshold` of ``config`` and the
+    recorded ``prior``). ``threshold`` is the
     one used or, with flags only, the dataset prior's (None when its file is not there).
     """
     scores = np.array([float(r["scores"]["prior_score"]) for r in rows])
@@ -480,18 +492,18 @@ def hard_flags(rows: list[dict], hard_threshold: Optional[float] = None,
     flagged = np.array([f is not None for f in recorded], bool)
     if flagged.all():  # the threshold only labels the histogram: a missing prior file is no error
         source, threshold = "recorded per sample (manifest 'hard' flags)", None
-        if config is None:
+        if config is None and not prior:
             source += "; the prior's threshold is unknown (no dataset config)"
         else:
             try:
-                threshold = dataset_hard_threshold(config)[0]
+                threshold = dataset_hard_threshold(config, prior)[0]
             except InputError as exc:
                 source += f"; the prior's threshold is unknown ({exc})"
         return np.array([bool(f) for f in recorded]), threshold, source
-    if config is None:
+    if config is None and not prior:
         raise InputError(f"{int((~flagged).sum())} of {len(rows)} rows have a prior score but no recorded 'hard' flag "
                          "and no dataset config names their prior: pass hard_threshold")
-    threshold, source = dataset_hard_threshold(config)
+    threshold, source = dataset_hard_threshold(config, prior)
     hard = np.where(flagged, [bool(f) for f in recorded], scores >= threshold)
     if flagged.any():
         source = f"recorded per sample for {int(flagged.sum())} of {len(rows)}; {source} for the rest"
@@ -499,7 +511,7 @@ def hard_flags(rows: list[dict], hard_threshold: Optional[float] = None,
 
 
 def manifest_stats(rows: list[dict], hard_threshold: Optional[float] = None, config: Optional[dict] = None,
-                   bins: int = 20) -> dict:
+                   bins: int = 20, prior: Optional[dict] = None) -> dict:
     """Statistics of a dataset's manifest rows (dicts with ``status``, ``reason``, ``scores``, ``unet_evals``).
 
     Returns counts and share dropped with reasons (the text before the first ':'), UNet evaluations
@@ -531,7 +543,7 @@ def manifest_stats(rows: list[dict], hard_threshold: Optional[float] = None, con
     out["scores"] = {k: _summary(np.array(v)) for k, v in sorted(score_values.items())}
     scored = [r for r in ok if _is_number((r.get("scores") or {}).get("prior_score"))]
     if scored:
-        hard, thr, src = hard_flags(scored, hard_threshold, config)
+        hard, thr, src = hard_flags(scored, hard_threshold, config, prior)
         p = np.array([float(r["scores"]["prior_score"]) for r in scored])
         share = float(hard.mean())
         out["prior_score"] = {"histogram": _histogram(p, bins), "hard_threshold": thr, "hard_threshold_source": src,
@@ -567,7 +579,7 @@ def compare(real: SourceFeatures, generated: list[SourceFeatures], *, kid_subset
                        h_kid_mean=h["kid_mean"], h_kid_std=h["kid_std"], h_kid_subset_size=h["kid_subset_size"])
             notes += [f"H-{n}" for n in h["notes"] if not n.startswith("FID from")]
         if g.manifest is not None:
-            m = manifest_stats(g.manifest, hard_threshold, g.config)
+            m = manifest_stats(g.manifest, hard_threshold, g.config, prior=g.prior)
             row.update(dropped_share=m["dropped_share"], unet_evals_per_accepted=m["unet_evals_per_accepted"])
             if "prior_score" in m:
                 row["hard_share"] = m["prior_score"]["hard_share"]
@@ -644,7 +656,7 @@ def quality(config: QualityConfig, *, segmenter=None) -> dict:
                     for s in [real_f, *gen_f]},
         "real": real_f.name,
         "comparison": table,
-        "manifest": {g.name: manifest_stats(g.manifest, hard_threshold, g.config)
+        "manifest": {g.name: manifest_stats(g.manifest, hard_threshold, g.config, prior=g.prior)
                      for g in gen_f if g.manifest is not None},
     }
 
