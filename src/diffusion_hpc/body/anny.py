@@ -263,16 +263,22 @@ class AnnyReducedForward:
         """(coco17 (B, 17, 3), bone heads (B, 31, 3)) in the frame of ``params`` (as :meth:`AnnyBody.forward`)."""
         return self._forward(params, with_heads=True)  # type: ignore[return-value]
 
-    def keypoints(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """(B, 17, 3) COCO-17 keypoints only (the fit's inner loop: no bone ends are computed)."""
-        return self._forward(params, with_heads=False)[0]
+    def keypoints(self, params: Mapping[str, torch.Tensor], skeleton: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """(B, 17, 3) COCO-17 keypoints only (the fit's inner loop: no bone ends are computed).
 
-    def _forward(self, params: Mapping[str, torch.Tensor], with_heads: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        ``skeleton``: :meth:`rest_skeleton` of ``params["phenotype"]`` computed earlier (its gradient
+        then stops there: the shape is held fixed); None: computed now.
+        """
+        return self._forward(params, with_heads=False, skeleton=skeleton)[0]
+
+    def rest_skeleton(self, phenotype: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The shape's part of the forward pass for (B, 6) ``phenotype``: blendshape ``coeffs`` (B, C),
+        bone ``heads`` and ``tails`` (B, 31, 3), ``rest_poses`` (B, 31, 4, 4)."""
         import anny.skinning.skinning as skinning  # loaded with the model (see _load_anny_core)
         import anny.utils.kinematics as kinematics
 
         core = self.core
-        _, phen, lc, fa = core.get_tensor_inputs(None, params["phenotype"], None, None)
+        _, phen, lc, fa = core.get_tensor_inputs(None, phenotype, None, None)
         coeffs = core._get_phenotype_blendshape_coefficients(phen, lc, fa)
         heads = skinning.apply_linear_blendshape(core.template_bone_heads, core.bone_heads_blendshapes, coeffs)
         tails = skinning.apply_linear_blendshape(core.template_bone_tails, core.bone_tails_blendshapes, coeffs)
@@ -281,9 +287,15 @@ class AnnyReducedForward:
         if core.root_identity_orientation:
             rest_poses = rest_poses.clone()
             rest_poses[:, 0, :3, :3] = torch.eye(3, dtype=rest_poses.dtype)
-        transforms, poses = core.get_bone_transforms(self.body.pose_transforms(params), rest_poses)
-        coco = contracted_keypoints(transforms[:, self.contraction["bones"]].float(), coeffs, self.contraction)
+        return {"coeffs": coeffs, "heads": heads, "tails": tails, "rest_poses": rest_poses}
+
+    def _forward(self, params: Mapping[str, torch.Tensor], with_heads: bool,
+                 skeleton: Mapping[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        core = self.core
+        sk = self.rest_skeleton(params["phenotype"]) if skeleton is None else skeleton
+        transforms, poses = core.get_bone_transforms(self.body.pose_transforms(params), sk["rest_poses"])
+        coco = contracted_keypoints(transforms[:, self.contraction["bones"]].float(), sk["coeffs"], self.contraction)
         if not with_heads:
             return coco, None
-        bone_heads, _ = core.get_bone_ends(heads, tails, rest_poses, poses)
+        bone_heads, _ = core.get_bone_ends(sk["heads"], sk["tails"], sk["rest_poses"], poses)
         return coco, bone_heads

@@ -30,7 +30,15 @@ translation is the linear least-squares solution of the projection equations giv
 (:func:`solve_translation`).
 
 Optimisation (:func:`optimise`): Adam, first on the global orientation and translation with the
-torso joints only (``iters_global``), then on everything (``iters_full``).
+torso joints only (``iters_global``; the start body is moved rigidly, no forward pass), then on
+everything (``iters_full``; the shape is updated every ``shape_every``-th iteration and held in
+between, so its part of the forward pass is reused). Cost per image, fit only, 2-core CPU under
+load, measured alternating against the previous version on the same detections: batch 1 1.79 ->
+1.14 s, batch 16 0.20 -> 0.11 s; limb PA-MPJPE on 48 renders 67.1 / 58.8 -> 67.3 / 57.9 mm
+(mean / median), left/right pairs right 0.983 both. Shape held 6 of 7 iterations: +0.8 +- 0.6 mm;
+fewer Adam iterations at a higher learning rate (60 at 0.045, 45 at 0.06) or L-BFGS on the batch
+sum lost accuracy; the energy still falls about 1 % per 15 iterations at iteration 90, so early
+stopping at a safe tolerance never triggers.
 """
 
 from __future__ import annotations
@@ -114,6 +122,9 @@ class FitWeights:
     #: iterations of the second stage (everything)
     iters_full: int = 90
     lr: float = 0.03
+    #: stage 2 updates the shape every ``shape_every``-th iteration and holds it in between (the
+    #: shape's part of the forward pass is then reused; see :func:`optimise`); 1: every iteration
+    shape_every: int = 3
     #: learning rate at the end of stage 2 as a share of ``lr`` (cosine decay); 1: constant
     lr_final: float = 1.0
     #: initial hypotheses per image, optimised side by side in one batch, lowest energy kept
@@ -408,7 +419,8 @@ def rigid_joints(rest: torch.Tensor, root: torch.Tensor, orient: torch.Tensor, t
 
 def optimise(body: BodyModel, joints: Callable[[dict], torch.Tensor], targets: FitTargets, orient0: np.ndarray,
              transl0: np.ndarray, pose0: torch.Tensor, free: np.ndarray, unmodelled: np.ndarray,
-             prior: PosePrior | None, weights: FitWeights) -> FitResult:
+             prior: PosePrior | None, weights: FitWeights,
+             shape_split: tuple[Callable[[torch.Tensor], object], Callable[[dict, object], torch.Tensor]] | None = None) -> FitResult:
     """Minimise the energy of the module docstring for every row of ``targets`` at once (Adam).
 
     Stage 1 moves only the global orientation and translation, so the body's joints are computed
@@ -422,6 +434,9 @@ def optimise(body: BodyModel, joints: Callable[[dict], torch.Tensor], targets: F
         pose0: (J-1, 3) :func:`initial_pose`; free, unmodelled: (J-1,) :func:`free_joint_mask`,
             :func:`unmodelled_joint_mask`.
         prior: pose prior whose ``penalty`` regularises the pose; None: :func:`fallback_pose_penalty`.
+        shape_split: ``joints`` in two parts, (shape -> its part of the forward pass, (parameters,
+            that part) -> joints), so that stage 2 can hold the shape for
+            :attr:`FitWeights.shape_every` - 1 iterations out of ``shape_every``; None: never held.
     """
     cw = weights
     N = len(targets.uv)
@@ -457,9 +472,9 @@ def optimise(body: BodyModel, joints: Callable[[dict], torch.Tensor], targets: F
             loss = loss + cw.w_3d * relative_3d_energy(coco, world, w3, cw.align_3d, cw.align_scale, cw.sigma_3d)
         return loss
 
-    def energy(p: Mapping[str, torch.Tensor], world: torch.Tensor = world_t) -> torch.Tensor:
-        """(N,) the whole energy of parameters ``p`` (all joints)."""
-        loss = data_energy(joints(p), w2_t, w3_t, world)
+    def energy(p: Mapping[str, torch.Tensor], world: torch.Tensor = world_t, coco: torch.Tensor | None = None) -> torch.Tensor:
+        """(N,) the whole energy of parameters ``p`` (all joints; ``coco`` their joints if known)."""
+        loss = data_energy(joints(p) if coco is None else coco, w2_t, w3_t, world)
         if prior is not None:
             loss = loss + cw.w_pose * prior.penalty(p["body_pose"])
             if pull_unmodelled:
@@ -482,13 +497,23 @@ def optimise(body: BodyModel, joints: Callable[[dict], torch.Tensor], targets: F
         stage1.step()
     # 3. stage 2: everything
     stage2 = torch.optim.Adam([orient, transl, delta, shape_logit], lr=cw.lr)
+    held = None
     for it in range(cw.iters_full):
         if cw.lr_final != 1.0:
             f = cw.lr_final + (1 - cw.lr_final) * 0.5 * (1 + math.cos(math.pi * it / max(cw.iters_full - 1, 1)))
             for g in stage2.param_groups:
                 g["lr"] = cw.lr * f
         stage2.zero_grad()
-        energy(params_now()).sum().backward()
+        p = params_now()
+        if shape_split is None or it % cw.shape_every == 0:
+            energy(p).sum().backward()
+            held = None
+        else:  # the shape is held (no gradient, Adam leaves it alone); its part of the forward pass is reused
+            p[body.shape_key] = p[body.shape_key].detach()
+            if held is None:
+                with torch.no_grad():
+                    held = shape_split[0](p[body.shape_key])
+            energy(p, coco=shape_split[1](p, held)).sum().backward()
         stage2.step()
     with torch.no_grad():
         final = {k: v.detach() for k, v in params_now().items()}

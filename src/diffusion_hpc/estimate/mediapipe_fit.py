@@ -273,7 +273,8 @@ class MediaPipeFitter(MeshEstimator):
                   for n in range(len(targets.uv))]
         free = free_joint_mask(body)
         result = optimise(body, self._joints, targets, np.stack([s[0] for s in starts]), np.stack([s[1] for s in starts]),
-                          self._init_pose(), free, unmodelled_joint_mask(body, self.prior, free), self.prior, self.weights)
+                          self._init_pose(), free, unmodelled_joint_mask(body, self.prior, free), self.prior, self.weights,
+                          None if self._fast is None else (self._fast.rest_skeleton, self._fast.keypoints))
         best, decision = self._decide_facing(todo, result, targets)
         final, best = select_hypotheses(result, targets, best)
         with torch.no_grad():
