@@ -47,20 +47,34 @@ def assert_clean_stop(out: Path, committed: int) -> None:
 
 def failing_writes(monkeypatch, code: int, after: int, what: str = ".tar") -> list[str]:
     """Fail writes of files ending in ``what`` with OSError(``code``) once ``after`` of them succeeded,
-    the way a full disk does: part of the temporary file written, then the error."""
-    real = writer.atomic_write_bytes
+    the way a full disk does: part of the temporary file written, then the error. (A shard's tar is
+    streamed to its temporary file and committed by ``writer.commit_file``; a manifest part is
+    written by ``writer.atomic_write_bytes``.)"""
+    real_write, real_commit = writer.atomic_write_bytes, writer.commit_file
     written: list[str] = []
 
+    def full(path) -> bool:
+        if not str(path).endswith(what):
+            return False
+        if len(written) >= after:
+            return True
+        written.append(str(path))
+        return False
+
     def write(path, data: bytes) -> None:
-        if str(path).endswith(what):
-            if len(written) >= after:
-                with writer.atomic_path(path) as tmp:
-                    tmp.write_bytes(data[: len(data) // 2])
-                    raise OSError(code, os.strerror(code), str(tmp))
-            written.append(str(path))
-        real(path, data)
+        if full(path):
+            with writer.atomic_path(path) as tmp:
+                tmp.write_bytes(data[: len(data) // 2])
+                raise OSError(code, os.strerror(code), str(tmp))
+        real_write(path, data)
+
+    def commit(tmp, path) -> None:
+        if full(path):
+            raise OSError(code, os.strerror(code), str(tmp))
+        real_commit(tmp, path)
 
     monkeypatch.setattr(writer, "atomic_write_bytes", write)
+    monkeypatch.setattr(writer, "commit_file", commit)
     return written
 
 
