@@ -230,11 +230,16 @@ def contract_keypoint_regressor(regressor: torch.Tensor, bone_weights: torch.Ten
     }
 
 
-def contracted_keypoints(transforms: torch.Tensor, coeffs: torch.Tensor, contraction: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """(B, J, 3) keypoints from (B, N', 4, 4) bone transforms of the kept bones and (B, C) blendshape
-    coefficients, with a :func:`contract_keypoint_regressor` ``contraction``."""
-    A = contraction["template"][None] + torch.einsum("bc,cjnd->bjnd", coeffs.float(), contraction["blend"])  # (B, J, N', 3)
-    return (torch.einsum("bnid,bjnd->bji", transforms[..., :3, :3], A)
+def keypoint_basis(coeffs: torch.Tensor, contraction: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """(B, J, N', 3) the shape's part A_jn of :func:`contract_keypoint_regressor` for (B, C) blendshape
+    coefficients (depends on the shape only)."""
+    return contraction["template"][None] + torch.einsum("bc,cjnd->bjnd", coeffs.float(), contraction["blend"])
+
+
+def contracted_keypoints(transforms: torch.Tensor, basis: torch.Tensor, contraction: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """(B, J, 3) keypoints from (B, N', 4, 4) bone transforms of the kept bones and the shape's
+    (B, J, N', 3) :func:`keypoint_basis`, with a :func:`contract_keypoint_regressor` ``contraction``."""
+    return (torch.einsum("bnid,bjnd->bji", transforms[..., :3, :3], basis)
             + torch.einsum("jn,bni->bji", contraction["const"], transforms[..., :3, 3]))
 
 
@@ -272,8 +277,8 @@ class AnnyReducedForward:
         return self._forward(params, with_heads=False, skeleton=skeleton)[0]
 
     def rest_skeleton(self, phenotype: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The shape's part of the forward pass for (B, 6) ``phenotype``: blendshape ``coeffs`` (B, C),
-        bone ``heads`` and ``tails`` (B, 31, 3), ``rest_poses`` (B, 31, 4, 4)."""
+        """The shape's part of the forward pass for (B, 6) ``phenotype``: bone ``heads`` and ``tails``
+        (B, 31, 3), ``rest_poses`` (B, 31, 4, 4), the keypoints' ``basis`` (:func:`keypoint_basis`)."""
         import anny.skinning.skinning as skinning  # loaded with the model (see _load_anny_core)
         import anny.utils.kinematics as kinematics
 
@@ -287,14 +292,14 @@ class AnnyReducedForward:
         if core.root_identity_orientation:
             rest_poses = rest_poses.clone()
             rest_poses[:, 0, :3, :3] = torch.eye(3, dtype=rest_poses.dtype)
-        return {"coeffs": coeffs, "heads": heads, "tails": tails, "rest_poses": rest_poses}
+        return {"heads": heads, "tails": tails, "rest_poses": rest_poses, "basis": keypoint_basis(coeffs, self.contraction)}
 
     def _forward(self, params: Mapping[str, torch.Tensor], with_heads: bool,
                  skeleton: Mapping[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         core = self.core
         sk = self.rest_skeleton(params["phenotype"]) if skeleton is None else skeleton
         transforms, poses = core.get_bone_transforms(self.body.pose_transforms(params), sk["rest_poses"])
-        coco = contracted_keypoints(transforms[:, self.contraction["bones"]].float(), sk["coeffs"], self.contraction)
+        coco = contracted_keypoints(transforms[:, self.contraction["bones"]].float(), sk["basis"], self.contraction)
         if not with_heads:
             return coco, None
         bone_heads, _ = core.get_bone_ends(sk["heads"], sk["tails"], sk["rest_poses"], poses)
