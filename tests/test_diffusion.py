@@ -379,6 +379,8 @@ def test_few_step_samplers_count_and_repeat_per_sample(backbone, preset, schedul
     out = t2i.generate(batch)
     assert (out.unet_evals == t_evals).all() and out.ran.steps_run == expected.txt2img_steps == t_evals
     assert np.array_equal(out.images, t2i.generate(batch).images) and not np.array_equal(*out.images)
+    assert t2i.settings.eta == (0.3 if scheduler == "tcd" else None)  # the settings record TCD's eta
+    assert t2i.settings.timestep_spacing == ("trailing" if preset == "turbo" else t2i.pipe.scheduler.config.timestep_spacing)
     alone = t2i.generate(GenerationBatch(seeds=[12], prompts=["b"], size=(SIZE, SIZE)))
     assert np.abs(alone.images[0].astype(int) - out.images[1]).max() <= 2
     for method in ("depth2img", "controlnet"):
@@ -477,5 +479,6 @@ def test_few_step_presets_end_to_end_record_their_cost(backbone, guides, tmp_pat
         s = r["sampler"]
         assert (s["preset"], s["scheduler"], s["guidance"], s["steps"], s["strength"]) == \
             ("turbo", "euler_a", 0.0, 2, 0.5)  # fmt: skip
+        assert (s["timestep_spacing"], s["eta"]) == ("trailing", None)  # what the preset name implies, recorded
         regenerated = r["status"] == "ok" or r["reason"].startswith("verify")
         assert s["steps_run"] == int(regenerated) and r["unet_evals"] == s["steps_run"] <= 4

@@ -152,6 +152,8 @@ class SamplerSettings:
         blur_prob: probability of the blur augmentation (regeneration; None for text-to-image).
         device: the torch device the models ran on (``cpu``, ``cuda:0``...).
         dtype: their precision (``float32``, ``float16``, ``bfloat16``; a float16 SDXL VAE runs in float32).
+        timestep_spacing: the scheduler's timestep spacing as it ran (``leading``, ``trailing``...).
+        eta: the scheduler's stochasticity when it takes one (TCD), else None.
     """
 
     name: str
@@ -165,6 +167,8 @@ class SamplerSettings:
     blur_prob: Optional[float] = None
     device: str = "cpu"
     dtype: str = "float32"
+    timestep_spacing: Optional[str] = None
+    eta: Optional[float] = None
 
     @property
     def guidance_factor(self) -> int:

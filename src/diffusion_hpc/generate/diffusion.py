@@ -232,6 +232,12 @@ def regen_timesteps(scheduler, name: str, steps: int, strength: float, with_star
     return scheduler.timesteps[begin:], n
 
 
+def ran_schedule(name: str, scheduler_config) -> dict:
+    """What a run records of its schedule beyond the preset's name: ``timestep_spacing`` (from the
+    scheduler's config as built) and ``eta`` (:data:`STEP_KWARGS`, TCD's; None for the others)."""
+    return {"timestep_spacing": scheduler_config.get("timestep_spacing"), "eta": STEP_KWARGS.get(name, {}).get("eta")}
+
+
 def step_kwargs(name: str, scheduler, generators) -> dict:
     """``scheduler.step``'s extra arguments: the per-sample generators (its noise, e.g. LCM's, TCD's
     and Euler ancestral's, comes from each sample's own stream) and :data:`STEP_KWARGS`."""
@@ -458,7 +464,8 @@ class Text2ImageGenerator:
     def settings(self) -> SamplerSettings:
         """The sampler as it runs (preset values with the overrides applied)."""
         return SamplerSettings(self.name, self.preset, self.scheduler_name, self.steps, self.guidance,
-                               self.guidance_embedded, **self.placement.names)  # fmt: skip
+                               self.guidance_embedded, **self.placement.names,
+                               **ran_schedule(self.scheduler_name, self.pipe.scheduler.config))  # fmt: skip
 
     def unet_evals_per_sample(self) -> int:
         """Expected UNet evaluations per sample: steps x guidance factor."""
@@ -654,7 +661,7 @@ class DepthRegenerator:
         return SamplerSettings(self.name, self.preset, self.scheduler_name, self.steps, self.guidance,
                                self.guidance_embedded, strength=self.strength, blur_prob=self.blur_prob,
                                controlnet_scale=self.controlnet_scale if self.method == "controlnet" else None,
-                               **self.placement.names)
+                               **self.placement.names, **ran_schedule(self.scheduler_name, self._scheduler().config))
 
     def steps_run(self, with_start_image: bool = True) -> int:
         """Denoising steps per call: round(strength * steps) with a start image, all steps without."""

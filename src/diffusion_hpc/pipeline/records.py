@@ -28,8 +28,9 @@ def run_sampler(start: Optional[SamplerSettings], regen: Optional[SamplerSetting
     Keys: ``preset``, ``scheduler``, ``guidance``; the start image's ``txt2img_steps`` and
     ``txt2img_guidance_embedded`` (None outside mode T); the regeneration's ``steps``,
     ``strength``, ``guidance_embedded`` (the UNet takes the scale as an input: one pass per
-    step), ``controlnet_scale`` (None for depth2img) and ``blur_prob``; ``device`` and ``dtype``
-    the diffusion models ran on and in (the start image's generator runs on the same placement).
+    step), ``controlnet_scale`` (None for depth2img), ``blur_prob``, ``timestep_spacing`` and
+    ``eta`` (TCD's; else None); ``device`` and ``dtype`` the diffusion models ran on and in (the
+    start image's generator runs on the same placement).
     """
     if regen is None:
         return None
@@ -39,6 +40,7 @@ def run_sampler(start: Optional[SamplerSettings], regen: Optional[SamplerSetting
         "txt2img_guidance_embedded": None if start is None else start.guidance_embedded,
         "steps": regen.steps, "strength": regen.strength, "guidance_embedded": regen.guidance_embedded,
         "controlnet_scale": regen.controlnet_scale, "blur_prob": regen.blur_prob,
+        "timestep_spacing": regen.timestep_spacing, "eta": regen.eta,
         "device": regen.device, "dtype": regen.dtype,
     }  # fmt: skip
 
