@@ -255,7 +255,8 @@ def main() -> None:
     from diffusion_hpc.estimate.run import render_preview
     from diffusion_hpc.pipeline.generate import generate
 
-    ds, ds_photo = out / "renders", out / "renders_photo_bg"
+    # the folders name n and seed: a reused --out never mixes renders of another run
+    ds, ds_photo = out / f"renders_n{args.n}_s{args.seed}", out / f"renders_photo_bg_n{args.n}_s{args.seed}"
     if not (ds / "config.yaml").exists():
         generate(GenerateConfig(n=args.n, image_size=(256, 256), seed=args.seed), out=ds, progress=False)
     if args.timing:
