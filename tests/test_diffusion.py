@@ -251,9 +251,10 @@ def test_factories_pass_every_sampler_field(backbone):
                          image_size=(SIZE, SIZE), sampler=sampler)  # fmt: skip
     start = make_start_generator(cfg)
     regen = make_image_generator(cfg, start=start)
-    assert start.settings == SamplerSettings("txt2img", "original", "euler", 3, 3.0, False)
+    spacing = start.pipe.scheduler.config.timestep_spacing  # the backbone's own (no preset overrides it)
+    assert start.settings == SamplerSettings("txt2img", "original", "euler", 3, 3.0, False, timestep_spacing=spacing)
     assert regen.settings == SamplerSettings("controlnet", "original", "euler", 6, 3.0, False, strength=0.5,
-                                             controlnet_scale=0.6, blur_prob=0.5)  # fmt: skip
+                                             controlnet_scale=0.6, blur_prob=0.5, timestep_spacing=spacing)  # fmt: skip
     assert regen.pipe.unet is start.pipe.unet  # ControlNet regeneration shares the start generator's weights
     made = start.generate(GenerationBatch(seeds=[1], prompts=["a"], size=(SIZE, SIZE)))
     assert made.ran.settings == start.settings and made.ran.steps_run == 3 and made.ran.blur_radius is None
