@@ -65,10 +65,13 @@ def rotation_z(angle: float) -> np.ndarray:
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
-def _project_batch(points: np.ndarray, K_t: np.ndarray) -> np.ndarray:
-    """:func:`project` of (B, N, 3) points with (B, 3, 3) transposed intrinsics, as one batched matmul."""
-    uvw = points @ K_t
-    return uvw[..., :2] / uvw[..., 2:3]
+def _project_coords(x: np.ndarray, y: np.ndarray, z: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(u, v), each (B, M): :func:`project` of points given as (B, M) coordinate arrays with (B, 3, 3)
+    intrinsics. Coordinate arrays keep every reduction over the points contiguous (reducing a
+    (B, M, 3) array over M is several times slower)."""
+    k = K[:, :, :, None]  # (B, 3, 3, 1): each entry broadcasts over the M points
+    w = k[:, 2, 0] * x + k[:, 2, 1] * y + k[:, 2, 2] * z
+    return (k[:, 0, 0] * x + k[:, 0, 1] * y + k[:, 0, 2] * z) / w, (k[:, 1, 0] * x + k[:, 1, 1] * y + k[:, 1, 2] * z) / w
 
 
 def fit_translations(
@@ -100,36 +103,39 @@ def fit_translations(
     offset = np.broadcast_to(np.asarray(offset, dtype=np.float64), (B, 2))
     fx, fy, cx, cy = K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2]
     focal = np.stack([fx, fy], -1)  # (B, 2)
-    low, high = points.min(1), points.max(1)
-    centre = (low + high) / 2.0  # (B, 3)
-    local = points - centre[:, None]
-    # Solve on a subsample plus the extreme points (fast); check containment on all points.
-    extremes = np.concatenate([points.argmin(1), points.argmax(1)], axis=1)  # (B, 6), those of local too
-    probe = np.concatenate([local[:, :: max(1, N // 2000)], np.take_along_axis(local, extremes[..., None], 1)], 1)
+    extremes = np.concatenate([points.argmin(1), points.argmax(1)], axis=1)  # (B, 6): min and max along x, y, z
+    ends = np.take_along_axis(points, extremes[..., None], 1)  # (B, 6, 3)
+    low = np.stack([ends[:, i, i] for i in range(3)], -1)  # (B, 3): the min (a reduce over N is slow)
+    centre = (low + np.stack([ends[:, 3 + i, i] for i in range(3)], -1)) / 2.0  # (B, 3)
+    # (B, N) coordinate arrays relative to the centre; solve on a subsample plus the extreme
+    # points (fast), check containment on all points
+    local = [np.ascontiguousarray(points[:, :, i]) - centre[:, i, None] for i in range(3)]
+    step = max(1, N // 2000)
+    probe = [np.concatenate([c[:, ::step], np.take_along_axis(c, extremes, 1)], 1) for c in local]
     nearest = 0.1 - (low[:, 2] - centre[:, 2])  # (B,) depth that keeps every point 0.1 m in front
     limit = np.array([width - 1, height - 1], np.float64)
     out = np.full((B, 3), np.nan)
     todo = np.arange(B)
     for _ in range(50):
-        p, f = probe[todo], focal[todo]
-        kt = K[todo].transpose(0, 2, 1)
+        px, py, pz = (c[todo] for c in probe)
+        f, k = focal[todo], K[todo]
         z = np.full(len(todo), 3.0)
         for _ in range(30):  # fixed point: depth at which the box spans `fill`
-            depth = z[:, None] + p[:, :, 2]
-            span_u = np.ptp(fx[todo, None] * p[:, :, 0] / depth, axis=1) / (width - 1)
-            span_v = np.ptp(fy[todo, None] * p[:, :, 1] / depth, axis=1) / (height - 1)
+            depth = z[:, None] + pz
+            span_u = np.ptp(fx[todo, None] * px / depth, axis=1) / (width - 1)
+            span_v = np.ptp(fy[todo, None] * py / depth, axis=1) / (height - 1)
             z = z * (np.maximum(span_u, span_v) / fill[todo])
         z = np.maximum(z, nearest[todo])
         t = np.zeros((len(todo), 3))
         t[:, 2] = z
         for _ in range(10):  # shift the projected box centre to its target
-            uv = _project_batch(p + t[:, None], kt)
-            lo, hi = uv.min(1), uv.max(1)
+            u, v = _project_coords(px + t[:, 0, None], py + t[:, 1, None], pz + t[:, 2, None], k)
+            lo, hi = np.stack([u.min(1), v.min(1)], -1), np.stack([u.max(1), v.max(1)], -1)
             slack = (limit - (hi - lo)) / 2.0
             target = np.stack([cx[todo], cy[todo]], -1) + offset[todo] * np.maximum(slack, 0.0) * 0.98
             t[:, :2] += (target - (lo + hi) / 2.0) * z[:, None] / f
-        uv = _project_batch(local[todo] + t[:, None], kt)
-        inside = (uv.min(1) >= 0.0).all(1) & (uv.max(1) <= limit).all(1)
+        u, v = _project_coords(*(c[todo] + t[:, i, None] for i, c in enumerate(local)), k)
+        inside = (u.min(1) >= 0.0) & (v.min(1) >= 0.0) & (u.max(1) <= limit[0]) & (v.max(1) <= limit[1])
         out[todo[inside]] = t[inside] - centre[todo[inside]]
         todo = todo[~inside]
         if not len(todo):
