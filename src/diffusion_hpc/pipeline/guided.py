@@ -120,12 +120,14 @@ def place_guided(config: GenerateConfig, stages: Stages, guide_images: Optional[
                             pose_source=f"{g.sources[i]}#variant{v}", unet_evals=float(g.unet_evals[i] / max(count, 1)),
                             reason=reasons[i], txt2img_steps_run=g.steps_run)  # fmt: skip
             log.scores["guide_prior_score"] = float(prior_scores[i])  # the estimate's (the hard-only filter's)
-            log.scores["prior_score"] = float(prior_scores[i])
-            if not np.isnan(prior_scores[i]):
-                log.scores["hard"] = float(prior_scores[i] >= st.prior.hard_threshold)
             if variants is not None:  # each variant's own pose: its score and flag
                 log.scores["prior_score"] = float(variants.scores[0, v])
                 log.scores["hard"] = float(variants.hard[0, v])
+            else:  # a dropped guide: its estimate's score (NaN when there was none), flagged when known
+                log.scores["prior_score"] = float(prior_scores[i])
+                if not np.isnan(prior_scores[i]):
+                    log.scores["hard"] = float(prior_scores[i] >= st.prior.hard_threshold)
+            if variants is not None:
                 est = estimates[i]
                 Ks.append(np.asarray(est.K, np.float64))
                 params.append({"global_orient": variants.global_orient[0, v], "body_pose": variants.body_pose[0, v],
