@@ -4,8 +4,9 @@ Pipeline per call: a person box per image (from MediaPipe Pose landmarks, or giv
 a square crop, one batched regressor forward, then the crop camera turned into a camera for the
 full image.
 
-Box: the visible MediaPipe landmarks (visibility >= :data:`~.landmarks.MIN_VISIBILITY`), their
-bounding box's longer side times :data:`BOX_EXPAND` (1.2), square, same centre. An image without a
+Box (:meth:`~.landmarks.Detection.box`): the visible MediaPipe landmarks (visibility >=
+:data:`~.landmarks.MIN_VISIBILITY`), their bounding box's longer side times
+:data:`~diffusion_hpc.geometry.boxes.BOX_EXPAND` (1.2), square, same centre. An image without a
 person gives ``Estimate(ok=False, reason="no person found")``.
 
 Crop: :func:`diffusion_hpc.geometry.boxes.crop_matrix` (image px -> crop px,
@@ -57,7 +58,7 @@ from diffusion_hpc.estimate.landmarks import (
     coco17_from_mediapipe,
     keypoint_agreement,
 )
-from diffusion_hpc.geometry.boxes import BOX_EXPAND, crop_matrix, points_box
+from diffusion_hpc.geometry.boxes import crop_matrix
 from diffusion_hpc.geometry.camera import SPIN_CROP, project
 from diffusion_hpc.hmr.model import NORMALISED_FOCAL, load_regressor
 from diffusion_hpc.runtime.device import dtype_name, resolve_placement
@@ -74,17 +75,6 @@ def check_regressor_options(detector: str | None, principal_point: str) -> None:
         raise ValueError(f"detector must be 'mediapipe' or None, got {detector!r}")
     if principal_point not in ("image", "box"):
         raise ValueError(f"principal_point must be 'image' or 'box', got {principal_point!r}")
-
-
-def box_from_landmarks(landmarks2d: np.ndarray, min_visibility: float | None = None, expand: float = BOX_EXPAND):
-    """Square ``(centre (2,), side)`` around (L, 3) landmarks (u, v, visibility) seen with at least
-    ``min_visibility``; None when fewer than two are seen."""
-
-    lm = np.asarray(landmarks2d, np.float64)
-    seen = lm[:, 2] >= (MIN_VISIBILITY if min_visibility is None else min_visibility)
-    if seen.sum() < 2:
-        return None
-    return points_box(lm[seen, :2], expand)
 
 
 def crop_image(image: np.ndarray, center: np.ndarray, side: float, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -221,7 +211,7 @@ class HMREstimator(MeshEstimator):
                 if self.detector is None:
                     raise ValueError("this HMR estimator has no detector (detector=None): pass boxes=")
                 det = self.detector.detect(image)
-                box = None if det is None else box_from_landmarks(det.landmarks2d)
+                box = None if det is None else det.box()
             if box is None:
                 results[i] = Estimate(ok=False, reason="no person found", body_model=self.body_model,
                                       image_size=image.shape[:2])

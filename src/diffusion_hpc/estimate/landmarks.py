@@ -130,18 +130,16 @@ class Detection:
         """Square person box ``(centre (2,), side)`` px around the landmarks seen with at least
         :data:`MIN_VISIBILITY` (``expand`` x their extent); None when fewer than two are seen."""
         seen = self.landmarks2d[:, 2] >= MIN_VISIBILITY
-        return points_box(self.landmarks2d[seen, :2], expand) if seen.sum() >= 2 else None
+        return points_box(np.asarray(self.landmarks2d[seen, :2], np.float64), expand) if seen.sum() >= 2 else None
 
 
 def cut_window(image: np.ndarray, window: tuple[int, int, int], size: int) -> np.ndarray:
     """(size, size, C) the square ``window`` ``(x0, y0, side)`` of an (H, W, C) image, zero outside
     the image, resized to ``size`` (area interpolation when shrinking)."""
-    x0, y0, side = window
-    height, width = image.shape[:2]
-    xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + side, width), min(y0 + side, height)
+    side = window[2]
     out = np.zeros((side, side) + image.shape[2:], image.dtype)
-    if xb > xa and yb > ya:
-        out[ya - y0:yb - y0, xa - x0:xb - x0] = image[ya:yb, xa:xb]
+    inner, outer = window_overlap(window, image.shape[:2])
+    out[inner] = image[outer]
     if side == size:
         return out
     import cv2
@@ -154,16 +152,24 @@ def paste_window(values: np.ndarray, window: tuple[int, int, int], shape: tuple[
     back to the window's side; zero outside the window (the inverse of :func:`cut_window`)."""
     import cv2
 
-    x0, y0, side = window
-    height, width = shape
+    side = window[2]
     full = np.asarray(values, np.float32)
     if full.shape[0] != side:
         full = cv2.resize(full, (side, side), interpolation=cv2_interpolation(full.shape[0], side))
-    out = np.zeros((height, width), np.float32)
-    xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + side, width), min(y0 + side, height)
-    if xb > xa and yb > ya:
-        out[ya:yb, xa:xb] = full[ya - y0:yb - y0, xa - x0:xb - x0]
+    out = np.zeros(tuple(shape), np.float32)
+    inner, outer = window_overlap(window, shape)
+    out[outer] = full[inner]
     return out
+
+
+def window_overlap(window: tuple[int, int, int], shape: tuple[int, int]) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """(in the window, in the image): the slices of the part of the square ``window`` ``(x0, y0,
+    side)`` that lies inside an image of ``shape`` (H, W); empty slices when they do not meet."""
+    x0, y0, side = window
+    height, width = shape
+    xa, ya = max(x0, 0), max(y0, 0)
+    xb, yb = max(min(x0 + side, width), xa), max(min(y0 + side, height), ya)
+    return (slice(ya - y0, yb - y0), slice(xa - x0, xb - x0)), (slice(ya, yb), slice(xa, xb))
 
 
 def centred_in(detection: Detection, window: tuple[int, int, int], shape: tuple[int, int]) -> bool:
