@@ -183,22 +183,6 @@ def reprojection_energy(joints: torch.Tensor, K: torch.Tensor, uv: torch.Tensor,
     return (weights * geman_mcclure(e2, sigma)).sum(-1) / sigma**2
 
 
-def kabsch_no_grad(source: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """(N, 3, 3) proper rotation R minimising ``sum_j w_j || R s_j - t_j ||^2`` about the origin, without
-    gradient: one batched 3x3 SVD (several times cheaper per call than the differentiable
-    :func:`~diffusion_hpc.geometry.rotations.rigid_rotation`; the fit needs one every iteration).
-
-    Args:
-        source, target: (N, J, 3); weights: (N, J) >= 0.
-    """
-    with torch.no_grad():
-        cov = torch.einsum("nj,nja,njb->nab", weights, target, source)  # sum_j w_j t_j s_j^T
-        u, _, vt = torch.linalg.svd(cov)
-        # det(U V^T) = det(U) det(V) = ±1: flip the last singular direction when it is a reflection
-        det = (torch.linalg.cross(u[:, :, 0], u[:, :, 1]) * u[:, :, 2]).sum(-1) * (torch.linalg.cross(vt[:, 0], vt[:, 1]) * vt[:, 2]).sum(-1)
-        return torch.cat([u[:, :, :2], u[:, :, 2:] * det.sign()[:, None, None]], 2) @ vt
-
-
 def relative_3d_energy(joints: torch.Tensor, world: torch.Tensor, weights: torch.Tensor, align: bool = True,
                        align_scale: bool = False, sigma: float = 0.0) -> torch.Tensor:
     """(N,) ``sum_j w_j || (J_j - J_hip) - R (W_j - W_hip) ||^2`` (Geman-McClure with ``sigma`` > 0).
@@ -207,13 +191,14 @@ def relative_3d_energy(joints: torch.Tensor, world: torch.Tensor, weights: torch
         joints: (N, 17, 3) COCO-17 camera-frame joints; world: (N, 17, 3) hip-centred world
             landmarks; weights: (N, 17).
         align: R is the weighted Kabsch rotation of the landmarks onto the joints (no gradient,
-            :func:`kabsch_no_grad`); else identity. align_scale: also scale the landmarks to the
-            joints (least squares, clamped to [0.7, 1.4], no gradient).
+            :func:`~diffusion_hpc.geometry.rotations.rigid_rotation`); else identity.
+        align_scale: also scale the landmarks to the joints (least squares, clamped to
+            [0.7, 1.4], no gradient).
     """
     rel = joints - joints[:, HIPS].mean(1, keepdim=True)
     target = world
     if align:
-        target = world @ kabsch_no_grad(world, rel.detach(), weights).transpose(1, 2)
+        target = world @ rigid_rotation(world, rel.detach(), weights, centred=False, differentiable=False).transpose(1, 2)
         if align_scale:  # the detector's body size is not the model's
             with torch.no_grad():
                 num = (weights[..., None] * rel * target).sum((1, 2))

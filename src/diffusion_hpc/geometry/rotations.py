@@ -31,8 +31,19 @@ def rotmat_to_rotvec(r: torch.Tensor) -> torch.Tensor:
     return roma.rotmat_to_rotvec(r)
 
 
+def special_procrustes_no_grad(cov: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) the proper rotation closest to ``cov`` (:func:`roma.special_procrustes`) without
+    gradient: one batched SVD, several times cheaper per call than roma's differentiable solver."""
+    with torch.no_grad():
+        u, _, vt = torch.linalg.svd(cov)
+        # det(U V^T) = det(U) det(V) = ±1: flip the last singular direction when it is a reflection
+        det = (torch.linalg.cross(u[..., :, 0], u[..., :, 1]) * u[..., :, 2]).sum(-1) \
+            * (torch.linalg.cross(vt[..., 0, :], vt[..., 1, :]) * vt[..., 2, :]).sum(-1)
+        return torch.cat([u[..., :, :2], u[..., :, 2:] * det.sign()[..., None, None]], -1) @ vt
+
+
 def rigid_rotation(source: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None,
-                   centred: bool = True) -> torch.Tensor:
+                   centred: bool = True, differentiable: bool = True) -> torch.Tensor:
     """(..., 3, 3) rotation R minimising sum_i w_i || R s_i - t_i ||^2 (Kabsch; proper, no reflection).
 
     Args:
@@ -40,6 +51,8 @@ def rigid_rotation(source: torch.Tensor, target: torch.Tensor, weights: torch.Te
         weights: (..., N) non-negative, default ones.
         centred: first remove each set's weighted centroid (the rotation of the best rigid fit);
             False: rotate about the origin.
+        differentiable: False: no gradient, the cheaper :func:`special_procrustes_no_grad` (a fit
+            that needs one every iteration).
     """
     w = torch.ones(source.shape[:-1], dtype=source.dtype, device=source.device) if weights is None else weights
     if centred:
@@ -47,4 +60,4 @@ def rigid_rotation(source: torch.Tensor, target: torch.Tensor, weights: torch.Te
         source = source - (wn * source).sum(-2, keepdim=True)
         target = target - (wn * target).sum(-2, keepdim=True)
     cov = torch.einsum("...n,...ni,...nj->...ij", w, target, source)
-    return roma.special_procrustes(cov)
+    return roma.special_procrustes(cov) if differentiable else special_procrustes_no_grad(cov)
