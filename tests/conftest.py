@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from diffusion_hpc.data.reader import dataset_digest  # noqa: F401  (imported by the tests from here)
@@ -103,3 +104,33 @@ def manifest_rows(root: Path) -> list[dict]:
     for r in rows:
         r.pop("timings")
     return rows
+
+
+def write_fake_smpl(path, seed=0):
+    """An SMPL-shaped model file with random arrays (not a real SMPL file)."""
+    rng = np.random.default_rng(seed)
+    V, J = 6890, 24
+    parents = np.array([-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21])
+    v_template = rng.normal(scale=0.3, size=(V, 3)) * [0.3, 1.0, 0.15]
+    weights = rng.random((V, J)) ** 8
+    weights /= weights.sum(1, keepdims=True)
+    regressor = rng.random((J, V)) ** 20
+    regressor /= regressor.sum(1, keepdims=True)
+    kintree = np.stack([np.where(parents < 0, 4294967295, parents), np.arange(J)]).astype(np.int64)
+    np.savez(
+        path,
+        v_template=v_template,
+        f=rng.integers(0, V, size=(13776, 3)).astype(np.uint32),
+        shapedirs=rng.normal(scale=0.01, size=(V, 3, 10)),
+        posedirs=rng.normal(scale=0.001, size=(V, 3, 207)),
+        J_regressor=regressor,
+        weights=weights,
+        kintree_table=kintree,
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def fake_smpl(tmp_path_factory):
+    """A synthetic SMPL_NEUTRAL.npz (SMPL's array shapes, random values), shared by the session."""
+    return write_fake_smpl(tmp_path_factory.mktemp("smpl") / "SMPL_NEUTRAL.npz")

@@ -11,6 +11,8 @@ from diffusion_hpc.body import check_body_model, get_body_model, transform_param
 from diffusion_hpc.body.joint_sets import COCO17, H36M17, convert, flip_permutation, joint_map
 from diffusion_hpc.errors import MissingModelError
 
+from conftest import write_fake_smpl
+
 
 def test_anny_forward_batched_float32_with_gradients(anny_body):
     params = anny_body.neutral_params(3)
@@ -98,30 +100,6 @@ def test_joint_set_maps():
 
 
 # --- SMPL through smplx, with a synthetic model file ------------------------------------------------
-
-
-def write_fake_smpl(path, seed=0):
-    """An SMPL-shaped model file with random arrays (not a real SMPL file)."""
-    rng = np.random.default_rng(seed)
-    V, J = 6890, 24
-    parents = np.array([-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21])
-    v_template = rng.normal(scale=0.3, size=(V, 3)) * [0.3, 1.0, 0.15]
-    weights = rng.random((V, J)) ** 8
-    weights /= weights.sum(1, keepdims=True)
-    regressor = rng.random((J, V)) ** 20
-    regressor /= regressor.sum(1, keepdims=True)
-    kintree = np.stack([np.where(parents < 0, 4294967295, parents), np.arange(J)]).astype(np.int64)
-    np.savez(
-        path,
-        v_template=v_template,
-        f=rng.integers(0, V, size=(13776, 3)).astype(np.uint32),
-        shapedirs=rng.normal(scale=0.01, size=(V, 3, 10)),
-        posedirs=rng.normal(scale=0.001, size=(V, 3, 207)),
-        J_regressor=regressor,
-        weights=weights,
-        kintree_table=kintree,
-    )
-    return path
 
 
 def test_smpl_adapter_on_synthetic_model_file(tmp_path):

@@ -15,13 +15,6 @@ CROP = 64
 
 
 @pytest.fixture(scope="module")
-def fake_smpl(tmp_path_factory):
-    from test_body import write_fake_smpl
-
-    return write_fake_smpl(tmp_path_factory.mktemp("smpl") / "SMPL_NEUTRAL.npz")
-
-
-@pytest.fixture(scope="module")
 def hmr_checkpoint(tmp_path_factory):
     from diffusion_hpc.hmr.model import HMRRegressor, export_regressor
 
