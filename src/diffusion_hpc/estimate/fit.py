@@ -52,6 +52,7 @@ import torch
 
 from diffusion_hpc.body.base import BodyModel
 from diffusion_hpc.body.joint_sets import ANNY_CMU31, COCO17, flip_permutation
+from diffusion_hpc.estimate.facing import HIPS  # the 3D term is relative to the hips' midpoint
 from diffusion_hpc.geometry.rotations import rigid_rotation, rotmat_to_rotvec, rotvec_to_rotmat
 from diffusion_hpc.prior.anny_prior import ARTICULATED_INDEX
 from diffusion_hpc.prior.base import PosePrior
@@ -77,8 +78,6 @@ COCO17_FLIP = flip_permutation("coco17")
 #: Joints used to initialise the global orientation (a rigid, well-detected quadrilateral).
 TORSO = ("left_shoulder", "right_shoulder", "left_hip", "right_hip")
 TORSO_INDEX = np.array([COCO17.index(n) for n in TORSO])
-#: COCO-17 indices of the hips (the 3D term is relative to their midpoint)
-HIPS = [COCO17.index("left_hip"), COCO17.index("right_hip")]
 
 #: Anny cmu_mb bones the fit leaves at rest: nothing in the 17 keypoints observes them.
 ANNY_FIXED_BONES = frozenset({

@@ -98,6 +98,7 @@ def augment_poses(
     bp = bp.expand(b, -1, -1).contiguous()
     sh = torch.as_tensor(np.asarray(shape), dtype=torch.float32).reshape(b, -1)
     poses, orients, shapes = [bp], [go], [sh]
+    plausible = [prior.is_plausible(bp)]
     redraws = 0
     for _ in range(k - 1):
         var = prior.perturb(bp, strength, g)
@@ -111,18 +112,18 @@ def augment_poses(
             bad = torch.zeros_like(bad)
             bad[idx] = ~prior.is_plausible(var[idx])
         poses.append(var)
+        plausible.append(~bad)
         orients.append(jitter_orientation(go, g))
         shapes.append(jitter_shape(sh, body_model, g))
     body = torch.stack(poses, 1)
     flat = body.reshape(b * k, *body.shape[2:])
     with torch.no_grad():
         scores = prior.score(flat).reshape(b, k)
-    plausible = prior.is_plausible(flat).reshape(b, k)
     return AugmentedPoses(
         body_pose=body.detach().numpy().astype(np.float32),
         global_orient=torch.stack(orients, 1).detach().numpy().astype(np.float32),
         shape=torch.stack(shapes, 1).detach().numpy().astype(np.float32),
-        plausible=plausible.numpy(),
+        plausible=torch.stack(plausible, 1).numpy(),
         redraws=redraws,
         scores=scores.numpy().astype(np.float32),
         hard=(scores >= prior.hard_threshold).numpy(),
