@@ -396,3 +396,127 @@ def test_input_errors_before_any_work(backbone, tmp_path):
     path.write_text(cfg.to_yaml())
     again = GenerateConfig.from_yaml(path)
     assert again == cfg and again.k == 3 and again.shard_size % 3 == 0 and again.verify is True
+
+
+# --- the mesh estimator: a regressor checkpoint, cycles ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def anny_regressor(tmp_path_factory):
+    """A tiny random Anny regressor exported as dhpc train exports one (regressor.json + .safetensors)."""
+    from diffusion_hpc.hmr.model import HMRRegressor, export_regressor
+
+    torch.manual_seed(0)
+    return export_regressor(HMRRegressor("anny", backbone="tiny"), tmp_path_factory.mktemp("reg") / "run").parent
+
+
+def test_generate_mode_r_with_a_regressor_records_it(backbone, guides, anny_regressor, anny_body, tmp_path):
+    """``--estimator hmr`` on a real photo: the regressor's bodies are the labels, run.json names the
+    estimator and fingerprints its weights (no machine path), and another checkpoint changes it."""
+    out = tmp_path / "hmr"
+    proc = run_cli("generate", "--mode", "R", "--guides", str(guides), "--backbone", str(backbone), "--image-size",
+                   "64", "-n", "2", "-k", "2", "--seed", "3", "--estimator", "hmr", "--estimator-checkpoint",
+                   str(anny_regressor), "--out", str(out), "--no-progress", env={"OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert check_labels(out, anny_body) == 2  # MediaPipe boxes the astronaut, the regressor gives the body
+    from diffusion_hpc.estimate.hmr_adapter import checkpoint_fingerprint, exported_regressor_files
+
+    run = json.loads((out / "run.json").read_text())
+    fingerprint = checkpoint_fingerprint(exported_regressor_files(anny_regressor))
+    assert run["estimator"] == {"name": "hmr", "body_model": "anny", "checkpoint": anny_regressor.name,
+                                "fingerprint": fingerprint}  # fmt: skip
+    assert str(tmp_path) not in json.dumps(run) and str(anny_regressor.parent) not in json.dumps(run["estimator"])
+    # the regressor's estimate, not MediaPipe's fit: variant 0 is the regressed pose itself
+    from diffusion_hpc.estimate import get_estimator
+    from diffusion_hpc.pipeline.inputs import GuideImages
+
+    [est] = get_estimator("hmr", checkpoint=anny_regressor).estimate([GuideImages(guides, (SIZE, SIZE)).load(0)])
+    first = next(s for s in open_dataset(out) if s["index"] == 0)
+    np.testing.assert_allclose(first["params"]["body_pose"], est.params["body_pose"], atol=1e-5)
+    # a mediapipe run records that, and the same run with retrained weights records another fingerprint
+    other = tmp_path / "retrained"
+    shutil.copytree(anny_regressor, other)
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(other / "regressor.safetensors"))
+    weights["dec_cam.bias"] = weights["dec_cam.bias"] + 0.01
+    save_file(weights, str(other / "regressor.safetensors"))
+    assert checkpoint_fingerprint(exported_regressor_files(other)) != fingerprint
+
+
+def test_bad_estimator_options_fail_before_any_work(backbone, guides, anny_regressor, fake_smpl, tmp_path):
+    from diffusion_hpc.hmr.model import HMRRegressor, export_regressor
+
+    base = ["generate", "--mode", "R", "--guides", str(guides), "--backbone", str(backbone), "--image-size", "64",
+            "-n", "2", "-k", "2", "--no-progress"]  # fmt: skip
+    smpl_run = tmp_path / "smpl-run"
+    export_regressor(HMRRegressor("smpl", backbone="tiny"), smpl_run)
+    cases = [
+        (["--estimator", "hmr"], "--estimator-checkpoint"),  # no checkpoint
+        (["--estimator", "hmr", "--estimator-checkpoint", str(tmp_path / "no-run")], "no-run"),  # missing
+        (["--estimator-checkpoint", str(anny_regressor)], "--estimator hmr"),  # a checkpoint for the fit
+        (["--estimator", "hmr", "--estimator-checkpoint", str(smpl_run)], "--body-model smpl"),  # SMPL regressor, Anny run
+        (["--estimator", "spin", "--estimator-checkpoint", str(tmp_path / "spin.pt")], "--body-model smpl"),
+    ]
+    for i, (flags, named) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        proc = run_cli(*base, *flags, "--out", str(out))
+        assert proc.returncode == 2, (flags, proc.stderr)
+        assert proc.stderr.count("dhpc: error") == 1 and named in proc.stderr, (flags, proc.stderr)
+        assert not out.exists()
+
+
+class PhotoInput:
+    """A segmenter or estimator that looks at a real photo instead of each image it is given: the
+    tiny backbone draws noise, so a cycle's re-estimate needs a person to find."""
+
+    def __init__(self, inner, photo):
+        self.inner, self.photo = inner, photo
+
+    def segment(self, images):
+        return self.inner.segment(np.stack([self.photo] * len(images)))
+
+    def estimate(self, images):
+        return self.inner.estimate([self.photo] * len(images))
+
+
+class SeedRecorder:
+    """The image generator, recording the seeds of every call."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def generate(self, batch):
+        self.calls.append(list(batch.seeds))
+        return self.inner.generate(batch)
+
+
+def test_cycles_draw_fresh_noise_each_cycle(backbone, guides, tmp_path):
+    """Each cycle regenerates from its own seed (the sample's seed and the cycle number): not the
+    first regeneration's noise again, and the same again on a rerun."""
+    from diffusion_hpc.data.seeds import sample_seed
+    from diffusion_hpc.pipeline.inputs import GuideImages
+    from diffusion_hpc.pipeline.tail import cycle_seed
+
+    photo = GuideImages(guides, (SIZE, SIZE)).load(0)
+
+    def run(out):
+        gen = Generator(r_config(backbone, guides, n=2, k=2, cycles=2), progress=False)
+        gen.load_models()
+        st = gen.stages
+        st.segmenter, st.estimator = PhotoInput(st.segmenter, photo), PhotoInput(st.estimator, photo)
+        st.image_generator = SeedRecorder(st.image_generator)
+        gen.run(out)
+        return st.image_generator.calls
+
+    calls = run(tmp_path / "a")
+    seeds = [sample_seed(3, i) for i in range(2)]
+    assert calls == [seeds, [cycle_seed(s, 1) for s in seeds], [cycle_seed(s, 2) for s in seeds]]
+    assert len({s for call in calls for s in call}) == 6  # six regenerations, six noise streams
+    rows = open_dataset(tmp_path / "a").manifest()
+    assert all(r["sampler"]["regenerations"] == 3 for r in rows) and all(r["status"] == "ok" for r in rows)
+    assert run(tmp_path / "b") == calls
+    assert dataset_digest(tmp_path / "a") == dataset_digest(tmp_path / "b")

@@ -11,14 +11,21 @@ batched body-model fit. MediaPipe itself loads with the first estimator.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from diffusion_hpc.errors import ConfigError, MissingModelError
 from diffusion_hpc.estimate.base import Estimate, MeshEstimator
-from diffusion_hpc.estimate.hmr_adapter import HMREstimator
+from diffusion_hpc.estimate.hmr_adapter import HMREstimator, exported_body_model
 from diffusion_hpc.estimate.mediapipe_fit import MediaPipeFitter
 from diffusion_hpc.estimate.spin import SPINEstimator
 from diffusion_hpc.prior.base import PosePrior
 from diffusion_hpc.runtime.images import check_image, load_image
 
 ESTIMATORS = ("mediapipe", "hmr", "spin")
+#: the estimators that regress a mesh from a checkpoint
+REGRESSOR_ESTIMATORS = ("hmr", "spin")
+#: the body model of each regressor whose network fixes it (``hmr``: its checkpoint's, see :func:`estimator_body_model`)
+FIXED_BODY_MODELS = {"spin": "smpl"}
 
 
 def get_estimator(name: str = "mediapipe", body_model: str = "anny", prior: PosePrior | str | None = "default",
@@ -46,4 +53,54 @@ def get_estimator(name: str = "mediapipe", body_model: str = "anny", prior: Pose
     raise ValueError(f"unknown mesh estimator {name!r}; choose one of {ESTIMATORS}")
 
 
-__all__ = ["Estimate", "MeshEstimator", "get_estimator", "load_image", "check_image", "ESTIMATORS"]
+def estimator_body_model(name: str, checkpoint: str | Path | None = None, fit_body_model: str = "anny") -> str:
+    """The body model whose parameters estimator ``name`` gives, found without loading any weights:
+    the fit's ``fit_body_model`` (mediapipe), SMPL (spin), or what an exported regressor's
+    ``regressor.json`` names (hmr).
+
+    Raises:
+        MissingModelError: a regressor's checkpoint is not given or does not exist.
+    """
+    if name == "mediapipe":
+        return fit_body_model
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown mesh estimator {name!r}; choose one of {ESTIMATORS}")
+    if checkpoint is None:
+        raise MissingModelError(f"estimator {name!r} regresses from a checkpoint: pass its path")
+    if name == "hmr":
+        return exported_body_model(checkpoint)
+    if not Path(checkpoint).expanduser().is_file():
+        raise MissingModelError(f"{name} checkpoint {checkpoint} does not exist (pass the network's weights file)")
+    return FIXED_BODY_MODELS[name]
+
+
+def check_estimator(name: str, checkpoint: str | Path | None, body_model: str, flag: str = "--estimator-checkpoint") -> None:
+    """Before any work: the checkpoint of estimator ``name`` exists and labels ``body_model`` bodies.
+
+    A regressor's bodies become the labels (and the poses the prior scores), so a regressor of one
+    body model cannot feed a run of another.
+
+    Raises:
+        MissingModelError: the checkpoint is missing (``flag`` names the option that gives it).
+        ConfigError: the estimator's body model is not ``body_model``.
+    """
+    try:
+        own = estimator_body_model(name, checkpoint, body_model)
+    except MissingModelError as exc:
+        raise MissingModelError(f"{flag}: {exc}") from None
+    if own != body_model:
+        fix = (f"pass --body-model {own}" + (" --smpl-path PATH" if own in ("smpl", "smplx") else "")
+               + f", or a checkpoint of a {body_model} regressor")
+        raise ConfigError(f"--estimator {name}: {checkpoint} regresses {own!r} bodies but the run's --body-model is "
+                          f"{body_model!r}; {fix}")
+
+
+def describe_estimator(estimator: MeshEstimator) -> dict:
+    """Which estimator ran, without a machine path (run.json): a regressor's ``describe()`` (name,
+    body model, checkpoint name, content fingerprint), else its ``name`` and ``body_model``."""
+    describe = getattr(estimator, "describe", None)
+    return describe() if describe is not None else {"name": estimator.name, "body_model": estimator.body_model}
+
+
+__all__ = ["Estimate", "MeshEstimator", "get_estimator", "load_image", "check_image", "ESTIMATORS",
+           "REGRESSOR_ESTIMATORS", "check_estimator", "describe_estimator", "estimator_body_model"]

@@ -44,6 +44,7 @@ detected COCO-17 keypoints), the MediaPipe fitter's
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Sequence
 
@@ -60,7 +61,7 @@ from diffusion_hpc.estimate.landmarks import (
 )
 from diffusion_hpc.geometry.boxes import crop_matrix
 from diffusion_hpc.geometry.camera import SPIN_CROP, project
-from diffusion_hpc.hmr.model import NORMALISED_FOCAL, load_regressor
+from diffusion_hpc.hmr.model import EXPORT_CONFIG, EXPORT_WEIGHTS, NORMALISED_FOCAL, load_regressor
 from diffusion_hpc.runtime.device import dtype_name, resolve_placement
 from diffusion_hpc.runtime.images import check_image
 
@@ -68,6 +69,54 @@ from diffusion_hpc.runtime.images import check_image
 BATCH = 16
 
 Box = tuple  # (centre (2,), side px)
+
+#: bytes read at a time when fingerprinting a checkpoint
+CHUNK = 1 << 20
+
+
+def checkpoint_fingerprint(files: Sequence[str | Path]) -> str:
+    """16 hex digits of a SHA-256 over the names and full contents of a checkpoint's ``files``.
+
+    Every byte counts (unlike a diffusion backbone's size-based fingerprint): regressors retrained
+    on other data have the same architecture and file sizes, so only the content tells them apart.
+    Same files, same fingerprint, on any machine; no path enters it.
+    """
+    h = hashlib.sha256()
+    for f in files:
+        f = Path(f)
+        h.update(f"{f.name}\0{f.stat().st_size}\n".encode())
+        with open(f, "rb") as fh:
+            while chunk := fh.read(CHUNK):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def exported_regressor_files(checkpoint: str | Path) -> tuple[Path, Path]:
+    """``(regressor.json, regressor.safetensors)`` of an exported regressor given as its folder or a
+    file in it (a ``dhpc train`` run folder, ``RUN/best``).
+
+    Raises:
+        MissingModelError: the folder does not exist or lacks either file.
+    """
+    root = Path(checkpoint).expanduser()
+    if root.is_file():
+        root = root.parent
+    files = (root / EXPORT_CONFIG, root / EXPORT_WEIGHTS)
+    if not all(f.is_file() for f in files):
+        raise MissingModelError(f"HMR checkpoint {checkpoint} does not exist or holds no exported regressor (pass "
+                                f"a dhpc train run folder, or any folder with {EXPORT_CONFIG} + {EXPORT_WEIGHTS})")
+    return files
+
+
+def exported_body_model(checkpoint: str | Path) -> str:
+    """The body model an exported regressor predicts (read from its ``regressor.json``; no weights load)."""
+    import json
+
+    config, _ = exported_regressor_files(checkpoint)
+    try:
+        return str(json.loads(config.read_text())["body_spec"]["name"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MissingModelError(f"{config} is not a regressor description (no body_spec.name: {exc})") from None
 
 
 def check_regressor_options(detector: str | None, principal_point: str) -> None:
@@ -137,20 +186,27 @@ class HMREstimator(MeshEstimator):
                  model_path: str | Path | None = None, principal_point: str = "image", device="cpu",
                  dtype="float32") -> None:  # fmt: skip
 
-        if checkpoint is None or not Path(checkpoint).expanduser().exists():
-            raise MissingModelError(f"HMR checkpoint {checkpoint} does not exist (pass the folder written by "
-                                    "export_regressor: regressor.json + regressor.safetensors)")
+        if checkpoint is None:
+            raise MissingModelError("HMR checkpoint not given (pass the folder written by export_regressor: "
+                                    "regressor.json + regressor.safetensors)")
+        files = exported_regressor_files(checkpoint)
         check_regressor_options(detector, principal_point)
-        regressor = load_regressor(Path(checkpoint).expanduser()).eval()
+        regressor = load_regressor(files[1]).eval()
         self._setup(regressor, regressor.spec.name, regressor.spec.shape_key, model_path, detector, principal_point,
-                    int(crop_size) if crop_size else self._default_crop(regressor), device, dtype)
+                    int(crop_size) if crop_size else self._default_crop(regressor), device, dtype, files)
 
     def _setup(self, regressor, body_model: str, shape_key: str, model_path, detector, principal_point: str,
-               crop_size: int, device="cpu", dtype="float32") -> None:
+               crop_size: int, device="cpu", dtype="float32", files: Sequence[Path] = (),
+               normalised_focal: float = NORMALISED_FOCAL) -> None:  # fmt: skip
         """State shared by every regressor estimator (the body model is checked now, loaded lazily;
-        the regressor is moved to its device and precision once)."""
+        the regressor is moved to its device and precision once). ``files``: the checkpoint files
+        the weights came from (:meth:`describe` fingerprints them); ``normalised_focal``: the
+        network's crop-camera focal (:func:`image_camera`)."""
 
         check_body_model(body_model, model_path)
+        self.checkpoint_files = [Path(f) for f in files]
+        self.normalised_focal = float(normalised_focal)
+        self._fingerprint: str | None = None
         self.placement = resolve_placement(str(device), dtype if isinstance(dtype, str) else dtype_name(dtype),
                                            diffusion=False)  # fmt: skip
         self.regressor = regressor.to(device=self.placement.device, dtype=self.placement.dtype)
@@ -159,6 +215,16 @@ class HMREstimator(MeshEstimator):
         self.detector_name = detector
         self._detector = None
         self._body = None
+
+    def describe(self) -> dict:
+        """What ran, without a machine path: ``name``, ``body_model``, ``checkpoint`` (the weights
+        file's or run folder's name) and ``fingerprint`` (:func:`checkpoint_fingerprint` of the
+        checkpoint files, computed once)."""
+        if self._fingerprint is None and self.checkpoint_files:
+            self._fingerprint = checkpoint_fingerprint(self.checkpoint_files)
+        first = self.checkpoint_files[0] if self.checkpoint_files else None
+        shown = None if first is None else (first.parent.name if self.name == "hmr" else first.name)
+        return {"name": self.name, "body_model": self.body_model, "checkpoint": shown, "fingerprint": self._fingerprint}
 
     # -- pieces ------------------------------------------------------------------------------
     @staticmethod
@@ -229,8 +295,9 @@ class HMREstimator(MeshEstimator):
         S = self.crop_size
         crops = np.stack([crop_image(images[i], c, b, S)[0] for i, c, b, _ in todo])
         pred = self.regress_crops(crops)
-        cams = [image_camera(pred["cam_t"][n], c, b, images[i].shape[:2], principal_point=self.principal_point)
-                for n, (i, c, b, _) in enumerate(todo)]
+        cams = [image_camera(pred["cam_t"][n], c, b, images[i].shape[:2], normalised_focal=self.normalised_focal,
+                             principal_point=self.principal_point)
+                for n, (i, c, b, _) in enumerate(todo)]  # fmt: skip
         params = {
             "global_orient": torch.as_tensor(pred["global_orient"]),
             "body_pose": torch.as_tensor(pred["body_pose"]),

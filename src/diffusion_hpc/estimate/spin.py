@@ -30,4 +30,4 @@ class SPINEstimator(HMREstimator):
                  device="cpu", dtype="float32") -> None:  # fmt: skip
         check_regressor_options(detector, principal_point)
         self._setup(load_spin(checkpoint, mean_params), "smpl", "betas", smpl_path, detector, principal_point,
-                    int(crop_size) if crop_size else SPIN_CROP, device, dtype)
+                    int(crop_size) if crop_size else SPIN_CROP, device, dtype, [Path(checkpoint).expanduser()])

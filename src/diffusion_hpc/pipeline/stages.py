@@ -10,7 +10,7 @@ import numpy as np
 
 from diffusion_hpc.body import get_body_model
 from diffusion_hpc.config import DIFFUSION_GENERATORS, GenerateConfig
-from diffusion_hpc.estimate import get_estimator
+from diffusion_hpc.estimate import MeshEstimator, check_estimator, describe_estimator, get_estimator
 from diffusion_hpc.generate import make_image_generator, make_start_generator
 from diffusion_hpc.generate.base import GenerationResult, SamplerSettings
 from diffusion_hpc.generate.diffusion import lora_file
@@ -20,6 +20,29 @@ from diffusion_hpc.prior import get_prior
 from diffusion_hpc.render import get_renderer
 from diffusion_hpc.runtime.device import resolve_placement
 from diffusion_hpc.segment import make_segmenter
+
+
+def check_run_estimator(cfg: GenerateConfig) -> None:
+    """Before any work: the run's mesh estimator has its checkpoint, and its bodies are the run's
+    body model (:func:`~diffusion_hpc.estimate.check_estimator`)."""
+    if needs_estimator(cfg):
+        check_estimator(cfg.mesh_estimator, cfg.estimator_checkpoint, cfg.body_model)
+
+
+def needs_estimator(cfg: GenerateConfig) -> bool:
+    """True when the run estimates bodies: modes T, R (start images), verification, cycles."""
+    return cfg.mode in ("T", "R") or bool(cfg.verify) or cfg.cycles > 0
+
+
+def load_estimator(cfg: GenerateConfig, prior, device) -> MeshEstimator:
+    """The run's mesh estimator: the MediaPipe fit (CPU, regularised by the run's prior) or a
+    regressor checkpoint (on the run's ``device``, in float32), both giving ``cfg.body_model`` bodies."""
+    name = cfg.mesh_estimator
+    if name == "mediapipe":
+        return get_estimator("mediapipe", body_model=cfg.body_model, prior=prior, model_path=cfg.smpl_path)
+    if name == "spin":
+        return get_estimator("spin", checkpoint=cfg.estimator_checkpoint, smpl_path=cfg.smpl_path, device=device)
+    return get_estimator(name, checkpoint=cfg.estimator_checkpoint, model_path=cfg.smpl_path, device=device)
 
 
 def load_prior(cfg: GenerateConfig):
@@ -38,6 +61,8 @@ class Stages:
         image_generator: the render baseline or the depth-conditioned regenerator.
         face_part: the render baseline's body part per face (None for diffusion generators).
         segmenter, estimator, prior: modes T, R, and verification / cycles (else None).
+        estimator_identity: which estimator ran (:func:`~diffusion_hpc.estimate.describe_estimator`;
+            a regressor's checkpoint by name and content fingerprint), None when none runs.
         start_sampler, sampler: the samplers as they run (None where there is no such stage).
         backbone: the identity of the diffusion weights (:mod:`~diffusion_hpc.generate.identity`).
     """
@@ -61,17 +86,18 @@ class Stages:
             self.backbone = backbone_identity(cfg.backbone, self.image_generator.backbones, cfg.controlnet,
                                               lora_file(cfg.lora), cfg.lora_scale)  # fmt: skip
         self.segmenter = None
-        self.estimator = None
+        self.estimator: Optional[MeshEstimator] = None
+        self.estimator_identity: Optional[dict] = None
         self.prior = None
         if cfg.mode == "D" and (cfg.body_model == "anny" or cfg.prior_path is not None):
             self.prior = load_prior(cfg)  # mode D scores every pose (prior_score, hard)
-        if cfg.mode in ("T", "R") or cfg.verify or cfg.cycles:
+        if needs_estimator(cfg):
             # MediaPipe runs on the CPU; an instance segmenter (transformers) on the run's device, in float32
             on_device = {} if cfg.segmenter.startswith("mediapipe") else {"device": self.placement.device}
             self.segmenter = make_segmenter(cfg.segmenter, **on_device)
             self.prior = self.prior or load_prior(cfg)
-            self.estimator = get_estimator("mediapipe", body_model=cfg.body_model, prior=self.prior,
-                                           model_path=cfg.smpl_path)  # fmt: skip
+            self.estimator = load_estimator(cfg, self.prior, self.placement.device)
+            self.estimator_identity = describe_estimator(self.estimator)
 
 
 class StageTimer:

@@ -5,7 +5,8 @@
     2. image: the image generator on the labels (render baseline, or depth-conditioned regeneration
        SDEdit style from the start image when there is one)
     3. cycles (optional): re-estimate the body in the output image, label that estimate, regenerate
-       from the output image
+       from the output image with fresh noise (:func:`cycle_seed`: the sample's seed and the cycle's
+       number, so every cycle draws its own noise and a rerun draws the same)
     4. verify (optional): re-estimate and segment the final image against its label
     5. records: accepted samples and every sample's manifest row (:mod:`~diffusion_hpc.pipeline.records`)
 
@@ -21,6 +22,7 @@ import numpy as np
 
 from diffusion_hpc.config import GenerateConfig
 from diffusion_hpc.data.schema import SampleRecord
+from diffusion_hpc.data.seeds import seed63
 from diffusion_hpc.data.writer import ManifestRow
 from diffusion_hpc.generate.base import GenerationBatch
 from diffusion_hpc.geometry.camera import project
@@ -37,6 +39,19 @@ from diffusion_hpc.pipeline.samples import (
 from diffusion_hpc.pipeline.stages import Stages, StageTimer
 from diffusion_hpc.pipeline.verify import mask_iou, pck_agreement
 from diffusion_hpc.render.base import RenderOutput
+
+
+#: spawn-key word of a sample's cycle streams ("CYCL"): cycle c regenerates from cycle_seed(seed, c)
+CYCLE_STREAM = 0x4359434C
+
+
+def cycle_seed(seed: int, number: int) -> int:
+    """The seed of cycle ``number`` (1, 2, ...) of the sample seeded ``seed``: an independent stream
+    per cycle, so a cycle's regeneration does not repeat the noise of the first (cycle 0 is the
+    sample's own ``seed``). The image generator derives its stage streams from it as from any seed."""
+    if number == 0:
+        return int(seed)
+    return seed63(np.random.SeedSequence([int(seed), CYCLE_STREAM, int(number)]))
 
 
 def keypoint_visibility(uv: np.ndarray, z: np.ndarray, depth: np.ndarray, tolerance: float = 0.12) -> np.ndarray:
@@ -96,9 +111,10 @@ def label(stages: Stages, bodies: PlacedBodies, size: tuple[int, int], timer: St
     return Labels(ran, joints3d, np.stack(keypoints), render)
 
 
-def make_images(stages: Stages, labels: Labels, timer: StageTimer, stage: str) -> Generated:
+def make_images(stages: Stages, labels: Labels, timer: StageTimer, stage: str, cycle_number: int = 0) -> Generated:
     """Step 2: the image generator on the labels: the render baseline (its image is the shaded
-    render), or depth-conditioned diffusion (from the start image when there is one)."""
+    render), or depth-conditioned diffusion (from the start image when there is one); in cycle
+    ``cycle_number`` > 0 each sample draws from :func:`cycle_seed` of its seed."""
     logs = labels.logs
     if not len(labels):
         size = labels.render.mask.shape[1:]
@@ -109,7 +125,7 @@ def make_images(stages: Stages, labels: Labels, timer: StageTimer, stage: str) -
     else:
         start = labels.bodies.start
         batch = GenerationBatch(
-            seeds=[log.seed for log in logs], prompts=[log.prompt for log in logs],
+            seeds=[cycle_seed(log.seed, cycle_number) for log in logs], prompts=[log.prompt for log in logs],
             start_images=None if start is None else start.images, person_masks=None if start is None else start.person,
             occluder_masks=None if start is None else start.occluders,
             depth=labels.render.depth, silhouettes=labels.render.mask,
@@ -149,7 +165,7 @@ def cycle(stages: Stages, previous: Generated, number: int, size: tuple[int, int
         StartImages(previous.images, seg.person, seg.occluders).take(rows),
     )  # fmt: skip
     labels = label(stages, bodies, size, timer)
-    return make_images(stages, labels.take(alive(labels.logs)), timer, "regenerate")
+    return make_images(stages, labels.take(alive(labels.logs)), timer, "regenerate", cycle_number=number)
 
 
 def verify(stages: Stages, final: Generated, min_agreement: float | None, timer: StageTimer) -> Verification:
