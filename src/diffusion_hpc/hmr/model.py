@@ -179,6 +179,9 @@ class HMRRegressor(nn.Module):
             used to rebuild exported models without the pretrained folder).
     """
 
+    architecture = "dhpc"
+    normalised_focal = NORMALISED_FOCAL
+
     def __init__(
         self,
         body_model_name="anny",
@@ -301,26 +304,39 @@ def project_normalised(points: torch.Tensor, cam_t: torch.Tensor, normalised_foc
     return normalised_focal * p[..., :2] / z
 
 
-def regress(regressor: HMRRegressor, body_model, images: torch.Tensor) -> dict[str, torch.Tensor]:
+def body_device(body_model) -> torch.device:
+    """The device a body model computes on: that of its tensors (SMPL's ``smplx`` buffers), else the CPU
+    (Anny keeps its shared core outside the module tree, on the CPU)."""
+    tensor = next(iter(body_model.buffers()), None) if isinstance(body_model, nn.Module) else None
+    return torch.device("cpu") if tensor is None else tensor.device
+
+
+def regress(regressor: nn.Module, body_model, images: torch.Tensor, with_vertices: bool = False) -> dict[str, torch.Tensor]:
     """Regressor + body-model forward: the regressor's outputs plus the body's joints.
 
-    Adds ``joints`` ({joint set: (B, J, 3)}, body at the origin: no translation), ``keypoints2d``
-    (B, 17, 2) normalised crop coordinates of the projected COCO-17 joints (with ``cam_t``).
-    The body model runs on its own device (CPU for Anny); results come back to the images' device.
+    Works for every network of :mod:`diffusion_hpc.hmr` (ours, SPIN's, HMR 2.0's): it reads the
+    shape key from ``regressor.spec`` and the camera from ``regressor.normalised_focal`` (SPIN's
+    ``2 * 5000 / 224`` when absent). Adds ``joints`` ({joint set: (B, J, 3)}, body at the origin: no
+    translation), ``vertices`` (B, V, 3) if ``with_vertices``, and ``keypoints2d`` (B, 17, 2) normalised crop coordinates
+    of the projected COCO-17 joints (with ``cam_t``). The body model runs on its own device
+    (:func:`body_device`: the training device for a moved SMPL, the CPU for Anny), in float32;
+    results come back to the images' device (no copy when the devices agree).
     """
     pred = regressor(images)
     spec = regressor.spec
-    body_device = torch.device("cpu")
+    device = body_device(body_model)
     params = {  # the body model runs in float32 whatever the regressor's precision
-        "global_orient": pred["global_orient"].to(body_device, torch.float32),
-        "body_pose": pred["body_pose"].to(body_device, torch.float32),
-        spec.shape_key: pred["shape"].to(body_device, torch.float32),
-        "transl": torch.zeros_like(pred["global_orient"]).to(body_device, torch.float32),
+        "global_orient": pred["global_orient"].to(device, torch.float32),
+        "body_pose": pred["body_pose"].to(device, torch.float32),
+        spec.shape_key: pred["shape"].to(device, torch.float32),
+        "transl": torch.zeros_like(pred["global_orient"]).to(device, torch.float32),
     }
     out = body_model(params)
-    joints = {k: v.to(images.device) for k, v in out.joints.items()}
-    pred["joints"] = joints
-    pred["keypoints2d"] = project_normalised(joints["coco17"], pred["cam_t"])
+    pred["joints"] = {k: v.to(images.device) for k, v in out.joints.items()}
+    if with_vertices:
+        pred["vertices"] = out.vertices.to(images.device)
+    pred["keypoints2d"] = project_normalised(pred["joints"]["coco17"], pred["cam_t"],
+                                             getattr(regressor, "normalised_focal", NORMALISED_FOCAL))
     return pred
 
 
@@ -382,7 +398,11 @@ def load_regressor(path: str | Path) -> HMRRegressor:
     cfg, weights = root / EXPORT_CONFIG, root / EXPORT_WEIGHTS
     if not (cfg.is_file() and weights.is_file()):
         raise MissingModelError(f"{root} holds no exported regressor ({EXPORT_CONFIG} + {EXPORT_WEIGHTS})")
-    model = regressor_from_config(json.loads(cfg.read_text()))
+    config = json.loads(cfg.read_text())
+    if config.get("architecture", "dhpc") != "dhpc":
+        raise InputError(f"{root} holds a {config['architecture']} network fine-tuned by dhpc train; load it with "
+                         "diffusion_hpc.hmr.init.load_regressor_spec (dhpc evaluate / generate take it as dhpc:RUN)")
+    model = regressor_from_config(config)
     load_state_strict(model, load_file(str(weights)), source=str(weights))
     return model
 

@@ -38,8 +38,10 @@ import torch
 from torch import nn
 
 from diffusion_hpc.errors import InputError, MissingModelError
+from diffusion_hpc.geometry.camera import SPIN_CROP
 from diffusion_hpc.geometry.rotations import rot6d_to_rotmat
 from diffusion_hpc.hmr.model import (
+    BODY_SPECS,
     IMAGENET_MEAN,
     IMAGENET_STD,
     NORMALISED_FOCAL,
@@ -83,9 +85,16 @@ class SPINHMR(nn.Module):
         layers: blocks per stage ([3, 4, 6, 3] = ResNet-50).
     """
 
+    architecture = "spin"
+    spec = BODY_SPECS["smpl"]
+    #: SPIN's crop side and normalised focal (2 * 5000 / 224); other crop sizes work (adaptive pooling)
+    crop_size = SPIN_CROP
+    normalised_focal = NORMALISED_FOCAL
+
     def __init__(self, mean_params: str | Path | None = None, layers=(3, 4, 6, 3), num_iterations: int = 3) -> None:
         super().__init__()
         self.num_iterations = num_iterations
+        self.layers = tuple(int(n) for n in layers)
         self.inplanes = 64
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -113,6 +122,10 @@ class SPINHMR(nn.Module):
         self.register_buffer("init_cam", torch.as_tensor(cam, dtype=torch.float32)[None])
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def config(self) -> dict:
+        """JSON-able description that rebuilds this architecture (:func:`diffusion_hpc.hmr.init.load_exported`)."""
+        return {"architecture": self.architecture, "layers": list(self.layers), "num_iterations": self.num_iterations}
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
         downsample = None
@@ -180,11 +193,12 @@ def load_spin(checkpoint: str | Path, mean_params: str | Path | None = None) -> 
         raise InputError(f"{path} holds no state dict (expected {{'model': state_dict, ...}})")
     state = {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
     model = SPINHMR(mean_params)
-    if any(k not in state for k in MEAN_KEYS):
-        if mean_params is None:
-            raise MissingModelError(f"{path} has no mean parameters ({', '.join(MEAN_KEYS)}); pass mean_params= "
-                                    "(SPIN's smpl_mean_params.npz)")
+    has_means = all(k in state for k in MEAN_KEYS)
+    if not has_means:  # the network's own (zero or mean_params) buffers, checked after the other keys
         own = model.state_dict()
         state = {**{k: own[k] for k in MEAN_KEYS}, **{k: v for k, v in state.items() if k not in MEAN_KEYS}}
-    load_state_strict(model, state, source=str(path))
+    load_state_strict(model, state, source=f"SPIN checkpoint {path}")
+    if not has_means and mean_params is None:
+        raise MissingModelError(f"{path} has no mean parameters ({', '.join(MEAN_KEYS)}); pass mean_params= "
+                                "(SPIN's smpl_mean_params.npz)")
     return model.eval()
