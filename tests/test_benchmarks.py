@@ -1,4 +1,4 @@
-"""Benchmark readers on small fixture files in each documented format, and dataset export."""
+"""Benchmark readers on small fixture files in each documented format (dataset export: test_export.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from diffusion_hpc.body.joint_sets import BODY25, COCO17, H36M17
-from diffusion_hpc.config import ExportConfig, build
+from diffusion_hpc.body.joint_sets import BODY25, H36M17
 from diffusion_hpc.data.benchmarks import (
     SKIPOSE17,
     SPIN24,
@@ -19,7 +18,7 @@ from diffusion_hpc.data.benchmarks import (
     load_smart,
     load_spin_npz,
 )
-from diffusion_hpc.errors import ConfigError, InputError
+from diffusion_hpc.errors import InputError
 
 
 def true_h36m(n: int, seed: int = 0) -> np.ndarray:
@@ -203,117 +202,3 @@ def test_smart_errors(tmp_path):
     (tmp_path / "dict.json").write_text(json.dumps({"frames": []}))
     with pytest.raises(InputError, match="must be a JSON list"):
         load_smart(tmp_path / "dict.json")
-
-
-# ------------------------------------------------------------------------------------------ export
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    from diffusion_hpc.config import GenerateConfig
-    from diffusion_hpc.data import open_dataset
-    from diffusion_hpc.pipeline.generate import generate
-
-    out = tmp_path_factory.mktemp("export") / "d"
-    generate(GenerateConfig(n=3, image_size=(64, 64), batch_size=3), out=out, progress=False)
-    return out, list(open_dataset(out))
-
-
-def test_export_spin_npz_round_trip(tiny_dataset, tmp_path):
-    import cv2
-
-    from diffusion_hpc.data.export import export_dataset
-
-    path, samples = tiny_dataset
-    result = export_dataset(ExportConfig(dataset=path, format="spin-npz", out=tmp_path / "out" / "train.npz"))
-    assert result.count == len(samples) == 3 and result.images == tmp_path / "out" / "images"
-    data = load_spin_npz(result.path)
-    assert len(data) == 3
-    coco_in_spin = [SPIN24.index(n) for n in COCO17]
-    with np.load(result.path, allow_pickle=False) as npz:
-        keys = set(npz.files)
-    assert {"anny_global_orient", "anny_body_pose", "anny_phenotype", "anny_transl", "K", "crop_cam", "crop_cam_t"} <= keys
-    assert "pose" not in keys and "shape" not in keys  # Anny is not SMPL
-    for i, sample in enumerate(samples):
-        kp = sample["keypoints2d"]
-        np.testing.assert_allclose(data.keypoints2d[i, coco_in_spin, :2], kp[:, :2])
-        np.testing.assert_array_equal(data.keypoints2d[i, coco_in_spin, 2], (kp[:, 2] > 0).astype(float))
-        image = cv2.imread(str(data.image_paths[i]))[..., ::-1]
-        np.testing.assert_array_equal(image, sample["image"])
-        # Box from the person mask: every mask pixel lies inside the box.
-        ys, xs = np.nonzero(sample["mask"])
-        half = data.box_size[i] / 2
-        assert np.all(np.abs(xs - data.center[i, 0]) <= half) and np.all(np.abs(ys - data.center[i, 1]) <= half)
-        # 3D joints in the SPIN-24 order, metres, camera frame.
-        for name in ("pelvis", "right_knee", "left_wrist", "head_top"):
-            np.testing.assert_allclose(
-                data.joints3d[i, SPIN24.index(name)], sample["joints3d"]["h36m17"][H36M17.index(name)], atol=1e-6
-            )
-        np.testing.assert_allclose(data.joints3d[i, SPIN24.index("nose")], sample["joints3d"]["coco17"][0], atol=1e-6)
-        assert data.joints3d_conf[i, SPIN24.index("mpii_thorax")] == 0
-        np.testing.assert_allclose(data.extra["anny_phenotype"][i], sample["params"]["phenotype"], atol=1e-6)
-        # SPIN crop camera: the pelvis projects to the same crop pixel with focal 5000 at 224 px.
-        cam_t = data.extra["crop_cam_t"][i]
-        u_crop = 5000 * cam_t[:2] / cam_t[2] + 112
-        pelvis_uv = data.keypoints2d[i, SPIN24.index("pelvis"), :2]
-        np.testing.assert_allclose(u_crop, (pelvis_uv - data.center[i]) * 224 / data.box_size[i] + 112, atol=1e-6)
-
-
-def test_export_coco_json(tiny_dataset, tmp_path):
-    from diffusion_hpc.data.export import export_dataset
-
-    path, samples = tiny_dataset
-    result = export_dataset(ExportConfig(dataset=path, format="coco-json", out=tmp_path / "coco" / "train.json"))
-    doc = json.loads(result.path.read_text())
-    assert doc["categories"][0]["keypoints"] == list(COCO17)
-    assert len(doc["images"]) == len(doc["annotations"]) == 3
-    for image, ann, sample in zip(doc["images"], doc["annotations"], samples):
-        assert (result.path.parent / image["file_name"]).is_file()
-        assert (image["height"], image["width"]) == sample["image"].shape[:2]
-        np.testing.assert_allclose(np.reshape(ann["keypoints"], (17, 3)), sample["keypoints2d"])
-        assert ann["num_keypoints"] == int((sample["keypoints2d"][:, 2] > 0).sum())
-        assert ann["area"] == int(sample["mask"].sum())
-        ys, xs = np.nonzero(sample["mask"])
-        assert ann["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
-        assert sum(ann["segmentation"]["counts"][1::2]) == ann["area"]
-        np.testing.assert_allclose(ann["K"], sample["K"])
-        np.testing.assert_allclose(ann["joints3d"]["h36m17"], sample["joints3d"]["h36m17"])
-        assert set(ann["params"]) == set(sample["params"]) and ann["body_model"] == "anny"
-
-
-def test_export_errors(tiny_dataset, tmp_path):
-    from diffusion_hpc.data.export import export_dataset
-
-    path, _ = tiny_dataset
-    with pytest.raises(ConfigError, match="format: Input should be 'spin-npz' or 'coco-json'.*'tfrecord'"):
-        build(ExportConfig, {"dataset": path, "format": "tfrecord", "out": tmp_path / "x.npz"})
-    with pytest.raises(ConfigError, match=r"must end with \.npz for format spin-npz, e\.g\. .*x\.npz"):
-        build(ExportConfig, {"dataset": path, "format": "spin-npz", "out": tmp_path / "x.json"})
-    (tmp_path / "dir.npz").mkdir()
-    with pytest.raises(ConfigError, match="is a directory"):
-        export_dataset(ExportConfig(dataset=path, format="spin-npz", out=tmp_path / "dir.npz"))
-    with pytest.raises(InputError, match="not a Diffusion-HPC dataset"):
-        export_dataset(ExportConfig(dataset=tmp_path, format="coco-json", out=tmp_path / "x.json"))
-
-
-def test_export_smpl_params_as_spin_pose(tiny_dataset, tmp_path):
-    """SMPL datasets get SPIN's pose (72) / shape (10); checked on records relabelled as SMPL."""
-    from diffusion_hpc.data.export import export_spin_npz
-
-    _, samples = tiny_dataset
-    rng = np.random.default_rng(7)
-    smpl_samples = []
-    for s in samples:
-        params = {"global_orient": rng.normal(size=3), "body_pose": rng.normal(size=(23, 3)),
-                  "betas": rng.normal(size=10), "transl": rng.normal(size=3)}  # fmt: skip
-        smpl_samples.append({**s, "body_model": "smpl", "params": params})
-    result = export_spin_npz(smpl_samples, tmp_path / "smpl.npz")
-    data = load_spin_npz(result.path)
-    for i, s in enumerate(smpl_samples):
-        p = s["params"]
-        np.testing.assert_allclose(data.smpl["pose"][i], np.concatenate([p["global_orient"], p["body_pose"].ravel()]))
-        np.testing.assert_allclose(data.smpl["shape"][i], p["betas"])
-    assert np.all(data.smpl["has_smpl"] == 1)
-    bad = [{**smpl_samples[0], "params": {**smpl_samples[0]["params"], "body_pose": np.zeros((21, 3))}}]
-    with pytest.raises(InputError, match="expected 72"):
-        export_spin_npz(bad, tmp_path / "bad.npz")

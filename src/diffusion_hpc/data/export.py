@@ -1,74 +1,93 @@
-"""Export a Diffusion-HPC dataset to formats HMR training code reads: SPIN-style npz and COCO json.
+"""Export a Diffusion-HPC dataset to the formats HMR training code reads.
 
-Both formats write the images as PNG files into an ``images/`` folder beside the output file
-(``images/<sample key>.png``; existing files of the same name are replaced) and reference them by
-that relative path. Every file is written atomically, the npz / json last, so an interrupted export
+=================  ==============================================  =====================================
+format             file                                            read by (reader code matched)
+=================  ==============================================  =====================================
+``spin-npz``       ``<out>.npz`` + ``images/``                     SPIN (``datasets/base_dataset.py``)
+                                                                   and loaders built on it
+``bedlam-npz``     ``<out>.npz`` + ``images/``                     CameraHMR, BEDLAM-CLIFF's SMPL
+                                                                   trainer (:mod:`.export_bedlam`)
+``4dhumans-wds``   ``<out>-000000.tar`` ... (WebDataset shards)     4D-Humans / HMR 2.0
+                                                                   (:mod:`.export_4dhumans`)
+``coco-json``      ``<out>.json`` + ``images/``                    COCO keypoint tools
+=================  ==============================================  =====================================
+
+One row (annotation) per person: every format walks the persons of each sample through
+:func:`~diffusion_hpc.data.export_persons.persons_of` and builds each row with
+:func:`~diffusion_hpc.data.export_persons.person_row`, so they share the box, the SMPL / SMPL-X label
+(:func:`~diffusion_hpc.data.export_persons.body_label`: native parameters first, converted labels
+second) and the keypoints (the label's joints when there is a label, projected with ``K``).
+
+The npz / json formats write the images as PNG files into an ``images/`` folder beside the output file
+(``images/<sample key>.png``; existing files of the same name are replaced) and reference them by that
+relative path. Every file is written atomically, the annotation file last, so an interrupted export
 never leaves an annotation file pointing at missing images.
 
-Per sample (all in pixels of the saved image unless stated):
+``spin-npz`` per row (pixels of the saved image unless stated):
 
 - box: the person mask's bounding box, side = ``box_expand`` x its longer side (SPIN's 1.2),
   ``center`` (2,) and ``scale`` = side / 200. An empty mask falls back to the labelled keypoints.
-- ``part`` (24, 3) in ``spin24`` order (:data:`~diffusion_hpc.data.benchmarks.SPIN24`): the
-  COCO-17 joints are the dataset's ``keypoints2d`` (u, v) with confidence 1 where COCO visibility
-  > 0 (in the image, visible or hidden by the body) and 0 where it is 0 (outside the image); the
-  other SPIN joints (pelvis, spine, head top, LSP neck, jaw, H36M head) are the H36M-17 3D joints
-  projected with K, confidence 1 inside the image; ``mpii_thorax`` has confidence 0.
-- ``S`` (24, 4): camera-frame 3D joints in metres in ``spin24`` order (from ``h36m17`` then
-  ``coco17`` and :data:`~diffusion_hpc.data.benchmarks.SPIN24_ALIASES`), 4th column 1 where known.
-- SMPL datasets: ``pose`` (72,) = global_orient + body_pose axis-angle (camera frame), ``shape``
-  (10,) betas, ``has_smpl`` 1, ``smpl_transl``. Other body models (Anny, SMPL-X): their parameters
-  under ``<body_model>_<name>`` keys (``anny_global_orient``, ``anny_body_pose``,
-  ``anny_phenotype``, ``anny_transl``) and ``has_smpl`` 0, no ``pose`` / ``shape``.
+- ``S`` (24, 4): camera-frame 3D joints in metres in ``spin24`` order
+  (:data:`~diffusion_hpc.data.benchmarks.SPIN24`; from ``h36m17`` then ``coco17`` and
+  :data:`~diffusion_hpc.data.benchmarks.SPIN24_ALIASES`), 4th column 1 where known
+  (``mpii_thorax`` is never known).
+- ``part`` (24, 3): ``S`` projected with K, confidence 1 where known, in front of the camera and inside
+  the image (one definition per joint in 2D and 3D: an Anny row's shoulders, elbows, wrists, hips,
+  knees and ankles are its H36M joints, its face joints the COCO ones).
+- SMPL labels (native SMPL datasets, or converted ``labels["smpl"]``): ``pose`` (72,) =
+  global_orient + body_pose axis-angle (camera frame), ``shape`` (10,) betas, ``has_smpl`` 1,
+  ``smpl_transl`` (3,); rows without a label (or whose fit is flagged) have zeros and ``has_smpl`` 0,
+  which SPIN's loss skips. A dataset without any SMPL label writes ``has_smpl`` 0 and no ``pose`` /
+  ``shape``. Non-SMPL native parameters (Anny, SMPL-X) go under ``<body_model>_<name>`` keys
+  (``anny_global_orient``, ``anny_body_pose``, ``anny_phenotype``, ``anny_transl``).
 - crop conventions, computed here only (never stored as the truth): for SPIN's 224-px crop with
   focal 5000 and principal point at the crop centre, ``crop_cam_t`` (3,) is the pelvis position
   (metres) that reproduces the pelvis's crop pixel with depth z x 5000 / f_crop, and ``crop_cam``
   (3,) the weak-perspective camera ``[s, tx, ty]`` with ``s = 2 * 5000 / (224 * z)`` (SPIN's
   ``pred_cam`` convention: translation = ``[tx, ty, 2 * 5000 / (224 * s)]``), for the
   pelvis-centred body.
-- ``K`` (3, 3), ``key``, ``image_size`` [H, W].
+- ``openpose`` (25, 3): OpenPose BODY_25 keypoints by the same rule (SPIN reads ``openpose`` + ``part``;
+  the toes and heels have confidence 0).
+- ``K`` (3, 3), ``key``, ``person``, ``image_size`` [H, W].
 """
 
 from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
-from diffusion_hpc.body.joint_sets import COCO17
+from diffusion_hpc.body.joint_sets import BODY25, COCO17
 from diffusion_hpc.config.export import FORMAT_SUFFIX, ExportConfig
 from diffusion_hpc.data import open_dataset
-from diffusion_hpc.data.benchmarks import SPIN24, SPIN24_ALIASES, box_from_keypoints, joint_names
-from diffusion_hpc.data.reader import check_key
-from diffusion_hpc.data.schema import encode_png
+from diffusion_hpc.data.benchmarks import SPIN24
+from diffusion_hpc.data.export_4dhumans import export_4dhumans_wds
+from diffusion_hpc.data.export_bedlam import export_bedlam_npz
+from diffusion_hpc.data.export_persons import (  # noqa: F401  (_write_images: part of this module's API)
+    IMAGE_DIR,
+    ExportResult,
+    PersonRow,
+    _write_images,
+    joints_in_order,
+    no_rows_error,
+    rows_of,
+    write_sample_image,
+)
 from diffusion_hpc.errors import ConfigError, InputError
-from diffusion_hpc.geometry.boxes import BOX_EXPAND, SPIN_SCALE_UNIT, mask_box
+from diffusion_hpc.geometry.boxes import BOX_EXPAND
 from diffusion_hpc.geometry.camera import SPIN_CROP, SPIN_FOCAL
 from diffusion_hpc.runtime.atomic import atomic_write_bytes
 
 EXPORT_FORMATS = tuple(FORMAT_SUFFIX)
-IMAGE_DIR = "images"
-#: 3D joint sets used to fill SPIN-24 joints, in order of preference (same-named joints).
-SPIN24_SOURCES = ("h36m17", "coco17")
 #: COCO person skeleton (1-based joint indices into COCO-17), as in the COCO keypoint annotations.
 COCO_SKELETON = (
     (16, 14), (14, 12), (17, 15), (15, 13), (12, 13), (6, 12), (7, 13), (6, 7), (6, 8), (7, 9),
     (8, 10), (9, 11), (2, 3), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7),
 )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class ExportResult:
-    """What an export wrote: the annotation file, the image folder and the number of samples."""
-
-    path: Path
-    images: Path
-    count: int
-    format: str
 
 
 # --------------------------------------------------------------------------------------------
@@ -98,36 +117,7 @@ def mask_rle(mask: np.ndarray) -> dict[str, Any]:
 
 def spin24_joints3d(joints3d: dict[str, np.ndarray]) -> np.ndarray:
     """(24, 4) SPIN-24 camera-frame joints (x, y, z metres, confidence) from a sample's ``joints3d``."""
-    out = np.zeros((len(SPIN24), 4))
-    for j, name in enumerate(SPIN24):
-        sources = [(s, name) for s in SPIN24_SOURCES]
-        if name in SPIN24_ALIASES:
-            sources.append(SPIN24_ALIASES[name])
-        for set_name, joint in sources:
-            if set_name in joints3d and joint in joint_names(set_name):
-                out[j, :3] = np.asarray(joints3d[set_name], np.float64)[joint_names(set_name).index(joint)]
-                out[j, 3] = 1.0
-                break
-    return out
-
-
-def spin24_part(keypoints2d: np.ndarray, S: np.ndarray, K: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
-    """(24, 3) SPIN ``part``: COCO joints from ``keypoints2d`` (confidence = visibility > 0), the
-    rest projected from ``S`` (24, 4) with ``K`` (confidence 1 when in front of the camera and inside
-    the image)."""
-    part = np.zeros((len(SPIN24), 3))
-    kp = np.asarray(keypoints2d, np.float64)
-    h, w = image_hw
-    for j, name in enumerate(SPIN24):
-        if name in COCO17:
-            c = COCO17.index(name)
-            part[j] = kp[c, 0], kp[c, 1], float(kp[c, 2] > 0)
-        elif S[j, 3] > 0 and S[j, 2] > 0:
-            uvw = np.asarray(K, np.float64) @ S[j, :3]
-            u, v = uvw[:2] / uvw[2]
-            inside = -0.5 <= u < w - 0.5 and -0.5 <= v < h - 0.5
-            part[j] = u, v, float(inside)
-    return part
+    return joints_in_order(joints3d, SPIN24)
 
 
 def crop_camera(
@@ -154,44 +144,16 @@ def crop_camera(
     return cam_t, cam
 
 
-def _sample_fields(sample: dict[str, Any], box_expand: float) -> dict[str, Any]:
-    """Everything both formats need from one decoded sample."""
-    image = sample["image"]
-    h, w = int(image.shape[0]), int(image.shape[1])
-    K = np.asarray(sample["K"], np.float64)
-    kp = np.asarray(sample["keypoints2d"], np.float64)
-    box = mask_box(sample["mask"], box_expand)
-    if box is None:
-        if (kp[:, 2] > 0).any():
-            c, s = box_from_keypoints(kp[None], "coco17", expand=box_expand)
-            box = c[0], float(s[0]) * SPIN_SCALE_UNIT
-        else:
-            box = np.array([(w - 1) / 2.0, (h - 1) / 2.0]), float(max(h, w))
-    center, side = box
-    S = spin24_joints3d(sample["joints3d"])
-    part = spin24_part(kp, S, K, (h, w))
+def spin_fields(row: PersonRow) -> dict[str, np.ndarray]:
+    """SPIN's per-row arrays: ``S`` (24, 4), ``part`` (24, 3), ``openpose`` (25, 3), ``crop_cam_t`` / ``crop_cam`` (3,)
+    (NaN when the pelvis is unknown or behind the camera)."""
+    S, part = row.keypoints(SPIN24)
     pelvis = S[SPIN24.index("pelvis")]
     if pelvis[3] > 0 and pelvis[2] > 0:
-        cam_t, cam = crop_camera(pelvis[:3], K, center, side)
+        cam_t, cam = crop_camera(pelvis[:3], row.K, row.center, row.side)
     else:
         cam_t = cam = np.full(3, np.nan)
-    return {
-        "key": str(sample["key"]),
-        "image_png": encode_png(image),
-        "image_hw": (h, w),
-        "K": K,
-        "center": np.asarray(center, np.float64),
-        "scale": side / SPIN_SCALE_UNIT,
-        "part": part,
-        "S": S,
-        "cam_t": cam_t,
-        "cam": cam,
-        "keypoints2d": kp,
-        "mask": np.asarray(sample["mask"], bool),
-        "body_model": str(sample["body_model"]),
-        "params": {k: np.asarray(v, np.float64) for k, v in sample["params"].items()},
-        "joints3d": {k: np.asarray(v, np.float64) for k, v in sample["joints3d"].items()},
-    }
+    return {"S": S, "part": part, "openpose": row.keypoints(BODY25)[1], "crop_cam_t": cam_t, "crop_cam": cam}
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,118 +165,127 @@ def _json_vector(v: np.ndarray) -> list[float] | None:
     return v.tolist() if np.isfinite(v).all() else None
 
 
-def _write_images(fields: dict[str, Any], image_dir: Path) -> str:
-    name = f"{check_key(fields['key'], 'export')}.png"  # a plain name: the file stays in image_dir
-    atomic_write_bytes(image_dir / name, fields.pop("image_png"))
-    return f"{IMAGE_DIR}/{name}"
-
-
-def _stack_params(rows: list[dict[str, Any]], body_model: str) -> dict[str, np.ndarray]:
-    if body_model == "smpl":
-        pose = []
-        for r in rows:
-            p = r["params"]
-            vec = np.concatenate([p["global_orient"].reshape(-1), p["body_pose"].reshape(-1)])
-            if vec.size != 72:
-                raise InputError(
-                    f"sample {r['key']}: SMPL pose has {vec.size} values, expected 72 (global_orient 3 + body_pose 69)"
-                )
-            pose.append(vec)
-        out = {
-            "pose": np.stack(pose),
-            "shape": np.stack([r["params"]["betas"].reshape(-1)[:10] for r in rows]),
-            "has_smpl": np.ones(len(rows)),
-        }
-        if all("transl" in r["params"] for r in rows):
-            out["smpl_transl"] = np.stack([r["params"]["transl"].reshape(3) for r in rows])
-        return out
-    keys = sorted(rows[0]["params"])
-    out = {"has_smpl": np.zeros(len(rows))}
-    for k in keys:
+def _native_params(rows: list[PersonRow]) -> dict[str, np.ndarray]:
+    """``<body_model>_<name>`` arrays of the native parameters of a non-SMPL dataset."""
+    models = {r.body_model for r in rows}
+    if len(models) > 1:
+        raise InputError(f"the dataset mixes body models {sorted(models)}; export one body model at a time")
+    model = models.pop()
+    if model == "smpl":
+        return {}
+    out = {}
+    for k in sorted(rows[0].params):
         try:
-            out[f"{body_model}_{k}"] = np.stack([r["params"][k] for r in rows])
+            out[f"{model}_{k}"] = np.stack([r.params[k] for r in rows])
         except (KeyError, ValueError) as exc:
             raise InputError(f"samples disagree on body parameter {k!r} ({exc}); export one body model's dataset at a time") from exc
     return out
 
 
+def _smpl_columns(rows: list[PersonRow]) -> dict[str, np.ndarray]:
+    """SPIN's ``pose`` / ``shape`` / ``has_smpl`` (+ ``smpl_transl``); only ``has_smpl`` 0 if no row has a label."""
+    has = np.array([r.label is not None for r in rows], np.float64)
+    if not has.any():
+        return {"has_smpl": has}
+    pose, shape, transl = np.zeros((len(rows), 72)), np.zeros((len(rows), 10)), np.zeros((len(rows), 3))
+    for i, r in enumerate(rows):
+        if r.label is not None:
+            pose[i], shape[i, : r.label.betas.size], transl[i] = r.label.pose, r.label.betas, r.label.transl
+    return {"pose": pose, "shape": shape, "has_smpl": has, "smpl_transl": transl}
+
+
 def export_spin_npz(samples: Iterable[dict[str, Any]], out: Path, *, box_expand: float = BOX_EXPAND) -> ExportResult:
-    """Write decoded ``samples`` as a SPIN-style npz at ``out`` (images into ``out.parent/images``)."""
+    """Write decoded ``samples`` as a SPIN-style npz at ``out`` (images into ``out.parent/images``),
+    one row per person (see the module docstring for the fields)."""
     image_dir = out.parent / IMAGE_DIR
     image_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for sample in samples:
-        fields = _sample_fields(sample, box_expand)
-        fields["imgname"] = _write_images(fields, image_dir)
-        rows.append(fields)
+    rows, imgnames, spin = [], [], []
+    for sample, persons in rows_of(samples, box_expand, ("smpl",)):
+        imgname = write_sample_image(sample, image_dir)
+        for row in persons:
+            rows.append(row)
+            imgnames.append(imgname)
+            spin.append(spin_fields(row))
     if not rows:
-        raise InputError("the dataset has no accepted samples to export; generate some first")
-    models = {r["body_model"] for r in rows}
-    if len(models) > 1:
-        raise InputError(f"the dataset mixes body models {sorted(models)}; export one body model at a time")
+        raise no_rows_error()
     arrays: dict[str, np.ndarray] = {
-        "imgname": np.array([r["imgname"] for r in rows], dtype=str),
-        "center": np.stack([r["center"] for r in rows]),
-        "scale": np.array([r["scale"] for r in rows]),
-        "part": np.stack([r["part"] for r in rows]),
-        "S": np.stack([r["S"] for r in rows]),
-        "K": np.stack([r["K"] for r in rows]),
-        "key": np.array([r["key"] for r in rows], dtype=str),
-        "image_size": np.array([r["image_hw"] for r in rows], dtype=np.int64),
-        "crop_cam_t": np.stack([r["cam_t"] for r in rows]),
-        "crop_cam": np.stack([r["cam"] for r in rows]),
+        "imgname": np.array(imgnames, dtype=str),
+        "center": np.stack([r.center for r in rows]),
+        "scale": np.array([r.scale for r in rows]),
+        **{k: np.stack([f[k] for f in spin]) for k in ("part", "S", "openpose")},
+        "K": np.stack([r.K for r in rows]),
+        "key": np.array([r.key for r in rows], dtype=str),
+        "person": np.array([r.person for r in rows], dtype=np.int64),
+        "image_size": np.array([r.image_hw for r in rows], dtype=np.int64),
+        **{k: np.stack([f[k] for f in spin]) for k in ("crop_cam_t", "crop_cam")},
     }
-    arrays.update(_stack_params(rows, models.pop()))
+    arrays.update(_smpl_columns(rows))
+    arrays.update(_native_params(rows))
     buf = io.BytesIO()
     np.savez(buf, **arrays)
 
     atomic_write_bytes(out, buf.getvalue())
-    return ExportResult(path=out, images=image_dir, count=len(rows), format="spin-npz")
+    return ExportResult(path=out, images=image_dir, count=len(rows), format="spin-npz", files=(out,))
+
+
+def _label_json(row: PersonRow) -> dict[str, Any] | None:
+    label = row.label
+    if label is None:
+        return None
+    return {"body_model": label.body_model, "pose": label.pose.tolist(), "betas": label.betas.tolist(),
+            "transl": label.transl.tolist(), "source": label.source, "fit": label.fit,
+            "joints3d": {k: v.tolist() for k, v in label.joints3d.items()}}
 
 
 def export_coco_json(samples: Iterable[dict[str, Any]], out: Path, *, box_expand: float = BOX_EXPAND) -> ExportResult:
     """Write decoded ``samples`` as COCO keypoint annotations at ``out`` (images into ``out.parent/images``).
 
-    One image and one person annotation per sample; ``keypoints`` are the dataset's COCO-17
-    ``[u, v, visibility]`` unchanged (coordinates are kept for visibility 0, which means outside the
-    image here). Extra annotation fields: ``key``, ``K``, ``body_model``, ``params``, ``joints3d``
-    ({joint set: (J, 3) metres}), ``center``, ``scale``, ``part`` (spin24), ``crop_cam_t``, ``crop_cam``.
+    One image per sample and one person annotation per person; ``keypoints`` are the dataset's
+    COCO-17 ``[u, v, visibility]`` unchanged (coordinates are kept for visibility 0, which means outside
+    the image here). Extra annotation fields: ``key``, ``person``, ``K``, ``body_model``, ``params``,
+    ``joints3d`` ({joint set: (J, 3) metres}), ``center``, ``scale``, ``part`` (spin24), ``crop_cam_t``,
+    ``crop_cam``, and ``smpl``: the person's SMPL label (``body_model``, ``pose`` (72,), ``betas``,
+    ``transl``, ``source`` native / converted, ``fit``, ``joints3d``) or null.
     """
     image_dir = out.parent / IMAGE_DIR
     image_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
-    for i, sample in enumerate(samples):
-        fields = _sample_fields(sample, box_expand)
-        file_name = _write_images(fields, image_dir)
-        h, w = fields["image_hw"]
-        bbox, area = coco_bbox(fields["mask"])
-        kp = fields["keypoints2d"]
-        images.append({"id": i + 1, "file_name": file_name, "width": w, "height": h})
-        annotations.append(
-            {
-                "id": i + 1,
-                "image_id": i + 1,
-                "category_id": 1,
-                "iscrowd": 0,
-                "keypoints": [float(x) for x in kp[:, :3].reshape(-1)],
-                "num_keypoints": int((kp[:, 2] > 0).sum()),
-                "bbox": bbox,
-                "area": area,
-                "segmentation": mask_rle(fields["mask"]) if area else [],
-                "key": fields["key"],
-                "K": fields["K"].tolist(),
-                "body_model": fields["body_model"],
-                "params": {k: v.tolist() for k, v in fields["params"].items()},
-                "joints3d": {k: v.tolist() for k, v in fields["joints3d"].items()},
-                "center": fields["center"].tolist(),
-                "scale": float(fields["scale"]),
-                "part": fields["part"].tolist(),
-                "crop_cam_t": _json_vector(fields["cam_t"]),
-                "crop_cam": _json_vector(fields["cam"]),
-            }
-        )
+    for sample, persons in rows_of(samples, box_expand, ("smpl",)):
+        file_name = write_sample_image(sample, image_dir)
+        h, w = int(sample["image"].shape[0]), int(sample["image"].shape[1])
+        image_id = len(images) + 1
+        images.append({"id": image_id, "file_name": file_name, "width": w, "height": h})
+        for row in persons:
+            bbox, area = coco_bbox(row.mask)
+            kp = row.keypoints2d
+            spin = spin_fields(row)
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "iscrowd": 0,
+                    "keypoints": [float(x) for x in kp[:, :3].reshape(-1)],
+                    "num_keypoints": int((kp[:, 2] > 0).sum()),
+                    "bbox": bbox,
+                    "area": area,
+                    "segmentation": mask_rle(row.mask) if area else [],
+                    "key": row.key,
+                    "person": row.person,
+                    "K": row.K.tolist(),
+                    "body_model": row.body_model,
+                    "params": {k: v.tolist() for k, v in row.params.items()},
+                    "joints3d": {k: v.tolist() for k, v in row.own_joints3d.items()},
+                    "center": row.center.tolist(),
+                    "scale": float(row.scale),
+                    "part": spin["part"].tolist(),
+                    "crop_cam_t": _json_vector(spin["crop_cam_t"]),
+                    "crop_cam": _json_vector(spin["crop_cam"]),
+                    "smpl": _label_json(row),
+                }
+            )
     if not images:
-        raise InputError("the dataset has no accepted samples to export; generate some first")
+        raise no_rows_error()
     doc = {
         "info": {"description": "Diffusion-HPC synthetic dataset", "joint_sets": {"part": list(SPIN24)}},
         "images": images,
@@ -331,29 +302,34 @@ def export_coco_json(samples: Iterable[dict[str, Any]], out: Path, *, box_expand
     }
 
     atomic_write_bytes(out, json.dumps(doc, allow_nan=False).encode())
-    return ExportResult(path=out, images=image_dir, count=len(images), format="coco-json")
+    return ExportResult(path=out, images=image_dir, count=len(annotations), format="coco-json", files=(out,))
 
 
 def export_dataset(config: ExportConfig) -> ExportResult:
     """Python API of ``dhpc export``: the dataset ``config.dataset`` written to ``config.out`` in
     ``config.format`` (see :data:`EXPORT_FORMATS`).
 
-    ``config.out`` is the annotation file (``.npz`` for ``spin-npz``, ``.json`` for ``coco-json``);
-    images go to ``images/`` beside it. Returns what was written.
+    ``config.out`` is the annotation file (``.npz`` for ``spin-npz`` / ``bedlam-npz``, ``.json`` for
+    ``coco-json``, ``.tar`` for ``4dhumans-wds``, whose shards are ``<stem>-000000.tar``, ...); images go
+    to ``images/`` beside it (into the shards for ``4dhumans-wds``). Returns what was written.
 
     Example::
 
-        export_dataset(ExportConfig(dataset="runs/d1", format="spin-npz", out="d1/train.npz"))
+        export_dataset(ExportConfig(dataset="runs/d1", format="bedlam-npz", out="d1/train.npz"))
     """
-
     out = config.out
     if out.is_dir():
         raise ConfigError(f"--out {out} is a directory; pass a file path such as "
                           f"{out / ('train' + FORMAT_SUFFIX[config.format])}")
     dataset = open_dataset(config.dataset)
     out.parent.mkdir(parents=True, exist_ok=True)
+    box_expand = BOX_EXPAND if config.box_expand is None else config.box_expand
+    if config.format == "bedlam-npz":
+        return export_bedlam_npz(iter(dataset), out, box_expand=box_expand, label_model=config.label_model)
+    if config.format == "4dhumans-wds":
+        return export_4dhumans_wds(iter(dataset), out, box_expand=box_expand, shard_size=config.shard_size)
     writer = export_spin_npz if config.format == "spin-npz" else export_coco_json
-    return writer(iter(dataset), out, box_expand=BOX_EXPAND if config.box_expand is None else config.box_expand)
+    return writer(iter(dataset), out, box_expand=box_expand)
 
 
 __all__ = [
@@ -361,10 +337,14 @@ __all__ = [
     "ExportResult",
     "coco_bbox",
     "crop_camera",
+    "export_4dhumans_wds",
+    "export_bedlam_npz",
     "export_coco_json",
     "export_dataset",
     "export_spin_npz",
     "mask_rle",
+    "rows_of",
     "spin24_joints3d",
-    "spin24_part",
+    "spin_fields",
+    "write_sample_image",
 ]
