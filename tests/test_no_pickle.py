@@ -4,6 +4,10 @@ Flagged: ``pickle.load(s)`` / ``cPickle`` / ``dill`` / ``cloudpickle`` loads, ``
 ``torch.load(...)`` without ``weights_only=True``, ``np.load(..., allow_pickle=<not False>)``,
 ``joblib.load``, ``pd.read_pickle``, Lightning's ``load_from_checkpoint``, and any call given a
 ``ckpt_path=`` (``Trainer.fit``) without ``weights_only=True``.
+
+Writing a pickle is allowed (``pickle.dumps``, a ``pickle.Pickler``): the 4D-Humans export writes the
+``data.pyd`` member its reader unpickles; what we write holds only containers and arrays, and we
+never read it back except in tests, through an unpickler that allows ``numpy.ndarray`` alone.
 """
 
 from __future__ import annotations
@@ -98,6 +102,7 @@ def test_scan_flags_unpickling(snippet):
     "import numpy as np\na = np.load(p)\nb = np.load(p, allow_pickle=False)",
     "trainer.fit(module, ckpt_path=p, weights_only=True)",
     "import json\nobj = json.loads(s)",
+    "import pickle\ndata = pickle.dumps(obj)\npickle.Pickler(fh, protocol=5).dump(obj)",
 ])
 def test_scan_passes_safe_loads(snippet):
     assert unpickling_calls(snippet) == []

@@ -11,6 +11,7 @@ box, the label and the keypoints of a person:
   conversion) second. A converted label whose fit is flagged counts as no label.
 - :func:`person_row` gathers what every format writes (box, camera, label, the 3D skeleton).
 - :func:`joints_in_order` / :func:`project_keypoints` put the skeleton in a trainer's order.
+- :func:`rows_of`, :func:`write_sample_image` and :class:`ExportResult` are what the writers share.
 
 The skeleton of a row is the label's joints when the row has a label (so the 2D / 3D keypoints a
 trainer supervises with describe the same body as the SMPL parameters it regresses, with SMPL's joint
