@@ -79,7 +79,6 @@ def main() -> None:
     def read_only(_out: Path):
         for _ in with_stand_in_label(iter(open_dataset(dataset_path))):
             pass
-        return None
 
     writers = {
         "(read only)": (read_only, ".none"),
