@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from os import PathLike
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -17,8 +18,9 @@ class EvaluateConfig(CommandConfig):
     The results JSON (``out``) holds this config, resolved, under ``"config"``.
     """
 
-    checkpoint: Path
-    """exported regressor: a dhpc train run folder, RUN/best, or its regressor.safetensors"""
+    checkpoint: str
+    """regressor: a dhpc train run folder, RUN/best or its regressor.safetensors (also dhpc:RUN), spin:FILE (SPIN's
+    model_checkpoint.pt) or hmr2:FILE (a 4D-Humans HMR 2.0 checkpoint)"""
     data: str
     """skipose:PATH (test split), smart:PATH, spin:PATH or a dataset folder from dhpc generate"""
     out: Optional[Path] = None
@@ -27,8 +29,11 @@ class EvaluateConfig(CommandConfig):
     """evaluate the first N samples only"""
     batch_size: int = Field(32, ge=1)
     """crops per forward pass"""
-    crop_size: int = Field(224, ge=32, le=1024)
-    """square person crop side in pixels (the regressor's training crop size)"""
+    crop_size: Optional[int] = Field(None, ge=32, le=1024)
+    """square person crop side in pixels (default: the network's own: SPIN 224, HMR 2.0 256, a run's training crop size)"""
+    h36m_regressor: Optional[Path] = None
+    """SMPL regressors: the standard H36M joint regressor J_regressor_h36m.npy (17 x 6890) for the 3D joints scored
+    (default: an approximation from SMPL joints and a head-top vertex, recorded in the results)"""
     smpl_path: Optional[Path] = None
     """SMPL / SMPL-X model file or folder, for SMPL regressors"""
     device: str = "auto"
@@ -37,3 +42,8 @@ class EvaluateConfig(CommandConfig):
     """precision of the regressor and its body model: auto (float32), float32, float16 (GPU only) or bfloat16"""
 
     _device = field_validator("device")(check_device_name)
+
+    @field_validator("checkpoint", mode="before")
+    @classmethod
+    def _checkpoint_text(cls, v):
+        return str(v) if isinstance(v, PathLike) else v

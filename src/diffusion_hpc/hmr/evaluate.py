@@ -23,15 +23,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from diffusion_hpc.body import check_body_model, get_body_model
 from diffusion_hpc.body.joint_sets import H36M17
 from diffusion_hpc.config.evaluate import EvaluateConfig
 from diffusion_hpc.data import benchmarks, open_dataset
-from diffusion_hpc.errors import ConfigError, InputError
+from diffusion_hpc.errors import ConfigError, InputError, MissingModelError
 from diffusion_hpc.eval import metrics
 from diffusion_hpc.hmr.data import RealDataset, crop_sample, denormalise_keypoints
-from diffusion_hpc.hmr.model import load_regressor, regress
+from diffusion_hpc.hmr.init import load_regressor_spec
+from diffusion_hpc.hmr.model import body_on_device, regress
 from diffusion_hpc.runtime.atomic import atomic_write_bytes
 from diffusion_hpc.runtime.device import Placement, resolve_placement
 
@@ -93,9 +95,6 @@ def load_targets(source: str, crop_size: int = 224, limit: int | None = None, bo
 
     ``option`` is the command-line flag the source came from, named in errors.
     """
-    import torch
-
-
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be a positive number of samples, got {limit}")
     kind, path = _source_kind(source, option)
@@ -123,37 +122,69 @@ def load_targets(source: str, crop_size: int = 224, limit: int | None = None, bo
     return Targets(str(source), kind, images, kp, joints3d, crop_size)
 
 
+#: how the scored H36M-17 joints come from each body model when no H36M regressor is given
+JOINTS_3D_APPROXIMATIONS = {
+    "smpl": "approximation: SMPL kinematic joints and the head-top vertex 411 (body/smpl.py); pass --h36m-regressor "
+            "J_regressor_h36m.npy for the standard H36M joints",
+    "smplx": "approximation: SMPL-X kinematic joints, the head joint as head top (body/smpl.py)",
+    "anny": "Anny bone heads and tails (body.joint_sets.ANNY_H36M17_FROM_BONES)",
+}  # fmt: skip
+
+
+def load_h36m_regressor(path: str | Path, num_vertices: int) -> np.ndarray:
+    """(17, V) H36M joint regressor from ``J_regressor_h36m.npy`` (SPIN / 4D-Humans data), plain arrays only.
+
+    Raises:
+        MissingModelError: no such file. InputError: not a (17, V) array for a body of V vertices.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise MissingModelError(f"--h36m-regressor {path} does not exist (J_regressor_h36m.npy from SPIN's or 4D-Humans' data)")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise InputError(f"--h36m-regressor {path} is not a plain .npy array ({exc})") from None
+    if array.shape != (17, num_vertices):
+        raise InputError(f"--h36m-regressor {path}: expected a (17, {num_vertices}) regressor for this body model, got "
+                         f"{array.shape}")
+    return np.asarray(array, np.float32)
+
+
 def load_model(checkpoint: str | Path, smpl_path: str | Path | None = None, placement: Placement | None = None):
-    """An exported regressor (run folder or its ``regressor.safetensors``) and its body model.
+    """A regressor (any :mod:`diffusion_hpc.hmr.init` spec: run folder, ``spin:FILE``, ``hmr2:FILE``)
+    and its body model; returns ``(network, body_model, loaded)`` (:class:`~diffusion_hpc.hmr.init.LoadedRegressor`).
 
     The regressor is moved once to ``placement`` (default: the CPU in float32); the body model
-    runs on the CPU in float32 (:func:`~diffusion_hpc.hmr.model.regress` moves its inputs there).
+    computes on the same device when it can (SMPL; Anny stays on the CPU), in float32.
     """
-
-    regressor = load_regressor(checkpoint).eval()
-    if placement is not None:
-        regressor = regressor.to(device=placement.device, dtype=placement.dtype)
-    name = regressor.spec.name
-    check_body_model(name, smpl_path)
-    return regressor, get_body_model(name, model_path=smpl_path)
+    device = None if placement is None else placement.device
+    loaded = load_regressor_spec(checkpoint, device=device, dtype=None if placement is None else placement.dtype)
+    check_body_model(loaded.body_model, smpl_path)
+    body = get_body_model(loaded.body_model, model_path=smpl_path)
+    return loaded.network, body if device is None else body_on_device(body, device), loaded
 
 
 #: Keys of :func:`predict` / :func:`predict_batch` results.
 PREDICTION_KEYS = ("keypoints2d", "joints3d")
 
 
-def predict_batch(regressor, body_model, images) -> dict[str, np.ndarray]:
+def predict_batch(regressor, body_model, images, h36m_regressor=None) -> dict[str, np.ndarray]:
     """Predictions for one batch of crops ((B, 3, S, S) tensor on the regressor's device).
 
     ``{"keypoints2d": (B, 17, 2) crop pixels, "joints3d": (B, 17, 3) H36M-17 metres}`` as float64
-    numpy. Gradients are the caller's business (``torch.no_grad()`` in :func:`predict`,
-    Lightning's validation loop during training).
+    numpy; ``h36m_regressor`` ((17, V) tensor): the 3D joints are ``h36m_regressor @ vertices``
+    instead of the body model's ``h36m17`` set. Gradients are the caller's business
+    (``torch.no_grad()`` in :func:`predict`, Lightning's validation loop during training).
     """
 
-    out = regress(regressor, body_model, images)
+    out = regress(regressor, body_model, images, with_vertices=h36m_regressor is not None)
+    if h36m_regressor is None:
+        joints = out["joints"]["h36m17"]
+    else:
+        joints = torch.einsum("jv,bvc->bjc", h36m_regressor.to(out["vertices"]), out["vertices"])
     return {
         "keypoints2d": denormalise_keypoints(out["keypoints2d"].detach().cpu().numpy(), images.shape[-1]),
-        "joints3d": out["joints"]["h36m17"].detach().cpu().numpy().astype(np.float64),
+        "joints3d": joints.detach().cpu().numpy().astype(np.float64),
     }
 
 
@@ -162,15 +193,14 @@ def concat_predictions(parts: list[dict[str, np.ndarray]], keys: tuple[str, ...]
     return {k: np.concatenate([p[k] for p in parts]) for k in keys}
 
 
-def predict(regressor, body_model, images: np.ndarray, batch_size: int = 32) -> dict[str, np.ndarray]:
+def predict(regressor, body_model, images: np.ndarray, batch_size: int = 32, h36m_regressor: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """``{"keypoints2d": (N, 17, 2) crop pixels, "joints3d": (N, 17, 3) H36M-17 metres}``; each batch is
-    moved to the regressor's device and precision."""
-    import torch
-
+    moved to the regressor's device and precision (``h36m_regressor``: see :func:`predict_batch`)."""
     weight = next(regressor.parameters())
+    j_reg = None if h36m_regressor is None else torch.as_tensor(h36m_regressor, dtype=torch.float32)
     with torch.no_grad():
         parts = [predict_batch(regressor, body_model,
-                               torch.as_tensor(images[lo : lo + batch_size]).to(weight.device, weight.dtype))
+                               torch.as_tensor(images[lo : lo + batch_size]).to(weight.device, weight.dtype), j_reg)
                  for lo in range(0, len(images), batch_size)]  # fmt: skip
     return concat_predictions(parts)
 
@@ -196,9 +226,14 @@ def score(predictions: dict[str, np.ndarray], targets: Targets) -> dict[str, Any
 def format_table(result: dict[str, Any]) -> str:
     """The result as a small readable table."""
     rows = [("source", result["source"]), ("samples", result["samples"])]
+    if "regressor" in result:
+        r = result["regressor"]
+        rows += [("regressor", f"{r['source']} ({r['architecture']}, {r['body_model']}, {result.get('crop_size', r['crop_size'])} px crops)")]
     if "mpjpe_mm" in result:
         rows += [(f"MPJPE ({result['protocol_3d']})", f"{result['mpjpe_mm']:.2f} mm"),
                  (f"PA-MPJPE ({result['protocol_3d']})", f"{result['pa_mpjpe_mm']:.2f} mm")]
+        if "joints_3d" in result:
+            rows += [("3D joints", result["joints_3d"])]
     rows += [(f"PCK ({result['protocol_2d']})", f"{result['pck']:.2f} % over {result['pck_images']} images")]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
@@ -221,10 +256,23 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         the same dict is written to ``config.out``.
     """
     placement = resolve_placement(config.device, config.dtype, diffusion=False)  # before any model loads
-    regressor, body = load_model(config.checkpoint, smpl_path=config.smpl_path, placement=placement)
-    targets = load_targets(config.data, crop_size=config.crop_size, limit=config.limit, body_model=body.name)
-    result = score(predict(regressor, body, targets.images, batch_size=config.batch_size), targets)
+    regressor, body, loaded = load_model(config.checkpoint, smpl_path=config.smpl_path, placement=placement)
+    crop_size = config.crop_size or loaded.crop_size
+    if loaded.architecture == "hmr2" and crop_size != loaded.crop_size:
+        raise ConfigError(f"--crop-size {crop_size}: HMR 2.0 takes {loaded.crop_size} px crops; leave --crop-size out")
+    h36m = None
+    if config.h36m_regressor is not None:
+        if loaded.body_model != "smpl":
+            raise ConfigError(f"--h36m-regressor is for SMPL regressors; {config.checkpoint} predicts {loaded.body_model}")
+        h36m = load_h36m_regressor(config.h36m_regressor, int(body.model.v_template.shape[0]))
+    targets = load_targets(config.data, crop_size=crop_size, limit=config.limit, body_model=body.name)
+    result = score(predict(regressor, body, targets.images, batch_size=config.batch_size, h36m_regressor=h36m), targets)
     result["checkpoint"] = str(config.checkpoint)
+    result["regressor"] = loaded.describe()
+    result["crop_size"] = crop_size
+    if "mpjpe_mm" in result:
+        result["joints_3d"] = (f"H36M joint regressor {config.h36m_regressor}" if h36m is not None
+                               else JOINTS_3D_APPROXIMATIONS.get(loaded.body_model, loaded.body_model))
     result.update(placement.names)  # the device and precision that ran
     result["config"] = config.model_dump(mode="json")
     if config.out is not None:

@@ -49,7 +49,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from diffusion_hpc.config.train import TRAIN_CONFIG_FILE, TrainConfig
 from diffusion_hpc.errors import InputError, MissingModelError
+from diffusion_hpc.hmr.hmr2 import HMR2, HMR2Config, load_hmr2
 from diffusion_hpc.hmr.model import (
     EXPORT_CONFIG,
     EXPORT_WEIGHTS,
@@ -59,6 +61,7 @@ from diffusion_hpc.hmr.model import (
     load_state_strict,
     regressor_from_config,
 )
+from diffusion_hpc.hmr.spin import SPINHMR, load_spin
 
 #: spec prefixes and what they name
 SPEC_KINDS = {
@@ -119,8 +122,6 @@ def _export_files(path: Path) -> tuple[Path, Path]:
 
 def network_from_config(config: Mapping[str, Any]) -> nn.Module:
     """An untrained network of the architecture an export's ``regressor.json`` describes."""
-    from diffusion_hpc.hmr.hmr2 import HMR2, HMR2Config
-    from diffusion_hpc.hmr.spin import SPINHMR
 
     arch = config.get("architecture", "dhpc")
     if arch == "dhpc":
@@ -148,7 +149,6 @@ def load_exported(path: str | Path) -> nn.Module:
 
 def run_crop_size(path: str | Path) -> int | None:
     """The ``crop_size`` of the ``train.yaml`` of the run an export belongs to (RUN, RUN/best), or None."""
-    from diffusion_hpc.config.train import TRAIN_CONFIG_FILE, TrainConfig
 
     root = Path(path)
     root = root.parent if root.is_file() else root
@@ -164,12 +164,8 @@ def run_crop_size(path: str | Path) -> int | None:
 def load_network(kind: str, path: Path, *, mean_params: str | Path | None = None) -> nn.Module:
     """The network a parsed spec names (CPU, float32, eval mode)."""
     if kind == "spin":
-        from diffusion_hpc.hmr.spin import load_spin
-
         return load_spin(path, mean_params)
     if kind == "hmr2":
-        from diffusion_hpc.hmr.hmr2 import load_hmr2
-
         return load_hmr2(path)
     return load_exported(path).eval()
 

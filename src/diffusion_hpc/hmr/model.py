@@ -311,6 +311,18 @@ def body_device(body_model) -> torch.device:
     return torch.device("cpu") if tensor is None else tensor.device
 
 
+def body_on_device(body_model, device: torch.device | str):
+    """``body_model`` computing on ``device``: itself when it is there or cannot move (Anny's shared
+    core stays on the CPU), else a private copy moved there (the process-wide instance stays put)."""
+    device = torch.device(device)
+    movable = isinstance(body_model, nn.Module) and next(iter(body_model.buffers()), None) is not None
+    if not movable or body_device(body_model) == device:
+        return body_model
+    import copy
+
+    return copy.deepcopy(body_model).to(device)
+
+
 def regress(regressor: nn.Module, body_model, images: torch.Tensor, with_vertices: bool = False) -> dict[str, torch.Tensor]:
     """Regressor + body-model forward: the regressor's outputs plus the body's joints.
 

@@ -32,8 +32,17 @@ from diffusion_hpc.body import get_body_model
 from diffusion_hpc.config.train import TRAIN_CONFIG_FILE, TrainConfig
 from diffusion_hpc.errors import ConfigError, InputError
 from diffusion_hpc.hmr.data import AugmentConfig, MixedStream, RealDataset, SyntheticShards
-from diffusion_hpc.hmr.losses import LossWeights, hmr_losses
-from diffusion_hpc.hmr.model import EXPORT_WEIGHTS, HMRRegressor, export_regressor, load_state_strict, regress
+from diffusion_hpc.hmr.init import load_exported, load_network, parse_spec
+from diffusion_hpc.hmr.losses import hmr_losses, loss_weights
+from diffusion_hpc.hmr.model import (
+    EXPORT_CONFIG,
+    EXPORT_WEIGHTS,
+    HMRRegressor,
+    body_on_device,
+    export_regressor,
+    load_state_strict,
+    regress,
+)
 from diffusion_hpc.hmr.validation import Validation, predict_share
 from diffusion_hpc.runtime.atomic import atomic_write_bytes
 
@@ -43,9 +52,13 @@ log = logging.getLogger(__name__)
 class HMRModule(pl.LightningModule):
     """Lightning wrapper: regressor (trained), body model (frozen, not saved), losses, Adam.
 
-    Args mirror :class:`~diffusion_hpc.hmr.model.HMRRegressor`; ``weights`` overrides
-    :class:`~diffusion_hpc.hmr.losses.LossWeights` fields; ``smpl_path`` is the SMPL model file
-    when ``body_model`` is ``"smpl"``.
+    Args mirror :class:`~diffusion_hpc.hmr.model.HMRRegressor`, or ``network`` gives the regressor
+    itself (a SPIN / HMR 2.0 / exported network, see :func:`build_network`); ``weights`` overrides
+    the weights of loss set ``losses`` (:func:`~diffusion_hpc.hmr.losses.loss_weights`);
+    ``smpl_path`` is the SMPL model file when ``body_model`` is ``"smpl"``.
+
+    The body model runs on the training device: SMPL is copied there once (a private copy; the
+    process-wide instance stays where it is); Anny keeps its shared core on the CPU.
     """
 
     def __init__(
@@ -58,25 +71,33 @@ class HMRModule(pl.LightningModule):
         weights: Mapping[str, float] | None = None,
         smpl_path: str | None = None,
         backbone_config: Mapping[str, Any] | None = None,
+        losses: str = "dhpc",
+        network: torch.nn.Module | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.regressor = HMRRegressor(
-            body_model, backbone=backbone, pretrained_path=pretrained_path, num_iterations=num_iterations,
-            backbone_config=backbone_config,
-        )
-        self.weights = LossWeights(**dict(weights or {}))
+        self.save_hyperparameters(ignore=["network"])
+        if network is not None:
+            self.regressor = network
+        else:
+            self.regressor = HMRRegressor(
+                body_model, backbone=backbone, pretrained_path=pretrained_path, num_iterations=num_iterations,
+                backbone_config=backbone_config,
+            )  # fmt: skip
+        self.losses = losses
+        self.weights = loss_weights(losses, weights)
         self.lr = lr
         object.__setattr__(self, "_body", None)  # shared frozen body model: not a submodule, not saved
 
     @property
     def body(self):
+        """The frozen body model, on the training device when it can move (SMPL)."""
         if self._body is None:
             object.__setattr__(self, "_body", get_body_model(self.hparams.body_model, model_path=self.hparams.smpl_path))
+        object.__setattr__(self, "_body", body_on_device(self._body, self.device))
         return self._body
 
     def compute_losses(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Loss terms for a collated batch (see :mod:`.data` for its keys)."""
+        """Loss terms of the module's loss set for a collated batch (see :mod:`.data` for its keys)."""
         import roma
 
         pred = regress(self.regressor, self.body, batch["image"])
@@ -96,8 +117,9 @@ class HMRModule(pl.LightningModule):
             "has_2d": batch["has_2d"],
             "has_3d": batch["has_3d"],
             "has_params": batch["has_params"],
+            "is_real": batch["is_real"],
         }
-        return hmr_losses(pred_terms, gt_terms, self.weights)
+        return hmr_losses(pred_terms, gt_terms, self.weights, losses=self.losses)
 
     def training_step(self, batch, batch_idx):
         losses = self.compute_losses(batch)
@@ -148,6 +170,50 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, Mapping) and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return dict(obj)
     raise InputError(f"checkpoint {p} holds no state dict")
+
+
+def build_network(config: TrainConfig) -> torch.nn.Module:
+    """The network a run starts from, with its initial weights (``config.init``, or the older
+    ``checkpoint`` / ``pretrained`` fields, which are ``dhpc:`` / ``imagenet:``).
+
+    - none: our :class:`~diffusion_hpc.hmr.model.HMRRegressor` with a randomly initialised backbone;
+    - ``imagenet:DIR``: ours with the backbone weights of a transformers ``save_pretrained`` folder;
+    - ``spin:FILE`` / ``hmr2:FILE``: SPIN's / HMR 2.0's own network and weights
+      (:mod:`.spin`, :mod:`.hmr2`), trained as they are (SMPL, their crop camera and input size);
+    - ``dhpc:RUN``: an exported run (folder, ``RUN/best``, ``regressor.safetensors`` with its
+      ``regressor.json``), of whatever architecture it has; or a Lightning ``.ckpt`` / state dict
+      of ours, loaded into the architecture this config describes.
+
+    Raises:
+        ConfigError: the network's body model or crop size is not the config's.
+        InputError / MissingModelError: unreadable or mismatched files (named, with the keys).
+    """
+    c = config
+    init = c.init
+    if init is None and c.checkpoint is not None:
+        init = f"dhpc:{c.checkpoint}"
+    kind, path = ("imagenet", c.pretrained) if init is None else parse_spec(init, allow=("spin", "hmr2", "dhpc", "imagenet"), option="--init")
+
+    def ours(pretrained=None) -> HMRRegressor:
+        return HMRRegressor(c.body_model, backbone=c.backbone, pretrained_path=pretrained, num_iterations=c.num_iterations,
+                            backbone_config=c.backbone_config)  # fmt: skip
+
+    if kind == "imagenet":
+        return ours(None if path is None else str(path))
+    if kind in ("spin", "hmr2"):
+        network = load_network(kind, path)
+    elif (path / EXPORT_CONFIG if path.is_dir() else path.parent / EXPORT_CONFIG).is_file() and path.suffix != ".ckpt":
+        network = load_exported(path)
+    else:
+        network = ours()
+        load_state_strict(network, load_weights(path), source=str(path))
+    if network.spec.name != c.body_model:
+        raise ConfigError(f"--init {init}: the network predicts {network.spec.name}, the config trains {c.body_model}; "
+                          f"pass --body-model {network.spec.name}")
+    crop = getattr(network, "crop_size", None)
+    if network.architecture == "hmr2" and crop != c.crop_size:
+        raise ConfigError(f"--init {init}: HMR 2.0 takes {crop} px crops; pass --crop-size {crop} (or leave it out)")
+    return network.train()
 
 
 def check_resume(config: TrainConfig) -> None:
@@ -243,8 +309,12 @@ def train(config: TrainConfig, progress: bool = True) -> HMRModule:
       optimiser, global step) and refuses a config whose training fields differ from
       ``train.yaml`` (only :data:`~diffusion_hpc.config.train.RESUMABLE` fields may change:
       budget, hardware, logging, validation);
-    - ``checkpoint``: initial weights (Lightning ckpt, safetensors or run folder), weights only,
-      strict about keys and shapes (:class:`~diffusion_hpc.errors.InputError` otherwise);
+    - ``init``: the starting network (:func:`build_network`): ``spin:FILE``, ``hmr2:FILE``,
+      ``dhpc:RUN`` or ``imagenet:DIR``; by default our regressor with a random backbone.
+      ``checkpoint`` is ``dhpc:``, ``pretrained`` is ``imagenet:``. Weights only, strict about
+      keys and shapes (:class:`~diffusion_hpc.errors.InputError` otherwise); on ``resume`` the
+      architecture comes from it and the weights from ``last.ckpt``;
+    - ``losses``: ``dhpc`` or ``paper`` (:mod:`.losses`);
     - ``max_steps`` / ``max_minutes``: the budget, totals over resumes (Lightning restores the
       elapsed time);
     - ``val``: a held-out source validated every ``val_every`` steps (default ``checkpoint_every``)
@@ -283,6 +353,7 @@ def train(config: TrainConfig, progress: bool = True) -> HMRModule:
         start_step = checkpoint_step(ckpt_path)
         if start_step >= c.max_steps:
             log.warning("run %s is already at step %d >= max_steps %d; nothing to do", out, start_step, c.max_steps)
+    network = build_network(c)  # before any data: a wrong --init fails fast
     validation = None
     if c.val is not None:
         validation = Validation.from_source(
@@ -307,12 +378,9 @@ def train(config: TrainConfig, progress: bool = True) -> HMRModule:
     )
 
     module = HMRModule(
-        body_model=c.body_model, backbone=c.backbone, pretrained_path=None if c.pretrained is None else str(c.pretrained),
-        num_iterations=c.num_iterations, lr=c.lr, weights=dict(c.loss_weights),
-        smpl_path=None if c.smpl_path is None else str(c.smpl_path), backbone_config=c.backbone_config,
+        body_model=c.body_model, lr=c.lr, weights=dict(c.loss_weights), losses=c.losses,
+        smpl_path=None if c.smpl_path is None else str(c.smpl_path), network=network,
     )  # fmt: skip
-    if c.checkpoint is not None:
-        load_state_strict(module.regressor, load_weights(c.checkpoint), source=str(c.checkpoint))
 
     out.mkdir(parents=True, exist_ok=True)
     if not c.resume:
