@@ -381,3 +381,13 @@ def test_paper_losses_are_exactly_the_papers_terms():
     assert config.losses == "paper" and TrainConfig(real=["x"], out="o").losses == "dhpc"
     with pytest.raises(ValueError, match="no term joints3d"):
         TrainConfig(real=["x"], out="o", losses="paper", loss_weights={"joints3d": 1.0})
+
+
+def test_smpl_body_moves_to_the_training_device_as_a_private_copy(fake_smpl):
+    from diffusion_hpc.body import get_body_model
+    from diffusion_hpc.hmr.model import body_device, body_on_device
+
+    body = get_body_model("smpl", model_path=fake_smpl)
+    assert body_on_device(body, "cpu") is body  # already there: no copy
+    moved = body_on_device(body, "meta")  # any other device: a copy there, the shared instance stays put
+    assert moved is not body and body_device(moved) == torch.device("meta") and body_device(body) == torch.device("cpu")

@@ -8,8 +8,10 @@ Run layout (``config.out``):
   ``checkpoints/step=NNNNNNN.ckpt`` (the latest periodic one): Lightning checkpoints (weights,
   optimiser, loop state). They are read back with ``torch.load(..., weights_only=True)`` only:
   resuming passes ``weights_only=True`` to ``Trainer.fit``; fine-tuning reads the weights itself.
-- ``regressor.safetensors`` + ``regressor.json``: the trained regressor alone (exported at the end),
-  loadable with :func:`diffusion_hpc.hmr.model.load_regressor`.
+- ``regressor.safetensors`` + ``regressor.json``: the trained regressor alone (exported at the end;
+  ``regressor.json`` names its architecture: ours, ``spin`` or ``hmr2`` for a run started from
+  ``--init spin:`` / ``hmr2:``), loadable with :func:`diffusion_hpc.hmr.init.load_regressor_spec`
+  (``dhpc:RUN``; our architecture also with :func:`diffusion_hpc.hmr.model.load_regressor`).
 - ``logs/version_N/metrics.csv``: the loss terms per logged step (Lightning ``CSVLogger``; one
   version folder per run, so a resumed run starts a new file with step numbers continuing).
 - with ``val=SOURCE``: ``val/*`` metrics in the same log, ``val.jsonl`` (one row per validation)
