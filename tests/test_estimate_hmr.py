@@ -49,14 +49,14 @@ def _crop_space_pixels(est, image, box):
     from diffusion_hpc.hmr.data import denormalise_keypoints
     from diffusion_hpc.hmr.model import project_normalised
 
-    crop, A = crop_image(image, box[0], box[1], CROP)
+    crop, A = crop_image(image, box[0], box[1], est.crop_size)
     pred = est.regress_crops(crop[None])
     params = {"global_orient": torch.as_tensor(pred["global_orient"]), "body_pose": torch.as_tensor(pred["body_pose"]),
               est.shape_key: torch.as_tensor(pred["shape"]), "transl": torch.zeros(1, 3)}
     with torch.no_grad():
         joints = est.body(params).joints["coco17"]
     cam_t = torch.as_tensor(pred["cam_t"])
-    uv_crop = denormalise_keypoints(project_normalised(joints, cam_t)[0].numpy(), CROP)
+    uv_crop = denormalise_keypoints(project_normalised(joints, cam_t, est.normalised_focal)[0].numpy(), est.crop_size)
     uv_img = (np.c_[uv_crop, np.ones(17)] @ np.linalg.inv(A).T)[:, :2]
     depth = (joints[0] + cam_t[0]).numpy()[:, 2]
     return uv_img, depth, float(cam_t[0, 2])
@@ -256,3 +256,34 @@ def test_dhpc_estimate_with_a_regressor(hmr_checkpoint, fake_smpl, tmp_path):
     proc = run_cli("estimate", "--images", str(tmp_path / "photos"), "--out", str(out), "--estimator", "hmr",
                    "--checkpoint", str(hmr_checkpoint), "--body-model", "anny")  # the checkpoint's is SMPL
     assert proc.returncode != 0 and "--body-model" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# HMR 2.0 checkpoints
+
+
+def test_hmr2_estimator(fake_smpl, tmp_path):
+    """A 4D-Humans checkpoint (tiny, HMR 2.0's names) estimates SMPL bodies through its own crop
+    size and focal: keypoints are the projection of joints3d, and agree with its crop camera."""
+    from test_hmr_init import tiny_hmr2, write_hmr2_lightning
+
+    from diffusion_hpc.estimate import get_estimator
+    from diffusion_hpc.estimate.hmr_adapter import checkpoint_fingerprint
+    from diffusion_hpc.geometry.camera import project
+
+    net = tiny_hmr2()
+    ckpt = write_hmr2_lightning(net, tmp_path / "epoch=1-step=10.ckpt")
+    with pytest.raises(MissingModelError):
+        get_estimator("hmr2", checkpoint=tmp_path / "none.ckpt", smpl_path=fake_smpl)
+    est = get_estimator("hmr2", checkpoint=ckpt, smpl_path=fake_smpl, detector=None)
+    assert est.crop_size == net.crop_size == 64 and est.normalised_focal == pytest.approx(net.normalised_focal)
+    assert est.normalised_focal != pytest.approx(2 * 5000 / 224)  # HMR 2.0's camera, not SPIN's
+    images = _images()
+    for e, image, box in zip(est.estimate(images, boxes=BOXES), images, BOXES):
+        assert e.ok and e.body_model == "smpl" and e.params["body_pose"].shape == (23, 3)
+        assert e.K[0, 0] == pytest.approx(net.normalised_focal * box[1] / 2)
+        np.testing.assert_allclose(e.keypoints2d[:, :2], project(e.joints3d["coco17"], e.K), atol=1e-3)
+        crop_uv, _, _ = _crop_space_pixels(est, image, box)
+        assert np.abs(e.keypoints2d[:, :2] - crop_uv).max() <= 0.5
+    assert est.describe() == {"name": "hmr2", "body_model": "smpl", "architecture": "hmr2", "checkpoint": ckpt.name,
+                              "fingerprint": checkpoint_fingerprint([ckpt])}  # fmt: skip

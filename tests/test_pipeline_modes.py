@@ -520,3 +520,34 @@ def test_cycles_draw_fresh_noise_each_cycle(backbone, guides, tmp_path):
     assert all(r["sampler"]["regenerations"] == 3 for r in rows) and all(r["status"] == "ok" for r in rows)
     assert run(tmp_path / "b") == calls
     assert dataset_digest(tmp_path / "a") == dataset_digest(tmp_path / "b")
+
+
+def test_generate_with_hmr2_labels_smpl_bodies(backbone, guides, fake_smpl, tmp_path):
+    """``--estimator hmr2`` (a tiny 4D-Humans checkpoint) on real photos with ``--body-model smpl``:
+    the samples carry the regressor's SMPL bodies, run.json names the checkpoint by file name and
+    fingerprint."""
+    from test_hmr_init import tiny_hmr2, write_hmr2_lightning
+
+    from diffusion_hpc.estimate.hmr_adapter import checkpoint_fingerprint
+    from diffusion_hpc.prior.vposer import VPoserNet
+
+    net = tiny_hmr2()
+    with torch.no_grad():  # the mean camera, centred: random decoder weights would throw the body out of frame
+        torch.nn.init.zeros_(net.smpl_head.deccam.weight), torch.nn.init.zeros_(net.smpl_head.deccam.bias)
+        # 64-px crops with HMR 2.0's focal 5000 put the body at 2 * 5000 / (64 s) m: s = 3.6 brings it to the
+        # ~43 m of HMR 2.0's 256-px crops at s = 0.9 (the renderer clips at 100 m)
+        net.smpl_head.init_cam.copy_(torch.tensor([[3.6, 0.0, 0.0]]))
+    ckpt = write_hmr2_lightning(net, tmp_path / "epoch=35-step=1000000.ckpt")
+    torch.manual_seed(0)
+    vposer = tmp_path / "vposer.ckpt"
+    torch.save({"state_dict": {f"vp_model.{k}": v for k, v in VPoserNet().state_dict().items()}}, vposer)
+    cfg = r_config(backbone, guides, n=2, k=2, estimator="hmr2", estimator_checkpoint=ckpt, body_model="smpl",
+                   smpl_path=fake_smpl, prior_path=vposer)  # fmt: skip
+    generate(cfg, tmp_path / "d", progress=False)
+    rows = open_dataset(tmp_path / "d").manifest()
+    assert len(rows) == 2 and sum(r["status"] == "ok" for r in rows) >= 1, rows
+    for s in open_dataset(tmp_path / "d"):
+        assert s["body_model"] == "smpl" and s["params"]["betas"].shape == (10,) and s["params"]["body_pose"].shape == (23, 3)
+    run = json.loads((tmp_path / "d" / "run.json").read_text())
+    assert run["estimator"] == {"name": "hmr2", "body_model": "smpl", "architecture": "hmr2", "checkpoint": ckpt.name,
+                                "fingerprint": checkpoint_fingerprint([ckpt])}  # fmt: skip

@@ -15,17 +15,18 @@ from pathlib import Path
 
 from diffusion_hpc.errors import ConfigError, MissingModelError
 from diffusion_hpc.estimate.base import Estimate, MeshEstimator
+from diffusion_hpc.estimate.hmr2 import HMR2Estimator
 from diffusion_hpc.estimate.hmr_adapter import HMREstimator, exported_body_model
 from diffusion_hpc.estimate.mediapipe_fit import MediaPipeFitter
 from diffusion_hpc.estimate.spin import SPINEstimator
 from diffusion_hpc.prior.base import PosePrior
 from diffusion_hpc.runtime.images import check_image, load_image
 
-ESTIMATORS = ("mediapipe", "hmr", "spin")
+ESTIMATORS = ("mediapipe", "hmr", "spin", "hmr2")
 #: the estimators that regress a mesh from a checkpoint
-REGRESSOR_ESTIMATORS = ("hmr", "spin")
+REGRESSOR_ESTIMATORS = ("hmr", "spin", "hmr2")
 #: the body model of each regressor whose network fixes it (``hmr``: its checkpoint's, see :func:`estimator_body_model`)
-FIXED_BODY_MODELS = {"spin": "smpl"}
+FIXED_BODY_MODELS = {"spin": "smpl", "hmr2": "smpl"}
 
 
 def get_estimator(name: str = "mediapipe", body_model: str = "anny", prior: PosePrior | str | None = "default",
@@ -33,15 +34,17 @@ def get_estimator(name: str = "mediapipe", body_model: str = "anny", prior: Pose
     """A mesh estimator.
 
     Args:
-        name: backend; ``"mediapipe"`` (default), ``"hmr"`` (the project's regressor, ``checkpoint=``
-            the folder from ``dhpc train``) or ``"spin"`` (SPIN's ``model_checkpoint.pt``, ``smpl_path=``).
+        name: backend; ``"mediapipe"`` (default), ``"hmr"`` (a regressor from ``dhpc train``,
+            ``checkpoint=`` its run folder), ``"spin"`` (SPIN's ``model_checkpoint.pt``, ``smpl_path=``)
+            or ``"hmr2"`` (a 4D-Humans HMR 2.0 checkpoint, ``smpl_path=``).
         body_model: ``"anny"`` (default) or ``"smpl"``/``"smplx"`` (pass ``model_path=``); mediapipe only
             (a regressor's body model is its checkpoint's).
         prior: pose prior whose ``penalty`` regularises the fit; ``"default"`` (default): the shipped
             Anny prior when ``body_model`` is Anny, else the fallback; None: a documented L2 +
             joint-limit regulariser (:func:`diffusion_hpc.estimate.fit.fallback_pose_penalty`).
-        **kwargs: backend options (mediapipe: ``fov_deg``, ``weights``, ``model_path``; hmr / spin: see
-            :class:`~diffusion_hpc.estimate.hmr_adapter.HMREstimator` / :class:`~diffusion_hpc.estimate.spin.SPINEstimator`).
+        **kwargs: backend options (mediapipe: ``fov_deg``, ``weights``, ``model_path``; hmr / spin / hmr2:
+            see :class:`~diffusion_hpc.estimate.hmr_adapter.HMREstimator`,
+            :class:`~diffusion_hpc.estimate.spin.SPINEstimator`, :class:`~diffusion_hpc.estimate.hmr2.HMR2Estimator`).
     """
     if name == "mediapipe":
         return MediaPipeFitter(body_model=body_model, prior=prior, **kwargs)
@@ -50,6 +53,8 @@ def get_estimator(name: str = "mediapipe", body_model: str = "anny", prior: Pose
         return HMREstimator(**kwargs)
     if name == "spin":
         return SPINEstimator(**kwargs)
+    if name == "hmr2":
+        return HMR2Estimator(**kwargs)
     raise ValueError(f"unknown mesh estimator {name!r}; choose one of {ESTIMATORS}")
 
 

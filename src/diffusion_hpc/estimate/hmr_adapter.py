@@ -60,13 +60,16 @@ from diffusion_hpc.estimate.landmarks import (
     keypoint_agreement,
 )
 from diffusion_hpc.geometry.boxes import crop_matrix
-from diffusion_hpc.geometry.camera import SPIN_CROP, project
-from diffusion_hpc.hmr.model import EXPORT_CONFIG, EXPORT_WEIGHTS, NORMALISED_FOCAL, load_regressor
+from diffusion_hpc.geometry.camera import project
+from diffusion_hpc.hmr.init import load_regressor_spec
+from diffusion_hpc.hmr.model import EXPORT_CONFIG, EXPORT_WEIGHTS, NORMALISED_FOCAL
 from diffusion_hpc.runtime.device import dtype_name, resolve_placement
 from diffusion_hpc.runtime.images import check_image
 
 #: regressor forward batch size
 BATCH = 16
+#: the outputs of a regressor the estimate is made of (every layout gives them, see diffusion_hpc.hmr.init)
+REGRESSOR_OUTPUTS = ("global_orient", "body_pose", "shape", "cam_t")
 
 Box = tuple  # (centre (2,), side px)
 
@@ -108,14 +111,20 @@ def exported_regressor_files(checkpoint: str | Path) -> tuple[Path, Path]:
     return files
 
 
+#: the body model of the pretrained layouts a run may fine-tune (``regressor.json``'s ``architecture``)
+ARCHITECTURE_BODY_MODELS = {"spin": "smpl", "hmr2": "smpl"}
+
+
 def exported_body_model(checkpoint: str | Path) -> str:
     """The body model an exported regressor predicts (read from its ``regressor.json``; no weights load)."""
     import json
 
     config, _ = exported_regressor_files(checkpoint)
     try:
-        return str(json.loads(config.read_text())["body_spec"]["name"])
-    except (ValueError, KeyError, TypeError) as exc:
+        described = json.loads(config.read_text())
+        architecture = described.get("architecture", "dhpc")
+        return ARCHITECTURE_BODY_MODELS.get(architecture) or str(described["body_spec"]["name"])
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise MissingModelError(f"{config} is not a regressor description (no body_spec.name: {exc})") from None
 
 
@@ -164,15 +173,17 @@ def image_camera(cam_t: np.ndarray, center: np.ndarray, side: float, image_size:
 
 
 class HMREstimator(MeshEstimator):
-    """Mesh estimator from an exported :class:`~diffusion_hpc.hmr.model.HMRRegressor`.
+    """Mesh estimator from a regressor exported by ``dhpc train`` (our network, or SPIN's / HMR 2.0's
+    layout fine-tuned), loaded through :func:`diffusion_hpc.hmr.init.load_regressor_spec`.
 
     Args:
-        checkpoint: folder (or a file in it) with ``regressor.json`` + ``regressor.safetensors``
-            (:func:`~diffusion_hpc.hmr.model.export_regressor`); loaded now, a missing one raises
+        checkpoint: run folder, ``RUN/best`` (or a file in it) with ``regressor.json`` +
+            ``regressor.safetensors``; loaded now, a missing one raises
             :class:`~diffusion_hpc.errors.MissingModelError` before any image is processed.
         detector: ``"mediapipe"`` (person boxes from MediaPipe Pose) or None (boxes must be passed
             to :meth:`estimate`).
-        crop_size: crop side S in pixels (default: the ViT's image size, else 224).
+        crop_size: crop side S in pixels (default: the network's: the ``crop_size`` of the run's
+            ``train.yaml`` for ours, else 224; SPIN 224; HMR 2.0 256).
         model_path: SMPL/SMPL-X model file for SMPL regressors (ignored for Anny).
         principal_point: see :func:`image_camera`.
         device, dtype: where the regressor runs (``--device`` / ``--dtype`` names or torch objects;
@@ -181,57 +192,52 @@ class HMREstimator(MeshEstimator):
     """
 
     name = "hmr"
+    #: the spec prefix of this estimator's checkpoints (:func:`diffusion_hpc.hmr.init.parse_spec`)
+    spec_kind = "dhpc"
 
     def __init__(self, checkpoint: str | Path, detector: str | None = "mediapipe", crop_size: int | None = None,
                  model_path: str | Path | None = None, principal_point: str = "image", device="cpu",
                  dtype="float32") -> None:  # fmt: skip
-
         if checkpoint is None:
-            raise MissingModelError("HMR checkpoint not given (pass the folder written by export_regressor: "
-                                    "regressor.json + regressor.safetensors)")
+            raise MissingModelError("HMR checkpoint not given (pass a dhpc train run folder: regressor.json + "
+                                    "regressor.safetensors)")
         files = exported_regressor_files(checkpoint)
+        self._load(files[1], files, exported_body_model(checkpoint), model_path, detector, principal_point, crop_size,
+                   device, dtype)  # fmt: skip
+
+    def _load(self, checkpoint: Path, files: Sequence[Path], body_model: str, model_path, detector,
+              principal_point: str, crop_size: int | None, device="cpu", dtype="float32", mean_params=None) -> None:  # fmt: skip
+        """Check the options and the body model's files (cheap), then load the network on its device
+        and precision once. ``files``: the checkpoint files :meth:`describe` fingerprints."""
         check_regressor_options(detector, principal_point)
-        regressor = load_regressor(files[1]).eval()
-        self._setup(regressor, regressor.spec.name, regressor.spec.shape_key, model_path, detector, principal_point,
-                    int(crop_size) if crop_size else self._default_crop(regressor), device, dtype, files)
-
-    def _setup(self, regressor, body_model: str, shape_key: str, model_path, detector, principal_point: str,
-               crop_size: int, device="cpu", dtype="float32", files: Sequence[Path] = (),
-               normalised_focal: float = NORMALISED_FOCAL) -> None:  # fmt: skip
-        """State shared by every regressor estimator (the body model is checked now, loaded lazily;
-        the regressor is moved to its device and precision once). ``files``: the checkpoint files
-        the weights came from (:meth:`describe` fingerprints them); ``normalised_focal``: the
-        network's crop-camera focal (:func:`image_camera`)."""
-
         check_body_model(body_model, model_path)
-        self.checkpoint_files = [Path(f) for f in files]
-        self.normalised_focal = float(normalised_focal)
-        self._fingerprint: str | None = None
         self.placement = resolve_placement(str(device), dtype if isinstance(dtype, str) else dtype_name(dtype),
                                            diffusion=False)  # fmt: skip
-        self.regressor = regressor.to(device=self.placement.device, dtype=self.placement.dtype)
-        self.body_model, self.shape_key, self.model_path = body_model, shape_key, model_path
-        self.principal_point, self.crop_size = principal_point, crop_size
+        loaded = load_regressor_spec(f"{self.spec_kind}:{checkpoint}", device=self.placement.device,
+                                     dtype=self.placement.dtype, mean_params=mean_params)  # fmt: skip
+        self.regressor = loaded.network
+        self.body_model, self.shape_key, self.model_path = loaded.body_model, loaded.network.spec.shape_key, model_path
+        self.normalised_focal = float(loaded.normalised_focal)
+        self.principal_point, self.crop_size = principal_point, int(crop_size or loaded.crop_size)
+        self.architecture = loaded.architecture
+        self.checkpoint_files = [Path(f) for f in files]
+        self._fingerprint: str | None = None
         self.detector_name = detector
         self._detector = None
         self._body = None
 
     def describe(self) -> dict:
-        """What ran, without a machine path: ``name``, ``body_model``, ``checkpoint`` (the weights
-        file's or run folder's name) and ``fingerprint`` (:func:`checkpoint_fingerprint` of the
-        checkpoint files, computed once)."""
-        if self._fingerprint is None and self.checkpoint_files:
+        """What ran, without a machine path: ``name``, ``body_model``, ``architecture`` (the
+        network's layout), ``checkpoint`` (the run folder's or weights file's name) and
+        ``fingerprint`` (:func:`checkpoint_fingerprint` of the checkpoint files, computed once)."""
+        if self._fingerprint is None:
             self._fingerprint = checkpoint_fingerprint(self.checkpoint_files)
-        first = self.checkpoint_files[0] if self.checkpoint_files else None
-        shown = None if first is None else (first.parent.name if self.name == "hmr" else first.name)
-        return {"name": self.name, "body_model": self.body_model, "checkpoint": shown, "fingerprint": self._fingerprint}
+        first = self.checkpoint_files[0]
+        return {"name": self.name, "body_model": self.body_model, "architecture": self.architecture,
+                "checkpoint": first.parent.name if self.spec_kind == "dhpc" else first.name,
+                "fingerprint": self._fingerprint}  # fmt: skip
 
     # -- pieces ------------------------------------------------------------------------------
-    @staticmethod
-    def _default_crop(regressor) -> int:
-        cfg = regressor.backbone.config
-        return int(getattr(cfg, "image_size", SPIN_CROP)) if regressor._kind == "vit" else SPIN_CROP
-
     @property
     def body(self):
         if self._body is None:
@@ -253,7 +259,7 @@ class HMREstimator(MeshEstimator):
         with torch.no_grad():
             for i in range(0, len(crops), BATCH):
                 pred = self.regressor(torch.as_tensor(crops[i : i + BATCH]).to(device=dev, dtype=dtype))
-                outs.append({k: v.float().cpu().numpy() for k, v in pred.items() if k != "states"})
+                outs.append({k: pred[k].float().cpu().numpy() for k in REGRESSOR_OUTPUTS})
         return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
     # -- interface ---------------------------------------------------------------------------

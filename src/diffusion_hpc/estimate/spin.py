@@ -6,9 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffusion_hpc.estimate.hmr_adapter import HMREstimator, check_regressor_options
-from diffusion_hpc.geometry.camera import SPIN_CROP
-from diffusion_hpc.hmr.spin import load_spin
+from diffusion_hpc.estimate.hmr_adapter import HMREstimator
 
 
 class SPINEstimator(HMREstimator):
@@ -24,10 +22,10 @@ class SPINEstimator(HMREstimator):
     """
 
     name = "spin"
+    spec_kind = "spin"
 
     def __init__(self, checkpoint: str | Path, smpl_path: str | Path | None = None, mean_params: str | Path | None = None,
                  detector: str | None = "mediapipe", crop_size: int | None = None, principal_point: str = "image",
                  device="cpu", dtype="float32") -> None:  # fmt: skip
-        check_regressor_options(detector, principal_point)
-        self._setup(load_spin(checkpoint, mean_params), "smpl", "betas", smpl_path, detector, principal_point,
-                    int(crop_size) if crop_size else SPIN_CROP, device, dtype, [Path(checkpoint).expanduser()])
+        path = Path(checkpoint).expanduser()
+        self._load(path, [path], "smpl", smpl_path, detector, principal_point, crop_size, device, dtype, mean_params)

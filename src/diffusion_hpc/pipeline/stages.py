@@ -40,8 +40,8 @@ def load_estimator(cfg: GenerateConfig, prior, device) -> MeshEstimator:
     name = cfg.mesh_estimator
     if name == "mediapipe":
         return get_estimator("mediapipe", body_model=cfg.body_model, prior=prior, model_path=cfg.smpl_path)
-    if name == "spin":
-        return get_estimator("spin", checkpoint=cfg.estimator_checkpoint, smpl_path=cfg.smpl_path, device=device)
+    if name in ("spin", "hmr2"):
+        return get_estimator(name, checkpoint=cfg.estimator_checkpoint, smpl_path=cfg.smpl_path, device=device)
     return get_estimator(name, checkpoint=cfg.estimator_checkpoint, model_path=cfg.smpl_path, device=device)
 
 

@@ -1,0 +1,200 @@
+"""``dhpc cycle``: generate -> fine-tune -> evaluate rounds on the tiny backbone (64 px) with a tiny
+regressor; resume after SIGKILL; the round table; config errors before any work.
+
+Guides: real photos of people (scikit-image's astronaut, matplotlib's grace_hopper), so MediaPipe
+(round 1) and the regressor's MediaPipe boxes (round 2) find a person. Validation: a mode-D
+dataset; real data: the same samples as a SMART benchmark (test_evaluate.write_smart).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import skimage.data
+import yaml
+
+from conftest import dataset_digest, run_cli
+from diffusion_hpc.cli import main
+from diffusion_hpc.config import GenerateConfig
+from diffusion_hpc.config.cycle import CycleConfig
+from diffusion_hpc.engine.cycle import GENERATE_STREAM, TRAIN_STREAM, Loop, round_dir, round_seed
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    """(guides folder, validation dataset, SMART annotation file)."""
+    import matplotlib
+    from PIL import Image
+    from test_evaluate import write_smart
+
+    from diffusion_hpc.pipeline.generate import generate
+
+    root = tmp_path_factory.mktemp("cycle-sources")
+    guides = root / "guides"
+    guides.mkdir()
+    Image.fromarray(skimage.data.astronaut()).save(guides / "astronaut.png")
+    shutil.copy(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg", guides / "grace_hopper.jpg")
+    val = root / "val"
+    generate(GenerateConfig(n=4, image_size=(SIZE, SIZE), batch_size=4, seed=5), val, progress=False)
+    return guides, val, write_smart(val, root / "smart")
+
+
+def loop_data(tmp_path, tiny_backbone, sources, **over) -> dict:
+    guides, val, smart = sources
+    data = {
+        "out": str(tmp_path / "loop"), "rounds": 2, "seed": 7, "val": str(val),
+        "generate": {"mode": "R", "guides": str(guides), "backbone": str(tiny_backbone), "image_size": [SIZE, SIZE],
+                     "n": 4, "k": 2, "shard_size": 2, "batch_size": 2},
+        "train": {"real": [f"smart:{smart}"], "backbone": "tiny", "crop_size": SIZE, "batch_size": 4, "max_steps": 3,
+                  "workers": 0, "accelerator": "cpu", "augment": False, "lr": 1e-3, "log_every": 1},
+    }  # fmt: skip
+    return {**data, **over}
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def files_of(folder: Path) -> dict[str, tuple[int, str]]:
+    """Every file under ``folder``: (mtime in ns, content hash), by relative path."""
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, digest(p)) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_two_rounds_resume_after_sigkill(tiny_backbone, sources, tmp_path):
+    """Kill ``dhpc cycle`` in round 2's generation (after one of its shards is committed), resume:
+    round 1 is not redone (no file of it rewritten), round 2's committed shard is kept, its data
+    equals an unbroken run of the same round, and the table holds both rounds with metrics before
+    and after."""
+    from diffusion_hpc.estimate.hmr_adapter import checkpoint_fingerprint, exported_regressor_files
+
+    data = loop_data(tmp_path, tiny_backbone, sources)
+    config_file = write_yaml(tmp_path / "loop.yaml", data)
+    out = Path(data["out"])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "diffusion_hpc.cli", "cycle", "--config", str(config_file)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    shards = round_dir(out, 2) / "data" / "shards"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None and not list(shards.glob("*.tar")):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    log.close()
+    first_log = (tmp_path / "first.log").read_text()
+    assert "round 1/2: train done: 3 steps" in first_log and "round 1/2: evaluate done" in first_log, first_log
+    state = json.loads((out / "loop.json").read_text())
+    assert all(state["rounds"]["1"][s] is not None for s in ("generate", "train", "evaluate"))
+    assert state["rounds"].get("2", {}).get("generate") is None  # killed inside round 2's generation
+    committed = {p.name: p.stat().st_mtime_ns for p in shards.glob("*.tar")}
+    assert len(committed) == 1, committed
+    round1 = files_of(round_dir(out, 1))
+    # the loop refuses to start over in the folder, and resumes only the same loop
+    again = run_cli("cycle", "--config", str(config_file), env={"OMP_NUM_THREADS": "1"})
+    assert again.returncode == 2 and "--resume" in again.stderr
+    changed = write_yaml(tmp_path / "changed.yaml", {**data, "seed": 8})
+    again = run_cli("cycle", "--config", str(changed), "--resume", env={"OMP_NUM_THREADS": "1"})
+    assert again.returncode == 2 and "seed: 7 -> 8" in again.stderr
+
+    done = run_cli("cycle", "--config", str(config_file), "--resume", env={"OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "round 1/2" not in done.stdout and "round 2/2: generate 4 samples" in done.stdout and "resuming" in done.stdout
+    # nothing redone: round 1's files untouched (apart from nothing), round 2's committed shard kept
+    assert files_of(round_dir(out, 1)) == round1
+    assert {name: (shards / name).stat().st_mtime_ns for name in committed} == committed
+    # nothing lost: round 2's data is the unbroken run of its config (same seeds, same bytes)
+    loop = Loop(CycleConfig.model_validate(data), progress=False)
+    gen2 = loop.generate_config(2)
+    assert gen2.seed == round_seed(7, 2, GENERATE_STREAM) != loop.generate_config(1).seed  # fresh noise per round
+    assert gen2.estimator == "hmr" and gen2.estimator_checkpoint == round_dir(out, 1) / "train"
+    from diffusion_hpc.pipeline.generate import generate
+
+    generate(gen2, tmp_path / "unbroken", progress=False)
+    assert dataset_digest(round_dir(out, 2) / "data") == dataset_digest(tmp_path / "unbroken")
+    # round 2 estimated with round 1's regressor, by content
+    run2 = json.loads((round_dir(out, 2) / "data" / "run.json").read_text())
+    fingerprint = checkpoint_fingerprint(exported_regressor_files(round_dir(out, 1) / "train"))
+    assert run2["estimator"]["name"] == "hmr" and run2["estimator"]["fingerprint"] == fingerprint
+    # the table: both rounds, metrics before (round 2: round 1's regressor) and after
+    rows = json.loads((out / "table.json").read_text())
+    assert [r["round"] for r in rows] == [1, 2]
+    assert rows[0]["estimator"] == "mediapipe" and rows[1]["estimator"] == "hmr"
+    assert rows[1]["estimator_fingerprint"] == fingerprint
+    for r in rows:
+        assert r["made"] == 4 and r["samples"] == 4 and r["unet_evals"] == 4 * 28 and r["train_steps"] == 3
+        assert r["after"]["samples"] == 4 and r["after"]["mpjpe_mm"] > 0 and 0 <= r["after"]["pck"] <= 100
+    assert rows[0]["before"] is None and rows[1]["before"] == rows[0]["after"]
+    assert rows[1]["trained_on"] == ["round-1", "round-2"] and rows[1]["init"] == "round-1"
+    eval1 = json.loads((round_dir(out, 1) / "eval.json").read_text())
+    assert rows[0]["after"]["mpjpe_mm"] == eval1["mpjpe_mm"]  # the table quotes dhpc evaluate's result
+    # round 2 fine-tuned from round 1's regressor on rounds 1 + 2's data
+    train2 = yaml.safe_load((round_dir(out, 2) / "train" / "train.yaml").read_text())
+    assert train2["checkpoint"] == str(round_dir(out, 1) / "train") and len(train2["synthetic"]) == 2
+    assert train2["seed"] == round_seed(7, 2, TRAIN_STREAM)
+    md = (out / "table.md").read_text()
+    assert md.count("\n| 1 | mediapipe") == 1 and md.count("\n| 2 | hmr (") == 1 and md in done.stdout + "\n"
+    # a finished loop with one more round runs that round only
+    state = json.loads((out / "loop.json").read_text())
+    assert all(state["rounds"][r][s] is not None for r in ("1", "2") for s in ("generate", "train", "evaluate"))
+
+
+def test_bad_loop_configs_fail_before_any_work(tiny_backbone, sources, tmp_path, capsys):
+    """One error, exit 2, nothing written, for each bad loop file."""
+    base = loop_data(tmp_path, tiny_backbone, sources)
+    cases = [
+        ({"generate": {"mode": "D", "n": 4}}, "generate.mode"),
+        ({"generate": {**base["generate"], "k": 3}}, "generate.shard_size"),  # GenerateConfig's own rules
+        ({"generate": {**base["generate"], "seed": 3}}, "generate.seed"),
+        ({"train": {**base["train"], "out": "x"}}, "train.out"),
+        ({"train": {**base["train"], "body_model": "smpl", "smpl_path": "x"}}, "train.body_model"),
+        ({"train": {**base["train"], "max_steps": 0}}, "train.max_steps"),
+        ({"estimator": "hmr"}, "estimator_checkpoint"),
+        ({"estimator": "hmr", "estimator_checkpoint": str(tmp_path / "no-run")}, "no-run"),
+        ({"val": str(tmp_path / "no-val")}, "no-val"),
+        ({"train": {**base["train"], "real": [f"smart:{tmp_path / 'none.json'}"]}}, "none.json"),
+        ({"generate": {**base["generate"], "backbone": str(tmp_path / "no-backbone")}}, "no-backbone"),
+    ]
+    for i, (change, named) in enumerate(cases):
+        data = {**base, **change, "out": str(tmp_path / f"loop{i}")}
+        path = write_yaml(tmp_path / f"bad{i}.yaml", data)
+        assert main(["cycle", "--config", str(path), "--no-progress"]) == 2, change
+        err = capsys.readouterr().err
+        assert err.count("dhpc: error") == 1 and err.startswith("dhpc: error: ") and named in err, (change, err)
+        assert not (tmp_path / f"loop{i}").exists(), change
+    # a folder that holds something else is refused
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    path = write_yaml(tmp_path / "taken.yaml", {**base, "out": str(tmp_path / "taken")})
+    assert main(["cycle", "--config", str(path), "--no-progress"]) == 2
+    assert "holds no loop" in capsys.readouterr().err
+
+
+def test_flags_override_the_loop_file(tiny_backbone, sources, tmp_path):
+    from diffusion_hpc.cli import build_parser, command_config
+
+    path = write_yaml(tmp_path / "loop.yaml", loop_data(tmp_path, tiny_backbone, sources))
+    config = command_config(build_parser().parse_args(["cycle", "--config", str(path), "--rounds", "3", "--resume"]))
+    assert isinstance(config, CycleConfig) and config.rounds == 3 and config.resume and config.seed == 7
+    # the seeds of rounds differ, and repeat for the same (seed, round)
+    seeds = {round_seed(7, r, GENERATE_STREAM) for r in range(1, 6)}
+    assert len(seeds) == 5 and round_seed(7, 2, GENERATE_STREAM) == round_seed(7, 2, GENERATE_STREAM)
+    assert round_seed(7, 2, GENERATE_STREAM) != round_seed(7, 2, TRAIN_STREAM) != round_seed(8, 2, TRAIN_STREAM)
