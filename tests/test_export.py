@@ -387,6 +387,7 @@ def test_converted_labels_every_format(anny_dataset, fake_smpl, tmp_path, monkey
     assert (result.count, result.skipped) == (1, 2)
     bedlam = read_bedlam_npz(result.path)
     assert list(bedlam["key"]) == [samples[0]["key"]]
+    assert sorted(p.name for p in result.images.iterdir()) == [f"{samples[0]['key']}.png"]  # only rows' images
     np.testing.assert_allclose(bedlam["pose72"][0], pose)
     joints = smpl_joints44(fake_smpl, bedlam["pose72"], bedlam["shape"], bedlam["translation"])[0]
     assert_reprojects(joints, bedlam["keypoints"][0], bedlam["cam_int"][0])
@@ -455,11 +456,12 @@ def test_4dhumans_pickle_holds_only_numpy_arrays(anny_dataset):
     """The data.pyd member loads with an unpickler that allows numpy.ndarray and nothing else, and the
     arrays are writable float32 (the reader edits them); a standard NumPy pickle is refused by it."""
     from diffusion_hpc.data.export_4dhumans import sample_members
-    from diffusion_hpc.data.export_persons import person_row, persons_of
+    from diffusion_hpc.data.export_persons import rows_of
 
     _, samples = anny_dataset
     s = samples[0]
-    members = sample_members(s, [person_row(p, 1.2) for p in persons_of(s)])
+    (item,) = rows_of([s], 1.2, threads=1)
+    members = sample_members(item)
     assert sorted(members) == sorted(f"{s['key']}.{ext}" for ext in ("png", "detection.npz", "data.pyd"))
     (data,) = numpy_only_loads(members[f"{s['key']}.data.pyd"])
     assert set(data) == {"center", "scale", "keypoints_2d", "keypoints_3d", "body_pose", "betas", "has_body_pose",

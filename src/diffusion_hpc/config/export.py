@@ -21,7 +21,7 @@ class ExportConfig(CommandConfig):
     """dataset folder written by dhpc generate"""
     format: Literal["spin-npz", "coco-json", "bedlam-npz", "4dhumans-wds"]
     """spin-npz (SPIN and loaders built on its dataset), bedlam-npz (CameraHMR, BEDLAM-CLIFF's SMPL trainer), 4dhumans-wds
-    (4D-Humans / HMR 2.0 WebDataset shards) or coco-json (COCO keypoints)"""
+    (4D-Humans / HMR 2.0 and TokenHMR WebDataset shards) or coco-json (COCO keypoints)"""
     out: Path
     """annotation file to write: .npz for spin-npz / bedlam-npz, .json for coco-json, .tar for 4dhumans-wds
     (shards <stem>-000000.tar, ...)"""

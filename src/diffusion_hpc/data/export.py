@@ -7,7 +7,7 @@ format             file                                            read by (read
                                                                    and loaders built on it
 ``bedlam-npz``     ``<out>.npz`` + ``images/``                     CameraHMR, BEDLAM-CLIFF's SMPL
                                                                    trainer (:mod:`.export_bedlam`)
-``4dhumans-wds``   ``<out>-000000.tar`` ... (WebDataset shards)     4D-Humans / HMR 2.0
+``4dhumans-wds``   ``<out>-000000.tar`` ... (WebDataset shards)     4D-Humans / HMR 2.0, TokenHMR
                                                                    (:mod:`.export_4dhumans`)
 ``coco-json``      ``<out>.json`` + ``images/``                    COCO keypoint tools
 =================  ==============================================  =====================================
@@ -75,7 +75,6 @@ from diffusion_hpc.data.export_persons import (  # noqa: F401  (_write_images: p
     joints_in_order,
     no_rows_error,
     rows_of,
-    write_sample_image,
 )
 from diffusion_hpc.errors import ConfigError, InputError
 from diffusion_hpc.geometry.boxes import BOX_EXPAND
@@ -200,11 +199,10 @@ def export_spin_npz(samples: Iterable[dict[str, Any]], out: Path, *, box_expand:
     image_dir = out.parent / IMAGE_DIR
     image_dir.mkdir(parents=True, exist_ok=True)
     rows, imgnames, spin = [], [], []
-    for sample, persons in rows_of(samples, box_expand, ("smpl",)):
-        imgname = write_sample_image(sample, image_dir)
-        for row in persons:
+    for item in rows_of(samples, box_expand, ("smpl",), image_dir=image_dir):
+        for row in item.rows:
             rows.append(row)
-            imgnames.append(imgname)
+            imgnames.append(item.imgname)
             spin.append(spin_fields(row))
     if not rows:
         raise no_rows_error()
@@ -250,12 +248,12 @@ def export_coco_json(samples: Iterable[dict[str, Any]], out: Path, *, box_expand
     image_dir = out.parent / IMAGE_DIR
     image_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
-    for sample, persons in rows_of(samples, box_expand, ("smpl",)):
-        file_name = write_sample_image(sample, image_dir)
-        h, w = int(sample["image"].shape[0]), int(sample["image"].shape[1])
+    for item in rows_of(samples, box_expand, ("smpl",), image_dir=image_dir):
+        file_name = item.imgname
+        h, w = int(item.sample["image"].shape[0]), int(item.sample["image"].shape[1])
         image_id = len(images) + 1
         images.append({"id": image_id, "file_name": file_name, "width": w, "height": h})
-        for row in persons:
+        for row in item.rows:
             bbox, area = coco_bbox(row.mask)
             kp = row.keypoints2d
             spin = spin_fields(row)
@@ -346,5 +344,4 @@ __all__ = [
     "rows_of",
     "spin24_joints3d",
     "spin_fields",
-    "write_sample_image",
 ]

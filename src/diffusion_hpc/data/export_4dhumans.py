@@ -4,7 +4,8 @@ Matched against 4D-Humans ``hmr2/datasets/image_dataset.py`` (``ImageDataset.loa
 and ``process_webdataset_tar_item``): the reader decodes ``rgb8`` images (``jpg``, ``jpeg`` or
 ``png`` members), and ``split_data`` yields one training item per entry of the ``data.pyd`` member
 (a pickled list, one dict per person); when a ``detection.npz`` member exists, person ``i``'s mask is
-``masks[extra_info["detection_npz_idx"]]``.
+``masks[extra_info["detection_npz_idx"]]``. TokenHMR's ``tokenhmr/lib/datasets/image_dataset.py``
+reads these tars with the same code and keys.
 
 Per image ``<key>`` (the sample key; plain, without dots, so WebDataset groups the members by it):
 
@@ -62,13 +63,13 @@ import numpy as np
 from diffusion_hpc.body.joint_sets import BODY25
 from diffusion_hpc.data.export_persons import (
     HMR44,
+    ExportItem,
     ExportResult,
     PersonRow,
     no_rows_error,
     rows_of,
 )
 from diffusion_hpc.data.reader import check_key
-from diffusion_hpc.data.schema import encode_png
 from diffusion_hpc.geometry.boxes import BOX_EXPAND
 from diffusion_hpc.runtime.atomic import atomic_path
 
@@ -133,15 +134,15 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def sample_members(sample: dict[str, Any], rows: list[PersonRow]) -> dict[str, bytes]:
+def sample_members(item: ExportItem) -> dict[str, bytes]:
     """The tar members (name -> bytes) of one image and its persons."""
-    key = check_key(sample["key"], "export")
+    key = check_key(item.sample["key"], "export")
     masks = io.BytesIO()
-    np.savez_compressed(masks, masks=np.stack([r.mask for r in rows]))
+    np.savez_compressed(masks, masks=np.stack([r.mask for r in item.rows]))
     return {
-        f"{key}.png": encode_png(sample["image"]),
+        f"{key}.png": item.png,
         f"{key}.detection.npz": masks.getvalue(),
-        f"{key}.data.pyd": pickle_annotations([hmr2_annotation(r, i) for i, r in enumerate(rows)]),
+        f"{key}.data.pyd": pickle_annotations([hmr2_annotation(r, i) for i, r in enumerate(item.rows)]),
     }
 
 
@@ -167,10 +168,9 @@ def export_4dhumans_wds(samples: Iterable[dict[str, Any]], out: Path, *, box_exp
         path = Path(f"{stem}-{len(shards):06d}.tar")
         with atomic_path(path) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
             for _ in range(shard_size):
-                sample, rows = item
-                for name, data in sample_members(sample, rows).items():
+                for name, data in sample_members(item).items():
                     _add_member(tar, name, data)
-                persons += len(rows)
+                persons += len(item.rows)
                 item = next(items, None)
                 if item is None:
                     break

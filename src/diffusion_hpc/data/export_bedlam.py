@@ -60,7 +60,6 @@ from diffusion_hpc.data.export_persons import (
     PersonRow,
     no_rows_error,
     rows_of,
-    write_sample_image,
 )
 from diffusion_hpc.errors import InputError
 from diffusion_hpc.geometry.boxes import BOX_EXPAND
@@ -93,6 +92,10 @@ def bedlam_fields(row: PersonRow, label_model: str) -> dict[str, np.ndarray]:
     }
 
 
+def _labelled(row: PersonRow) -> bool:
+    return row.label is not None
+
+
 def export_bedlam_npz(samples: Iterable[dict[str, Any]], out: Path, *, box_expand: float = BOX_EXPAND,
                       label_model: str = "smpl") -> ExportResult:
     """Write decoded ``samples`` as a BEDLAM-style npz at ``out`` (images into ``out.parent/images``),
@@ -103,15 +106,12 @@ def export_bedlam_npz(samples: Iterable[dict[str, Any]], out: Path, *, box_expan
     image_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     seen = skipped = 0
-    for sample, persons in rows_of(samples, box_expand, (label_model,)):
-        seen += len(persons)
-        labelled = [r for r in persons if r.label is not None]
-        skipped += len(persons) - len(labelled)
-        if not labelled:
-            continue
-        imgname = write_sample_image(sample, image_dir)
+    for item in rows_of(samples, box_expand, (label_model,), image_dir=image_dir, keep=_labelled):
+        seen += len(item.rows)
+        labelled = [r for r in item.rows if _labelled(r)]
+        skipped += len(item.rows) - len(labelled)
         for row in labelled:
-            rows.append({"imgname": imgname, "key": row.key, "person": row.person, **bedlam_fields(row, label_model)})
+            rows.append({"imgname": item.imgname, "key": row.key, "person": row.person, **bedlam_fields(row, label_model)})
     if not seen:
         raise no_rows_error()
     if not rows:

@@ -11,7 +11,8 @@ box, the label and the keypoints of a person:
   conversion) second. A converted label whose fit is flagged counts as no label.
 - :func:`person_row` gathers what every format writes (box, camera, label, the 3D skeleton).
 - :func:`joints_in_order` / :func:`project_keypoints` put the skeleton in a trainer's order.
-- :func:`rows_of`, :func:`write_sample_image` and :class:`ExportResult` are what the writers share.
+- :func:`rows_of` (rows made and images written on worker threads) and :class:`ExportResult` are
+  what the writers share.
 
 The skeleton of a row is the label's joints when the row has a label (so the 2D / 3D keypoints a
 trainer supervises with describe the same body as the SMPL parameters it regresses, with SMPL's joint
@@ -22,7 +23,11 @@ of the camera and inside the image, else 0.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import functools
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -259,11 +264,50 @@ def project_keypoints(joints: np.ndarray, K: np.ndarray, image_hw: tuple[int, in
     return np.concatenate([uv, inside[:, None].astype(np.float64)], axis=1)
 
 
-def rows_of(samples: Iterable[dict[str, Any]], box_expand: float,
-            models: Sequence[str] = ("smpl",)) -> Iterator[tuple[dict[str, Any], list[PersonRow]]]:
-    """Each decoded sample with the :class:`PersonRow` of each of its persons (labels of ``models``)."""
-    for sample in samples:
-        yield sample, [person_row(p, box_expand, models) for p in persons_of(sample)]
+@dataclass
+class ExportItem:
+    """One decoded sample ready to write: its persons' rows, its image as PNG bytes and, when the
+    image was written to a file, that file's path relative to the annotation file."""
+
+    sample: dict[str, Any]
+    rows: list[PersonRow]
+    png: bytes
+    imgname: str | None = None
+
+
+def _export_item(sample: dict[str, Any], box_expand: float, models: Sequence[str], image_dir: Path | None,
+                 keep: Callable[[PersonRow], bool] | None) -> ExportItem:
+    rows = [person_row(p, box_expand, models) for p in persons_of(sample)]
+    item = ExportItem(sample, rows, encode_png(sample["image"]))
+    if image_dir is not None and any(keep is None or keep(r) for r in rows):
+        item.imgname = _write_images({"key": sample["key"], "image_png": item.png}, image_dir)
+    return item
+
+
+def rows_of(samples: Iterable[dict[str, Any]], box_expand: float, models: Sequence[str] = ("smpl",), *,
+            image_dir: Path | None = None, keep: Callable[[PersonRow], bool] | None = None,
+            threads: int | None = None) -> Iterator[ExportItem]:
+    """An :class:`ExportItem` per decoded sample, in order: the :class:`PersonRow` of each of its persons
+    (labels of ``models``) and its PNG-encoded image, written as ``image_dir/<key>.png`` (atomically)
+    when ``image_dir`` is given and ``keep`` (default: any row) accepts one of its rows.
+
+    The items are made on ``threads`` worker threads (default: up to 4, one per CPU) while the caller
+    reads the next samples: PNG encoding and the image files' writes, most of an export's time,
+    release the GIL. At most 2 x ``threads`` samples are in flight.
+    """
+    threads = min(4, os.cpu_count() or 1) if threads is None else threads
+    make = functools.partial(_export_item, box_expand=box_expand, models=models, image_dir=image_dir, keep=keep)
+    if threads <= 1:
+        yield from map(make, samples)
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="dhpc-export") as pool:
+        pending: deque = deque()
+        for sample in samples:
+            pending.append(pool.submit(make, sample))
+            if len(pending) >= 2 * threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def no_rows_error() -> InputError:
@@ -275,12 +319,6 @@ def _write_images(fields: dict[str, Any], image_dir: Path) -> str:
     name = f"{check_key(fields['key'], 'export')}.png"  # a plain name: the file stays in image_dir
     atomic_write_bytes(image_dir / name, fields.pop("image_png"))
     return f"{IMAGE_DIR}/{name}"
-
-
-def write_sample_image(sample: dict[str, Any], image_dir: Path) -> str:
-    """Write a sample's image as ``image_dir/<key>.png`` (atomically; the key must be a plain file
-    name); returns its path relative to the annotation file, ``images/<key>.png``."""
-    return _write_images({"key": sample["key"], "image_png": encode_png(sample["image"])}, image_dir)
 
 
 __all__ = [
@@ -298,5 +336,4 @@ __all__ = [
     "persons_of",
     "project_keypoints",
     "rows_of",
-    "write_sample_image",
 ]
