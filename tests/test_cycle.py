@@ -148,13 +148,27 @@ def test_two_rounds_resume_after_sigkill(tiny_backbone, sources, tmp_path):
     assert rows[0]["after"]["mpjpe_mm"] == eval1["mpjpe_mm"]  # the table quotes dhpc evaluate's result
     # round 2 fine-tuned from round 1's regressor on rounds 1 + 2's data
     train2 = yaml.safe_load((round_dir(out, 2) / "train" / "train.yaml").read_text())
-    assert train2["checkpoint"] == str(round_dir(out, 1) / "train") and len(train2["synthetic"]) == 2
+    assert train2["init"] == f"dhpc:{round_dir(out, 1) / 'train'}" and train2["checkpoint"] is None
+    assert len(train2["synthetic"]) == 2
     assert train2["seed"] == round_seed(7, 2, TRAIN_STREAM)
     md = (out / "table.md").read_text()
     assert md.count("\n| 1 | mediapipe") == 1 and md.count("\n| 2 | hmr (") == 1 and md in done.stdout + "\n"
-    # a finished loop with one more round runs that round only
     state = json.loads((out / "loop.json").read_text())
     assert all(state["rounds"][r][s] is not None for r in ("1", "2") for s in ("generate", "train", "evaluate"))
+    # killed after round 2's training finished but before the loop recorded it: the run is not retrained
+    from diffusion_hpc.engine.cycle import cycle
+
+    trained = files_of(round_dir(out, 2) / "train")
+    state["rounds"]["2"]["train"] = state["rounds"]["2"]["evaluate"] = None
+    (out / "loop.json").write_text(json.dumps(state))
+    lines: list[str] = []
+    result = cycle(CycleConfig.model_validate({**data, "resume": True}), progress=False, report=lines.append)
+    assert "round 2/2: train: finished before the interruption" in "\n".join(lines), lines
+    assert files_of(round_dir(out, 2) / "train") == trained
+    assert [r["train_steps"] for r in result.rows] == [3, 3]
+    for new_row, old_row in zip(result.rows, rows):  # the same regressor scores the same
+        for key in ("mpjpe_mm", "pa_mpjpe_mm", "pck"):
+            assert new_row["after"][key] == pytest.approx(old_row["after"][key], rel=1e-5)
 
 
 def test_bad_loop_configs_fail_before_any_work(tiny_backbone, sources, tmp_path, capsys):
@@ -198,3 +212,29 @@ def test_flags_override_the_loop_file(tiny_backbone, sources, tmp_path):
     seeds = {round_seed(7, r, GENERATE_STREAM) for r in range(1, 6)}
     assert len(seeds) == 5 and round_seed(7, 2, GENERATE_STREAM) == round_seed(7, 2, GENERATE_STREAM)
     assert round_seed(7, 2, GENERATE_STREAM) != round_seed(7, 2, TRAIN_STREAM) != round_seed(8, 2, TRAIN_STREAM)
+
+
+def test_later_rounds_fine_tune_the_last_round_with_round_one_conventions(tiny_backbone, sources, fake_smpl, tmp_path):
+    """A loop started from SPIN (``train.init: spin:FILE``, SMPL at 224 px): round 1 fine-tunes SPIN's
+    network, round 2 the run round 1 made, keeping SMPL and SPIN's crop size; a resumed round keeps
+    the init its train.yaml holds."""
+    from diffusion_hpc.engine.cycle import LoopState
+
+    base = loop_data(tmp_path, tiny_backbone, sources)
+    train = {k: v for k, v in base["train"].items() if k not in ("backbone", "crop_size")}
+    data = {**base, "generate": {**base["generate"], "body_model": "smpl", "smpl_path": str(fake_smpl),
+                                 "prior_path": "vposer.ckpt"},
+            "train": {**train, "init": "spin:/models/model_checkpoint.pt", "smpl_path": str(fake_smpl)}}  # fmt: skip
+    loop = Loop(CycleConfig.model_validate(data), progress=False)
+    loop.state = LoopState(tmp_path)
+    for r in (1, 2):
+        loop.state.round(r)["generate"] = {"accepted": 4}
+    first, second = loop.train_config(1, resume=False), loop.train_config(2, resume=False)
+    assert (first.init, first.body_model, first.crop_size) == ("spin:/models/model_checkpoint.pt", "smpl", 224)
+    assert (second.init, second.body_model, second.crop_size) == (f"dhpc:{round_dir(loop.out, 1) / 'train'}", "smpl", 224)
+    assert second.synthetic == [round_dir(loop.out, 1) / "data", round_dir(loop.out, 2) / "data"]
+    assert loop.train_config(2, resume=True).init == second.init and loop.train_config(2, resume=True).resume
+    assert loop.init_of(1) == "spin:/models/model_checkpoint.pt"
+    # the train block's body model must be the generated one
+    with pytest.raises(ValueError, match="train.body_model"):
+        CycleConfig.model_validate({**data, "generate": base["generate"]})

@@ -68,6 +68,8 @@ class CycleConfig(CommandConfig):
     """evaluate on the first N validation samples only"""
     val_batch_size: int = Field(32, ge=1)
     """crops per forward pass of the evaluation"""
+    h36m_regressor: Optional[Path] = None
+    """SMPL regressors: the standard J_regressor_h36m.npy for the 3D joints the evaluation scores (as dhpc evaluate)"""
     estimator: Literal["mediapipe", "hmr", "spin", "hmr2"] = "mediapipe"
     """round 1's mesh estimator (later rounds use the regressor the round before trained)"""
     estimator_checkpoint: Optional[Path] = None
@@ -75,8 +77,8 @@ class CycleConfig(CommandConfig):
     generate: dict[str, Any]
     """the generate step's options (dhpc generate's config fields; mode T or R), except seed and the estimator"""
     train: dict[str, Any] = {}
-    """the fine-tuning's options (dhpc train's config fields: real data, backbone, budget...), except out, resume,
-    synthetic and seed; checkpoint: the weights round 1 starts from"""
+    """the fine-tuning's options (dhpc train's config fields: real data, backbone, budget, losses...), except out, resume,
+    synthetic and seed; init (or checkpoint): the network round 1 starts from (spin:FILE, hmr2:FILE, dhpc:RUN)"""
     resume: bool = False
     """continue the loop in OUT (each round's finished steps are kept; a killed step resumes)"""
 

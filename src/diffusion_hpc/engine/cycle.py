@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
+import torch
 
 from diffusion_hpc.config import EvaluateConfig, GenerateConfig, TrainConfig
 from diffusion_hpc.config.cycle import LOOP_CONFIG_FILE, CycleConfig
@@ -40,8 +41,9 @@ from diffusion_hpc.engine import generate
 from diffusion_hpc.errors import ConfigError, DhpcError, InputError
 from diffusion_hpc.hmr.data import load_real_source
 from diffusion_hpc.hmr.evaluate import evaluate, load_targets
+from diffusion_hpc.hmr.init import load_regressor_spec
 from diffusion_hpc.hmr.model import EXPORT_WEIGHTS
-from diffusion_hpc.hmr.train import checkpoint_step, last_checkpoint, train
+from diffusion_hpc.hmr.train import checkpoint_step, last_checkpoint, load_weights, train
 from diffusion_hpc.pipeline.generate import Generator
 from diffusion_hpc.runtime.atomic import atomic_write_bytes
 
@@ -123,31 +125,52 @@ class Loop:
                 "estimator": None if name == "mediapipe" else name, "estimator_checkpoint": checkpoint}  # fmt: skip
         return GenerateConfig.model_validate(data)
 
-    def init_of(self, r: int) -> Optional[Path]:
-        """The weights round ``r`` fine-tunes from: ``train.checkpoint`` (round 1), round r - 1's regressor after."""
-        if r == 1:
-            given = self.config.train.get("checkpoint")
-            return None if given is None else Path(given)
-        return round_dir(self.out, r - 1) / "train"
+    def init_of(self, r: int) -> Optional[str]:
+        """The network round ``r`` fine-tunes from, as a checkpoint spec: the train block's ``init``
+        (or ``checkpoint``: ``dhpc:PATH``) for round 1, ``dhpc:`` round r - 1's run after."""
+        if r > 1:
+            return f"dhpc:{round_dir(self.out, r - 1) / 'train'}"
+        block = self.config.train
+        if block.get("init") is not None:
+            return str(block["init"])
+        return None if block.get("checkpoint") is None else f"dhpc:{block['checkpoint']}"
 
     def train_config(self, r: int, resume: bool) -> TrainConfig:
-        """Round ``r``'s fine-tuning: the real data and the synthetic data of rounds 1..r, its seed."""
+        """Round ``r``'s fine-tuning: the real data and the synthetic data of rounds 1..r, its seed,
+        its start network (:meth:`init_of`; kept as given on a resume, as ``train.yaml`` holds it).
+
+        Rounds after the first start from the last round's run (``init: dhpc:RUN``) with the body
+        model and crop size round 1 resolved (a ``spin:`` / ``hmr2:`` init brings its own)."""
         synthetic = [round_dir(self.out, i) / "data" for i in range(1, r + 1)
                      if self.state.round(i)["generate"]["accepted"] > 0]  # fmt: skip
         data = {**self.config.train, "out": round_dir(self.out, r) / "train", "synthetic": synthetic,
-                "seed": round_seed(self.config.seed, r, TRAIN_STREAM), "resume": resume,
-                "checkpoint": None if resume else self.init_of(r)}  # fmt: skip
+                "seed": round_seed(self.config.seed, r, TRAIN_STREAM), "resume": resume}  # fmt: skip
+        if r > 1:
+            first = self.first_train_config()
+            for name in ("checkpoint", "init", "pretrained"):
+                data.pop(name, None)
+            data.update(init=self.init_of(r), body_model=first.body_model, crop_size=first.crop_size)
+            if first.init is not None and first.init.partition(":")[0] in ("spin", "hmr2"):  # their own network
+                for name in ("backbone", "backbone_config", "num_iterations"):
+                    data.pop(name, None)
+        if resume:
+            data.pop("checkpoint", None)  # the run continues its last.ckpt (init stays: train.yaml holds it)
         if not synthetic and not data.get("real"):
             raise InputError(f"round {r}: no synthetic sample was accepted in rounds 1..{r} and train.real is empty, "
                              "so there is nothing to fine-tune on; check the generate block (guides, prompts, "
                              f"backbone) with dhpc inspect {round_dir(self.out, r) / 'data'}")
         return TrainConfig.model_validate(data)
 
-    def evaluate_config(self, checkpoint: Path, out: Path | None) -> EvaluateConfig:
-        train = TrainConfig.model_validate({**self.config.train, "out": self.out, "synthetic": [self.out]})
-        return EvaluateConfig(checkpoint=checkpoint, data=self.config.val, out=out, limit=self.config.val_limit,
-                              batch_size=self.config.val_batch_size, crop_size=train.crop_size,
-                              smpl_path=train.smpl_path)  # fmt: skip
+    def first_train_config(self) -> TrainConfig:
+        """The train block as round 1 resolves it (a ``spin:`` / ``hmr2:`` init's body model and crop size)."""
+        return TrainConfig.model_validate({**self.config.train, "out": self.out, "synthetic": [self.out]})
+
+    def evaluate_config(self, checkpoint: str | Path, out: Path | None) -> EvaluateConfig:
+        """An evaluation of ``checkpoint`` (a run or a spec) on the validation source, at the network's own crop size."""
+        c = self.config
+        return EvaluateConfig(checkpoint=str(checkpoint), data=c.val, out=out, limit=c.val_limit,
+                              batch_size=c.val_batch_size, h36m_regressor=c.h36m_regressor,
+                              smpl_path=self.first_train_config().smpl_path)  # fmt: skip
 
     # -- checks before any work -------------------------------------------------------------------
 
@@ -170,16 +193,16 @@ class Loop:
             raise DhpcError(f"--out {out} is not empty and holds no loop ({LOOP_CONFIG_FILE}); choose a new --out")
         for spec in c.train.get("real") or []:  # read now: a bad source fails before the first generation
             load_real_source(spec)
-        if c.train.get("checkpoint") is not None and not Path(c.train["checkpoint"]).exists():
-            raise InputError(f"train.checkpoint {c.train['checkpoint']} does not exist (the weights round 1 starts from)")
+        start = self.init_of(1)
+        if start is not None and not start.startswith("imagenet:"):  # the network round 1 fine-tunes, read now
+            load_regressor_spec(start, option="train.init")
         state = LoopState(out)
         pending = [r for r in range(1, c.rounds + 1) if not all(state.done(r, step) for step in STEPS)]
         if pending and not state.done(pending[0], "generate"):
             # the next generate's inputs, weights and estimator (round 1: the loop's; later: the last regressor)
             Generator(self.generate_config(pending[0]), progress=False)
         body_model = GenerateConfig.model_validate(c.generate).body_model
-        load_targets(c.val, crop_size=self.evaluate_config(out, None).crop_size, limit=1, body_model=body_model,
-                     option="val")  # fmt: skip
+        load_targets(c.val, crop_size=self.first_train_config().crop_size, limit=1, body_model=body_model, option="val")
 
     # -- the steps --------------------------------------------------------------------------------
 
@@ -203,9 +226,7 @@ class Loop:
         folder = round_dir(self.out, r) / "train"
         last = last_checkpoint(folder)
         cfg = self.train_config(r, resume=last is not None)
-        export = folder / EXPORT_WEIGHTS
-        finished = (last is not None and checkpoint_step(last) >= cfg.max_steps and export.is_file()
-                    and export.stat().st_mtime >= last.stat().st_mtime)  # fmt: skip
+        finished = last is not None and checkpoint_step(last) >= cfg.max_steps and exported_last(folder)
         init = self.init_of(r)
         if finished:  # trained to the end before the loop could record it
             self.report(f"round {r}/{self.config.rounds}: train: finished before the interruption ({folder})")
@@ -218,15 +239,15 @@ class Loop:
         steps = checkpoint_step(last_checkpoint(folder))
         self.report(f"round {r}/{self.config.rounds}: train done: {steps} steps")
         return {"steps": steps, "seed": cfg.seed, "synthetic": [p.parent.name for p in cfg.synthetic],
-                "init": None if init is None else init.name if r == 1 else f"round-{r - 1}"}
+                "init": None if init is None else f"round-{r - 1}" if r > 1 else spec_name(init)}
 
     def _evaluate(self, r: int) -> dict:
 
         before = None
         if r > 1:  # the weights this round started from: the last round's result
             before = self.state.round(r - 1)["evaluate"]["after"]
-        elif self.init_of(1) is not None:
-            self.report(f"round {r}/{self.config.rounds}: evaluate the start weights {self.init_of(1)} on {self.config.val}")
+        elif self.init_of(1) is not None and not self.init_of(1).startswith("imagenet:"):  # a regressor to score
+            self.report(f"round {r}/{self.config.rounds}: evaluate the start network {self.init_of(1)} on {self.config.val}")
             before = metrics_of(evaluate(self.evaluate_config(self.init_of(1), round_dir(self.out, r) / "eval_before.json")))
         self.report(f"round {r}/{self.config.rounds}: evaluate on {self.config.val}")
         after = metrics_of(evaluate(self.evaluate_config(round_dir(self.out, r) / "train",
@@ -258,6 +279,21 @@ class Loop:
         rows = table_rows(self.state, c.rounds)
         table = format_table(rows)
         return CycleResult(self.out, rows, table)
+
+
+def exported_last(run: Path) -> bool:
+    """True when ``run``'s export holds the weights of its ``last.ckpt`` (a training that ended and
+    exported; not an export left by an earlier session of the run)."""
+    if not (run / EXPORT_WEIGHTS).is_file():
+        return False
+    exported, last = load_weights(run / EXPORT_WEIGHTS), load_weights(last_checkpoint(run))
+    return exported.keys() == last.keys() and all(torch.equal(exported[k], last[k]) for k in exported)
+
+
+def spec_name(spec: str) -> str:
+    """A checkpoint spec without its folders (``spin:model_checkpoint.pt``): for records, no machine path."""
+    kind, _, path = spec.partition(":")
+    return f"{kind}:{Path(path).name}"
 
 
 def metrics_of(result: dict) -> dict:
