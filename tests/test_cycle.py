@@ -238,3 +238,32 @@ def test_later_rounds_fine_tune_the_last_round_with_round_one_conventions(tiny_b
     # the train block's body model must be the generated one
     with pytest.raises(ValueError, match="train.body_model"):
         CycleConfig.model_validate({**data, "generate": base["generate"]})
+
+
+def test_a_killed_training_resumes_from_its_last_checkpoint(tiny_backbone, sources, tmp_path):
+    """A round whose training died after a periodic checkpoint continues that run (its step count
+    goes on from the checkpoint) instead of starting over; the round's data is not remade."""
+    from diffusion_hpc.engine.cycle import cycle
+    from diffusion_hpc.hmr.train import checkpoint_step
+
+    base = loop_data(tmp_path, tiny_backbone, sources, rounds=1)
+    data = {**base, "train": {**base["train"], "max_steps": 5, "checkpoint_every": 2}}
+    cycle(CycleConfig.model_validate(data), progress=False)
+    out, train = Path(data["out"]), round_dir(Path(data["out"]), 1) / "train"
+    periodic = train / "checkpoints" / "step=0000004.ckpt"
+    assert checkpoint_step(periodic) == 4
+    # as if killed between the periodic checkpoint at step 4 and the end: last.ckpt is step 4, no export
+    shutil.copy(periodic, train / "checkpoints" / "last.ckpt")
+    for name in ("regressor.json", "regressor.safetensors"):
+        (train / name).unlink()
+    state = json.loads((out / "loop.json").read_text())
+    state["rounds"]["1"]["train"] = state["rounds"]["1"]["evaluate"] = None
+    (out / "loop.json").write_text(json.dumps(state))
+    shards = files_of(round_dir(out, 1) / "data" / "shards")
+    lines: list[str] = []
+    result = cycle(CycleConfig.model_validate({**data, "resume": True}), progress=False, report=lines.append)
+    text = "\n".join(lines)
+    assert "round 1/1: train 5 steps" in text and "resuming" in text and "generate" not in text, text
+    assert checkpoint_step(train / "checkpoints" / "last.ckpt") == 5 and (train / "regressor.safetensors").is_file()
+    assert result.rows[0]["train_steps"] == 5 and files_of(round_dir(out, 1) / "data" / "shards") == shards
+    assert len(list((train / "logs").iterdir())) == 2  # the resumed session's log beside the first

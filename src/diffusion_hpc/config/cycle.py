@@ -86,13 +86,14 @@ class CycleConfig(CommandConfig):
     def _blocks(self):
         for name in LOOP_GENERATE_FIELDS:
             if name in self.generate:
-                raise ValueError(f"generate.{name}: the loop sets it per round; give the loop's "
-                                 + ("seed" if name == "seed" else "estimator / estimator_checkpoint (round 1's)") + " instead")
+                own = "seed" if name == "seed" else "estimator / estimator_checkpoint (round 1's)"
+                raise ValueError(f"generate.{name}: the loop sets it per round; give the loop's {own} instead")
         for name in LOOP_TRAIN_FIELDS:
             if name in self.train:
                 raise ValueError(f"train.{name}: the loop sets it per round (out: OUT/round-N/train; synthetic: every "
                                  "round's data so far); leave it out")
-        gen = _block(GenerateConfig, {**self.generate, "estimator": None if self.estimator == "mediapipe" else self.estimator,
+        estimator = None if self.estimator == "mediapipe" else self.estimator
+        gen = _block(GenerateConfig, {**self.generate, "estimator": estimator,
                                       "estimator_checkpoint": self.estimator_checkpoint}, "generate")  # fmt: skip
         if gen.mode not in ("T", "R"):
             raise ValueError(f"generate.mode: the loop regenerates from estimated bodies (mode T or R), got {gen.mode!r}")

@@ -103,11 +103,14 @@ class LoopState:
 class Loop:
     """A configured loop. ``Loop(config).run()`` is what ``dhpc cycle`` does."""
 
-    def __init__(self, config: CycleConfig, progress: bool = True, report: Optional[Callable[[str], None]] = None) -> None:
+    def __init__(self, config: CycleConfig, progress: bool = True,
+                 report: Optional[Callable[[str], None]] = None) -> None:  # fmt: skip
         self.config = config
         self.out = Path(config.out)
         self.progress = progress
-        self.report = report if report is not None else ((lambda line: print(line, flush=True)) if progress else (lambda line: None))
+        if report is None:
+            report = (lambda line: print(line, flush=True)) if progress else (lambda line: None)
+        self.report = report
         self.state: LoopState | None = None
 
     # -- per-round configs ------------------------------------------------------------------------
@@ -210,7 +213,7 @@ class Loop:
 
         cfg = self.generate_config(r)
         folder = round_dir(self.out, r) / "data"
-        name, checkpoint = self.estimator_of(r)
+        name = self.estimator_of(r)[0]
         resumed = folder.exists()
         self.report(f"round {r}/{self.config.rounds}: generate {cfg.n} samples (mode {cfg.mode}, estimator {name}, "
                     f"seed {cfg.seed}){' resuming' if resumed else ''} -> {folder}")
