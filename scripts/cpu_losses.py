@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import cpu_experiment as base  # noqa: E402 - the experiment's data and scoring, shared
+import cpu_experiment as base  # the experiment's data and scoring, shared
 
 
 def main(argv=None) -> dict:
