@@ -423,8 +423,8 @@ def test_generate_mode_r_with_a_regressor_records_it(backbone, guides, anny_regr
 
     run = json.loads((out / "run.json").read_text())
     fingerprint = checkpoint_fingerprint(exported_regressor_files(anny_regressor))
-    assert run["estimator"] == {"name": "hmr", "body_model": "anny", "checkpoint": anny_regressor.name,
-                                "fingerprint": fingerprint}  # fmt: skip
+    assert run["estimator"] == {"name": "hmr", "body_model": "anny", "architecture": "dhpc",
+                                "checkpoint": anny_regressor.name, "fingerprint": fingerprint}  # fmt: skip
     assert str(tmp_path) not in json.dumps(run) and str(anny_regressor.parent) not in json.dumps(run["estimator"])
     # the regressor's estimate, not MediaPipe's fit: variant 0 is the regressed pose itself
     from diffusion_hpc.estimate import get_estimator
@@ -433,7 +433,7 @@ def test_generate_mode_r_with_a_regressor_records_it(backbone, guides, anny_regr
     [est] = get_estimator("hmr", checkpoint=anny_regressor).estimate([GuideImages(guides, (SIZE, SIZE)).load(0)])
     first = next(s for s in open_dataset(out) if s["index"] == 0)
     np.testing.assert_allclose(first["params"]["body_pose"], est.params["body_pose"], atol=1e-5)
-    # a mediapipe run records that, and the same run with retrained weights records another fingerprint
+    # retrained weights (same architecture, same file sizes) have another fingerprint
     other = tmp_path / "retrained"
     shutil.copytree(anny_regressor, other)
     from safetensors.torch import load_file, save_file
