@@ -391,3 +391,27 @@ def test_smpl_body_moves_to_the_training_device_as_a_private_copy(fake_smpl):
     assert body_on_device(body, "cpu") is body  # already there: no copy
     moved = body_on_device(body, "meta")  # any other device: a copy there, the shared instance stays put
     assert moved is not body and body_device(moved) == torch.device("meta") and body_device(body) == torch.device("cpu")
+
+
+def test_validation_with_the_h36m_regressor_equals_evaluate(inits, smpl_data, skipose_root, fake_smpl, tmp_path, one_thread):
+    """Fine-tuning HMR 2.0 with --val and --h36m-regressor: the validation of the last step is what
+    dhpc evaluate --h36m-regressor reports for the exported network."""
+    from diffusion_hpc.config import EvaluateConfig, TrainConfig
+    from diffusion_hpc.hmr.evaluate import evaluate
+    from diffusion_hpc.hmr.train import train
+    from diffusion_hpc.hmr.validation import read_rows
+
+    h36m = np.random.default_rng(4).random((17, 6890)) ** 30
+    np.save(tmp_path / "J_regressor_h36m.npy", (h36m / h36m.sum(1, keepdims=True)).astype(np.float32))
+    data = f"skipose:{skipose_root}"
+    train(TrainConfig(init=inits["hmr2"], synthetic=[smpl_data[0]], out=tmp_path / "run", smpl_path=fake_smpl, crop_size=CROP,
+                      batch_size=4, max_steps=2, val=data, val_every=2, h36m_regressor=tmp_path / "J_regressor_h36m.npy",
+                      accelerator="cpu", workers=0), progress=False)  # fmt: skip
+    row = read_rows(tmp_path / "run")[-1]
+    result = evaluate(EvaluateConfig(checkpoint=str(tmp_path / "run"), data=data, smpl_path=fake_smpl,
+                                     h36m_regressor=tmp_path / "J_regressor_h36m.npy"))  # fmt: skip
+    assert row["step"] == 2 and result["crop_size"] == CROP
+    for key in ("mpjpe_mm", "pa_mpjpe_mm", "pck"):
+        assert result[key] == pytest.approx(row[key], rel=1e-6), key
+    with pytest.raises(ValueError, match="SMPL regressors"):
+        TrainConfig(synthetic=[smpl_data[0]], out=tmp_path / "r", val=data, h36m_regressor=tmp_path / "J_regressor_h36m.npy")

@@ -113,6 +113,8 @@ class TrainConfig(CommandConfig):
     """validate every N steps and at the end (default: the checkpoint interval)"""
     val_limit: Optional[int] = Field(None, ge=1)
     """validate on the first N samples of the validation data only"""
+    h36m_regressor: Optional[Path] = None
+    """SMPL runs: J_regressor_h36m.npy (17 x 6890) for the 3D joints --val scores, as dhpc evaluate --h36m-regressor"""
 
     @field_validator("devices", mode="before")
     @classmethod
@@ -160,6 +162,10 @@ class TrainConfig(CommandConfig):
                              "weights), not both (resuming with a config file: remove its checkpoint)")
         if self.val is None and (self.val_every is not None or self.val_limit is not None):
             raise ValueError("val: --val-every / --val-limit need --val SOURCE, the held-out data to validate on")
+        if self.val is None and self.h36m_regressor is not None:
+            raise ValueError("val: --h36m-regressor (the joints validation scores) needs --val SOURCE")
+        if self.h36m_regressor is not None and self.body_model != "smpl":
+            raise ValueError(f"h36m_regressor: --h36m-regressor is for SMPL regressors; this run trains {self.body_model}")
         if self.init is not None:
             kind = self.init.partition(":")[0]
             for name, same in (("checkpoint", "dhpc"), ("pretrained", "imagenet")):

@@ -34,6 +34,7 @@ from diffusion_hpc.body import get_body_model
 from diffusion_hpc.config.train import TRAIN_CONFIG_FILE, TrainConfig
 from diffusion_hpc.errors import ConfigError, InputError
 from diffusion_hpc.hmr.data import AugmentConfig, MixedStream, RealDataset, SyntheticShards
+from diffusion_hpc.hmr.evaluate import load_h36m_regressor
 from diffusion_hpc.hmr.init import load_exported, load_network, parse_spec
 from diffusion_hpc.hmr.losses import hmr_losses, loss_weights
 from diffusion_hpc.hmr.model import (
@@ -88,6 +89,8 @@ class HMRModule(pl.LightningModule):
         self.losses = losses
         self.weights = loss_weights(losses, weights)
         self.lr = lr
+        #: (17, V) H36M joint regressor for validation's 3D joints (set by :func:`train`), or None
+        self.h36m_regressor: torch.Tensor | None = None
         object.__setattr__(self, "_body", None)  # shared frozen body model: not a submodule, not saved
 
     @property
@@ -133,7 +136,7 @@ class HMRModule(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         """Predictions for a validation batch ``(index, crops)``; :class:`.validation.Validation` scores them."""
 
-        return predict_share(self.regressor, self.body, batch)
+        return predict_share(self.regressor, self.body, batch, self.h36m_regressor)
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.regressor.parameters(), lr=self.lr)
@@ -321,7 +324,7 @@ def train(config: TrainConfig, progress: bool = True) -> HMRModule:
       elapsed time);
     - ``val``: a held-out source validated every ``val_every`` steps (default ``checkpoint_every``)
       and at the end, at ``crop_size``, with ``dhpc evaluate``'s functions (:mod:`.validation`);
-      loaded before training starts.
+      loaded before training starts; ``h36m_regressor`` gives SMPL runs the standard H36M joints.
 
     Example::
 
@@ -383,6 +386,9 @@ def train(config: TrainConfig, progress: bool = True) -> HMRModule:
         body_model=c.body_model, lr=c.lr, weights=dict(c.loss_weights), losses=c.losses,
         smpl_path=None if c.smpl_path is None else str(c.smpl_path), network=network,
     )  # fmt: skip
+    if c.h36m_regressor is not None:
+        vertices = int(module.body.model.v_template.shape[0])
+        module.h36m_regressor = torch.as_tensor(load_h36m_regressor(c.h36m_regressor, vertices))
 
     out.mkdir(parents=True, exist_ok=True)
     if not c.resume:

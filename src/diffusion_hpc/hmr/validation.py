@@ -136,10 +136,11 @@ def merge_shares(gathered: dict[str, np.ndarray], n: int) -> dict[str, np.ndarra
     return {k: v[first] for k, v in gathered.items() if k != "index"}
 
 
-def predict_share(regressor, body_model, batch) -> dict[str, np.ndarray]:
-    """Validation step: :func:`~diffusion_hpc.hmr.evaluate.predict_batch` on a ``(index, crops)`` batch."""
+def predict_share(regressor, body_model, batch, h36m_regressor=None) -> dict[str, np.ndarray]:
+    """Validation step: :func:`~diffusion_hpc.hmr.evaluate.predict_batch` on a ``(index, crops)`` batch
+    (``h36m_regressor``: (17, V) tensor of the scored 3D joints, as ``dhpc evaluate --h36m-regressor``)."""
     index, images = batch
-    return {"index": index.cpu().numpy()} | predict_batch(regressor, body_model, images)
+    return {"index": index.cpu().numpy()} | predict_batch(regressor, body_model, images, h36m_regressor)
 
 
 # ----------------------------------------------------------------------------------------------
