@@ -158,3 +158,48 @@ def fit_translation(
     if not ok[0]:
         raise RuntimeError("could not fit the body in frame")
     return t[0]
+
+
+def fit_group_translations(
+    points: np.ndarray, K: np.ndarray, width: int, height: int, fill, offset=(0.0, 0.0),
+    framed: np.ndarray | None = None, present: np.ndarray | None = None, near: float = 0.1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One camera translation per scene of P people: :func:`fit_translations` of the people that must
+    be in frame (``framed``), the others (present, not framed) may be cut by the image border.
+
+    Every framed person is fully inside the image and the framed group's box spans ``fill`` of the
+    limiting side; a present person who is not framed only has to be in front of the camera
+    (z >= ``near`` for all its points), else the scene is not ok.
+
+    Args:
+        points: (B, P, N, 3) each person's points in camera orientation, in one shared frame per scene.
+        K: (B, 3, 3) or (3, 3) intrinsics.
+        width, height: image size in pixels.
+        fill, offset: as in :func:`fit_translations`, for the framed group.
+        framed: (B, P) bool, the people that must be fully in frame (at least one per scene);
+            default all present people.
+        present: (B, P) bool, the people in each scene (absent ones are ignored); default all.
+        near: smallest camera z of a present person's points, metres.
+    Returns:
+        translations (B, 3) added to every person's points of the scene, and ok (B,) bool (False:
+        no fill fits the framed group, or a present person would be behind ``near``; NaN translation).
+
+    Raises:
+        ValueError: a scene with no framed person (name the scene; frame at least one person).
+    """
+    points = np.asarray(points, dtype=np.float64)
+    B, P, N = points.shape[:3]
+    present = np.ones((B, P), bool) if present is None else np.asarray(present, bool)
+    framed = present.copy() if framed is None else np.asarray(framed, bool) & present
+    empty = np.flatnonzero(~framed.any(1))
+    if len(empty):
+        raise ValueError(f"scene(s) {empty.tolist()} frame nobody; mark at least one present person in `framed`")
+    # people not framed take the first framed person's points: the framed group's extremes are unchanged
+    first = framed.argmax(1)  # (B,)
+    source = np.where(framed, np.arange(P)[None], first[:, None])  # (B, P)
+    group = np.take_along_axis(points, source[:, :, None, None], 1).reshape(B, P * N, 3)
+    translations, ok = fit_translations(group, K, width, height, fill, offset)
+    z = np.where(present[:, :, None], points[..., 2], np.inf).min((1, 2))  # (B,) nearest present point
+    ok &= z + np.nan_to_num(translations[:, 2], nan=-np.inf) >= near
+    translations[~ok] = np.nan
+    return translations, ok

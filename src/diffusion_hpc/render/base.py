@@ -26,6 +26,9 @@ class RenderOutput:
         face_id: (B, H, W) int32 index of the visible triangle, -1 on background.
         face_normals: (B, F, 3) float32 unit camera-frame normal of every face, facing the camera
             (a pixel's normal is ``face_normals[b, face_id]``); None when the renderer did not say.
+        instance: (B, H, W) int32 index of the person whose surface the pixel shows, -1 on
+            background, for a render of several people (:func:`diffusion_hpc.render.scene.render_scene`);
+            None for a single mesh.
     """
 
     depth: np.ndarray
@@ -33,20 +36,23 @@ class RenderOutput:
     normals: np.ndarray | None
     face_id: np.ndarray
     face_normals: np.ndarray | None = None
+    instance: np.ndarray | None = None
 
     def item(self, i: int) -> "RenderOutput":
         """Item ``i``, unbatched: (H, W), (H, W, 3), (F, 3) views (no copy)."""
         return RenderOutput(self.depth[i], self.mask[i], None if self.normals is None else self.normals[i],
-                            self.face_id[i], None if self.face_normals is None else self.face_normals[i])
+                            self.face_id[i], None if self.face_normals is None else self.face_normals[i],
+                            None if self.instance is None else self.instance[i])
 
     def take(self, rows: Sequence[int]) -> "RenderOutput":
         """The items at ``rows``; the same arrays (no copy) when ``rows`` are all items in order."""
         rows = list(rows)
         if rows == list(range(len(self.mask))):
             return self
-        normals, face_normals = self.normals, self.face_normals
+        normals, face_normals, instance = self.normals, self.face_normals, self.instance
         return RenderOutput(self.depth[rows], self.mask[rows], None if normals is None else normals[rows],
-                            self.face_id[rows], None if face_normals is None else face_normals[rows])
+                            self.face_id[rows], None if face_normals is None else face_normals[rows],
+                            None if instance is None else instance[rows])
 
 
 def face_normals_facing_camera(vertices: np.ndarray, faces: np.ndarray, face_id: np.ndarray | None = None) -> np.ndarray:
