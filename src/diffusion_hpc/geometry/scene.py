@@ -63,6 +63,13 @@ class Occupancy:
         return hit
 
 
+def bounds(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi), each (..., 3): the box of (..., N, 3) points (reduced per coordinate on a contiguous
+    copy: reducing a (..., N, 3) array over N is several times slower)."""
+    coords = np.ascontiguousarray(np.swapaxes(np.asarray(points), -1, -2))  # (..., 3, N)
+    return coords.min(-1), coords.max(-1)
+
+
 def surface_samples(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """(V + 4F, 3) points on a mesh: its vertices, face centroids and edge midpoints (spacing about
     half the longest edge).
@@ -70,9 +77,8 @@ def surface_samples(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     Args:
         vertices: (V, 3); faces: (F, 3) vertex indices.
     """
-    tri = vertices[faces]  # (F, 3, 3)
-    mids = (tri + np.roll(tri, -1, axis=1)) / 2.0
-    return np.concatenate([vertices, tri.mean(1), mids.reshape(-1, 3)])
+    a, b, c = (vertices[faces[:, k]] for k in range(3))  # (F, 3) each
+    return np.concatenate([vertices, (a + b + c) / 3.0, (a + b) / 2.0, (b + c) / 2.0, (c + a) / 2.0])
 
 
 def solid_occupancy(vertices: np.ndarray, faces: np.ndarray, voxel: float = VOXEL_M, margin: int = 1) -> Occupancy:
@@ -85,11 +91,13 @@ def solid_occupancy(vertices: np.ndarray, faces: np.ndarray, voxel: float = VOXE
     """
     from scipy import ndimage
 
-    points = surface_samples(np.asarray(vertices, np.float64), np.asarray(faces))
+    points = surface_samples(np.asarray(vertices, np.float32), np.asarray(faces))  # float32: 1 mm is plenty
     pad = margin + 1
-    origin = points.min(0) - pad * voxel
-    idx = np.floor((points - origin) / voxel).astype(np.int64)
-    grid = np.zeros(tuple(idx.max(0) + pad + 1), bool)
+    lo, hi = bounds(points)
+    origin = lo - pad * voxel
+    idx = ((points - origin) / np.float32(voxel)).astype(np.int32)  # >= 0: truncation is floor
+    origin = origin.astype(np.float64)
+    grid = np.zeros(tuple(((hi - origin) / voxel).astype(np.int64) + pad + 1), bool)
     grid[idx[:, 0], idx[:, 1], idx[:, 2]] = True
     grid = ndimage.binary_fill_holes(grid)
     if margin:
@@ -104,8 +112,7 @@ def ground_offsets(vertices: np.ndarray) -> np.ndarray:
     Args:
         vertices: (..., V, 3) in the group frame's orientation.
     """
-    v = np.asarray(vertices, np.float64)
-    lo, hi = v.min(-2), v.max(-2)
+    lo, hi = bounds(np.asarray(vertices, np.float64))
     return -np.stack([(lo[..., 0] + hi[..., 0]) / 2.0, hi[..., 1], (lo[..., 2] + hi[..., 2]) / 2.0], -1)
 
 
@@ -148,14 +155,17 @@ def place_group(vertices: np.ndarray, faces: np.ndarray, rngs: Sequence[np.rando
         max_draws: draws per person before leaving it out.
     """
     v = np.asarray(vertices, np.float64)
+    if v.ndim != 4 or v.shape[-1] != 3:
+        raise ValueError(f"place_group: vertices have shape {v.shape}; pass (B, P, V, 3) (scenes, people, vertices)")
     B, P = v.shape[:2]
     if len(rngs) != B:
         raise ValueError(f"place_group: {len(rngs)} generators for {B} scenes; pass one generator per scene")
     present = np.ones((B, P), bool) if present is None else np.asarray(present, bool)
     faces = np.asarray(faces)
-    offsets = ground_offsets(v)  # (B, P, 3)
+    lo, hi = bounds(v)  # (B, P, 3)
+    offsets = -np.stack([(lo[..., 0] + hi[..., 0]) / 2.0, hi[..., 1], (lo[..., 2] + hi[..., 2]) / 2.0], -1)  # ground_offsets
     local = v + offsets[:, :, None]  # (B, P, V, 3): on the ground, centred on x = z = 0
-    lo, hi = local.min(2), local.max(2)  # (B, P, 3) boxes
+    lo, hi = lo + offsets, hi + offsets  # (B, P, 3) boxes
     out = GroupPlacement(np.zeros((B, P, 3)), np.zeros((B, P), bool), np.zeros(B, np.int64), np.zeros(B, np.int64))
     for b in range(B):
         solids: dict[int, Occupancy] = {}
