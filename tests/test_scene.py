@@ -235,3 +235,14 @@ def test_same_seed_same_scene_in_any_batch(anny_body):
     assert np.allclose(one.vertices[0], a.vertices[1], atol=1e-9)
     other = place_group(v, faces, [np.random.default_rng(s) for s in (1, 2, 3)], **kwargs)
     assert not np.allclose(other.translations, a.placement.translations)
+
+
+def test_a_person_with_no_free_spot_is_left_out(anny_body):
+    """Everyone drawn onto the same spot: the first stands, each other is rejected ``max_draws`` times and left out."""
+    v, _, faces = people(anny_body, 1, 3, seed=6)
+    placement = place_group(v, faces, [np.random.default_rng(0)], lateral=(0.0, 0.0), depth=(0.0, 0.0), max_draws=3)
+    assert placement.placed.tolist() == [[True, False, False]]
+    assert placement.draws.tolist() == [7] and placement.rejected.tolist() == [6]
+    assert not placement.translations[0, 1:].any()
+    with pytest.raises(ValueError, match=r"\(B, P, V, 3\)"):
+        place_group(v[0], faces, [np.random.default_rng(0)])

@@ -112,7 +112,11 @@ def ground_offsets(vertices: np.ndarray) -> np.ndarray:
     Args:
         vertices: (..., V, 3) in the group frame's orientation.
     """
-    lo, hi = bounds(np.asarray(vertices, np.float64))
+    return _ground_offsets(*bounds(np.asarray(vertices, np.float64)))
+
+
+def _ground_offsets(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """:func:`ground_offsets` from the bodies' boxes (lo, hi), each (..., 3)."""
     return -np.stack([(lo[..., 0] + hi[..., 0]) / 2.0, hi[..., 1], (lo[..., 2] + hi[..., 2]) / 2.0], -1)
 
 
@@ -163,7 +167,7 @@ def place_group(vertices: np.ndarray, faces: np.ndarray, rngs: Sequence[np.rando
     present = np.ones((B, P), bool) if present is None else np.asarray(present, bool)
     faces = np.asarray(faces)
     lo, hi = bounds(v)  # (B, P, 3)
-    offsets = -np.stack([(lo[..., 0] + hi[..., 0]) / 2.0, hi[..., 1], (lo[..., 2] + hi[..., 2]) / 2.0], -1)  # ground_offsets
+    offsets = _ground_offsets(lo, hi)  # (B, P, 3)
     local = v + offsets[:, :, None]  # (B, P, V, 3): on the ground, centred on x = z = 0
     lo, hi = lo + offsets, hi + offsets  # (B, P, 3) boxes
     out = GroupPlacement(np.zeros((B, P, 3)), np.zeros((B, P), bool), np.zeros(B, np.int64), np.zeros(B, np.int64))
@@ -185,7 +189,7 @@ def place_group(vertices: np.ndarray, faces: np.ndarray, rngs: Sequence[np.rando
 def _collides(b, p, shift, local, lo, hi, faces, out: GroupPlacement, solids, voxel) -> bool:
     """Whether person p of scene b at ``shift`` overlaps anyone standing (box prefilter on x and z,
     then p's vertices against the other's solid)."""
-    margin = 2 * voxel
+    margin = 2 * voxel  # a solid reaches at most 2 voxels past its box (quantisation + 1 dilation)
     for q in np.flatnonzero(out.placed[b]):
         rel = shift - out.translations[b, q]  # p's local frame -> q's local frame
         if np.any(lo[b, p, [0, 2]] + rel[[0, 2]] > hi[b, q, [0, 2]] + margin) or \
