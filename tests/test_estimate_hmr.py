@@ -287,3 +287,27 @@ def test_hmr2_estimator(fake_smpl, tmp_path):
         assert np.abs(e.keypoints2d[:, :2] - crop_uv).max() <= 0.5
     assert est.describe() == {"name": "hmr2", "body_model": "smpl", "architecture": "hmr2", "checkpoint": ckpt.name,
                               "fingerprint": checkpoint_fingerprint([ckpt])}  # fmt: skip
+
+
+def test_dhpc_estimate_with_hmr2(fake_smpl, tmp_path):
+    """``dhpc estimate --estimator hmr2`` reads a 4D-Humans checkpoint and writes SMPL fits of a real
+    photo; without --smpl-path it stops before any work, naming the option."""
+    import skimage.data as skdata
+    from conftest import run_cli
+    from test_hmr_init import tiny_hmr2, write_hmr2_lightning
+
+    from diffusion_hpc.data.schema import encode_png
+
+    ckpt = write_hmr2_lightning(tiny_hmr2(), tmp_path / "epoch=1-step=10.ckpt")
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "astronaut.png").write_bytes(encode_png(skdata.astronaut()))
+    out = tmp_path / "est.npz"
+    proc = run_cli("estimate", "--images", str(tmp_path / "photos"), "--out", str(out), "--estimator", "hmr2",
+                   "--checkpoint", str(ckpt), "--smpl-path", str(fake_smpl))
+    assert proc.returncode == 0, proc.stderr
+    with np.load(out, allow_pickle=False) as arrays:
+        assert arrays["ok"].tolist() == [True] and str(arrays["body_model"]) == "smpl"
+        assert arrays["params/body_pose"].shape == (1, 23, 3)
+    proc = run_cli("estimate", "--images", str(tmp_path / "photos"), "--out", str(out), "--estimator", "hmr2",
+                   "--checkpoint", str(ckpt))
+    assert proc.returncode == 2 and "--smpl-path" in proc.stderr

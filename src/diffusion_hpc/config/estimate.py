@@ -11,7 +11,7 @@ from diffusion_hpc.config.base import CommandConfig
 from diffusion_hpc.runtime.device import check_device_name
 
 #: the estimators that regress a mesh from a checkpoint (their body model is the checkpoint's)
-REGRESSORS = ("hmr", "spin")
+REGRESSORS = ("hmr", "spin", "hmr2")
 
 
 class EstimateConfig(CommandConfig):
@@ -21,11 +21,12 @@ class EstimateConfig(CommandConfig):
     """image files or folders (a folder's images sorted by name)"""
     out: Path
     """results file (.npz)"""
-    estimator: Literal["mediapipe", "hmr", "spin"] = "mediapipe"
+    estimator: Literal["mediapipe", "hmr", "spin", "hmr2"] = "mediapipe"
     """mediapipe: landmarks + body-model fit; hmr: a regressor from dhpc train (the checkpoint is its run
-    folder); spin: SPIN's SMPL model_checkpoint.pt (with the SMPL model files)"""
+    folder); spin: SPIN's SMPL model_checkpoint.pt; hmr2: a 4D-Humans HMR 2.0 checkpoint (both with the SMPL
+    model files)"""
     checkpoint: Optional[Path] = None
-    """hmr / spin: the regressor's weights"""
+    """hmr / spin / hmr2: the regressor's weights"""
     mean_params: Optional[Path] = None
     """spin: smpl_mean_params.npz, when the checkpoint lacks the mean-parameter buffers"""
     body_model: Optional[Literal["anny", "smpl", "smplx"]] = None
@@ -39,10 +40,10 @@ class EstimateConfig(CommandConfig):
     prior: bool = True
     """mediapipe: regularise the fit with the pose prior (False: a plain L2 / joint-limit penalty)"""
     device: str = "auto"
-    """hmr / spin: torch device of the regressor: auto (the first CUDA device, else the CPU), cpu, cuda, cuda:N or
+    """hmr / spin / hmr2: torch device of the regressor: auto (the first CUDA device, else the CPU), cpu, cuda, cuda:N or
     mps (the mediapipe fit runs on the CPU)"""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    """hmr / spin: precision of the regressor: auto (float32), float32, float16 (GPU only) or bfloat16"""
+    """hmr / spin / hmr2: precision of the regressor: auto (float32), float32, float16 (GPU only) or bfloat16"""
 
     _device = field_validator("device")(check_device_name)
 
@@ -70,12 +71,12 @@ class EstimateConfig(CommandConfig):
             if not self.prior:
                 raise ValueError(f"prior: --no-prior changes the MediaPipe fit; --estimator {self.estimator} "
                                  "regresses without a pose prior, leave --no-prior out")
-            if self.estimator == "spin" and self.smpl_path is None:
-                raise ValueError("smpl_path: --estimator spin regresses SMPL parameters; pass --smpl-path PATH "
+            if self.estimator in ("spin", "hmr2") and self.smpl_path is None:
+                raise ValueError(f"smpl_path: --estimator {self.estimator} regresses SMPL parameters; pass --smpl-path PATH "
                                  "(the SMPL model file or folder)")
         else:
             if self.checkpoint is not None:
-                raise ValueError(f"checkpoint: --checkpoint is for --estimator hmr|spin; the {self.estimator} fit "
+                raise ValueError(f"checkpoint: --checkpoint is for --estimator hmr|spin|hmr2; the {self.estimator} fit "
                                  "has no checkpoint")
             if self.fit_body_model in ("smpl", "smplx") and self.smpl_path is None:
                 raise ValueError(f"smpl_path: body_model {self.body_model!r} needs the model files: pass "

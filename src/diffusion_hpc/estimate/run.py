@@ -171,11 +171,14 @@ def estimate(config: EstimateConfig) -> dict[str, np.ndarray]:
         if (c.device != "auto" and placement.device.type != "cpu") or c.dtype not in ("auto", "float32"):
             raise ConfigError(f"--device {c.device} --dtype {c.dtype}: the MediaPipe fit runs on the CPU in float32 "
                               "(MediaPipe and the body model are CPU-only here); leave --device / --dtype out, or "
-                              "use --estimator hmr|spin to regress on a GPU")  # fmt: skip
+                              "use --estimator hmr|spin|hmr2 to regress on a GPU")  # fmt: skip
         estimator = get_estimator("mediapipe", body_model=c.fit_body_model, prior="default" if c.prior else None,
                                   model_path=c.smpl_path)
     elif c.estimator == "spin":
         estimator = get_estimator("spin", checkpoint=c.checkpoint, smpl_path=c.smpl_path, mean_params=c.mean_params,
+                                  device=placement.device, dtype=placement.dtype)  # fmt: skip
+    elif c.estimator == "hmr2":
+        estimator = get_estimator("hmr2", checkpoint=c.checkpoint, smpl_path=c.smpl_path,
                                   device=placement.device, dtype=placement.dtype)  # fmt: skip
     else:
         estimator = get_estimator(c.estimator, checkpoint=c.checkpoint, model_path=c.smpl_path,
