@@ -26,7 +26,8 @@ from conftest import dataset_digest, run_cli
 from diffusion_hpc.cli import main
 from diffusion_hpc.config import GenerateConfig
 from diffusion_hpc.config.cycle import CycleConfig
-from diffusion_hpc.engine.cycle import GENERATE_STREAM, TRAIN_STREAM, Loop, round_dir, round_seed
+from diffusion_hpc.data.seeds import GENERATE_STREAM, TRAIN_STREAM, round_seed
+from diffusion_hpc.engine.cycle import Loop, round_dir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

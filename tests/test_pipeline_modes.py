@@ -499,7 +499,7 @@ def test_cycles_draw_fresh_noise_each_cycle(backbone, guides, tmp_path):
     first regeneration's noise again, and the same again on a rerun."""
     from diffusion_hpc.data.seeds import sample_seed
     from diffusion_hpc.pipeline.inputs import GuideImages
-    from diffusion_hpc.pipeline.tail import cycle_seed
+    from diffusion_hpc.data.seeds import cycle_seed
 
     photo = GuideImages(guides, (SIZE, SIZE)).load(0)
 

@@ -3,7 +3,8 @@
 Every sample is reproducible from (run seed, sample index) alone: its random generator is derived
 from both with numpy's ``SeedSequence`` (independent streams, no dependence on order, batch or
 machine). Every stream a dataset draws from is derived here: samples, guides (modes T and R),
-their augmentation, the diffusion stages and the prompt template. Shards hold fixed, contiguous index ranges, so a resumed or distributed run regenerates
+their augmentation, the diffusion stages, the prompt template, each ``--cycles`` pass and each
+round of ``dhpc cycle``. Shards hold fixed, contiguous index ranges, so a resumed or distributed run regenerates
 exactly the samples of the shards it (re)does.
 """
 
@@ -21,6 +22,11 @@ PROMPT_STREAM = 0x50524F4D
 STAGE_TXT2IMG = 1
 STAGE_REGEN = 2
 STAGE_BLUR = 3
+#: spawn-key word of a sample's cycle streams ("CYCL"): cycle c regenerates from cycle_seed(seed, c)
+CYCLE_STREAM = 0x4359434C
+#: spawn-key words of a round's streams ("LGEN", "LTRN"): its generate seed and its training seed
+GENERATE_STREAM = 0x4C47454E
+TRAIN_STREAM = 0x4C54524E
 
 
 def seed63(sequence: np.random.SeedSequence) -> int:
@@ -52,6 +58,23 @@ def augment_seed(run_seed: int, guide: int) -> int:
 def stage_seed(seed: int, stage: int) -> int:
     """A 63-bit seed for one stage (``STAGE_*``) of a sample, independent of its other stages' streams."""
     return seed63(np.random.SeedSequence([int(seed), int(stage)]))
+
+
+def cycle_seed(seed: int, number: int) -> int:
+    """The seed of cycle ``number`` (1, 2, ...) of the sample seeded ``seed``: an independent stream
+    per cycle, so a cycle's regeneration does not repeat the noise of the first (cycle 0 is the
+    sample's own ``seed``). The image generator derives its stage streams from it as from any seed."""
+    if number == 0:
+        return int(seed)
+    return seed63(np.random.SeedSequence([int(seed), CYCLE_STREAM, int(number)]))
+
+
+def round_seed(seed: int, round_number: int, stream: int) -> int:
+    """A 31-bit seed for step ``stream`` (:data:`GENERATE_STREAM`, :data:`TRAIN_STREAM`) of round
+    ``round_number`` of a loop seeded ``seed``: each round draws other noise and another data order,
+    the same on every rerun. (31 bits: Lightning's ``seed_everything`` takes at most 2**32 - 1.)"""
+    words = np.random.SeedSequence(entropy=int(seed), spawn_key=(int(stream), int(round_number))).generate_state(1)
+    return int(words[0]) & 0x7FFFFFFF
 
 
 def prompt_rng(seed: int) -> np.random.Generator:

@@ -32,11 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 
 from diffusion_hpc.config import EvaluateConfig, GenerateConfig, TrainConfig
 from diffusion_hpc.config.cycle import LOOP_CONFIG_FILE, CycleConfig
+from diffusion_hpc.data.seeds import GENERATE_STREAM, TRAIN_STREAM, round_seed
 from diffusion_hpc.engine import generate
 from diffusion_hpc.errors import ConfigError, DhpcError, InputError
 from diffusion_hpc.hmr.data import load_real_source
@@ -52,19 +52,8 @@ LOOP_STATE = "loop.json"
 TABLE_JSON = "table.json"
 TABLE_MD = "table.md"
 STEPS = ("generate", "train", "evaluate")
-#: spawn-key words of a round's streams ("LGEN", "LTRN"): its generate seed and its training seed
-GENERATE_STREAM = 0x4C47454E
-TRAIN_STREAM = 0x4C54524E
 #: the metrics of the table: (result key, column title, format)
 METRICS = (("mpjpe_mm", "MPJPE mm", "{:.1f}"), ("pa_mpjpe_mm", "PA-MPJPE mm", "{:.1f}"), ("pck", "PCK %", "{:.1f}"))
-
-
-def round_seed(seed: int, round_number: int, stream: int) -> int:
-    """A 31-bit seed for step ``stream`` (:data:`GENERATE_STREAM`, :data:`TRAIN_STREAM`) of round
-    ``round_number`` of a loop seeded ``seed``: each round draws other noise and another data order,
-    the same on every rerun. (31 bits: Lightning's ``seed_everything`` takes at most 2**32 - 1.)"""
-    words = np.random.SeedSequence(entropy=int(seed), spawn_key=(int(stream), int(round_number))).generate_state(1)
-    return int(words[0]) & 0x7FFFFFFF
 
 
 def round_dir(out: str | Path, round_number: int) -> Path:

@@ -22,7 +22,7 @@ import numpy as np
 
 from diffusion_hpc.config import GenerateConfig
 from diffusion_hpc.data.schema import SampleRecord
-from diffusion_hpc.data.seeds import seed63
+from diffusion_hpc.data.seeds import cycle_seed
 from diffusion_hpc.data.writer import ManifestRow
 from diffusion_hpc.generate.base import GenerationBatch
 from diffusion_hpc.geometry.camera import project
@@ -39,19 +39,6 @@ from diffusion_hpc.pipeline.samples import (
 from diffusion_hpc.pipeline.stages import Stages, StageTimer
 from diffusion_hpc.pipeline.verify import mask_iou, pck_agreement
 from diffusion_hpc.render.base import RenderOutput
-
-
-#: spawn-key word of a sample's cycle streams ("CYCL"): cycle c regenerates from cycle_seed(seed, c)
-CYCLE_STREAM = 0x4359434C
-
-
-def cycle_seed(seed: int, number: int) -> int:
-    """The seed of cycle ``number`` (1, 2, ...) of the sample seeded ``seed``: an independent stream
-    per cycle, so a cycle's regeneration does not repeat the noise of the first (cycle 0 is the
-    sample's own ``seed``). The image generator derives its stage streams from it as from any seed."""
-    if number == 0:
-        return int(seed)
-    return seed63(np.random.SeedSequence([int(seed), CYCLE_STREAM, int(number)]))
 
 
 def keypoint_visibility(uv: np.ndarray, z: np.ndarray, depth: np.ndarray, tolerance: float = 0.12) -> np.ndarray:
