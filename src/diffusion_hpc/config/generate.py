@@ -193,6 +193,13 @@ class GenerateConfig(CommandConfig):
     """LoRA strength (0: the plain backbone)"""
     segmenter: str = "mediapipe"
     """``mediapipe`` (person mask only) or a transformers instance-segmentation checkpoint (occluders too)"""
+    estimator: Optional[Literal["mediapipe", "hmr", "spin", "hmr2"]] = None
+    """mesh estimator of the start images (T, R), label verification and cycles: mediapipe (landmarks + body-model
+    fit; also when not set), hmr (a regressor from dhpc train), spin (SPIN's model_checkpoint.pt) or hmr2 (a 4D-Humans
+    HMR 2.0 checkpoint); spin and hmr2 give SMPL bodies"""
+    estimator_checkpoint: Optional[Path] = None
+    """hmr / spin / hmr2: the regressor's weights (a dhpc train run folder or RUN/best; SPIN's model_checkpoint.pt;
+    a 4D-Humans .ckpt)"""
     sampler: SamplerConfig = SamplerConfig()
     """the diffusion sampler (preset, scheduler, steps, strength, guidance, ControlNet scale, blur)"""
     k: Optional[int] = Field(None, ge=1, le=64)
@@ -208,6 +215,21 @@ class GenerateConfig(CommandConfig):
     body_model: Literal["anny", "smpl", "smplx"] = "anny"
     smpl_path: Optional[Path] = None
     """SMPL / SMPL-X model file or folder (``--smpl-path``), needed for body_model smpl/smplx"""
+    label_models: Optional[tuple[Literal["anny", "smpl", "smplx"], ...]] = None
+    """body models each sample is labelled with (``anny,smpl``): the run's own, plus each other one
+    fitted to the sample's body (stored as sample["labels"][model], see dhpc convert; smpl / smplx
+    need ``smpl_path``)"""
+
+    @field_validator("label_models")
+    @classmethod
+    def _label_models(cls, v):
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"label_models {','.join(v)} names a body model twice; name each once")
+        return v
+
+    def extra_label_models(self) -> tuple[str, ...]:
+        """The label models other than the run's own body model (those fitted to each sample)."""
+        return tuple(m for m in (self.label_models or ()) if m != self.body_model)
     prior_path: Optional[Path] = None
     """pose-prior weights: an Anny prior file (default: the shipped prior) or VPoser (SMPL)"""
     image_size: tuple[int, int] = (512, 512)
@@ -321,6 +343,10 @@ class GenerateConfig(CommandConfig):
 
     @model_validator(mode="after")
     def _smpl_needs_path(self):
+        needs = [m for m in (self.body_model, *(self.label_models or ())) if m in ("smpl", "smplx")]
+        if needs and self.smpl_path is None and self.body_model not in ("smpl", "smplx"):
+            raise ValueError(f"label_models {needs[0]!r} needs the model files: pass --smpl-path PATH "
+                             "(register and download them from smpl.is.tue.mpg.de / smpl-x.is.tue.mpg.de)")
         if self.body_model in ("smpl", "smplx") and self.smpl_path is None:
             raise ValueError(
                 f"body_model {self.body_model!r} needs the model files: pass --smpl-path PATH "
@@ -395,4 +421,29 @@ class GenerateConfig(CommandConfig):
         f = 8
         if diffusion and any(s % f for s in self.image_size):
             raise ValueError(f"image_size: {tuple(self.image_size)} must be a multiple of {f} for diffusion backbones")
+        return self
+
+    @property
+    def mesh_estimator(self) -> str:
+        """The mesh estimator that runs (``estimator``; not set: ``"mediapipe"``)."""
+        return self.estimator or "mediapipe"
+
+    @model_validator(mode="after")
+    def _estimator(self):  # after _modes: reads the resolved verify
+        name = self.mesh_estimator
+        if name == "mediapipe":
+            if self.estimator_checkpoint is not None:
+                raise ValueError("estimator_checkpoint: --estimator-checkpoint gives a regressor's weights; pass "
+                                 "--estimator hmr|spin|hmr2 with it, or leave it out for the MediaPipe fit")
+            return self
+        if self.estimator_checkpoint is None:
+            raise ValueError(f"estimator_checkpoint: --estimator {name} regresses from a checkpoint: pass "
+                             "--estimator-checkpoint PATH (hmr: a dhpc train run folder; spin: model_checkpoint.pt; "
+                             "hmr2: a 4D-Humans .ckpt)")
+        if self.mode == "D" and not self.verify and not self.cycles:
+            raise ValueError(f"estimator: mode D without --verify or --cycles estimates no body (its poses come from "
+                             f"--poses); leave --estimator {name} out, or pass --verify")
+        if name in ("spin", "hmr2") and self.body_model != "smpl":
+            raise ValueError(f"body_model: --estimator {name} regresses SMPL bodies, and the labels are its bodies; "
+                             "pass --body-model smpl --smpl-path PATH (with --prior-path to VPoser's weights)")
         return self

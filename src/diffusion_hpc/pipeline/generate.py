@@ -54,7 +54,7 @@ from diffusion_hpc.pipeline.inputs import GuideImages, read_prompt_lines
 from diffusion_hpc.pipeline.mode_d import hard_threshold_of_poses, place_bodies
 from diffusion_hpc.pipeline.records import run_sampler
 from diffusion_hpc.pipeline.requests import guides_of
-from diffusion_hpc.pipeline.stages import Stages, StageTimer
+from diffusion_hpc.pipeline.stages import Stages, StageTimer, check_run_estimator
 from diffusion_hpc.pipeline.tail import finish
 from diffusion_hpc.poses import load_pose_set
 from diffusion_hpc.runtime.weights import backbone_set, check_models
@@ -62,7 +62,7 @@ from diffusion_hpc.runtime.weights import backbone_set, check_models
 log = logging.getLogger(__name__)
 
 #: run.json keys describing what ran (kept from an earlier session when a resume loads no model)
-WHAT_RAN_KEYS = ("sampler", "backbone", "prior")
+WHAT_RAN_KEYS = ("sampler", "backbone", "prior", "estimator")
 
 
 @dataclass
@@ -155,6 +155,7 @@ class Generator:
             "segmenter": cfg.segmenter if needs_segmenter else None,
         }
         found = check_models(specs)
+        check_run_estimator(cfg)  # the mesh estimator's checkpoint, and its body model against the run's
         if diffusion:
             lora_file(cfg.lora)  # a wrong LoRA path fails here, before any model loads
         if cfg.prior_path is not None and not Path(cfg.prior_path).exists():
@@ -230,7 +231,7 @@ class Generator:
                 if self.config.mode == "D":
                     prior["hard_threshold_used"] = hard_threshold_of_poses(self.config, st.prior)
             return {"generator": self.config.generator, "sampler": run_sampler(st.start_sampler, st.sampler),
-                    "backbone": st.backbone, "prior": prior}  # fmt: skip
+                    "backbone": st.backbone, "prior": prior, "estimator": st.estimator_identity}  # fmt: skip
         previous = Path(out) / "run.json"  # a resume with nothing left to make loads no model
         kept = json.loads(previous.read_text()) if previous.is_file() else {}
         return {"generator": self.config.generator, **{k: kept.get(k) for k in WHAT_RAN_KEYS}}
