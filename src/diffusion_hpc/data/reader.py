@@ -21,8 +21,10 @@ class Dataset:
     (H, W) float32 metres (0 = background), ``K`` (3, 3), ``body_model``, ``params`` (dict of
     arrays), ``joints3d`` ({joint set: (J, 3)} camera frame, metres), ``keypoints2d`` (17, 3)
     COCO-17 pixels + visibility, ``mode``, ``prompt``, ``seed``, ``index``, ``image_mask`` (the
-    segmenter's person mask of the final image, or None when verification did not run) and the rest of the
-    record's metadata (see :mod:`diffusion_hpc.data.schema`).
+    segmenter's person mask of the final image, or None when verification did not run), ``labels``
+    (the body converted to other body models, ``{}`` when none: ``labels["smpl"]`` is
+    ``{"body_model", "params", "joints3d", "fit"}``, see :func:`~diffusion_hpc.data.schema.encode_label`
+    and ``dhpc convert``) and the rest of the record's metadata (see :mod:`diffusion_hpc.data.schema`).
     """
 
     def __init__(self, path: str | Path) -> None:

@@ -6,6 +6,10 @@ One sample is stored in a shard as members sharing a key (``<key>.<ext>``):
 - ``mask.png``   (H, W) uint8, 255 = person
 - ``depth.png``  (H, W) uint16, camera-frame z in millimetres, 0 = background
 - ``params.npz`` body parameters (unbatched arrays; no pickles)
+- ``<model>.npz`` (optional, one per label model: ``smpl.npz``, ``smplx.npz``, ``anny.npz``) the
+  sample's body converted to another body model (``dhpc convert``, ``--label-models``): arrays
+  only, named ``params.<name>``, ``joints3d.<set>``, ``fit.surface_mm``, ``fit.joints_mm``,
+  ``fit.flagged`` (see :func:`encode_label`)
 - ``image_mask.png`` (optional) (H, W) uint8, 255 = person as the segmenter sees it in the final
   image (written when label verification ran); ``mask`` is always the label mesh's silhouette
 - ``json``       everything else: ``schema``, ``key``, ``index``, ``seed``, ``K`` (3x3),
@@ -51,7 +55,49 @@ class SampleRecord:
     unet_evals: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     image_mask: np.ndarray | None = None  # (H, W) bool, segmenter's person mask of the final image
+    labels: dict[str, dict] = field(default_factory=dict)  # label model -> label (see encode_label)
     schema: int = SCHEMA_VERSION
+
+
+#: body models a sample can carry a converted label of (tar member ``<model>.npz``)
+LABEL_MODELS = ("anny", "smpl", "smplx")
+
+
+def label_member(model: str) -> str:
+    """The tar member extension of a label model's label: ``smpl`` -> ``smpl.npz``."""
+    if model not in LABEL_MODELS:
+        raise ValueError(f"unknown label model {model!r}; choose one of {LABEL_MODELS}")
+    return f"{model}.npz"
+
+
+def encode_label(label: dict) -> bytes:
+    """The npz bytes of one label (arrays only; no pickles).
+
+    A label is ``{"body_model": str, "params": {name: array}, "joints3d": {set: (J, 3)},
+    "fit": {"surface_mm": float, "joints_mm": float, "flagged": bool}}``: the sample's body
+    fitted with ``body_model`` (:mod:`diffusion_hpc.data.convert`), parameters in the camera frame
+    with the body model's own names (``body_pose`` flattened: (69,) SMPL, (63,) SMPL-X, (90,)
+    Anny), joints in metres. The member's name carries ``body_model``.
+    """
+    arrays = {f"params.{k}": np.asarray(v, np.float32) for k, v in label["params"].items()}
+    arrays.update({f"joints3d.{k}": np.asarray(v, np.float64) for k, v in label["joints3d"].items()})
+    fit = label["fit"]
+    arrays.update({"fit.surface_mm": np.float64(fit["surface_mm"]), "fit.joints_mm": np.float64(fit["joints_mm"]),
+                   "fit.flagged": np.bool_(fit["flagged"])})
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def decode_label(model: str, data: bytes) -> dict:
+    """Inverse of :func:`encode_label` for the label of ``model``."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    group = lambda prefix: {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}  # noqa: E731
+    fit = group("fit.")
+    return {"body_model": model, "params": group("params."), "joints3d": group("joints3d."),
+            "fit": {"surface_mm": float(fit["surface_mm"]), "joints_mm": float(fit["joints_mm"]),
+                    "flagged": bool(fit["flagged"])}}
 
 
 def encode_png(array: np.ndarray) -> bytes:
@@ -109,6 +155,8 @@ def encode(record: SampleRecord) -> dict[str, bytes]:
         "params.npz": params.getvalue(),
         "json": json.dumps(meta, sort_keys=True).encode(),
     }
+    for model, label in record.labels.items():
+        members[label_member(model)] = encode_label(label)
     if record.image_mask is not None:
         members["image_mask.png"] = encode_png(np.asarray(record.image_mask, bool).astype(np.uint8) * 255)
     return members
@@ -135,5 +183,6 @@ def decode(members: dict[str, bytes]) -> dict[str, Any]:
         joints3d={k: np.asarray(v, np.float64) for k, v in meta["joints3d"].items()},
         keypoints2d=np.asarray(meta["keypoints2d"], np.float64),
         image_mask=decode_png(members["image_mask.png"]) > 127 if "image_mask.png" in members else None,
+        labels={m: decode_label(m, members[label_member(m)]) for m in LABEL_MODELS if label_member(m) in members},
     )
     return record

@@ -18,6 +18,7 @@ from diffusion_hpc.data.schema import SampleRecord
 from diffusion_hpc.data.seeds import sample_key
 from diffusion_hpc.data.writer import ManifestRow
 from diffusion_hpc.generate.base import SamplerSettings
+from diffusion_hpc.pipeline.labels import add_label_models
 from diffusion_hpc.pipeline.samples import Generated, SampleLog, Verification
 from diffusion_hpc.pipeline.stages import Stages
 
@@ -106,5 +107,6 @@ def records_and_rows(config: GenerateConfig, stages: Stages, logs: list[SampleLo
         ))  # fmt: skip
         rows.append(ManifestRow(key, log.index, 0, log.seed, "ok", scores=scores, unet_evals=evals, timings=timings,
                                 **ran))  # fmt: skip
+    add_label_models(config, records, timings)  # --label-models: the other body models fitted to each body
     rows.sort(key=lambda row: row.index)
     return records, rows
