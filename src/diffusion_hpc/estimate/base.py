@@ -74,12 +74,20 @@ class Estimate:
 
 
 class MeshEstimator:
-    """Interface of a mesh estimator. Subclasses implement :meth:`estimate`."""
+    """Interface of a mesh estimator. Subclasses implement :meth:`estimate`.
+
+    An estimator that can use person masks (a segmenter's, one per image) sets :attr:`uses_masks`
+    and takes ``estimate(images, masks=None)``; :func:`estimate_with_masks` (and calling the
+    estimator) hands the masks only to those, so callers holding masks need not know which kind
+    they have.
+    """
 
     #: registry name
     name: str = ""
     #: body model the estimates are expressed in
     body_model: str = ""
+    #: :meth:`estimate` takes ``masks=``: per image an (H, W) person mask (bool or [0, 1]) or None
+    uses_masks: bool = False
 
     def estimate(self, images: Sequence[np.ndarray]) -> list[Estimate]:  # pragma: no cover
         """One :class:`Estimate` per image (the most prominent person), batched internally.
@@ -89,5 +97,19 @@ class MeshEstimator:
         """
         raise NotImplementedError
 
-    def __call__(self, images: Sequence[np.ndarray]) -> list[Estimate]:
-        return self.estimate(images)
+    def __call__(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None] | None = None) -> list[Estimate]:
+        return estimate_with_masks(self, images, masks)
+
+
+def estimate_with_masks(estimator, images: Sequence[np.ndarray],
+                        masks: Sequence[np.ndarray | None] | None = None) -> list[Estimate]:
+    """``estimator.estimate(images, masks=masks)`` when it uses person masks (:attr:`MeshEstimator.uses_masks`),
+    else ``estimator.estimate(images)``: a regressor that does not look at masks is called as before.
+
+    Args:
+        estimator: any object with ``estimate(images)`` (a :class:`MeshEstimator` or a stand-in).
+        images: (H, W, 3) uint8 RGB arrays; masks: per image an (H, W) person mask or None; None: none.
+    """
+    if masks is not None and getattr(estimator, "uses_masks", False):
+        return estimator.estimate(images, masks=masks)
+    return estimator.estimate(images)

@@ -49,7 +49,7 @@ import torch
 from diffusion_hpc.body import check_body_model, get_body_model
 from diffusion_hpc.body.anny import AnnyReducedForward
 from diffusion_hpc.body.joint_sets import COCO17
-from diffusion_hpc.errors import MissingModelError
+from diffusion_hpc.errors import InputError, MissingModelError
 from diffusion_hpc.estimate.base import Estimate, MeshEstimator
 from diffusion_hpc.estimate.facing import (
     FacingWeights,
@@ -81,6 +81,7 @@ from diffusion_hpc.estimate.landmarks import (
     coco17_from_mediapipe,
     keypoint_agreement,
 )
+from diffusion_hpc.geometry.boxes import square_window
 from diffusion_hpc.geometry.camera import project
 from diffusion_hpc.prior import get_prior
 from diffusion_hpc.prior.base import PosePrior
@@ -148,6 +149,29 @@ class MediaPipeFaceDetector:
         return np.array(rows, np.float64).reshape(-1, 5)
 
 
+def check_masks(masks: Sequence[np.ndarray | None] | None, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray | None]:
+    """Per image an (H, W) float32 person mask in [0, 1] or None; ``masks`` None: none anywhere.
+
+    Raises:
+        InputError: not one entry per image, or a mask that is not (H, W) of its image.
+    """
+    if masks is None:
+        return [None] * len(sizes)
+    masks = list(masks)
+    if len(masks) != len(sizes):
+        raise InputError(f"masks: {len(masks)} entries for {len(sizes)} images; pass one (H, W) mask (or None) per image")
+    out: list[np.ndarray | None] = []
+    for i, (m, size) in enumerate(zip(masks, sizes)):
+        if m is None:
+            out.append(None)
+            continue
+        m = np.asarray(m)
+        if m.shape != tuple(size):
+            raise InputError(f"masks[{i}] has shape {m.shape} but its image is {tuple(size)}; pass an (H, W) person mask of the image")
+        out.append(m.astype(np.float32))
+    return out
+
+
 class MediaPipeFitter(MeshEstimator):
     """MediaPipe Pose + batched body-model fit (see the module docstring).
 
@@ -164,6 +188,7 @@ class MediaPipeFitter(MeshEstimator):
     """
 
     name = "mediapipe"
+    uses_masks = True
 
     def __init__(self, body_model: str = "anny", prior: PosePrior | str | None = "default", fov_deg: float = DEFAULT_FOV_DEG,
                  weights: FitWeights | None = None, model_path: str | None = None,
@@ -220,24 +245,31 @@ class MediaPipeFitter(MeshEstimator):
         """(F, 5) faces per image (:class:`MediaPipeFaceDetector`), looked for only where a person was found."""
         return [np.zeros((0, 5)) if det is None else self.face_detector.detect(im) for im, det in zip(images, detections)]
 
-    def estimate(self, images: Sequence[np.ndarray]) -> list[Estimate]:
-        """One :class:`Estimate` per (H, W, 3) uint8 RGB image; all found people fitted in one batch."""
+    def estimate(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None] | None = None) -> list[Estimate]:
+        """One :class:`Estimate` per (H, W, 3) uint8 RGB image; all found people fitted in one batch.
+
+        ``masks``: per image an (H, W) person mask (bool or [0, 1]; None for an image without one),
+        e.g. a segmenter's, for the fit's mask term (:func:`~diffusion_hpc.estimate.fit.mask_energy`);
+        None: no mask term.
+        """
         images = [check_image(im, f"images[{i}]") for i, im in enumerate(images)]
         detections = self.detect(images)
-        return self.fit(detections, [im.shape[:2] for im in images], self.detect_faces(images, detections))
+        return self.fit(detections, [im.shape[:2] for im in images], self.detect_faces(images, detections), masks)
 
     def fit(self, detections: Sequence[Detection | None], sizes: Sequence[tuple[int, int]],
-            faces: Sequence[np.ndarray] | None = None) -> list[Estimate]:
+            faces: Sequence[np.ndarray] | None = None, masks: Sequence[np.ndarray | None] | None = None) -> list[Estimate]:
         """Fit the body to detections (one batched optimisation); None entries give ok=False.
 
         ``faces``: per image the (F, 5) faces of :meth:`detect_faces` (None: no face cue, the facing
-        decision then rests on the landmarks' face depth and the fit's energy).
+        decision then rests on the landmarks' face depth and the fit's energy). ``masks``: per image
+        an (H, W) person mask or None (see :meth:`estimate`).
         """
         results: list[Estimate | None] = [None] * len(detections)
         todo = []
         faces = [np.zeros((0, 5))] * len(detections) if faces is None else list(faces)
         if len(faces) != len(detections):
             raise ValueError(f"faces: {len(faces)} entries for {len(detections)} detections; pass one (F, 5) array per image")
+        masks = check_masks(masks, sizes)
         for i, (det, size) in enumerate(zip(detections, sizes)):
             K = intrinsics_for_image(size[1], size[0], self.fov_deg)
             if det is None:
@@ -252,7 +284,7 @@ class MediaPipeFitter(MeshEstimator):
                                       body_model=self.body_model, K=K, landmarks2d=det.landmarks2d,
                                       landmarks3d=det.world, person_mask=det.mask, image_size=tuple(size))
                 continue
-            todo.append((i, det, K, tuple(size), faces[i]))
+            todo.append((i, det, K, tuple(size), faces[i], masks[i]))
         if todo:
             with torch_threads(1):  # tiny tensors: one thread is several times faster (see torch_threads)
                 fitted = self._fit_batch(todo)
@@ -267,6 +299,11 @@ class MediaPipeFitter(MeshEstimator):
         targets = stack_targets(
             [(coco17_from_mediapipe(det.landmarks2d), coco17_from_mediapipe(det.world), K) for _, det, K, *_ in todo],
             self.weights.checked_hypotheses(), MIN_VISIBILITY)
+        cw = self.weights
+        if (cw.w_mask > 0 or cw.mask_gate > 0 or cw.w_cover > 0) and any(item[5] is not None for item in todo):
+            windows = [square_window(det.box()[0], cw.mask_expand * det.box()[1]) for _, det, *_ in todo]
+            targets = targets.with_masks([item[5] for item in todo], windows, cw.mask_size,
+                                         cw.cover_points if cw.w_cover > 0 else 0)
         rest, root_to_hips = self._rest_joints()
         c2c = body.canonical_to_camera.double().numpy()
         starts = [initial_placement(rest, root_to_hips, c2c, targets.uv[n], targets.conf[n], targets.world[n], targets.K[n])
@@ -290,7 +327,7 @@ class MediaPipeFitter(MeshEstimator):
             fitted = torso_facing(self._joints(result.params).double().numpy()).reshape(M, B)
         depth = np.array([face_depth_cue(coco17_from_mediapipe(det.world)) for _, det, *_ in todo])
         face = np.array([face_detector_cue(f, coco17_from_mediapipe(det.landmarks2d)[COCO17.index("nose"), :2])
-                         for _, det, _, _, f in todo])
+                         for _, det, _, _, f, _ in todo])
         score = facing_score(depth, face, self.facing)
         best, margin = choose_hypotheses(result.energy.reshape(M, B).numpy(), fitted, score, targets.hypotheses, self.facing)
         return best, {"score": score, "margin": margin, "fitted": fitted[best, np.arange(B)]}
@@ -301,7 +338,7 @@ class MediaPipeFitter(MeshEstimator):
         B = targets.images
         conf = targets.conf.reshape(len(targets.hypotheses), B, 17)[best, np.arange(B)]
         results = []
-        for b, (_, det, K, size, _) in enumerate(todo):
+        for b, (_, det, K, size, *_) in enumerate(todo):
             hypothesis = targets.hypotheses[int(best[b])]
             joints = {name: j[b].numpy().astype(np.float32) for name, j in out.joints.items()}
             uv = project(joints["coco17"].astype(np.float64), K)
