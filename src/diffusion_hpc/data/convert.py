@@ -42,7 +42,7 @@ from diffusion_hpc.body import check_body_model, get_body_model
 from diffusion_hpc.body.convert import Conversion, ConvertWeights, convert_bodies
 from diffusion_hpc.config.convert import ConvertConfig
 from diffusion_hpc.data.lock import OutputLock
-from diffusion_hpc.data.reader import Dataset, check_key
+from diffusion_hpc.data.reader import Dataset, iter_shard_members
 from diffusion_hpc.data.schema import encode_label, label_member
 from diffusion_hpc.data.writer import _add_members, commit_file, storage_errors
 from diffusion_hpc.errors import InputError
@@ -126,23 +126,6 @@ class ConvertResult:
     seconds: float
 
 
-def _samples(tar: tarfile.TarFile, path: Path) -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
-    """(key, [(ext, bytes)...]) of each sample of an open shard, in file order."""
-    current, members = None, []
-    for info in tar:
-        key, _, ext = info.name.partition(".")
-        check_key(key, f"shard {path} member {info.name!r}")
-        if not info.isfile() or not ext:
-            raise InputError(f"shard {path}: member {info.name!r} is not a <key>.<ext> file; the shard is corrupt")
-        if current is not None and key != current:
-            yield current, members
-            members = []
-        current = key
-        members.append((ext, tar.extractfile(info).read()))
-    if current is not None:
-        yield current, members
-
-
 def shard_has_label(path: Path, model: str) -> bool:
     """True when every sample of shard ``path`` carries the ``model`` label (an empty shard does)."""
     keys, labelled = set(), set()
@@ -165,9 +148,8 @@ def label_shard(path: Path, converter: LabelConverter, model: str, batch_size: i
     count = flagged = 0
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as out, \
-                tarfile.open(path, "r") as tar:
-            pending: list[tuple[str, list[tuple[str, bytes]]]] = []
+        with os.fdopen(fd, "wb") as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as out:
+            pending: list[tuple[str, dict[str, bytes]]] = []
 
             def flush() -> None:
                 nonlocal count, flagged
@@ -175,20 +157,19 @@ def label_shard(path: Path, converter: LabelConverter, model: str, batch_size: i
                     return
                 params = []
                 for key, members in pending:
-                    data = dict(members)
-                    if "params.npz" not in data:
+                    if "params.npz" not in members:
                         raise InputError(f"shard {path}: sample {key} has no params.npz; the shard is corrupt")
-                    with np.load(io.BytesIO(data["params.npz"]), allow_pickle=False) as npz:
+                    with np.load(io.BytesIO(members["params.npz"]), allow_pickle=False) as npz:
                         params.append({k: npz[k] for k in npz.files})
                 batch = {k: np.stack([p[k] for p in params]) for k in params[0]}
                 for (key, members), label in zip(pending, converter(batch)):
-                    kept = [(ext, b) for ext, b in members if ext != member]
-                    _add_members(out, key, dict(kept + [(member, encode_label(label))]))
+                    _add_members(out, key, {**{e: b for e, b in members.items() if e != member},
+                                            member: encode_label(label)})
                     flagged += int(label["fit"]["flagged"])
                 count += len(pending)
                 pending.clear()
 
-            for key, members in _samples(tar, path):
+            for key, members in iter_shard_members(path):
                 pending.append((key, members))
                 if len(pending) >= batch_size:
                     flush()

@@ -117,6 +117,13 @@ def iter_shard(path: Path) -> Iterator[dict[str, Any]]:
     """Decoded samples of one shard, grouped by key in file order. Nothing is extracted to disk; a
     member name that is not ``<plain key>.<ext>`` (a folder, ``..``, an absolute path, a link) is an
     :class:`InputError` naming it."""
+    for key, members in iter_shard_members(path):
+        yield _decode_checked(members, key, path)
+
+
+def iter_shard_members(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {ext: bytes} in file order) of each sample of one shard, undecoded, with the member-name
+    checks of :func:`iter_shard`."""
     current: str | None = None
     members: dict[str, bytes] = {}
     try:
@@ -131,14 +138,14 @@ def iter_shard(path: Path) -> Iterator[dict[str, Any]]:
                     raise InputError(f"shard {path}: member {info.name!r} is not named <key>.<ext>; "
                                      "the shard is corrupt or hand-made: regenerate it")
                 if current is not None and key != current:
-                    yield _decode_checked(members, current, path)
+                    yield current, members
                     members = {}
                 current = key
                 members[ext] = tar.extractfile(info).read()
     except tarfile.TarError as exc:
         raise InputError(f"shard {path} is unreadable ({exc}); regenerate it with --resume after deleting it") from exc
     if members:
-        yield _decode_checked(members, current, path)
+        yield current, members
 
 
 def shard_without_timings(tar_bytes: bytes) -> bytes:
