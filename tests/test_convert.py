@@ -228,3 +228,20 @@ def test_label_models_need_the_smpl_file():
         build(GenerateConfig, {"label_models": ["anny", "smpl"]})
     with pytest.raises(ConfigError, match="twice"):
         build(GenerateConfig, {"label_models": ["smpl", "smpl"], "smpl_path": "x.npz"})
+
+
+def test_a_convert_that_dies_mid_shard_leaves_the_shard_as_it_was(tiny_dataset):
+    """The shard is rewritten into a temporary file and renamed at the end: an error (or a kill)
+    part-way leaves the committed shard byte for byte and no temporary file."""
+    from diffusion_hpc.data.convert import label_shard, shard_has_label
+
+    class Dies:
+        def __call__(self, params):
+            raise RuntimeError("killed")
+
+    shard = sorted((tiny_dataset / "shards").glob("*.tar"))[0]
+    before = shard.read_bytes()
+    with pytest.raises(RuntimeError, match="killed"):
+        label_shard(shard, Dies(), "smplx", batch_size=1)
+    assert shard.read_bytes() == before and not shard_has_label(shard, "smplx")
+    assert not list(shard.parent.glob(".*.tmp"))
