@@ -99,6 +99,9 @@ COCO17_BONES = tuple((COCO17.index(a), COCO17.index(b)) for a, b in (
     ("right_hip", "right_knee"), ("right_knee", "right_ankle"), ("left_shoulder", "left_hip"),
     ("right_shoulder", "right_hip"), ("left_shoulder", "right_shoulder"), ("left_hip", "right_hip"),
 ))  # fmt: skip
+#: (parents, children) of the segments :func:`coverage_energy` measures to: :data:`COCO17_BONES`,
+#: nose to the shoulders' midpoint (index 17) and that to the hips' midpoint (18)
+COVER_SEGMENTS = tuple(np.array(ends) for ends in zip(*COCO17_BONES, (COCO17.index("nose"), 17), (17, 18)))
 #: COCO-17 limb joints (shoulders, elbows, wrists, hips, knees, ankles): the mask term's joints
 LIMB_JOINTS = np.arange(5, 17)
 #: positions along each of :data:`COCO17_BONES` (0: parent, 1: child) where the mask term samples
@@ -342,11 +345,10 @@ def coverage_energy(joints: torch.Tensor, K: torch.Tensor, points: torch.Tensor,
     """
     z = joints[..., 2:3].clamp(min=1e-2)
     uv = torch.einsum("bij,bkj->bki", K, joints / z)[..., :2]
-    ends = [(uv[:, p], uv[:, c]) for p, c in COCO17_BONES]
-    shoulders, hips = uv[:, list(SHOULDER_PAIR)].mean(1), uv[:, list(HIPS)].mean(1)
-    ends += [(uv[:, COCO17.index("nose")], shoulders), (shoulders, hips)]
-    a = torch.stack([e[0] for e in ends], 1)[:, None]  # (N, 1, S, 2)
-    ab = torch.stack([e[1] for e in ends], 1)[:, None] - a
+    # COCO-17, then the shoulders' (17) and the hips' (18) midpoints
+    uv = torch.cat([uv, uv[:, SHOULDER_PAIR].mean(1, keepdim=True), uv[:, HIPS].mean(1, keepdim=True)], dim=1)
+    a = uv[:, COVER_SEGMENTS[0]][:, None]  # (N, 1, S, 2)
+    ab = uv[:, COVER_SEGMENTS[1]][:, None] - a
     aq = points[:, :, None] - a  # (N, Q, S, 2)
     t = ((aq * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-6)).clamp(0.0, 1.0)
     d = (aq - t[..., None] * ab).norm(dim=-1).min(-1).values  # (N, Q)
