@@ -16,8 +16,12 @@
 2. On the real photos that ship in wheels (scikit-image ``camera``, ``astronaut``; matplotlib
    ``grace_hopper``): fitted COCO-17 vs the detector's landmarks (median px) and the fitted
    silhouette vs MediaPipe's person mask (IoU). Overlays go to ``--out``.
+   Step 1 fits each render three times from the same detections: without masks, with the
+   render's true person mask and with MediaPipe's selfie-segmenter mask (what the pipeline holds in
+   modes T / R), ``masks=`` of :meth:`MediaPipeFitter.fit` (the fit's mask terms).
 3. Time per image at batch 1 and batch 16, per stage (:func:`stage_timing`): pose detection,
-   face detection, the fit (optimisation, final forward, outputs). ``--timing`` runs only this
+   face detection, the fit (optimisation, final forward, outputs), without and with the
+   segmenter's masks (the segmenter's own time not included). ``--timing`` runs only this
    (on the first ``--n`` procedural renders, ``--rounds`` alternating rounds, medians).
 4. With ``--n-hard M`` (default 48): M more renders of the M built-in poses the prior scores
    highest (the shipped set has few above the hard threshold), reported as ``hardest``.
@@ -182,14 +186,17 @@ def hardest_poses(est, out: Path, n: int, seed: int) -> None:
     swap_aware_table(results, samples, {"hardest": np.ones(len(samples), bool)})
 
 
-def stage_timing(est, images: list, rounds: int = 3, batch1: int = 4) -> dict[str, dict[str, float]]:
+def stage_timing(est, images: list, rounds: int = 3, batch1: int = 4, masks: list | None = None) -> dict[str, dict[str, float]]:
     """Seconds per image of each stage at batch 1 (the first ``batch1`` images, one at a time) and at
     batch 16 (the first 16 images in one call): ``detect`` (MediaPipe Pose), ``faces`` (the face
-    detector), ``fit`` (:meth:`MediaPipeFitter.fit`), ``total``; medians over ``rounds`` rounds, the two
-    batch sizes alternating within each round so machine load hits both alike."""
-    times: dict[str, dict[str, list]] = {b: {k: [] for k in ("detect", "faces", "fit")} for b in ("batch 1", "batch 16")}
+    detector), ``fit`` (:meth:`MediaPipeFitter.fit`, and ``fit+masks`` with ``masks``, one per
+    image, when given), ``total`` (with the masked fit when timed); medians over ``rounds`` rounds,
+    the two batch sizes alternating within each round so machine load hits both alike."""
+    keys = ("detect", "faces", "fit") + (("fit+masks",) if masks is not None else ())
+    times: dict[str, dict[str, list]] = {b: {k: [] for k in keys} for b in ("batch 1", "batch 16")}
 
-    def run(batch: list, into: dict[str, list], share: int) -> None:
+    def run(lo: int, hi: int, into: dict[str, list], share: int) -> None:
+        batch = images[lo:hi]
         t0 = time.perf_counter()
         detections = est.detect(batch)
         t1 = time.perf_counter()
@@ -199,17 +206,21 @@ def stage_timing(est, images: list, rounds: int = 3, batch1: int = 4) -> dict[st
         t3 = time.perf_counter()
         for key, dt in (("detect", t1 - t0), ("faces", t2 - t1), ("fit", t3 - t2)):
             into[key].append(dt / share)
+        if masks is not None:
+            t3 = time.perf_counter()
+            est.fit(detections, [im.shape[:2] for im in batch], faces, masks=masks[lo:hi])
+            into["fit+masks"].append((time.perf_counter() - t3) / share)
 
     for _ in range(rounds):
         one = {k: [] for k in times["batch 1"]}
-        for im in images[:batch1]:
-            run([im], one, batch1)
+        for i in range(min(batch1, len(images))):
+            run(i, i + 1, one, batch1)
         for key, values in one.items():
             times["batch 1"][key].append(sum(values))
-        run(images[:16], times["batch 16"], len(images[:16]))
+        run(0, 16, times["batch 16"], len(images[:16]))
     out = {b: {k: float(np.median(v)) for k, v in t.items()} for b, t in times.items()}
     for t in out.values():
-        t["total"] = t["detect"] + t["faces"] + t["fit"]
+        t["total"] = t["detect"] + t["faces"] + t.get("fit+masks", t["fit"])
     return out
 
 
@@ -219,13 +230,15 @@ def print_timing(timing: dict[str, dict[str, float]]) -> None:
 
     print(f"time per image (ms; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs):")
     for batch, t in timing.items():
+        masked = f"  fit+masks {t['fit+masks'] * 1000:6.0f}" if "fit+masks" in t else ""
         print(f"  {batch:8s}  detect {t['detect'] * 1000:6.0f}  faces {t['faces'] * 1000:5.0f}  "
-              f"fit {t['fit'] * 1000:6.0f}  total {t['total'] * 1000:6.0f}")
+              f"fit {t['fit'] * 1000:6.0f}{masked}  total {t['total'] * 1000:6.0f}")
 
 
-def error_budget(est, samples, easy: np.ndarray) -> None:
-    """Print easy-render PA-MPJPE with the detector's inputs swapped for the truth (module docstring)."""
-    detections = est.detect([s["image"] for s in samples])
+def error_budget(est, samples, easy: np.ndarray, detections: list | None = None) -> None:
+    """Print easy-render PA-MPJPE with the detector's inputs swapped for the truth (module docstring);
+    ``detections`` of the samples' images if already run."""
+    detections = est.detect([s["image"] for s in samples]) if detections is None else detections
     sizes = [s["image"].shape[:2] for s in samples]
     print("error budget (easy renders, PA-MPJPE mean / median mm):")
     for label, t2, t3 in (("detector 2D + 3D", False, False), ("true 2D + detector 3D", True, False),
@@ -234,6 +247,14 @@ def error_budget(est, samples, easy: np.ndarray) -> None:
         pa = pa_mpjpe_mm(in_batches(est.fit, dets, sizes), samples)
         sel = easy & np.isfinite(pa)
         print(f"  {label:26s} {pa[sel].mean():6.1f} / {np.median(pa[sel]):6.1f}  (n={sel.sum()})")
+
+
+def segmenter_masks(images: list) -> list[np.ndarray]:
+    """MediaPipe's selfie-segmenter person mask of each image (the pipeline's default segmenter)."""
+    from diffusion_hpc.segment import make_segmenter
+
+    segmenter = make_segmenter("mediapipe")
+    return [segmenter.segment(im[None]).person[0] for im in images]
 
 
 def main() -> None:
@@ -263,7 +284,7 @@ def main() -> None:
         est = get_estimator("mediapipe")
         images = [s["image"] for s in open_dataset(ds)]
         est.estimate(images[:2])  # warm-up: MediaPipe graphs, Anny load
-        print_timing(stage_timing(est, images, args.rounds))
+        print_timing(stage_timing(est, images, args.rounds, masks=segmenter_masks(images[:16])))
         return
     if not (ds_photo / "config.yaml").exists():
         cfg = GenerateConfig(n=args.n, image_size=(256, 256), seed=args.seed + 7)
@@ -276,8 +297,14 @@ def main() -> None:
     images = [s["image"] for s in samples]
     est.estimate(images[:2])  # warm-up: MediaPipe graph, Anny load
 
-    results = in_batches(est.estimate, images)
-    timing = stage_timing(est, images, rounds=1)
+    detections = est.detect(images)
+    faces = est.detect_faces(images, detections)
+    sizes = [im.shape[:2] for im in images]
+    masks = {"true mask": [s["mask"] for s in samples], "segmenter mask": segmenter_masks(images)}
+    results = in_batches(est.fit, detections, sizes, faces)
+    masked = {name: in_batches(lambda d, z, f, m: est.fit(d, z, f, masks=m), detections, sizes, faces, m)
+              for name, m in masks.items()}
+    timing = stage_timing(est, images, rounds=1, masks=masks["segmenter mask"][:16])
 
     hard, rule = hard_flags(samples, body)
     pa, mp = np.full(len(samples), np.nan), np.full(len(samples), np.nan)
@@ -290,6 +317,10 @@ def main() -> None:
     print(f"renders: {len(samples)} ({ok.sum()} fitted; {args.n} procedural, {args.n} over photos), hard rule: {rule}")
     print(f"swap-aware (views from the true torso's direction to the camera, side within 60 deg of side-on):")
     swap_aware_table(results, samples, render_groups(samples, hard, photo_bg))
+    for name, res in masked.items():
+        print(f"swap-aware, fitted with the {name}s:")
+        swap_aware_table(res, samples, {k: v for k, v in render_groups(samples, hard, photo_bg).items()
+                                        if k in ("all", "front", "side", "back", "procedural", "photo bg")})
     hyp = np.array([r.fit_hypothesis for r in results])
     print(f"  fit hypothesis kept: base {np.sum(hyp == 'base')}, swap {np.sum(hyp == 'swap')}; facing decided: "
           + ", ".join(f"{f} {np.sum([r.facing == f for r in results])}" for f in ("front", "side", "back")))
@@ -302,7 +333,7 @@ def main() -> None:
     if args.n_hard:
         hardest_poses(est, out, args.n_hard, args.seed + 1)
     if args.budget:
-        error_budget(est, samples, ~hard)
+        error_budget(est, samples, ~hard, detections)
     worst = np.argsort(-np.nan_to_num(pa, nan=-1))[:4]
     for i in list(worst) + [int(np.nanargmin(pa))]:
         (out / "overlays").mkdir(exist_ok=True)
