@@ -30,6 +30,8 @@ from diffusion_hpc.config import (
     TrainConfig,
     build,
 )
+from diffusion_hpc.config.convert import ConvertConfig
+from diffusion_hpc.config.cycle import CycleConfig
 from diffusion_hpc.errors import DhpcError
 from diffusion_hpc.geometry.boxes import BOX_EXPAND
 from diffusion_hpc.runtime.device import check_offload, resolve_placement
@@ -52,6 +54,11 @@ def _range(text: str) -> tuple[float, float]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected LOW,HIGH (e.g. 35,65), got {text!r}") from None
     return lo, hi
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """``a,b`` -> ("a", "b") (a comma-separated list flag)."""
+    return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -167,6 +174,11 @@ def _add_generate(sub) -> None:
     _flag(g, G, "lora", metavar="PATH", text="LoRA weights of a domain-fine-tuned backbone (.safetensors file or folder)")
     _flag(g, G, "lora_scale", type=float, metavar="S", text="LoRA strength (0 = the plain backbone)")
     _flag(g, G, "segmenter", metavar="NAME", text="mediapipe or a transformers instance-segmentation checkpoint")
+    _flag(g, G, "estimator", text="mesh estimator of the start images (T, R), --verify and --cycles: mediapipe "
+          "(landmarks + body fit; default), hmr (a dhpc train run), spin (SPIN's model_checkpoint.pt; SMPL) or hmr2 "
+          "(a 4D-Humans HMR 2.0 checkpoint; SMPL)")
+    _flag(g, G, "estimator_checkpoint", type=Path, metavar="PATH", text="--estimator hmr|spin|hmr2: the regressor's "
+          "weights (a dhpc train run folder; SPIN's model_checkpoint.pt; a 4D-Humans .ckpt)")
     s = g.add_argument_group("diffusion sampler (a preset, then any value given here overrides it)")
     S = SamplerConfig
     _flag(s, S, "preset", text="original (the paper: DDIM, 50 steps, guidance 7.5), default (DPM++ 2M, 20 steps), "
@@ -191,6 +203,8 @@ def _add_generate(sub) -> None:
     _flag(g, G, "prior_path", type=Path, metavar="FILE", text="pose-prior weights (default: the shipped Anny prior)")
     _flag(g, G, "body_model", text="body model")
     _flag(g, G, "smpl_path", type=Path, metavar="PATH", text="SMPL / SMPL-X model file or folder (for --body-model smpl|smplx)")
+    _flag(g, G, "label_models", type=_names, metavar="M1,M2", text="body models to label each sample with, "
+          "e.g. anny,smpl: the run's own and each other one fitted to the sample's body (see dhpc convert)")
     _flag(g, G, "image_size", type=_size, metavar="SIZE", text="SIZE or HEIGHTxWIDTH in pixels")
     _flag(g, G, "batch_size", type=int, metavar="N", text="samples per batch")
     _flag(g, G, "shard_size", type=int, metavar="N", text="samples per shard (T, R: a multiple of -k)"
@@ -264,6 +278,8 @@ def _add_train(sub) -> None:
     _flag(t, T, "real", nargs="*", metavar="SOURCE", text="real benchmark sources (see below), mixed in per sample")
     _flag(t, T, "out", type=Path, metavar="RUN")
     _config_flag(t, "max_steps: 5000")
+    _flag(t, T, "init", metavar="KIND:PATH")
+    _flag(t, T, "losses")
     _flag(t, T, "checkpoint", type=Path, metavar="PATH")
     _flag(t, T, "resume", action="store_true")
     _flag(t, T, "max_steps", type=int, metavar="N")
@@ -290,6 +306,7 @@ def _add_train(sub) -> None:
     _flag(t, T, "val_every", type=int, metavar="N", text="validate every N steps and at the end "
           f"(default: --checkpoint-every, {T.model_fields['checkpoint_every'].default})")
     _flag(t, T, "val_limit", type=int, metavar="N")
+    _flag(t, T, "h36m_regressor", type=Path, metavar="FILE.npy")
 
 
 def _add_evaluate(sub) -> None:
@@ -298,7 +315,7 @@ def _add_evaluate(sub) -> None:
                         description="SkiPose: H36M-17, root-centred, joint 9 dropped, mm (test split). SMART: PCK at "
                         "0.1 x crop size over visible joints, averaged per image. Our datasets: H36M-17 "
                         "root-centred MPJPE / PA-MPJPE and PCK. The results JSON (--out) holds the config too.")
-    _flag(ev, V, "checkpoint", type=Path, metavar="RUN")
+    _flag(ev, V, "checkpoint", metavar="RUN|spin:FILE|hmr2:FILE")
     _flag(ev, V, "data", metavar="SOURCE")
     _flag(ev, V, "out", type=Path, metavar="FILE")
     _config_flag(ev, "crop_size: 224")
@@ -306,6 +323,7 @@ def _add_evaluate(sub) -> None:
     _flag(ev, V, "batch_size", type=int, metavar="N")
     _flag(ev, V, "crop_size", type=int, metavar="PX")
     _flag(ev, V, "smpl_path", type=Path, metavar="PATH")
+    _flag(ev, V, "h36m_regressor", type=Path, metavar="FILE.npy")
     _flag(ev, V, "device", metavar="auto|cpu|cuda[:N]|mps")
     _flag(ev, V, "dtype")
 
@@ -337,18 +355,68 @@ def _add_quality(sub) -> None:
     _flag(q, Q, "dtype")
 
 
+def _add_cycle(sub) -> None:
+    C = CycleConfig
+    c = sub.add_parser("cycle", help="the paper's loop: generate -> fine-tune -> evaluate, N rounds",
+                       description="N rounds of: generate (mode T or R) with the current mesh estimator, fine-tune "
+                       "the regressor on the real data and every round's synthetic data, evaluate it on a validation "
+                       "source. Round 1 estimates with --estimator (MediaPipe by default); each later round with the "
+                       "regressor the round before trained. Each round draws fresh noise. A killed loop continues with "
+                       "--resume: finished steps are kept, a killed step resumes its own run. Writes OUT/table.md and "
+                       "OUT/table.json (per round: samples, UNet evaluations, metrics before -> after).",
+                       epilog="loop file (YAML):\n"
+                       "  out: runs/loop\n  rounds: 2\n  val: skipose:SkiPose\n"
+                       "  generate: {mode: R, guides: photos/, backbone: DIR, n: 1000}\n"
+                       "  train: {real: [skipose:SkiPose], max_steps: 2000, checkpoint: runs/hmr}\n",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _config_flag(c, "rounds: 3")
+    _flag(c, C, "out", type=Path, metavar="DIR")
+    _flag(c, C, "rounds", type=int, metavar="N")
+    _flag(c, C, "seed", type=int)
+    _flag(c, C, "val", metavar="SOURCE")
+    _flag(c, C, "val_limit", type=int, metavar="N")
+    _flag(c, C, "estimator")
+    _flag(c, C, "estimator_checkpoint", type=Path, metavar="PATH")
+    _flag(c, C, "resume", action="store_true")
+    c.add_argument("--no-progress", action="store_true", help="no progress bars nor step lines (the table is printed)")
+
+
 def _add_export(sub) -> None:
     X = ExportConfig
-    e = sub.add_parser("export", help="export a dataset for other training code (SPIN npz, COCO json)",
-                       description="Write a dataset as a SPIN-style npz or a COCO keypoints json, with the images "
-                       "in an images/ folder beside the output file. Crop cameras (focal 5000 at 224 px) are "
-                       "computed here; the dataset keeps the full-image camera.")
+    e = sub.add_parser("export", help="export a dataset for other training code (SPIN / BEDLAM npz, "
+                       "4D-Humans shards, COCO json)",
+                       description="Write a dataset, one row per person, as a SPIN-style npz (SPIN and loaders "
+                       "built on its dataset), a BEDLAM-style npz (CameraHMR, BEDLAM-CLIFF's SMPL trainer), "
+                       "4D-Humans WebDataset shards (HMR 2.0, TokenHMR) or a COCO keypoints json; images go to an "
+                       "images/ folder beside the output file (into the shards for 4dhumans-wds). SMPL parameters "
+                       "come from an SMPL dataset or from converted labels; crop cameras (focal 5000 at 224 px) are "
+                       "computed here.")
     e.add_argument("dataset", nargs="?", type=Path, default=None, help=_help(X, "dataset"))
     _flag(e, X, "format")
     _flag(e, X, "out", type=Path, metavar="FILE")
+    _flag(e, X, "label_model")
+    _flag(e, X, "shard_size", type=int, metavar="N")
     _config_flag(e, "box_expand: 1.3")
     _flag(e, X, "box_expand", type=float, metavar="X", text="person box = the mask's bounding box x this "
           f"(default: {BOX_EXPAND}, the expansion of every person box in the project)")
+
+
+def _add_convert(sub) -> None:
+    V = ConvertConfig
+    c = sub.add_parser("convert", help="label a dataset's bodies with SMPL / SMPL-X (fitted to each body)",
+                       description="Fit a second body model (SMPL, SMPL-X; or Anny for an SMPL dataset) to every "
+                       "sample's body: pose, shape and translation in the camera frame, by its surface and shared "
+                       "joints (no vertex correspondence). The parameters, the model's joints and the fit's "
+                       "quality (surface_mm, joints_mm, flagged) are stored beside the sample's own parameters, "
+                       "shard by shard (atomic; rerun to resume); the reader returns them as sample['labels'].")
+    c.add_argument("dataset", nargs="?", type=Path, default=None, help=_help(V, "dataset"))
+    _flag(c, V, "to")
+    _flag(c, V, "smpl_path", type=Path, metavar="PATH")
+    _flag(c, V, "prior_path", type=Path, metavar="PATH")
+    _flag(c, V, "batch_size", type=int, metavar="N")
+    _flag(c, V, "device")
+    _flag(c, V, "dtype")
+    _config_flag(c, "batch_size: 32")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -385,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_estimate(sub)
     _add_train(sub)
     _add_evaluate(sub)
+    _add_cycle(sub)
 
     bb = sub.add_parser("backbone", help="diffusion backbones: write a tiny random one for smoke tests",
                         description="Backbone tools. 'tiny' writes a tiny randomly initialised text-to-image + "
@@ -401,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_quality(sub)
     _add_export(sub)
+    _add_convert(sub)
 
     m = sub.add_parser("merge", help="join the part folders of a run (dhpc generate --part I/N) into one dataset",
                        description="Join the folders of dhpc generate --part 1/N .. N/N into the dataset the "
@@ -437,7 +507,7 @@ def generate_config(args: argparse.Namespace) -> GenerateConfig:
 #: the config of each command that has one (generate's holds nested blocks: :func:`generate_config`)
 CONFIGS: dict[str, type[CommandConfig]] = {
     "generate": GenerateConfig, "train": TrainConfig, "evaluate": EvaluateConfig, "estimate": EstimateConfig,
-    "quality": QualityConfig, "export": ExportConfig,
+    "quality": QualityConfig, "export": ExportConfig, "cycle": CycleConfig, "convert": ConvertConfig,
 }  # fmt: skip
 
 
@@ -540,6 +610,16 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_cycle(args) -> int:
+    from diffusion_hpc.engine.cycle import TABLE_MD, cycle
+
+    config = command_config(args)
+    result = cycle(config, progress=not args.no_progress)
+    print(result.table)
+    print(f"loop folder: {result.out} (table: {result.out / TABLE_MD})")
+    return 0
+
+
 def cmd_backbone(args, parser) -> int:
     if args.backbone_command != "tiny":
         parser.parse_args(["backbone", "--help"])
@@ -564,7 +644,18 @@ def cmd_export(args) -> int:
     from diffusion_hpc.data.export import export_dataset
 
     result = export_dataset(command_config(args))
-    print(f"{result.count} samples -> {result.path} (images in {result.images})")
+    skipped = f"; {result.skipped} persons without a usable SMPL label left out" if result.skipped else ""
+    print(f"{result.count} person rows ({result.format}) -> {result.path} (images in {result.images}){skipped}")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from diffusion_hpc.data.convert import convert_dataset
+
+    config = command_config(args)
+    result = convert_dataset(config, progress=True)
+    print(f"{result.converted} samples labelled with {config.to} in {result.shards_done} shards "
+          f"({result.flagged} flagged), {result.shards_skipped} shards already labelled, in {result.seconds:.1f} s")
     return 0
 
 
@@ -610,12 +701,16 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(args)
         if args.command == "evaluate":
             return cmd_evaluate(args)
+        if args.command == "cycle":
+            return cmd_cycle(args)
         if args.command == "backbone":
             return cmd_backbone(args, parser)
         if args.command == "quality":
             return cmd_quality(args)
         if args.command == "export":
             return cmd_export(args)
+        if args.command == "convert":
+            return cmd_convert(args)
         if args.command == "merge":
             return cmd_merge(args)
         if args.command == "prior":
