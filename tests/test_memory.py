@@ -36,3 +36,26 @@ def test_a_shard_holds_a_bounded_number_of_records(tmp_path, anny_body):
     assert [s["key"] for s in open_dataset(tmp_path / "small")] == [s["key"] for s in open_dataset(tmp_path / "d")]
     assert {s["key"]: s["image"].tobytes() for s in open_dataset(tmp_path / "small")} == \
         {s["key"]: s["image"].tobytes() for s in open_dataset(tmp_path / "d")}
+
+
+def test_mode_r_holds_a_bounded_number_of_records(tmp_path, tiny_backbone, one_thread):
+    """Mode R with the tiny backbone (a real photo as the guide, reused): one shard of 28 samples in
+    batches of 4 holds at most the queue and about two batches of records after every batch, as
+    mode D does; every sample reaches the shard."""
+    import skimage.data
+    from PIL import Image
+
+    guides = tmp_path / "guides"
+    guides.mkdir()
+    Image.fromarray(skimage.data.astronaut()).save(guides / "astronaut.png")
+    n, batch = 28, 4
+    config = GenerateConfig(mode="R", guides=guides, backbone=str(tiny_backbone), image_size=(64, 64), n=n, k=4,
+                            seed=2, batch_size=batch, shard_size=n, verify=False)  # fmt: skip
+    generator = Generator(config, progress=False)
+    held: list[int] = []
+    with generator.plan(tmp_path / "d") as plan:
+        plan.writer.open()
+        generator.run_shard(0, plan.writer, on_batch=lambda count: held.append(live_records()))
+    assert len(held) == n // batch
+    assert max(held) <= STREAM_DEPTH + 2 * batch < n, held
+    assert len(list(open_dataset(tmp_path / "d"))) == n

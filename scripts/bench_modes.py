@@ -1,0 +1,221 @@
+"""Benchmark the CPU work around the denoising in modes T and R: CPU ms per accepted sample.
+
+Runs ``dhpc generate`` in modes T and R with the tiny random backbone (``dhpc backbone tiny``;
+written to a temporary folder unless ``--backbone`` is given), then reads the manifest: every row
+carries its share of each stage's wall time (``timings``, seconds). The model stages are those whose
+time is the diffusion models' (UNet, VAE, text encoders): ``regenerate`` and mode T's ``start``
+(txt2img); every other stage (mode R's ``start``: decoding and resizing the guide photos;
+``segment``, ``estimate``, ``prior``, ``augment``, ``body``, ``render``, ``verify``, the cycles'
+estimates) is CPU-side work that could overlap the denoising. The script prints, per mode, the mean
+ms per row of every stage, the three slowest CPU stages, and
+
+    CPU ms per accepted sample = sum of the CPU stages over all rows / accepted samples
+
+(goal: <= 50 ms at batch 16). The first batch (model warm-up) is excluded: a warm-up run of one batch
+runs first in the same process.
+
+Mode R's guides are real photos of people that ship in wheels (scikit-image's astronaut and camera,
+matplotlib's grace_hopper), as in scripts/kill_storm.py, each mirrored and cropped at other spots so
+that every guide of the run has a file of its own (``--reuse-guides``: the 3 photos, reused). The tiny backbone draws noise, so mode T's
+start images would hold no person and every row would fail before the CPU stages that matter: mode
+T runs the real tiny txt2img (its cost is counted) and then replaces each start image by one of the
+photos, as tests/test_pipeline_modes.py does.
+
+``--memory N1 N2 ...``: instead, peak resident memory (ru_maxrss) of a whole mode-R ``dhpc generate``
+run of each size, each in its own subprocess, and the ratio of each to the first (flat memory: a
+1,000-sample run should need about what a 100-sample run needs; goal <= 1.1x). These runs use
+k = 8 variants per guide (``--memory-k``): fewer estimator fits keep a 1,000-sample run to minutes,
+and the samples held and streamed to the shards are the same.
+
+``--profile``: also print the 25 functions with the most cumulative time (cProfile) of each mode.
+
+    .venv/bin/python scripts/bench_modes.py --n 45 --batch-size 16 --image-size 128
+    .venv/bin/python scripts/bench_modes.py --memory 100 1000 --image-size 64
+
+Runs under ``nice -n 10`` (it lowers its own priority) with one torch thread unless OMP_NUM_THREADS is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import pstats
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+#: stages whose time is the diffusion models' (per mode); every other stage is CPU-side work
+MODEL_STAGES = {"T": ("start", "regenerate"), "R": ("regenerate",)}
+T_PROMPT = "doing a backflip"
+
+
+def write_guides(folder: Path, distinct: int = 0) -> Path:
+    """Real photos of people from installed wheels: scikit-image's astronaut and camera, matplotlib's
+    grace_hopper; with ``distinct`` > 3, that many different files (each photo mirrored and cropped
+    at other spots), so no two guides of a run share a file, as when a user has a photo per guide."""
+    import matplotlib
+    import skimage.data
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = {"astronaut": skimage.data.astronaut(), "camera": np.stack([skimage.data.camera()] * 3, -1),
+              "grace_hopper": np.asarray(Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"))}
+    if distinct <= len(photos):
+        for name, image in photos.items():
+            Image.fromarray(image).save(folder / f"{name}.png")
+        return folder
+    for i in range(distinct):
+        name, image = list(photos.items())[i % len(photos)]
+        variant = i // len(photos)
+        h, w = image.shape[:2]
+        ch, cw = int(h * 0.85), int(w * 0.85)
+        y0, x0 = (variant // 2 * 7) % (h - ch), (variant // 2 * 11) % (w - cw)
+        crop = image[y0:y0 + ch, x0:x0 + cw]
+        Image.fromarray(np.ascontiguousarray(crop[:, ::-1] if variant % 2 else crop)).save(folder / f"{i:04d}-{name}.png")
+    return folder
+
+
+class PhotoStart:
+    """Mode T's start stage: the real tiny txt2img (its cost counted), each image then replaced by a photo."""
+
+    name = "txt2img"
+    requires = ("prompts", "seeds")
+
+    def __init__(self, inner, photos: list[np.ndarray]) -> None:
+        self.inner, self.photos = inner, photos
+        self.settings = inner.settings
+
+    def generate(self, batch):
+        result = self.inner.generate(batch)
+        result.images = np.stack([self.photos[int(s) % len(self.photos)] for s in batch.seeds])
+        return result
+
+
+def config(mode: str, n: int, args, backbone: Path, guides: Path):
+    from diffusion_hpc.config import GenerateConfig
+
+    extra = {"guides": guides} if mode == "R" else {"prompt": T_PROMPT}
+    return GenerateConfig(mode=mode, backbone=str(backbone), image_size=(args.image_size, args.image_size), n=n,
+                          batch_size=args.batch_size, seed=args.seed, **extra)  # fmt: skip
+
+
+def run_mode(mode: str, args, backbone: Path, guides: Path, work: Path) -> dict:
+    """One timed run of ``mode`` after a one-batch warm-up in the same process; its manifest summarised."""
+    from diffusion_hpc.pipeline.generate import Generator
+    from diffusion_hpc.pipeline.inputs import GuideImages
+
+    def generator(n: int) -> Generator:
+        gen = Generator(config(mode, n, args, backbone, guides), progress=False)
+        gen.load_models()
+        if mode == "T":
+            photos = [GuideImages(guides, (args.image_size,) * 2).load(i) for i in range(3)]
+            gen.stages.start = PhotoStart(gen.stages.start, photos)
+        return gen
+
+    warm = generator(args.batch_size)
+    warm.run(work / f"{mode}-warm")
+    gen = Generator(config(mode, args.n, args, backbone, guides), progress=False)
+    gen.stages = warm.stages  # the warm models (the start stage already swapped)
+    profiler = cProfile.Profile() if args.profile else None
+    start = time.perf_counter()
+    if profiler:
+        profiler.enable()
+    gen.run(work / mode)
+    if profiler:
+        profiler.disable()
+    wall = time.perf_counter() - start
+    rows = [json.loads(line) for line in (work / mode / "manifest.jsonl").read_text().splitlines()]
+    summary = summarise(mode, rows, wall)
+    if profiler:
+        stats = pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative")
+        print(f"--- mode {mode}: cProfile, cumulative ---", file=sys.stderr)
+        stats.print_stats(25)
+    return summary
+
+
+def summarise(mode: str, rows: list[dict], wall: float) -> dict:
+    """Stage ms per row, CPU ms per accepted sample, the three slowest CPU stages."""
+    accepted = sum(r["status"] == "ok" for r in rows)
+    totals: dict[str, float] = {}
+    for r in rows:
+        for stage, seconds in r["timings"].items():
+            totals[stage] = totals.get(stage, 0.0) + seconds
+    cpu = {s: t for s, t in totals.items() if s not in MODEL_STAGES[mode]}
+    cpu_total = sum(cpu.values())
+    slowest = sorted(cpu, key=cpu.get, reverse=True)[:3]
+    return {
+        "mode": mode, "rows": len(rows), "accepted": accepted, "wall_s": round(wall, 2),
+        "stage_ms_per_row": {s: round(1000 * t / len(rows), 2) for s, t in sorted(totals.items(), key=lambda x: -x[1])},
+        "cpu_ms_per_accepted": round(1000 * cpu_total / accepted, 1) if accepted else None,
+        "model_ms_per_accepted": round(1000 * (sum(totals.values()) - cpu_total) / accepted, 1) if accepted else None,
+        "slowest_cpu_stages": {s: round(1000 * cpu[s] / max(accepted, 1), 1) for s in slowest},
+        "cpu_share": round(cpu_total / max(sum(totals.values()), 1e-9), 3),
+    }  # fmt: skip
+
+
+def peak_rss_mb(n: int, args, backbone: Path, guides: Path, out: Path) -> tuple[float, float]:
+    """(peak resident MB, seconds) of a mode-R ``dhpc generate -n n`` in a subprocess of its own."""
+    command = [sys.executable, "-m", "diffusion_hpc.cli", "generate", "--mode", "R", "--guides", str(guides),
+               "--backbone", str(backbone), "--out", str(out), "-n", str(n), "--batch-size", str(args.batch_size),
+               "--image-size", str(args.image_size), "--seed", str(args.seed), "-k", str(args.memory_k),
+               "--no-progress"]  # fmt: skip
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"bench_modes: {' '.join(command)} failed")
+    return usage.ru_maxrss / 1024, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--modes", nargs="+", default=["R", "T"], choices=["R", "T"])
+    parser.add_argument("--n", type=int, default=45, help="samples of the timed run (after a one-batch warm-up)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--backbone", type=Path, help="a tiny backbone folder (default: written to a temporary folder)")
+    parser.add_argument("--reuse-guides", action="store_true",
+                        help="mode R from the 3 photos only (guides reuse files) instead of a distinct file per guide")
+    parser.add_argument("--memory", type=int, nargs="+", help="peak RSS of mode-R runs of these sizes instead")
+    parser.add_argument("--memory-k", type=int, default=8,
+                        help="variants per guide of the --memory runs (fewer estimator fits: a short 1,000-sample run)")
+    parser.add_argument("--profile", action="store_true", help="print cProfile's top functions per mode (stderr)")
+    args = parser.parse_args(argv)
+    os.nice(10)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    with tempfile.TemporaryDirectory(prefix="bench-modes-") as tmp:
+        work = Path(tmp)
+        backbone = args.backbone
+        if backbone is None:
+            from diffusion_hpc.generate.tiny import write_tiny_backbone
+
+            backbone = write_tiny_backbone(work / "backbone")
+        distinct = 0 if args.reuse_guides else -(-args.n // 3) + args.batch_size  # a file per guide (k = 3)
+        guides = write_guides(work / "guides", distinct)
+        if args.memory:
+            peaks = {n: peak_rss_mb(n, args, backbone, guides, work / f"mem-{n}") for n in args.memory}
+            first = peaks[args.memory[0]][0]
+            result = {"mode": "R", "batch_size": args.batch_size, "image_size": args.image_size,
+                      "peak_rss_mb": {n: round(mb, 1) for n, (mb, _) in peaks.items()},
+                      "seconds": {n: round(s, 1) for n, (_, s) in peaks.items()},
+                      "ratio_to_first": {n: round(mb / first, 3) for n, (mb, _) in peaks.items()}}  # fmt: skip
+            print(json.dumps(result, indent=1))
+            return 0
+        results = [run_mode(mode, args, backbone, guides, work) for mode in args.modes]
+    for r in results:
+        print(json.dumps(r, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
