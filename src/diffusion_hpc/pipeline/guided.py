@@ -22,6 +22,7 @@ import numpy as np
 
 from diffusion_hpc.config import GenerateConfig
 from diffusion_hpc.data.seeds import augment_seed, guide_seed, sample_seed
+from diffusion_hpc.estimate import Estimate
 from diffusion_hpc.generate.base import GenerationBatch
 from diffusion_hpc.pipeline.inputs import GuideImages
 from diffusion_hpc.pipeline.requests import pick_line, prompt_text, variant_prompt, variants_in_run
@@ -66,6 +67,22 @@ def start_images(config: GenerateConfig, stages: Stages, guide_images: Optional[
     return out
 
 
+def estimate_found(estimator, images: np.ndarray, person_found: np.ndarray) -> dict[int, Estimate]:
+    """The estimator on the images where the segmenter found a person, in one batch; position -> estimate.
+
+    An image without a person fails its samples whatever the estimator says, so it is not estimated
+    (a start image without a person would cost the estimator's detection, or a whole fit when its
+    detector sees someone the segmenter did not).
+
+    Args:
+        images: (B, H, W, 3) uint8; person_found: (B,) bool, the segmenter's.
+    """
+    found = [i for i in range(len(images)) if person_found[i]]
+    if not found:
+        return {}
+    return dict(zip(found, estimator.estimate([images[i] for i in found]), strict=True))
+
+
 def place_guided(config: GenerateConfig, stages: Stages, guide_images: Optional[GuideImages], prompt_lines: list[str],
                  guides: list[int], timer: StageTimer) -> tuple[list[SampleLog], PlacedBodies]:  # fmt: skip
     """Modes T, R: the k variants of each guide of the batch, placed in the start image's camera.
@@ -82,12 +99,12 @@ def place_guided(config: GenerateConfig, stages: Stages, guide_images: Optional[
     # 2. masks of the start images
     seg = st.segmenter.segment(g.images)
     timer.lap("segment")
-    # 3. body estimate in the start image's camera
-    estimates = st.estimator.estimate(list(g.images))
+    # 3. body estimate in the start image's camera (only where the segmenter found a person)
+    estimates = estimate_found(st.estimator, g.images, seg.person_found)
     timer.lap("estimate")
     # 4. prior score of the estimated pose; optional hard-pose filter
-    reasons = ["segment: no person found" if not seg.person_found[i] else "" if est.ok else f"estimate: {est.reason}"
-               for i, est in enumerate(estimates)]  # fmt: skip
+    reasons = ["segment: no person found" if i not in estimates else "" if estimates[i].ok
+               else f"estimate: {estimates[i].reason}" for i in range(len(guides))]  # fmt: skip
     ok = [i for i, r in enumerate(reasons) if not r]
     prior_scores = np.full(len(guides), np.nan)
     if ok:

@@ -26,6 +26,7 @@ from diffusion_hpc.data.seeds import cycle_seed
 from diffusion_hpc.data.writer import ManifestRow
 from diffusion_hpc.generate.base import GenerationBatch
 from diffusion_hpc.geometry.camera import project
+from diffusion_hpc.pipeline.guided import estimate_found
 from diffusion_hpc.pipeline.records import records_and_rows
 from diffusion_hpc.pipeline.samples import (
     Generated,
@@ -136,13 +137,13 @@ def cycle(stages: Stages, previous: Generated, number: int, size: tuple[int, int
     if not len(previous):
         return previous
     seg = stages.segmenter.segment(previous.images)
-    estimates = stages.estimator.estimate(list(previous.images))
+    estimates = estimate_found(stages.estimator, previous.images, seg.person_found)
     timer.lap("cycle_estimate")
-    for i, (log, est) in enumerate(zip(previous.logs, estimates)):
-        if not seg.person_found[i]:
+    for i, log in enumerate(previous.logs):
+        if i not in estimates:
             log.reason = f"cycle {number}: segment: no person found"
-        elif not est.ok:
-            log.reason = f"cycle {number}: estimate: {est.reason}"
+        elif not estimates[i].ok:
+            log.reason = f"cycle {number}: estimate: {estimates[i].reason}"
     rows = alive(previous.logs)
     params = [{k: np.asarray(v, np.float32) for k, v in estimates[i].params.items()} for i in rows]
     bodies = PlacedBodies(
