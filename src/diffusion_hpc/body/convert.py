@@ -56,8 +56,8 @@ INIT_JOINTS = {"h36m17": ("pelvis", "left_hip", "right_hip", "spine", "thorax", 
                           "right_shoulder"),
                "coco17": ("left_hip", "right_hip", "left_shoulder", "right_shoulder")}
 #: a conversion whose mean symmetric surface distance exceeds this (mm) is flagged: above every
-#: Anny -> Anny fit of scripts/bench_convert.py (64 built-in poses at batch 64: median 2.8, 95th
-#: percentile 4.4, max 8.2 mm), so a flag means the target could not take the body's shape or pose
+#: Anny -> Anny fit of scripts/bench_convert.py (200 built-in poses at batch 64: median 2.6, 95th
+#: percentile 5.0, max 8.0 mm), so a flag means the target could not take the body's shape or pose
 FLAG_SURFACE_MM = 15.0
 #: most squared distances one nearest-neighbour chunk holds (float32: 4 bytes each)
 NN_CHUNK_ELEMENTS = 2**25
