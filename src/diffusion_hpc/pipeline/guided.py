@@ -23,6 +23,7 @@ import numpy as np
 from diffusion_hpc.config import GenerateConfig
 from diffusion_hpc.data.seeds import augment_seed, guide_seed, sample_seed
 from diffusion_hpc.estimate import Estimate
+from diffusion_hpc.estimate.base import estimate_with_masks
 from diffusion_hpc.generate.base import GenerationBatch
 from diffusion_hpc.pipeline.inputs import GuideImages
 from diffusion_hpc.pipeline.requests import pick_line, prompt_text, variant_prompt, variants_in_run
@@ -67,20 +68,23 @@ def start_images(config: GenerateConfig, stages: Stages, guide_images: Optional[
     return out
 
 
-def estimate_found(estimator, images: np.ndarray, person_found: np.ndarray) -> dict[int, Estimate]:
+def estimate_found(estimator, images: np.ndarray, person_found: np.ndarray,
+                   person: np.ndarray | None = None) -> dict[int, Estimate]:
     """The estimator on the images where the segmenter found a person, in one batch; position -> estimate.
 
     An image without a person fails its samples whatever the estimator says, so it is not estimated
     (a start image without a person would cost the estimator's detection, or a whole fit when its
-    detector sees someone the segmenter did not).
+    detector sees someone the segmenter did not). An estimator that uses person masks (the MediaPipe
+    fit) gets the segmenter's, so landmarks lying on the background do not drag the body.
 
     Args:
-        images: (B, H, W, 3) uint8; person_found: (B,) bool, the segmenter's.
+        images: (B, H, W, 3) uint8; person_found: (B,) bool and person: (B, H, W) bool (or None), the segmenter's.
     """
     found = [i for i in range(len(images)) if person_found[i]]
     if not found:
         return {}
-    return dict(zip(found, estimator.estimate([images[i] for i in found]), strict=True))
+    masks = None if person is None else [person[i] for i in found]
+    return dict(zip(found, estimate_with_masks(estimator, [images[i] for i in found], masks), strict=True))
 
 
 def place_guided(config: GenerateConfig, stages: Stages, guide_images: Optional[GuideImages], prompt_lines: list[str],
@@ -100,7 +104,7 @@ def place_guided(config: GenerateConfig, stages: Stages, guide_images: Optional[
     seg = st.segmenter.segment(g.images)
     timer.lap("segment")
     # 3. body estimate in the start image's camera (only where the segmenter found a person)
-    estimates = estimate_found(st.estimator, g.images, seg.person_found)
+    estimates = estimate_found(st.estimator, g.images, seg.person_found, seg.person)
     timer.lap("estimate")
     # 4. prior score of the estimated pose; optional hard-pose filter
     reasons = ["segment: no person found" if i not in estimates else "" if estimates[i].ok

@@ -137,7 +137,7 @@ def cycle(stages: Stages, previous: Generated, number: int, size: tuple[int, int
     if not len(previous):
         return previous
     seg = stages.segmenter.segment(previous.images)
-    estimates = estimate_found(stages.estimator, previous.images, seg.person_found)
+    estimates = estimate_found(stages.estimator, previous.images, seg.person_found, seg.person)
     timer.lap("cycle_estimate")
     for i, log in enumerate(previous.logs):
         if i not in estimates:
