@@ -16,20 +16,27 @@ def live_records() -> int:
     return sum(1 for obj in gc.get_objects() if type(obj) is SampleRecord)
 
 
+def run_one_shard_counting_records(config: GenerateConfig, out) -> None:
+    """Run ``config``'s single shard into ``out``, counting the live records after every batch: at most
+    the writer's queue and about two batches are alive, and every sample reaches the shard."""
+    n, batch = config.n, config.batch_size
+    generator = Generator(config, progress=False)
+    held: list[int] = []
+    with generator.plan(out) as plan:
+        plan.writer.open()
+        generator.run_shard(0, plan.writer, on_batch=lambda count: held.append(live_records()))
+    assert len(held) == n // batch
+    assert max(held) <= STREAM_DEPTH + 2 * batch < n, held
+    assert len(list(open_dataset(out))) == n
+
+
 def test_a_shard_holds_a_bounded_number_of_records(tmp_path, anny_body):
     """One shard of 40 samples in batches of 4: after every batch, at most the queue and about two
     batches of records are alive (holding the whole shard until its commit would reach 40); the
     streamed shard reads whole and equals the shards of a run with small shards."""
     n, batch = 40, 4
     config = GenerateConfig(n=n, seed=2, image_size=(48, 48), batch_size=batch, shard_size=n)
-    generator = Generator(config, progress=False)
-    held: list[int] = []
-    with generator.plan(tmp_path / "d") as plan:
-        plan.writer.open()
-        generator.run_shard(0, plan.writer, on_batch=lambda count: held.append(live_records()))
-    assert len(held) == n // batch
-    assert max(held) <= STREAM_DEPTH + 2 * batch < n, held
-    assert len(list(open_dataset(tmp_path / "d"))) == n
+    run_one_shard_counting_records(config, tmp_path / "d")
 
     small = GenerateConfig(n=n, seed=2, image_size=(48, 48), batch_size=batch, shard_size=8)
     Generator(small, progress=False).run(tmp_path / "small")
@@ -51,11 +58,4 @@ def test_mode_r_holds_a_bounded_number_of_records(tmp_path, tiny_backbone, one_t
     n, batch = 28, 4
     config = GenerateConfig(mode="R", guides=guides, backbone=str(tiny_backbone), image_size=(64, 64), n=n, k=4,
                             seed=2, batch_size=batch, shard_size=n, verify=False)  # fmt: skip
-    generator = Generator(config, progress=False)
-    held: list[int] = []
-    with generator.plan(tmp_path / "d") as plan:
-        plan.writer.open()
-        generator.run_shard(0, plan.writer, on_batch=lambda count: held.append(live_records()))
-    assert len(held) == n // batch
-    assert max(held) <= STREAM_DEPTH + 2 * batch < n, held
-    assert len(list(open_dataset(tmp_path / "d"))) == n
+    run_one_shard_counting_records(config, tmp_path / "d")
