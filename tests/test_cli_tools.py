@@ -27,7 +27,7 @@ def test_export_cli(small_dataset, tmp_path, fmt, suffix):
     out = tmp_path / f"export{suffix}"
     proc = run_cli("export", str(small_dataset), "--format", fmt, "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    assert "3 samples" in proc.stdout
+    assert "3 person rows" in proc.stdout
     samples = list(open_dataset(small_dataset))
     if suffix == ".npz":
         with np.load(out, allow_pickle=False) as npz:
