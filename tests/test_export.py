@@ -296,7 +296,7 @@ def test_cli_export_exit_codes(anny_dataset, tmp_path, capsys):
 
     path, _ = anny_dataset
     assert main(["export", str(path), "--format", "4dhumans-wds", "--out", str(tmp_path / "w" / "train.tar")]) == 0
-    assert "3 samples" in capsys.readouterr().out and (tmp_path / "w" / "train-000000.tar").is_file()
+    assert "3 person rows" in capsys.readouterr().out and (tmp_path / "w" / "train-000000.tar").is_file()
     assert main(["export", str(path), "--format", "bedlam-npz", "--out", str(tmp_path / "b.npz")]) == 2
     assert "dhpc convert" in capsys.readouterr().err
 
