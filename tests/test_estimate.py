@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import skimage.data as skdata
 
+from diffusion_hpc.body.joint_sets import COCO17
 from diffusion_hpc.errors import InputError
 
 # Measured (see scripts/bench_estimate.py; default estimator = shipped Anny prior): PA-MPJPE on
@@ -238,6 +239,36 @@ def test_estimating_a_photo_prints_no_native_chatter(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "W0000" not in proc.stderr and "TensorFlow Lite" not in proc.stderr, proc.stderr
     assert "Warp CUDA warning" not in proc.stderr, proc.stderr
+    # the fit used the segmenter's person mask (the default), and the fitted body lies on it
+    data = np.load(tmp_path / "e.npz")
+    assert data["ok"][0] and data["mask_pixels"][0] > 0.05 * 512 * 512
+
+
+def test_estimate_files_hands_each_photo_its_person_mask(tmp_path, estimator):
+    """``dhpc estimate`` (masks on by default) segments each photo with the real MediaPipe segmenter and fits on
+    its person mask: the fitted keypoints lie on the mask, the npz records the mask size (0 where no person)."""
+    import cv2
+
+    from diffusion_hpc.estimate.run import estimate_files
+    from diffusion_hpc.segment import make_segmenter
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    astronaut = photos()["astronaut"]
+    cv2.imwrite(str(folder / "a.png"), astronaut[..., ::-1])
+    cv2.imwrite(str(folder / "b.png"), np.full((90, 70, 3), 200, np.uint8))  # another size, nobody in it
+    segmenter = make_segmenter("mediapipe")
+    arrays = estimate_files(folder, tmp_path / "m.npz", estimator, segmenter=segmenter, preview_dir=tmp_path / "p")
+    mask = segmenter.segment(astronaut[None]).person[0]
+    assert list(arrays["ok"]) == [True, False]
+    assert arrays["mask_pixels"][0] == mask.sum() > 0 and arrays["mask_pixels"][1] == 0
+    kp = arrays["keypoints2d"][0]
+    body = [i for i, name in enumerate(COCO17) if name.endswith(("shoulder", "elbow", "hip"))]
+    uv = np.clip(np.round(kp[body, :2]).astype(int), 0, 511)
+    on_mask = cv2.dilate(mask.astype(np.uint8), np.ones((15, 15), np.uint8))[uv[:, 1], uv[:, 0]]
+    assert on_mask.mean() >= 0.8, (on_mask, kp[body])
+    without = estimate_files(folder, tmp_path / "n.npz", estimator)
+    assert list(without["mask_pixels"]) == [0, 0]
 
 
 def test_real_photos_face_the_right_way(results, rendered):

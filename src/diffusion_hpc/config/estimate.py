@@ -39,6 +39,12 @@ class EstimateConfig(CommandConfig):
     """images estimated together"""
     prior: bool = True
     """mediapipe: regularise the fit with the pose prior (False: a plain L2 / joint-limit penalty)"""
+    masks: bool = True
+    """mediapipe: keep the fit on the person mask the segmenter finds in each photo (a landmark on a background
+    object or another person no longer drags the body); --no-masks fits to the landmarks alone"""
+    segmenter: str = "mediapipe"
+    """the person masks' segmenter: mediapipe (selfie, ships in the wheel), mediapipe:pose, or a local transformers
+    instance-segmentation checkpoint folder"""
     device: str = "auto"
     """hmr / spin / hmr2: torch device of the regressor: auto (the first CUDA device, else the CPU), cpu, cuda, cuda:N or
     mps (the mediapipe fit runs on the CPU)"""
@@ -71,6 +77,9 @@ class EstimateConfig(CommandConfig):
             if not self.prior:
                 raise ValueError(f"prior: --no-prior changes the MediaPipe fit; --estimator {self.estimator} "
                                  "regresses without a pose prior, leave --no-prior out")
+            if not self.masks:
+                raise ValueError(f"masks: --no-masks changes the MediaPipe fit; --estimator {self.estimator} "
+                                 "regresses from the crop without person masks, leave --no-masks out")
             if self.estimator in ("spin", "hmr2") and self.smpl_path is None:
                 raise ValueError(f"smpl_path: --estimator {self.estimator} regresses SMPL parameters; pass --smpl-path PATH "
                                  "(the SMPL model file or folder)")

@@ -13,6 +13,8 @@ for N images in input order:
 - ``joints3d/<set>`` (N, J, 3) camera-frame metres (zeros where not ok)
 - ``keypoints2d`` (N, 17, 3) COCO-17 u, v pixels + confidence
 - ``landmarks2d`` (N, 33, 3) and ``landmarks3d`` (N, 33, 3): the detector's landmarks
+- ``mask_pixels`` (N,) int: the size of the segmenter's person mask the fit used (0: fitted without a
+  mask: ``--no-masks``, a regressor, or no person in the segmenter's view)
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ from diffusion_hpc.data.schema import encode_png
 from diffusion_hpc.data.writer import atomic_write_bytes
 from diffusion_hpc.errors import ConfigError, InputError
 from diffusion_hpc.estimate import get_estimator
-from diffusion_hpc.estimate.base import Estimate
+from diffusion_hpc.estimate.base import Estimate, estimate_with_masks
 from diffusion_hpc.render import get_renderer
 from diffusion_hpc.runtime.device import resolve_placement
 from diffusion_hpc.runtime.images import IMAGE_SUFFIXES, image_files, load_image
+from diffusion_hpc.segment import Segmenter, make_segmenter
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +115,29 @@ def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def render_preview(image: np.ndarray, estimate: Estimate, body=None) -> np.ndarray:
+def person_masks(segmenter: Segmenter | None, images: Sequence[np.ndarray]) -> list[np.ndarray | None]:
+    """The segmenter's (H, W) bool person mask of each image (photos differ in size: one call each);
+    None where there is no segmenter or it found no person."""
+    if segmenter is None:
+        return [None] * len(images)
+    masks: list[np.ndarray | None] = []
+    for image in images:
+        seg = segmenter.segment(np.asarray(image, np.uint8)[None])
+        masks.append(seg.person[0] if bool(seg.person_found[0]) else None)
+    return masks
+
+
+def render_preview(image: np.ndarray, estimate: Estimate, body=None, mask: np.ndarray | None = None) -> np.ndarray:
     """(H, W, 3) uint8 RGB: the photo with the fitted mesh's silhouette (tinted) and outline, the
-    detector's landmarks (red dots) and the fitted COCO-17 skeleton (green); a banner when not ok."""
+    detector's landmarks (red dots), the fitted COCO-17 skeleton (green) and, given the person mask
+    the fit used, its outline (yellow); a banner when not ok."""
     import cv2
 
     canvas = image.copy()
     height, width = image.shape[:2]
+    if mask is not None:
+        contours, _ = cv2.findContours(np.asarray(mask, np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(canvas, contours, -1, (255, 220, 0), 1, lineType=cv2.LINE_AA)
     if estimate.ok and body is not None:
         import torch
 
@@ -174,6 +193,7 @@ def estimate(config: EstimateConfig) -> dict[str, np.ndarray]:
                               "use --estimator hmr|spin|hmr2 to regress on a GPU")  # fmt: skip
         estimator = get_estimator("mediapipe", body_model=c.fit_body_model, prior="default" if c.prior else None,
                                   model_path=c.smpl_path)
+        segmenter = make_segmenter(c.segmenter) if c.masks else None
     elif c.estimator == "spin":
         estimator = get_estimator("spin", checkpoint=c.checkpoint, smpl_path=c.smpl_path, mean_params=c.mean_params,
                                   device=placement.device, dtype=placement.dtype)  # fmt: skip
@@ -183,11 +203,12 @@ def estimate(config: EstimateConfig) -> dict[str, np.ndarray]:
     else:
         estimator = get_estimator(c.estimator, checkpoint=c.checkpoint, model_path=c.smpl_path,
                                   device=placement.device, dtype=placement.dtype)  # fmt: skip
-    return estimate_files(files, c.out, estimator, batch_size=c.batch_size, preview_dir=c.preview_dir)
+    return estimate_files(files, c.out, estimator, batch_size=c.batch_size, preview_dir=c.preview_dir,
+                          segmenter=segmenter if c.estimator == "mediapipe" else None)
 
 
 def estimate_files(paths_or_dir, out_npz: str | Path, estimator, *, batch_size: int = 16,
-                   preview_dir: str | Path | None = None) -> dict[str, np.ndarray]:
+                   preview_dir: str | Path | None = None, segmenter: Segmenter | None = None) -> dict[str, np.ndarray]:
     """Run an ``estimator`` instance (:func:`diffusion_hpc.estimate.get_estimator`) on image files.
 
     :func:`estimate` builds the estimator from a config and calls this; call it yourself to
@@ -201,6 +222,8 @@ def estimate_files(paths_or_dir, out_npz: str | Path, estimator, *, batch_size: 
         paths_or_dir: image files and / or folders (see :func:`collect_images`).
         out_npz: results file (``.npz``).
         estimator: the mesh estimator; its ``body_model`` names the npz's body model.
+        segmenter: hands each photo's person mask to an estimator that uses masks
+            (:func:`~.base.estimate_with_masks`; the MediaPipe fit); None: fit without masks.
     Returns:
         the arrays written to ``out_npz``.
     """
@@ -211,20 +234,27 @@ def estimate_files(paths_or_dir, out_npz: str | Path, estimator, *, batch_size: 
     files = collect_images(paths_or_dir)
     images = [load_image(p) for p in files]
     body_model = estimator.body_model
+    if not getattr(estimator, "uses_masks", False):
+        segmenter = None  # a regressor never looks at masks: do not segment for it
     estimates: list[Estimate] = []
+    masks: list[np.ndarray | None] = []
     for lo in range(0, len(images), batch_size):
-        estimates.extend(estimator.estimate(images[lo:lo + batch_size]))
+        batch = images[lo:lo + batch_size]
+        batch_masks = person_masks(segmenter, batch)
+        estimates.extend(estimate_with_masks(estimator, batch, batch_masks if segmenter is not None else None))
+        masks.extend(batch_masks)
     arrays = estimates_to_arrays(estimates, [str(p) for p in files], body_model)
+    arrays["mask_pixels"] = np.array([0 if m is None else int(m.sum()) for m in masks], np.int64)
     write_npz_atomic(out_npz, arrays)
     if preview_dir is not None:
         preview_dir = Path(preview_dir)
         preview_dir.mkdir(parents=True, exist_ok=True)
         body = getattr(estimator, "body", None)
         stems: dict[str, int] = {}
-        for path, image, est in zip(files, images, estimates):
+        for path, image, est, mask in zip(files, images, estimates, masks):
             stem = path.stem if path.stem not in stems else f"{path.stem}-{stems[path.stem]}"
             stems[path.stem] = stems.get(path.stem, 0) + 1
-            atomic_write_bytes(preview_dir / f"{stem}.png", encode_png(render_preview(image, est, body)))
+            atomic_write_bytes(preview_dir / f"{stem}.png", encode_png(render_preview(image, est, body, mask)))
     ok = int(arrays["ok"].sum())
     log.info("estimated %d of %d images (%s)", ok, len(files), out_npz)
     return arrays

