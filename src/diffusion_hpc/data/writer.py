@@ -52,8 +52,10 @@ class ManifestRow:
 
     ``sampler`` and ``backbone`` (diffusion generators) record what ran for the sample: the
     sampler's settings, the steps that ran, blur, and the identity of the weights (see
-    :mod:`diffusion_hpc.pipeline.records`). They are left out of the row when None, so rows of
-    the render baseline read as before and older readers see only keys they know.
+    :mod:`diffusion_hpc.pipeline.records`). ``estimator`` names the mesh estimator that gave the
+    sample its label (modes T, R) or checked it (``--verify``, ``--cycles``): its ``name`` and, for
+    a regressor, its checkpoint's content ``fingerprint``. They are left out of the row when None,
+    so rows of the render baseline read as before and older readers see only keys they know.
     """
 
     key: str
@@ -67,6 +69,7 @@ class ManifestRow:
     timings: dict | None = None
     sampler: dict | None = None
     backbone: dict | None = None
+    estimator: dict | None = None
 
     def to_json(self) -> str:
         row = {k: v for k, v in self.__dict__.items() if v is not None or k not in OPTIONAL_ROW_KEYS}
@@ -92,7 +95,7 @@ def storage_errors(label: str, what: str, retry: str = RETRY) -> Iterator[None]:
 
 
 #: row keys written only when set (added after the first datasets: older readers ignore them)
-OPTIONAL_ROW_KEYS = ("sampler", "backbone")
+OPTIONAL_ROW_KEYS = ("sampler", "backbone", "estimator")
 
 
 #: records a shard stream holds at most before :meth:`ShardStream.add` waits for the encoder: with

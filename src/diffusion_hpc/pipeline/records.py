@@ -62,6 +62,15 @@ def what_ran(sampler: dict, log: SampleLog) -> dict:
             "blur_radius": log.blur_radius if log.blur_radius > 0 else None}  # fmt: skip
 
 
+def row_estimator(identity: Optional[dict]) -> Optional[dict]:
+    """A row's ``estimator``: the ``name`` of the run's mesh estimator (the one that labelled the
+    start images, or checked the sample) and, for a regressor, its checkpoint's ``fingerprint``;
+    None when no estimator ran. ``run.json`` holds its whole identity (architecture, file name)."""
+    if identity is None:
+        return None
+    return {k: identity[k] for k in ("name", "fingerprint") if identity.get(k) is not None}
+
+
 def _json_scores(scores: dict) -> dict:
     return {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in scores.items()}  # JSON null
 
@@ -76,6 +85,7 @@ def records_and_rows(config: GenerateConfig, stages: Stages, logs: list[SampleLo
             (those without a reason are accepted); verification: aligned with ``final``.
     """
     sampler = run_sampler(stages.start_sampler, stages.sampler)
+    estimator = row_estimator(stages.estimator_identity)
     position = {log.index: i for i, log in enumerate(final.logs)}
     labels = final.labels
     records, rows = [], []
@@ -91,6 +101,7 @@ def records_and_rows(config: GenerateConfig, stages: Stages, logs: list[SampleLo
         scores = _json_scores(scores)
         evals = int(log.unet_evals) if float(log.unet_evals).is_integer() else round(log.unet_evals, 4)
         ran = {"sampler": what_ran(sampler, log), "backbone": stages.backbone} if sampler is not None else {}
+        ran["estimator"] = estimator
         key = sample_key(log.index)
         if i is None:
             rows.append(ManifestRow(key, log.index, 0, log.seed, "failed", reason=log.reason, scores=scores,
