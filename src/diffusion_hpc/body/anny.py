@@ -5,6 +5,12 @@ directly, and it has a size comparable to SMPL's 24 joints for fitting and prior
 built once (about 80 s and 1.5 GB peak on a 2-core CPU) into the project cache
 (:func:`diffusion_hpc.runtime.paths.anny_cache_dir`, about 800 MB) and loads in under a second afterwards.
 
+Device and precision: the model (its ``anny.Anny`` core, about 26 MB of buffers, and the COCO
+regressor) is loaded once per process on the CPU in float32 and shared by every :class:`AnnyBody`.
+``body.to(device, dtype)`` (or ``AnnyBody(device=..., dtype=...)``) points the body at the process's
+copy on that device and precision, made once from the loaded one (the model is not read again, the
+CPU copy is never changed), so every body on the training GPU shares one copy there too.
+
 Canonical frame of Anny: metres, Z up, the body faces -Y, its left side at +X, the root (Hips)
 joint at the origin when ``global_orient`` and ``transl`` are zero.
 
@@ -20,6 +26,7 @@ Parameters (see :mod:`diffusion_hpc.body.base`):
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import threading
@@ -39,39 +46,74 @@ PHENOTYPES = ("gender", "age", "muscle", "weight", "height", "proportions")
 RIG = "cmu_mb"
 
 _LOCK = threading.Lock()
-_CORE_CACHE: dict[str, object] = {}
+#: (rig, device, dtype) -> (anny.Anny core, COCO KeypointsRegressor): one copy per process for each
+_CORE_CACHE: dict[tuple[str, torch.device, torch.dtype], tuple] = {}
+#: where the model is loaded: every other placement is a copy of this one
+LOADED_PLACEMENT = (torch.device("cpu"), torch.float32)
 
 
-def _load_anny_core():
-    """Build or load the Anny model once per process (the cache dir is set before import)."""
+def module_copy_to(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """A copy of ``module`` with every tensor it holds on ``device``, the floating ones in ``dtype``.
+
+    Buffers, parameters and plain tensor attributes (``anny.Anny.faces`` is one, not a buffer) are
+    moved straight to their new placement: ``module`` is untouched and never copied on its own
+    device first. The rest of its state (labels, the skinning function) is deep-copied as usual.
+    """
+    memo: dict[int, object] = {}
+    for sub in module.modules():
+        for name, value in [*sub._parameters.items(), *sub._buffers.items(), *vars(sub).items()]:
+            if isinstance(value, torch.Tensor) and id(value) not in memo:
+                moved = value.detach().to(device, dtype if value.is_floating_point() else None)
+                if isinstance(value, torch.nn.Parameter):
+                    moved = torch.nn.Parameter(moved, requires_grad=value.requires_grad)
+                memo[id(value)] = moved
+    return copy.deepcopy(module, memo)
+
+
+def _load_anny_core(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+    """The Anny core and its COCO-17 regressor on ``device`` in ``dtype``, once per process each.
+
+    The model is built or loaded (the cache dir is set before import) on the CPU in float32, once;
+    another placement is :func:`module_copy_to` of that one, made on first use and kept.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     with _LOCK:
-        if RIG in _CORE_CACHE:
-            return _CORE_CACHE[RIG]
+        key = (RIG, device, dtype)
+        if key not in _CORE_CACHE:
+            loaded = _CORE_CACHE.get((RIG, *LOADED_PLACEMENT)) or _build_anny_core()
+            if key not in _CORE_CACHE:  # another placement than the loaded one
+                _CORE_CACHE[key] = tuple(module_copy_to(module, device, dtype) for module in loaded)
+        return _CORE_CACHE[key]
 
-        cache = anny_cache_dir()
-        cache.mkdir(parents=True, exist_ok=True)
-        os.environ.setdefault("ANNY_CACHE_DIR", str(cache))
-        try:  # anny's skinning kernels use NVIDIA warp, which prints a banner on first use
-            import warp
 
-            warp.config.quiet = True  # older warp
-            warp.config.log_level = 40  # warp >= 1.19: LOG_ERROR (its banner and kernel-cache lines are INFO)
-            with filtered_native_stderr(WARP_CHATTER):  # initialise now, without the no-GPU notice
-                warp.init()
-        except ImportError:  # pragma: no cover
-            pass
-        import anny
-        import anny.paths
+def _build_anny_core():
+    """Build or load the Anny model on the CPU in float32 and keep it (under ``_LOCK``)."""
+    cache = anny_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("ANNY_CACHE_DIR", str(cache))
+    try:  # anny's skinning kernels use NVIDIA warp, which prints a banner on first use
+        import warp
 
-        anny.paths.set_anny_cache_path(cache)
-        first = not any(cache.glob("**/*"))
-        if first:
-            log.warning("building the Anny body model into %s (once; about 1-2 minutes)", cache)
-        core = anny.Anny(rig=RIG).to(torch.float32)
-        core.requires_grad_(False)
-        regressor = anny.KeypointsRegressor.coco(core).to(torch.float32)
-        _CORE_CACHE[RIG] = (core, regressor)
-        return core, regressor
+        warp.config.quiet = True  # older warp
+        warp.config.log_level = 40  # warp >= 1.19: LOG_ERROR (its banner and kernel-cache lines are INFO)
+        with filtered_native_stderr(WARP_CHATTER):  # initialise now, without the no-GPU notice
+            warp.init()
+    except ImportError:  # pragma: no cover
+        pass
+    import anny
+    import anny.paths
+
+    anny.paths.set_anny_cache_path(cache)
+    first = not any(cache.glob("**/*"))
+    if first:
+        log.warning("building the Anny body model into %s (once; about 1-2 minutes)", cache)
+    core = anny.Anny(rig=RIG).to(torch.float32)
+    core.requires_grad_(False)
+    regressor = anny.KeypointsRegressor.coco(core).to(torch.float32)
+    _CORE_CACHE[(RIG, *LOADED_PLACEMENT)] = (core, regressor)
+    return core, regressor
 
 
 class _DtypeProxy:
@@ -87,6 +129,11 @@ class AnnyBody(BodyModel):
 
     Joint sets: ``coco17`` (Anny's vertex regressor), ``h36m17`` (from bones, see
     :data:`~diffusion_hpc.body.joint_sets.ANNY_H36M17_FROM_BONES`), ``anny_cmu31`` (bone heads).
+
+    Args:
+        device, dtype: where the forward pass runs and in which precision (default: the CPU,
+            float32); ``.to(device, dtype)`` moves the body later. The model is shared: see the
+            module's docstring. ``canonical_to_camera`` stays a CPU float32 constant (as SMPL's).
     """
 
     name = "anny"
@@ -96,24 +143,56 @@ class AnnyBody(BodyModel):
     joint_sets = ("coco17", "h36m17", "anny_cmu31")
     neutral_shape_value = 0.5
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        core, regressor = _load_anny_core()
-        # Shared, frozen, not registered as submodules: one copy per process however many wrappers.
-        object.__setattr__(self, "_core", core)
-        object.__setattr__(self, "_regressor", regressor)
-        bones = list(core.bone_labels)
+        self._attach_core(torch.device(device), dtype)
+        bones = list(self._core.bone_labels)
         if tuple(bones) != ANNY_CMU31:
             raise RuntimeError(f"unexpected Anny cmu_mb bone order: {bones}")
-        heads, tails = [], []
-        for name in H36M17:
-            bone, end = ANNY_H36M17_FROM_BONES[name]
-            (heads if end == "head" else tails).append(bones.index(bone))
-        self._h36m_bone = torch.tensor([bones.index(ANNY_H36M17_FROM_BONES[n][0]) for n in H36M17])
-        self._h36m_is_tail = torch.tensor([ANNY_H36M17_FROM_BONES[n][1] == "tail" for n in H36M17])
+        # buffers (not saved): they follow the body's device
+        self.register_buffer("_h36m_bone", torch.tensor([bones.index(ANNY_H36M17_FROM_BONES[n][0]) for n in H36M17],
+                                                        device=self.device), persistent=False)  # fmt: skip
+        self.register_buffer("_h36m_is_tail", torch.tensor([ANNY_H36M17_FROM_BONES[n][1] == "tail" for n in H36M17],
+                                                           device=self.device), persistent=False)  # fmt: skip
         # Rx(+90 deg): Z up / facing -Y  ->  -y up / facing -z (towards an OpenCV camera).
         self.canonical_to_camera = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
         self._shape_distributions: dict = {}
+
+    def _attach_core(self, device: torch.device, dtype: torch.dtype) -> None:
+        """Point the body at the process's shared, frozen core on ``device`` in ``dtype``; the core is
+        not a registered submodule, so ``state_dict`` and ``nn.Module.to`` never copy it."""
+        core, regressor = _load_anny_core(device, dtype)
+        object.__setattr__(self, "_core", core)
+        object.__setattr__(self, "_regressor", regressor)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the forward pass runs (the shared core's device)."""
+        return self._core.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The forward pass's precision (the shared core's)."""
+        return self._core.dtype
+
+    def _apply(self, fn, recurse: bool = True):
+        """``to`` / ``cuda`` / ``double`` / ...: the body's own buffers move as in any module, and the
+        body takes the shared core of the placement ``fn`` gives a floating tensor (the shared
+        core itself is never changed in place)."""
+        super()._apply(fn, recurse)
+        probe = fn(torch.zeros((), device=self.device, dtype=self.dtype))
+        self._attach_core(probe.device, probe.dtype)
+        return self
+
+    def __deepcopy__(self, memo: dict) -> "AnnyBody":
+        """A copy sharing the process's core (its own buffers copied): ``copy.deepcopy(body).to(device)``
+        moves the copy without copying the model."""
+        memo[id(self._core)], memo[id(self._regressor)] = self._core, self._regressor
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for key, value in vars(self).items():
+            object.__setattr__(new, key, copy.deepcopy(value, memo))
+        return new
 
     @property
     def faces(self) -> torch.Tensor:
@@ -168,10 +247,11 @@ class AnnyBody(BodyModel):
             params: global_orient (B, 3), body_pose (B, 30, 3), phenotype (B, 6), transl (B, 3).
         Returns:
             :class:`BodyOutput` with vertices (B, 13718, 3) and joints coco17 (B, 17, 3),
-            h36m17 (B, 17, 3), anny_cmu31 (B, 31, 3), float32 metres.
+            h36m17 (B, 17, 3), anny_cmu31 (B, 31, 3), metres, on the body's device in its dtype
+            (float32 unless moved); ``params`` are brought there.
         """
         self.check_params(params)
-        params = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in params.items()}
+        params = {k: torch.as_tensor(v, dtype=self.dtype, device=self.device) for k, v in params.items()}
         out = self._core(
             pose_parameters=self.pose_transforms(params),
             phenotype_kwargs=params["phenotype"],
@@ -217,7 +297,7 @@ def contract_keypoint_regressor(regressor: torch.Tensor, bone_weights: torch.Ten
     """
     weights = regressor.detach().double()
     support = torch.nonzero(weights.abs().sum(0) > 0).squeeze(1)  # vertices any keypoint uses
-    dense = torch.zeros(len(support), num_bones, dtype=torch.float64).scatter_add_(
+    dense = torch.zeros(len(support), num_bones, dtype=torch.float64, device=weights.device).scatter_add_(
         1, bone_indices[support].long(), bone_weights[support].double())  # (S, N) skinning weights
     m = weights[:, support, None] * dense[None]  # (J, S, N)
     bones = torch.nonzero(m.abs().sum((0, 1)) > 0).squeeze(1)  # bones that move a keypoint
@@ -291,7 +371,7 @@ class AnnyReducedForward:
                                                degenerate_rotation=core.degenerate_rotation)
         if core.root_identity_orientation:
             rest_poses = rest_poses.clone()
-            rest_poses[:, 0, :3, :3] = torch.eye(3, dtype=rest_poses.dtype)
+            rest_poses[:, 0, :3, :3] = torch.eye(3, dtype=rest_poses.dtype, device=rest_poses.device)
         return {"heads": heads, "tails": tails, "rest_poses": rest_poses, "basis": keypoint_basis(coeffs, self.contraction)}
 
     def _forward(self, params: Mapping[str, torch.Tensor], with_heads: bool,

@@ -155,7 +155,7 @@ def load_model(checkpoint: str | Path, smpl_path: str | Path | None = None, plac
     and its body model; returns ``(network, body_model, loaded)`` (:class:`~diffusion_hpc.hmr.init.LoadedRegressor`).
 
     The regressor is moved once to ``placement`` (default: the CPU in float32); the body model
-    computes on the same device when it can (SMPL; Anny stays on the CPU), in float32.
+    computes on the same device (:func:`~diffusion_hpc.hmr.model.body_on_device`), in float32.
     """
     device = None if placement is None else placement.device
     loaded = load_regressor_spec(checkpoint, device=device, dtype=None if placement is None else placement.dtype)

@@ -305,15 +305,19 @@ def project_normalised(points: torch.Tensor, cam_t: torch.Tensor, normalised_foc
 
 
 def body_device(body_model) -> torch.device:
-    """The device a body model computes on: that of its tensors (SMPL's ``smplx`` buffers), else the CPU
-    (Anny keeps its shared core outside the module tree, on the CPU)."""
+    """The device a body model computes on: that of its buffers (SMPL's ``smplx`` buffers, Anny's
+    index buffers, which follow its shared core), else the CPU."""
     tensor = next(iter(body_model.buffers()), None) if isinstance(body_model, nn.Module) else None
     return torch.device("cpu") if tensor is None else tensor.device
 
 
 def body_on_device(body_model, device: torch.device | str):
-    """``body_model`` computing on ``device``: itself when it is there or cannot move (Anny's shared
-    core stays on the CPU), else a private copy moved there (the process-wide instance stays put)."""
+    """``body_model`` computing on ``device``: itself when it is there or cannot move, else a copy
+    moved there (the process-wide instance stays put).
+
+    SMPL's copy holds its own buffers on ``device``; Anny's copy takes the process's shared core on
+    ``device`` (:class:`~diffusion_hpc.body.anny.AnnyBody`: the model is not loaded again, and every
+    Anny body on that device shares it)."""
     device = torch.device(device)
     movable = isinstance(body_model, nn.Module) and next(iter(body_model.buffers()), None) is not None
     if not movable or body_device(body_model) == device:
@@ -331,7 +335,7 @@ def regress(regressor: nn.Module, body_model, images: torch.Tensor, with_vertice
     ``2 * 5000 / 224`` when absent). Adds ``joints`` ({joint set: (B, J, 3)}, body at the origin: no
     translation), ``vertices`` (B, V, 3) if ``with_vertices``, and ``keypoints2d`` (B, 17, 2) normalised crop coordinates
     of the projected COCO-17 joints (with ``cam_t``). The body model runs on its own device
-    (:func:`body_device`: the training device for a moved SMPL, the CPU for Anny), in float32;
+    (:func:`body_device`: the training device for a body moved by :func:`body_on_device`), in float32;
     results come back to the images' device (no copy when the devices agree).
     """
     pred = regressor(images)

@@ -60,8 +60,10 @@ class HMRModule(pl.LightningModule):
     the weights of loss set ``losses`` (:func:`~diffusion_hpc.hmr.losses.loss_weights`);
     ``smpl_path`` is the SMPL model file when ``body_model`` is ``"smpl"``.
 
-    The body model runs on the training device: SMPL is copied there once (a private copy; the
-    process-wide instance stays where it is); Anny keeps its shared core on the CPU.
+    The body model runs on the training device (:func:`~diffusion_hpc.hmr.model.body_on_device`),
+    moved there once: SMPL as a private copy, Anny as a body sharing the process's one copy of its
+    model on that device; the process-wide instance stays where it is. A step copies no body tensor
+    between the CPU and the device.
     """
 
     def __init__(
