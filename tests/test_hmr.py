@@ -254,11 +254,13 @@ def test_finetune_checkpoint_is_strict(trained_run):
 def test_flip_is_consistent_with_mirrored_params(tiny_dataset, rotation):
     from diffusion_hpc.body import get_body_model
     from diffusion_hpc.data import open_dataset
+    from diffusion_hpc.data.export_persons import persons_of
     from diffusion_hpc.geometry.camera import project
     from diffusion_hpc.hmr.data import Augmentation, crop_sample, denormalise_keypoints
 
     body = get_body_model("anny")
-    for rec in list(open_dataset(tiny_dataset))[:3]:
+    for sample in list(open_dataset(tiny_dataset))[:3]:
+        (rec,) = persons_of(sample)
         args = (rec["image"], rec["keypoints2d"], rec["joints3d"], rec["params"], rec["K"])
         plain = crop_sample(*args, size=CROP, mask=rec["mask"], augment=Augmentation(rotation_deg=rotation))
         flip = crop_sample(*args, size=CROP, mask=rec["mask"], augment=Augmentation(rotation_deg=rotation, flip=True))
@@ -379,9 +381,10 @@ def test_real_dataset_from_benchmark_set(tiny_dataset, tmp_path):
 
     from diffusion_hpc.data import open_dataset
     from diffusion_hpc.data.benchmarks import BenchmarkSet, box_from_keypoints
+    from diffusion_hpc.data.export_persons import persons_of
     from diffusion_hpc.hmr.data import RealDataset
 
-    recs = list(open_dataset(tiny_dataset))[:2]
+    recs = [persons_of(s)[0] for s in list(open_dataset(tiny_dataset))[:2]]
     paths = []
     for i, rec in enumerate(recs):
         paths.append(tmp_path / f"{i}.png")

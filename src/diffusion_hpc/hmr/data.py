@@ -17,6 +17,12 @@ Crop and camera conventions (pixel centres at integers, as :mod:`diffusion_hpc.g
 - 2D labels are returned in normalised crop coordinates: ``(u - (S - 1) / 2) / (S / 2)``, so the
   crop spans [-1, 1]; the regressor's weak-perspective projection uses the same coordinates.
 
+Synthetic datasets train on person crops: every person of a sample (schema v2 ``persons``; a v1
+sample is one person) is its own item, cropped around that person with that person's parameters and
+joints (:meth:`SyntheticShards.convert`). Persons too hidden to learn from (fewer than
+:data:`MIN_VISIBLE_KEYPOINTS` visible COCO keypoints, or less than :data:`MIN_VISIBLE_FRACTION` of
+their silhouette visible) are skipped and counted (:class:`PersonCounts`, :func:`count_persons`).
+
 Datasets yield dicts of float32 tensors with identical keys (so the default collate works):
 ``image`` (3, S, S) in [0, 1], ``keypoints2d`` (17, 3) COCO-17 normalised + confidence,
 ``joints3d`` (17, 4) H36M-17 camera frame metres + confidence, ``global_orient`` (3,),
@@ -27,7 +33,7 @@ per-sample masks ``has_2d``, ``has_3d``, ``has_params``, ``is_real`` (0-d).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -38,6 +44,7 @@ from diffusion_hpc.body.joint_sets import flip_permutation
 from diffusion_hpc.data import benchmarks
 from diffusion_hpc.data.benchmarks import box_from_keypoints as spin_box
 from diffusion_hpc.data.benchmarks import convert_joints
+from diffusion_hpc.data.export_persons import iter_sample_meta, persons_of
 from diffusion_hpc.data.reader import iter_shard
 from diffusion_hpc.errors import InputError
 from diffusion_hpc.geometry.boxes import BOX_EXPAND, SPIN_SCALE_UNIT, crop_matrix, mask_box
@@ -47,6 +54,11 @@ from diffusion_hpc.hmr.model import body_spec
 KEYPOINT_SET = "coco17"
 JOINTS3D_SET = "h36m17"
 MIRROR = np.diag([-1.0, 1.0, 1.0])
+#: a synthetic person trains only with at least this many COCO-17 keypoints visible (COCO visibility 2:
+#: in the image and not hidden by its own body or another person); fewer leave the crop's pose unsupervised
+MIN_VISIBLE_KEYPOINTS = 6
+#: ... and at least this share of its silhouette visible (schema v2 ``visible_fraction``; 1.0 unoccluded)
+MIN_VISIBLE_FRACTION = 0.2
 
 
 @dataclass
@@ -268,6 +280,26 @@ def crop_sample(
     }
 
 
+def crop_person(person: Mapping[str, Any], size: int = 224, augment: AugmentConfig | Augmentation | None = None, *,
+                rng: np.random.Generator | None = None, body_model: str = "anny", bbox_from: str = "mask",
+                with_params: bool = True) -> dict[str, torch.Tensor]:
+    """The crop of one person of one of our samples (:func:`crop_sample`; a person from
+    :func:`~diffusion_hpc.data.export_persons.persons_of`): around that person, with its keypoints,
+    joints and, when its body model is ``body_model`` and ``with_params``, its parameters.
+
+    The box (``bbox_from="mask"``) is the person's own silhouette's when the person is unoccluded
+    (``visible_fraction`` 1, every v1 sample), else its keypoints' (all in the image, those hidden
+    behind another person too), so a partly hidden person's crop still holds all of it.
+    """
+    same_model = with_params and person.get("body_model", body_model) == body_model
+    whole = float(person.get("visible_fraction", 1.0)) >= 1.0
+    return crop_sample(
+        person["image"], person["keypoints2d"], person["joints3d"], person["params"] if same_model else None,
+        person["K"], bbox_from=bbox_from if whole else "keypoints", size=size, augment=augment,
+        mask=person.get("mask"), rng=rng, body_model=body_model,
+    )  # fmt: skip
+
+
 # ----------------------------------------------------------------------------------------------
 # Datasets.
 
@@ -297,12 +329,67 @@ def list_shards(dirs: Sequence[str | Path]) -> list[Path]:
     return shards
 
 
+def visible_keypoints(person: Mapping[str, Any]) -> int:
+    """How many of a person's COCO-17 keypoints are visible (COCO visibility 2)."""
+    return int((np.asarray(person["keypoints2d"])[:, 2] == 2).sum())
+
+
+def trainable(person: Mapping[str, Any], min_keypoints: int = MIN_VISIBLE_KEYPOINTS,
+              min_fraction: float = MIN_VISIBLE_FRACTION) -> bool:
+    """True when a person (:func:`~diffusion_hpc.data.export_persons.persons_of`; decoded or the raw
+    JSON of a sample) shows enough of itself to train on: at least ``min_keypoints`` visible COCO
+    keypoints and ``visible_fraction`` (absent: 1.0, a v1 sample) at least ``min_fraction``."""
+    return (visible_keypoints(person) >= min_keypoints
+            and float(person.get("visible_fraction", 1.0)) >= min_fraction)
+
+
+@dataclass
+class PersonCounts:
+    """Images and persons read, and the persons used (training crops) or skipped (too hidden)."""
+
+    images: int = 0
+    used: int = 0
+    skipped: int = 0
+    per_image: dict[int, int] = field(default_factory=dict)  # persons in an image -> images
+
+    @property
+    def persons(self) -> int:
+        return self.used + self.skipped
+
+    def add(self, kept: int, dropped: int) -> None:
+        """Count one image with ``kept`` usable and ``dropped`` skipped persons."""
+        self.images += 1
+        self.used += kept
+        self.skipped += dropped
+        self.per_image[kept + dropped] = self.per_image.get(kept + dropped, 0) + 1
+
+    def __str__(self) -> str:
+        return (f"{self.images} images, {self.persons} persons: {self.used} training crops, {self.skipped} skipped "
+                f"(fewer than the visible keypoints or silhouette share a crop needs)")
+
+
+def count_persons(dirs: Sequence[str | Path], min_keypoints: int = MIN_VISIBLE_KEYPOINTS,
+                  min_fraction: float = MIN_VISIBLE_FRACTION) -> PersonCounts:
+    """:class:`PersonCounts` of datasets ``dirs`` as :class:`SyntheticShards` would read them, from
+    the samples' JSON alone (no image is decoded)."""
+    counts = PersonCounts()
+    for shard in list_shards(dirs):
+        for meta in iter_sample_meta(shard):
+            usable = [trainable(p, min_keypoints, min_fraction) for p in persons_of(meta)]
+            counts.add(sum(usable), len(usable) - sum(usable))
+    return counts
+
+
 class SyntheticShards(torch.utils.data.IterableDataset):
-    """Streaming crops from our WebDataset shards (read with plain ``tarfile``).
+    """Streaming person crops from our WebDataset shards (read with plain ``tarfile``).
+
+    Every person of a sample is one item (:meth:`convert`); persons that are not
+    :func:`trainable` (``min_visible_keypoints``, ``min_visible_fraction``) are skipped and counted
+    in :attr:`counts` (this process's reads; :func:`count_persons` counts a whole dataset up front).
 
     Sharding: with at least as many shards as consumers (ranks x workers), each consumer reads its
     own shards; otherwise every consumer reads all shards and keeps every n-th sample. Shard order
-    and a sample buffer are shuffled per pass with a seed from (``seed``, pass, consumer,
+    and a person buffer are shuffled per pass with a seed from (``seed``, pass, consumer,
     :attr:`start`); ``repeat`` loops forever (training is bounded by steps).
     """
 
@@ -316,13 +403,18 @@ class SyntheticShards(torch.utils.data.IterableDataset):
         shuffle_buffer: int = 256,
         seed: int = 0,
         repeat: bool = True,
+        min_visible_keypoints: int = MIN_VISIBLE_KEYPOINTS,
+        min_visible_fraction: float = MIN_VISIBLE_FRACTION,
     ) -> None:
         super().__init__()
         self.shards = list_shards(dirs)
         self.size, self.augment, self.bbox_from, self.body_model = size, augment, bbox_from, body_model
         self.shuffle_buffer, self.seed, self.repeat = shuffle_buffer, seed, repeat
+        self.min_visible_keypoints, self.min_visible_fraction = min_visible_keypoints, min_visible_fraction
         #: offset for the random streams (the trainer sets it to the global step on resume)
         self.start = 0
+        #: images and persons this process has read (per pass and consumer, summed)
+        self.counts = PersonCounts()
 
     def _records(self, rng: np.random.Generator, cid: int, count: int) -> Iterator[dict]:
         split_by_shard = len(self.shards) >= count
@@ -335,14 +427,18 @@ class SyntheticShards(torch.utils.data.IterableDataset):
                     yield rec
                 n += 1
 
-    def convert(self, rec: dict, rng: np.random.Generator | None) -> dict[str, torch.Tensor]:
-        """Dataset record -> training sample."""
-        same_model = rec.get("body_model", self.body_model) == self.body_model
-        out = crop_sample(
-            rec["image"], rec["keypoints2d"], rec["joints3d"], rec["params"] if same_model else None, rec["K"],
-            bbox_from=self.bbox_from, size=self.size, augment=self.augment, mask=rec.get("mask"), rng=rng,
-            body_model=self.body_model,
-        )  # fmt: skip
+    def _persons(self, rng: np.random.Generator, cid: int, count: int) -> Iterator[dict]:
+        """The :func:`trainable` persons of :meth:`_records`, counted in :attr:`counts`."""
+        for rec in self._records(rng, cid, count):
+            people = persons_of(rec)
+            kept = [p for p in people if trainable(p, self.min_visible_keypoints, self.min_visible_fraction)]
+            self.counts.add(len(kept), len(people) - len(kept))
+            yield from kept
+
+    def convert(self, person: dict, rng: np.random.Generator | None) -> dict[str, torch.Tensor]:
+        """One person (:func:`~diffusion_hpc.data.export_persons.persons_of`) -> training sample
+        (:func:`crop_person`)."""
+        out = crop_person(person, self.size, self.augment, rng=rng, body_model=self.body_model, bbox_from=self.bbox_from)
         out["is_real"] = torch.tensor(0.0)
         return out
 
@@ -352,15 +448,39 @@ class SyntheticShards(torch.utils.data.IterableDataset):
         while True:
             rng = np.random.default_rng([self.seed, self.start, epoch, cid])
             buffer: list[dict] = []
-            for rec in self._records(rng, cid, count):
+            before = PersonCounts(self.counts.images, self.counts.used, self.counts.skipped)
+            for rec in self._persons(rng, cid, count):
                 buffer.append(rec)
                 if len(buffer) >= max(self.shuffle_buffer, 1):
                     yield self.convert(buffer.pop(int(rng.integers(len(buffer)))), rng)
             while buffer:
                 yield self.convert(buffer.pop(int(rng.integers(len(buffer)))), rng)
+            if self.counts.used == before.used and self.counts.skipped > before.skipped:
+                raise InputError(
+                    f"none of the {self.counts.skipped - before.skipped} persons read from {len(self.shards)} shard file(s) "
+                    f"is visible enough to train on (min_visible_keypoints {self.min_visible_keypoints}, "
+                    f"min_visible_fraction {self.min_visible_fraction}); lower them or generate more data")
             epoch += 1
             if not self.repeat:
                 return
+
+
+def dataset_person_crops(path: str | Path, size: int = 224, limit: int | None = None, body_model: str = "anny",
+                         min_keypoints: int = MIN_VISIBLE_KEYPOINTS,
+                         min_fraction: float = MIN_VISIBLE_FRACTION) -> list[dict[str, torch.Tensor]]:
+    """Unaugmented crops (:func:`crop_person`, no parameters) of the :func:`trainable` persons of the
+    dataset at ``path``, in order, the first ``limit``: what a regressor is scored on (``dhpc
+    evaluate --data DATASET``, training's validation)."""
+    from diffusion_hpc.data import open_dataset
+
+    items: list[dict[str, torch.Tensor]] = []
+    for sample in open_dataset(path):
+        for person in persons_of(sample):
+            if limit is not None and len(items) >= limit:
+                return items
+            if trainable(person, min_keypoints, min_fraction):
+                items.append(crop_person(person, size, None, body_model=body_model, with_params=False))
+    return items
 
 
 def load_real_source(spec) -> Any:

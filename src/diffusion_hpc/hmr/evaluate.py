@@ -28,10 +28,10 @@ import torch
 from diffusion_hpc.body import check_body_model, get_body_model
 from diffusion_hpc.body.joint_sets import H36M17
 from diffusion_hpc.config.evaluate import EvaluateConfig
-from diffusion_hpc.data import benchmarks, open_dataset
+from diffusion_hpc.data import benchmarks
 from diffusion_hpc.errors import ConfigError, InputError, MissingModelError
 from diffusion_hpc.eval import metrics
-from diffusion_hpc.hmr.data import RealDataset, crop_sample, denormalise_keypoints
+from diffusion_hpc.hmr.data import RealDataset, dataset_person_crops, denormalise_keypoints
 from diffusion_hpc.hmr.init import load_regressor_spec
 from diffusion_hpc.hmr.model import body_on_device, regress
 from diffusion_hpc.runtime.atomic import atomic_write_bytes
@@ -99,12 +99,8 @@ def load_targets(source: str, crop_size: int = 224, limit: int | None = None, bo
         raise ConfigError(f"--limit must be a positive number of samples, got {limit}")
     kind, path = _source_kind(source, option)
     items: list[dict[str, torch.Tensor]] = []
-    if kind == "dataset":
-        for i, rec in enumerate(open_dataset(path)):
-            if limit is not None and i >= limit:
-                break
-            items.append(crop_sample(rec["image"], rec["keypoints2d"], rec["joints3d"], None, rec["K"], bbox_from="mask",
-                                     size=crop_size, augment=None, mask=rec["mask"], body_model=body_model))
+    if kind == "dataset":  # one crop per person (schema 2: several per image)
+        items = dataset_person_crops(path, crop_size, limit, body_model)
     else:
 
         data = {"skipose": lambda: benchmarks.load_skipose(path, "test", limit=limit),
