@@ -24,6 +24,7 @@ of the camera and inside the image, else 0.
 from __future__ import annotations
 
 import functools
+import json
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -37,7 +38,7 @@ import numpy as np
 from diffusion_hpc.body.joint_sets import BODY25, SPIN24
 from diffusion_hpc.body.joint_sets import get_joint_set as joint_names
 from diffusion_hpc.data.benchmarks import SPIN24_ALIASES, box_from_keypoints
-from diffusion_hpc.data.reader import check_key
+from diffusion_hpc.data.reader import check_key, iter_shard_members
 from diffusion_hpc.data.schema import encode_png
 from diffusion_hpc.errors import InputError
 from diffusion_hpc.geometry.boxes import SPIN_SCALE_UNIT, mask_box
@@ -152,6 +153,15 @@ def persons_of(sample: dict[str, Any]) -> list[dict[str, Any]]:
         return [{**sample, "person": 0}]
     shared = {k: v for k, v in sample.items() if k != "persons"}
     return [{**shared, **person, "person": i} for i, person in enumerate(people)]
+
+
+def iter_sample_meta(shard: Path) -> Iterator[dict[str, Any]]:
+    """The JSON member of each sample of ``shard``, parsed, in order (no image decoded): what
+    :func:`persons_of` needs to count a sample's persons and their visibility (``keypoints2d``,
+    ``visible_fraction``, ``scores``) as lists, not arrays."""
+    for _, members in iter_shard_members(shard):
+        if "json" in members:
+            yield json.loads(members["json"])
 
 
 def _checked_label(person: dict[str, Any], model: str, params: dict, joints3d: dict, source: str,
@@ -331,6 +341,7 @@ __all__ = [
     "ExportResult",
     "PersonRow",
     "body_label",
+    "iter_sample_meta",
     "joints_in_order",
     "person_row",
     "persons_of",

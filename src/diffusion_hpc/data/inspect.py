@@ -1,4 +1,5 @@
-"""``dhpc inspect``: a dataset summary and a preview grid (image | depth | silhouette + keypoints)."""
+"""``dhpc inspect``: a dataset summary (with the people per image) and a preview grid (image | depth |
+each person's silhouette outline and keypoints in its own colour, :mod:`diffusion_hpc.data.preview`)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from diffusion_hpc.data import open_dataset
+from diffusion_hpc.data.export_persons import iter_sample_meta, persons_of
+from diffusion_hpc.data.preview import overlay_persons
 from diffusion_hpc.data.writer import atomic_write_bytes
-
-# COCO-17 skeleton edges (pairs of joint indices) for drawing.
-COCO_EDGES = (
-    (0, 1), (0, 2), (1, 3), (2, 4), (5, 6), (5, 7), (7, 9), (6, 8), (8, 10), (5, 11), (6, 12),
-    (11, 12), (11, 13), (13, 15), (12, 14), (14, 16),
-)  # fmt: skip
 
 
 def depth_to_rgb(depth: np.ndarray) -> np.ndarray:
@@ -33,29 +30,14 @@ def depth_to_rgb(depth: np.ndarray) -> np.ndarray:
     return out
 
 
-def overlay(mask: np.ndarray, keypoints2d: np.ndarray) -> np.ndarray:
-    """Silhouette in grey with the COCO skeleton: visible joints green, hidden orange."""
-    import cv2
-
-    canvas = np.where(mask[..., None], 150, 30).astype(np.uint8).repeat(3, axis=2)
-    radius = max(2, mask.shape[0] // 128)
-    pts = [(int(round(u)), int(round(v))) for u, v, _ in keypoints2d]
-    for a, b in COCO_EDGES:
-        if keypoints2d[a, 2] > 0 and keypoints2d[b, 2] > 0:
-            cv2.line(canvas, pts[a], pts[b], (80, 160, 255), max(1, radius // 2), cv2.LINE_AA)
-    for (u, v), vis in zip(pts, keypoints2d[:, 2]):
-        if vis > 0:
-            cv2.circle(canvas, (u, v), radius, (60, 220, 60) if vis == 2 else (255, 150, 0), -1, cv2.LINE_AA)
-    return canvas
-
-
 def preview_grid(samples: list[dict], tile: int = 192) -> np.ndarray:
-    """(rows * tile, 3 * tile, 3) uint8: one row per sample, image | depth | silhouette + keypoints."""
+    """(rows * tile, 3 * tile, 3) uint8: one row per sample, image | depth | the union silhouette in grey
+    with each person's outline and keypoints in its own colour (:func:`~diffusion_hpc.data.preview.overlay_persons`)."""
     import cv2
 
     rows = []
     for s in samples:
-        panels = [s["image"], depth_to_rgb(s["depth"]), overlay(s["mask"], s["keypoints2d"])]
+        panels = [s["image"], depth_to_rgb(s["depth"]), overlay_persons(s["mask"], persons_of(s))]
         h, w = s["image"].shape[:2]
         scale = tile / max(h, w)
         size = (int(round(w * scale)), int(round(h * scale)))
@@ -83,6 +65,33 @@ def write_preview(path: str | Path, count: int = 8, out: str | Path | None = Non
     ok, buf = cv2.imencode(".png", grid[..., ::-1])
     atomic_write_bytes(target, buf.tobytes())
     return target
+
+
+def people_census(shards: list[Path]) -> dict:
+    """People in the accepted samples of ``shards``, from each sample's JSON (no image decoded):
+    ``images``, ``persons``, ``per_image`` ({persons in an image: images}, ascending) and ``occluded``
+    (persons whose ``visible_fraction`` is below 1: partly hidden by another person or cut by the image
+    border; a v1 sample is one unoccluded person)."""
+    per_image: Counter = Counter()
+    occluded = 0
+    for shard in shards:
+        for meta in iter_sample_meta(shard):
+            people = persons_of(meta)
+            per_image[len(people)] += 1
+            occluded += sum(float(p.get("visible_fraction", 1.0)) < 1.0 for p in people)
+    return {"images": sum(per_image.values()), "persons": sum(n * c for n, c in per_image.items()),
+            "per_image": dict(sorted(per_image.items())), "occluded": occluded}
+
+
+def people_lines(census: dict, width: int = 30) -> list[str]:
+    """The summary's lines of a :func:`people_census`: totals, occluded share, people-per-image histogram."""
+    persons = census["persons"]
+    share = census["occluded"] / persons if persons else 0.0
+    lines = [f"people    {persons} persons in {census['images']} images; {census['occluded']} occluded "
+             f"(visible_fraction < 1, {share:.1%})", "people per image:"]
+    top = max(census["per_image"].values(), default=1)
+    lines.extend(f"  {n:>3} | {'#' * int(round(width * c / top)):<{width}} {c}" for n, c in census["per_image"].items())
+    return lines
 
 
 def _histogram(values: list[float], bins: int = 8, width: int = 30) -> list[str]:
@@ -155,6 +164,7 @@ def summarize(path: str | Path) -> str:
         f"mode      {mode}  generator {config.get('generator')}  body model {config.get('body_model')}  {source}",
         f"samples   {len(ok)} accepted, {len(failed)} failed, of {config.get('n')} requested; {len(dataset.shards)} shards",
     ]
+    lines.extend(people_lines(people_census(dataset.shards)))
     run_path = Path(path) / "run.json"
     run = json.loads(run_path.read_text()) if run_path.is_file() else {}
     if config.get("backbone"):
