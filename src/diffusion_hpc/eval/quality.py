@@ -14,6 +14,12 @@ Conventions (clean-fid's "clean" mode with pytorch-fid's network and normalisati
   datasets use their stored masks, image folders the segmenter (``make_segmenter``). Images where
   the segmenter finds no person are left out of the H-metrics (their count is reported).
 
+Multi-person datasets (schema v2): the image metrics are image-level (H-metrics keep the union of all
+persons); the report's ``persons`` section (:func:`person_stats`) is per person: people per image,
+occluded share, each person's scores (``prior_score`` and the hard share, ``mask_area``,
+``visible_keypoints``, ...) and its ``visible_fraction``. The manifest's ``scores`` stay per image (in
+a multi-person run ``prior_score`` is the image's hardest person's).
+
 Sources are a Diffusion-HPC dataset directory (has ``config.yaml``) or a folder of images (png,
 jpg, jpeg, bmp, webp, tif, tiff; searched recursively, sorted by path; other files are ignored).
 Image folders are checked up front (:func:`check_source`): before the Inception network loads,
@@ -35,6 +41,7 @@ import numpy as np
 
 from diffusion_hpc.config.quality import QualityConfig
 from diffusion_hpc.data import open_dataset
+from diffusion_hpc.data.export_persons import persons_of
 from diffusion_hpc.errors import InputError, MissingModelError
 from diffusion_hpc.eval.inception import find_weights, load_inception
 from diffusion_hpc.eval.report import write_report
@@ -120,21 +127,34 @@ def check_source(path: str | os.PathLike, what: str, limit: Optional[int] = None
     return kind
 
 
-def iter_source(path: str | os.PathLike, limit: Optional[int] = None) -> Iterator[tuple[str, np.ndarray, Optional[np.ndarray]]]:
-    """(key, image (H, W, 3) uint8, mask (H, W) bool or None) of a dataset or image folder, at most ``limit``."""
+def person_scores(sample: dict) -> list[dict]:
+    """One ``{"scores", "visible_fraction"}`` per person of a decoded sample
+    (:func:`~diffusion_hpc.data.export_persons.persons_of`). A lone person without scores of its own
+    (schema v1, a one-person run) has the sample's; ``visible_fraction`` defaults to 1.0."""
+    people = persons_of(sample)
+    image_scores = sample.get("scores") or {}
+    return [{"scores": dict(p.get("scores") or (image_scores if len(people) == 1 else {})),
+             "visible_fraction": float(p.get("visible_fraction", 1.0))} for p in people]
+
+
+def iter_source(path: str | os.PathLike, limit: Optional[int] = None
+                ) -> Iterator[tuple[str, np.ndarray, Optional[np.ndarray], Optional[list[dict]]]]:
+    """(key, image (H, W, 3) uint8, mask (H, W) bool or None, persons or None) of a dataset or image
+    folder, at most ``limit``. A dataset sample's mask is the union of its persons; ``persons`` is
+    its :func:`person_scores` (None for image folders)."""
     kind = source_kind(path)
     count = 0
     if kind == "dataset":
         for sample in open_dataset(path):
             if limit is not None and count >= limit:
                 return
-            yield str(sample.get("key", count)), sample["image"], np.asarray(sample["mask"], bool)
+            yield str(sample.get("key", count)), sample["image"], np.asarray(sample["mask"], bool), person_scores(sample)
             count += 1
     else:
         for f in image_files(path, recursive=True, what="real image folder"):
             if limit is not None and count >= limit:
                 return
-            yield str(f.relative_to(path)), load_image(f), None
+            yield str(f.relative_to(path)), load_image(f), None, None
             count += 1
 
 
@@ -151,6 +171,7 @@ class SourceFeatures:
         samples: up to a few (thumbnail, human-only thumbnail or None) pairs for the sample grid.
         manifest: the dataset's manifest rows (None for folders); config: its config dict;
         prior: its run.json's record of the pose prior that scored it (None when not recorded).
+        persons: per image read, its :func:`person_scores` (None for folders).
     """
 
     name: str
@@ -164,6 +185,7 @@ class SourceFeatures:
     manifest: Optional[list] = None
     config: Optional[dict] = None
     prior: Optional[dict] = None
+    persons: Optional[list] = None
 
     @property
     def n(self) -> int:
@@ -245,7 +267,10 @@ def source_features(
     no_person = 0
     samples: list = []
     mask_source = ""
-    for key, image, mask in iter_source(path, limit):
+    persons: list[list[dict]] = []
+    for key, image, mask, people in iter_source(path, limit):
+        if people is not None:
+            persons.append(people)
         full.add(resize_clean(image))
         masked = None
         if human_only:
@@ -274,7 +299,7 @@ def source_features(
     return SourceFeatures(
         name=name or Path(path).name, path=str(path), kind=kind, features=features,
         human=human.result() if human_only else None, no_person=no_person, mask_source=mask_source,
-        samples=samples, manifest=manifest, config=config, prior=prior,
+        samples=samples, manifest=manifest, config=config, prior=prior, persons=persons if kind == "dataset" else None,
     )
 
 
@@ -558,6 +583,43 @@ def manifest_stats(rows: list[dict], hard_threshold: Optional[float] = None, con
     return out
 
 
+def person_stats(persons: list[list[dict]], hard_threshold: Optional[float] = None, config: Optional[dict] = None,
+                 bins: int = 20, prior: Optional[dict] = None) -> dict:
+    """Per-person statistics of a dataset: ``persons`` holds, per accepted image, one
+    :func:`person_scores` entry per person.
+
+    Returns ``images``, ``persons``, ``per_image`` ({persons in an image: images}), ``persons_per_image``
+    (mean), ``occluded`` and ``occluded_share`` (persons with ``visible_fraction`` < 1),
+    ``visible_fraction`` (summary), ``scores`` (a summary of every numeric per-person score) and, when
+    persons carry a ``prior_score``, ``prior_score`` (histogram and hard share over persons, decided as
+    :func:`hard_flags` decides it for rows).
+    """
+    people = [p for image in persons for p in image]
+    per_image = Counter(len(image) for image in persons)
+    visible = np.array([p["visible_fraction"] for p in people], np.float64)
+    out: dict[str, Any] = {
+        "images": len(persons), "persons": len(people), "per_image": dict(sorted(per_image.items())),
+        "persons_per_image": len(people) / len(persons) if persons else float("nan"),
+        "occluded": int((visible < 1.0).sum()),
+        "occluded_share": float((visible < 1.0).mean()) if people else float("nan"),
+        "visible_fraction": _summary(visible),
+    }
+    values: dict[str, list[float]] = {}
+    for p in people:
+        for k, v in p["scores"].items():
+            if _is_number(v):
+                values.setdefault(k, []).append(float(v))
+    out["scores"] = {k: _summary(np.array(v)) for k, v in sorted(values.items())}
+    scored = [p for p in people if _is_number(p["scores"].get("prior_score"))]
+    if scored:
+        hard, thr, src = hard_flags(scored, hard_threshold, config, prior)
+        score = np.array([float(p["scores"]["prior_score"]) for p in scored])
+        share = float(hard.mean())
+        out["prior_score"] = {"histogram": _histogram(score, bins), "hard_threshold": thr, "hard_threshold_source": src,
+                              "hard_share": share, "easy_share": 1.0 - share, "n": int(score.size)}
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # comparison and the CLI entry point
 
@@ -565,7 +627,8 @@ def manifest_stats(rows: list[dict], hard_threshold: Optional[float] = None, con
 def compare(real: SourceFeatures, generated: list[SourceFeatures], *, kid_subsets: int = 100,
             kid_subset_size: int = 1000, seed: int = 0, hard_threshold: Optional[float] = None,
             fid_method: str = "auto") -> list[dict]:
-    """One row per generated set against ``real``: FID, KID ± std, H-FID, H-KID ± std, counts, cost."""
+    """One row per generated set against ``real``: FID, KID ± std, H-FID, H-KID ± std, counts, cost and,
+    for datasets, the persons (count, per image, occluded share, hard share over persons)."""
     rows = []
     for g in generated:
         whole = fid_kid(real.features, g.features, kid_subsets, kid_subset_size, seed, fid_method)
@@ -583,6 +646,12 @@ def compare(real: SourceFeatures, generated: list[SourceFeatures], *, kid_subset
             row.update(dropped_share=m["dropped_share"], unet_evals_per_accepted=m["unet_evals_per_accepted"])
             if "prior_score" in m:
                 row["hard_share"] = m["prior_score"]["hard_share"]
+        if g.persons is not None:
+            people = person_stats(g.persons, hard_threshold, g.config, prior=g.prior)
+            row.update(persons=people["persons"], persons_per_image=people["persons_per_image"],
+                       occluded_share=people["occluded_share"])
+            if "prior_score" in people:
+                row["hard_share_persons"] = people["prior_score"]["hard_share"]
         row["notes"] = notes
         rows.append(row)
     return rows
@@ -614,7 +683,8 @@ def quality(config: QualityConfig, *, segmenter=None) -> dict:
 
     Returns:
         The report dict (also in ``out/quality.json``), with ``comparison`` (one row per generated set),
-        ``sources``, ``manifest`` (per generated dataset), ``settings`` and ``files``.
+        ``sources``, ``manifest`` (per generated dataset, per image), ``persons`` (per generated dataset,
+        per person: :func:`person_stats`), ``settings`` and ``files``.
     """
 
     real, generated, out_dir, human_only, weights = (config.real, list(config.generated), config.out,
@@ -658,6 +728,8 @@ def quality(config: QualityConfig, *, segmenter=None) -> dict:
         "comparison": table,
         "manifest": {g.name: manifest_stats(g.manifest, hard_threshold, g.config, prior=g.prior)
                      for g in gen_f if g.manifest is not None},
+        "persons": {g.name: person_stats(g.persons, hard_threshold, g.config, prior=g.prior)
+                    for g in gen_f if g.persons is not None},
     }
 
     samples = {s.name: s.samples for s in [real_f, *gen_f]}

@@ -169,6 +169,8 @@ _COLUMNS = [
     ("kid_mean", "KID"), ("kid_std", "KID std"), ("kid_subset_size", "KID subset"),
     ("h_fid", "H-FID"), ("h_kid_mean", "H-KID"), ("h_kid_std", "H-KID std"),
     ("n_generated_human", "N gen (H)"), ("n_real_human", "N real (H)"), ("hard_share", "hard share"),
+    ("persons", "persons"), ("persons_per_image", "persons / image"), ("occluded_share", "occluded persons"),
+    ("hard_share_persons", "hard share (persons)"),
     ("dropped_share", "dropped"), ("unet_evals_per_accepted", "UNet evals / accepted"),
 ]
 
@@ -247,6 +249,22 @@ def render_html(report: dict, samples: dict | None = None) -> str:
             stat = ["n", "mean", "std", "min", "q05", "median", "q95", "max"]
             parts.append(_table(["score", *stat], [[esc(k), *[esc(_fmt(s.get(x))) for x in stat]]
                                                    for k, s in m["scores"].items()]))
+
+    for name, p in (report.get("persons") or {}).items():
+        parts.append(f"<h2>Persons: {esc(name)}</h2><p>Per person (a multi-person image counts each of its people).</p>")
+        parts.append(_table(["figure", "value"], [[esc(k), esc(_fmt(p.get(k)))] for k in
+                                                  ("images", "persons", "persons_per_image", "occluded", "occluded_share")]))
+        parts.append(_table(["persons in an image", "images"], [[esc(str(k)), esc(_fmt(v))]
+                                                                for k, v in (p.get("per_image") or {}).items()]))
+        if "prior_score" in p:
+            q = p["prior_score"]
+            parts.append(f"<p>Pose prior over persons: hard share {esc(_fmt(q.get('hard_share')))} (score &ge; "
+                         f"{esc(_fmt(q.get('hard_threshold')))}, {esc(str(q.get('hard_threshold_source')))}), "
+                         f"n = {esc(_fmt(q.get('n')))}</p>")
+        rows = {"visible_fraction": p.get("visible_fraction") or {}, **(p.get("scores") or {})}
+        stat = ["n", "mean", "std", "min", "q05", "median", "q95", "max"]
+        parts.append(_table(["per-person score", *stat], [[esc(k), *[esc(_fmt(s.get(x))) for x in stat]]
+                                                          for k, s in rows.items()]))
 
     if samples:
         parts.append("<h2>Samples</h2><p>Top: images; bottom: human-only versions (non-person pixels black; "
