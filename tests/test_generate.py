@@ -18,6 +18,7 @@ import torch
 
 from diffusion_hpc.config import GenerateConfig
 from diffusion_hpc.data import open_dataset
+from diffusion_hpc.data.schema import persons_of
 from diffusion_hpc.pipeline.generate import generate
 
 from conftest import dataset_digest as _digest
@@ -47,9 +48,12 @@ def test_reader_fields_and_manifest(dataset):
     assert s["image"].shape == (96, 128, 3) and s["image"].dtype == np.uint8
     assert s["mask"].shape == (96, 128) and s["mask"].dtype == bool
     assert s["depth"].dtype == np.float32 and s["K"].shape == (3, 3)
-    assert s["body_model"] == "anny" and s["mode"] == "D" and isinstance(s["seed"], int)
-    assert set(s["params"]) == {"global_orient", "body_pose", "phenotype", "transl"}
-    assert s["keypoints2d"].shape == (17, 3) and s["joints3d"]["coco17"].shape == (17, 3)
+    assert s["schema"] == 2 and s["mode"] == "D" and isinstance(s["seed"], int)
+    assert s["instance"].shape == (96, 128) and np.array_equal(s["instance"] >= 0, s["mask"])
+    [p] = persons_of(s)  # one person per image by default
+    assert p["body_model"] == "anny" and p["visible_fraction"] == 1.0 and np.array_equal(p["mask"], s["mask"])
+    assert set(p["params"]) == {"global_orient", "body_pose", "phenotype", "transl"}
+    assert p["keypoints2d"].shape == (17, 3) and p["joints3d"]["coco17"].shape == (17, 3)
     rows = ds.manifest()
     assert [r["index"] for r in rows] == list(range(7))
     assert {r["shard"] for r in rows} == {0, 1}
@@ -66,7 +70,8 @@ def test_label_integrity_every_sample(dataset, anny_body):
     from diffusion_hpc.render import get_renderer
 
     renderer = get_renderer("auto")
-    for s in open_dataset(dataset):
+    for sample in open_dataset(dataset):
+        [s] = persons_of(sample)
         # keypoints2d = projection of the COCO joints of joints3d through K
         uv = project(s["joints3d"]["coco17"], s["K"])
         assert np.abs(uv - s["keypoints2d"][:, :2]).max() <= 0.5
@@ -118,8 +123,9 @@ def test_sample_depends_only_on_seed_and_index(dataset, tmp_path):
     b = {s["key"]: s for s in open_dataset(out)}
     assert a.keys() == b.keys()
     for key in a:
-        assert a[key]["seed"] == b[key]["seed"] and a[key]["pose_source"] == b[key]["pose_source"]
-        assert np.allclose(a[key]["joints3d"]["h36m17"], b[key]["joints3d"]["h36m17"], atol=1e-5)
+        [pa], [pb] = persons_of(a[key]), persons_of(b[key])
+        assert pa["seed"] == pb["seed"] and pa["pose_source"] == pb["pose_source"]
+        assert np.allclose(pa["joints3d"]["h36m17"], pb["joints3d"]["h36m17"], atol=1e-5)
         assert (a[key]["mask"] != b[key]["mask"]).mean() < 1e-3
 
 

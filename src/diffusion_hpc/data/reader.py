@@ -17,14 +17,20 @@ from diffusion_hpc.errors import InputError
 class Dataset:
     """A dataset directory: iterate over decoded samples, read the manifest and config.
 
-    Each sample is a dict with ``key``, ``image`` (H, W, 3) uint8, ``mask`` (H, W) bool, ``depth``
-    (H, W) float32 metres (0 = background), ``K`` (3, 3), ``body_model``, ``params`` (dict of
-    arrays), ``joints3d`` ({joint set: (J, 3)} camera frame, metres), ``keypoints2d`` (17, 3)
-    COCO-17 pixels + visibility, ``mode``, ``prompt``, ``seed``, ``index``, ``image_mask`` (the
-    segmenter's person mask of the final image, or None when verification did not run), ``labels``
-    (the body converted to other body models, ``{}`` when none: ``labels["smpl"]`` is
-    ``{"body_model", "params", "joints3d", "fit"}``, see :func:`~diffusion_hpc.data.schema.encode_label`
-    and ``dhpc convert``) and the rest of the record's metadata (see :mod:`diffusion_hpc.data.schema`).
+    Each sample is a dict (:func:`~diffusion_hpc.data.schema.decode`) with the image-level fields
+    ``key``, ``image`` (H, W, 3) uint8, ``mask`` (H, W) bool (the union of the persons), ``depth``
+    (H, W) float32 metres of the nearest surface (0 = background), ``instance`` (H, W) int16 person
+    index per pixel (-1 = background), ``K`` (3, 3), ``mode``, ``prompt``, ``seed``, ``index``,
+    ``scores``, ``image_mask`` (the segmenter's person mask of the final image, or None when
+    verification did not run), and ``persons``: one dict per person with ``body_model``, ``params``
+    (dict of arrays), ``joints3d`` ({joint set: (J, 3)} camera frame, metres), ``keypoints2d`` (17, 3)
+    COCO-17 pixels + visibility (a joint hidden by another person is not visible), ``mask`` (its
+    pixels of ``instance``), ``scores``, ``pose_source``, ``visible_fraction`` and ``labels`` (the
+    body converted to other body models, ``{}`` when none: ``labels["smpl"]`` is ``{"body_model",
+    "params", "joints3d", "fit"}``, see :func:`~diffusion_hpc.data.schema.encode_label` and ``dhpc
+    convert``). A sample of a schema-1 dataset (written before persons) has no ``persons``: its one
+    person's fields are at the top. :func:`~diffusion_hpc.data.schema.persons_of` lists the persons
+    of either.
     """
 
     def __init__(self, path: str | Path) -> None:

@@ -3,8 +3,8 @@
 Every sample is reproducible from (run seed, sample index) alone: its random generator is derived
 from both with numpy's ``SeedSequence`` (independent streams, no dependence on order, batch or
 machine). Every stream a dataset draws from is derived here: samples, guides (modes T and R),
-their augmentation, the diffusion stages, the prompt template, each ``--cycles`` pass and each
-round of ``dhpc cycle``. Shards hold fixed, contiguous index ranges, so a resumed or distributed run regenerates
+their augmentation, the diffusion stages, the prompt template, the other people of a mode-D scene
+(``--people``), each ``--cycles`` pass and each round of ``dhpc cycle``. Shards hold fixed, contiguous index ranges, so a resumed or distributed run regenerates
 exactly the samples of the shards it (re)does.
 """
 
@@ -18,6 +18,9 @@ GUIDE_STREAM = 0x47554944
 AUGMENT_STREAM = 0x41554730
 #: sub-stream of a sample seed: its prompt template ("PROM"), separate from the image's noise
 PROMPT_STREAM = 0x50524F4D
+#: sub-stream of a sample seed: the other people of its scene ("PEOP"), so a sample's own draws
+#: (and its image with one person) are the same whatever ``--people`` allows
+PEOPLE_STREAM = 0x50454F50
 #: stage ids mixed into a sample seed, so the stages of one sample draw independent noise
 STAGE_TXT2IMG = 1
 STAGE_REGEN = 2
@@ -85,6 +88,14 @@ def prompt_rng(seed: int) -> np.random.Generator:
     its regeneration, so the k variants of a guide draw theirs independently.
     """
     return np.random.default_rng([int(seed), PROMPT_STREAM])
+
+
+def people_rng(seed: int) -> np.random.Generator:
+    """The generator of the scene of the sample seeded ``seed`` (:func:`sample_seed`): how many people
+    it holds, the other people's poses, shapes and turns, and where everyone stands (mode D
+    ``--people``). Separate from the sample's own stream, so the first person, the camera and the
+    image generator's seed are drawn as in a one-person run."""
+    return np.random.default_rng([int(seed), PEOPLE_STREAM])
 
 
 def sample_rng(run_seed: int, index: int) -> np.random.Generator:

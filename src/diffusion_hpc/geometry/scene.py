@@ -233,8 +233,9 @@ def scene_keypoint_visibility(uv: np.ndarray, z: np.ndarray, depth: np.ndarray, 
     """
     B, P, _J = z.shape
     H, W = depth.shape[1:]
-    col = np.round(uv[..., 0]).astype(np.int64)
-    row = np.round(uv[..., 1]).astype(np.int64)
+    # a joint at z = 0 projects to no pixel (inf / NaN): outside, as every joint behind the camera
+    col = np.round(np.nan_to_num(uv[..., 0], nan=-1.0, posinf=-1.0, neginf=-1.0)).astype(np.int64)
+    row = np.round(np.nan_to_num(uv[..., 1], nan=-1.0, posinf=-1.0, neginf=-1.0)).astype(np.int64)
     inside = (col >= 0) & (col < W) & (row >= 0) & (row < H) & (z > 0)
     b = np.arange(B)[:, None, None]
     r, c = row.clip(0, H - 1), col.clip(0, W - 1)
@@ -253,7 +254,8 @@ def scene_keypoints(joints: np.ndarray, K: np.ndarray, depth: np.ndarray, instan
             combined render (:func:`diffusion_hpc.render.scene.render_scene`).
     """
     joints = np.asarray(joints, np.float64)
-    uv = project(joints, np.asarray(K, np.float64)[:, None])
+    with np.errstate(divide="ignore", invalid="ignore"):  # z = 0 (e.g. an absent person's zeros): no pixel
+        uv = project(joints, np.asarray(K, np.float64)[:, None])
     return np.concatenate([uv, scene_keypoint_visibility(uv, joints[..., 2], depth, instance)[..., None]], -1)
 
 

@@ -1,11 +1,16 @@
 """Mode D's head: body poses -> bodies placed in their camera (DESIGN §2, mode D).
 
-    1. requests: every sample's pose, shape, camera and seeds, from (run seed, index) alone
-    2. body forward in the canonical frame
-    3. camera placement: orientation from the request, depth and offset so the body fits the image
-       (the whole batch at once)
-    4. the samples: logs (prompt, pose source) and the placed bodies, with their mesh and joints in
-       the camera (the canonical forward moved rigidly: the tail needs no second forward)
+    1. requests: every sample's pose, shape, camera and seeds, from (run seed, index) alone; with
+       ``--people``, the other people of its scene from the sample's people stream
+    2. body forward in the canonical frame (every person of the batch at once)
+    3. camera placement (the whole batch at once): a one-person sample's orientation comes from its
+       request, depth and offset so the body fits the image; a scene of several people stands them on
+       one ground plane without interpenetrating (:func:`~diffusion_hpc.geometry.scene.compose_scene`:
+       seeded spots, redraws on collision, a person with no free spot left out) and one camera
+       frames the group
+    4. the samples: logs (prompt, pose sources, prior scores, placement draws) and the placed
+       bodies, with their meshes and joints in the camera (the canonical forward moved rigidly: the
+       tail needs no second forward)
 
 The shared tail (:mod:`~diffusion_hpc.pipeline.tail`) takes it from there.
 """
@@ -16,21 +21,23 @@ import numpy as np
 import torch
 
 from diffusion_hpc.body import transform_params
+from diffusion_hpc.body.scene import upright_rotations
 from diffusion_hpc.config import DIFFUSION_GENERATORS, GenerateConfig
 from diffusion_hpc.geometry.camera import fit_translations
+from diffusion_hpc.geometry.scene import compose_scene
 from diffusion_hpc.pipeline.requests import SampleRequest, make_request, pick_line, prompt_text
-from diffusion_hpc.pipeline.samples import PlacedBodies, SampleLog, alive
+from diffusion_hpc.pipeline.samples import PersonLog, PlacedBodies, SampleLog, alive, by_sample
 from diffusion_hpc.pipeline.stages import Stages, StageTimer
 from diffusion_hpc.poses import BUILTIN_SETS
 
 
-def _shape(config: GenerateConfig, poses, request: SampleRequest) -> np.ndarray:
-    """The body shape of a request: the pose file's own (phenotype for Anny, betas for SMPL), else drawn."""
+def _shape(config: GenerateConfig, poses, pose_index: int, drawn: np.ndarray) -> np.ndarray:
+    """The body shape of a person: the pose file's own (phenotype for Anny, betas for SMPL), else drawn."""
     if poses.phenotype is not None and config.body_model == "anny":
-        return np.asarray(poses.phenotype[request.pose_index], np.float32)
+        return np.asarray(poses.phenotype[pose_index], np.float32)
     if getattr(poses, "betas", None) is not None and config.body_model != "anny":
-        return np.asarray(poses.betas[request.pose_index], np.float32)
-    return request.shape
+        return np.asarray(poses.betas[pose_index], np.float32)
+    return drawn
 
 
 def hard_threshold_of_poses(config: GenerateConfig, prior) -> float:
@@ -48,58 +55,123 @@ def pose_scores(config: GenerateConfig, stages: Stages, body_pose) -> tuple[np.n
     return scores, hard_threshold_of_poses(config, stages.prior)
 
 
+def _people_of(requests: list[SampleRequest]) -> tuple[np.ndarray, list, list, np.ndarray]:
+    """Every person of the batch in sample order: owner (N,), pose rows, drawn shapes, yaws (N,)."""
+    owner = np.repeat(np.arange(len(requests)), [r.people for r in requests])
+    rows = [row for r in requests for row in [r.pose_index] + [o.pose_index for o in r.others]]
+    shapes = [shape for r in requests for shape in [r.shape] + [o.shape for o in r.others]]
+    yaws = np.array([yaw for r in requests for yaw in [r.yaw] + [o.yaw for o in r.others]], np.float64)
+    return owner, rows, shapes, yaws
+
+
 def place_bodies(config: GenerateConfig, stages: Stages, poses, prompt_lines: list[str], indices: range,
                  timer: StageTimer) -> tuple[list[SampleLog], PlacedBodies]:  # fmt: skip
     """Mode D: the samples ``indices`` placed in their camera.
 
     Returns:
-        the logs of every sample of the batch, and the placed bodies of those not rejected
-        (a body that cannot be fitted into the image fails with reason ``camera: ...``).
+        the logs of every sample of the batch, and the placed bodies of those not rejected (a body or
+        group that cannot be fitted into the image fails with reason ``camera: ...``). A multi-person
+        run (``--people`` above 1) hands on every placed person with its sample (``owner``), its pose
+        source and prior score (``people``); a one-person run one body per sample, as before.
     """
     body = stages.body
     height, width = config.image_size
+    multi = config.people_range()[1] > 1
     # 1. requests
     sampler = lambda rng: body.sample_shape(rng, age_years=config.shape.age_years)  # noqa: E731
     requests = [make_request(config, i, len(poses), sampler, stages.canonical_to_camera) for i in indices]
+    owner, pose_rows, drawn, yaws = _people_of(requests)
+    first = np.searchsorted(owner, np.arange(len(requests)))  # (B,) each sample's own person
     # 2. body forward in the canonical frame
-    pose_rows = [r.pose_index for r in requests]
     params = {
         "global_orient": torch.as_tensor(np.stack([poses.global_orient[i] for i in pose_rows]), dtype=torch.float32),
         "body_pose": torch.as_tensor(np.stack([poses.body_pose[i] for i in pose_rows]), dtype=torch.float32),
-        body.shape_key: torch.as_tensor(np.stack([_shape(config, poses, r) for r in requests]), dtype=torch.float32),
-        "transl": torch.zeros(len(requests), 3),
-    }
+        body.shape_key: torch.as_tensor(np.stack([_shape(config, poses, i, d) for i, d in zip(pose_rows, drawn)]),
+                                        dtype=torch.float32),
+        "transl": torch.zeros(len(pose_rows), 3),
+    }  # fmt: skip
     with torch.no_grad():
         canonical = body(params)
     timer.lap("body")
-    # 3. camera placement
-    rotations = np.stack([r.rotation for r in requests])
-    rotated = np.einsum("bij,bvj->bvi", rotations, canonical.vertices.numpy().astype(np.float64))
-    translations, fitted = fit_translations(rotated, np.stack([r.K for r in requests]), width, height,
-                                            np.array([r.fill for r in requests]),
-                                            np.array([r.offset for r in requests], np.float64))  # fmt: skip
-    translations[~fitted] = 0.0  # a failed sample is dropped: its placement is never used
-    reasons = ["" if ok else "camera: could not fit the body in frame" for ok in fitted]
-    cam = transform_params(body, params, torch.as_tensor(rotations, dtype=torch.float32),
-                           torch.as_tensor(translations, dtype=torch.float32))  # fmt: skip
+    # 3. camera placement: one person -> fit_translations; several -> ground plane, overlap test, group camera
+    K = np.stack([r.K for r in requests])
+    fill, offset = np.array([r.fill for r in requests]), np.array([r.offset for r in requests], np.float64)
+    turns = upright_rotations(stages.canonical_to_camera, yaws)  # (N, 3, 3) canonical -> upright group frame
+    # canonical -> camera of each person: its sample's own person as its request says, the others turned in the view
+    rotations = np.stack([requests[b].rotation if n == first[b] else requests[b].view @ turns[n]
+                          for n, b in enumerate(owner)])  # fmt: skip
+    canonical_vertices = canonical.vertices.numpy().astype(np.float64)
+    canonical_joints = {name: j.numpy().astype(np.float64) for name, j in canonical.joints.items()}
+    translations = np.zeros((len(owner), 3))
+    fitted = np.zeros(len(requests), bool)
+    vertices = np.zeros(canonical_vertices.shape, np.float32)
+    joints = {name: np.zeros(j.shape) for name, j in canonical_joints.items()}
+    placed = np.ones(len(owner), bool)  # people left out of a crowded scene: False
+    single = np.flatnonzero([r.people == 1 for r in requests])
+    if len(single):
+        rows = first[single]
+        rotated = np.einsum("bij,bvj->bvi", rotations[rows], canonical_vertices[rows])
+        t, fitted[single] = fit_translations(rotated, K[single], width, height, fill[single], offset[single])
+        t[~fitted[single]] = 0.0  # a failed sample is dropped: its placement is never used
+        translations[rows] = t
+        # the label's mesh and joints: the canonical forward moved rigidly (what a forward on the camera
+        # parameters gives, to float precision), so the tail runs no second forward
+        vertices[rows] = rotated + t[:, None]
+        for name, j in canonical_joints.items():
+            joints[name][rows] = np.einsum("bij,bkj->bki", rotations[rows], j[rows]) + t[:, None]
+    groups = np.flatnonzero([r.people > 1 for r in requests])
+    draws = np.ones(len(requests), np.int64)
+    rejected = np.zeros(len(requests), np.int64)
+    if len(groups):
+        members = np.flatnonzero(np.isin(owner, groups))  # persons of the group scenes, in sample order
+        scene_of = np.searchsorted(groups, owner[members])
+        upright, present, slot = by_sample(np.einsum("nij,nvj->nvi", turns[members], canonical_vertices[members]), scene_of,
+                                      len(groups))  # fmt: skip
+        upright_joints = {name: by_sample(np.einsum("nij,nkj->nki", turns[members], j[members]), scene_of, len(groups))[0]
+                          for name, j in canonical_joints.items()}  # fmt: skip
+        views = np.stack([requests[b].view for b in groups])
+        scene = compose_scene(upright, upright_joints, stages.faces,
+                              [np.random.default_rng(requests[b].layout_seed) for b in groups], views, K[groups],
+                              width, height, fill[groups], offset[groups], present)  # fmt: skip
+        fitted[groups] = scene.ok
+        draws[groups], rejected[groups] = scene.placement.draws, scene.placement.rejected
+        stand = scene.placement.translations[scene_of, slot]  # (M, 3) group frame
+        camera = np.where(scene.ok[:, None], scene.translation, 0.0)[scene_of]
+        translations[members] = np.einsum("nij,nj->ni", views[scene_of], stand) + camera
+        vertices[members] = scene.vertices[scene_of, slot]
+        for name in joints:
+            joints[name][members] = scene.joints[name][scene_of, slot]
+        placed[members] = scene.people[scene_of, slot]
+    reasons = ["" if ok else f"camera: could not fit the {'body' if r.people == 1 else 'group'} in frame"
+               for ok, r in zip(fitted, requests)]  # fmt: skip
+    keep = np.flatnonzero(placed)
+    params = {k: v[keep] for k, v in params.items()}
+    cam = transform_params(body, params, torch.as_tensor(rotations[keep], dtype=torch.float32),
+                           torch.as_tensor(translations[keep], dtype=torch.float32))  # fmt: skip
     timer.lap("camera")
     # 4. the samples
+    owner, pose_rows = owner[keep], [pose_rows[n] for n in keep]
     scores, threshold = pose_scores(config, stages, params["body_pose"])
     diffusion = config.generator in DIFFUSION_GENERATORS
     names = poses.name
+    source = lambda row: f"{config.poses}:{names[row] if names is not None else row}"  # noqa: E731
     logs = [SampleLog(index=r.index, seed=r.seed, render_seed=r.generator_seed, reason=reasons[b],
                       prompt=prompt_text(pick_line(prompt_lines, r.index), r.seed) if diffusion else "",
-                      pose_source=f"{config.poses}:{names[r.pose_index] if names is not None else r.pose_index}")
+                      pose_source=source(r.pose_index))
             for b, r in enumerate(requests)]  # fmt: skip
+    people = [PersonLog(source(row)) for row in pose_rows] if multi else None
     if scores is not None:
-        for log, score in zip(logs, scores):
-            log.scores["prior_score"] = float(score)
-            log.scores["hard"] = float(score >= threshold)
-    # the label's mesh and joints: the canonical forward moved rigidly (what a forward on the camera
-    # parameters gives, to float precision), so the tail runs no second forward
-    vertices = (rotated + translations[:, None]).astype(np.float32)
-    joints = {name: np.einsum("bij,bkj->bki", rotations, j.numpy().astype(np.float64)) + translations[:, None]
-              for name, j in canonical.joints.items()}  # fmt: skip
-    placed = PlacedBodies(logs, {k: v.numpy() for k, v in cam.items()}, np.stack([r.K for r in requests]),
-                          vertices=vertices, joints=joints)  # fmt: skip
-    return logs, placed.take(alive(logs))
+        for n, score in enumerate(scores):
+            person = {"prior_score": float(score), "hard": float(score >= threshold)}
+            if people is not None:
+                people[n].scores.update(person)
+            sample = logs[owner[n]].scores  # the image's: its hardest pose
+            sample.update({k: max(v, sample.get(k, v)) for k, v in person.items()})
+    if multi:
+        counts = np.bincount(owner, minlength=len(requests))
+        for b, log in enumerate(logs):
+            log.scores.update(people=int(counts[b]), placement_draws=int(draws[b]), rejected_draws=int(rejected[b]))
+    bodies = PlacedBodies(logs, {k: v.numpy() for k, v in cam.items()}, K, vertices=vertices[keep],
+                          joints={name: j[keep] for name, j in joints.items()}, owner=owner if multi else None,
+                          people=people)  # fmt: skip
+    return logs, bodies.take(alive(logs))

@@ -14,12 +14,12 @@ from typing import Optional
 import numpy as np
 
 from diffusion_hpc.config import DIFFUSION_GENERATORS, GenerateConfig
-from diffusion_hpc.data.schema import SampleRecord
+from diffusion_hpc.data.schema import PersonLabel, SampleRecord
 from diffusion_hpc.data.seeds import sample_key
 from diffusion_hpc.data.writer import ManifestRow
 from diffusion_hpc.generate.base import SamplerSettings
 from diffusion_hpc.pipeline.labels import add_label_models
-from diffusion_hpc.pipeline.samples import Generated, SampleLog, Verification
+from diffusion_hpc.pipeline.samples import Generated, Labels, SampleLog, Verification
 from diffusion_hpc.pipeline.stages import Stages
 
 
@@ -75,6 +75,31 @@ def _json_scores(scores: dict) -> dict:
     return {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in scores.items()}  # JSON null
 
 
+#: a sample's scores that describe its person when it holds one (its pose's prior score)
+PERSON_SCORES = ("prior_score", "hard")
+
+
+def person_labels(config: GenerateConfig, labels: Labels, log: SampleLog, i: int, persons: list[int]) -> list[PersonLabel]:
+    """The persons ``persons`` (rows of ``labels``' person arrays) of sample ``i`` (its batch position),
+    each with its scores: the head's (pose source, prior score; a one-person sample's are its
+    sample's), ``mask_area`` (share of the image its visible pixels cover), ``visible_keypoints``
+    and ``distance_m`` (its pelvis depth)."""
+    people, instance = labels.bodies.people, labels.render.instance[i]
+    out = []
+    for p, n in enumerate(persons):
+        keypoints = labels.keypoints2d[n]
+        head = people[n].scores if people is not None else {k: log.scores[k] for k in PERSON_SCORES if k in log.scores}
+        scores = dict(head, mask_area=float((instance == p).mean()), visible_keypoints=int((keypoints[:, 2] == 2).sum()),
+                      distance_m=float(labels.joints3d["h36m17"][n, 0, 2]))  # fmt: skip
+        out.append(PersonLabel(
+            body_model=config.body_model, params={k: v[n] for k, v in labels.bodies.params.items()},
+            joints3d={k: v[n] for k, v in labels.joints3d.items()}, keypoints2d=keypoints, scores=_json_scores(scores),
+            pose_source=people[n].pose_source if people is not None else log.pose_source,
+            visible_fraction=float(labels.visible_fraction[n]) if labels.visible_fraction is not None else 1.0,
+        ))  # fmt: skip
+    return out
+
+
 def records_and_rows(config: GenerateConfig, stages: Stages, logs: list[SampleLog], final: Generated,
                      verification: Optional[Verification], timings: dict[str, float]
                      ) -> tuple[list[SampleRecord], list[ManifestRow]]:  # fmt: skip
@@ -88,14 +113,20 @@ def records_and_rows(config: GenerateConfig, stages: Stages, logs: list[SampleLo
     estimator = row_estimator(stages.estimator_identity)
     position = {log.index: i for i, log in enumerate(final.logs)}
     labels = final.labels
+    owner = labels.bodies.owners
+    members = [[] for _ in final.logs]  # each sample's persons, in order
+    for n, i in enumerate(owner.tolist()):
+        members[i].append(n)
     records, rows = [], []
     for log in logs:
         scores = dict(log.scores)
         i = None if log.reason else position[log.index]  # every sample alive at the end reached it
+        persons: list[PersonLabel] = []
         if i is not None:
-            mask, keypoints = labels.render.mask[i], labels.keypoints2d[i]
-            scores.update(mask_area=float(mask.mean()), visible_keypoints=int((keypoints[:, 2] == 2).sum()),
-                          distance_m=float(labels.joints3d["h36m17"][i, 0, 2]))  # fmt: skip
+            persons = person_labels(config, labels, log, i, members[i])
+            scores.update(mask_area=float(labels.render.mask[i].mean()),
+                          visible_keypoints=sum(p.scores["visible_keypoints"] for p in persons),
+                          distance_m=min(p.scores["distance_m"] for p in persons))  # fmt: skip
         if config.generator in DIFFUSION_GENERATORS:
             scores["controlnet_evals"] = int(log.controlnet_evals)
         scores = _json_scores(scores)
@@ -107,14 +138,11 @@ def records_and_rows(config: GenerateConfig, stages: Stages, logs: list[SampleLo
             rows.append(ManifestRow(key, log.index, 0, log.seed, "failed", reason=log.reason, scores=scores,
                                     unet_evals=evals, timings=timings, **ran))  # fmt: skip
             continue
-        body = labels.bodies
         records.append(SampleRecord(
             key=key, index=log.index, seed=log.seed, image=final.images[i], mask=labels.render.mask[i],
-            depth=labels.render.depth[i], K=body.K[i], body_model=config.body_model,
-            params={k: v[i] for k, v in body.params.items()}, joints3d={k: v[i] for k, v in labels.joints3d.items()},
-            keypoints2d=labels.keypoints2d[i], mode=config.mode, prompt=log.prompt, generator=config.generator,
-            pose_source=log.pose_source, scores=scores, unet_evals=evals, timings=timings,
-            image_mask=None if verification is None else verification.image_masks[i],
+            depth=labels.render.depth[i], K=labels.bodies.K[i], mode=config.mode, persons=persons,
+            instance=labels.render.instance[i], prompt=log.prompt, generator=config.generator, scores=scores,
+            unet_evals=evals, timings=timings, image_mask=None if verification is None else verification.image_masks[i],
         ))  # fmt: skip
         rows.append(ManifestRow(key, log.index, 0, log.seed, "ok", scores=scores, unet_evals=evals, timings=timings,
                                 **ran))  # fmt: skip

@@ -6,20 +6,36 @@ generator before any model runs, so a sample is the same whatever batch, shard o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from diffusion_hpc.config import GenerateConfig
-from diffusion_hpc.data.seeds import sample_key, sample_rng, sample_seed
+from diffusion_hpc.data.seeds import people_rng, sample_key, sample_rng, sample_seed
 from diffusion_hpc.generate.base import prompt_for_sample
 from diffusion_hpc.geometry.camera import intrinsics_from_fov, rotation_x, rotation_y, rotation_z
 
 
 @dataclass
+class PersonDraw:
+    """Another person of a mode-D scene (``--people``): its pose row, body shape and turn (radians)
+    about the vertical axis."""
+
+    pose_index: int
+    shape: np.ndarray  # (shape_dim,)
+    yaw: float
+
+
+@dataclass
 class SampleRequest:
     """What one sample will be. Angles in radians; rotation (3, 3) takes the body model's canonical
-    frame to camera orientation (placement in depth is solved later, once the mesh is known)."""
+    frame to camera orientation (placement in depth is solved later, once the mesh is known).
+
+    The scene of a multi-person sample (``--people``): ``view`` (3, 3) takes the upright group frame
+    to the camera orientation (elevation, roll; ``rotation = view @ rotation_y(yaw) @ canonical``
+    for the sample's own person), ``others`` are the other people (drawn from
+    :func:`~diffusion_hpc.data.seeds.people_rng`, empty for one person) and ``layout_seed`` seeds
+    where everyone stands."""
 
     index: int
     key: str
@@ -31,6 +47,15 @@ class SampleRequest:
     fill: float
     offset: tuple[float, float]
     generator_seed: int
+    yaw: float = 0.0
+    view: np.ndarray = field(default_factory=lambda: np.eye(3))
+    others: list[PersonDraw] = field(default_factory=list)
+    layout_seed: int = 0
+
+    @property
+    def people(self) -> int:
+        """People in the scene: the sample's own person and the others."""
+        return 1 + len(self.others)
 
 
 def camera_rotation(canonical_to_camera: np.ndarray, yaw: float, elevation: float, roll: float) -> np.ndarray:
@@ -40,7 +65,12 @@ def camera_rotation(canonical_to_camera: np.ndarray, yaw: float, elevation: floa
     In the upright camera frame the body's vertical axis is -y, so yaw is a rotation about y,
     elevation about x, roll about the optical axis z.
     """
-    return rotation_z(roll) @ rotation_x(elevation) @ rotation_y(yaw) @ canonical_to_camera
+    return view_rotation(elevation, roll) @ rotation_y(yaw) @ canonical_to_camera
+
+
+def view_rotation(elevation: float, roll: float) -> np.ndarray:
+    """(3, 3) the upright group frame -> camera orientation: seen from ``elevation`` above, camera ``roll``."""
+    return rotation_z(roll) @ rotation_x(elevation)
 
 
 def make_request(config: GenerateConfig, index: int, num_poses: int, shape_sampler, canonical_to_camera: np.ndarray) -> SampleRequest:
@@ -60,10 +90,12 @@ def make_request(config: GenerateConfig, index: int, num_poses: int, shape_sampl
     offset = (float(rng.uniform(-1, 1)), float(rng.uniform(-1, 1)))
     generator_seed = int(rng.integers(2**63 - 1))
     shape = np.asarray(shape_sampler(np.random.default_rng(rng.integers(2**63 - 1))), np.float32)
+    seed = sample_seed(config.seed, index)
+    others, layout_seed = draw_others(config, seed, num_poses, shape_sampler)
     return SampleRequest(
         index=index,
         key=sample_key(index),
-        seed=sample_seed(config.seed, index),
+        seed=seed,
         pose_index=pose_index,
         shape=shape,
         K=intrinsics_from_fov(fov, width, height),
@@ -71,7 +103,32 @@ def make_request(config: GenerateConfig, index: int, num_poses: int, shape_sampl
         fill=fill,
         offset=offset,
         generator_seed=generator_seed,
+        yaw=float(yaw),
+        view=view_rotation(elevation, roll),
+        others=others,
+        layout_seed=layout_seed,
     )
+
+
+def draw_others(config: GenerateConfig, seed: int, num_poses: int, shape_sampler) -> tuple[list[PersonDraw], int]:
+    """The other people of the scene of the sample seeded ``seed`` and the seed of their layout.
+
+    From the sample's people stream (:func:`~diffusion_hpc.data.seeds.people_rng`), in order: the
+    number of people P in ``config.people_range()``, then for each of the P - 1 others its pose row,
+    turn (``camera.yaw_deg``) and shape, then the layout seed. A one-person run draws nothing (([], 0)).
+    """
+    fewest, most = config.people_range()
+    if most == 1:
+        return [], 0
+    rng = people_rng(seed)
+    count = int(rng.integers(fewest, most + 1))
+    others = []
+    for _ in range(count - 1):
+        pose_index = int(rng.integers(num_poses))
+        yaw = float(np.deg2rad(rng.uniform(*config.camera.yaw_deg)))
+        shape = np.asarray(shape_sampler(np.random.default_rng(rng.integers(2**63 - 1))), np.float32)
+        others.append(PersonDraw(pose_index, shape, yaw))
+    return others, int(rng.integers(2**63 - 1))
 
 
 # --------------------------------------------------------------------------------------------

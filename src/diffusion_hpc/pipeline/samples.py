@@ -12,6 +12,12 @@ samples still alive travels batch first, aligned with their logs:
 ``take(rows)`` keeps the samples at ``rows`` (positions in the batch), so a stage that rejects
 samples hands on the survivors only; their logs keep the reason. A ``take`` that keeps every sample
 returns the same object: a batch's render buffers are never copied when nothing was dropped.
+
+Persons: a sample may hold several people (mode D ``--people``). Per-person data (body parameters,
+meshes, joints, keypoints) travels flattened, N persons in sample order, with ``owner`` (N,) the
+batch position of each person's sample; ``owner`` None means one person per sample (person i is
+sample i's), as in modes T, R, cycles and one-person mode D. Per-sample data (K, start images,
+renders, images) stays batch first.
 """
 
 from __future__ import annotations
@@ -74,6 +80,50 @@ def _take_dict(values: dict[str, np.ndarray], rows: Sequence[int]) -> dict[str, 
 
 
 @dataclass
+class PersonLog:
+    """One person of a multi-person sample: where its pose comes from and its scores (prior score, ...)."""
+
+    pose_source: str = ""
+    scores: dict = field(default_factory=dict)
+
+
+def owner_rows(owner: Optional[np.ndarray], count: int) -> np.ndarray:
+    """(N,) batch position of each person's sample (``owner``; None: one person per sample of ``count``)."""
+    return np.arange(count) if owner is None else np.asarray(owner, np.int64)
+
+
+def slots_of(owner: np.ndarray) -> np.ndarray:
+    """(N,) each person's number in its sample, from ``owner`` (N,) sorted sample positions."""
+    owner = np.asarray(owner, np.int64)
+    return np.arange(len(owner)) - np.searchsorted(owner, owner)
+
+
+def by_sample(values: np.ndarray, owner: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Persons laid out per sample: (count, P, ...) ``values`` (N, ...) of the persons of ``count``
+    samples (``owner`` (N,) sorted sample positions), zero-padded to the widest sample's P; present
+    (count, P) bool; slot (N,) each person's number in its sample."""
+    owner = np.asarray(owner, np.int64)
+    slot = slots_of(owner)
+    width = int(slot.max()) + 1 if len(slot) else 1
+    out = np.zeros((count, width) + values.shape[1:], values.dtype)
+    out[owner, slot] = values
+    present = np.zeros((count, width), bool)
+    present[owner, slot] = True
+    return out, present, slot
+
+
+def persons_of_rows(owner: Optional[np.ndarray], rows: Sequence[int]) -> tuple[list[int], Optional[np.ndarray]]:
+    """The persons of the samples at ``rows`` (their positions, in sample order) and their owners
+    after the take (positions in ``rows``); ``owner`` None (one person per sample): (rows, None)."""
+    rows = list(rows)
+    if owner is None:
+        return rows, None
+    where = {r: i for i, r in enumerate(rows)}
+    keep = sorted((n for n in range(len(owner)) if int(owner[n]) in where), key=lambda n: (where[int(owner[n])], n))
+    return keep, np.array([where[int(owner[n])] for n in keep], np.int64)
+
+
+@dataclass
 class StartImages:
     """The start images of B samples and their masks (modes T, R; a cycle's output images).
 
@@ -93,17 +143,21 @@ class StartImages:
 
 @dataclass
 class PlacedBodies:
-    """B bodies placed in their camera: what every mode's head hands to the shared tail.
+    """Bodies placed in their camera: what every mode's head hands to the shared tail.
 
     Attributes:
         logs: the B samples.
-        params: body-model parameters in the camera frame, (B, ...) each.
-        K: (B, 3, 3) float64 intrinsics (pixels of the saved image).
+        params: body-model parameters in the camera frame, (N, ...) each: one row per person.
+        K: (B, 3, 3) float64 intrinsics of each sample (pixels of the saved image).
         start: the start images (modes T, R; cycles); None when the image starts from noise or
             from the render (mode D).
         vertices, joints: the body model's output on ``params`` when the head has it already (mode D:
-            its canonical forward moved rigidly into the camera; (B, V, 3) float32 and joint-set
-            name -> (B, J, 3) float64), so the label needs no second forward; else None.
+            its canonical forward moved rigidly into the camera; (N, V, 3) float32 and joint-set
+            name -> (N, J, 3) float64), so the label needs no second forward; else None.
+        owner: (N,) int batch position of each person's sample (persons in sample order); None: one
+            person per sample (N = B).
+        people: (N) each person's pose source and scores when a sample holds several (mode D
+            ``--people``); None: a person's are its sample's (``logs``).
     """
 
     logs: list[SampleLog]
@@ -112,33 +166,49 @@ class PlacedBodies:
     start: Optional[StartImages] = None
     vertices: Optional[np.ndarray] = None
     joints: Optional[dict[str, np.ndarray]] = None
+    owner: Optional[np.ndarray] = None
+    people: Optional[list[PersonLog]] = None
 
     def __len__(self) -> int:
         return len(self.logs)
 
+    @property
+    def owners(self) -> np.ndarray:
+        """(N,) batch position of each person's sample."""
+        return owner_rows(self.owner, len(self.logs))
+
     def take(self, rows: Sequence[int]) -> "PlacedBodies":
         rows = list(rows)
-        return PlacedBodies([self.logs[i] for i in rows], _take_dict(self.params, rows), self.K[rows],
+        persons, owner = persons_of_rows(self.owner, rows)
+        return PlacedBodies([self.logs[i] for i in rows], _take_dict(self.params, persons), self.K[rows],
                             None if self.start is None else self.start.take(rows),
-                            None if self.vertices is None else self.vertices[rows],
-                            None if self.joints is None else _take_dict(self.joints, rows))  # fmt: skip
+                            None if self.vertices is None else self.vertices[persons],
+                            None if self.joints is None else _take_dict(self.joints, persons), owner,
+                            None if self.people is None else [self.people[n] for n in persons])  # fmt: skip
 
 
 @dataclass
 class Labels:
-    """The label of B samples: their placed bodies' mesh, rendered in their camera.
+    """The label of B samples: their placed bodies' meshes, rendered together in their camera.
 
     Attributes:
         bodies: the placed bodies (``params`` as the body model ran them: float32).
-        joints3d: joint-set name -> (B, J, 3) float64 camera-frame joints in metres.
-        keypoints2d: (B, 17, 3) COCO-17 u, v pixels and visibility (0 out, 1 hidden, 2 visible).
-        render: the renders of the meshes (depth, silhouette mask, normals, face ids), (B, ...).
+        joints3d: joint-set name -> (N, J, 3) float64 camera-frame joints in metres, per person.
+        keypoints2d: (N, 17, 3) COCO-17 u, v pixels and visibility (0 out, 1 hidden by any body, 2
+            visible), per person.
+        render: the render of each sample's people (depth = nearest surface, mask = union, face ids
+            into the combined mesh, ``instance`` person per pixel: the sample's own person number,
+            -1 background), (B, ...).
+        visible_fraction: (N,) share of each person's own silhouette visible in ``instance``.
+        slots: people per combined mesh of ``render`` (its face ids run over ``slots`` x F faces).
     """
 
     bodies: PlacedBodies
     joints3d: dict[str, np.ndarray]
     keypoints2d: np.ndarray
     render: RenderOutput
+    visible_fraction: Optional[np.ndarray] = None
+    slots: int = 1
 
     @property
     def logs(self) -> list[SampleLog]:
@@ -151,8 +221,10 @@ class Labels:
         rows = list(rows)
         if everyone(rows, len(self)):  # nobody dropped: the same buffers, no copy of the renders
             return self
-        return Labels(self.bodies.take(rows), _take_dict(self.joints3d, rows), self.keypoints2d[rows],
-                      self.render.take(rows))  # fmt: skip
+        persons, _ = persons_of_rows(self.bodies.owner, rows)
+        fraction = None if self.visible_fraction is None else self.visible_fraction[persons]
+        return Labels(self.bodies.take(rows), _take_dict(self.joints3d, persons), self.keypoints2d[persons],
+                      self.render.take(rows), fraction, self.slots)  # fmt: skip
 
 
 @dataclass

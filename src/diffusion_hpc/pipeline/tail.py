@@ -10,8 +10,11 @@
     4. verify (optional): re-estimate and segment the final image against its label
     5. records: accepted samples and every sample's manifest row (:mod:`~diffusion_hpc.pipeline.records`)
 
-Labels: the label of a sample is its own mesh and camera; the image is made to fit the mesh. The
-saved ``mask`` is the rendered silhouette of the label mesh and ``depth`` its rendered depth; the
+Labels: the label of a sample is its own meshes and camera; the image is made to fit them. The
+people of a sample are rendered together (:func:`~diffusion_hpc.render.scene.render_scene`): the
+saved ``depth`` is the nearest surface of any of them, ``mask`` their union and ``instance`` whose
+surface each pixel shows; a joint is visible when no body (its own beyond a few cm of skin, or
+another person's) is in front of it (:func:`~diffusion_hpc.geometry.scene.scene_keypoints`). The
 segmenter's person mask of the final image is summarised as ``scores.mask_iou``. After a cycle the
 label is the mesh estimated in that cycle (the one the final image was conditioned on).
 """
@@ -24,8 +27,8 @@ from diffusion_hpc.config import GenerateConfig
 from diffusion_hpc.data.schema import SampleRecord
 from diffusion_hpc.data.seeds import cycle_seed
 from diffusion_hpc.data.writer import ManifestRow
-from diffusion_hpc.generate.base import GenerationBatch
-from diffusion_hpc.geometry.camera import project
+from diffusion_hpc.generate.base import GenerationBatch, GenerationResult
+from diffusion_hpc.geometry.scene import scene_keypoints
 from diffusion_hpc.pipeline.guided import estimate_found
 from diffusion_hpc.pipeline.records import records_and_rows
 from diffusion_hpc.pipeline.samples import (
@@ -36,30 +39,13 @@ from diffusion_hpc.pipeline.samples import (
     StartImages,
     Verification,
     alive,
+    by_sample,
+    slots_of,
 )
 from diffusion_hpc.pipeline.stages import Stages, StageTimer
 from diffusion_hpc.pipeline.verify import mask_iou, pck_agreement
 from diffusion_hpc.render.base import RenderOutput
-
-
-def keypoint_visibility(uv: np.ndarray, z: np.ndarray, depth: np.ndarray, tolerance: float = 0.12) -> np.ndarray:
-    """COCO visibility of projected joints: 0 outside the image, 1 hidden by the body, 2 visible.
-
-    A joint inside the image is visible when the rendered surface at its pixel is not nearer than
-    the joint by more than ``tolerance`` metres (joints lie inside the body, a few cm below its skin).
-
-    Args:
-        uv: (J, 2) pixels; z: (J,) joint depths; depth: (H, W) rendered depth (0 = background).
-    """
-    height, width = depth.shape
-    col = np.round(uv[:, 0]).astype(int)
-    row = np.round(uv[:, 1]).astype(int)
-    inside = (col >= 0) & (col < width) & (row >= 0) & (row < height) & (z > 0)
-    vis = np.zeros(len(uv), dtype=np.float64)
-    surface = depth[row.clip(0, height - 1), col.clip(0, width - 1)]
-    hidden = (surface > 0) & (surface < z - tolerance)
-    vis[inside] = np.where(hidden[inside], 1.0, 2.0)
-    return vis
+from diffusion_hpc.render.scene import render_scene
 
 
 def _empty_labels(bodies: PlacedBodies, size: tuple[int, int]) -> Labels:
@@ -70,7 +56,9 @@ def _empty_labels(bodies: PlacedBodies, size: tuple[int, int]) -> Labels:
 
 
 def label(stages: Stages, bodies: PlacedBodies, size: tuple[int, int], timer: StageTimer) -> Labels:
-    """Step 1: the label of each placed body; a mesh outside the image fails its sample."""
+    """Step 1: the label of each sample: its people rendered together in its camera, their keypoints
+    with visibility and the share of each person left visible; a sample whose meshes all lie
+    outside the image fails."""
     import torch
 
     if not len(bodies):
@@ -84,19 +72,45 @@ def label(stages: Stages, bodies: PlacedBodies, size: tuple[int, int], timer: St
         vertices = out.vertices.numpy().astype(np.float32)
         joints3d = {name: j.numpy().astype(np.float64) for name, j in out.joints.items()}
         timer.lap("body")
+    owner, count = bodies.owners, len(bodies)
+    scene_vertices, present, slot = by_sample(vertices, owner, count)
+    K = bodies.K.astype(np.float32)
     # depth and face ids only: a pixel's normal is its face's (RenderOutput.face_normals)
-    render = stages.renderer.render(vertices, stages.faces, bodies.K.astype(np.float32), tuple(size),
-                                    normals=False)  # fmt: skip
+    render = render_scene(stages.renderer, scene_vertices, stages.faces, K, tuple(size),
+                          None if present.all() else present, normals=False)  # fmt: skip
+    fraction = np.ones(len(owner))
+    crowded = np.flatnonzero(np.bincount(owner, minlength=count)[owner] > 1)
+    if len(crowded):  # each person of a crowded image alone: how much of its silhouette the others leave visible
+        alone = stages.renderer.render(vertices[crowded], stages.faces, K[owner[crowded]], tuple(size),
+                                       normals=False).mask.sum((1, 2))  # fmt: skip
+        seen = (render.instance[owner[crowded]] == slot[crowded][:, None, None]).sum((1, 2))
+        fraction[crowded] = np.minimum(seen / np.maximum(alone, 1), 1.0)
     timer.lap("render")
-    keypoints = []
+    coco = by_sample(joints3d["coco17"], owner, count)[0]
+    keypoints = scene_keypoints(coco, bodies.K, render.depth, render.instance)[owner, slot]
     for b, log in enumerate(bodies.logs):
-        coco = joints3d["coco17"][b]
-        uv = project(coco, bodies.K[b])
-        keypoints.append(np.concatenate([uv, keypoint_visibility(uv, coco[:, 2], render.depth[b])[:, None]], axis=1))
         if not render.mask[b].any():
             log.reason = "render: the mesh is outside the image"
-    ran = PlacedBodies(bodies.logs, params, bodies.K, bodies.start)
-    return Labels(ran, joints3d, np.stack(keypoints), render)
+    ran = PlacedBodies(bodies.logs, params, bodies.K, bodies.start, owner=bodies.owner, people=bodies.people)
+    return Labels(ran, joints3d, keypoints, render, fraction, slots=present.shape[1])
+
+
+def shade_people(stages: Stages, labels: Labels) -> GenerationResult:
+    """The render baseline's images of the labels. The combined mesh of a sample's P people repeats the
+    body's faces P times, and so does its body-part map: samples are shaded in groups of equal P, so
+    a sample's image depends on its own people only, not on the widest sample of its batch."""
+    seeds = [log.render_seed for log in labels.logs]
+    if labels.slots == 1:
+        return stages.image_generator.generate(GenerationBatch(seeds=seeds, render=labels.render,
+                                                               face_part=stages.face_part))  # fmt: skip
+    counts = np.bincount(labels.bodies.owners, minlength=len(labels))
+    images = np.empty(labels.render.mask.shape + (3,), np.uint8)
+    for people in np.unique(counts):
+        rows = np.flatnonzero(counts == people).tolist()
+        batch = GenerationBatch(seeds=[seeds[i] for i in rows], render=labels.render.take(rows),
+                                face_part=np.tile(stages.face_part, int(people)))  # fmt: skip
+        images[rows] = stages.image_generator.generate(batch).images
+    return GenerationResult(images, np.zeros(len(labels), np.int64))
 
 
 def make_images(stages: Stages, labels: Labels, timer: StageTimer, stage: str, cycle_number: int = 0) -> Generated:
@@ -108,8 +122,7 @@ def make_images(stages: Stages, labels: Labels, timer: StageTimer, stage: str, c
         size = labels.render.mask.shape[1:]
         return Generated(labels, np.zeros((0,) + tuple(size) + (3,), np.uint8))
     if stages.face_part is not None:
-        batch = GenerationBatch(seeds=[log.render_seed for log in logs], render=labels.render,
-                                face_part=stages.face_part)  # fmt: skip
+        result = shade_people(stages, labels)
     else:
         start = labels.bodies.start
         batch = GenerationBatch(
@@ -118,7 +131,7 @@ def make_images(stages: Stages, labels: Labels, timer: StageTimer, stage: str, c
             occluder_masks=None if start is None else start.occluders,
             depth=labels.render.depth, silhouettes=labels.render.mask,
         )  # fmt: skip
-    result = stages.image_generator.generate(batch)
+        result = stages.image_generator.generate(batch)
     timer.count_unet(result)
     for b, log in enumerate(logs):
         log.unet_evals += float(result.unet_evals[b])
@@ -157,12 +170,21 @@ def cycle(stages: Stages, previous: Generated, number: int, size: tuple[int, int
 
 
 def verify(stages: Stages, final: Generated, min_agreement: float | None, timer: StageTimer) -> Verification:
-    """Step 4: re-estimate and segment the final images; a sample below ``min_agreement`` drifted."""
+    """Step 4: re-estimate and segment the final images; a sample below ``min_agreement`` drifted.
+
+    The estimator finds one person per image: with several people, a sample's ``pck_agreement`` is
+    that of the person the estimate agrees with best, and ``mask_iou`` compares with their union."""
     seg = stages.segmenter.segment(final.images)
     estimates = stages.estimator.estimate(list(final.images))
-    masks = final.labels.render.mask
-    pck = np.array([pck_agreement(est.keypoints2d if est.ok else None, final.labels.keypoints2d[i], masks[i])
-                    for i, est in enumerate(estimates)], np.float64)  # fmt: skip
+    labels = final.labels
+    masks, owner = labels.render.mask, labels.bodies.owners
+    slot = slots_of(owner)
+    pck = np.full(len(final), np.nan)
+    for n, (i, p) in enumerate(zip(owner.tolist(), slot.tolist())):
+        est = estimates[i]
+        silhouette = masks[i] if labels.slots == 1 else labels.render.instance[i] == p
+        value = pck_agreement(est.keypoints2d if est.ok else None, labels.keypoints2d[n], silhouette)
+        pck[i] = np.fmax(pck[i], value)  # NaN (no visible keypoint) only when no person has one
     iou = np.array([mask_iou(seg.person[i], masks[i]) for i in range(len(final))], np.float64)
     found = np.array([est.ok for est in estimates], bool)
     for i, log in enumerate(final.logs):
