@@ -13,7 +13,7 @@ format             file                                            read by (read
 =================  ==============================================  =====================================
 
 One row (annotation) per person: every format walks the persons of each sample through
-:func:`~diffusion_hpc.data.export_persons.persons_of` and builds each row with
+:func:`~diffusion_hpc.data.schema.persons_of` and builds each row with
 :func:`~diffusion_hpc.data.export_persons.person_row`, so they share the box, the SMPL / SMPL-X label
 (:func:`~diffusion_hpc.data.export_persons.body_label`: native parameters first, converted labels
 second) and the keypoints (the label's joints when there is a label, projected with ``K``).

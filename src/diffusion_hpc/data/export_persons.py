@@ -4,8 +4,8 @@ keypoints in the joint order a trainer reads.
 Every export format (:mod:`diffusion_hpc.data.export`) builds its rows here, so they agree on the
 box, the label and the keypoints of a person:
 
-- :func:`persons_of` lists the persons of a decoded sample (today one; a multi-person sample will
-  carry ``sample["persons"]``, a list of per-person dicts, and exports unchanged).
+- :func:`~diffusion_hpc.data.schema.persons_of` (re-exported here) lists the persons of a decoded
+  sample: schema 2's ``sample["persons"]``, or a schema-1 sample's one person.
 - :func:`body_label` picks the SMPL or SMPL-X label of a person: the native parameters of an
   SMPL / SMPL-X dataset first, the converted label (``sample["labels"][model]``, written by body-model
   conversion) second. A converted label whose fit is flagged counts as no label.
@@ -39,7 +39,7 @@ from diffusion_hpc.body.joint_sets import BODY25, SPIN24
 from diffusion_hpc.body.joint_sets import get_joint_set as joint_names
 from diffusion_hpc.data.benchmarks import SPIN24_ALIASES, box_from_keypoints
 from diffusion_hpc.data.reader import check_key, iter_shard_members
-from diffusion_hpc.data.schema import encode_png
+from diffusion_hpc.data.schema import encode_png, persons_of
 from diffusion_hpc.errors import InputError
 from diffusion_hpc.geometry.boxes import SPIN_SCALE_UNIT, mask_box
 from diffusion_hpc.geometry.camera import project
@@ -138,21 +138,6 @@ class ExportResult:
     format: str
     skipped: int = 0
     files: tuple[Path, ...] = ()
-
-
-def persons_of(sample: dict[str, Any]) -> list[dict[str, Any]]:
-    """The persons of a decoded sample, each a dict with the sample's image-level fields (``key``,
-    ``image``, ``K``, ...) and its own ``mask``, ``keypoints2d``, ``joints3d``, ``body_model``,
-    ``params``, ``labels`` and ``person`` (its number).
-
-    A sample without ``persons`` is one person (the sample's own fields); a sample with
-    ``persons`` (a list of per-person dicts) gives one dict per entry, its fields over the sample's.
-    """
-    people = sample.get("persons")
-    if people is None:
-        return [{**sample, "person": 0}]
-    shared = {k: v for k, v in sample.items() if k != "persons"}
-    return [{**shared, **person, "person": i} for i, person in enumerate(people)]
 
 
 def iter_sample_meta(shard: Path) -> Iterator[dict[str, Any]]:

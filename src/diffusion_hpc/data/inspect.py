@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from diffusion_hpc.data import open_dataset
-from diffusion_hpc.data.export_persons import iter_sample_meta, persons_of
+from diffusion_hpc.data.export_persons import iter_sample_meta
 from diffusion_hpc.data.preview import overlay_persons
+from diffusion_hpc.data.schema import persons_of
 from diffusion_hpc.data.writer import atomic_write_bytes
 
 

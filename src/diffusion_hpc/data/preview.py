@@ -2,7 +2,7 @@
 silhouette outline and COCO-17 skeleton in its own colour, over the union silhouette in grey.
 
 Pure functions of arrays (uint8 RGB canvases); no file I/O. A v1 sample is one person; a schema v2
-sample gives one entry per person (:func:`~diffusion_hpc.data.export_persons.persons_of`).
+sample gives one entry per person (:func:`~diffusion_hpc.data.schema.persons_of`).
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ import numpy as np
 
 from diffusion_hpc.config.quality import QualityConfig
 from diffusion_hpc.data import open_dataset
-from diffusion_hpc.data.export_persons import persons_of
+from diffusion_hpc.data.schema import persons_of
 from diffusion_hpc.errors import InputError, MissingModelError
 from diffusion_hpc.eval.inception import find_weights, load_inception
 from diffusion_hpc.eval.report import write_report
@@ -129,7 +129,7 @@ def check_source(path: str | os.PathLike, what: str, limit: Optional[int] = None
 
 def person_scores(sample: dict) -> list[dict]:
     """One ``{"scores", "visible_fraction"}`` per person of a decoded sample
-    (:func:`~diffusion_hpc.data.export_persons.persons_of`). A lone person without scores of its own
+    (:func:`~diffusion_hpc.data.schema.persons_of`). A lone person without scores of its own
     (schema v1, a one-person run) has the sample's; ``visible_fraction`` defaults to 1.0."""
     people = persons_of(sample)
     image_scores = sample.get("scores") or {}

@@ -41,10 +41,11 @@ import numpy as np
 import torch
 
 from diffusion_hpc.body.joint_sets import flip_permutation
-from diffusion_hpc.data import benchmarks
+from diffusion_hpc.data import benchmarks, open_dataset
 from diffusion_hpc.data.benchmarks import box_from_keypoints as spin_box
 from diffusion_hpc.data.benchmarks import convert_joints
-from diffusion_hpc.data.export_persons import iter_sample_meta, persons_of
+from diffusion_hpc.data.export_persons import iter_sample_meta
+from diffusion_hpc.data.schema import persons_of
 from diffusion_hpc.data.reader import iter_shard
 from diffusion_hpc.errors import InputError
 from diffusion_hpc.geometry.boxes import BOX_EXPAND, SPIN_SCALE_UNIT, crop_matrix, mask_box
@@ -284,7 +285,7 @@ def crop_person(person: Mapping[str, Any], size: int = 224, augment: AugmentConf
                 rng: np.random.Generator | None = None, body_model: str = "anny", bbox_from: str = "mask",
                 with_params: bool = True) -> dict[str, torch.Tensor]:
     """The crop of one person of one of our samples (:func:`crop_sample`; a person from
-    :func:`~diffusion_hpc.data.export_persons.persons_of`): around that person, with its keypoints,
+    :func:`~diffusion_hpc.data.schema.persons_of`): around that person, with its keypoints,
     joints and, when its body model is ``body_model`` and ``with_params``, its parameters.
 
     The box (``bbox_from="mask"``) is the person's own silhouette's when the person is unoccluded
@@ -336,7 +337,7 @@ def visible_keypoints(person: Mapping[str, Any]) -> int:
 
 def trainable(person: Mapping[str, Any], min_keypoints: int = MIN_VISIBLE_KEYPOINTS,
               min_fraction: float = MIN_VISIBLE_FRACTION) -> bool:
-    """True when a person (:func:`~diffusion_hpc.data.export_persons.persons_of`; decoded or the raw
+    """True when a person (:func:`~diffusion_hpc.data.schema.persons_of`; decoded or the raw
     JSON of a sample) shows enough of itself to train on: at least ``min_keypoints`` visible COCO
     keypoints and ``visible_fraction`` (absent: 1.0, a v1 sample) at least ``min_fraction``."""
     return (visible_keypoints(person) >= min_keypoints
@@ -436,7 +437,7 @@ class SyntheticShards(torch.utils.data.IterableDataset):
             yield from kept
 
     def convert(self, person: dict, rng: np.random.Generator | None) -> dict[str, torch.Tensor]:
-        """One person (:func:`~diffusion_hpc.data.export_persons.persons_of`) -> training sample
+        """One person (:func:`~diffusion_hpc.data.schema.persons_of`) -> training sample
         (:func:`crop_person`)."""
         out = crop_person(person, self.size, self.augment, rng=rng, body_model=self.body_model, bbox_from=self.bbox_from)
         out["is_real"] = torch.tensor(0.0)
@@ -471,8 +472,6 @@ def dataset_person_crops(path: str | Path, size: int = 224, limit: int | None = 
     """Unaugmented crops (:func:`crop_person`, no parameters) of the :func:`trainable` persons of the
     dataset at ``path``, in order, the first ``limit``: what a regressor is scored on (``dhpc
     evaluate --data DATASET``, training's validation)."""
-    from diffusion_hpc.data import open_dataset
-
     items: list[dict[str, torch.Tensor]] = []
     for sample in open_dataset(path):
         for person in persons_of(sample):
