@@ -3,7 +3,7 @@ regressor; resume after SIGKILL; the round table; config errors before any work.
 
 Guides: real photos of people (scikit-image's astronaut, matplotlib's grace_hopper), so MediaPipe
 (round 1) and the regressor's MediaPipe boxes (round 2) find a person. Validation: a mode-D
-dataset; real data: the same samples as a SMART benchmark (test_evaluate.write_smart).
+dataset; real data: the same samples as a SMART benchmark (helpers_hmr.write_smart).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def sources(tmp_path_factory):
     """(guides folder, validation dataset, SMART annotation file)."""
     import matplotlib
     from PIL import Image
-    from test_evaluate import write_smart
+    from helpers_hmr import write_smart
 
     from diffusion_hpc.pipeline.generate import generate
 

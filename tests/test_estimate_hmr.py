@@ -265,7 +265,7 @@ def test_dhpc_estimate_with_a_regressor(hmr_checkpoint, fake_smpl, tmp_path):
 def test_hmr2_estimator(fake_smpl, tmp_path):
     """A 4D-Humans checkpoint (tiny, HMR 2.0's names) estimates SMPL bodies through its own crop
     size and focal: keypoints are the projection of joints3d, and agree with its crop camera."""
-    from test_hmr_init import tiny_hmr2, write_hmr2_lightning
+    from helpers_hmr import tiny_hmr2, write_hmr2_lightning
 
     from diffusion_hpc.estimate import get_estimator
     from diffusion_hpc.estimate.hmr_adapter import checkpoint_fingerprint
@@ -294,7 +294,7 @@ def test_dhpc_estimate_with_hmr2(fake_smpl, tmp_path):
     photo; without --smpl-path it stops before any work, naming the option."""
     import skimage.data as skdata
     from conftest import run_cli
-    from test_hmr_init import tiny_hmr2, write_hmr2_lightning
+    from helpers_hmr import tiny_hmr2, write_hmr2_lightning
 
     from diffusion_hpc.data.schema import encode_png
 

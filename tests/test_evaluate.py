@@ -11,6 +11,7 @@ import yaml
 from conftest import run_cli
 from diffusion_hpc.config import EvaluateConfig
 from diffusion_hpc.hmr.evaluate import Targets, load_targets, score
+from helpers_hmr import write_smart
 
 
 @pytest.fixture(scope="module")
@@ -21,27 +22,6 @@ def dataset(tmp_path_factory, anny_body):
     out = tmp_path_factory.mktemp("ev") / "d"
     generate(GenerateConfig(n=6, image_size=(96, 96), batch_size=6, seed=3), out, progress=False)
     return out
-
-
-def write_smart(dataset, root):
-    """The dataset's samples as a SMART (SportsCap) benchmark: ``root/images/v/I.png`` and
-    ``root/annotations/test.json`` with BODY_25 joints (flag 0 = visible): a source with 2D labels only."""
-    import cv2
-
-    from diffusion_hpc.body.joint_sets import convert
-    from diffusion_hpc.data import open_dataset
-
-    (root / "images" / "v").mkdir(parents=True)
-    frames = []
-    for i, rec in enumerate(open_dataset(dataset)):
-        cv2.imwrite(str(root / "images" / "v" / f"{i}.png"), rec["image"][..., ::-1])
-        kp = convert(rec["keypoints2d"], "coco17", "body25", fill=0.0)
-        joints = np.concatenate([kp[:, :2], np.where(kp[:, 2:] > 0, 0.0, 1.0)], axis=-1)
-        frames.append({"img_name": f"v/{i}.png", "joints": joints.tolist(), "bbox": [], "img_hw": list(rec["image"].shape[:2])})
-    path = root / "annotations" / "test.json"
-    path.parent.mkdir()
-    path.write_text(json.dumps([{"VideoName": "v", "action_labels": "fixture", "frames": frames}]))
-    return path
 
 
 def test_oracle_predictions_score_zero_and_full_pck(dataset):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import types
 
 import numpy as np
@@ -10,10 +9,7 @@ import pytest
 import torch
 
 from diffusion_hpc.errors import InputError, MissingModelError
-
-#: a small HMR 2.0 (same names as 4D-Humans, small sizes): 64-px crops, a 4 x 3 patch grid
-TINY = dict(crop_size=64, embed_dim=160, depth=2, num_heads=2, decoder_dim=64, decoder_depth=2, decoder_heads=2,
-            decoder_dim_head=64, decoder_mlp_dim=64)  # fmt: skip
+from helpers_hmr import tiny_hmr2, write_hmr2_lightning, write_smart
 
 #: shapes of entries of 4D-Humans' released HMR 2.0 (ViT-H backbone, 6-layer decoder head), from
 #: hmr2/models/backbones/vit.py, heads/smpl_head.py, components/pose_transformer.py
@@ -35,45 +31,6 @@ HMR2_KEYS = {
 }  # fmt: skip
 #: 2 + 1 + 32 x 12 + 2 backbone entries; 3 buffers + 3 embedding + 6 x 17 decoder + 6 readout entries
 HMR2_KEY_COUNT = 389 + 114
-
-
-def tiny_hmr2(seed: int = 0):
-    from diffusion_hpc.hmr.hmr2 import HMR2, HMR2Config
-
-    torch.manual_seed(seed)
-    net = HMR2(HMR2Config(**TINY))
-    rest = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]).repeat(24)  # (a1, a2) = first two columns of I
-    rest[:6] = torch.tensor([1.0, 0.0, 0.0, 0.0, -1.0, 0.0])  # root: pi about x
-    net.smpl_head.init_body_pose.copy_(rest[None])
-    net.smpl_head.init_betas.copy_(torch.linspace(-0.5, 0.5, 10)[None])
-    net.smpl_head.init_cam.copy_(torch.tensor([[0.9, 0.0, 0.0]]))
-    return net
-
-
-def write_hmr2_lightning(net, path):
-    """``net`` saved like 4D-Humans' Lightning checkpoint: ``state_dict`` with the network, the
-    discriminator, the SMPL buffers and ``initialized``; ``hyper_parameters`` holding a yacs CfgNode."""
-    yacs = types.ModuleType("yacs")
-    config = types.ModuleType("yacs.config")
-
-    class CfgNode(dict):  # like yacs': a dict with instance attributes (pickled as BUILD state)
-        def __init__(self, **items):
-            super().__init__(items)
-            self.__dict__["__immutable__"] = False
-
-    CfgNode.__module__, CfgNode.__qualname__ = "yacs.config", "CfgNode"
-    config.CfgNode = CfgNode
-    yacs.config = config
-    sys.modules.update({"yacs": yacs, "yacs.config": config})
-    try:
-        state = dict(net.state_dict())
-        state.update({"discriminator.D_conv1.weight": torch.zeros(32, 9, 1, 1), "smpl.shapedirs": torch.zeros(6890, 3, 10),
-                      "smpl.J_regressor_extra": torch.zeros(9, 6890), "initialized": torch.tensor(True)})  # fmt: skip
-        cfg = CfgNode(MODEL=CfgNode(IMAGE_SIZE=256), EXTRA=CfgNode(FOCAL_LENGTH=5000))
-        torch.save({"epoch": 35, "global_step": 1000000, "state_dict": state, "hyper_parameters": {"cfg": cfg}}, path)
-    finally:
-        del sys.modules["yacs"], sys.modules["yacs.config"]
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -192,8 +149,6 @@ CROP = 64
 @pytest.fixture(scope="module")
 def smpl_data(tmp_path_factory, fake_smpl):
     """A native SMPL dataset (8 samples, 64 px) and the same images as a 2D-only real source."""
-    from test_evaluate import write_smart
-
     from diffusion_hpc.config import GenerateConfig
     from diffusion_hpc.pipeline.generate import generate
     from diffusion_hpc.poses.io import PoseSet, save_pose_file

@@ -526,7 +526,7 @@ def test_generate_with_hmr2_labels_smpl_bodies(backbone, guides, fake_smpl, tmp_
     """``--estimator hmr2`` (a tiny 4D-Humans checkpoint) on real photos with ``--body-model smpl``:
     the samples carry the regressor's SMPL bodies, run.json names the checkpoint by file name and
     fingerprint."""
-    from test_hmr_init import tiny_hmr2, write_hmr2_lightning
+    from helpers_hmr import tiny_hmr2, write_hmr2_lightning
 
     from diffusion_hpc.estimate.hmr_adapter import checkpoint_fingerprint
     from diffusion_hpc.prior.vposer import VPoserNet
