@@ -46,7 +46,9 @@ from diffusion_hpc.data.reader import Dataset, manifest_totals
 from diffusion_hpc.data.schema import SampleRecord
 from diffusion_hpc.data.seeds import shard_ranges
 from diffusion_hpc.data.writer import DatasetWriter, ManifestRow
-from diffusion_hpc.errors import InputError, MissingModelError
+from diffusion_hpc.errors import ConfigError, InputError, MissingModelError
+from diffusion_hpc.estimate import REGRESSOR_ESTIMATORS
+from diffusion_hpc.estimate.hmr_adapter import checkpoint_fingerprint, exported_regressor_files
 from diffusion_hpc.generate.backgrounds import FolderBackgrounds
 from diffusion_hpc.generate.diffusion import lora_file
 from diffusion_hpc.pipeline.guided import place_guided
@@ -54,7 +56,7 @@ from diffusion_hpc.pipeline.inputs import GuideImages, read_prompt_lines
 from diffusion_hpc.pipeline.mode_d import hard_threshold_of_poses, place_bodies
 from diffusion_hpc.pipeline.records import run_sampler
 from diffusion_hpc.pipeline.requests import guides_of
-from diffusion_hpc.pipeline.stages import Stages, StageTimer, check_run_estimator
+from diffusion_hpc.pipeline.stages import Stages, StageTimer, check_run_estimator, needs_estimator
 from diffusion_hpc.pipeline.tail import finish
 from diffusion_hpc.poses import load_pose_set
 from diffusion_hpc.runtime.weights import backbone_set, check_models
@@ -76,11 +78,6 @@ def check_resumed_estimator(cfg: GenerateConfig, out: Path) -> None:
     Raises:
         ConfigError: the checkpoint's content changed since the run began (names the file and the fix).
     """
-    from diffusion_hpc.errors import ConfigError
-    from diffusion_hpc.estimate import REGRESSOR_ESTIMATORS
-    from diffusion_hpc.estimate.hmr_adapter import checkpoint_fingerprint, exported_regressor_files
-    from diffusion_hpc.pipeline.stages import needs_estimator
-
     if cfg.mesh_estimator not in REGRESSOR_ESTIMATORS or not needs_estimator(cfg):
         return
     recorded = set()
