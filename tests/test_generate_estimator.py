@@ -99,3 +99,16 @@ def test_resume_refuses_a_checkpoint_retrained_in_place(regressor_run, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (out / "shards" / "shard-000000.tar").read_bytes() == kept
     assert len(open_dataset(out).manifest()) == config.n
+
+
+def test_a_row_names_the_fit_by_name_only():
+    """The MediaPipe fit has no checkpoint: its rows say ``{"name": "mediapipe"}``, no null fingerprint;
+    a run without an estimator writes no ``estimator`` key."""
+    from diffusion_hpc.data.writer import ManifestRow
+    from diffusion_hpc.pipeline.records import row_estimator
+
+    assert row_estimator({"name": "mediapipe", "body_model": "anny"}) == {"name": "mediapipe"}
+    assert row_estimator(None) is None
+    row = ManifestRow("k", 0, 0, 1, "ok", estimator=row_estimator({"name": "mediapipe", "body_model": "anny"}))
+    assert json.loads(row.to_json())["estimator"] == {"name": "mediapipe"}
+    assert "estimator" not in json.loads(ManifestRow("k", 0, 0, 1, "ok").to_json())
