@@ -4,7 +4,7 @@
 (:func:`diffusion_hpc.body.convert.convert_bodies`) and returns one label per body in the form
 the reader returns (:func:`diffusion_hpc.data.schema.encode_label`)::
 
-    sample["labels"]["smpl"] = {
+    person["labels"]["smpl"] = {
         "body_model": "smpl",
         "params": {"global_orient": (3,), "body_pose": (69,), "betas": (10,), "transl": (3,)},
         "joints3d": {"coco17": (17, 3), "h36m17": (17, 3), "smpl24": (24, 3)},
@@ -14,13 +14,16 @@ the reader returns (:func:`diffusion_hpc.data.schema.encode_label`)::
 (``body_pose`` (63,) and no ``smpl24`` for SMPL-X; the neutral model.) Parameters are in the camera
 frame with the model's own names, as a native ``--body-model smpl`` dataset's ``params`` (there
 ``body_pose`` is (23, 3)); the joints are the target model's own, so ``joints3d`` equals the
-forward pass of ``params``.
+forward pass of ``params``. The reader gives every person its own label (``persons_of(sample)``;
+a schema-1 sample is one person, its label at ``sample["labels"]``).
 
-:func:`convert_dataset` stores the labels in the dataset's own shards, as the member
-``<key>.<model>.npz`` beside each sample's ``params.npz``. Shards are rewritten one at a time
-under the dataset's lock (:mod:`diffusion_hpc.data.lock`): a temporary tar in ``shards/``, then
-one rename, so a killed convert leaves every shard either as it was or complete, and a rerun
-skips the shards that already carry the label (resumable). The manifest, config.yaml and
+:func:`convert_dataset` converts every person and stores the labels in the dataset's own shards,
+as the member ``<key>.<model>.npz`` beside each sample's ``params.npz``: every array with a leading
+person axis in a schema-2 sample (:func:`~diffusion_hpc.data.schema.encode_labels`), one label in a
+schema-1 sample. Shards are rewritten one at a time under the dataset's lock
+(:mod:`diffusion_hpc.data.lock`): a temporary tar in ``shards/``, then one rename, so a killed
+convert leaves every shard either as it was or complete, and a rerun skips the shards that already
+carry the label (resumable). The manifest, config.yaml and
 run.json are not touched.
 """
 
@@ -34,7 +37,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import numpy as np
 
@@ -43,7 +46,7 @@ from diffusion_hpc.body.convert import Conversion, ConvertWeights, convert_bodie
 from diffusion_hpc.config.convert import ConvertConfig
 from diffusion_hpc.data.lock import OutputLock
 from diffusion_hpc.data.reader import Dataset, iter_shard_members
-from diffusion_hpc.data.schema import encode_label, label_member
+from diffusion_hpc.data.schema import encode_label, encode_labels, label_member
 from diffusion_hpc.data.writer import _add_members, commit_file, storage_errors
 from diffusion_hpc.errors import InputError
 from diffusion_hpc.prior import get_prior
@@ -116,8 +119,8 @@ class LabelConverter:
 
 @dataclass
 class ConvertResult:
-    """What :func:`convert_dataset` did: ``converted`` samples in ``shards_done`` rewritten shards,
-    ``shards_skipped`` already labelled, ``flagged`` samples above the fit threshold, wall ``seconds``."""
+    """What :func:`convert_dataset` did: ``converted`` persons in ``shards_done`` rewritten shards,
+    ``shards_skipped`` already labelled, ``flagged`` persons above the fit threshold, wall ``seconds``."""
 
     converted: int
     shards_done: int
@@ -139,11 +142,26 @@ def shard_has_label(path: Path, model: str) -> bool:
     return keys == labelled
 
 
-def label_shard(path: Path, converter: LabelConverter, model: str, batch_size: int) -> tuple[int, int]:
-    """Rewrite shard ``path`` with each sample's ``model`` label added (replaced if present):
-    a temporary tar beside it, then one rename. Returns (samples, flagged)."""
+def persons_params(members: dict[str, bytes], where: str) -> tuple[dict[str, np.ndarray], bool]:
+    """(every person's parameters with a leading person axis (P, ...), stacked) of one sample's
+    undecoded members: schema 2's ``params.npz`` as stored, schema 1's one person given the axis."""
     import io
+    import json
 
+    if "params.npz" not in members or "json" not in members:
+        raise InputError(f"{where} has no params.npz or json; the shard is corrupt: regenerate it")
+    with np.load(io.BytesIO(members["params.npz"]), allow_pickle=False) as npz:
+        params = {k: npz[k] for k in npz.files}
+    stacked = json.loads(members["json"]).get("schema") != 1
+    return (params if stacked else {k: v[None] for k, v in params.items()}), stacked
+
+
+def label_shard(path: Path, converter: LabelConverter, model: str, batch_size: int) -> tuple[int, int]:
+    """Rewrite shard ``path`` with the ``model`` label of every person of each sample added (replaced
+    if present): a temporary tar beside it, then one rename. The persons of ``batch_size`` samples
+    are fitted in one batch; a schema-2 sample stores its persons' labels with a leading person
+    axis (:func:`~diffusion_hpc.data.schema.encode_labels`), a schema-1 sample its one label as
+    before. Returns (persons, flagged persons)."""
     member = label_member(model)
     count = flagged = 0
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -155,18 +173,20 @@ def label_shard(path: Path, converter: LabelConverter, model: str, batch_size: i
                 nonlocal count, flagged
                 if not pending:
                     return
-                params = []
-                for key, members in pending:
-                    if "params.npz" not in members:
-                        raise InputError(f"shard {path}: sample {key} has no params.npz; the shard is corrupt")
-                    with np.load(io.BytesIO(members["params.npz"]), allow_pickle=False) as npz:
-                        params.append({k: npz[k] for k in npz.files})
-                batch = {k: np.stack([p[k] for p in params]) for k in params[0]}
-                for (key, members), label in zip(pending, converter(batch)):
-                    _add_members(out, key, {**{e: b for e, b in members.items() if e != member},
-                                            member: encode_label(label)})
-                    flagged += int(label["fit"]["flagged"])
-                count += len(pending)
+                people = [persons_params(members, f"shard {path}: sample {key}") for key, members in pending]
+                names = set(people[0][0])
+                for (key, _), (params, _) in zip(pending, people):
+                    if set(params) != names:
+                        raise InputError(f"shard {path}: sample {key}'s parameters {sorted(params)} differ from "
+                                         f"{sorted(names)}; the shard mixes body models: regenerate it")
+                batch = {k: np.concatenate([params[k] for params, _ in people]) for k in names}
+                labels = iter(converter(batch))
+                for (key, members), (params, stacked) in zip(pending, people):
+                    mine = [next(labels) for _ in range(len(next(iter(params.values()))))]
+                    data = encode_labels(mine) if stacked else encode_label(mine[0])
+                    _add_members(out, key, {**{e: b for e, b in members.items() if e != member}, member: data})
+                    flagged += sum(int(label["fit"]["flagged"]) for label in mine)
+                    count += len(mine)
                 pending.clear()
 
             for key, members in iter_shard_members(path):
@@ -183,7 +203,7 @@ def label_shard(path: Path, converter: LabelConverter, model: str, batch_size: i
 
 
 def convert_dataset(config: ConvertConfig, progress: bool = False) -> ConvertResult:
-    """Label every sample of ``config.dataset`` with ``config.to`` (see the module docstring).
+    """Label every person of every sample of ``config.dataset`` with ``config.to`` (see the module docstring).
 
     Raises:
         InputError: not a dataset, or ``to`` is the dataset's own body model.
@@ -222,5 +242,5 @@ def convert_dataset(config: ConvertConfig, progress: bool = False) -> ConvertRes
                 n, f = label_shard(shard, converter, config.to, config.batch_size)
             done, converted, flagged = done + 1, converted + n, flagged + f
             if progress:
-                print(f"shard {i + 1}/{len(shards)}: {n} samples labelled ({f} flagged)", flush=True)
+                print(f"shard {i + 1}/{len(shards)}: {n} persons labelled ({f} flagged)", flush=True)
     return ConvertResult(converted, done, skipped, flagged, time.perf_counter() - start)

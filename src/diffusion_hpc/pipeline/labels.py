@@ -1,5 +1,5 @@
-"""The label-model stage of a run (``--label-models anny,smpl``): each accepted sample's body fitted
-with the other body models before its record is written (:mod:`diffusion_hpc.data.convert`).
+"""The label-model stage of a run (``--label-models anny,smpl``): the body of every person of each
+accepted sample fitted with the other body models before its record is written (:mod:`diffusion_hpc.data.convert`).
 
 The converters are created once per process, on first use (the target model and its prior load
 then), and fit on the CPU in float32 like the run's body model.
@@ -27,15 +27,17 @@ def converter_for(config: GenerateConfig, model: str) -> LabelConverter:
 
 
 def add_label_models(config: GenerateConfig, records: list[SampleRecord], timings: dict[str, float]) -> None:
-    """Set ``record.labels[model]`` of every record for each of ``config.extra_label_models()``, one
-    batched fit per model; ``timings["labels"]`` (the batch's per-sample timings, shared by its
-    records and rows) gets the fit's seconds per accepted sample."""
+    """Set ``person.labels[model]`` of every person of every record (:meth:`SampleRecord.people`) for
+    each of ``config.extra_label_models()``, one batched fit per model over all the batch's persons;
+    ``timings["labels"]`` (the batch's per-sample timings, shared by its records and rows) gets the
+    fit's seconds per accepted sample."""
     models = config.extra_label_models()
-    if not models or not records:
+    people = [person for record in records for person in record.people()]
+    if not models or not people:
         return
     start = time.perf_counter()
-    params = {k: np.stack([np.asarray(r.params[k], np.float32) for r in records]) for k in records[0].params}
+    params = {k: np.stack([np.asarray(p.params[k], np.float32) for p in people]) for k in people[0].params}
     for model in models:
-        for record, label in zip(records, converter_for(config, model)(params)):
-            record.labels[model] = label
+        for person, label in zip(people, converter_for(config, model)(params)):
+            person.labels[model] = label
     timings["labels"] = (time.perf_counter() - start) / len(records)
