@@ -109,6 +109,7 @@ def render_people(out: Path, n: int, n_hard: int, seed: int) -> list[dict]:
 
     from diffusion_hpc.config import GenerateConfig
     from diffusion_hpc.data import open_dataset
+    from diffusion_hpc.data.schema import persons_of
     from diffusion_hpc.pipeline.generate import generate
     from diffusion_hpc.poses import builtin_poses
     from diffusion_hpc.poses.io import save_pose_file
@@ -126,7 +127,7 @@ def render_people(out: Path, n: int, n_hard: int, seed: int) -> list[dict]:
     for name, config in sets:
         if not (out / name / "config.yaml").exists():
             generate(config, out=out / name, progress=False)
-        for sample in open_dataset(out / name):
+        for sample in (p for s in open_dataset(out / name) for p in persons_of(s)):  # one person per render
             if (cut := person_cutout(sample)) is not None:
                 people.append(cut | {"hard": name == "hard"})
     return people

@@ -163,6 +163,7 @@ def hardest_poses(est, out: Path, n: int, seed: int) -> None:
 
     from diffusion_hpc.config import GenerateConfig
     from diffusion_hpc.data import open_dataset
+    from diffusion_hpc.data.schema import persons_of
     from diffusion_hpc.pipeline.generate import generate
     from diffusion_hpc.poses import builtin_poses
     from diffusion_hpc.poses.io import save_pose_file
@@ -177,7 +178,7 @@ def hardest_poses(est, out: Path, n: int, seed: int) -> None:
         save_pose_file(out / "hardest_poses.npz", poses.subset(top))
         generate(GenerateConfig(n=n, image_size=(256, 256), seed=seed, poses=str(out / "hardest_poses.npz")),
                  out=ds, progress=False)
-    samples = list(open_dataset(ds))
+    samples = [p for s in open_dataset(ds) for p in persons_of(s)]  # one person per render
     results = in_batches(est.estimate, [s["image"] for s in samples])
     pa = pa_mpjpe_mm(results, samples)
     ok = np.isfinite(pa)
@@ -272,6 +273,7 @@ def main() -> None:
 
     from diffusion_hpc.config import GenerateConfig
     from diffusion_hpc.data import open_dataset
+    from diffusion_hpc.data.schema import persons_of
     from diffusion_hpc.estimate import get_estimator
     from diffusion_hpc.estimate.run import render_preview
     from diffusion_hpc.pipeline.generate import generate
@@ -290,7 +292,7 @@ def main() -> None:
         cfg = GenerateConfig(n=args.n, image_size=(256, 256), seed=args.seed + 7)
         cfg.render_baseline.backgrounds = background_folder(out)
         generate(cfg, out=ds_photo, progress=False)
-    samples = list(open_dataset(ds)) + list(open_dataset(ds_photo))
+    samples = [p for d in (ds, ds_photo) for s in open_dataset(d) for p in persons_of(s)]  # one person per render
     photo_bg = np.arange(len(samples)) >= args.n
     est = get_estimator("mediapipe")
     body = est.body

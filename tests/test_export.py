@@ -145,6 +145,15 @@ def read_4dhumans(url: str, monkeypatch) -> list[dict]:
 # ---------------------------------------------------------------- datasets
 
 
+def one_person(sample: dict) -> dict:
+    """A one-person sample as one flat dict (its person's fields at the top, as schema 1 read): the
+    form the tests below compare exports with and build labelled variants from."""
+    from diffusion_hpc.data.schema import persons_of
+
+    (person,) = persons_of(sample)
+    return {k: v for k, v in person.items() if k != "person"}
+
+
 @pytest.fixture(scope="module")
 def anny_dataset(tmp_path_factory):
     from diffusion_hpc.config import GenerateConfig
@@ -153,7 +162,7 @@ def anny_dataset(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("export") / "anny"
     generate(GenerateConfig(n=3, image_size=(64, 64), batch_size=3), out=out, progress=False)
-    return out, list(open_dataset(out))
+    return out, [one_person(s) for s in open_dataset(out)]
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +179,7 @@ def smpl_dataset(tmp_path_factory, fake_smpl):
                                                        body_pose=(0.2 * rng.normal(size=(4, 23, 3))).astype(np.float32)))
     generate(GenerateConfig(n=3, image_size=(64, 64), batch_size=3, body_model="smpl", smpl_path=fake_smpl,
                             poses=str(poses)), out=root / "d", progress=False)
-    return root / "d", list(open_dataset(root / "d"))
+    return root / "d", [one_person(s) for s in open_dataset(root / "d")]
 
 
 def smpl_label(fake_smpl, pelvis: np.ndarray, seed: int, flagged: bool = False) -> dict:
@@ -450,6 +459,84 @@ def test_multi_person_samples_export_one_row_per_person(anny_dataset, fake_smpl,
     assert len(items) == 2 and items[0]["__key__"] == items[1]["__key__"]
     np.testing.assert_array_equal(items[1]["mask"], second["mask"])
     assert [float(it["data.pyd"]["has_body_pose"]) for it in items] == [1.0, 0.0]
+
+
+@pytest.fixture(scope="module")
+def smpl_scenes(tmp_path_factory, fake_smpl):
+    """A native SMPL mode-D dataset of 2-3 people per image (the synthetic SMPL file, render baseline)."""
+    from diffusion_hpc.config import GenerateConfig
+    from diffusion_hpc.data import open_dataset
+    from diffusion_hpc.pipeline.generate import generate
+    from diffusion_hpc.poses.io import PoseSet, save_pose_file
+
+    root = tmp_path_factory.mktemp("export_scenes")
+    rng = np.random.default_rng(1)
+    poses = save_pose_file(root / "poses.npz", PoseSet(body_model="smpl", global_orient=np.zeros((6, 3), np.float32),
+                                                       body_pose=(0.2 * rng.normal(size=(6, 23, 3))).astype(np.float32)))
+    generate(GenerateConfig(n=3, image_size=(96, 96), batch_size=3, body_model="smpl", smpl_path=fake_smpl,
+                            poses=str(poses), people="2-3"), out=root / "d", progress=False)
+    return root / "d", list(open_dataset(root / "d"))
+
+
+def test_multi_person_dataset_every_format_per_person(smpl_scenes, fake_smpl, tmp_path, monkeypatch):
+    """Mode D with 2-3 people per image: every format writes one row per person, in order, with that
+    person's box, parameters and keypoints: the SMPL forward of its exported parameters gives its
+    exported 3D joints (<= 1 mm) and these project with the image's camera onto its 2D keypoints
+    (<= 0.5 px)."""
+    from diffusion_hpc.data.export import export_dataset
+
+    path, samples = smpl_scenes
+    people = [(s, p) for s in samples for p in s["persons"]]
+    assert [len(s["persons"]) for s in samples] != [1] * len(samples) and len(people) >= 5
+    pose = np.stack([np.concatenate([p["params"]["global_orient"], p["params"]["body_pose"].ravel()]) for _, p in people])
+    betas = np.stack([p["params"]["betas"] for _, p in people]).astype(np.float64)
+    transl = np.stack([p["params"]["transl"] for _, p in people]).astype(np.float64)
+    forward44 = smpl_joints44(fake_smpl, pose.astype(np.float64), betas, transl)
+
+    def box_holds_mask(center, side, mask):
+        ys, xs = np.nonzero(mask)
+        return np.all(np.abs(xs - center[0]) <= side / 2) and np.all(np.abs(ys - center[1]) <= side / 2)
+
+    spin = read_spin_npz(export_dataset(ExportConfig(dataset=path, format="spin-npz", out=tmp_path / "s.npz")).path)
+    assert len(spin["imgname"]) == len(people) and np.all(spin["has_smpl"] == 1)
+    np.testing.assert_allclose(spin["pose"], pose, atol=1e-6)
+    for i, (sample, person) in enumerate(people):
+        assert spin["imgname"][i] == f"images/{sample['key']}.png"
+        known = spin["S"][i, :19, 3] > 0
+        np.testing.assert_allclose(spin["S"][i, :19][known, :3], forward44[i, 25:][known], atol=1e-3)
+        assert_reprojects(spin["S"][i, :, :3], spin["part"][i], sample["K"], min_count=4)
+        np.testing.assert_allclose(spin["K"][i], sample["K"])
+        assert box_holds_mask(spin["center"][i], spin["scale"][i] * 200, person["mask"])
+
+    result = export_dataset(ExportConfig(dataset=path, format="bedlam-npz", out=tmp_path / "b" / "train.npz"))
+    assert (result.count, result.skipped) == (len(people), 0)
+    bedlam = read_bedlam_npz(result.path)
+    np.testing.assert_allclose(bedlam["pose72"], pose, atol=1e-6)
+    np.testing.assert_allclose(bedlam["translation"], transl, atol=1e-6)
+    joints44 = smpl_joints44(fake_smpl, bedlam["pose72"], bedlam["shape"][:, :10], bedlam["translation"])
+    for i, (sample, _) in enumerate(people):
+        assert_reprojects(joints44[i], bedlam["keypoints"][i], bedlam["cam_int"][i], min_count=4)
+        assert bedlam["imgname"][i] == f"images/{sample['key']}.png"
+
+    items = read_4dhumans(str(export_dataset(ExportConfig(dataset=path, format="4dhumans-wds",
+                                                          out=tmp_path / "w" / "train.tar")).path), monkeypatch)
+    assert [it["__key__"] for it in items] == [s["key"] for s, _ in people]
+    for i, (it, (sample, person)) in enumerate(zip(items, people)):
+        data = it["data.pyd"]
+        np.testing.assert_array_equal(it["mask"], person["mask"])  # each row its own person's mask
+        np.testing.assert_allclose(data["body_pose"], pose[i], atol=1e-6)
+        known = np.isfinite(forward44[i, :, 0]) & np.r_[np.ones(19), np.zeros(6), np.ones(19)].astype(bool)
+        np.testing.assert_allclose(data["keypoints_3d"][known, :3], forward44[i][known], atol=1e-3)
+        assert_reprojects(data["keypoints_3d"][:, :3], data["keypoints_2d"], sample["K"], min_count=4)
+        assert box_holds_mask(data["center"], float(data["scale"][0]) * 200, person["mask"])
+
+    doc = json.loads(export_dataset(ExportConfig(dataset=path, format="coco-json", out=tmp_path / "c.json")).path.read_text())
+    assert len(doc["images"]) == len(samples) and len(doc["annotations"]) == len(people)
+    for ann, (sample, person) in zip(doc["annotations"], people):
+        np.testing.assert_allclose(np.reshape(ann["keypoints"], (17, 3)), person["keypoints2d"])
+        assert ann["area"] == int(person["mask"].sum())
+        np.testing.assert_allclose(ann["joints3d"]["smpl24"], person["joints3d"]["smpl24"])
+    assert [a["person"] for a in doc["annotations"]] == [i for s in samples for i in range(len(s["persons"]))]
 
 
 def test_4dhumans_pickle_holds_only_numpy_arrays(anny_dataset):
