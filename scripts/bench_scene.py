@@ -3,11 +3,18 @@ redraws, group camera) and the combined render with instance ids, and the share 
 interpenetration.
 
 Usage: python scripts/bench_scene.py [--people 1 2 4] [--batch 16] [--size 512] [--batches 4]
-                                     [--renderer auto] [--lateral -1.5 1.5] [--depth 0 3]
+                                     [--renderer auto] [--lateral -1.5 1.5] [--depth 0 3] [--pipeline --n 64]
 
 Real Anny bodies with the packaged CMU poses, drawn shapes and yaws; each batch draws new people
 (the body forward is timed apart: mode D runs it for one person today too). The render is the
 label pass mode D runs (depth + face ids, no normal map).
+
+``--pipeline``: instead, whole ``dhpc generate`` runs (mode D, render baseline, ``--people P``) of
+``--n`` samples at ``--batch``, after a warm-up run: samples/s, ms per sample and per person, the
+stages' ms per sample from the manifest, and the share of placement draws rejected for
+interpenetration (the manifest's ``rejected_draws`` / ``placement_draws``).
+
+    .venv/bin/python scripts/bench_scene.py --pipeline --people 1 2 4 --n 64 --batch 16 --size 512
 """
 
 from __future__ import annotations
@@ -33,6 +40,49 @@ def people(body, poses, rng, B: int, P: int):
     return v, j, time.perf_counter() - t0
 
 
+def pipeline(args) -> None:
+    """Whole mode-D runs with ``--people P`` for each P of ``args.people``."""
+    import json
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from diffusion_hpc.config import GenerateConfig
+    from diffusion_hpc.data import open_dataset
+    from diffusion_hpc.pipeline.generate import Generator
+
+    size = (args.size, args.size)
+    tmp = Path(tempfile.mkdtemp(prefix="dhpc-bench-scene-"))
+    try:
+        Generator(GenerateConfig(n=4, batch_size=4, image_size=size, renderer=args.renderer, people="2"),
+                  progress=False).run(tmp / "warm")  # fmt: skip
+        print(f"mode D, render baseline, {args.size}x{args.size}, batch {args.batch}, {args.n} samples per run, "
+              f"renderer {args.renderer}, torch threads {torch.get_num_threads()}")  # fmt: skip
+        print("people | samples/s | ms/sample | ms/person | rejected draws | stages (ms/sample)")
+        rows = []
+        for P in args.people:
+            config = GenerateConfig(n=args.n, batch_size=args.batch, shard_size=args.n, image_size=size,
+                                    renderer=args.renderer, people=str(P), seed=args.seed)  # fmt: skip
+            start = time.perf_counter()
+            Generator(config, progress=False).run(tmp / f"p{P}")
+            seconds = time.perf_counter() - start
+            manifest = open_dataset(tmp / f"p{P}").manifest()
+            persons = sum(r["scores"].get("people", 1) for r in manifest if r["status"] == "ok")
+            draws = sum(r["scores"].get("placement_draws", 1) for r in manifest)
+            rejected = sum(r["scores"].get("rejected_draws", 0) for r in manifest)
+            stages = {k: 1000 * sum(r["timings"][k] for r in manifest) / len(manifest) for k in manifest[0]["timings"]}
+            row = {"people": P, "samples_per_s": args.n / seconds, "ms_per_sample": 1000 * seconds / args.n,
+                   "ms_per_person": 1000 * seconds / max(persons, 1), "persons": persons, "draws": draws,
+                   "rejected": rejected, "stage_ms": stages}  # fmt: skip
+            rows.append(row)
+            print(f"{P} | {row['samples_per_s']:.2f} | {row['ms_per_sample']:.1f} | {row['ms_per_person']:.1f} | "
+                  f"{rejected}/{draws} = {rejected / max(draws, 1):.1%} | "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))  # fmt: skip
+        print(json.dumps({"pipeline": rows}))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--people", type=int, nargs="+", default=[1, 2, 4])
@@ -43,7 +93,12 @@ def main(argv=None):
     ap.add_argument("--lateral", type=float, nargs=2, default=None, help="x range of the layout, metres")
     ap.add_argument("--depth", type=float, nargs=2, default=None, help="z range of the layout, metres")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pipeline", action="store_true", help="time whole mode-D runs with --people P instead")
+    ap.add_argument("--n", type=int, default=64, help="--pipeline: samples per run")
     args = ap.parse_args(argv)
+    if args.pipeline:
+        pipeline(args)
+        return
 
     from diffusion_hpc.body import get_body_model
     from diffusion_hpc.geometry import scene as gs

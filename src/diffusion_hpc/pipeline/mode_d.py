@@ -17,6 +17,8 @@ The shared tail (:mod:`~diffusion_hpc.pipeline.tail`) takes it from there.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -64,6 +66,89 @@ def _people_of(requests: list[SampleRequest]) -> tuple[np.ndarray, list, list, n
     return owner, rows, shapes, yaws
 
 
+@dataclass
+class Placement:
+    """Where the N persons of a batch of B samples stand (mode D step 3).
+
+    Attributes:
+        rotations: (N, 3, 3) canonical frame -> camera orientation; translations: (N, 3), so a
+            person's camera-frame points are ``rotations @ x + translations`` of its canonical forward.
+        vertices: (N, V, 3) float32 and joints: name -> (N, J, 3) float64, camera frame.
+        placed: (N,) bool, False for a person left out of a crowded scene (no free spot).
+        fitted: (B,) bool, the sample's body or group fits the image.
+        draws, rejected: (B,) placement draws per sample and those rejected for interpenetration
+            (a lone person: one draw, none rejected).
+    """
+
+    rotations: np.ndarray
+    translations: np.ndarray
+    vertices: np.ndarray
+    joints: dict[str, np.ndarray]
+    placed: np.ndarray
+    fitted: np.ndarray
+    draws: np.ndarray
+    rejected: np.ndarray
+
+
+def place_people(stages: Stages, requests: list[SampleRequest], owner: np.ndarray, yaws: np.ndarray, canonical,
+                 width: int, height: int) -> Placement:  # fmt: skip
+    """Step 3 of mode D: every person of the batch in its camera. A sample's own person is oriented as its
+    request says (``rotation``), the other people of its scene turned by their yaws in its ``view``.
+
+    A one-person sample is fitted into the image alone (:func:`fit_translations`: its ``fill`` and
+    ``offset``); a scene of several people is stood on one ground plane at seeded spots without
+    interpenetration and framed as a group (:func:`~diffusion_hpc.geometry.scene.compose_scene`). The
+    meshes and joints are the canonical forward moved rigidly (what a forward on the camera parameters
+    gives, to float precision), so the tail runs no second forward.
+
+    Args:
+        owner: (N,) each person's sample (sorted; a sample's own person first); yaws: (N,) radians;
+        canonical: the body model's output on every person in the canonical frame.
+    """
+    B = len(requests)
+    first = np.searchsorted(owner, np.arange(B))  # (B,) each sample's own person
+    K = np.stack([r.K for r in requests])
+    fill, offset = np.array([r.fill for r in requests]), np.array([r.offset for r in requests], np.float64)
+    turns = upright_rotations(stages.canonical_to_camera, yaws)  # (N, 3, 3) canonical -> upright group frame
+    rotations = np.stack([requests[b].rotation if n == first[b] else requests[b].view @ turns[n]
+                          for n, b in enumerate(owner)])  # fmt: skip
+    verts = canonical.vertices.numpy().astype(np.float64)
+    joints = {name: j.numpy().astype(np.float64) for name, j in canonical.joints.items()}
+    out = Placement(rotations, np.zeros((len(owner), 3)), np.zeros(verts.shape, np.float32),
+                    {name: np.zeros(j.shape) for name, j in joints.items()}, np.ones(len(owner), bool),
+                    np.zeros(B, bool), np.ones(B, np.int64), np.zeros(B, np.int64))  # fmt: skip
+    alone = np.flatnonzero([r.people == 1 for r in requests])
+    if len(alone):
+        rows = first[alone]
+        rotated = np.einsum("bij,bvj->bvi", rotations[rows], verts[rows])
+        t, out.fitted[alone] = fit_translations(rotated, K[alone], width, height, fill[alone], offset[alone])
+        t[~out.fitted[alone]] = 0.0  # a failed sample is dropped: its placement is never used
+        out.translations[rows] = t
+        out.vertices[rows] = rotated + t[:, None]
+        for name, j in joints.items():
+            out.joints[name][rows] = np.einsum("bij,bkj->bki", rotations[rows], j[rows]) + t[:, None]
+    groups = np.flatnonzero([r.people > 1 for r in requests])
+    if len(groups):
+        members = np.flatnonzero(np.isin(owner, groups))  # persons of the group scenes, in sample order
+        scene_of = np.searchsorted(groups, owner[members])
+        upright = lambda x: by_sample(np.einsum("nij,nkj->nki", turns[members], x[members]), scene_of, len(groups))  # noqa: E731
+        vertices, present, slot = upright(verts)
+        views = np.stack([requests[b].view for b in groups])
+        scene = compose_scene(vertices, {name: upright(j)[0] for name, j in joints.items()}, stages.faces,
+                              [np.random.default_rng(requests[b].layout_seed) for b in groups], views, K[groups],
+                              width, height, fill[groups], offset[groups], present)  # fmt: skip
+        out.fitted[groups] = scene.ok
+        out.draws[groups], out.rejected[groups] = scene.placement.draws, scene.placement.rejected
+        # a person's point x goes to view @ (turn @ x + stand) + camera: rotation view @ turn, translation below
+        stand = scene.placement.translations[scene_of, slot]  # (M, 3) in the group frame
+        out.translations[members] = np.einsum("nij,nj->ni", views[scene_of], stand) + scene.translation[scene_of]
+        out.vertices[members] = scene.vertices[scene_of, slot]
+        for name in joints:
+            out.joints[name][members] = scene.joints[name][scene_of, slot]
+        out.placed[members] = scene.people[scene_of, slot]
+    return out
+
+
 def place_bodies(config: GenerateConfig, stages: Stages, poses, prompt_lines: list[str], indices: range,
                  timer: StageTimer) -> tuple[list[SampleLog], PlacedBodies]:  # fmt: skip
     """Mode D: the samples ``indices`` placed in their camera.
@@ -81,7 +166,6 @@ def place_bodies(config: GenerateConfig, stages: Stages, poses, prompt_lines: li
     sampler = lambda rng: body.sample_shape(rng, age_years=config.shape.age_years)  # noqa: E731
     requests = [make_request(config, i, len(poses), sampler, stages.canonical_to_camera) for i in indices]
     owner, pose_rows, drawn, yaws = _people_of(requests)
-    first = np.searchsorted(owner, np.arange(len(requests)))  # (B,) each sample's own person
     # 2. body forward in the canonical frame
     params = {
         "global_orient": torch.as_tensor(np.stack([poses.global_orient[i] for i in pose_rows]), dtype=torch.float32),
@@ -94,60 +178,13 @@ def place_bodies(config: GenerateConfig, stages: Stages, poses, prompt_lines: li
         canonical = body(params)
     timer.lap("body")
     # 3. camera placement: one person -> fit_translations; several -> ground plane, overlap test, group camera
-    K = np.stack([r.K for r in requests])
-    fill, offset = np.array([r.fill for r in requests]), np.array([r.offset for r in requests], np.float64)
-    turns = upright_rotations(stages.canonical_to_camera, yaws)  # (N, 3, 3) canonical -> upright group frame
-    # canonical -> camera of each person: its sample's own person as its request says, the others turned in the view
-    rotations = np.stack([requests[b].rotation if n == first[b] else requests[b].view @ turns[n]
-                          for n, b in enumerate(owner)])  # fmt: skip
-    canonical_vertices = canonical.vertices.numpy().astype(np.float64)
-    canonical_joints = {name: j.numpy().astype(np.float64) for name, j in canonical.joints.items()}
-    translations = np.zeros((len(owner), 3))
-    fitted = np.zeros(len(requests), bool)
-    vertices = np.zeros(canonical_vertices.shape, np.float32)
-    joints = {name: np.zeros(j.shape) for name, j in canonical_joints.items()}
-    placed = np.ones(len(owner), bool)  # people left out of a crowded scene: False
-    single = np.flatnonzero([r.people == 1 for r in requests])
-    if len(single):
-        rows = first[single]
-        rotated = np.einsum("bij,bvj->bvi", rotations[rows], canonical_vertices[rows])
-        t, fitted[single] = fit_translations(rotated, K[single], width, height, fill[single], offset[single])
-        t[~fitted[single]] = 0.0  # a failed sample is dropped: its placement is never used
-        translations[rows] = t
-        # the label's mesh and joints: the canonical forward moved rigidly (what a forward on the camera
-        # parameters gives, to float precision), so the tail runs no second forward
-        vertices[rows] = rotated + t[:, None]
-        for name, j in canonical_joints.items():
-            joints[name][rows] = np.einsum("bij,bkj->bki", rotations[rows], j[rows]) + t[:, None]
-    groups = np.flatnonzero([r.people > 1 for r in requests])
-    draws = np.ones(len(requests), np.int64)
-    rejected = np.zeros(len(requests), np.int64)
-    if len(groups):
-        members = np.flatnonzero(np.isin(owner, groups))  # persons of the group scenes, in sample order
-        scene_of = np.searchsorted(groups, owner[members])
-        upright, present, slot = by_sample(np.einsum("nij,nvj->nvi", turns[members], canonical_vertices[members]), scene_of,
-                                      len(groups))  # fmt: skip
-        upright_joints = {name: by_sample(np.einsum("nij,nkj->nki", turns[members], j[members]), scene_of, len(groups))[0]
-                          for name, j in canonical_joints.items()}  # fmt: skip
-        views = np.stack([requests[b].view for b in groups])
-        scene = compose_scene(upright, upright_joints, stages.faces,
-                              [np.random.default_rng(requests[b].layout_seed) for b in groups], views, K[groups],
-                              width, height, fill[groups], offset[groups], present)  # fmt: skip
-        fitted[groups] = scene.ok
-        draws[groups], rejected[groups] = scene.placement.draws, scene.placement.rejected
-        stand = scene.placement.translations[scene_of, slot]  # (M, 3) group frame
-        camera = np.where(scene.ok[:, None], scene.translation, 0.0)[scene_of]
-        translations[members] = np.einsum("nij,nj->ni", views[scene_of], stand) + camera
-        vertices[members] = scene.vertices[scene_of, slot]
-        for name in joints:
-            joints[name][members] = scene.joints[name][scene_of, slot]
-        placed[members] = scene.people[scene_of, slot]
+    where = place_people(stages, requests, owner, yaws, canonical, width, height)
     reasons = ["" if ok else f"camera: could not fit the {'body' if r.people == 1 else 'group'} in frame"
-               for ok, r in zip(fitted, requests)]  # fmt: skip
-    keep = np.flatnonzero(placed)
+               for ok, r in zip(where.fitted, requests)]  # fmt: skip
+    keep = np.flatnonzero(where.placed)
     params = {k: v[keep] for k, v in params.items()}
-    cam = transform_params(body, params, torch.as_tensor(rotations[keep], dtype=torch.float32),
-                           torch.as_tensor(translations[keep], dtype=torch.float32))  # fmt: skip
+    cam = transform_params(body, params, torch.as_tensor(where.rotations[keep], dtype=torch.float32),
+                           torch.as_tensor(where.translations[keep], dtype=torch.float32))  # fmt: skip
     timer.lap("camera")
     # 4. the samples
     owner, pose_rows = owner[keep], [pose_rows[n] for n in keep]
@@ -170,8 +207,9 @@ def place_bodies(config: GenerateConfig, stages: Stages, poses, prompt_lines: li
     if multi:
         counts = np.bincount(owner, minlength=len(requests))
         for b, log in enumerate(logs):
-            log.scores.update(people=int(counts[b]), placement_draws=int(draws[b]), rejected_draws=int(rejected[b]))
-    bodies = PlacedBodies(logs, {k: v.numpy() for k, v in cam.items()}, K, vertices=vertices[keep],
-                          joints={name: j[keep] for name, j in joints.items()}, owner=owner if multi else None,
-                          people=people)  # fmt: skip
+            log.scores.update(people=int(counts[b]), placement_draws=int(where.draws[b]),
+                              rejected_draws=int(where.rejected[b]))  # fmt: skip
+    bodies = PlacedBodies(logs, {k: v.numpy() for k, v in cam.items()}, np.stack([r.K for r in requests]),
+                          vertices=where.vertices[keep], joints={name: j[keep] for name, j in where.joints.items()},
+                          owner=owner if multi else None, people=people)  # fmt: skip
     return logs, bodies.take(alive(logs))

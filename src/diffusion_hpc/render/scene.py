@@ -49,7 +49,12 @@ def instance_ids(face_id: np.ndarray, faces_per_person: int) -> np.ndarray:
         face_id: (B, H, W) face index into the combined mesh (-1: background).
         faces_per_person: F, faces of one person's mesh.
     """
-    return np.where(face_id >= 0, face_id // int(faces_per_person), -1).astype(np.int32)
+    face_id = np.asarray(face_id)
+    people = int(face_id.max(initial=-1)) // int(faces_per_person) + 1
+    # a table of each face's person, its last entry -1 for the background's face id -1 (a gather is
+    # several times faster than an integer division per pixel)
+    table = np.append(np.repeat(np.arange(people, dtype=np.int32), int(faces_per_person)), np.int32(-1))
+    return table[face_id]
 
 
 def render_scene(renderer, vertices, faces, K, size: tuple[int, int], present: np.ndarray | None = None,
