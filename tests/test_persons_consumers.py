@@ -442,3 +442,26 @@ def test_mode_d_people_train_inspect_preview_quality(crowd):
     assert stats["persons"] == len(persons) and stats["prior_score"]["n"] == len(persons)
     hard = np.mean([p["scores"]["prior_score"] >= 60.0 for p in persons])
     assert stats["prior_score"]["hard_share"] == pytest.approx(hard)
+
+
+def test_quality_report_page_shows_the_persons(tmp_path):
+    """quality.json's persons section reaches quality.html: its table, people per image and every figure."""
+    import html
+
+    from diffusion_hpc.eval.quality import person_stats
+    from diffusion_hpc.eval.report import flatten_figures, write_report
+
+    people = [[{"scores": {"prior_score": 300.0, "mask_area": 0.2}, "visible_fraction": 1.0},
+               {"scores": {"prior_score": 20.0, "mask_area": 0.1}, "visible_fraction": 0.5}],
+              [{"scores": {"prior_score": 50.0, "mask_area": 0.3}, "visible_fraction": 1.0}]]
+    result = {"settings": {}, "real": "real", "comparison": [{"name": "crowd", "persons": 3, "persons_per_image": 1.5,
+                                                              "occluded_share": 1 / 3, "hard_share_persons": 1 / 3}],
+              "persons": {"crowd": person_stats(people, hard_threshold=100.0)}}
+    files = write_report(result, tmp_path)
+    page = open(files["html"]).read()
+    report = json.loads(open(files["json"]).read())
+    assert report["persons"]["crowd"]["per_image"] == {"1": 1, "2": 1}
+    assert "<h2>Persons: crowd</h2>" in page and "hard share (persons)" in page and "occluded persons" in page
+    assert "Pose prior over persons: hard share 0.333" in page
+    for path, _ in flatten_figures(report):
+        assert html.escape(path) in page, path
