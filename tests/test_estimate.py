@@ -15,6 +15,7 @@ import pytest
 import skimage.data as skdata
 
 from diffusion_hpc.body.joint_sets import COCO17
+from diffusion_hpc.data.schema import persons_of
 from diffusion_hpc.errors import InputError
 
 # Measured (see scripts/bench_estimate.py; default estimator = shipped Anny prior): PA-MPJPE on
@@ -63,7 +64,7 @@ def rendered(tmp_path_factory):
     cfg.camera.yaw_deg = (-35.0, 35.0)  # everyday views: the person roughly faces the camera
     cfg.camera.elevation_deg = (0.0, 15.0)
     generate(cfg, out=out, progress=False)
-    return list(open_dataset(out))
+    return [person for sample in open_dataset(out) for person in persons_of(sample)]
 
 
 @pytest.fixture(scope="module")
@@ -300,7 +301,7 @@ def front_and_back(tmp_path_factory):
         cfg = GenerateConfig(n=1, image_size=(256, 256), seed=11)
         cfg.camera.yaw_deg, cfg.camera.elevation_deg, cfg.camera.fill = yaw, (5.0, 10.0), (0.8, 0.85)
         generate(cfg, out=out, progress=False)
-        views.extend(open_dataset(out))
+        views.extend(person for sample in open_dataset(out) for person in persons_of(sample))
     return views
 
 
