@@ -12,6 +12,7 @@ import tarfile
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 
 from diffusion_hpc.errors import InputError
 
@@ -465,3 +466,12 @@ def test_quality_report_page_shows_the_persons(tmp_path):
     assert "Pose prior over persons: hard share 0.333" in page
     for path, _ in flatten_figures(report):
         assert html.escape(path) in page, path
+
+
+def test_inspect_cli_counts_the_crowd(crowd, tmp_path):
+    path, samples = crowd
+    proc = run_cli("inspect", str(path), "--preview", str(tmp_path / "p.png"))
+    assert proc.returncode == 0, proc.stderr
+    persons = sum(len(s["persons"]) for s in samples)
+    assert f"people    {persons} persons in 4 images" in proc.stdout and "people per image:" in proc.stdout
+    assert (tmp_path / "p.png").stat().st_size > 0
