@@ -23,6 +23,7 @@ def small_dataset(tmp_path_factory, anny_body):
 @pytest.mark.parametrize("fmt, suffix", [("spin-npz", ".npz"), ("coco-json", ".json")])
 def test_export_cli(small_dataset, tmp_path, fmt, suffix):
     from diffusion_hpc.data import open_dataset
+    from diffusion_hpc.data.schema import persons_of
 
     out = tmp_path / f"export{suffix}"
     proc = run_cli("export", str(small_dataset), "--format", fmt, "--out", str(out))
@@ -36,7 +37,7 @@ def test_export_cli(small_dataset, tmp_path, fmt, suffix):
         coco = json.loads(out.read_text())
         assert len(coco["images"]) == 3 and len(coco["annotations"]) == 3
         kp = np.asarray(coco["annotations"][0]["keypoints"], float).reshape(17, 3)
-        assert np.allclose(kp[:, :2], samples[0]["keypoints2d"][:, :2], atol=1e-3)
+        assert np.allclose(kp[:, :2], persons_of(samples[0])[0]["keypoints2d"][:, :2], atol=1e-3)
     assert len(list((tmp_path / "images").iterdir())) == 3
 
 

@@ -472,6 +472,7 @@ def test_cli_import_then_generate_from_the_pose_file(tmp_path, synthetic):
     from conftest import run_cli
 
     from diffusion_hpc.data import open_dataset
+    from diffusion_hpc.data.schema import persons_of
 
     path, motion, go, bp = synthetic
     poses_file = tmp_path / "mine.npz"
@@ -482,6 +483,6 @@ def test_cli_import_then_generate_from_the_pose_file(tmp_path, synthetic):
     out = tmp_path / "d"
     proc = run_cli("generate", "--poses", str(poses_file), "-n", "3", "--image-size", "64", "--out", str(out), "--no-progress")
     assert proc.returncode == 0, proc.stderr
-    for sample in open_dataset(out):
-        frame = int(sample["pose_source"].rsplit("_f", 1)[1])  # pose names are <file>_f<frame>
-        assert np.allclose(sample["params"]["body_pose"], bp[frame], atol=1e-5)
+    for (person,) in map(persons_of, open_dataset(out)):
+        frame = int(person["pose_source"].rsplit("_f", 1)[1])  # pose names are <file>_f<frame>
+        assert np.allclose(person["params"]["body_pose"], bp[frame], atol=1e-5)
