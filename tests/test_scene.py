@@ -4,6 +4,8 @@ behind another person is not visible."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -246,3 +248,39 @@ def test_a_person_with_no_free_spot_is_left_out(anny_body):
     assert not placement.translations[0, 1:].any()
     with pytest.raises(ValueError, match=r"\(B, P, V, 3\)"):
         place_group(v[0], faces, [np.random.default_rng(0)])
+
+
+def test_visible_fractions_equal_each_persons_alone_render(anny_body, renderer):
+    """The visible share of each person (its pixels in the instance map over its silhouette rendered alone),
+    computed from cropped windows where its box meets another's, equals the brute-force share from a full
+    render of every person alone; a crowded layout hides some people in part, a person far from the
+    others is whole without a render."""
+    from diffusion_hpc.render.scene import person_boxes, visible_fractions
+
+    B, P = 2, 3
+    v, j, faces = people(anny_body, B, P, seed=6)
+    scene = compose_scene(v, j, faces, [np.random.default_rng(20 + b) for b in range(B)], rotation_x(0.15), K, SIZE,
+                          SIZE, 0.9, lateral=(-0.9, 0.9), depth=(0.0, 2.0))  # fmt: skip
+    out = render_scene(renderer, scene.vertices, faces, K, (SIZE, SIZE), scene.people)
+    owner, slot = np.nonzero(scene.people)
+    verts = scene.vertices[owner, slot].astype(np.float32)
+    Ks = np.broadcast_to(K, (len(owner), 3, 3))
+    alone = renderer.render(verts, faces, Ks.astype(np.float32), (SIZE, SIZE), normals=False).mask
+    truth = (out.instance[owner] == slot[:, None, None]).sum((1, 2)) / alone.sum((1, 2))
+    fast = visible_fractions(renderer, verts, faces, Ks, out.instance, owner, slot)
+    np.testing.assert_allclose(fast, truth, atol=1e-9)
+    assert (truth < 0.999).any(), "the crowded layout should hide someone in part"
+    # every pixel a person covers lies in its box
+    boxes = person_boxes(verts, Ks, (SIZE, SIZE))
+    for n, (c0, r0, c1, r1) in enumerate(boxes):
+        rows, cols = np.nonzero(alone[n])
+        assert rows.min() >= r0 and rows.max() <= r1 and cols.min() >= c0 and cols.max() <= c1
+    # two people far apart: nothing to render again, both whole
+    calls = []
+    counting = SimpleNamespace(render=lambda *a, **k: calls.append(1) or renderer.render(*a, **k))
+    pair, _, _ = people(anny_body, 1, 2, seed=7, yaw=0.0)
+    pair = pair + ground_offsets(pair)[:, :, None] + np.array([[[-1.3, 0.8, 6.0]], [[1.3, 0.8, 6.0]]])[None]
+    instance = render_scene(renderer, pair, faces, K, (SIZE, SIZE)).instance
+    whole = visible_fractions(counting, pair[0].astype(np.float32), faces, np.broadcast_to(K, (2, 3, 3)), instance,
+                              np.zeros(2, int), np.arange(2))  # fmt: skip
+    assert whole.tolist() == [1.0, 1.0] and not calls

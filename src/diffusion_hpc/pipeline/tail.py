@@ -45,7 +45,7 @@ from diffusion_hpc.pipeline.samples import (
 from diffusion_hpc.pipeline.stages import Stages, StageTimer
 from diffusion_hpc.pipeline.verify import mask_iou, pck_agreement
 from diffusion_hpc.render.base import RenderOutput
-from diffusion_hpc.render.scene import render_scene
+from diffusion_hpc.render.scene import render_scene, visible_fractions
 
 
 def _empty_labels(bodies: PlacedBodies, size: tuple[int, int]) -> Labels:
@@ -80,11 +80,9 @@ def label(stages: Stages, bodies: PlacedBodies, size: tuple[int, int], timer: St
                           None if present.all() else present, normals=False)  # fmt: skip
     fraction = np.ones(len(owner))
     crowded = np.flatnonzero(np.bincount(owner, minlength=count)[owner] > 1)
-    if len(crowded):  # each person of a crowded image alone: how much of its silhouette the others leave visible
-        alone = stages.renderer.render(vertices[crowded], stages.faces, K[owner[crowded]], tuple(size),
-                                       normals=False).mask.sum((1, 2))  # fmt: skip
-        seen = (render.instance[owner[crowded]] == slot[crowded][:, None, None]).sum((1, 2))
-        fraction[crowded] = np.minimum(seen / np.maximum(alone, 1), 1.0)
+    if len(crowded):  # how much of each person's silhouette the others leave visible
+        fraction[crowded] = visible_fractions(stages.renderer, vertices[crowded], stages.faces, K[owner[crowded]],
+                                              render.instance, owner[crowded], slot[crowded])  # fmt: skip
     timer.lap("render")
     coco = by_sample(joints3d["coco17"], owner, count)[0]
     keypoints = scene_keypoints(coco, bodies.K, render.depth, render.instance)[owner, slot]

@@ -76,3 +76,67 @@ def render_scene(renderer, vertices, faces, K, size: tuple[int, int], present: n
     out = renderer.render(verts, combined, K, size, normals=normals)
     out.instance = instance_ids(out.face_id, len(combined) // max(1, vertices.shape[1]))
     return out
+
+
+def person_boxes(vertices, K, size: tuple[int, int]) -> np.ndarray:
+    """(N, 4) int64 pixel box (first column, first row, last column, last row; inclusive, inside the
+    image) of the pixel centres each person's mesh can cover: those inside the box of its projected
+    vertices (a triangle covers only pixel centres inside its vertices' box), one pixel of margin.
+    An empty box (last < first) for a mesh entirely outside the image.
+
+    Args:
+        vertices: (N, V, 3) camera-frame vertices, z > 0; K: (N, 3, 3); size: (H, W).
+    """
+    v = np.asarray(vertices, np.float64)
+    k = np.asarray(K, np.float64)
+    coords = [np.ascontiguousarray(v[..., i]) for i in range(3)]  # (N, V) each: contiguous reductions
+    u = (k[:, 0, 0, None] * coords[0] + k[:, 0, 1, None] * coords[1]) / coords[2] + k[:, 0, 2, None]
+    w = k[:, 1, 1, None] * coords[1] / coords[2] + k[:, 1, 2, None]
+    height, width = size
+    lo = np.floor(np.stack([u.min(1), w.min(1)], -1)).astype(np.int64) - 1
+    hi = np.ceil(np.stack([u.max(1), w.max(1)], -1)).astype(np.int64) + 1
+    lo = np.maximum(lo, 0)
+    hi = np.minimum(hi, np.array([width - 1, height - 1]))
+    return np.concatenate([lo, hi], 1)
+
+
+def visible_fractions(renderer, vertices, faces, K, instance: np.ndarray, owner: np.ndarray,
+                      slot: np.ndarray) -> np.ndarray:  # fmt: skip
+    """(N,) share of each person's own silhouette that is visible in its scene's instance map.
+
+    A person's own pixels outside every other person's box (:func:`person_boxes`) cannot be hidden, so
+    only the window where its box meets the others' is rendered again with the person alone (one
+    batched render, each window cropped from the image through its intrinsics: the same pixel
+    centres); a person whose box meets nobody's is whole (1.0) without a render.
+
+    Args:
+        vertices: (N, V, 3) each person's camera-frame vertices; faces: (F, 3); K: (N, 3, 3) its
+            image's intrinsics; instance: (B, H, W) the scenes' instance maps (person number in the
+            scene, -1 background); owner: (N,) each person's scene; slot: (N,) its number there.
+    """
+    owner, slot = np.asarray(owner, np.int64), np.asarray(slot, np.int64)
+    size = instance.shape[1:]
+    K = np.asarray(K, np.float64)
+    boxes = person_boxes(vertices, K, size)
+    seen = (instance[owner] == slot[:, None, None]).sum((1, 2)).astype(np.float64)  # (N,) visible pixels
+    # the window of person n: its box meeting the box of each other person of its scene (their union's box)
+    lo, hi = np.full((len(owner), 2), np.iinfo(np.int64).max), np.full((len(owner), 2), -1)
+    for n, m in zip(*np.nonzero((owner[:, None] == owner[None]) & ~np.eye(len(owner), dtype=bool))):
+        a, b = np.maximum(boxes[n, :2], boxes[m, :2]), np.minimum(boxes[n, 2:], boxes[m, 2:])
+        if (a <= b).all():
+            lo[n], hi[n] = np.minimum(lo[n], a), np.maximum(hi[n], b)
+    hidden = np.zeros(len(owner))
+    meets = np.flatnonzero((hi >= lo).all(1))
+    if len(meets):
+        extent = (hi[meets] - lo[meets] + 1).max(0)  # (w, h): one window size for the batch
+        origin = np.minimum(lo[meets], np.array([size[1], size[0]]) - extent)  # kept inside the image
+        crop = K[meets].copy()
+        crop[:, :2, 2] -= origin  # pixel (r, c) of the window is pixel (r + y0, c + x0) of the image
+        alone = renderer.render(np.asarray(vertices, np.float32)[meets], faces, crop.astype(np.float32),
+                                (int(extent[1]), int(extent[0])), normals=False).mask  # fmt: skip
+        for i, n in enumerate(meets):
+            (x0, y0), (w, h) = origin[i], extent
+            window = instance[owner[n], y0:y0 + h, x0:x0 + w]
+            hidden[n] = (alone[i] & (window != slot[n])).sum()
+    total = seen + hidden
+    return np.divide(seen, total, out=np.zeros_like(seen), where=total > 0)
