@@ -254,7 +254,7 @@ def test_finetune_checkpoint_is_strict(trained_run):
 def test_flip_is_consistent_with_mirrored_params(tiny_dataset, rotation):
     from diffusion_hpc.body import get_body_model
     from diffusion_hpc.data import open_dataset
-    from diffusion_hpc.data.export_persons import persons_of
+    from diffusion_hpc.data.schema import persons_of
     from diffusion_hpc.geometry.camera import project
     from diffusion_hpc.hmr.data import Augmentation, crop_sample, denormalise_keypoints
 
@@ -381,7 +381,7 @@ def test_real_dataset_from_benchmark_set(tiny_dataset, tmp_path):
 
     from diffusion_hpc.data import open_dataset
     from diffusion_hpc.data.benchmarks import BenchmarkSet, box_from_keypoints
-    from diffusion_hpc.data.export_persons import persons_of
+    from diffusion_hpc.data.schema import persons_of
     from diffusion_hpc.hmr.data import RealDataset
 
     recs = [persons_of(s)[0] for s in list(open_dataset(tiny_dataset))[:2]]
