@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import tarfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +39,7 @@ import numpy as np
 from diffusion_hpc.body.joint_sets import BODY25, SPIN24
 from diffusion_hpc.body.joint_sets import get_joint_set as joint_names
 from diffusion_hpc.data.benchmarks import SPIN24_ALIASES, box_from_keypoints
-from diffusion_hpc.data.reader import check_key, iter_shard_members
+from diffusion_hpc.data.reader import check_key
 from diffusion_hpc.data.schema import encode_png, persons_of
 from diffusion_hpc.errors import InputError
 from diffusion_hpc.geometry.boxes import SPIN_SCALE_UNIT, mask_box
@@ -141,12 +142,21 @@ class ExportResult:
 
 
 def iter_sample_meta(shard: Path) -> Iterator[dict[str, Any]]:
-    """The JSON member of each sample of ``shard``, parsed, in order (no image decoded): what
-    :func:`persons_of` needs to count a sample's persons and their visibility (``keypoints2d``,
-    ``visible_fraction``, ``scores``) as lists, not arrays."""
-    for _, members in iter_shard_members(shard):
-        if "json" in members:
-            yield json.loads(members["json"])
+    """The JSON member of each sample of ``shard``, parsed, in order: what :func:`persons_of` needs to
+    count a sample's persons and their visibility (``keypoints2d``, ``visible_fraction``, ``scores``)
+    as lists, not arrays. Only the JSON members are read (the tar's other members are skipped, not
+    read), so counting the people of a large dataset costs its JSON, not its images. A member whose
+    key is not a plain name (:func:`~diffusion_hpc.data.reader.check_key`) or an unreadable shard is
+    an :class:`InputError` naming it, as the reader's."""
+    try:
+        with tarfile.open(shard, "r") as tar:
+            for info in tar:
+                key, _, ext = info.name.partition(".")
+                if ext == "json" and info.isfile():
+                    check_key(key, f"shard {shard} member {info.name!r}")
+                    yield json.loads(tar.extractfile(info).read())
+    except tarfile.TarError as exc:
+        raise InputError(f"shard {shard} is unreadable ({exc}); regenerate it with --resume after deleting it") from exc
 
 
 def _checked_label(person: dict[str, Any], model: str, params: dict, joints3d: dict, source: str,
