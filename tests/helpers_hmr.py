@@ -58,19 +58,23 @@ def write_hmr2_lightning(net, path):
 
 def write_smart(dataset, root):
     """The dataset's samples as a SMART (SportsCap) benchmark: ``root/images/v/I.png`` and
-    ``root/annotations/test.json`` with BODY_25 joints (flag 0 = visible): a source with 2D labels only."""
+    ``root/annotations/test.json`` with BODY_25 joints (flag 0 = visible), one frame per person of
+    each image: a source with 2D labels only."""
     import cv2
 
     from diffusion_hpc.body.joint_sets import convert
     from diffusion_hpc.data import open_dataset
+    from diffusion_hpc.data.schema import persons_of
 
     (root / "images" / "v").mkdir(parents=True)
     frames = []
     for i, rec in enumerate(open_dataset(dataset)):
         cv2.imwrite(str(root / "images" / "v" / f"{i}.png"), rec["image"][..., ::-1])
-        kp = convert(rec["keypoints2d"], "coco17", "body25", fill=0.0)
-        joints = np.concatenate([kp[:, :2], np.where(kp[:, 2:] > 0, 0.0, 1.0)], axis=-1)
-        frames.append({"img_name": f"v/{i}.png", "joints": joints.tolist(), "bbox": [], "img_hw": list(rec["image"].shape[:2])})
+        for person in persons_of(rec):
+            kp = convert(person["keypoints2d"], "coco17", "body25", fill=0.0)
+            joints = np.concatenate([kp[:, :2], np.where(kp[:, 2:] > 0, 0.0, 1.0)], axis=-1)
+            frames.append({"img_name": f"v/{i}.png", "joints": joints.tolist(), "bbox": [],
+                           "img_hw": list(rec["image"].shape[:2])})  # fmt: skip
     path = root / "annotations" / "test.json"
     path.parent.mkdir()
     path.write_text(json.dumps([{"VideoName": "v", "action_labels": "fixture", "frames": frames}]))

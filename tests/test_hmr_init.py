@@ -227,6 +227,7 @@ def skipose_root(smpl_data, tmp_path_factory):
     from test_benchmarks import write_skipose
 
     from diffusion_hpc.data import open_dataset
+    from diffusion_hpc.data.schema import persons_of
     from diffusion_hpc.geometry.camera import project
 
     root = tmp_path_factory.mktemp("skipose")
@@ -235,7 +236,8 @@ def skipose_root(smpl_data, tmp_path_factory):
         folder = root / "test" / f"seq_{i + 3:03d}" / f"cam_{i % 6:02d}"
         folder.mkdir(parents=True)
         cv2.imwrite(str(folder / f"image_{i * 10:06d}.png"), cv2.resize(rec["image"][..., ::-1], (256, 256)))
-        j3 = np.asarray(rec["joints3d"]["h36m17"], np.float64)
+        (person,) = persons_of(rec)  # SkiPose: one person per image, as this dataset has
+        j3 = np.asarray(person["joints3d"]["h36m17"], np.float64)
         joints.append(j3)
         uv01.append(project(j3, rec["K"]) / 64.0)  # 64 px images
     write_skipose(root, "test", np.stack(joints), np.stack(uv01))
