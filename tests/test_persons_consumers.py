@@ -198,6 +198,13 @@ def test_inspect_counts_people_per_image(datasets, tmp_path):
     lines = people_lines(census)
     assert lines[0].startswith("people    7 persons in 4 images; 2 occluded") and "28.6%" in lines[0]
     assert lines[2].split("|")[0].strip() == "1" and lines[2].endswith(" 2") and lines[4].endswith(" 1")
+    # a member named off its folder, or a broken tar, is one error naming it
+    write_meta_shard(tmp_path / "bad.tar", [{"schema": 2, "key": "../up", "persons": []}])
+    with pytest.raises(InputError, match=r"bad\.tar.*not a plain file name"):
+        people_census([tmp_path / "bad.tar"])
+    (tmp_path / "junk.tar").write_bytes(b"not a tar" * 100)
+    with pytest.raises(InputError, match="junk.tar is unreadable"):
+        people_census([tmp_path / "junk.tar"])
 
 
 def test_preview_draws_each_person_in_its_colour(datasets):

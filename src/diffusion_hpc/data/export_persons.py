@@ -150,10 +150,13 @@ def iter_sample_meta(shard: Path) -> Iterator[dict[str, Any]]:
     an :class:`InputError` naming it, as the reader's."""
     try:
         with tarfile.open(shard, "r") as tar:
-            for info in tar:
+            for info in tar:  # every member's name is checked; only the JSON ones are read
                 key, _, ext = info.name.partition(".")
-                if ext == "json" and info.isfile():
-                    check_key(key, f"shard {shard} member {info.name!r}")
+                check_key(key, f"shard {shard} member {info.name!r}")
+                if not info.isfile() or not ext or "/" in ext or "\\" in ext:
+                    raise InputError(f"shard {shard}: member {info.name!r} is not a file named <key>.<ext>; "
+                                     "the shard is corrupt or hand-made: regenerate it")
+                if ext == "json":
                     yield json.loads(tar.extractfile(info).read())
     except tarfile.TarError as exc:
         raise InputError(f"shard {shard} is unreadable ({exc}); regenerate it with --resume after deleting it") from exc
