@@ -27,6 +27,7 @@ import torch
 from diffusion_hpc.config import DEFAULT_PROMPT, GenerateConfig
 from diffusion_hpc.data import open_dataset
 from diffusion_hpc.data.reader import shard_without_timings
+from diffusion_hpc.data.schema import persons_of
 from diffusion_hpc.errors import ConfigError, InputError, MissingModelError
 from diffusion_hpc.generate.base import PRESETS, expected_unet_evals, guidance_factor
 from diffusion_hpc.pipeline.generate import Generator, generate
@@ -115,7 +116,8 @@ def check_labels(root: Path, body) -> int:
 
     renderer = get_renderer("auto")
     count = 0
-    for s in open_dataset(root):
+    for sample in open_dataset(root):
+        (s,) = persons_of(sample)  # modes T and R label one person per image
         uv = project(s["joints3d"]["coco17"], s["K"])
         assert np.abs(uv - s["keypoints2d"][:, :2]).max() <= 0.5
         params = {k: torch.as_tensor(v)[None] for k, v in s["params"].items()}
@@ -142,7 +144,8 @@ def test_mode_r_labels_scores_and_cost(r_dataset, anny_body):
     assert [r["index"] for r in rows] == list(range(6))
     for s in ds:
         assert s["mode"] == "R" and s["prompt"] == DEFAULT_PROMPT and s["generator"] == "depth2img"
-        assert s["pose_source"].startswith("guide:") and s["pose_source"].endswith(f"#variant{s['index'] % 2}")
+        (person,) = persons_of(s)
+        assert person["pose_source"].startswith("guide:") and person["pose_source"].endswith(f"#variant{s['index'] % 2}")
         # no start image in mode R: the regeneration only, round(0.7 * 20) steps x 2 (guidance)
         assert s["unet_evals"] == REGEN_EVALS == 28
         assert 0.0 <= s["scores"]["pck_agreement"] <= 1.0 and 0.0 <= s["scores"]["mask_iou"] <= 1.0
@@ -157,7 +160,7 @@ def test_mode_r_labels_scores_and_cost(r_dataset, anny_body):
     # variants of one guide: the same start photo, other poses
     by_guide = {}
     for s in ds:
-        by_guide.setdefault(s["index"] // 2, []).append(s)
+        by_guide.setdefault(s["index"] // 2, []).append(persons_of(s)[0])
     pairs = [v for v in by_guide.values() if len(v) == 2]
     assert pairs
     for a, b in pairs:
@@ -297,7 +300,8 @@ def test_mode_t_labels_and_cost_share(t_dataset, anny_body):
     spent = sum(r["unet_evals"] for r in rows)
     assert spent == pytest.approx(3 * TXT2IMG_EVALS + REGEN_EVALS * sum(r["status"] == "ok" for r in rows))
     for s in open_dataset(t_dataset):
-        assert s["mode"] == "T" and "doing a backflip" in s["prompt"] and s["pose_source"].startswith("txt2img:")
+        assert s["mode"] == "T" and "doing a backflip" in s["prompt"]
+        assert persons_of(s)[0]["pose_source"].startswith("txt2img:")
         assert "pck_agreement" in s["scores"]
 
 
@@ -431,7 +435,7 @@ def test_generate_mode_r_with_a_regressor_records_it(backbone, guides, anny_regr
     from diffusion_hpc.pipeline.inputs import GuideImages
 
     [est] = get_estimator("hmr", checkpoint=anny_regressor).estimate([GuideImages(guides, (SIZE, SIZE)).load(0)])
-    first = next(s for s in open_dataset(out) if s["index"] == 0)
+    (first,) = persons_of(next(s for s in open_dataset(out) if s["index"] == 0))
     np.testing.assert_allclose(first["params"]["body_pose"], est.params["body_pose"], atol=1e-5)
     # retrained weights (same architecture, same file sizes) have another fingerprint
     other = tmp_path / "retrained"
@@ -546,7 +550,7 @@ def test_generate_with_hmr2_labels_smpl_bodies(backbone, guides, fake_smpl, tmp_
     generate(cfg, tmp_path / "d", progress=False)
     rows = open_dataset(tmp_path / "d").manifest()
     assert len(rows) == 2 and sum(r["status"] == "ok" for r in rows) >= 1, rows
-    for s in open_dataset(tmp_path / "d"):
+    for (s,) in map(persons_of, open_dataset(tmp_path / "d")):
         assert s["body_model"] == "smpl" and s["params"]["betas"].shape == (10,) and s["params"]["body_pose"].shape == (23, 3)
     run = json.loads((tmp_path / "d" / "run.json").read_text())
     assert run["estimator"] == {"name": "hmr2", "body_model": "smpl", "architecture": "hmr2", "checkpoint": ckpt.name,
