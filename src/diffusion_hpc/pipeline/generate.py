@@ -12,6 +12,9 @@ batch at a time, and hands records to the writer. Data flows one way: request ->
              (-> hard-only filter) -> k variants                             (pipeline.guided)
        tail: label (body, render, keypoints) -> image generator -> cycles -> verify -> records
                                                                              (pipeline.tail)
+       with ``overlap`` (default: when the diffusion models run on a GPU), the head of batch i+1 runs
+       on a worker thread while the tail of batch i runs (pipeline.ahead): the CPU stages of the
+       next batch while this one denoises
     4. commit each shard atomically; consolidate the manifest; run.json (with what ran); preview
 
 A shard is the unit every engine drives (:mod:`diffusion_hpc.engine`): :meth:`Generator.plan`
@@ -33,9 +36,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from diffusion_hpc.body import check_body_model
 from diffusion_hpc.config import DEFAULT_PROMPT, DIFFUSION_GENERATORS, GenerateConfig
@@ -51,11 +55,13 @@ from diffusion_hpc.estimate import REGRESSOR_ESTIMATORS
 from diffusion_hpc.estimate.hmr_adapter import checkpoint_fingerprint, exported_regressor_files
 from diffusion_hpc.generate.backgrounds import FolderBackgrounds
 from diffusion_hpc.generate.diffusion import lora_file
+from diffusion_hpc.pipeline.ahead import made_ahead
 from diffusion_hpc.pipeline.guided import place_guided
 from diffusion_hpc.pipeline.inputs import GuideImages, read_prompt_lines
 from diffusion_hpc.pipeline.mode_d import hard_threshold_of_poses, place_bodies
 from diffusion_hpc.pipeline.records import run_sampler
 from diffusion_hpc.pipeline.requests import guides_of
+from diffusion_hpc.pipeline.samples import PlacedBodies, SampleLog
 from diffusion_hpc.pipeline.stages import Stages, StageTimer, check_run_estimator, needs_estimator
 from diffusion_hpc.pipeline.tail import finish
 from diffusion_hpc.poses import load_pose_set
@@ -248,16 +254,38 @@ class Generator:
         per = max(1, cfg.batch_size // cfg.k)
         return [guides[i:i + per] for i in range(0, len(guides), per)]
 
-    def _make_batch(self, batch) -> tuple[list[SampleRecord], list[ManifestRow], int]:
-        """One batch: the mode's head, then the shared tail."""
+    def _head(self, batch) -> tuple[list[SampleLog], PlacedBodies, StageTimer]:
+        """A batch's head (the mode's: bodies placed in their camera), on any thread; its clock."""
         cfg, timer = self.config, StageTimer()
         if cfg.mode == "D":
             logs, bodies = place_bodies(cfg, self.stages, self.poses, self.prompt_lines, batch, timer)
         else:
             logs, bodies = place_guided(cfg, self.stages, self.guides, self.prompt_lines, batch, timer)
-        records, rows = finish(cfg, self.stages, logs, bodies, timer)
+        return logs, bodies, timer
+
+    def _tail(self, head: tuple[list[SampleLog], PlacedBodies, StageTimer]
+              ) -> tuple[list[SampleRecord], list[ManifestRow], int]:  # fmt: skip
+        """The shared tail of a batch whose head is done, on the calling thread: records, rows, sample count."""
+        logs, bodies, timer = head
+        timer.restart()  # the wait for the head counts in no stage
+        records, rows = finish(self.config, self.stages, logs, bodies, timer)
         self.unet_seconds += timer.unet_seconds
         return records, rows, len(logs)
+
+    def _heads(self, batches: list) -> Iterator[tuple[list[SampleLog], PlacedBodies, StageTimer]]:
+        """The heads of ``batches`` in order: made one ahead on a worker thread with ``overlap``, else
+        when asked; a generator: close it when done (an error included), the worker thread ends and is joined."""
+        if self.overlaps():
+            return made_ahead(self._head, batches, name="dhpc-head")
+        return (self._head(batch) for batch in batches)
+
+    def overlaps(self) -> bool:
+        """Whether each batch's head is made beside the previous batch's tail: ``config.overlap``, or when
+        it is not set, whether the diffusion models run on an accelerator (with the UNet on the CPU too,
+        the two threads would only compete for the cores: measured in scripts/bench_overlap.py)."""
+        if self.config.overlap is not None:
+            return self.config.overlap
+        return self.stages is not None and self.stages.placement.device.type != "cpu"
 
     def what_ran(self, out: str | Path) -> dict:
         """run.json's record of what ran: the sampler and the weights (diffusion generators)."""
@@ -313,17 +341,20 @@ class Generator:
         self.load_models()
         rows: list[ManifestRow] = []
         stage_seconds, unet_before = 0.0, self.unet_seconds
-        # records are encoded and written on the stream's thread while the next batch is made
-        with writer.open_shard(s) as stream:
-            for batch in self._batches(shard_ranges(cfg.n, cfg.shard_size)[s]):
-                t0 = time.perf_counter()
-                recs, rs, count = self._make_batch(batch)
-                stage_seconds += time.perf_counter() - t0
+        # records are encoded and written on the stream's thread while the next batch is made; with
+        # overlap, each batch's head is made on a worker thread while the previous batch's tail runs
+        heads = self._heads(self._batches(shard_ranges(cfg.n, cfg.shard_size)[s]))
+        with writer.open_shard(s) as stream, closing(heads):
+            t0 = time.perf_counter()
+            for head in heads:
+                recs, rs, count = self._tail(head)
+                stage_seconds += time.perf_counter() - t0  # this thread's time on the batch (its head, or the wait for it)
                 stream.add(recs)
                 del recs  # the stream holds the records until they are written
                 rows.extend(rs)
                 if on_batch is not None:
                     on_batch(count)
+                t0 = time.perf_counter()
             for row in rows:
                 row.shard = s
             stream.commit(rows)
@@ -341,9 +372,12 @@ class Generator:
 
         ``done``: the shards made in this session (by any engine); ``what_ran``: run.json's record
         of the sampler and weights (default: this process's models, else the previous session's);
-        ``execution``: how the session ran (engine, workers), recorded in run.json.
+        ``execution``: how the session ran (engine, workers), recorded in run.json with ``overlap``
+        (the next batch's head made beside the current batch's tail, or not; null: not set, and no
+        model loaded in this process, so each worker chose by its device).
         """
         cfg, out = self.config, plan.out
+        overlap = self.overlaps() if self.stages is not None else cfg.overlap
         totals = manifest_totals(Dataset(out).iter_manifest())
         written = sum(r.count for r in done)
         write_seconds = sum(r.write_seconds for r in done)
@@ -355,7 +389,7 @@ class Generator:
             "unet_seconds_this_session": sum(r.unet_seconds for r in done),
             "stage_seconds_this_session": sum(r.stage_seconds for r in done),
             "part": cfg.part, "shards": len(plan.own), "shards_of_run": len(plan.ranges),
-            "execution": execution or {"engine": "local"},
+            "execution": {**(execution or {"engine": "local"}), "overlap": overlap},
             **(what_ran if what_ran is not None else self.what_ran(out)),
         })  # fmt: skip
         preview = None

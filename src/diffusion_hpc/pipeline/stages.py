@@ -1,8 +1,20 @@
 """The models of a run, loaded once per process, each stage behind its interface; and the clock
-of a batch."""
+of a batch.
+
+Two threads may call the models at once (a batch's head on a worker thread while the previous
+batch's tail runs: :mod:`~diffusion_hpc.pipeline.ahead`), so the models with mutable state are
+:class:`Serialized`: every method call holds the model's lock. The diffusion generators share one
+lock (mode T's ControlNet regenerator reuses the txt2img UNet and its evaluation counter, which
+each call resets; one accelerator runs one of them at a time anyway); the segmenter and the
+estimator share another (MediaPipe graphs are not thread-safe, and both swap the process's stderr
+descriptor around their native calls to filter MediaPipe's log lines). The body model, the
+renderer and the prior are stateless once loaded (the renderer only ever runs in the tail).
+"""
 
 from __future__ import annotations
 
+import inspect
+import threading
 import time
 from typing import Optional
 
@@ -52,6 +64,47 @@ def load_prior(cfg: GenerateConfig):
     return get_prior("vposer", cfg.prior_path)
 
 
+_WAITED = threading.local()  # per thread: seconds spent waiting for a Serialized model the other thread held
+
+
+def waited_seconds() -> float:
+    """Seconds this thread has waited, in all, for a :class:`Serialized` model another thread held."""
+    return getattr(_WAITED, "seconds", 0.0)
+
+
+class Serialized:
+    """``model`` with every method call holding ``lock`` (a :class:`threading.RLock` shared by the
+    models that must not run at once); other attributes are read through. The time a call waits
+    for the lock is added to this thread's :func:`waited_seconds`, which :class:`StageTimer` leaves
+    out of the stage's time."""
+
+    def __init__(self, model, lock: threading.RLock) -> None:
+        object.__setattr__(self, "model", model)
+        object.__setattr__(self, "lock", lock)
+
+    def __getattr__(self, name: str):
+        if name in ("model", "lock"):  # not set yet (a copy being built): no recursion through self.model
+            raise AttributeError(name)
+        value = getattr(self.model, name)
+        if not inspect.ismethod(value):
+            return value
+        lock = self.lock
+
+        def call(*args, **kwargs):
+            t0 = time.perf_counter()
+            with lock:
+                _WAITED.seconds = waited_seconds() + time.perf_counter() - t0
+                return value(*args, **kwargs)
+
+        return call
+
+    def __setattr__(self, name: str, value) -> None:
+        setattr(self.model, name, value)
+
+    def __repr__(self) -> str:
+        return f"Serialized({self.model!r})"
+
+
 class Stages:
     """The models of a run, loaded once per process; each stage behind its interface.
 
@@ -65,7 +118,21 @@ class Stages:
             a regressor's checkpoint by name and content fingerprint), None when none runs.
         start_sampler, sampler: the samplers as they run (None where there is no such stage).
         backbone: the identity of the diffusion weights (:mod:`~diffusion_hpc.generate.identity`).
+
+    A model put on ``start``, ``image_generator`` (one lock) or ``segmenter``, ``estimator``
+    (another) is :class:`Serialized` with its group's lock, also when a caller swaps it later.
     """
+
+    #: the stages whose models are Serialized, and the lock group of each
+    SERIALIZED = {"start": "diffusion", "image_generator": "diffusion", "segmenter": "perception",
+                  "estimator": "perception"}  # fmt: skip
+
+    def __setattr__(self, name: str, value) -> None:
+        group = self.SERIALIZED.get(name)
+        if group is not None and value is not None and not isinstance(value, Serialized):
+            locks = self.__dict__.setdefault("_locks", {})
+            value = Serialized(value, locks.setdefault(group, threading.RLock()))
+        object.__setattr__(self, name, value)
 
     def __init__(self, config: GenerateConfig) -> None:
         cfg = config
@@ -76,8 +143,9 @@ class Stages:
         self.faces = self.body.faces.numpy()
         self.canonical_to_camera = self.body.canonical_to_camera.numpy().astype(np.float64)
         self.renderer = get_renderer(cfg.renderer)
-        self.start = make_start_generator(cfg) if cfg.mode == "T" else None
-        self.image_generator = make_image_generator(cfg, start=self.start)
+        start = make_start_generator(cfg) if cfg.mode == "T" else None
+        self.start = start
+        self.image_generator = make_image_generator(cfg, start=start)  # the bare txt2img: its parts are reused
         self.face_part = None if diffusion else face_parts_for_body(self.body)
         self.start_sampler: Optional[SamplerSettings] = self.start.settings if self.start is not None else None
         self.sampler: Optional[SamplerSettings] = self.image_generator.settings if diffusion else None
@@ -96,22 +164,33 @@ class Stages:
             on_device = {} if cfg.segmenter.startswith("mediapipe") else {"device": self.placement.device}
             self.segmenter = make_segmenter(cfg.segmenter, **on_device)
             self.prior = self.prior or load_prior(cfg)
-            self.estimator = load_estimator(cfg, self.prior, self.placement.device)
-            self.estimator_identity = describe_estimator(self.estimator)
+            estimator = load_estimator(cfg, self.prior, self.placement.device)
+            self.estimator_identity = describe_estimator(estimator)
+            self.estimator = estimator
 
 
 class StageTimer:
-    """The clock of one batch: wall time per stage, and the UNet (+ ControlNet) time inside it."""
+    """The clock of one batch: wall time per stage, and the UNet (+ ControlNet) time inside it.
+
+    A stage's time leaves out the time its thread waited for a :class:`Serialized` model the other
+    thread held (another batch's use of it), so a batch's timings are its own whether or not the
+    next batch's head runs beside it. A batch's head and tail may run on different threads: the
+    thread that goes on with the batch calls :meth:`restart` first.
+    """
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
         self.unet_seconds = 0.0
-        self._t = time.perf_counter()
+        self.restart()
+
+    def restart(self) -> None:
+        """Start the next stage's clock now, on this thread (the time since the last lap counts nowhere)."""
+        self._t, self._waited = time.perf_counter(), waited_seconds()
 
     def lap(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._t
-        self._t = now
+        now, waited = time.perf_counter(), waited_seconds()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._t - (waited - self._waited)
+        self._t, self._waited = now, waited
 
     def count_unet(self, result: GenerationResult) -> None:
         """Add a generator call's UNet and ControlNet time."""
