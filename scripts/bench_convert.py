@@ -34,6 +34,18 @@ def bodies(anny, poses, rows, rng):
         return anny(params)
 
 
+def batch_vs_alone(vertices, faces, joints, target, res, count: int) -> dict:
+    """The largest differences between the first ``count`` persons converted alone and inside the batch."""
+    diff = {"surface_mm": 0.0, "joints_mm": 0.0, "params": 0.0, "vertices_mm": 0.0}
+    for k in range(min(count, len(vertices))):
+        one = convert_bodies(vertices[k:k + 1], faces, {n: j[k:k + 1] for n, j in joints.items()}, target)
+        diff["surface_mm"] = max(diff["surface_mm"], abs(float(one.surface_mm[0] - res.surface_mm[k])))
+        diff["joints_mm"] = max(diff["joints_mm"], abs(float(one.joints_mm[0] - res.joints_mm[k])))
+        diff["params"] = max(diff["params"], max(float((one.params[n][0] - res.params[n][k]).abs().max()) for n in one.params))
+        diff["vertices_mm"] = max(diff["vertices_mm"], float(1e3 * (one.vertices[0] - res.vertices[k]).norm(dim=-1).max()))
+    return {k: float(f"{v:.3g}") for k, v in diff.items()}
+
+
 def stats(values) -> dict:
     v = np.asarray(values, np.float64)
     return {"median": round(float(np.median(v)), 2), "p95": round(float(np.percentile(v, 95)), 2),
@@ -49,6 +61,9 @@ def main() -> None:
     ap.add_argument("--targets", default="anny,smpl", help="which conversions to run (anny, smpl)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: the fit's small ops scale badly)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--alone", type=int, default=0,
+                    help="also convert the first N persons of the first batch one at a time and report how far "
+                         "each lands from its result inside the batch (the fit is per person: rounding only)")
     ap.add_argument("--out", help="write the figures as JSON here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -77,12 +92,16 @@ def main() -> None:
                 vertex += (1e3 * (res.vertices - out.vertices).norm(dim=-1).mean(1)).tolist()
                 true_joints += (1e3 * (res.joints["h36m17"] - out.joints["h36m17"]).norm(dim=-1).mean(1)).tolist()
             print(f"{name}: {lo + len(res.surface_mm)}/{len(rows)} done, {seconds:.0f} s ({cpu:.0f} s CPU)", flush=True)
+            if lo == 0 and args.alone:
+                alone = batch_vs_alone(out.vertices[:, perm], faces, out.joints, target, res, args.alone)
         figures = {"n": len(rows), "batch": args.batch, "seconds_per_person": round(seconds / len(rows), 3),
                    "cpu_seconds_per_person": round(cpu / len(rows), 3),
                    "surface_mm": stats(surface), "joints_mm": stats(joints),
                    "flagged": int(sum(s > FLAG_SURFACE_MM for s in surface))}
         if vertex:
             figures.update(vertex_error_mm=stats(vertex), h36m17_error_mm=stats(true_joints))
+        if args.alone:
+            figures["alone_vs_batch"] = alone
         report[f"anny_to_{name}"] = figures
         print(json.dumps({f"anny_to_{name}": figures}, indent=1), flush=True)
     if args.out:

@@ -17,6 +17,7 @@ from diffusion_hpc.body.convert import (
     convert_bodies,
     mesh_rings,
 )
+from diffusion_hpc.data.schema import persons_of
 from diffusion_hpc.poses import load_pose_set
 
 from conftest import run_cli
@@ -80,16 +81,18 @@ def _anny_bodies(anny, rows, seed: int = 2):
 def test_smpl_to_smpl_recovers_the_mesh(fake_smpl):
     """The truth is where the fit converges to (every term is zero there): the mesh comes back
     within 1 mm. The synthetic model's random skinning and random faces make its surface a
-    scrambled cloud whose basin is about a vertex spacing wide (from 5 degrees a joint the fit
-    ends 1-2 cm off), so the fit starts from a perturbed truth here (about 1 degree a joint,
-    0.1 beta, 5 mm); the Anny tests start from the default initialisation on a real body."""
+    scrambled cloud with a narrow basin, so the fit starts from a perturbed truth here (about 5
+    degrees a joint, 0.1 beta, 5 mm; here 0.3-0.4 mm off after 200 iterations; the batch-summed
+    L-BFGS this replaced ended 4-6 mm off from such starts after 120 and needed about 1 degree);
+    from the default start both end 3-5 cm off on this random model. The Anny tests start from
+    the default initialisation on a real body."""
     smpl = get_body_model("smpl", model_path=fake_smpl)
     params, out = _smpl_bodies(smpl, 2)
     g = torch.Generator().manual_seed(5)
-    noise = {"global_orient": 0.02, "body_pose": 0.02, "betas": 0.1, "transl": 0.005}
+    noise = {"global_orient": 0.087, "body_pose": 0.087, "betas": 0.1, "transl": 0.005}
     start = {k: v + noise[k] * torch.randn(v.shape, generator=g) for k, v in params.items()}
     res = convert_bodies(out.vertices, smpl.faces, out.joints, smpl, start=start,
-                         weights=ConvertWeights(iters_pose=0, iters_refine=120, w_pose=0.0, w_shape=0.0))
+                         weights=ConvertWeights(iters_pose=0, iters_refine=200, w_pose=0.0, w_shape=0.0))
     error = 1e3 * (res.vertices - out.vertices).norm(dim=-1).mean(1)
     assert (error < 1.0).all(), error
     assert (res.surface_mm < 1.0).all() and (res.joints_mm < 1.0).all() and not res.flagged.any()
@@ -155,7 +158,7 @@ def test_convert_dataset_labels_match_the_smpl_forward_and_resume_is_a_no_op(tin
     smpl = get_body_model("smpl", model_path=fake_smpl)
     samples = list(open_dataset(tiny_dataset))
     assert len(samples) == 3
-    for s in samples:
+    for s in (person for sample in samples for person in persons_of(sample)):
         label = s["labels"]["smpl"]
         assert label["body_model"] == "smpl" and set(s["labels"]) == {"smpl"}
         p = label["params"]
@@ -209,13 +212,14 @@ def test_generate_with_label_models_stores_the_smpl_label(tmp_path, fake_smpl, a
     assert config.extra_label_models() == ("smpl",)
     generate(config, tmp_path / "d", progress=False)
     (sample,) = list(open_dataset(tmp_path / "d"))
-    label = sample["labels"]["smpl"]
+    (person,) = persons_of(sample)
+    label = person["labels"]["smpl"]
     assert label["params"]["body_pose"].shape == (69,) and label["joints3d"]["smpl24"].shape == (24, 3)
     assert np.isfinite(label["fit"]["surface_mm"]) and sample["timings"]["labels"] > 0
     # the same body as dhpc convert would label it (same fit, same inputs)
     from diffusion_hpc.data.convert import LabelConverter
 
-    again = LabelConverter("anny", "smpl", fake_smpl)({k: v[None] for k, v in sample["params"].items()})[0]
+    again = LabelConverter("anny", "smpl", fake_smpl)({k: v[None] for k, v in person["params"].items()})[0]
     assert np.allclose(again["params"]["betas"], label["params"]["betas"], atol=1e-5)
 
 
