@@ -246,9 +246,11 @@ class MediaPipeFitter(MeshEstimator):
 
     # -- the API --------------------------------------------------------------------------------
 
-    def detect(self, images: Sequence[np.ndarray]) -> list[Detection | None]:
-        """MediaPipe detections, one per image (None: no person)."""
-        return [self.detector.detect(check_image(im, f"images[{i}]")) for i, im in enumerate(images)]
+    def detect(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None] | None = None) -> list[Detection | None]:
+        """MediaPipe detections, one per image (None: no person); a person mask per image (or None)
+        lets the detector read the person on the mask's box (:meth:`MediaPipeDetector.detect`)."""
+        images = [check_image(im, f"images[{i}]") for i, im in enumerate(images)]
+        return [self.detector.detect(im, m) for im, m in zip(images, check_masks(masks, [im.shape[:2] for im in images]))]
 
     def detect_faces(self, images: Sequence[np.ndarray], detections: Sequence[Detection | None]) -> list[np.ndarray]:
         """(F, 5) faces per image (:class:`MediaPipeFaceDetector`), looked for only where a person was found."""
@@ -262,7 +264,7 @@ class MediaPipeFitter(MeshEstimator):
         None: no mask term.
         """
         images = [check_image(im, f"images[{i}]") for i, im in enumerate(images)]
-        detections = self.detect(images)
+        detections = self.detect(images, masks)
         return self.fit(detections, [im.shape[:2] for im in images], self.detect_faces(images, detections), masks)
 
     def fit(self, detections: Sequence[Detection | None], sizes: Sequence[tuple[int, int]],
