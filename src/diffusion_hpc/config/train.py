@@ -28,6 +28,11 @@ INIT_KINDS = {
 #: the body model and crop side each pretrained network was trained with (SPIN: constants.py
 #: IMG_RES 224; 4D-Humans: MODEL.IMAGE_SIZE 256); fine-tuning keeps them
 INIT_CONVENTIONS = {"spin": ("smpl", 224), "hmr2": ("smpl", 256)}
+#: a synthetic person trains only with at least this many COCO-17 keypoints visible (COCO visibility 2:
+#: in the image and not hidden by its own body or another person); fewer leave the crop's pose unsupervised
+MIN_VISIBLE_KEYPOINTS = 6
+#: ... and at least this share of its silhouette visible (schema 2 ``visible_fraction``; 1.0 unoccluded)
+MIN_VISIBLE_FRACTION = 0.2
 #: fields describing our own regressor's architecture, meaningless for a spin: / hmr2: network
 OWN_ARCHITECTURE_FIELDS = ("backbone", "backbone_config", "num_iterations", "pretrained")
 
@@ -91,6 +96,11 @@ class TrainConfig(CommandConfig):
     """overrides of the weights of the --losses set's terms (keypoints2d, rotmat, shape; dhpc also joints3d, camera)"""
     augment: bool = True
     """rotation / scale / colour / flip augmentation of the crops"""
+    min_visible_keypoints: int = Field(MIN_VISIBLE_KEYPOINTS, ge=0, le=17)
+    """a synthetic person trains only with at least this many of its COCO-17 keypoints visible (in the image,
+    not hidden by its own body or another person); the others are skipped and counted"""
+    min_visible_fraction: float = Field(MIN_VISIBLE_FRACTION, ge=0.0, le=1.0)
+    """... and at least this share of its silhouette visible (1.0: not occluded by another person)"""
     seed: int = Field(0, ge=0)
     """seed of the initial weights, the data stream and the augmentation"""
     devices: Union[int, str] = 1

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from diffusion_hpc.body.joint_sets import flip_permutation
+from diffusion_hpc.config.train import MIN_VISIBLE_FRACTION, MIN_VISIBLE_KEYPOINTS
 from diffusion_hpc.data import benchmarks, open_dataset
 from diffusion_hpc.data.benchmarks import box_from_keypoints as spin_box
 from diffusion_hpc.data.benchmarks import convert_joints
@@ -55,11 +56,6 @@ from diffusion_hpc.hmr.model import body_spec
 KEYPOINT_SET = "coco17"
 JOINTS3D_SET = "h36m17"
 MIRROR = np.diag([-1.0, 1.0, 1.0])
-#: a synthetic person trains only with at least this many COCO-17 keypoints visible (COCO visibility 2:
-#: in the image and not hidden by its own body or another person); fewer leave the crop's pose unsupervised
-MIN_VISIBLE_KEYPOINTS = 6
-#: ... and at least this share of its silhouette visible (schema v2 ``visible_fraction``; 1.0 unoccluded)
-MIN_VISIBLE_FRACTION = 0.2
 
 
 @dataclass

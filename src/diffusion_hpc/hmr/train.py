@@ -33,7 +33,7 @@ import torch
 from diffusion_hpc.body import get_body_model
 from diffusion_hpc.config.train import TRAIN_CONFIG_FILE, TrainConfig
 from diffusion_hpc.errors import ConfigError, InputError
-from diffusion_hpc.hmr.data import AugmentConfig, MixedStream, RealDataset, SyntheticShards
+from diffusion_hpc.hmr.data import AugmentConfig, MixedStream, RealDataset, SyntheticShards, count_persons
 from diffusion_hpc.hmr.evaluate import load_h36m_regressor
 from diffusion_hpc.hmr.init import load_exported, load_network, parse_spec
 from diffusion_hpc.hmr.losses import hmr_losses, loss_weights
@@ -370,8 +370,11 @@ def train(config: TrainConfig, progress: bool = True) -> HMRModule:
     pl.seed_everything(c.seed + start_step, workers=True, verbose=False)
 
     aug = AugmentConfig() if c.augment else None
+    if c.synthetic:  # what the synthetic data holds for training, before any step (the samples' JSON only)
+        log.info("synthetic data: %s", count_persons(c.synthetic, c.min_visible_keypoints, c.min_visible_fraction))
     synthetic = (
-        SyntheticShards(c.synthetic, size=c.crop_size, augment=aug, body_model=c.body_model, seed=c.seed)
+        SyntheticShards(c.synthetic, size=c.crop_size, augment=aug, body_model=c.body_model, seed=c.seed,
+                        min_visible_keypoints=c.min_visible_keypoints, min_visible_fraction=c.min_visible_fraction)
         if c.synthetic else None
     )  # fmt: skip
     real = None
