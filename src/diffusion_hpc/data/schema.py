@@ -105,7 +105,6 @@ class SampleRecord:
     keypoints2d: np.ndarray | None = None  # (17, 3) COCO-17 u, v, visibility
     pose_source: str = ""
     labels: dict[str, dict] = field(default_factory=dict)  # label model -> label (see encode_label)
-    schema: int = SCHEMA_VERSION
 
     def people(self) -> list[PersonLabel]:
         """The persons of the record (``persons``, or the one person of the shorthand fields)."""
