@@ -15,7 +15,9 @@
    person's look at every size and costs one render per person; a far camera would give the same
    pixels up to resampling.
 3. Each frame goes through ``MediaPipeDetector(grids=())`` (MediaPipe once on the whole image, the
-   detector as it was) and ``MediaPipeDetector()`` (whole image, then tiles and a refinement crop).
+   detector as it was) and ``MediaPipeDetector()`` (whole image, then tiles and a refinement crop);
+   with ``--masks`` also through ``MediaPipeDetector()`` given the pasted person's true mask (its
+   alpha >= 0.5; an upper bound for a segmenter's mask).
    A person counts as found when the box of its seen landmarks is centred inside the true person
    box and its side is within a factor 2 of the true box's (the right place and scale; a
    left/right flip still counts as found). Reported per frame size and size bin: recall, time per
@@ -67,9 +69,9 @@ def photo_background(name: str, frame: int) -> np.ndarray:
 
 
 def paste_person(cutout: dict, background: np.ndarray, fraction: float, rng: np.random.Generator):
-    """(image (F, F, 3) uint8, keypoints2d (17, 3), box (x0, y0, x1, y1)) with ``cutout`` scaled so the
-    longer side of its box is ``fraction`` x the frame height, pasted at a random place; None when
-    it does not fit."""
+    """(image (F, F, 3) uint8, keypoints2d (17, 3), box (x0, y0, x1, y1), mask (F, F) bool) with
+    ``cutout`` scaled so the longer side of its box is ``fraction`` x the frame height, pasted at a
+    random place (``mask``: where its alpha is at least 0.5); None when it does not fit."""
     import cv2
 
     frame = background.shape[0]
@@ -89,7 +91,9 @@ def paste_person(cutout: dict, background: np.ndarray, fraction: float, rng: np.
     sx, sy = W / w, H / h  # cv2.resize: dst = (src + 0.5) * s - 0.5
     kp[:, 0] = (kp[:, 0] + 0.5) * sx - 0.5 + ox
     kp[:, 1] = (kp[:, 1] + 0.5) * sy - 0.5 + oy
-    return out, kp, (ox - 0.5, oy - 0.5, ox + W - 0.5, oy + H - 0.5)
+    mask = np.zeros((frame, frame), bool)
+    mask[oy:oy + H, ox:ox + W] = alpha[..., 0] >= 0.5
+    return out, kp, (ox - 0.5, oy - 0.5, ox + W - 0.5, oy + H - 0.5), mask
 
 
 def found_person(detection, box) -> bool:
@@ -141,6 +145,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="5,10,15,25,50,80", help="person sizes, %% of the frame height")
     ap.add_argument("--grids", default=None, help="tile grids of the multi-scale detector, e.g. 2x0.5,3x0.5 "
                     "(tiles x overlap; default: DETECT_GRIDS)")
+    ap.add_argument("--masks", action="store_true", help="also run the multi-scale detector given each pasted "
+                    "person's true mask (the landmark model on the mask's box when the person detector misses)")
     ap.add_argument("--empty", type=int, default=8, help="frames without a person per frame size (false detections)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", type=Path, default=None, help="folder for the renders (default: a temp dir)")
@@ -157,6 +163,8 @@ def main() -> None:
         (int(t), float(o)) for t, o in (g.split("x") for g in args.grids.split(",")))
     print(f"multi-scale grids (tiles, overlap): {grids}")
     detectors = {"single-pass": MediaPipeDetector(grids=()), "multi-scale": MediaPipeDetector(grids=grids)}
+    if args.masks:  # the multi-scale detector given the pasted person's true mask
+        detectors["with mask"] = MediaPipeDetector(grids=grids)
     for det in detectors.values():  # warm-up: MediaPipe graphs
         det.detect(np.zeros((256, 256, 3), np.uint8))
     frames = [int(f) for f in args.frames.split(",")]
@@ -178,11 +186,11 @@ def main() -> None:
                 pasted = paste_person(person, background, fraction, rng)
                 if pasted is None:
                     continue
-                image, kp, box = pasted
+                image, kp, box, mask = pasted
                 for name, det in detectors.items():
                     t0 = time.perf_counter()
                     start = det.passes
-                    found = det.detect(image)
+                    found = det.detect(image, mask if name == "with mask" else None)
                     row = rows[name]
                     row["time"].append(time.perf_counter() - t0)
                     row["passes"].append(det.passes - start)

@@ -16,9 +16,15 @@
 2. On the real photos that ship in wheels (scikit-image ``camera``, ``astronaut``; matplotlib
    ``grace_hopper``): fitted COCO-17 vs the detector's landmarks (median px) and the fitted
    silhouette vs MediaPipe's person mask (IoU). Overlays go to ``--out``.
-   Step 1 fits each render three times from the same detections: without masks, with the
-   render's true person mask and with MediaPipe's selfie-segmenter mask (what the pipeline holds in
-   modes T / R), ``masks=`` of :meth:`MediaPipeFitter.fit` (the fit's mask terms).
+   Step 1 detects and fits each render three times: without masks, with the render's true person
+   mask and with MediaPipe's selfie-segmenter mask (what the pipeline holds in modes T / R), the
+   mask given to the detector (which reads the person on the mask's box when MediaPipe's person
+   detector misses it) and to the fit (its mask terms), as ``MediaPipeFitter.estimate(images,
+   masks)`` does. :func:`recall_table` prints the share of renders whose person is found (the
+   seen landmarks' box centred in the true mask's box, within a factor 2 of its size:
+   ``bench_detect.found_person``) by person height (the mask's rows over the image height) and
+   background, per detection; the masked tables also report the renders found without a mask
+   (``found w/o mask``: the same renders as the maskless table).
 3. Time per image at batch 1 and batch 16, per stage (:func:`stage_timing`): pose detection,
    face detection, the fit (optimisation, final forward, outputs), without and with the
    segmenter's masks (the segmenter's own time not included). ``--timing`` runs only this
@@ -97,6 +103,44 @@ def swap_aware_table(results, samples, groups: dict[str, np.ndarray]) -> None:
         print(f"  {name:12s} {sel.sum():4d} {ok.sum():6d}  {pa[ok].mean():6.1f} / {np.median(pa[ok]):6.1f}"
               f"{'':18s}{det_pa[ok].mean():5.1f} / {np.median(det_pa[ok]):5.1f}  {lr[ok].mean():6.3f}"
               f"  {np.mean(lr[ok] < 0.5):6.3f}  {facing_ok[ok].mean():6.3f}")
+
+
+#: person-height bins of :func:`recall_table` (fraction of the image height)
+HEIGHT_BINS = (0.0, 0.25, 0.5, 0.75, 1.01)
+
+
+def person_height(sample) -> float:
+    """The person's height share of the image: rows of its mask's bounding box over the image height."""
+    rows = np.nonzero(np.asarray(sample["mask"], bool).any(axis=1))[0]
+    return 0.0 if rows.size == 0 else (rows[-1] - rows[0] + 1) / sample["mask"].shape[0]
+
+
+def found_people(detections, samples) -> np.ndarray:
+    """(N,) bool: each render's detection is its person (``bench_detect.found_person`` on the true
+    mask's box)."""
+    from bench_detect import found_person
+
+    found = []
+    for d, s in zip(detections, samples):
+        ys, xs = np.nonzero(s["mask"])
+        found.append(bool(xs.size) and found_person(d, (xs.min() - 0.5, ys.min() - 0.5, xs.max() + 0.5, ys.max() + 0.5)))
+    return np.array(found)
+
+
+def recall_table(found: dict[str, np.ndarray], samples, photo_bg: np.ndarray) -> None:
+    """Print recall (people found / renders) per detection (``found``: name -> (N,) bool), by person
+    height bin (:data:`HEIGHT_BINS`) and background."""
+    height = np.array([person_height(s) for s in samples])
+    print(f"recall by person height (share of the image height; found / renders):")
+    print(f"  {'height':11s} {'background':10s} " + " ".join(f"{name:>16s}" for name in found))
+    for lo, hi in zip(HEIGHT_BINS[:-1], HEIGHT_BINS[1:]):
+        for bg, sel_bg in (("procedural", ~photo_bg), ("photo bg", photo_bg)):
+            sel = sel_bg & (height >= lo) & (height < hi)
+            if sel.any():
+                print(f"  {lo:4.2f}-{min(hi, 1.0):4.2f}  {bg:10s} " + " ".join(
+                    f"{f[sel].sum():4d}/{sel.sum():<4d}({f[sel].mean():4.0%})" for f in found.values()))
+    for bg, sel in (("all", np.ones(len(samples), bool)), ("photo bg", photo_bg), (">=10% high", height >= 0.1)):
+        print(f"  {'':11s} {bg:10s} " + " ".join(f"{f[sel].sum():4d}/{sel.sum():<4d}({f[sel].mean():4.0%})" for f in found.values()))
 
 
 def render_groups(samples, hard: np.ndarray, photo_bg: np.ndarray) -> dict[str, np.ndarray]:
@@ -193,7 +237,7 @@ def stage_timing(est, images: list, rounds: int = 3, batch1: int = 4, masks: lis
     detector), ``fit`` (:meth:`MediaPipeFitter.fit`, and ``fit+masks`` with ``masks``, one per
     image, when given), ``total`` (with the masked fit when timed); medians over ``rounds`` rounds,
     the two batch sizes alternating within each round so machine load hits both alike."""
-    keys = ("detect", "faces", "fit") + (("fit+masks",) if masks is not None else ())
+    keys = ("detect", "faces", "fit") + (("detect+masks", "fit+masks") if masks is not None else ())
     times: dict[str, dict[str, list]] = {b: {k: [] for k in keys} for b in ("batch 1", "batch 16")}
 
     def run(lo: int, hi: int, into: dict[str, list], share: int) -> None:
@@ -209,8 +253,11 @@ def stage_timing(est, images: list, rounds: int = 3, batch1: int = 4, masks: lis
             into[key].append(dt / share)
         if masks is not None:
             t3 = time.perf_counter()
+            est.detect(batch, masks[lo:hi])
+            t4 = time.perf_counter()
             est.fit(detections, [im.shape[:2] for im in batch], faces, masks=masks[lo:hi])
-            into["fit+masks"].append((time.perf_counter() - t3) / share)
+            into["detect+masks"].append((t4 - t3) / share)
+            into["fit+masks"].append((time.perf_counter() - t4) / share)
 
     for _ in range(rounds):
         one = {k: [] for k in times["batch 1"]}
@@ -221,7 +268,7 @@ def stage_timing(est, images: list, rounds: int = 3, batch1: int = 4, masks: lis
         run(0, 16, times["batch 16"], len(images[:16]))
     out = {b: {k: float(np.median(v)) for k, v in t.items()} for b, t in times.items()}
     for t in out.values():
-        t["total"] = t["detect"] + t["faces"] + t.get("fit+masks", t["fit"])
+        t["total"] = t.get("detect+masks", t["detect"]) + t["faces"] + t.get("fit+masks", t["fit"])
     return out
 
 
@@ -231,7 +278,8 @@ def print_timing(timing: dict[str, dict[str, float]]) -> None:
 
     print(f"time per image (ms; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs):")
     for batch, t in timing.items():
-        masked = f"  fit+masks {t['fit+masks'] * 1000:6.0f}" if "fit+masks" in t else ""
+        masked = (f"  detect+masks {t['detect+masks'] * 1000:6.0f}  fit+masks {t['fit+masks'] * 1000:6.0f}"
+                  if "fit+masks" in t else "")
         print(f"  {batch:8s}  detect {t['detect'] * 1000:6.0f}  faces {t['faces'] * 1000:5.0f}  "
               f"fit {t['fit'] * 1000:6.0f}{masked}  total {t['total'] * 1000:6.0f}")
 
@@ -304,8 +352,14 @@ def main() -> None:
     sizes = [im.shape[:2] for im in images]
     masks = {"true mask": [s["mask"] for s in samples], "segmenter mask": segmenter_masks(images)}
     results = in_batches(est.fit, detections, sizes, faces)
-    masked = {name: in_batches(lambda d, z, f, m: est.fit(d, z, f, masks=m), detections, sizes, faces, m)
+    masked_detections = {name: est.detect(images, m) for name, m in masks.items()}
+    masked_faces = {name: est.detect_faces(images, d) for name, d in masked_detections.items()}
+    masked = {name: in_batches(lambda d, z, f, m: est.fit(d, z, f, masks=m), masked_detections[name], sizes,
+                               masked_faces[name], m)
               for name, m in masks.items()}
+    # the masked fit on the maskless detections (the estimator before the detector took masks)
+    masked["segmenter mask, detector without it"] = in_batches(
+        lambda d, z, f, m: est.fit(d, z, f, masks=m), detections, sizes, faces, masks["segmenter mask"])
     timing = stage_timing(est, images, rounds=1, masks=masks["segmenter mask"][:16])
 
     hard, rule = hard_flags(samples, body)
@@ -319,10 +373,14 @@ def main() -> None:
     print(f"renders: {len(samples)} ({ok.sum()} fitted; {args.n} procedural, {args.n} over photos), hard rule: {rule}")
     print(f"swap-aware (views from the true torso's direction to the camera, side within 60 deg of side-on):")
     swap_aware_table(results, samples, render_groups(samples, hard, photo_bg))
+    before = np.array([r.ok for r in results])
     for name, res in masked.items():
-        print(f"swap-aware, fitted with the {name}s:")
+        print(f"swap-aware, detected and fitted with the {name}:")
         swap_aware_table(res, samples, {k: v for k, v in render_groups(samples, hard, photo_bg).items()
-                                        if k in ("all", "front", "side", "back", "procedural", "photo bg")})
+                                        if k in ("all", "front", "side", "back", "procedural", "photo bg")}
+                         | {"found w/o mask": before, "photo, w/o": before & photo_bg})
+    recall_table({"no mask": found_people(detections, samples)}
+                 | {name: found_people(d, samples) for name, d in masked_detections.items()}, samples, photo_bg)
     hyp = np.array([r.fit_hypothesis for r in results])
     print(f"  fit hypothesis kept: base {np.sum(hyp == 'base')}, swap {np.sum(hyp == 'swap')}; facing decided: "
           + ", ".join(f"{f} {np.sum([r.facing == f for r in results])}" for f in ("front", "side", "back")))

@@ -143,7 +143,7 @@ def test_a_person_the_person_detector_misses_is_read_on_her_mask(astronaut):
 
     person = reference.mask > 0.5
     found = detector.detect(image, person)
-    assert found is not None and 2 <= found.passes <= 4  # the whole image, then one to three regions
+    assert found is not None and 3 <= found.passes <= 5  # the whole image, one to three regions, one more read
     # her shoulders (the body joints this bust shows) where the unblurred photo has them, within an
     # eighth of her height: the landmark model places the body from its region, and a mask's box
     # cut by the image's edge (her hips are below it) is not the region the detector would give
