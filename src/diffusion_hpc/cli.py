@@ -163,6 +163,8 @@ def _add_generate(sub) -> None:
     _flag(g, G, "prompts", type=Path, metavar="FILE", text="text file: one prompt or action phrase per line (instead of --prompt)")
     _flag(g, G, "guides", type=Path, metavar="DIR", text="R: folder of your real images of the domain (start images)")
     _flag(g, G, "poses", text="D: 'builtin' (CMU mocap poses retargeted to Anny), 'builtin-hard' (those the prior calls hard) or a pose file (.npz)")
+    _flag(g, G, "people", metavar="MIN-MAX", text="D: people per image, N or MIN-MAX (2-4: each sample draws its "
+          "count); they stand on one ground plane without interpenetrating, the camera frames the group (default 1)")
     _flag(g, G, "n", "-n", "--num-samples", type=int, text="number of samples")
     _flag(g, G, "k", "-k", type=int, text="T, R: variants per guide, the estimate + k-1 augmented poses" + _by_mode("k"))
     _flag(g, G, "seed", type=int, text="run seed")
@@ -230,6 +232,9 @@ def _add_generate(sub) -> None:
     _flag(e, G, "gpus_per_worker", type=float, metavar="G", text="--engine ray: GPUs per worker (0.5: two workers share one)")
     _flag(e, G, "part", metavar="I/N", text="make only part I of N (shards s with s % N == I-1) into --out, for "
           "job arrays; join the parts with dhpc merge")
+    _flag(e, G, "overlap", action=argparse.BooleanOptionalAction, text="make the next batch's start images, masks, "
+          "estimates and poses on a worker thread while the current batch denoises (default: on when the diffusion "
+          "models run on a GPU, off on the CPU)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -237,8 +242,9 @@ def _add_estimate(sub) -> None:
     E = EstimateConfig
     est = sub.add_parser("estimate", help="fit body meshes to the people in images (MediaPipe + body-model fit)",
                          description="Detect the most prominent person per image (MediaPipe Pose), fit the body "
-                         "model to its 2D and 3D landmarks, and write per image: ok/reason, body parameters "
-                         "(camera frame), K, joints3d, keypoints2d, confidence, plus a preview with the mesh.")
+                         "model to its 2D and 3D landmarks, kept on the segmenter's person mask, and write per "
+                         "image: ok/reason, body parameters (camera frame), K, joints3d, keypoints2d, confidence, "
+                         "plus a preview with the mesh.")
     _flag(est, E, "images", nargs="+", type=Path, metavar="PATH")
     _flag(est, E, "out", type=Path, metavar="FILE")
     _config_flag(est, "batch_size: 8")
@@ -251,6 +257,9 @@ def _add_estimate(sub) -> None:
     _flag(est, E, "batch_size", type=int, metavar="N")
     _flag(est, E, "prior", "--no-prior", action="store_false",
           text="mediapipe: regularise the fit with a plain L2 / joint-limit penalty instead of the pose prior")
+    _flag(est, E, "masks", "--no-masks", action="store_false",
+          text="mediapipe: fit to the landmarks alone, without the segmenter's person mask")
+    _flag(est, E, "segmenter", metavar="mediapipe|mediapipe:pose|DIR")
     _flag(est, E, "device", metavar="auto|cpu|cuda[:N]|mps")
     _flag(est, E, "dtype")
 
@@ -292,6 +301,8 @@ def _add_train(sub) -> None:
     _flag(t, T, "body_model")
     _flag(t, T, "smpl_path", type=Path, metavar="PATH")
     _flag(t, T, "crop_size", type=int, metavar="PX")
+    _flag(t, T, "min_visible_keypoints", type=int, metavar="N")
+    _flag(t, T, "min_visible_fraction", type=float, metavar="F")
     _flag(t, T, "augment", "--no-augment", action="store_false",
           text="no rotation / scale / colour / flip augmentation of the crops")
     _flag(t, T, "seed", type=int)
@@ -654,7 +665,7 @@ def cmd_convert(args) -> int:
 
     config = command_config(args)
     result = convert_dataset(config, progress=True)
-    print(f"{result.converted} samples labelled with {config.to} in {result.shards_done} shards "
+    print(f"{result.converted} persons labelled with {config.to} in {result.shards_done} shards "
           f"({result.flagged} flagged), {result.shards_skipped} shards already labelled, in {result.seconds:.1f} s")
     return 0
 

@@ -156,9 +156,13 @@ DEFAULT_PROMPT = "a photo of a person"
 DEFAULT_SHARD_SIZE = 256
 
 
+#: most people one mode-D image holds (``--people``)
+MAX_PEOPLE = 16
+
+
 #: fields that choose how a run is executed, not what it makes: left out of the dataset's config.yaml,
 #: so --resume (and dhpc merge) accept a run continued with another engine or worker count
-EXECUTION_FIELDS = ("engine", "ray_address", "workers", "gpus_per_worker")
+EXECUTION_FIELDS = ("engine", "ray_address", "workers", "gpus_per_worker", "overlap")
 
 
 class GenerateConfig(CommandConfig):
@@ -173,6 +177,30 @@ class GenerateConfig(CommandConfig):
     """T: from text prompts; R: from the user's real images (``guides``); D: from body poses"""
     poses: str = "builtin"
     """mode D: ``builtin`` (CMU mocap retargeted to Anny), ``builtin-hard`` (those the shipped prior calls hard) or a pose file (.npz, see diffusion_hpc.poses.io)"""
+    people: Optional[str] = None
+    """mode D: people per image, ``N`` or ``MIN-MAX`` (``2-4``: each sample draws 2, 3 or 4 from its own seed);
+    they stand on one ground plane without interpenetrating and the camera frames the group (default: one)"""
+
+    @field_validator("people")
+    @classmethod
+    def _people(cls, v):
+        if v is None:
+            return v
+        try:
+            lo, _, hi = str(v).strip().partition("-")
+            low, high = int(lo), int(hi or lo)
+        except ValueError:
+            raise ValueError(f"people must be N or MIN-MAX (e.g. 2-4), got {v!r}") from None
+        if not 1 <= low <= high <= MAX_PEOPLE:
+            raise ValueError(f"people {v!r}: need 1 <= MIN <= MAX <= {MAX_PEOPLE} (e.g. 2-4)")
+        if high == 1:
+            return None  # one person: the default, stored as such (a run given --people 1 resumes without it)
+        return f"{low}-{high}" if high != low else str(low)
+
+    def people_range(self) -> tuple[int, int]:
+        """(fewest, most) people per image (``people``; not set: (1, 1))."""
+        lo, _, hi = (self.people or "1").partition("-")
+        return int(lo), int(hi or lo)
     prompt: Optional[str] = None
     """an action phrase put into the prompt templates ("doing a backflip"), or a full prompt (with
     ``{action}`` replaced, or more than one sentence-like phrase: see pipeline.requests.prompt_for_guide)"""
@@ -275,6 +303,11 @@ class GenerateConfig(CommandConfig):
     """engine ray: GPUs reserved per worker (fractions share a GPU)"""
     part: Optional[str] = None
     """I/N: make only the shards s with s % N == I-1 into this folder (job arrays; ``dhpc merge`` joins the parts)"""
+    overlap: Optional[bool] = None
+    """make the next batch's head (start images, segmentation, estimate, prior, augmentation; mode D: poses, body,
+    camera) on a worker thread while the current batch's tail (render, image generator, cycles, verification)
+    runs, so a GPU is kept fed; not set: on when the diffusion models run on a GPU (``device`` cuda or mps), off
+    on the CPU, where the two threads would only compete for the cores. The samples are the same either way"""
 
     @field_validator("part")
     @classmethod
@@ -390,6 +423,12 @@ class GenerateConfig(CommandConfig):
         if self.mode == "D" and d["k"] != 1:
             raise ValueError("k: variants per guide apply to modes T and R; mode D draws every sample's pose "
                              "from --poses (leave -k out)")
+        if self.mode != "D" and self.people_range() != (1, 1):
+            raise ValueError(f"people: --people places several posed bodies in mode D (this run is mode {self.mode}, "
+                             "whose people come from the images); pass --mode D or leave --people out")
+        if self.cycles and self.people_range()[1] > 1:
+            raise ValueError("cycles: a cycle re-estimates one body per image, so it would drop the other people of "
+                             "a --people scene; leave --cycles out (--verify works with several people)")
         if self.mode == "D" and self.hard_only:
             raise ValueError("hard_only: the hard-pose filter applies to modes T and R (estimated poses)")
         if guided and d["shard_size"] % d["k"]:
