@@ -12,7 +12,10 @@ ms per row of every stage, the three slowest CPU stages, and
     CPU ms per accepted sample = sum of the CPU stages over all rows / accepted samples
 
 (goal: <= 50 ms at batch 16). The first batch (model warm-up) is excluded: a warm-up run of one batch
-runs first in the same process.
+runs first in the same process. The runs make each batch after the previous one (``overlap`` off):
+the CPU work is the same with the overlap, but on a CPU-only host its stages' wall times would also
+hold the other thread's competition for the cores (``--overlap`` runs them overlapped;
+scripts/bench_overlap.py measures what the overlap gains).
 
 Mode R's guides are real photos of people that ship in wheels (scikit-image's astronaut and camera,
 matplotlib's grace_hopper), as in scripts/kill_storm.py, each mirrored and cropped at other spots so
@@ -103,41 +106,50 @@ class PhotoStart:
         return result
 
 
-def config(mode: str, n: int, args, backbone: Path, guides: Path):
+def config(mode: str, n: int, args, backbone: Path, guides: Path, overlap: bool = False):
     from diffusion_hpc.config import GenerateConfig
 
     extra = {"guides": guides} if mode == "R" else {"prompt": T_PROMPT}
     return GenerateConfig(mode=mode, backbone=str(backbone), image_size=(args.image_size, args.image_size), n=n,
-                          batch_size=args.batch_size, seed=args.seed, **extra)  # fmt: skip
+                          batch_size=args.batch_size, seed=args.seed, overlap=overlap, **extra)  # fmt: skip
 
 
-def run_mode(mode: str, args, backbone: Path, guides: Path, work: Path) -> dict:
-    """One timed run of ``mode`` after a one-batch warm-up in the same process; its manifest summarised."""
+def run_mode(mode: str, args, backbone: Path, guides: Path, work: Path, prepare=None) -> dict:
+    """One timed run of ``mode`` after a one-batch warm-up in the same process; its manifest
+    summarised, with the run's process CPU seconds per accepted sample. ``prepare(stages)`` is
+    called on the warm models before the timed run (scripts/bench_overlap.py: a simulated GPU)."""
     from diffusion_hpc.pipeline.generate import Generator
     from diffusion_hpc.pipeline.inputs import GuideImages
 
+    overlap = bool(getattr(args, "overlap", False))
+
     def generator(n: int) -> Generator:
-        gen = Generator(config(mode, n, args, backbone, guides), progress=False)
+        gen = Generator(config(mode, n, args, backbone, guides, overlap), progress=False)
         gen.load_models()
         if mode == "T":
             photos = [GuideImages(guides, (args.image_size,) * 2).load(i) for i in range(3)]
             gen.stages.start = PhotoStart(gen.stages.start, photos)
         return gen
 
+    tag = f"{mode}-{'overlap' if overlap else 'series'}-{time.monotonic_ns()}"
     warm = generator(args.batch_size)
-    warm.run(work / f"{mode}-warm")
-    gen = Generator(config(mode, args.n, args, backbone, guides), progress=False)
+    warm.run(work / f"{tag}-warm")
+    gen = Generator(config(mode, args.n, args, backbone, guides, overlap), progress=False)
     gen.stages = warm.stages  # the warm models (the start stage already swapped)
-    profiler = cProfile.Profile() if args.profile else None
-    start = time.perf_counter()
+    if prepare is not None:
+        prepare(gen.stages)
+    profiler = cProfile.Profile() if getattr(args, "profile", False) else None
+    start, cpu = time.perf_counter(), time.process_time()
     if profiler:
         profiler.enable()
-    gen.run(work / mode)
+    gen.run(work / tag)
     if profiler:
         profiler.disable()
-    wall = time.perf_counter() - start
-    rows = [json.loads(line) for line in (work / mode / "manifest.jsonl").read_text().splitlines()]
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    rows = [json.loads(line) for line in (work / tag / "manifest.jsonl").read_text().splitlines()]
     summary = summarise(mode, rows, wall)
+    summary["overlap"] = overlap
+    summary["process_cpu_ms_per_accepted"] = round(1000 * cpu / summary["accepted"], 1) if summary["accepted"] else None
     if profiler:
         stats = pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative")
         print(f"--- mode {mode}: cProfile, cumulative ---", file=sys.stderr)
@@ -157,6 +169,7 @@ def summarise(mode: str, rows: list[dict], wall: float) -> dict:
     slowest = sorted(cpu, key=cpu.get, reverse=True)[:3]
     return {
         "mode": mode, "rows": len(rows), "accepted": accepted, "wall_s": round(wall, 2),
+        "wall_ms_per_accepted": round(1000 * wall / accepted, 1) if accepted else None,
         "stage_ms_per_row": {s: round(1000 * t / len(rows), 2) for s, t in sorted(totals.items(), key=lambda x: -x[1])},
         "cpu_ms_per_accepted": round(1000 * cpu_total / accepted, 1) if accepted else None,
         "model_ms_per_accepted": round(1000 * (sum(totals.values()) - cpu_total) / accepted, 1) if accepted else None,
@@ -193,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-k", type=int, default=8,
                         help="variants per guide of the --memory runs (fewer estimator fits: a short 1,000-sample run)")
     parser.add_argument("--profile", action="store_true", help="print cProfile's top functions per mode (stderr)")
+    parser.add_argument("--overlap", action="store_true",
+                        help="make the next batch's head beside the current batch's tail (default: one after the other)")
     args = parser.parse_args(argv)
     os.nice(10)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
