@@ -229,6 +229,32 @@ def test_native_log_chatter_is_filtered_and_nothing_else_is_lost(capfd):
     assert err == "real problem: disk full\n"
 
 
+def test_native_log_filters_of_two_threads_lose_nothing(capfd):
+    """Modes T and R run the segmenter and estimator on two threads (--overlap): their filters of the
+    process's stderr take turns, so every real line of both arrives once and stderr still works after."""
+    import os
+    import threading
+    import time
+
+    from diffusion_hpc.runtime.native_log import MEDIAPIPE_CHATTER, filtered_native_stderr
+
+    def chatty(name: str) -> None:
+        for i in range(20):
+            with filtered_native_stderr(MEDIAPIPE_CHATTER):
+                os.write(2, f"I0000 chatter {name}\n".encode())
+                time.sleep(0.001)
+                os.write(2, f"{name} line {i}\n".encode())
+
+    threads = [threading.Thread(target=chatty, args=(name,)) for name in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    os.write(2, b"after\n")
+    lines = capfd.readouterr().err.splitlines()
+    assert sorted(lines) == sorted([f"{n} line {i}" for n in "ab" for i in range(20)] + ["after"])
+
+
 def test_estimating_a_photo_prints_no_native_chatter(tmp_path):
     """A user running ``dhpc estimate`` sees the tool's output, not MediaPipe's start-up log lines."""
     from conftest import run_cli

@@ -12,6 +12,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import threading
 
 #: MediaPipe's graph start-up and first-frame lines (informational, not errors)
 MEDIAPIPE_CHATTER = ("W0000 ", "I0000 ", "INFO: Created TensorFlow Lite", "WARNING: All log messages before absl")
@@ -19,10 +20,24 @@ MEDIAPIPE_CHATTER = ("W0000 ", "I0000 ", "INFO: Created TensorFlow Lite", "WARNI
 WARP_CHATTER = ("Warp CUDA warning: Could not find or load the NVIDIA CUDA driver",)
 
 
+#: descriptor 2 is the process's: one redirection at a time (threads take turns; a thread may nest)
+_REDIRECT = threading.RLock()
+
+
 @contextlib.contextmanager
 def filtered_native_stderr(chatter: tuple[str, ...]):
     """Capture what is written to file descriptor 2 inside the block and write it back afterwards
-    without the lines starting with one of ``chatter`` (nothing else is lost)."""
+    without the lines starting with one of ``chatter`` (nothing else is lost).
+
+    Blocks of several threads run one at a time, so a thread never restores the descriptor while
+    another's block is writing to the redirection."""
+    with _REDIRECT:
+        with _filtered(chatter):
+            yield
+
+
+@contextlib.contextmanager
+def _filtered(chatter: tuple[str, ...]):
     fd = 2  # native code writes to the descriptor, whatever sys.stderr is
     sys.stderr.flush()
     try:
