@@ -101,6 +101,14 @@ def test_resume_refuses_a_checkpoint_retrained_in_place(regressor_run, tmp_path)
     assert len(open_dataset(out).manifest()) == config.n
 
 
+def test_resume_of_a_run_not_yet_begun_starts_it(regressor_run, tmp_path):
+    """``--resume`` into a folder nothing was written to yet (as ``dhpc cycle`` starts each round's
+    generation) starts the run: there is no recorded checkpoint to compare with."""
+    checkpoint, made, config = regressor_run
+    generate(config, tmp_path / "fresh", resume=True, progress=False)
+    assert len(open_dataset(tmp_path / "fresh").manifest()) == config.n
+
+
 def test_a_row_names_the_fit_by_name_only():
     """The MediaPipe fit has no checkpoint: its rows say ``{"name": "mediapipe"}``, no null fingerprint;
     a run without an estimator writes no ``estimator`` key."""

@@ -86,6 +86,8 @@ def check_resumed_estimator(cfg: GenerateConfig, out: Path) -> None:
     """
     if cfg.mesh_estimator not in REGRESSOR_ESTIMATORS or not needs_estimator(cfg):
         return
+    if not (out / "config.yaml").is_file():  # nothing made yet (a --resume may start a run): nothing recorded
+        return
     recorded = set()
     run = out / "run.json"
     if run.is_file():
