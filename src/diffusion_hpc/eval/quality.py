@@ -560,19 +560,7 @@ def manifest_stats(rows: list[dict], hard_threshold: Optional[float] = None, con
         "unet_evals_per_accepted": total_unet / len(ok) if ok else float("nan"),
         "unet_evals_accepted_mean": float(np.mean([int(r.get("unet_evals") or 0) for r in ok])) if ok else float("nan"),
     }
-    score_values: dict[str, list[float]] = {}
-    for r in ok:
-        for k, v in (r.get("scores") or {}).items():
-            if _is_number(v):
-                score_values.setdefault(k, []).append(float(v))
-    out["scores"] = {k: _summary(np.array(v)) for k, v in sorted(score_values.items())}
-    scored = [r for r in ok if _is_number((r.get("scores") or {}).get("prior_score"))]
-    if scored:
-        hard, thr, src = hard_flags(scored, hard_threshold, config, prior)
-        p = np.array([float(r["scores"]["prior_score"]) for r in scored])
-        share = float(hard.mean())
-        out["prior_score"] = {"histogram": _histogram(p, bins), "hard_threshold": thr, "hard_threshold_source": src,
-                              "hard_share": share, "easy_share": 1.0 - share, "n": int(p.size)}
+    score_values = _score_sections(out, ok, hard_threshold, config, bins, prior)
     agreement = {}
     for k in ("pck_agreement", "mask_iou"):
         if k in score_values:
@@ -604,20 +592,29 @@ def person_stats(persons: list[list[dict]], hard_threshold: Optional[float] = No
         "occluded_share": float((visible < 1.0).mean()) if people else float("nan"),
         "visible_fraction": _summary(visible),
     }
+    _score_sections(out, people, hard_threshold, config, bins, prior)
+    return out
+
+
+def _score_sections(out: dict, entries: list[dict], hard_threshold: Optional[float], config: Optional[dict],
+                    bins: int, prior: Optional[dict]) -> dict[str, list[float]]:
+    """Fill ``out["scores"]`` (a summary of every numeric score of ``entries``: manifest rows or
+    persons, each with ``scores``) and, when they carry a ``prior_score``, ``out["prior_score"]``
+    (histogram and hard share, :func:`hard_flags`); returns the score values by name."""
     values: dict[str, list[float]] = {}
-    for p in people:
-        for k, v in p["scores"].items():
+    for entry in entries:
+        for k, v in (entry.get("scores") or {}).items():
             if _is_number(v):
                 values.setdefault(k, []).append(float(v))
     out["scores"] = {k: _summary(np.array(v)) for k, v in sorted(values.items())}
-    scored = [p for p in people if _is_number(p["scores"].get("prior_score"))]
+    scored = [e for e in entries if _is_number((e.get("scores") or {}).get("prior_score"))]
     if scored:
         hard, thr, src = hard_flags(scored, hard_threshold, config, prior)
-        score = np.array([float(p["scores"]["prior_score"]) for p in scored])
+        score = np.array([float(e["scores"]["prior_score"]) for e in scored])
         share = float(hard.mean())
         out["prior_score"] = {"histogram": _histogram(score, bins), "hard_threshold": thr, "hard_threshold_source": src,
                               "hard_share": share, "easy_share": 1.0 - share, "n": int(score.size)}
-    return out
+    return values
 
 
 # --------------------------------------------------------------------------------------------
