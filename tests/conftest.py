@@ -106,6 +106,25 @@ def manifest_rows(root: Path) -> list[dict]:
     return rows
 
 
+def generate_smpl_dataset(out, smpl_path, poses: int, seed: int, **config):
+    """A native SMPL mode-D dataset at ``out`` (render baseline, 64 px, one batch of ``config["n"]``
+    unless overridden) posed from a pose file of ``poses`` random SMPL poses (0.2 rad per joint,
+    seeded), written beside ``out``; ``config``: further GenerateConfig fields. Returns ``out``."""
+    from diffusion_hpc.config import GenerateConfig
+    from diffusion_hpc.pipeline.generate import generate
+    from diffusion_hpc.poses.io import PoseSet, save_pose_file
+
+    out = Path(out)
+    rng = np.random.default_rng(seed)
+    pose_file = save_pose_file(out.parent / "poses.npz", PoseSet(
+        body_model="smpl", global_orient=np.zeros((poses, 3), np.float32),
+        body_pose=(0.2 * rng.normal(size=(poses, 23, 3))).astype(np.float32)))  # fmt: skip
+    settings = {"image_size": (64, 64), "batch_size": config.get("n", 1), **config}
+    generate(GenerateConfig(body_model="smpl", smpl_path=smpl_path, poses=str(pose_file), **settings), out=out,
+             progress=False)  # fmt: skip
+    return out
+
+
 def write_fake_smpl(path, seed=0):
     """An SMPL-shaped model file with random arrays (not a real SMPL file)."""
     rng = np.random.default_rng(seed)

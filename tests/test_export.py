@@ -168,18 +168,12 @@ def anny_dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def smpl_dataset(tmp_path_factory, fake_smpl):
     """A native SMPL dataset, made with the synthetic SMPL file and a small SMPL pose file."""
-    from diffusion_hpc.config import GenerateConfig
-    from diffusion_hpc.data import open_dataset
-    from diffusion_hpc.pipeline.generate import generate
-    from diffusion_hpc.poses.io import PoseSet, save_pose_file
+    from conftest import generate_smpl_dataset
 
-    root = tmp_path_factory.mktemp("export_smpl")
-    rng = np.random.default_rng(0)
-    poses = save_pose_file(root / "poses.npz", PoseSet(body_model="smpl", global_orient=np.zeros((4, 3), np.float32),
-                                                       body_pose=(0.2 * rng.normal(size=(4, 23, 3))).astype(np.float32)))
-    generate(GenerateConfig(n=3, image_size=(64, 64), batch_size=3, body_model="smpl", smpl_path=fake_smpl,
-                            poses=str(poses)), out=root / "d", progress=False)
-    return root / "d", [one_person(s) for s in open_dataset(root / "d")]
+    from diffusion_hpc.data import open_dataset
+
+    out = generate_smpl_dataset(tmp_path_factory.mktemp("export_smpl") / "d", fake_smpl, poses=4, seed=0, n=3)
+    return out, [one_person(s) for s in open_dataset(out)]
 
 
 def smpl_label(fake_smpl, pelvis: np.ndarray, seed: int, flagged: bool = False) -> dict:
@@ -464,18 +458,13 @@ def test_multi_person_samples_export_one_row_per_person(anny_dataset, fake_smpl,
 @pytest.fixture(scope="module")
 def smpl_scenes(tmp_path_factory, fake_smpl):
     """A native SMPL mode-D dataset of 2-3 people per image (the synthetic SMPL file, render baseline)."""
-    from diffusion_hpc.config import GenerateConfig
-    from diffusion_hpc.data import open_dataset
-    from diffusion_hpc.pipeline.generate import generate
-    from diffusion_hpc.poses.io import PoseSet, save_pose_file
+    from conftest import generate_smpl_dataset
 
-    root = tmp_path_factory.mktemp("export_scenes")
-    rng = np.random.default_rng(1)
-    poses = save_pose_file(root / "poses.npz", PoseSet(body_model="smpl", global_orient=np.zeros((6, 3), np.float32),
-                                                       body_pose=(0.2 * rng.normal(size=(6, 23, 3))).astype(np.float32)))
-    generate(GenerateConfig(n=3, image_size=(96, 96), batch_size=3, body_model="smpl", smpl_path=fake_smpl,
-                            poses=str(poses), people="2-3"), out=root / "d", progress=False)
-    return root / "d", list(open_dataset(root / "d"))
+    from diffusion_hpc.data import open_dataset
+
+    out = generate_smpl_dataset(tmp_path_factory.mktemp("export_scenes") / "d", fake_smpl, poses=6, seed=1, n=3,
+                                image_size=(96, 96), people="2-3")  # fmt: skip
+    return out, list(open_dataset(out))
 
 
 def test_multi_person_dataset_every_format_per_person(smpl_scenes, fake_smpl, tmp_path, monkeypatch):

@@ -152,16 +152,10 @@ def smpl_data(tmp_path_factory, fake_smpl):
 
     The synthetic SMPL file's faces are random, so its renders hide every joint from the depth test:
     the tests that train on it accept persons with no visible keypoint (``min_visible_keypoints=0``)."""
-    from diffusion_hpc.config import GenerateConfig
-    from diffusion_hpc.pipeline.generate import generate
-    from diffusion_hpc.poses.io import PoseSet, save_pose_file
+    from conftest import generate_smpl_dataset
 
     root = tmp_path_factory.mktemp("smpl_train")
-    rng = np.random.default_rng(0)
-    poses = save_pose_file(root / "poses.npz", PoseSet(body_model="smpl", global_orient=np.zeros((8, 3), np.float32),
-                                                       body_pose=(0.2 * rng.normal(size=(8, 23, 3))).astype(np.float32)))
-    generate(GenerateConfig(n=8, image_size=(64, 64), batch_size=8, body_model="smpl", smpl_path=fake_smpl,
-                            poses=str(poses)), out=root / "d", progress=False)  # fmt: skip
+    generate_smpl_dataset(root / "d", fake_smpl, poses=8, seed=0, n=8)
     return root / "d", "smart:" + str(write_smart(root / "d", root / "smart"))
 
 
