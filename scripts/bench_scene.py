@@ -12,17 +12,24 @@ label pass mode D runs (depth + face ids, no normal map).
 ``--pipeline``: instead, whole ``dhpc generate`` runs (mode D, render baseline, ``--people P``) of
 ``--n`` samples at ``--batch``, after a warm-up run: samples/s, ms per sample and per person, the
 stages' ms per sample from the manifest, and the share of placement draws rejected for
-interpenetration (the manifest's ``rejected_draws`` / ``placement_draws``).
+interpenetration (the manifest's ``rejected_draws`` / ``placement_draws``), the samples whose group the
+camera framed (status ok) and the median person's height (its mask's rows) over the image height.
 
     .venv/bin/python scripts/bench_scene.py --pipeline --people 1 2 4 --n 64 --batch 16 --size 512
 
-Measured (2-core CPU shared with other jobs, load about 3, GL renderer, 64 samples per run):
+Measured (2-core CPU shared with other jobs, GL renderer, 64 samples per run, seed 0). The ground
+area of a scene grows with its people (``geometry.scene.group_layout``: the two-person area per
+person); before that, every scene stood on the two-person area:
 
-    people | samples/s | ms/sample | ms/person | rejected draws | stages (ms/sample)
-    1      | 7.28      | 137       | 137       | 0 %            | body 37, camera 11, render 35, generate 36
-    2      | 4.45      | 225       | 112       | 4.5 % (6/134)  | body 84, camera 27, render 59, generate 37
-    4      | 2.43      | 412       | 103       | 19.0 % (60/316)| body 110, camera 68, render 163, generate 46
+    people | rejected draws, fixed area | grown area     | framed | person height, fixed / grown
+    1      | 0 % (0/64)                 | 0 % (0/64)     | 64/64  | 67 % / 67 %
+    2      | 4.5 % (6/134)              | 4.5 % (6/134)  | 64/64  | 46 % / 46 %
+    4      | 19.0 % (60/316)            | 9.9 % (28/284) | 64/64  | 35 % / 27 %
 
+(1 and 2 people: the same draws and placements.) Times depend on the machine's load (it varied 2-6
+between runs here): 4 people at load about 5, 682 ms a sample with the fixed area, 548 with the
+grown one (fewer redraws and overlap tests); at load about 3 (earlier): 137, 225 and 412 ms a
+sample for 1, 2 and 4 people (the GL render costs about 25 ms per mesh whatever the image size).
 Nobody was left out (256 of 256 people placed at 4 per image). The render stage of a crowded image
 includes each partly hidden person's window rendered alone (its visible share).
 """
@@ -59,6 +66,7 @@ def pipeline(args) -> None:
 
     from diffusion_hpc.config import GenerateConfig
     from diffusion_hpc.data import open_dataset
+    from diffusion_hpc.data.schema import persons_of
     from diffusion_hpc.pipeline.generate import Generator
 
     size = (args.size, args.size)
@@ -68,7 +76,7 @@ def pipeline(args) -> None:
                   progress=False).run(tmp / "warm")  # fmt: skip
         print(f"mode D, render baseline, {args.size}x{args.size}, batch {args.batch}, {args.n} samples per run, "
               f"renderer {args.renderer}, torch threads {torch.get_num_threads()}")  # fmt: skip
-        print("people | samples/s | ms/sample | ms/person | rejected draws | stages (ms/sample)")
+        print("people | samples/s | ms/sample | ms/person | rejected draws | framed | person height | stages (ms/sample)")
         rows = []
         for P in args.people:
             config = GenerateConfig(n=args.n, batch_size=args.batch, shard_size=args.n, image_size=size,
@@ -81,13 +89,17 @@ def pipeline(args) -> None:
             draws = sum(r["scores"].get("placement_draws", 1) for r in manifest)
             rejected = sum(r["scores"].get("rejected_draws", 0) for r in manifest)
             stages = {k: 1000 * sum(r["timings"][k] for r in manifest) / len(manifest) for k in manifest[0]["timings"]}
+            framed = sum(r["status"] == "ok" for r in manifest)
+            heights = [np.ptp(np.flatnonzero(p["mask"].any(1))) / args.size
+                       for s in open_dataset(tmp / f"p{P}") for p in persons_of(s) if p["mask"].any()]  # fmt: skip
             row = {"people": P, "samples_per_s": args.n / seconds, "ms_per_sample": 1000 * seconds / args.n,
                    "ms_per_person": 1000 * seconds / max(persons, 1), "persons": persons, "draws": draws,
-                   "rejected": rejected, "stage_ms": stages}  # fmt: skip
+                   "rejected": rejected, "framed": framed, "median_person_height": float(np.median(heights)),
+                   "stage_ms": stages}  # fmt: skip
             rows.append(row)
             print(f"{P} | {row['samples_per_s']:.2f} | {row['ms_per_sample']:.1f} | {row['ms_per_person']:.1f} | "
-                  f"{rejected}/{draws} = {rejected / max(draws, 1):.1%} | "
-                  + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))  # fmt: skip
+                  f"{rejected}/{draws} = {rejected / max(draws, 1):.1%} | {framed}/{args.n} | "
+                  f"{row['median_person_height']:.0%} | " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))  # fmt: skip
         print(json.dumps({"pipeline": rows}))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -17,8 +17,12 @@ from diffusion_hpc.geometry.camera import (
     rotation_x,
 )
 from diffusion_hpc.geometry.scene import (
+    DEPTH_M,
+    LATERAL_M,
+    LAYOUT_PEOPLE,
     compose_scene,
     ground_offsets,
+    group_layout,
     place_group,
     scene_keypoint_visibility,
     scene_keypoints,
@@ -284,3 +288,29 @@ def test_visible_fractions_equal_each_persons_alone_render(anny_body, renderer):
     whole = visible_fractions(counting, pair[0].astype(np.float32), faces, np.broadcast_to(K, (2, 3, 3)), instance,
                               np.zeros(2, int), np.arange(2))  # fmt: skip
     assert whole.tolist() == [1.0, 1.0] and not calls
+
+
+def test_the_ground_area_grows_with_the_people(anny_body):
+    """group_layout gives each person of a scene the ground a two-person scene gives (its ranges as
+    they are at 2 people, twice the area at 4, about the same centre); the same four people stood on
+    the grown area collide less often than on the two-person area, and each scene draws from its own
+    row of per-scene ranges (alone or in a batch, the same spots)."""
+    layout = group_layout(np.array([LAYOUT_PEOPLE, 4, 3]))
+    assert np.array_equal(layout["lateral"][0], LATERAL_M) and np.array_equal(layout["depth"][0], DEPTH_M)
+    area = np.ptp(layout["lateral"], 1) * np.ptp(layout["depth"], 1)
+    np.testing.assert_allclose(area / area[0], [1.0, 2.0, 1.5])
+    np.testing.assert_allclose(layout["depth"].mean(1), np.mean(DEPTH_M))
+    B, P = 12, 4
+    v, _, faces = people(anny_body, B, P, seed=11)
+    rngs = lambda: [np.random.default_rng(30 + b) for b in range(B)]
+    fixed = place_group(v, faces, rngs(), lateral=LATERAL_M, depth=DEPTH_M)
+    grown = place_group(v, faces, rngs(), **group_layout(np.full(B, P)))
+    assert 2 * grown.rejected.sum() < fixed.rejected.sum(), (fixed.rejected, grown.rejected)  # 1 against 5
+    assert grown.placed.all()
+    # per-scene ranges: scene 2 alone with its own row draws what it drew in the batch
+    mixed = group_layout(np.tile([2, 3, 4], B // 3))
+    batch = place_group(v, faces, rngs(), **mixed)
+    alone = place_group(v[2:3], faces, [np.random.default_rng(32)], **{k: r[2:3] for k, r in mixed.items()})
+    np.testing.assert_array_equal(alone.translations[0], batch.translations[2])
+    with pytest.raises(ValueError, match=r"lateral has shape \(3, 2\)"):
+        place_group(v, faces, rngs(), lateral=np.zeros((3, 2)))

@@ -28,9 +28,12 @@ from diffusion_hpc.geometry.camera import fit_group_translations, project
 
 #: "up" in the group frame (y down)
 UP = np.array([0.0, -1.0, 0.0])
-#: default layout: lateral position (x) and distance (z) of each person in the group frame, metres
+#: default layout: lateral position (x) and distance (z) of each person in the group frame, metres,
+#: for a scene of :data:`LAYOUT_PEOPLE` people (:func:`group_layout` scales it to a scene's count)
 LATERAL_M = (-1.5, 1.5)
 DEPTH_M = (0.0, 3.0)
+#: the people count the default layout's ranges are sized for (4.5 m² of ground each)
+LAYOUT_PEOPLE = 2
 #: default voxel side of the overlap test, metres (Anny's longest edges are about 5 cm)
 VOXEL_M = 0.04
 #: default number of draws for one person before it is left out of the scene
@@ -120,6 +123,23 @@ def _ground_offsets(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return -np.stack([(lo[..., 0] + hi[..., 0]) / 2.0, hi[..., 1], (lo[..., 2] + hi[..., 2]) / 2.0], -1)
 
 
+def group_layout(people, lateral=LATERAL_M, depth=DEPTH_M, reference: int = LAYOUT_PEOPLE) -> dict[str, np.ndarray]:
+    """Per-scene layout ranges whose ground area grows with the scene's people count: both ranges
+    scaled about their centres by sqrt(people / reference), so every scene gives each person the
+    ground a ``reference``-person scene gives (a scene of ``reference`` people keeps the ranges as
+    they are; 4 people get twice the area, not a crowd).
+
+    Args:
+        people: (B,) people in each scene.
+        lateral, depth: (low, high) ranges of x and z for ``reference`` people, metres.
+    Returns:
+        ``lateral`` and ``depth``, each (B, 2), for :func:`place_group` / :func:`compose_scene`.
+    """
+    scale = np.sqrt(np.asarray(people, np.float64) / float(reference))[:, None]  # (B, 1)
+    scaled = lambda r: np.mean(r) + scale * (np.asarray(r, np.float64) - np.mean(r))
+    return {"lateral": scaled(lateral), "depth": scaled(depth)}
+
+
 @dataclass
 class GroupPlacement:
     """Where the people of B scenes stand.
@@ -154,7 +174,8 @@ def place_group(vertices: np.ndarray, faces: np.ndarray, rngs: Sequence[np.rando
         faces: (F, 3) the shared topology.
         rngs: B generators, one per scene.
         present: (B, P) bool, the people in each scene (default all).
-        lateral, depth: (low, high) ranges of x and z, metres.
+        lateral, depth: (low, high) ranges of x and z, metres, for every scene, or (B, 2) one per
+            scene (e.g. :func:`group_layout`: an area that grows with the scene's people).
         voxel: voxel side of the overlap test, metres.
         max_draws: draws per person before leaving it out.
     """
@@ -165,6 +186,13 @@ def place_group(vertices: np.ndarray, faces: np.ndarray, rngs: Sequence[np.rando
     if len(rngs) != B:
         raise ValueError(f"place_group: {len(rngs)} generators for {B} scenes; pass one generator per scene")
     present = np.ones((B, P), bool) if present is None else np.asarray(present, bool)
+    ranges = {}
+    for name, r in (("lateral", lateral), ("depth", depth)):
+        r = np.asarray(r, np.float64)
+        if r.shape not in ((2,), (B, 2)):
+            raise ValueError(f"place_group: {name} has shape {r.shape}; pass (low, high) or one (low, high) per scene ({B}, 2)")
+        ranges[name] = np.broadcast_to(r, (B, 2))
+    lateral, depth = ranges["lateral"], ranges["depth"]
     faces = np.asarray(faces)
     lo, hi = bounds(v)  # (B, P, 3)
     offsets = _ground_offsets(lo, hi)  # (B, P, 3)
@@ -175,7 +203,7 @@ def place_group(vertices: np.ndarray, faces: np.ndarray, rngs: Sequence[np.rando
         solids: dict[int, Occupancy] = {}
         for p in np.flatnonzero(present[b]):
             for _ in range(max_draws):
-                shift = np.array([rngs[b].uniform(*lateral), 0.0, rngs[b].uniform(*depth)])
+                shift = np.array([rngs[b].uniform(*lateral[b]), 0.0, rngs[b].uniform(*depth[b])])
                 out.draws[b] += 1
                 if not _collides(b, p, shift, local, lo, hi, faces, out, solids, voxel):
                     out.translations[b, p] = shift

@@ -6,8 +6,8 @@
     3. camera placement (the whole batch at once): a one-person sample's orientation comes from its
        request, depth and offset so the body fits the image; a scene of several people stands them on
        one ground plane without interpenetrating (:func:`~diffusion_hpc.geometry.scene.compose_scene`:
-       seeded spots, redraws on collision, a person with no free spot left out) and one camera
-       frames the group
+       seeded spots on a ground area that grows with the scene's people, redraws on collision, a
+       person with no free spot left out) and one camera frames the group
     4. the samples: logs (prompt, pose sources, prior scores, placement draws) and the placed
        bodies, with their meshes and joints in the camera (the canonical forward moved rigidly: the
        tail needs no second forward)
@@ -26,7 +26,7 @@ from diffusion_hpc.body import transform_params
 from diffusion_hpc.body.scene import upright_rotations
 from diffusion_hpc.config import DIFFUSION_GENERATORS, GenerateConfig
 from diffusion_hpc.geometry.camera import fit_translations
-from diffusion_hpc.geometry.scene import compose_scene
+from diffusion_hpc.geometry.scene import compose_scene, group_layout
 from diffusion_hpc.pipeline.requests import SampleRequest, make_request, pick_line, prompt_text
 from diffusion_hpc.pipeline.samples import PersonLog, PlacedBodies, SampleLog, alive, by_sample
 from diffusion_hpc.pipeline.stages import Stages, StageTimer
@@ -97,7 +97,9 @@ def place_people(stages: Stages, requests: list[SampleRequest], owner: np.ndarra
 
     A one-person sample is fitted into the image alone (:func:`fit_translations`: its ``fill`` and
     ``offset``); a scene of several people is stood on one ground plane at seeded spots without
-    interpenetration and framed as a group (:func:`~diffusion_hpc.geometry.scene.compose_scene`). The
+    interpenetration, on a ground area that grows with its people count
+    (:func:`~diffusion_hpc.geometry.scene.group_layout`: the same area per person for 2, 3 or 4), and
+    framed as a group (:func:`~diffusion_hpc.geometry.scene.compose_scene`). The
     meshes and joints are the canonical forward moved rigidly (what a forward on the camera parameters
     gives, to float precision), so the tail runs no second forward.
 
@@ -136,7 +138,8 @@ def place_people(stages: Stages, requests: list[SampleRequest], owner: np.ndarra
         views = np.stack([requests[b].view for b in groups])
         scene = compose_scene(vertices, {name: upright(j)[0] for name, j in joints.items()}, stages.faces,
                               [np.random.default_rng(requests[b].layout_seed) for b in groups], views, K[groups],
-                              width, height, fill[groups], offset[groups], present)  # fmt: skip
+                              width, height, fill[groups], offset[groups], present,
+                              **group_layout(present.sum(1)))  # fmt: skip
         out.fitted[groups] = scene.ok
         out.draws[groups], out.rejected[groups] = scene.placement.draws, scene.placement.rejected
         # a person's point x goes to view @ (turn @ x + stand) + camera: rotation view @ turn, translation below
