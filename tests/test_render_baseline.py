@@ -23,6 +23,7 @@ from diffusion_hpc.generate.render_baseline import (
     BODY_PARTS,
     CMU_BONE_TO_PART,
     CMU_BONES,
+    LIGHT_FIELDS,
     Appearance,
     RenderBaselineGenerator,
     cmu_bone_to_part_index,
@@ -30,9 +31,12 @@ from diffusion_hpc.generate.render_baseline import (
     face_parts_from_bones,
     render_item,
     sample_appearance,
+    scene_appearances,
     shade,
+    soft_alpha,
 )
 from diffusion_hpc.render.base import RenderOutput
+from diffusion_hpc.render.scene import instance_ids
 
 SIZE = 96
 
@@ -244,3 +248,63 @@ def test_render_item_and_batch_of_one_shade_agree():
     a = shade(render, FACE_PART, app)
     b = shade(render_item(render, 0), FACE_PART, app)
     assert np.array_equal(a, b)
+
+
+#: sha256 of the two one-person images below, computed with the code before each person of an image
+#: had its own look (one appearance per image): one-person images must stay pixel-identical
+ONE_PERSON_DIGEST = "ced71112f782da27a4f4c70c27c178c3267c9df28f73791157e486d4e3e14b63"
+
+
+def test_one_person_images_unchanged_with_or_without_instance_map():
+    import hashlib
+
+    renders = stack(sphere_render(), sphere_render(centre=(0.4, 0.6)))
+    for instance in (None, instance_ids(renders.face_id, len(FACE_PART))):  # a one-person render_scene has one
+        renders.instance = instance
+        out = RenderBaselineGenerator().generate(renders, FACE_PART, [np.random.default_rng(s) for s in (2024, 2025)])
+        assert hashlib.sha256(out.tobytes()).hexdigest() == ONE_PERSON_DIGEST
+
+
+def two_people_render() -> RenderOutput:
+    """Two spheres side by side as one combined render of two people (render_scene's layout: person
+    1's face ids follow person 0's, FACE_PART tiled twice)."""
+    left, right = sphere_render(radius=0.2, centre=(0.5, 0.27)), sphere_render(radius=0.2, centre=(0.5, 0.73))
+    face_id = np.where(right.mask, right.face_id + len(FACE_PART), left.face_id)
+    render = RenderOutput(np.maximum(left.depth, right.depth), left.mask | right.mask, left.normals + right.normals,
+                          face_id)  # fmt: skip
+    render.instance = instance_ids(face_id, len(FACE_PART))
+    return render
+
+
+def same_look(a: Appearance, b: Appearance) -> bool:
+    return all(np.array_equal(getattr(a, k), getattr(b, k)) for k in a.__dataclass_fields__)
+
+
+def test_each_person_of_an_image_has_its_own_look():
+    """Two people of one image: each person's pixels are shaded with its own look (skin, clothing),
+    under the image's one light; person 0 keeps the look a one-person image draws, so its pixels are
+    what they were when the whole image had one look, and person 1's colours differ from those."""
+    render, parts = two_people_render(), np.tile(FACE_PART, 2)
+    gen = RenderBaselineGenerator(augment=False)
+    black = ConstantBackground(np.zeros((SIZE, SIZE, 3), np.uint8))
+    image = gen.generate(render, parts, [np.random.default_rng(7)], black)[0]
+    app_seed = int(np.random.default_rng(7).integers(0, 2**63 - 1, size=3)[0])
+    looks = scene_appearances(app_seed, 2)
+    assert same_look(looks[0], sample_appearance(np.random.default_rng(app_seed)))  # the one-person draw
+    for name in LIGHT_FIELDS:
+        assert np.array_equal(getattr(looks[0], name), getattr(looks[1], name)), name
+    assert not np.allclose(looks[0].skin, looks[1].skin) and not np.allclose(looks[0].top, looks[1].top)
+    one_look = render_item(render, 0)
+    one_look.instance = None  # a single look for everyone: the image before people had their own
+    before = gen.generate_one(one_look, parts, np.random.default_rng(7), black)
+    own = [render.instance[0] == p for p in (0, 1)]
+    assert np.array_equal(image[own[0]], before[own[0]])
+    assert np.array_equal(image[~render.mask[0]], before[~render.mask[0]])
+    # person 1: its own look, not person 0's (mean colour of its pixels, 0-255)
+    assert np.abs(image[own[1]].mean(0) - before[own[1]].mean(0)).max() > 10
+    alone = shade(RenderOutput(render.depth[0], own[1], render.normals[0], render.face_id[0]), parts, looks[1])
+    inner = own[1] & (soft_alpha(render.mask[0]) == 1.0)  # away from the soft edge over the background
+    assert np.abs(image[inner].astype(float) - np.clip(alone[inner] * 255 + 0.5, 0, 255).astype(np.uint8)).max() <= 1
+    # another person stream: a third person draws a look of its own, and the first two keep theirs
+    three = scene_appearances(app_seed, 3)
+    assert all(same_look(a, b) for a, b in zip(three, looks)) and not np.allclose(three[2].top, looks[1].top)

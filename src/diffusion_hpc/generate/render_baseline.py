@@ -3,7 +3,9 @@
 Input is the renderer's :class:`~diffusion_hpc.render.base.RenderOutput` (depth, mask, camera-frame
 normals, face ids) and a per-face body-part label. Per image this module
 
-1. draws an :class:`Appearance` (skin tone, clothing colours, sleeve / trouser length, lighting),
+1. draws an :class:`Appearance` (skin tone, clothing colours, sleeve / trouser length, lighting);
+   in an image of several people (a render with an ``instance`` map) each person draws its own look
+   and all share the first person's light (:func:`scene_appearances`),
 2. shades the visible surface (:func:`shade`: hemispheric ambient + Lambertian + Blinn-Phong specular
    + rim light, per-part albedo, slight per-part / per-face / low-frequency colour variation),
 3. composites it over a background with a 1-px anti-aliased edge and applies photometric
@@ -16,7 +18,7 @@ z forward); normals face the camera (negative z).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -76,6 +78,10 @@ LIGHT_TEMPERATURES: tuple[tuple[float, tuple[float, float, float]], ...] = (
 )
 
 GAMMA = 2.2
+#: spawn-key word of the look streams of an image's people after the first ("LOOK")
+PERSON_LOOK_STREAM = 0x4C4F4F4B
+#: the fields of an :class:`Appearance` that are the image's light, shared by all its people
+LIGHT_FIELDS: tuple[str, ...] = ("light_dir", "ambient", "diffuse", "temperature", "rim")
 
 
 @dataclass
@@ -184,6 +190,19 @@ def sample_appearance(rng: np.random.Generator) -> Appearance:
         specular=specular, shininess=shininess, rim=rim, part_jitter=part_jitter,
         texture_seed=texture_seed, texture_strength=texture_strength,
     )
+
+
+def scene_appearances(appearance_seed: int, people: int) -> list[Appearance]:
+    """The looks of the ``people`` people of one image: person 0 draws from
+    ``default_rng(appearance_seed)`` (what a one-person image draws, so it stays pixel-identical),
+    person p > 0 from its own stream (``SeedSequence([appearance_seed, PERSON_LOOK_STREAM, p])``), so
+    each person has its own skin, clothing, sheen and texture noise, whatever the others draw; the
+    light (:data:`LIGHT_FIELDS`) is person 0's for everyone, as one scene has one light."""
+    first = sample_appearance(np.random.default_rng(int(appearance_seed)))
+    light = {name: getattr(first, name) for name in LIGHT_FIELDS}
+    others = [replace(sample_appearance(np.random.default_rng(np.random.SeedSequence(
+        [int(appearance_seed), PERSON_LOOK_STREAM, p]))), **light) for p in range(1, people)]  # fmt: skip
+    return [first, *others]
 
 
 def _lowfreq_field(rng: np.random.Generator, height: int, width: int, cells: int = 12) -> np.ndarray:
@@ -551,15 +570,25 @@ class RenderBaselineGenerator:
         """One (H, W, 3) uint8 image from ONE image's buffers (:func:`render_item`), using only ``rng``.
 
         The rng is split into three child streams (appearance, background, augmentation), so a
-        change in one stage's number of draws does not shift the others.
+        change in one stage's number of draws does not shift the others. A render of several people
+        (its ``instance`` map) shades each person's pixels with its own look
+        (:func:`scene_appearances`); one person is shaded as before.
         """
         seeds = rng.integers(0, 2**63 - 1, size=3)
-        app_rng, bg_rng, aug_rng = (np.random.default_rng(int(s)) for s in seeds)
+        bg_rng, aug_rng = (np.random.default_rng(int(s)) for s in seeds[1:])
         render = _unbatch(render)
         h, w = render.mask.shape
         source = backgrounds if backgrounds is not None else ProceduralBackgrounds()
-        appearance = sample_appearance(app_rng)
-        fg = shade(render, face_part, appearance)
+        people = 1 if render.instance is None else int(render.instance.max(initial=0)) + 1
+        looks = scene_appearances(int(seeds[0]), people)
+        if people == 1:
+            fg = shade(render, face_part, looks[0])
+        else:  # each person's pixels in its own look (the masks are disjoint)
+            fg = np.zeros((h, w, 3), np.float32)
+            for p, look in enumerate(looks):
+                own = render.instance == p
+                if own.any():
+                    np.copyto(fg, shade(replace(render, mask=own), face_part, look), where=own[..., None])
         bg = source.sample(bg_rng, h, w)
         return composite(fg, render.mask, bg, aug_rng, augment=self.augment)
 
