@@ -65,6 +65,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from diffusion_hpc.body.anny import AnnyReducedForward
 from diffusion_hpc.body.base import BodyModel
 from diffusion_hpc.body.joint_sets import ANNY_CMU31, COCO17, flip_permutation
 from diffusion_hpc.estimate.facing import HIPS, SHOULDERS as SHOULDER_PAIR  # the 3D term is relative to the hips' midpoint
@@ -156,6 +157,9 @@ class FitWeights:
     #: stage 2 updates the shape every ``shape_every``-th iteration and holds it in between (the
     #: shape's part of the forward pass is then reused; see :func:`optimise`); 1: every iteration
     shape_every: int = 3
+    #: the held iterations reuse the skeleton the last shape iteration computed (its phenotype one
+    #: Adam step old) instead of computing it again at the updated phenotype; False: recompute
+    reuse_skeleton: bool = True
     #: learning rate at the end of stage 2 as a share of ``lr`` (cosine decay); 1: constant
     lr_final: float = 1.0
     #: initial hypotheses per image, optimised side by side in one batch, lowest energy kept
@@ -562,6 +566,89 @@ def rest_joints_camera(body: BodyModel, joints: Callable[[dict], torch.Tensor], 
 
 
 # ---------------------------------------------------------------------------------------------
+# the fit's own forward pass: Anny's bone chain on rotation matrices, no 4x4 transforms
+
+
+@dataclass(frozen=True)
+class BoneChain:
+    """Anny's kinematic tree, level by level, and the bones its contracted COCO-17 regressor reads:
+    what :func:`chain_keypoints` needs (see :meth:`of`).
+
+    Attributes:
+        levels: (first, last) positions of each depth level in ``order`` (the root alone first).
+        local: (Nb,) for each position in ``order``, its parent's index within the previous level.
+        order: (Nb,) bones in depth order; inverse: (Nb,) its inverse permutation.
+        parent: (Nb,) each bone's parent (the root: itself).
+        bones: (N',) the bones that move a keypoint; const: (17, N') the keypoints' weight on each
+            bone's translation (``contract_keypoint_regressor``'s ``bones`` and ``const``).
+    """
+
+    levels: tuple[tuple[int, int], ...]
+    local: torch.Tensor
+    order: torch.Tensor
+    inverse: torch.Tensor
+    parent: torch.Tensor
+    bones: torch.Tensor
+    const: torch.Tensor
+
+    @classmethod
+    def of(cls, joints: Callable) -> BoneChain | None:
+        """The chain behind ``joints`` when it is :meth:`AnnyReducedForward.keypoints` of a rig that
+        poses bones in anny's ``local-ref`` parameterisation with the rest orientations as reference
+        and the root at identity (anny 0.6.2's default rig: ``RiggedModel.get_bone_transforms``,
+        ``kinematics.forward_kinematic``); None otherwise (the fit then runs ``joints`` itself)."""
+        reduced = getattr(joints, "__self__", None)
+        if not isinstance(reduced, AnnyReducedForward) or getattr(joints, "__name__", "") != "keypoints":
+            return None
+        core = reduced.core
+        if (core.pose_parameterization != "local-ref" or core.reference_bone_orientations is not None
+                or not core.root_identity_orientation):
+            return None
+        local, order, inverse, parent = core.kinematic_chain_indices
+        c = reduced.contraction
+        return cls(tuple((int(a), int(b)) for a, b in core.kinematic_chain_levels), local, order, inverse, parent,
+                   c["bones"], c["const"])
+
+
+def chain_transforms(chain: BoneChain, rotations: torch.Tensor, transl: torch.Tensor,
+                     heads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """((N, Nb, 3, 3) rotations G, (N, Nb, 3) translations t) of the skinning transforms x -> G x + t.
+
+    In anny's ``local-ref`` parameterisation (each bone's delta rotation D_c in world-aligned axes,
+    rest orientations as reference, the root's rest orientation the identity) the posed transform
+    of bone c with parent p is G_c = G_p D_c, its posed head w_c = w_p + G_p (h_c - h_p), and
+    t_c = w_c - G_c h_c; the root's G_0 = D_0, w_0 = ``transl``. This equals
+    ``kinematics.forward_kinematic``'s transforms (anny 0.6.2) without its 4x4 homogeneous
+    matrices and reference-pose products, so a fit iteration runs a fraction of the operations.
+
+    Args:
+        chain: :meth:`BoneChain.of`; rotations: (N, Nb, 3, 3) D_c (the root's first);
+        transl: (N, 3); heads: (N, Nb, 3) rest bone heads h_c.
+    """
+    D = rotations[:, chain.order]
+    offsets = (heads - heads[:, chain.parent])[:, chain.order]
+    G, w = [D[:, :1]], [transl[:, None]]
+    for first, last in chain.levels[1:]:
+        idx = chain.local[first:last]
+        parent_rot = G[-1][:, idx]
+        w.append(w[-1][:, idx] + (parent_rot @ offsets[:, first:last, :, None])[..., 0])
+        G.append(parent_rot @ D[:, first:last])
+    rot = torch.cat(G, 1)[:, chain.inverse]
+    return rot, torch.cat(w, 1)[:, chain.inverse] - (rot @ heads[..., None])[..., 0]
+
+
+def chain_keypoints(chain: BoneChain, params: Mapping[str, torch.Tensor], skeleton: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """(N, 17, 3) COCO-17 keypoints of Anny ``params`` (global_orient (N, 3), body_pose (N, Nb-1, 3),
+    transl (N, 3)) on a rest ``skeleton`` (:meth:`AnnyReducedForward.rest_skeleton`: ``heads``,
+    ``basis``): :meth:`AnnyReducedForward.keypoints` through :func:`chain_transforms` (equal up to
+    float rounding; the phenotype enters through ``skeleton`` only)."""
+    rotations = rotvec_to_rotmat(torch.cat([params["global_orient"][:, None], params["body_pose"]], 1))
+    rot, t = chain_transforms(chain, rotations, params["transl"], skeleton["heads"])
+    rot, t = rot[:, chain.bones], t[:, chain.bones]
+    return torch.einsum("bnid,bjnd->bji", rot, skeleton["basis"]) + torch.einsum("jn,bni->bji", chain.const, t)
+
+
+# ---------------------------------------------------------------------------------------------
 # the optimisation
 
 
@@ -688,6 +775,12 @@ def optimise(body: BodyModel, joints: Callable[[dict], torch.Tensor], targets: F
     # 3. stage 2: everything
     stage2 = torch.optim.Adam([orient, transl, delta, shape_logit], lr=cw.lr)
     held = None
+    chain = None if shape_split is None else BoneChain.of(shape_split[1])
+
+    def split_joints(p: Mapping[str, torch.Tensor], skeleton) -> torch.Tensor:
+        """``shape_split[1]``, through :func:`chain_keypoints` when the chain is known (the same joints)."""
+        return shape_split[1](p, skeleton) if chain is None else chain_keypoints(chain, p, skeleton)
+
     for it in range(cw.iters_full):
         if cw.lr_final != 1.0:
             f = cw.lr_final + (1 - cw.lr_final) * 0.5 * (1 + math.cos(math.pi * it / max(cw.iters_full - 1, 1)))
@@ -695,15 +788,18 @@ def optimise(body: BodyModel, joints: Callable[[dict], torch.Tensor], targets: F
                 g["lr"] = cw.lr * f
         stage2.zero_grad()
         p = params_now()
-        if shape_split is None or it % cw.shape_every == 0:
+        if shape_split is None:
             energy(p).sum().backward()
-            held = None
+        elif it % cw.shape_every == 0:
+            skeleton = shape_split[0](p[body.shape_key])
+            energy(p, coco=split_joints(p, skeleton)).sum().backward()
+            held = {k: v.detach() for k, v in skeleton.items()} if cw.reuse_skeleton else None
         else:  # the shape is held (no gradient, Adam leaves it alone); its part of the forward pass is reused
             p[body.shape_key] = p[body.shape_key].detach()
             if held is None:
                 with torch.no_grad():
                     held = shape_split[0](p[body.shape_key])
-            energy(p, coco=shape_split[1](p, held)).sum().backward()
+            energy(p, coco=split_joints(p, held)).sum().backward()
         stage2.step()
     with torch.no_grad():
         final = {k: v.detach() for k, v in params_now().items()}

@@ -1,0 +1,93 @@
+"""The estimator's fit runs Anny's bone chain on rotation matrices (:func:`chain_keypoints`) instead of
+the reduced forward's 4x4 kinematics: the same keypoints and gradients, and the same fitted bodies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from diffusion_hpc.body.anny import AnnyReducedForward
+from diffusion_hpc.estimate.fit import (
+    BoneChain,
+    FitWeights,
+    chain_keypoints,
+    free_joint_mask,
+    initial_placement,
+    initial_pose,
+    optimise,
+    rest_joints_camera,
+    stack_targets,
+    unmodelled_joint_mask,
+)
+
+
+@pytest.fixture(scope="module")
+def fast(anny_body):
+    return AnnyReducedForward(anny_body)
+
+
+def random_params(body, n: int, seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    params = body.neutral_params(n)
+    params["body_pose"] = torch.randn(n, 30, 3, generator=gen) * 0.4
+    params["global_orient"] = torch.randn(n, 3, generator=gen)
+    params["phenotype"] = torch.rand(n, 6, generator=gen)
+    params["transl"] = torch.randn(n, 3, generator=gen) + torch.tensor([0.0, 0.0, 4.0])
+    return params
+
+
+def test_chain_keypoints_and_gradients_equal_the_reduced_forward(anny_body, fast):
+    chain = BoneChain.of(fast.keypoints)
+    assert chain is not None
+    params = {k: v.requires_grad_(True) for k, v in random_params(anny_body, 3, seed=1).items()}
+    reference = fast.keypoints(params)
+    ours = chain_keypoints(chain, params, fast.rest_skeleton(params["phenotype"]))
+    assert (ours - reference).norm(dim=-1).max() < 1e-5  # metres: float rounding only
+    weights = torch.randn(3, 17, 3, generator=torch.Generator().manual_seed(2))
+    grads = [torch.autograd.grad((j * weights).sum(), list(params.values())) for j in (reference, ours)]
+    for key, a, b in zip(params, *grads):
+        assert (a - b).abs().max() <= 1e-4 * a.abs().max() + 1e-6, key
+
+
+def test_the_chain_is_used_only_for_the_reduced_forwards_keypoints(anny_body, fast):
+    assert BoneChain.of(lambda p, s=None: fast.keypoints(p, s)) is None  # an unknown callable: run as given
+    assert BoneChain.of(fast.rest_skeleton) is None
+    assert BoneChain.of(anny_body.forward) is None
+
+
+def test_fit_through_the_chain_lands_where_the_reduced_forward_fit_lands(anny_body, fast):
+    """The same fit (both stages, shape held two iterations out of three) on the keypoints and world
+    landmarks of two posed bodies, once through :func:`chain_keypoints` and once through
+    ``AnnyReducedForward.keypoints`` (wrapped so the chain is not recognised), ends at the same joints."""
+    truth = random_params(anny_body, 2, seed=5)
+    truth["global_orient"] = torch.tensor([[np.pi / 2, 0.0, 0.0], [np.pi / 2, 0.3, 0.0]])  # upright, facing the camera
+    truth["transl"] = torch.tensor([[0.1, -0.2, 4.0], [-0.2, 0.1, 5.0]])
+    with torch.no_grad():
+        coco = fast.keypoints(truth).double().numpy()
+    K = np.array([[500.0, 0.0, 128.0], [0.0, 500.0, 128.0], [0.0, 0.0, 1.0]])
+    uv = coco @ K.T
+    uv = uv[..., :2] / uv[..., 2:]
+    world = coco - coco[:, [11, 12]].mean(1, keepdims=True)
+    observations = [(np.concatenate([uv[i], np.ones((17, 1))], 1), world[i], K) for i in range(2)]
+    weights = FitWeights(iters_global=10, iters_full=24)
+    targets = stack_targets(observations, weights.checked_hypotheses(), 0.3)
+    pose0 = initial_pose(anny_body, None)
+    rest, root_to_hips = rest_joints_camera(anny_body, fast.keypoints, pose0)
+    c2c = anny_body.canonical_to_camera.double().numpy()
+    starts = [initial_placement(rest, root_to_hips, c2c, targets.uv[n], targets.conf[n], targets.world[n], targets.K[n])
+              for n in range(len(targets.uv))]
+    free = free_joint_mask(anny_body)
+    results = []
+    for keypoints in (fast.keypoints, lambda p, s=None: fast.keypoints(p, s)):
+        torch.manual_seed(0)
+        results.append(optimise(anny_body, keypoints, targets, np.stack([s[0] for s in starts]),
+                                np.stack([s[1] for s in starts]), pose0, free, unmodelled_joint_mask(anny_body, None, free),
+                                None, weights, (fast.rest_skeleton, keypoints)))
+    with torch.no_grad():
+        joints = [fast.keypoints(r.params) for r in results]
+    assert (joints[0] - joints[1]).norm(dim=-1).max() < 5e-4  # metres
+    np.testing.assert_allclose(results[0].energy.numpy(), results[1].energy.numpy(), rtol=1e-3, atol=1e-5)
+    # and the fit did fit: the base hypothesis reprojects onto the keypoints within a few pixels
+    base = joints[0][:2].double().numpy() @ K.T
+    assert np.median(np.linalg.norm(base[..., :2] / base[..., 2:] - uv, axis=-1)) < 5.0
