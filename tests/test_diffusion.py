@@ -318,7 +318,7 @@ def test_instance_masks_from_instances():
     m[1, 8:12, 6:14] = True  # overlaps the person box: occluder
     m[2, 15:19, 15:19] = True  # far away: not an occluder
     m[3, 3:5, 3:5] = True  # person-box overlap but low score: ignored
-    person, occ, score = masks_from_instances(m, np.array([0, 5, 5, 7]), np.array([0.9, 0.8, 0.9, 0.3]), [0])
+    person, occ, score, people = masks_from_instances(m, np.array([0, 5, 5, 7]), np.array([0.9, 0.8, 0.9, 0.3]), [0])
     assert np.array_equal(person, m[0]) and score == pytest.approx(0.9)
     assert np.array_equal(occ, m[1] & ~m[0]) and not (occ & m[2]).any()
 

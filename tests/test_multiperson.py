@@ -171,8 +171,8 @@ def test_config_people_range():
     for bad, message in (("4-2", "MIN <= MAX"), ("two", "N or MIN-MAX"), ("0", "1 <= MIN")):
         with pytest.raises(ValueError, match=message):
             GenerateConfig(people=bad)
-    with pytest.raises(ValueError, match="--cycles"):
-        GenerateConfig(people="2", generator="depth2img", backbone="b", cycles=1)
+    # a cycle re-estimates every person of its image
+    assert GenerateConfig(people="2", generator="depth2img", backbone="b", cycles=1).people_range() == (2, 2)
 
 
 def test_every_persons_labels_agree_with_its_body_and_the_image(crowd, anny_body):
@@ -308,7 +308,7 @@ def test_resume_after_sigkill_with_several_people(crowd, tmp_path):
 
 def test_diffusion_generator_and_verification_with_several_people(tiny_backbone, one_thread, tmp_path):
     """The diffusion generator regenerates from the combined depth (the union silhouette), and label
-    verification scores the person the re-estimate agrees with best (or NaN) against the union mask."""
+    verification reads each person on its own region: the sample scores its least agreeing person."""
     cfg = GenerateConfig(mode="D", people="2", generator="depth2img", backbone=str(tiny_backbone), image_size=(64, 64),
                          n=2, batch_size=2, seed=3)  # fmt: skip
     assert cfg.verify  # on by default for diffusion generators

@@ -163,8 +163,12 @@ def _add_generate(sub) -> None:
     _flag(g, G, "prompts", type=Path, metavar="FILE", text="text file: one prompt or action phrase per line (instead of --prompt)")
     _flag(g, G, "guides", type=Path, metavar="DIR", text="R: folder of your real images of the domain (start images)")
     _flag(g, G, "poses", text="D: 'builtin' (CMU mocap poses retargeted to Anny), 'builtin-hard' (those the prior calls hard) or a pose file (.npz)")
-    _flag(g, G, "people", metavar="MIN-MAX", text="D: people per image, N or MIN-MAX (2-4: each sample draws its "
-          "count); they stand on one ground plane without interpenetrating, the camera frames the group (default 1)")
+    _flag(g, G, "people", metavar="MIN-MAX", text="people per image, N or MIN-MAX. D: 2-4: each sample draws its "
+          "count; they stand on one ground plane without interpenetrating, the camera frames the group (default 1). "
+          "T, R: every person found in a start image gets a label, the largest MAX; fewer than MIN rejects the "
+          "image (default 1-16)")
+    _flag(g, G, "min_person_height", type=float, metavar="F", text="T, R: a person must span this share of the "
+          "start image's height to get a label; smaller ones are regenerated without depth")
     _flag(g, G, "n", "-n", "--num-samples", type=int, text="number of samples")
     _flag(g, G, "k", "-k", type=int, text="T, R: variants per guide, the estimate + k-1 augmented poses" + _by_mode("k"))
     _flag(g, G, "seed", type=int, text="run seed")

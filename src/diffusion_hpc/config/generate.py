@@ -156,8 +156,11 @@ DEFAULT_PROMPT = "a photo of a person"
 DEFAULT_SHARD_SIZE = 256
 
 
-#: most people one mode-D image holds (``--people``)
+#: most people one image holds (``--people``)
 MAX_PEOPLE = 16
+#: modes T and R: a person region of a start image must span this share of the image height to get a
+#: label (``--min-person-height``; the detector's recall goal starts at 10 %)
+MIN_PERSON_HEIGHT = 0.1
 
 
 #: fields that choose how a run is executed, not what it makes: left out of the dataset's config.yaml,
@@ -178,8 +181,13 @@ class GenerateConfig(CommandConfig):
     poses: str = "builtin"
     """mode D: ``builtin`` (CMU mocap retargeted to Anny), ``builtin-hard`` (those the shipped prior calls hard) or a pose file (.npz, see diffusion_hpc.poses.io)"""
     people: Optional[str] = None
-    """mode D: people per image, ``N`` or ``MIN-MAX`` (``2-4``: each sample draws 2, 3 or 4 from its own seed);
-    they stand on one ground plane without interpenetrating and the camera frames the group (default: one)"""
+    """people per image, ``N`` or ``MIN-MAX``. Mode D: each sample draws 2, 3 or 4 (``2-4``) from its own seed;
+    they stand on one ground plane without interpenetrating and the camera frames the group (default: one).
+    Modes T and R: every person the segmenter finds in a start image gets a label, the largest MAX of them;
+    a start image with fewer than MIN is rejected (default: 1 to 16)"""
+    min_person_height: float = Field(default=MIN_PERSON_HEIGHT, gt=0.0, le=1.0)
+    """modes T and R: a person region of a start image must span this share of the image height to get a
+    label; smaller people stay in the person mask (regenerated without depth)"""
 
     @field_validator("people")
     @classmethod
@@ -193,13 +201,13 @@ class GenerateConfig(CommandConfig):
             raise ValueError(f"people must be N or MIN-MAX (e.g. 2-4), got {v!r}") from None
         if not 1 <= low <= high <= MAX_PEOPLE:
             raise ValueError(f"people {v!r}: need 1 <= MIN <= MAX <= {MAX_PEOPLE} (e.g. 2-4)")
-        if high == 1:
-            return None  # one person: the default, stored as such (a run given --people 1 resumes without it)
         return f"{low}-{high}" if high != low else str(low)
 
     def people_range(self) -> tuple[int, int]:
-        """(fewest, most) people per image (``people``; not set: (1, 1))."""
-        lo, _, hi = (self.people or "1").partition("-")
+        """(fewest, most) people per image (``people``; not set: mode D (1, 1), modes T and R (1, MAX_PEOPLE))."""
+        if self.people is None:
+            return (1, 1) if self.mode == "D" else (1, MAX_PEOPLE)
+        lo, _, hi = self.people.partition("-")
         return int(lo), int(hi or lo)
     prompt: Optional[str] = None
     """an action phrase put into the prompt templates ("doing a backflip"), or a full prompt (with
@@ -423,12 +431,8 @@ class GenerateConfig(CommandConfig):
         if self.mode == "D" and d["k"] != 1:
             raise ValueError("k: variants per guide apply to modes T and R; mode D draws every sample's pose "
                              "from --poses (leave -k out)")
-        if self.mode != "D" and self.people_range() != (1, 1):
-            raise ValueError(f"people: --people places several posed bodies in mode D (this run is mode {self.mode}, "
-                             "whose people come from the images); pass --mode D or leave --people out")
-        if self.cycles and self.people_range()[1] > 1:
-            raise ValueError("cycles: a cycle re-estimates one body per image, so it would drop the other people of "
-                             "a --people scene; leave --cycles out (--verify works with several people)")
+        if self.mode == "D" and self.people == "1":
+            d["people"] = None  # one person: mode D's default, stored as such (a run given --people 1 resumes without it)
         if self.mode == "D" and self.hard_only:
             raise ValueError("hard_only: the hard-pose filter applies to modes T and R (estimated poses)")
         if guided and d["shard_size"] % d["k"]:

@@ -53,9 +53,12 @@ def guide_seed(run_seed: int, guide: int) -> int:
     return seed63(np.random.SeedSequence(entropy=int(run_seed), spawn_key=(GUIDE_STREAM, int(guide))))
 
 
-def augment_seed(run_seed: int, guide: int) -> int:
-    """Seed of the pose augmentation of guide ``guide`` (its k-1 variants)."""
-    return seed63(np.random.SeedSequence([guide_seed(run_seed, guide), AUGMENT_STREAM]))
+def augment_seed(run_seed: int, guide: int, person: int = 0) -> int:
+    """Seed of the pose augmentation of person ``person`` of guide ``guide`` (its k-1 variants); the
+    first person's stream is the guide's own, as in a one-person start image."""
+    if person == 0:
+        return seed63(np.random.SeedSequence([guide_seed(run_seed, guide), AUGMENT_STREAM]))
+    return seed63(np.random.SeedSequence([guide_seed(run_seed, guide), AUGMENT_STREAM, int(person)]))
 
 
 def stage_seed(seed: int, stage: int) -> int:

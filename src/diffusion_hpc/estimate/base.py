@@ -12,7 +12,7 @@ exception; malformed input (not an (H, W, 3) uint8 array, an unreadable file) ra
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -88,6 +88,8 @@ class MeshEstimator:
     body_model: str = ""
     #: :meth:`estimate` takes ``masks=``: per image an (H, W) person mask (bool or [0, 1]) or None
     uses_masks: bool = False
+    #: :meth:`estimate` takes ``boxes=``: per image a square person box ``(centre (2,) px, side px)`` or None
+    uses_boxes: bool = False
 
     def estimate(self, images: Sequence[np.ndarray]) -> list[Estimate]:  # pragma: no cover
         """One :class:`Estimate` per image (the most prominent person), batched internally.
@@ -113,3 +115,34 @@ def estimate_with_masks(estimator, images: Sequence[np.ndarray],
     if masks is not None and getattr(estimator, "uses_masks", False):
         return estimator.estimate(images, masks=masks)
     return estimator.estimate(images)
+
+
+def rebase_estimate(estimate: Estimate, K: np.ndarray) -> Estimate:
+    """The estimate's body seen through the intrinsics ``K`` instead of its own: moved so its root
+    joint (the pelvis, ``h36m17`` joint 0; else ``transl``) projects to the same pixel and the body keeps
+    its size in the image (depth scaled by the focal lengths' ratio), as 4D-Humans' ``cam_crop_to_full``
+    takes a crop's camera to the full image's. Exact at the root; elsewhere off by about the body's
+    depth extent over its distance. Several people of one image estimated with different cameras (a
+    regressor's focal follows each person's box) share one ``K`` this way.
+
+    Args:
+        estimate: an ok estimate; K: (3, 3) the target intrinsics (pixels of the same image).
+    Returns:
+        the estimate with ``K``, ``params["transl"]``, ``joints3d`` and ``keypoints2d`` moved.
+    """
+    K_from, K_to = np.asarray(estimate.K, np.float64), np.asarray(K, np.float64)
+    if not estimate.ok or np.allclose(K_from, K_to):
+        return replace(estimate, K=K_to) if estimate.ok else estimate
+    joints = estimate.joints3d
+    root = np.asarray(joints["h36m17"][0] if "h36m17" in joints else estimate.params["transl"], np.float64)
+    pixel = (K_from @ root)[:2] / root[2]
+    depth = root[2] * (K_to[0, 0] + K_to[1, 1]) / (K_from[0, 0] + K_from[1, 1])
+    moved = np.array([(pixel[0] - K_to[0, 2]) * depth / K_to[0, 0], (pixel[1] - K_to[1, 2]) * depth / K_to[1, 1], depth])
+    delta = moved - root
+    params = dict(estimate.params, transl=(np.asarray(estimate.params["transl"], np.float64) + delta).astype(np.float32))
+    joints = {name: np.asarray(j) + delta.astype(np.asarray(j).dtype) for name, j in joints.items()}
+    keypoints = np.array(estimate.keypoints2d, np.float64, copy=True)
+    if "coco17" in joints:
+        coco = joints["coco17"] @ K_to.T
+        keypoints[:, :2] = coco[:, :2] / coco[:, 2:3]
+    return replace(estimate, K=K_to, params=params, joints3d=joints, keypoints2d=keypoints)

@@ -195,6 +195,9 @@ class HMREstimator(MeshEstimator):
     #: the spec prefix of this estimator's checkpoints (:func:`diffusion_hpc.hmr.init.parse_spec`)
     spec_kind = "dhpc"
 
+    #: estimate(images, boxes=): each person of an image with several is estimated on its own box
+    uses_boxes = True
+
     def __init__(self, checkpoint: str | Path, detector: str | None = "mediapipe", crop_size: int | None = None,
                  model_path: str | Path | None = None, principal_point: str = "image", device="cpu",
                  dtype="float32") -> None:  # fmt: skip

@@ -1,10 +1,11 @@
 """The head of modes T and R: guides -> bodies placed in their start image's camera (DESIGN §2).
 
     1. start images: T: text-to-image, one per guide; R: the user's images
-    2. masks of the start images (person, occluders)
-    3. body estimate in the start image's camera
-    4. prior score of the estimated pose (-> hard-only filter)
-    5. k variants per kept guide: the estimate and k-1 augmented poses
+    2. masks of the start images (person, occluders), split into people
+    3. body estimate of each person in the start image's camera
+    4. prior score of the estimated poses (-> hard-only filter)
+    5. k variants per kept guide: the estimates and k-1 augmented poses of each person
+    6. a variant whose people interpenetrate (where the estimates do not) is dropped
 
 Indexing: sample ``index`` is variant ``index % k`` of guide ``index // k``; a guide's start image,
 prompt and augmentation come from :func:`~diffusion_hpc.data.seeds.guide_seed`, every sample's
@@ -16,20 +17,23 @@ so shares add up exactly). The shared tail (:mod:`~diffusion_hpc.pipeline.tail`)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
 from diffusion_hpc.config import GenerateConfig
 from diffusion_hpc.data.seeds import augment_seed, guide_seed, sample_seed
 from diffusion_hpc.estimate import Estimate
-from diffusion_hpc.estimate.base import estimate_with_masks
+from diffusion_hpc.estimate.base import rebase_estimate
 from diffusion_hpc.generate.base import GenerationBatch
+from diffusion_hpc.geometry.boxes import mask_box
+from diffusion_hpc.geometry.scene import solid_occupancy
 from diffusion_hpc.pipeline.inputs import GuideImages
 from diffusion_hpc.pipeline.requests import pick_line, prompt_text, variant_prompt, variants_in_run
-from diffusion_hpc.pipeline.samples import PlacedBodies, SampleLog, StartImages, alive
+from diffusion_hpc.pipeline.samples import PersonLog, PlacedBodies, SampleLog, StartImages, alive
 from diffusion_hpc.pipeline.stages import Stages, StageTimer
 from diffusion_hpc.prior.augment import augment_poses
+from diffusion_hpc.segment import Segmentation
 
 
 @dataclass
@@ -68,96 +72,226 @@ def start_images(config: GenerateConfig, stages: Stages, guide_images: Optional[
     return out
 
 
-def estimate_found(estimator, images: np.ndarray, person_found: np.ndarray,
-                   person: np.ndarray | None = None) -> dict[int, Estimate]:
-    """The estimator on the images where the segmenter found a person, in one batch; position -> estimate.
+def estimate_regions(estimator, images: Sequence[np.ndarray], regions: Sequence[Optional[np.ndarray]]) -> list[Estimate]:
+    """The estimator on one person region per image: its mask to an estimator that uses masks, its box
+    to one that takes boxes (:attr:`~diffusion_hpc.estimate.base.MeshEstimator.uses_boxes`); a region
+    None (or an estimator that takes neither) reads the most prominent person of the whole image.
+
+    Args:
+        images: (H, W, 3) uint8; regions: per image an (H, W) bool person mask or None.
+    """
+    if getattr(estimator, "uses_masks", False):
+        return estimator.estimate(list(images), masks=list(regions))
+    if getattr(estimator, "uses_boxes", False) and any(r is not None for r in regions):
+        return estimator.estimate(list(images), boxes=[None if r is None else mask_box(r) for r in regions])
+    return estimator.estimate(list(images))
+
+
+#: the colour the other people of an image are painted when one person is estimated
+OTHERS_GREY = 128
+
+
+def without_others(image: np.ndarray, instances: np.ndarray, person: int) -> np.ndarray:
+    """(H, W, 3) a copy of ``image`` whose pixels of people other than ``person`` (``instances`` (H, W)
+    person numbers, -1 none) are :data:`OTHERS_GREY`."""
+    out = image.copy()
+    out[(instances >= 0) & (instances != person)] = OTHERS_GREY
+    return out
+
+
+def estimate_people(estimator, images: np.ndarray, seg: Segmentation, most: int = 1) -> dict[int, list[Estimate]]:
+    """The estimator on every person the segmenter found (the ``most`` largest of each image), in one
+    batch; image position -> its people's estimates, in person-number order, all in one camera.
 
     An image without a person fails its samples whatever the estimator says, so it is not estimated
     (a start image without a person would cost the estimator's detection, or a whole fit when its
-    detector sees someone the segmenter did not). An estimator that uses person masks (the MediaPipe
-    fit) gets the segmenter's, so landmarks lying on the background do not drag the body.
+    detector sees someone the segmenter did not). Each person is read on its own region:
+
+    - an estimator that uses person masks (the MediaPipe fit) gets the person's mask (its instance;
+      the whole person mask when the segmenter does not split people), so landmarks of the others or
+      of the background do not drag the body;
+    - a regressor that takes boxes (:attr:`~diffusion_hpc.estimate.base.MeshEstimator.uses_boxes`)
+      gets the person's box when its image holds several people (labelled or not), and the whole
+      image as before when it holds one;
+    - any other estimator finds the most prominent person of the whole image: one per image.
+
+    In an image of several people, each person is read on a copy whose other people are painted
+    grey (:func:`without_others`), so a detector that looks at the whole image first cannot take
+    someone else for the person on the region, and a person's estimate does not depend on how many
+    of the others are labelled (``most``).
+
+    The people of one image are then put in the camera of its first (largest) person
+    (:func:`~diffusion_hpc.estimate.base.rebase_estimate`: a regressor's focal follows each box).
 
     Args:
-        images: (B, H, W, 3) uint8; person_found: (B,) bool and person: (B, H, W) bool (or None), the segmenter's.
+        images: (B, H, W, 3) uint8; seg: the segmenter's output on them; most: people per image at most.
     """
-    found = [i for i in range(len(images)) if person_found[i]]
-    if not found:
+    counts = [min(seg.people(i), most) if seg.person_found[i] else 0 for i in range(len(images))]
+    uses_masks = getattr(estimator, "uses_masks", False)
+    if not (uses_masks or getattr(estimator, "uses_boxes", False)):
+        counts = [min(c, 1) for c in counts]
+    jobs = [(i, p) for i, count in enumerate(counts) for p in range(count)]
+    if not jobs:
         return {}
-    masks = None if person is None else [person[i] for i in found]
-    return dict(zip(found, estimate_with_masks(estimator, [images[i] for i in found], masks), strict=True))
+    crowded = [seg.people(i) > 1 for i in range(len(images))]  # a person is read without the others, labelled or not
+    masks = [seg.person[i] if seg.instances is None else seg.instances[i] == p for i, p in jobs]
+    inputs = [without_others(images[i], seg.instances[i], p) if crowded[i] else images[i] for i, p in jobs]
+    estimates = estimate_regions(estimator, inputs,
+                                 [m if uses_masks or crowded[i] else None for (i, _), m in zip(jobs, masks)])  # fmt: skip
+    out: dict[int, list[Estimate]] = {}
+    for (i, _), est in zip(jobs, estimates, strict=True):
+        out.setdefault(i, []).append(est)
+    for i, people in out.items():
+        first = next((e for e in people if e.ok), None)
+        if first is not None:
+            out[i] = [rebase_estimate(e, first.K) if e.ok else e for e in people]
+    return out
+
+
+def guide_reasons(config: GenerateConfig, seg: Segmentation, estimates: dict[int, list[Estimate]]) -> list[str]:
+    """Why each start image fails all its samples ("" when it has people to label): no person found,
+    none tall enough (``min_person_height``), no estimate, fewer labelled people than ``--people``'s MIN."""
+    fewest = config.people_range()[0]
+    reasons = []
+    for i in range(len(seg.person)):
+        people = [e for e in estimates.get(i, []) if e.ok]
+        if not seg.person_found[i]:
+            reasons.append("segment: no person found")
+        elif seg.people(i) == 0:
+            reasons.append(f"segment: no person spans {config.min_person_height:.0%} of the image height")
+        elif not people:
+            reasons.append(f"estimate: {estimates[i][0].reason}")
+        elif len(people) < fewest:
+            reasons.append(f"estimate: {len(people)} of the people found fitted, --people needs {fewest}")
+        else:
+            reasons.append("")
+    return reasons
 
 
 def place_guided(config: GenerateConfig, stages: Stages, guide_images: Optional[GuideImages], prompt_lines: list[str],
                  guides: list[int], timer: StageTimer) -> tuple[list[SampleLog], PlacedBodies]:  # fmt: skip
     """Modes T, R: the k variants of each guide of the batch, placed in the start image's camera.
 
+    Every person found in a start image and fitted is labelled (the largest ``--people`` MAX); variant
+    v of a guide holds variant v of each of its people, each augmented from its own stream
+    (:func:`~diffusion_hpc.data.seeds.augment_seed` of the person), where the estimate put them. A
+    sample's ``prior_score``, ``hard`` and ``fit_error_px`` are its people's highest (its hardest pose,
+    its worst fit), ``people`` how many it labels; each person keeps its own (``people`` logs).
+
     Returns:
-        the logs of every sample of the batch (a guide without a person, without a fit or with an
-        easy pose under ``hard_only`` fails all its samples), and the placed bodies of the others,
+        the logs of every sample of the batch (a guide without a person, without a fit or with only
+        easy poses under ``hard_only`` fails all its samples), and the placed bodies of the others,
         each with its guide's start image and masks.
     """
     cfg, st = config, stages
     k, n = cfg.k, cfg.n
     # 1. start images
     g = start_images(cfg, st, guide_images, prompt_lines, guides, timer)
-    # 2. masks of the start images
+    # 2. masks of the start images, split into people
     seg = st.segmenter.segment(g.images)
     timer.lap("segment")
-    # 3. body estimate in the start image's camera (only where the segmenter found a person)
-    estimates = estimate_found(st.estimator, g.images, seg.person_found, seg.person)
+    # 3. body estimate of each person in the start image's camera
+    estimates = estimate_people(st.estimator, g.images, seg, cfg.people_range()[1])
     timer.lap("estimate")
-    # 4. prior score of the estimated pose; optional hard-pose filter
-    reasons = ["segment: no person found" if i not in estimates else "" if estimates[i].ok
-               else f"estimate: {estimates[i].reason}" for i in range(len(guides))]  # fmt: skip
-    ok = [i for i, r in enumerate(reasons) if not r]
-    prior_scores = np.full(len(guides), np.nan)
-    if ok:
+    # 4. prior score of the estimated poses; optional hard-pose filter (a guide counts when any person is hard)
+    reasons = guide_reasons(cfg, seg, estimates)
+    people = {i: [e for e in estimates[i] if e.ok] for i, r in enumerate(reasons) if not r}
+    guide_scores = {i: np.full(len(people[i]), np.nan) for i in people}
+    if people:
         import torch
 
-        pose = torch.as_tensor(np.stack([estimates[i].params["body_pose"] for i in ok]), dtype=torch.float32)
+        pose = torch.as_tensor(np.stack([e.params["body_pose"] for i in people for e in people[i]]), dtype=torch.float32)
         with torch.no_grad():
-            prior_scores[ok] = st.prior.score(pose).numpy()
-    for i in ok:
+            flat = iter(st.prior.score(pose).numpy())
+        guide_scores = {i: np.array([next(flat) for _ in people[i]]) for i in people}
+    prior_scores = np.array([guide_scores[i].max() if i in guide_scores else np.nan for i in range(len(guides))])
+    for i in people:
         if cfg.hard_only and not prior_scores[i] >= st.prior.hard_threshold:
             reasons[i] = "filter: easy pose"
     timer.lap("prior")
-    # 5. k variants per kept guide (each guide from its own augmentation stream)
-    shape_key = st.body.shape_key
+    # 5. k variants per kept guide: variant v of each of its people (each person from its own augmentation stream)
+    shape_key, threshold = st.body.shape_key, st.prior.hard_threshold
     logs: list[SampleLog] = []
-    of_guide: list[int] = []  # the guide (position in the batch) of each sample
-    params: list[dict] = []
+    of_guide: list[int] = []  # the guide (position in the batch) of each placed sample
+    params: list[dict] = []  # one per placed person, in sample order
+    owner: list[int] = []
+    persons: list[PersonLog] = []
     Ks: list[np.ndarray] = []
     for i, guide in enumerate(guides):
         count = variants_in_run(guide, k, n)
-        variants = None
+        variants = []
         if not reasons[i]:
-            p = estimates[i].params
-            variants = augment_poses(st.prior, p["body_pose"][None], p["global_orient"][None], p[shape_key][None],
-                                     k=k, generator=augment_seed(cfg.seed, guide), body_model=cfg.body_model)
+            variants = [augment_poses(st.prior, e.params["body_pose"][None], e.params["global_orient"][None],
+                                      e.params[shape_key][None], k=k, generator=augment_seed(cfg.seed, guide, p),
+                                      body_model=cfg.body_model) for p, e in enumerate(people[i])]  # fmt: skip
         for v in range(count):
             index = guide * k + v
             log = SampleLog(index=index, seed=sample_seed(cfg.seed, index),
                             prompt=variant_prompt(pick_line(prompt_lines, guide), cfg.seed, index),
                             pose_source=f"{g.sources[i]}#variant{v}", unet_evals=float(g.unet_evals[i] / max(count, 1)),
                             reason=reasons[i], txt2img_steps_run=g.steps_run)  # fmt: skip
-            log.scores["guide_prior_score"] = float(prior_scores[i])  # the estimate's (the hard-only filter's)
-            if variants is not None:  # each variant's own pose: its score and flag
-                log.scores["prior_score"] = float(variants.scores[0, v])
-                log.scores["hard"] = float(variants.hard[0, v])
-            else:  # a dropped guide: its estimate's score (NaN when there was none), flagged when known
+            log.scores["guide_prior_score"] = float(prior_scores[i])  # the estimates' (the hard-only filter's)
+            if not variants:  # a dropped guide: its estimates' score (NaN when there was none), flagged when known
                 log.scores["prior_score"] = float(prior_scores[i])
                 if not np.isnan(prior_scores[i]):
-                    log.scores["hard"] = float(prior_scores[i] >= st.prior.hard_threshold)
-            if variants is not None:
-                est = estimates[i]
-                Ks.append(np.asarray(est.K, np.float64))
-                params.append({"global_orient": variants.global_orient[0, v], "body_pose": variants.body_pose[0, v],
-                               shape_key: variants.shape[0, v], "transl": np.asarray(est.params["transl"], np.float32)})
-                log.scores["fit_error_px"] = float(est.fit_error_px)
-                of_guide.append(i)
+                    log.scores["hard"] = float(prior_scores[i] >= threshold)
+                logs.append(log)
+                continue
+            several = len(variants) > 1
+            for p, (est, var) in enumerate(zip(people[i], variants)):
+                score = float(var.scores[0, v])
+                persons.append(PersonLog(f"{log.pose_source}#person{p}" if several else log.pose_source,
+                                         {"prior_score": score, "hard": float(var.hard[0, v]),
+                                          "fit_error_px": float(est.fit_error_px)}))  # fmt: skip
+                params.append({"global_orient": var.global_orient[0, v], "body_pose": var.body_pose[0, v],
+                               shape_key: var.shape[0, v], "transl": np.asarray(est.params["transl"], np.float32)})
+                owner.append(len(of_guide))
+            # the sample's: its hardest pose, its worst fit
+            mine = persons[len(persons) - len(variants):]
+            for key in ("prior_score", "hard", "fit_error_px"):
+                log.scores[key] = max(person.scores[key] for person in mine)
+            log.scores.update(people=len(variants), people_found=seg.people(i))
+            Ks.append(np.asarray(people[i][0].K, np.float64))
+            of_guide.append(i)
             logs.append(log)
-    timer.lap("augment")
     kept = [logs[r] for r in alive(logs)]
     starts = StartImages(g.images, seg.person, seg.occluders).take(of_guide)
-    stacked = {key: np.stack([p[key] for p in params]) for key in params[0]} if params else {}
-    return logs, PlacedBodies(kept, stacked, np.stack(Ks) if Ks else np.zeros((0, 3, 3)), starts)
+    stacked = {key: np.stack([q[key] for q in params]) for key in params[0]} if params else {}
+    bodies = PlacedBodies(kept, stacked, np.stack(Ks) if Ks else np.zeros((0, 3, 3)), starts,
+                          owner=np.array(owner, np.int64), people=persons)  # fmt: skip
+    # 6. a variant whose people interpenetrate where its guide's estimates do not is dropped
+    drop_interpenetrating(st, bodies, of_guide)
+    timer.lap("augment")
+    return logs, bodies.take(alive(bodies.logs))
+
+
+def interpenetrating(vertices: np.ndarray, faces: np.ndarray) -> bool:
+    """Whether any two of P meshes (P, V, 3) interpenetrate: a vertex of one in the voxelised solid of
+    another (:func:`~diffusion_hpc.geometry.scene.solid_occupancy`, the test mode D places people with)."""
+    solids = [solid_occupancy(v, faces) for v in vertices]
+    return any(solids[p].contains(vertices[q]).any() for p in range(len(vertices)) for q in range(p + 1, len(vertices)))
+
+
+def drop_interpenetrating(stages: Stages, bodies: PlacedBodies, of_guide: list[int]) -> None:
+    """Fail (``reason``) each sample of ``bodies`` holding several people that interpenetrate while the
+    estimates of its guide (variant 0, the sample ``of_guide`` meets first) do not: the augmentation
+    turned or bent someone into a neighbour. Estimates that touch (people in contact) are kept."""
+    import torch
+
+    owner = bodies.owners
+    counts = np.bincount(owner, minlength=len(bodies))
+    crowded = np.flatnonzero(counts[owner] > 1)
+    if not len(crowded):
+        return
+    with torch.no_grad():
+        out = stages.body({key: torch.as_tensor(v[crowded]) for key, v in bodies.params.items()})
+    vertices, faces = out.vertices.numpy(), np.asarray(stages.faces)
+    first: dict[int, bool] = {}  # guide -> its estimates interpenetrate
+    for b in np.unique(owner[crowded]):
+        mine = vertices[owner[crowded] == b]
+        collides = interpenetrating(mine, faces)
+        guide = of_guide[b]
+        if guide not in first:  # variant 0: the guide's estimates
+            first[guide] = collides
+        elif collides and not first[guide]:
+            bodies.logs[b].reason = "augment: the variant's people interpenetrate"

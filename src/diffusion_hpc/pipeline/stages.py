@@ -162,7 +162,7 @@ class Stages:
         if needs_estimator(cfg):
             # MediaPipe runs on the CPU; an instance segmenter (transformers) on the run's device, in float32
             on_device = {} if cfg.segmenter.startswith("mediapipe") else {"device": self.placement.device}
-            self.segmenter = make_segmenter(cfg.segmenter, **on_device)
+            self.segmenter = make_segmenter(cfg.segmenter, min_height=cfg.min_person_height, **on_device)
             self.prior = self.prior or load_prior(cfg)
             estimator = load_estimator(cfg, self.prior, self.placement.device)
             self.estimator_identity = describe_estimator(estimator)

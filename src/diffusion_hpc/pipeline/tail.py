@@ -29,11 +29,12 @@ from diffusion_hpc.data.seeds import cycle_seed
 from diffusion_hpc.data.writer import ManifestRow
 from diffusion_hpc.generate.base import GenerationBatch, GenerationResult
 from diffusion_hpc.geometry.scene import scene_keypoints
-from diffusion_hpc.pipeline.guided import estimate_found
+from diffusion_hpc.pipeline.guided import estimate_people, estimate_regions
 from diffusion_hpc.pipeline.records import records_and_rows
 from diffusion_hpc.pipeline.samples import (
     Generated,
     Labels,
+    PersonLog,
     PlacedBodies,
     SampleLog,
     StartImages,
@@ -143,25 +144,45 @@ def make_images(stages: Stages, labels: Labels, timer: StageTimer, stage: str, c
     return Generated(labels, result.images)
 
 
-def cycle(stages: Stages, previous: Generated, number: int, size: tuple[int, int], timer: StageTimer) -> Generated:
-    """Step 3: one more estimate -> label -> regenerate pass on the output images; returns the survivors."""
+def cycle(stages: Stages, previous: Generated, number: int, size: tuple[int, int], timer: StageTimer,
+          most: int = 1) -> Generated:  # fmt: skip
+    """Step 3: one more estimate -> label -> regenerate pass on the output images (each person the
+    segmenter finds, the ``most`` largest); returns the survivors."""
     if not len(previous):
         return previous
     seg = stages.segmenter.segment(previous.images)
-    estimates = estimate_found(stages.estimator, previous.images, seg.person_found, seg.person)
+    estimates = estimate_people(stages.estimator, previous.images, seg, most)
     timer.lap("cycle_estimate")
     for i, log in enumerate(previous.logs):
         if i not in estimates:
             log.reason = f"cycle {number}: segment: no person found"
-        elif not estimates[i].ok:
-            log.reason = f"cycle {number}: estimate: {estimates[i].reason}"
+        elif not any(e.ok for e in estimates[i]):
+            log.reason = f"cycle {number}: estimate: {estimates[i][0].reason}"
     rows = alive(previous.logs)
-    params = [{k: np.asarray(v, np.float32) for k, v in estimates[i].params.items()} for i in rows]
+    groups = [[e for e in estimates[i] if e.ok] for i in rows]
+    found = [e for group in groups for e in group]
+    persons = []
+    for i, group in zip(rows, groups):
+        log = previous.logs[i]
+        log.scores["people"] = len(group)
+        persons += [PersonLog(f"{log.pose_source}#person{p}" if len(group) > 1 else log.pose_source,
+                              {"fit_error_px": float(e.fit_error_px)}) for p, e in enumerate(group)]  # fmt: skip
+    if found and stages.prior is not None:
+        import torch
+
+        pose = torch.as_tensor(np.stack([e.params["body_pose"] for e in found]), dtype=torch.float32)
+        with torch.no_grad():
+            scores = stages.prior.score(pose).numpy()
+        for person, score in zip(persons, scores):
+            person.scores = {"prior_score": float(score), "hard": float(score >= stages.prior.hard_threshold),
+                             **person.scores}  # fmt: skip
+    params = [{k: np.asarray(v, np.float32) for k, v in e.params.items()} for e in found]
     bodies = PlacedBodies(
         [previous.logs[i] for i in rows],
-        {key: np.stack([p[key] for p in params]) for key in params[0]} if params else {},
-        np.stack([np.asarray(estimates[i].K, np.float64) for i in rows]) if rows else np.zeros((0, 3, 3)),
+        {key: np.stack([q[key] for q in params]) for key in params[0]} if params else {},
+        np.stack([np.asarray(group[0].K, np.float64) for group in groups]) if rows else np.zeros((0, 3, 3)),
         StartImages(previous.images, seg.person, seg.occluders).take(rows),
+        owner=np.repeat(np.arange(len(rows)), [len(group) for group in groups]), people=persons,
     )  # fmt: skip
     labels = label(stages, bodies, size, timer)
     return make_images(stages, labels.take(alive(labels.logs)), timer, "regenerate", cycle_number=number)
@@ -170,21 +191,30 @@ def cycle(stages: Stages, previous: Generated, number: int, size: tuple[int, int
 def verify(stages: Stages, final: Generated, min_agreement: float | None, timer: StageTimer) -> Verification:
     """Step 4: re-estimate and segment the final images; a sample below ``min_agreement`` drifted.
 
-    The estimator finds one person per image: with several people, a sample's ``pck_agreement`` is
-    that of the person the estimate agrees with best, and ``mask_iou`` compares with their union."""
+    A one-person sample is re-estimated on its whole image (the estimator's most prominent person); in
+    a sample of several people each person is re-estimated on its own region of the label
+    (:func:`~diffusion_hpc.pipeline.guided.estimate_regions`), so the sample's ``pck_agreement`` is
+    its least agreeing person's and each person records its own. ``mask_iou`` compares the union of
+    the final image's people with the label's."""
     seg = stages.segmenter.segment(final.images)
-    estimates = stages.estimator.estimate(list(final.images))
     labels = final.labels
     masks, owner = labels.render.mask, labels.bodies.owners
     slot = slots_of(owner)
+    alone = np.bincount(owner, minlength=len(final))[owner] == 1
+    regions = [None if alone[n] else labels.render.instance[i] == p for n, (i, p) in enumerate(zip(owner, slot))]
+    estimates = estimate_regions(stages.estimator, [final.images[i] for i in owner], regions)
     pck = np.full(len(final), np.nan)
+    found = np.ones(len(final), bool)
+    people = labels.bodies.people
     for n, (i, p) in enumerate(zip(owner.tolist(), slot.tolist())):
-        est = estimates[i]
+        est = estimates[n]
         silhouette = masks[i] if labels.slots == 1 else labels.render.instance[i] == p
         value = pck_agreement(est.keypoints2d if est.ok else None, labels.keypoints2d[n], silhouette)
-        pck[i] = np.fmax(pck[i], value)  # NaN (no visible keypoint) only when no person has one
+        pck[i] = value if np.isnan(pck[i]) else np.fmin(pck[i], value)  # NaN (no visible keypoint) only when no person has one
+        found[i] &= est.ok
+        if people is not None and not alone[n]:
+            people[n].scores.update(pck_agreement=float(value), person_found=float(est.ok))
     iou = np.array([mask_iou(seg.person[i], masks[i]) for i in range(len(final))], np.float64)
-    found = np.array([est.ok for est in estimates], bool)
     for i, log in enumerate(final.logs):
         log.scores.update(pck_agreement=float(pck[i]), mask_iou=float(iou[i]), person_found=float(found[i]))
         if min_agreement is not None and not pck[i] >= min_agreement:
@@ -204,7 +234,7 @@ def finish(config: GenerateConfig, stages: Stages, logs: list[SampleLog], bodies
     final = make_images(stages, labels.take(alive(labels.logs)), timer, stage)
     # 3. optional cycles on the output image
     for number in range(1, config.cycles + 1):
-        final = cycle(stages, final, number, size, timer)
+        final = cycle(stages, final, number, size, timer, config.people_range()[1])
     # 4. label verification
     verification = verify(stages, final, config.min_agreement, timer) if config.verify and len(final) else None
     # 5. records and manifest rows

