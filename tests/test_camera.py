@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from diffusion_hpc.geometry.camera import fit_translation, intrinsics_from_fov, project
+from diffusion_hpc.geometry.camera import (
+    fit_translation,
+    intrinsics_from_fov,
+    project,
+    rotate_points,
+)
 
 
 def test_optical_axis_hits_the_image_centre():
@@ -50,3 +55,15 @@ def test_fit_translation_keeps_everything_in_frame(offset, fill):
     assert steps >= 0 and span == pytest.approx(fill * 0.95**steps, rel=0.02), (span, steps)
     if offset == (0.0, 0.0):
         assert steps == 0 and span == pytest.approx(fill, rel=1e-3)
+
+
+@pytest.mark.parametrize("rotations, points", [((16, 3, 3), (16, 5000, 3)), ((4, 3, 3), (4, 17, 3)),
+                                               ((3, 2, 3, 3), (3, 2, 700, 3)), ((3, 1, 3, 3), (3, 4, 700, 3))])  # fmt: skip
+def test_rotate_points_is_the_einsum_bit_for_bit(rotations, points):
+    """rotate_points replaced np.einsum in mode D's placement: the same float64 bits (so no dataset
+    byte moves), for batches of meshes, joint sets, people of scenes and one rotation per scene."""
+    rng = np.random.default_rng(0)
+    r, p = rng.normal(size=rotations), rng.normal(size=points) * 3.0
+    expected = np.einsum("...ij,...nj->...ni", r, p)
+    got = rotate_points(r, p)
+    assert got.shape == expected.shape and got.tobytes() == expected.tobytes()

@@ -348,6 +348,33 @@ def test_label_pass_reads_depth_and_face_ids_only(renderer):
     assert label.take([0, 1]) is label and label.take([1]).depth.shape == (1, H, W)
 
 
+def test_visible_faces_are_the_faces_of_the_pixels():
+    """visible_faces (face changes along each row-major scan) finds exactly the distinct faces of
+    each image's pixels, including one seen in a single pixel at the start of the scan."""
+    from diffusion_hpc.render.base import visible_faces
+
+    rng = np.random.default_rng(0)
+    face_id = np.repeat(rng.integers(-1, 40, (3, 16, 4)), 4, axis=2)  # runs of 4 equal ids
+    face_id[1, 0, 0] = 57  # alone, first pixel
+    face_id[2] = -1  # background only
+    item, rows = visible_faces(face_id)
+    for b in range(3):
+        truth = np.unique(face_id[b][face_id[b] >= 0])
+        np.testing.assert_array_equal(rows[item == b], truth)
+
+
+def test_one_person_instance_map_is_the_mask():
+    """instance_ids of a one-person render: 0 where a face shows, -1 elsewhere (what the per-face
+    table gives for several people)."""
+    from diffusion_hpc.render.scene import instance_ids
+
+    face_id = np.random.default_rng(1).integers(-1, 50, (2, 8, 8)).astype(np.int32)
+    one = instance_ids(face_id, 50)
+    assert one.dtype == np.int32
+    np.testing.assert_array_equal(one, np.where(face_id >= 0, 0, -1))
+    np.testing.assert_array_equal(instance_ids(face_id, 20), np.where(face_id >= 0, face_id // 20, -1))
+
+
 # ----------------------------------------------------------------------------------------------
 # (f) factory
 # ----------------------------------------------------------------------------------------------

@@ -47,6 +47,23 @@ def project(points: np.ndarray, K: np.ndarray) -> np.ndarray:
     return uvw[..., :2] / uvw[..., 2:3]
 
 
+def rotate_points(rotation: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """(..., N, 3) float64: ``rotation @ p`` for every point p, bit-identical to
+    ``np.einsum("...ij,...nj->...ni", rotation, points)`` and several times faster.
+
+    Computed on contiguous coordinate planes, each row summed in the order numpy's einsum kernel
+    sums a length-3 contraction of contiguous rows, ``(r0 x + r2 z) + r1 y`` (two SIMD lanes, then
+    their sum), so replacing that einsum changes no output bit.
+
+    Args:
+        rotation: (..., 3, 3); points: (..., N, 3) (batch shapes broadcast).
+    """
+    r = np.asarray(rotation, np.float64)[..., None]  # (..., 3, 3, 1): each entry broadcasts over the N points
+    p = np.asarray(points, np.float64)
+    x, y, z = (np.ascontiguousarray(p[..., k]) for k in range(3))  # (..., N) each
+    return np.stack([(r[..., i, 0, :] * x + r[..., i, 2, :] * z) + r[..., i, 1, :] * y for i in range(3)], -1)
+
+
 def rotation_x(angle: float) -> np.ndarray:
     """(3, 3) rotation about x by ``angle`` radians."""
     c, s = math.cos(angle), math.sin(angle)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from diffusion_hpc.geometry.camera import fit_group_translations, project
+from diffusion_hpc.geometry.camera import fit_group_translations, project, rotate_points
 
 #: "up" in the group frame (y down)
 UP = np.array([0.0, -1.0, 0.0])
@@ -338,11 +338,11 @@ def compose_scene(vertices: np.ndarray, joints: dict[str, np.ndarray], faces: np
     usable = framed.any(1)  # (B,) scenes with someone to frame (the others fit as a dummy, not ok)
     rotation = np.broadcast_to(np.asarray(rotation, np.float64), (B, 3, 3))
     t = placement.translations[:, :, None]
-    turned = np.einsum("bij,bpvj->bpvi", rotation, v + t)
+    turned = rotate_points(rotation[:, None], v + t)
     translation, ok = fit_group_translations(turned, K, width, height, fill, offset, framed | ~usable[:, None],
                                              people | ~usable[:, None])  # fmt: skip
     ok &= usable
     translation = np.where(ok[:, None], translation, 0.0)
-    move = lambda x: np.einsum("bij,bpkj->bpki", rotation, np.asarray(x, np.float64) + t) + translation[:, None, None]
+    move = lambda x: rotate_points(rotation[:, None], np.asarray(x, np.float64) + t) + translation[:, None, None]
     return Scene(turned + translation[:, None, None], {name: move(j) for name, j in joints.items()}, placement,
                  rotation, translation, ground_plane(rotation, translation), people, ok)  # fmt: skip

@@ -25,7 +25,7 @@ import torch
 from diffusion_hpc.body import transform_params
 from diffusion_hpc.body.scene import upright_rotations
 from diffusion_hpc.config import DIFFUSION_GENERATORS, GenerateConfig
-from diffusion_hpc.geometry.camera import fit_translations
+from diffusion_hpc.geometry.camera import fit_translations, rotate_points
 from diffusion_hpc.geometry.scene import compose_scene, group_layout
 from diffusion_hpc.pipeline.requests import SampleRequest, make_request, pick_line, prompt_text
 from diffusion_hpc.pipeline.samples import PersonLog, PlacedBodies, SampleLog, alive, by_sample
@@ -122,18 +122,18 @@ def place_people(stages: Stages, requests: list[SampleRequest], owner: np.ndarra
     alone = np.flatnonzero([r.people == 1 for r in requests])
     if len(alone):
         rows = first[alone]
-        rotated = np.einsum("bij,bvj->bvi", rotations[rows], verts[rows])
+        rotated = rotate_points(rotations[rows], verts[rows])
         t, out.fitted[alone] = fit_translations(rotated, K[alone], width, height, fill[alone], offset[alone])
         t[~out.fitted[alone]] = 0.0  # a failed sample is dropped: its placement is never used
         out.translations[rows] = t
         out.vertices[rows] = rotated + t[:, None]
         for name, j in joints.items():
-            out.joints[name][rows] = np.einsum("bij,bkj->bki", rotations[rows], j[rows]) + t[:, None]
+            out.joints[name][rows] = rotate_points(rotations[rows], j[rows]) + t[:, None]
     groups = np.flatnonzero([r.people > 1 for r in requests])
     if len(groups):
         members = np.flatnonzero(np.isin(owner, groups))  # persons of the group scenes, in sample order
         scene_of = np.searchsorted(groups, owner[members])
-        upright = lambda x: by_sample(np.einsum("nij,nkj->nki", turns[members], x[members]), scene_of, len(groups))  # noqa: E731
+        upright = lambda x: by_sample(rotate_points(turns[members], x[members]), scene_of, len(groups))  # noqa: E731
         vertices, present, slot = upright(verts)
         views = np.stack([requests[b].view for b in groups])
         scene = compose_scene(vertices, {name: upright(j)[0] for name, j in joints.items()}, stages.faces,

@@ -55,6 +55,31 @@ class RenderOutput:
                             None if instance is None else instance[rows])
 
 
+def visible_faces(face_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The faces each image shows: (item (N,), face (N,)) int64, by image then face number.
+
+    Neighbouring pixels mostly show the same face, so only the pixels where the face changes along
+    a row-major scan are marked (about 5 % of a 512 px body render), not every pixel.
+
+    Args:
+        face_id: (B, H, W) visible face per pixel, -1 on background.
+    """
+    B = len(face_id)
+    flat = np.asarray(face_id).reshape(B, -1)
+    if flat.shape[1] == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    seen = np.zeros(int(flat.max(initial=-1)) + 2, bool)  # index f + 1: face f (0: the background)
+    items, rows = [], []
+    for b in range(B):
+        fid = flat[b]
+        seen[:] = False
+        seen[fid[1:][fid[1:] != fid[:-1]] + 1] = True
+        seen[fid[0] + 1] = True
+        rows.append(np.flatnonzero(seen[1:]))
+        items.append(np.full(len(rows[-1]), b, np.int64))
+    return np.concatenate(items), np.concatenate(rows)
+
+
 def face_normals_facing_camera(vertices: np.ndarray, faces: np.ndarray, face_id: np.ndarray | None = None) -> np.ndarray:
     """Unit normal of every face, oriented towards the camera (``n . v0 < 0``; 0 for a degenerate face).
 
@@ -69,20 +94,18 @@ def face_normals_facing_camera(vertices: np.ndarray, faces: np.ndarray, face_id:
     v = np.asarray(vertices, np.float32)
     faces = np.asarray(faces)
     out = np.zeros((len(v), len(faces), 3), np.float32)
-    for b in range(len(v)):
-        if face_id is None:
-            rows = np.arange(len(faces))
-        else:
-            seen = np.zeros(len(faces) + 1, bool)
-            seen[face_id[b].reshape(-1) + 1] = True
-            rows = np.flatnonzero(seen[1:])
-        tri = faces[rows]
-        v0 = v[b, tri[:, 0]]
-        e1, e2 = v[b, tri[:, 1]] - v0, v[b, tri[:, 2]] - v0
-        n = np.stack([e1[:, 1] * e2[:, 2] - e1[:, 2] * e2[:, 1], e1[:, 2] * e2[:, 0] - e1[:, 0] * e2[:, 2],
-                      e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]], -1)  # fmt: skip
-        length = np.sqrt((n * n).sum(-1))[:, None]
-        n = np.divide(n, length, out=np.zeros_like(n), where=length > 0)
-        n[(n * v0).sum(-1) > 0] *= -1.0
-        out[b, rows] = n
+    if face_id is None:
+        item, rows = np.repeat(np.arange(len(v)), len(faces)), np.tile(np.arange(len(faces)), len(v))
+    else:
+        item, rows = visible_faces(face_id)
+    # every image's faces at once (the same float32 operations, face by face, as one image at a time)
+    tri = faces[rows]
+    v0 = v[item, tri[:, 0]]
+    e1, e2 = v[item, tri[:, 1]] - v0, v[item, tri[:, 2]] - v0
+    n = np.stack([e1[:, 1] * e2[:, 2] - e1[:, 2] * e2[:, 1], e1[:, 2] * e2[:, 0] - e1[:, 0] * e2[:, 2],
+                  e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]], -1)  # fmt: skip
+    length = np.sqrt((n * n).sum(-1))[:, None]
+    n = np.divide(n, length, out=np.zeros_like(n), where=length > 0)
+    n[(n * v0).sum(-1) > 0] *= -1.0
+    out[item, rows] = n
     return out

@@ -51,6 +51,8 @@ def instance_ids(face_id: np.ndarray, faces_per_person: int) -> np.ndarray:
     """
     face_id = np.asarray(face_id)
     people = int(face_id.max(initial=-1)) // int(faces_per_person) + 1
+    if people <= 1:  # one person: 0 where a face shows, -1 elsewhere (the sign bit, no gather)
+        return np.right_shift(face_id.astype(np.int32, copy=False), 31)
     # a table of each face's person, its last entry -1 for the background's face id -1 (a gather is
     # several times faster than an integer division per pixel)
     table = np.append(np.repeat(np.arange(people, dtype=np.int32), int(faces_per_person)), np.int32(-1))
