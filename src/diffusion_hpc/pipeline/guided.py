@@ -196,7 +196,7 @@ def place_guided(config: GenerateConfig, stages: Stages, guide_images: Optional[
     # 4. prior score of the estimated poses; optional hard-pose filter (a guide counts when any person is hard)
     reasons = guide_reasons(cfg, seg, estimates)
     people = {i: [e for e in estimates[i] if e.ok] for i, r in enumerate(reasons) if not r}
-    guide_scores = {i: np.full(len(people[i]), np.nan) for i in people}
+    guide_scores: dict[int, np.ndarray] = {}  # each kept guide's people's scores
     if people:
         import torch
 
@@ -239,9 +239,8 @@ def place_guided(config: GenerateConfig, stages: Stages, guide_images: Optional[
                 continue
             several = len(variants) > 1
             for p, (est, var) in enumerate(zip(people[i], variants)):
-                score = float(var.scores[0, v])
                 persons.append(PersonLog(f"{log.pose_source}#person{p}" if several else log.pose_source,
-                                         {"prior_score": score, "hard": float(var.hard[0, v]),
+                                         {"prior_score": float(var.scores[0, v]), "hard": float(var.hard[0, v]),
                                           "fit_error_px": float(est.fit_error_px)}))  # fmt: skip
                 params.append({"global_orient": var.global_orient[0, v], "body_pose": var.body_pose[0, v],
                                shape_key: var.shape[0, v], "transl": np.asarray(est.params["transl"], np.float32)})
