@@ -157,9 +157,6 @@ class FitWeights:
     #: stage 2 updates the shape every ``shape_every``-th iteration and holds it in between (the
     #: shape's part of the forward pass is then reused; see :func:`optimise`); 1: every iteration
     shape_every: int = 3
-    #: the held iterations reuse the skeleton the last shape iteration computed (its phenotype one
-    #: Adam step old) instead of computing it again at the updated phenotype; False: recompute
-    reuse_skeleton: bool = True
     #: learning rate at the end of stage 2 as a share of ``lr`` (cosine decay); 1: constant
     lr_final: float = 1.0
     #: initial hypotheses per image, optimised side by side in one batch, lowest energy kept
@@ -232,7 +229,7 @@ def reprojection_energy(joints: torch.Tensor, K: torch.Tensor, uv: torch.Tensor,
         sigma: Geman-McClure scale in units of ``scale``.
     """
     z = joints[..., 2:3].clamp(min=1e-2)
-    proj = torch.einsum("bij,bkj->bki", K, joints / z)[..., :2]
+    proj = ((joints / z) @ K.transpose(1, 2))[..., :2]
     e2 = ((proj - uv) ** 2).sum(-1) / scale[:, None] ** 2
     return (weights * geman_mcclure(e2, sigma)).sum(-1) / sigma**2
 
@@ -314,7 +311,7 @@ def mask_energy(points: torch.Tensor, K: torch.Tensor, dist: torch.Tensor, windo
         sigma: Geman-McClure scale in units of ``scale``.
     """
     z = points[..., 2:3].clamp(min=1e-2)
-    d = distance_at(torch.einsum("bij,bkj->bki", K, points / z)[..., :2], dist, window)
+    d = distance_at(((points / z) @ K.transpose(1, 2))[..., :2], dist, window)
     return weight * geman_mcclure((d / scale[:, None]) ** 2, sigma).mean(-1) / sigma**2
 
 
@@ -348,7 +345,7 @@ def coverage_energy(joints: torch.Tensor, K: torch.Tensor, points: torch.Tensor,
             (:func:`mask_skeleton_points`), point_weight: (N, Q) 1 / 0 for padding; scale: (N,) px.
     """
     z = joints[..., 2:3].clamp(min=1e-2)
-    uv = torch.einsum("bij,bkj->bki", K, joints / z)[..., :2]
+    uv = ((joints / z) @ K.transpose(1, 2))[..., :2]
     # COCO-17, then the shoulders' (17) and the hips' (18) midpoints
     uv = torch.cat([uv, uv[:, SHOULDER_PAIR].mean(1, keepdim=True), uv[:, HIPS].mean(1, keepdim=True)], dim=1)
     a = uv[:, COVER_SEGMENTS[0]][:, None]  # (N, 1, S, 2)
@@ -618,23 +615,25 @@ def chain_transforms(chain: BoneChain, rotations: torch.Tensor, transl: torch.Te
     rest orientations as reference, the root's rest orientation the identity) the posed transform
     of bone c with parent p is G_c = G_p D_c, its posed head w_c = w_p + G_p (h_c - h_p), and
     t_c = w_c - G_c h_c; the root's G_0 = D_0, w_0 = ``transl``. This equals
-    ``kinematics.forward_kinematic``'s transforms (anny 0.6.2) without its 4x4 homogeneous
-    matrices and reference-pose products, so a fit iteration runs a fraction of the operations.
+    ``kinematics.forward_kinematic``'s transforms (anny 0.6.2) without its reference-pose products
+    and rest-pose inverses: one gather and one (3, 4) x (4, 4) product per depth level, a fraction
+    of the operations of a fit iteration.
 
     Args:
         chain: :meth:`BoneChain.of`; rotations: (N, Nb, 3, 3) D_c (the root's first);
         transl: (N, 3); heads: (N, Nb, 3) rest bone heads h_c.
     """
-    D = rotations[:, chain.order]
-    offsets = (heads - heads[:, chain.parent])[:, chain.order]
-    G, w = [D[:, :1]], [transl[:, None]]
+    # each bone's [D_c | h_c - h_p] as a 4x4 step, so a level costs one gather and one product
+    n, bones = rotations.shape[:2]
+    offsets = heads - heads[:, chain.parent]
+    bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=rotations.dtype).expand(n, bones, 1, 4)
+    steps = torch.cat([torch.cat([rotations, offsets[..., None]], -1), bottom], -2)[:, chain.order]
+    X = [torch.cat([rotations[:, :1], transl[:, None, :, None]], -1)]  # the root's [G_0 | w_0]
     for first, last in chain.levels[1:]:
-        idx = chain.local[first:last]
-        parent_rot = G[-1][:, idx]
-        w.append(w[-1][:, idx] + (parent_rot @ offsets[:, first:last, :, None])[..., 0])
-        G.append(parent_rot @ D[:, first:last])
-    rot = torch.cat(G, 1)[:, chain.inverse]
-    return rot, torch.cat(w, 1)[:, chain.inverse] - (rot @ heads[..., None])[..., 0]
+        X.append(X[-1][:, chain.local[first:last]] @ steps[:, first:last])
+    posed = torch.cat(X, 1)[:, chain.inverse]  # (N, Nb, 3, 4) [G_c | w_c]
+    rot = posed[..., :3]
+    return rot, posed[..., 3] - (rot @ heads[..., None])[..., 0]
 
 
 def chain_keypoints(chain: BoneChain, params: Mapping[str, torch.Tensor], skeleton: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -645,7 +644,8 @@ def chain_keypoints(chain: BoneChain, params: Mapping[str, torch.Tensor], skelet
     rotations = rotvec_to_rotmat(torch.cat([params["global_orient"][:, None], params["body_pose"]], 1))
     rot, t = chain_transforms(chain, rotations, params["transl"], skeleton["heads"])
     rot, t = rot[:, chain.bones], t[:, chain.bones]
-    return torch.einsum("bnid,bjnd->bji", rot, skeleton["basis"]) + torch.einsum("jn,bni->bji", chain.const, t)
+    basis = skeleton["basis"]  # (N, 17, N', 3): k_j = sum_n R_n A_jn + c_jn t_n as two matrix products
+    return basis.reshape(*basis.shape[:2], -1) @ rot.transpose(-1, -2).reshape(len(rot), -1, 3) + chain.const @ t
 
 
 # ---------------------------------------------------------------------------------------------
@@ -774,7 +774,7 @@ def optimise(body: BodyModel, joints: Callable[[dict], torch.Tensor], targets: F
         stage1.step()
     # 3. stage 2: everything
     stage2 = torch.optim.Adam([orient, transl, delta, shape_logit], lr=cw.lr)
-    held = None
+    skeleton = None
     chain = None if shape_split is None else BoneChain.of(shape_split[1])
 
     def split_joints(p: Mapping[str, torch.Tensor], skeleton) -> torch.Tensor:
@@ -790,16 +790,16 @@ def optimise(body: BodyModel, joints: Callable[[dict], torch.Tensor], targets: F
         p = params_now()
         if shape_split is None:
             energy(p).sum().backward()
-        elif it % cw.shape_every == 0:
+            stage2.step()
+            continue
+        if skeleton is None:  # the shape's part at the current phenotype, recorded for the next shape iteration
             skeleton = shape_split[0](p[body.shape_key])
+        if it % cw.shape_every == 0:
             energy(p, coco=split_joints(p, skeleton)).sum().backward()
-            held = {k: v.detach() for k, v in skeleton.items()} if cw.reuse_skeleton else None
+            skeleton = None  # the shape moves now
         else:  # the shape is held (no gradient, Adam leaves it alone); its part of the forward pass is reused
             p[body.shape_key] = p[body.shape_key].detach()
-            if held is None:
-                with torch.no_grad():
-                    held = shape_split[0](p[body.shape_key])
-            energy(p, coco=split_joints(p, held)).sum().backward()
+            energy(p, coco=split_joints(p, {k: v.detach() for k, v in skeleton.items()})).sum().backward()
         stage2.step()
     with torch.no_grad():
         final = {k: v.detach() for k, v in params_now().items()}
