@@ -236,36 +236,44 @@ def stage_timing(est, images: list, rounds: int = 3, batch1: int = 4, masks: lis
     batch 16 (the first 16 images in one call): ``detect`` (MediaPipe Pose), ``faces`` (the face
     detector), ``fit`` (:meth:`MediaPipeFitter.fit`, and ``fit+masks`` with ``masks``, one per
     image, when given), ``total`` (with the masked fit when timed); medians over ``rounds`` rounds,
-    the two batch sizes alternating within each round so machine load hits both alike."""
+    the two batch sizes alternating within each round so machine load hits both alike. Wall time
+    (``batch 1``, ``batch 16``) and the process's CPU time (``batch 1 CPU``, ``batch 16 CPU``: all its
+    threads; on a loaded machine the figure to compare between runs, as wall time grows with the load)."""
     keys = ("detect", "faces", "fit") + (("detect+masks", "fit+masks") if masks is not None else ())
-    times: dict[str, dict[str, list]] = {b: {k: [] for k in keys} for b in ("batch 1", "batch 16")}
+    names = ("batch 1", "batch 16", "batch 1 CPU", "batch 16 CPU")
+    times: dict[str, dict[str, list]] = {b: {k: [] for k in keys} for b in names}
 
-    def run(lo: int, hi: int, into: dict[str, list], share: int) -> None:
+    def now() -> np.ndarray:
+        return np.array([time.perf_counter(), time.process_time()])
+
+    def run(lo: int, hi: int, into: tuple[dict[str, list], dict[str, list]], share: int) -> None:
         batch = images[lo:hi]
-        t0 = time.perf_counter()
+        t0 = now()
         detections = est.detect(batch)
-        t1 = time.perf_counter()
+        t1 = now()
         faces = est.detect_faces(batch, detections)
-        t2 = time.perf_counter()
+        t2 = now()
         est.fit(detections, [im.shape[:2] for im in batch], faces)
-        t3 = time.perf_counter()
-        for key, dt in (("detect", t1 - t0), ("faces", t2 - t1), ("fit", t3 - t2)):
-            into[key].append(dt / share)
+        t3 = now()
+        stages = [("detect", t1 - t0), ("faces", t2 - t1), ("fit", t3 - t2)]
         if masks is not None:
-            t3 = time.perf_counter()
+            t3 = now()
             est.detect(batch, masks[lo:hi])
-            t4 = time.perf_counter()
+            t4 = now()
             est.fit(detections, [im.shape[:2] for im in batch], faces, masks=masks[lo:hi])
-            into["detect+masks"].append((t4 - t3) / share)
-            into["fit+masks"].append((time.perf_counter() - t4) / share)
+            stages += [("detect+masks", t4 - t3), ("fit+masks", now() - t4)]
+        for key, dt in stages:
+            for clock, seconds in zip(into, dt):
+                clock[key].append(seconds / share)
 
     for _ in range(rounds):
-        one = {k: [] for k in times["batch 1"]}
+        one = ({k: [] for k in keys}, {k: [] for k in keys})
         for i in range(min(batch1, len(images))):
             run(i, i + 1, one, batch1)
-        for key, values in one.items():
-            times["batch 1"][key].append(sum(values))
-        run(0, 16, times["batch 16"], len(images[:16]))
+        for name, clock in zip(("batch 1", "batch 1 CPU"), one):
+            for key, values in clock.items():
+                times[name][key].append(sum(values))
+        run(0, 16, (times["batch 16"], times["batch 16 CPU"]), len(images[:16]))
     out = {b: {k: float(np.median(v)) for k, v in t.items()} for b, t in times.items()}
     for t in out.values():
         t["total"] = t.get("detect+masks", t["detect"]) + t["faces"] + t.get("fit+masks", t["fit"])
@@ -280,7 +288,7 @@ def print_timing(timing: dict[str, dict[str, float]]) -> None:
     for batch, t in timing.items():
         masked = (f"  detect+masks {t['detect+masks'] * 1000:6.0f}  fit+masks {t['fit+masks'] * 1000:6.0f}"
                   if "fit+masks" in t else "")
-        print(f"  {batch:8s}  detect {t['detect'] * 1000:6.0f}  faces {t['faces'] * 1000:5.0f}  "
+        print(f"  {batch:12s}  detect {t['detect'] * 1000:6.0f}  faces {t['faces'] * 1000:5.0f}  "
               f"fit {t['fit'] * 1000:6.0f}{masked}  total {t['total'] * 1000:6.0f}")
 
 
