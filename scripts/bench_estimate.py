@@ -31,6 +31,12 @@
    (on the first ``--n`` procedural renders, ``--rounds`` alternating rounds, medians).
 4. With ``--n-hard M`` (default 48): M more renders of the M built-in poses the prior scores
    highest (the shipped set has few above the hard threshold), reported as ``hardest``.
+6. With ``--lifter SPEC`` (``on``: the shipped lifter, or a weights file of
+   ``scripts/train_lifter.py``): only the lifter comparison (:func:`compare_lifter`): the renders
+   detected without and with the segmenter's masks, each fitted with the world landmarks (lifter
+   off) and with the lifter's joints as the 3D target, swap-aware tables for both, and the facing
+   and keypoint agreement on the real photos. The lifter's training renders hold out the poses of
+   seeds 2024 and 2025 (``--n 32``) and use other seeds.
 5. With ``--budget``: the error budget of the easy renders, refitting with the renders' true COCO-17
    in place of the detector's 2D landmarks, of its 3D world landmarks, and of both (the last is
    the floor the fit itself sets: prior weight and iterations).
@@ -306,6 +312,46 @@ def error_budget(est, samples, easy: np.ndarray, detections: list | None = None)
         print(f"  {label:26s} {pa[sel].mean():6.1f} / {np.median(pa[sel]):6.1f}  (n={sel.sum()})")
 
 
+def real_photos() -> dict[str, np.ndarray]:
+    """The real photos of people that ship in wheels: scikit-image's ``camera`` and ``astronaut``,
+    matplotlib's ``grace_hopper`` (RGB uint8)."""
+    import cv2
+    import matplotlib.cbook
+    import skimage.data
+
+    return {
+        "camera": np.repeat(skimage.data.camera()[..., None], 3, axis=2),
+        "astronaut": skimage.data.astronaut(),
+        "grace_hopper": cv2.imread(str(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))[..., ::-1].copy(),
+    }
+
+
+def compare_lifter(samples, photo_bg: np.ndarray, spec: str, blend: float) -> None:
+    """Print swap-aware tables of the fit with MediaPipe's world landmarks and with the lifter's
+    joints as its 3D target (same detections, faces and masks), without and with the segmenter's
+    masks, and each one's facing and keypoint agreement on :func:`real_photos`."""
+    from diffusion_hpc.estimate import get_estimator
+
+    plain, lifted = get_estimator("mediapipe", lifter="off"), get_estimator("mediapipe", lifter=spec, lifter_blend=blend)
+    images = [s["image"] for s in samples]
+    sizes = [im.shape[:2] for im in images]
+    groups = {k: v for k, v in render_groups(samples, np.zeros(len(samples), bool), photo_bg).items()
+              if k in ("all", "front", "side", "back", "near <2.5m", "far", "procedural", "photo bg")}
+    for name, masks in (("no mask", None), ("segmenter mask", segmenter_masks(images))):
+        detections = plain.detect(images, masks)
+        faces = plain.detect_faces(images, detections)
+        for label, est in (("lifter off (world landmarks)", plain), (f"lifter {spec} (blend {blend:g})", lifted)):
+            print(f"{name}, {label}:")
+            fit = (lambda d, z, f: est.fit(d, z, f)) if masks is None else (lambda d, z, f, m: est.fit(d, z, f, masks=m))
+            results = in_batches(fit, detections, sizes, faces, *([] if masks is None else [masks]))
+            swap_aware_table(results, samples, groups)
+    photos = real_photos()
+    for label, est in (("off", plain), (spec, lifted)):
+        for (name, _), r in zip(photos.items(), est.estimate(list(photos.values()))):
+            print(f"  real photo {name}, lifter {label}: " + (r.reason if not r.ok else
+                  f"facing {r.facing} ({r.fit_hypothesis}), keypoints vs detector median {r.fit_error_px:.1f} px"))
+
+
 def segmenter_masks(images: list) -> list[np.ndarray]:
     """MediaPipe's selfie-segmenter person mask of each image (the pipeline's default segmenter)."""
     from diffusion_hpc.segment import make_segmenter
@@ -323,6 +369,8 @@ def main() -> None:
     ap.add_argument("--budget", action="store_true", help="also refit with true 2D / 3D inputs (error budget)")
     ap.add_argument("--timing", action="store_true", help="only time the stages at batch 1 and 16 (no accuracy)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of --timing (medians)")
+    ap.add_argument("--lifter", default=None, help="only compare the fit without and with this lifter (on: the shipped one, or a weights file)")
+    ap.add_argument("--lifter-blend", type=float, default=1.0, help="with --lifter: its share of the fit's 3D target")
     args = ap.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_estimate_"))
     out.mkdir(parents=True, exist_ok=True)
@@ -350,6 +398,9 @@ def main() -> None:
         generate(cfg, out=ds_photo, progress=False)
     samples = [p for d in (ds, ds_photo) for s in open_dataset(d) for p in persons_of(s)]  # one person per render
     photo_bg = np.arange(len(samples)) >= args.n
+    if args.lifter:
+        compare_lifter(samples, photo_bg, args.lifter, args.lifter_blend)
+        return
     est = get_estimator("mediapipe")
     body = est.body
     images = [s["image"] for s in samples]
@@ -411,17 +462,11 @@ def main() -> None:
                     render_preview(samples[i]["image"], results[i], body)[..., ::-1])
 
     import cv2
-    import matplotlib.cbook
-    import skimage.data
     import torch
 
     from diffusion_hpc.render import get_renderer
 
-    photos = {
-        "camera": np.repeat(skimage.data.camera()[..., None], 3, axis=2),
-        "astronaut": skimage.data.astronaut(),
-        "grace_hopper": cv2.imread(str(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))[..., ::-1].copy(),
-    }
+    photos = real_photos()
     print("real photos:")
     for (name, image), r in zip(photos.items(), est.estimate(list(photos.values()))):
         if not r.ok:

@@ -22,6 +22,7 @@ direction); the swapped hypothesis wins only if its relative energy advantage be
 plus the cues' preference for the unswapped body:
 
     prefer_swap = (E_base - E_swap) / max(E_base, E_swap) - margin + w_cue * f * (c_swap - c_base) / 2
+                  [+ w_lifter * min(2 p - 1, 0), p the lifter's probability that the detector swapped left and right]
 
 Tuned on renders with known poses (``scripts/bench_estimate.py``) and the real photos that ship in
 wheels; the constants are :class:`FacingWeights`.
@@ -62,6 +63,11 @@ class FacingWeights:
     w_cue: float = 0.3
     #: |cos| of the body's forward direction to the camera direction below which it is "side" (60 deg)
     side_cos: float = 0.5
+    #: weight of the lifter's swap probability p (:mod:`~diffusion_hpc.estimate.lifter`) in the
+    #: decision, as ``w_lifter * min(2 p - 1, 0)``: a veto on swapping only (its "swapped" finds a
+    #: fifth of the detector's swaps on renders and fires on the astronaut photo, trained as it is
+    #: on faceless renders); used only when the fit runs with a lifter
+    w_lifter: float = 0.1
 
 
 def torso_facing(coco17: np.ndarray) -> np.ndarray:
@@ -124,7 +130,7 @@ def facing_score(depth_cue: np.ndarray, face_cue: np.ndarray, weights: FacingWei
 
 
 def choose_hypotheses(energy: np.ndarray, fitted_facing: np.ndarray, score: np.ndarray, hypotheses: tuple[str, ...],
-                      weights: FacingWeights = FacingWeights()) -> tuple[np.ndarray, np.ndarray]:
+                      weights: FacingWeights = FacingWeights(), swap_prob: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(best (B,) index into ``hypotheses``, margin (B,) >= 0) per image.
 
     Among the non-swapped hypotheses the lowest energy is kept (``base`` or ``depth``); ``swap``
@@ -134,7 +140,8 @@ def choose_hypotheses(energy: np.ndarray, fitted_facing: np.ndarray, score: np.n
 
     Args:
         energy: (M, B) final energies per hypothesis and image; fitted_facing: (M, B) :func:`torso_facing`
-            of each fitted body; score: (B,) :func:`facing_score`; hypotheses: the M names.
+            of each fitted body; score: (B,) :func:`facing_score`; hypotheses: the M names;
+            swap_prob: (B,) the lifter's swap probability, or None (no lifter term).
     """
     energy, fitted_facing = np.asarray(energy, np.float64), np.asarray(fitted_facing, np.float64)
     M, B = energy.shape
@@ -149,6 +156,8 @@ def choose_hypotheses(energy: np.ndarray, fitted_facing: np.ndarray, score: np.n
         e_keep, e_swap = energy[best, cols], energy[s]
         cue = np.asarray(score, np.float64) * (fitted_facing[s] - fitted_facing[best, cols]) / 2.0
         prefer = (e_keep - e_swap) / np.maximum(np.maximum(e_keep, e_swap), 1e-12) - weights.margin + weights.w_cue * cue
+        if swap_prob is not None:
+            prefer = prefer + weights.w_lifter * np.minimum(2.0 * np.asarray(swap_prob, np.float64) - 1.0, 0.0)
         best = np.where(prefer > 0, s, best)
         margin = np.abs(prefer)
     return best.astype(np.int64), margin

@@ -63,6 +63,11 @@ MEDIAPIPE_TO_COCO17: dict[str, str] = {name: name for name in COCO17}
 #: (17,) index into the 33 MediaPipe landmarks for each COCO-17 joint.
 COCO17_FROM_MEDIAPIPE = np.array([MEDIAPIPE33.index(MEDIAPIPE_TO_COCO17[n]) for n in COCO17], dtype=np.int64)
 
+#: (33,) index of each MediaPipe landmark's mirror image (left <-> right; the nose maps to itself),
+#: for flip augmentation
+MEDIAPIPE33_FLIP = np.array([MEDIAPIPE33.index(n.replace("left", "@").replace("right", "left").replace("@", "right"))
+                             for n in MEDIAPIPE33], dtype=np.int64)
+
 #: landmarks with a visibility below this do not enter a fit or a box
 MIN_VISIBILITY = 0.3
 

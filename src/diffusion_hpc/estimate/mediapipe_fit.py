@@ -35,6 +35,18 @@ backgrounds 81.5 -> 72.7 mean), 66.2 / 58.6 with the true masks; swaps unchanged
 mask cannot tell front from back). The pose detector's own mask helps less (68.0: it shares the
 landmarks' mistakes), so it is not used by default. Fit time at batch 16 about 1.1x.
 
+Lifter (default ``lifter="on"``): the fit's 3D target is the learned lifter's joints
+(:mod:`~diffusion_hpc.estimate.lifter`, trained by ``scripts/train_lifter.py`` on 6144 renders of
+the 575 built-in poses the bench does not evaluate on) in place of MediaPipe's world landmarks, and
+its swap probability can veto the swapped hypothesis (:attr:`FacingWeights.w_lifter`); the other
+facing cues keep reading the world landmarks. ``scripts/bench_estimate.py --n 32 --lifter on``
+(segmenter's masks, limb PA-MPJPE mean / median, swaps): seed 2024 71.5 / 63.2 mm, 4.8 % ->
+67.8 / 56.6 mm, 4.8 %; seed 2025 (held out) 100.8 / 78.1 mm, 10.9 % -> 97.1 / 73.0 mm, 7.8 %.
+Without the veto one more front view of seed 2024 swapped; with the swap probability as a
+two-sided cue the astronaut photo swapped (0.70 on her: the lifter learned on faceless renders).
+``FitWeights(world_reliability=False)`` with the lifter: 66.4 / 53.3 (2024), 92.7 / 73.1 (2025),
+one more swap on 2025; not the default. The real photos keep facing the right way.
+
 Camera: the focal length comes from an assumed field of view, :data:`DEFAULT_FOV_DEG` across the
 image's longer side, principal point at the centre (a single photo does not determine the focal
 length; 55 deg is typical of phone and consumer cameras and sits inside the range the render
@@ -90,6 +102,7 @@ from diffusion_hpc.estimate.landmarks import (
     coco17_from_mediapipe,
     keypoint_agreement,
 )
+from diffusion_hpc.estimate.lifter import LandmarkLifter, load_default_lifter, load_lifter
 from diffusion_hpc.geometry.boxes import square_window
 from diffusion_hpc.geometry.camera import project
 from diffusion_hpc.prior import get_prior
@@ -158,6 +171,22 @@ class MediaPipeFaceDetector:
         return np.array(rows, np.float64).reshape(-1, 5)
 
 
+def resolve_lifter(lifter: LandmarkLifter | str | os.PathLike | None) -> LandmarkLifter | None:
+    """The lifter a fitter uses: ``"off"`` / None -> None; ``"on"`` -> the shipped one (CPU, float32:
+    the fit's tensors are CPU); a path -> that weights file; a :class:`LandmarkLifter` -> itself.
+
+    Raises:
+        MissingModelError: the weights file is missing.
+    """
+    if lifter is None or isinstance(lifter, LandmarkLifter):
+        return lifter
+    if lifter == "off":
+        return None
+    if lifter == "on":
+        return load_default_lifter()
+    return load_lifter(lifter)
+
+
 def check_masks(masks: Sequence[np.ndarray | None] | None, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray | None]:
     """Per image an (H, W) float32 person mask in [0, 1] or None; ``masks`` None: none anywhere.
 
@@ -194,6 +223,11 @@ class MediaPipeFitter(MeshEstimator):
         weights: :class:`~diffusion_hpc.estimate.fit.FitWeights`.
         facing: :class:`~diffusion_hpc.estimate.facing.FacingWeights` (which hypothesis wins).
         model_path: SMPL model file or folder (ignored for Anny).
+        lifter: the fit's 3D target: ``"on"`` (default) the shipped
+            :class:`~diffusion_hpc.estimate.lifter.LandmarkLifter`'s joints lifted from MediaPipe's
+            landmarks (and its swap probability as a facing cue); ``"off"`` MediaPipe's world
+            landmarks; a path: a lifter weights file of ``scripts/train_lifter.py``; or a ``LandmarkLifter``.
+        lifter_blend: with a lifter, the 3D target is ``blend * lifted + (1 - blend) * world``.
     """
 
     name = "mediapipe"
@@ -201,8 +235,11 @@ class MediaPipeFitter(MeshEstimator):
 
     def __init__(self, body_model: str = "anny", prior: PosePrior | str | None = "default", fov_deg: float = DEFAULT_FOV_DEG,
                  weights: FitWeights | None = None, model_path: str | None = None,
-                 facing: FacingWeights | None = None) -> None:
+                 facing: FacingWeights | None = None, lifter: LandmarkLifter | str | os.PathLike = "on",
+                 lifter_blend: float = 1.0) -> None:
         check_body_model(body_model, model_path)
+        if not (0.0 <= lifter_blend <= 1.0):
+            raise InputError(f"lifter_blend must lie in [0, 1], got {lifter_blend}")
         if not (5.0 <= fov_deg <= 150.0):
             raise ValueError(f"fov_deg must lie in [5, 150] degrees, got {fov_deg}")
         self.body_model = body_model
@@ -213,6 +250,8 @@ class MediaPipeFitter(MeshEstimator):
         self.facing = facing or FacingWeights()
         self.detector = MediaPipeDetector()
         self.face_detector = MediaPipeFaceDetector()
+        self.lifter = resolve_lifter(lifter)
+        self.lifter_blend = float(lifter_blend)
         self._body = None
         self._fast: AnnyReducedForward | None = None
         self._rest: tuple[np.ndarray, np.ndarray] | None = None
@@ -243,6 +282,18 @@ class MediaPipeFitter(MeshEstimator):
         if self._rest is None:
             self._rest = rest_joints_camera(self.body, self._joints, self._init_pose())
         return self._rest
+
+    def world_targets(self, detections: Sequence[Detection]) -> tuple[np.ndarray, np.ndarray | None]:
+        """((B, 17, 3) the fit's hip-centred 3D targets, (B,) the lifter's swap probabilities or None):
+        the detections' COCO-17 world landmarks, or with a lifter its lifted joints (blended with
+        them by ``lifter_blend``)."""
+        world = np.stack([coco17_from_mediapipe(det.world) for det in detections]).astype(np.float64)
+        world = world - world[:, [COCO17.index("left_hip"), COCO17.index("right_hip")]].mean(1, keepdims=True)
+        if self.lifter is None:
+            return world, None
+        lifted, swap_prob = self.lifter.lift(np.stack([det.landmarks2d for det in detections]),
+                                             np.stack([det.world for det in detections]))
+        return self.lifter_blend * lifted + (1.0 - self.lifter_blend) * world, swap_prob
 
     # -- the API --------------------------------------------------------------------------------
 
@@ -307,8 +358,9 @@ class MediaPipeFitter(MeshEstimator):
 
     def _fit_batch(self, todo) -> list[Estimate]:
         body = self.body
+        worlds, swap_prob = self.world_targets([det for _, det, *_ in todo])
         targets = stack_targets(
-            [(coco17_from_mediapipe(det.landmarks2d), coco17_from_mediapipe(det.world), K) for _, det, K, *_ in todo],
+            [(coco17_from_mediapipe(det.landmarks2d), world, K) for (_, det, K, *_), world in zip(todo, worlds)],
             self.weights.checked_hypotheses(), MIN_VISIBILITY)
         cw = self.weights
         if (cw.w_mask > 0 or cw.mask_gate > 0 or cw.w_cover > 0) and any(item[5] is not None for item in todo):
@@ -323,16 +375,17 @@ class MediaPipeFitter(MeshEstimator):
         result = optimise(body, self._joints, targets, np.stack([s[0] for s in starts]), np.stack([s[1] for s in starts]),
                           self._init_pose(), free, unmodelled_joint_mask(body, self.prior, free), self.prior, self.weights,
                           None if self._fast is None else (self._fast.rest_skeleton, self._fast.keypoints))
-        best, decision = self._decide_facing(todo, result, targets)
+        best, decision = self._decide_facing(todo, result, targets, swap_prob)
         final, best = select_hypotheses(result, targets, best)
         with torch.no_grad():
             out = body(final)
         return self._estimates(todo, final, out, targets, best, decision)
 
-    def _decide_facing(self, todo, result, targets: FitTargets) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def _decide_facing(self, todo, result, targets: FitTargets,
+                       swap_prob: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(best (B,) hypothesis index, per-image decision arrays) from the facing cues
         (:mod:`~diffusion_hpc.estimate.facing`): face depth in the world landmarks, the face detector,
-        and the direction each hypothesis's fitted torso faces."""
+        the direction each hypothesis's fitted torso faces and, with a lifter, its swap probability."""
         M, B = len(targets.hypotheses), targets.images
         with torch.no_grad():
             fitted = torso_facing(self._joints(result.params).double().numpy()).reshape(M, B)
@@ -340,7 +393,8 @@ class MediaPipeFitter(MeshEstimator):
         face = np.array([face_detector_cue(f, coco17_from_mediapipe(det.landmarks2d)[COCO17.index("nose"), :2])
                          for _, det, _, _, f, _ in todo])
         score = facing_score(depth, face, self.facing)
-        best, margin = choose_hypotheses(result.energy.reshape(M, B).numpy(), fitted, score, targets.hypotheses, self.facing)
+        best, margin = choose_hypotheses(result.energy.reshape(M, B).numpy(), fitted, score, targets.hypotheses, self.facing,
+                                         swap_prob)
         return best, {"score": score, "margin": margin, "fitted": fitted[best, np.arange(B)]}
 
     def _estimates(self, todo, final: dict, out, targets: FitTargets, best: np.ndarray,

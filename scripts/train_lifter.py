@@ -1,0 +1,283 @@
+"""Make the MediaPipe landmark lifter's weights (``src/diffusion_hpc/estimate/lifter.safetensors``).
+
+    .venv/bin/python scripts/train_lifter.py [--renders 3072] [--cache /tmp/lifter_data] [--out PATH]
+
+1. **Held-out poses.** Renders the bench's evaluation sets (``scripts/bench_estimate.py``: seeds
+   2024 and 2025, procedural backgrounds, and seeds 2031 / 2032 over photos, ``--holdout-n`` each)
+   and reads the built-in poses they use (``pose_source``), plus the ``--n-hard`` poses the prior
+   scores highest (the bench's ``hardest`` set). None of them is rendered for training.
+2. **Training renders.** The render baseline (:func:`diffusion_hpc.pipeline.generate.generate`, 256
+   px) over the remaining built-in poses (the CMU-derived set, ``poses/data/cmu_builtin.npz``), in
+   datasets of ``--chunk`` renders from seeds 10000, 10001, ... (disjoint from the evaluation's),
+   random shapes, cameras and views as the generator draws them; every other dataset over the real
+   photos that ship in scikit-image (the bench's :data:`bench_estimate.BACKGROUND_PHOTOS`), the
+   rest over procedural backgrounds.
+3. **Detections.** MediaPipe (:class:`~diffusion_hpc.estimate.mediapipe_fit.MediaPipeFitter`'s
+   detector) on each render with its true person mask (the path the pipeline takes with the
+   segmenter's mask). Per render the cache (``--cache``, one npz per dataset, reused) keeps the 33
+   image landmarks with visibility, the 33 world landmarks, the true COCO-17 joints (camera frame)
+   and 2D keypoints, and whether the detector swapped left and right (:func:`detector_swapped`).
+4. **Training** (:func:`diffusion_hpc.estimate.lifter.train_lifter`, seeded, CPU, a few minutes):
+   the MLP of :class:`~diffusion_hpc.estimate.lifter.LandmarkLifter` maps the detection's features
+   (:func:`~diffusion_hpc.estimate.lifter.lifter_features`) to the true hip-centred COCO-17 joints,
+   relabelled left/right as the detector labelled them (the lifter corrects geometry, never the
+   labels the 2D keypoints carry), and a logit for "the detector swapped left and right". Mirrored
+   copies of every render (image x flipped, labels exchanged) double the data; dropout, feature
+   noise, weight decay and a rotation-aligned joint error (the fit aligns its 3D target the same
+   way) keep the MLP from learning the 575 training poses by heart. A sixth of the renders (whole
+   datasets, :func:`validation_chunks`) is kept for validation and reported.
+
+Data and licence: the poses are the package's built-in CMU motion-capture poses ("The data used in
+this project was obtained from mocap.cs.cmu.edu. The database was created with funding from NSF
+EIA-0196217."; free for research and commercial use), the bodies Anny's, the backgrounds
+procedural or scikit-image's sample photos (BSD-licensed package data); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+#: seeds of bench_estimate's evaluation renders (procedural; the photo sets use seed + 7)
+EVAL_SEEDS = (2024, 2025)
+#: first seed of the training datasets
+TRAIN_SEED = 10000
+
+
+def pose_names(folder: Path) -> list[str]:
+    """Built-in pose names (``builtin:NAME`` sources) of every person in a dataset."""
+    from diffusion_hpc.data import open_dataset
+    from diffusion_hpc.data.schema import persons_of
+
+    return [p["pose_source"].split(":", 1)[1] for s in open_dataset(folder) for p in persons_of(s)
+            if str(p.get("pose_source", "")).startswith("builtin:")]
+
+
+def held_out_poses(cache: Path, n: int, n_hard: int) -> set[str]:
+    """Names of the built-in poses bench_estimate evaluates on (module docstring, step 1)."""
+    import torch
+
+    from bench_estimate import background_folder
+    from diffusion_hpc.config import GenerateConfig
+    from diffusion_hpc.pipeline.generate import generate
+    from diffusion_hpc.poses import builtin_poses
+    from diffusion_hpc.prior import get_prior
+
+    names: set[str] = set()
+    for seed in EVAL_SEEDS:
+        for photo, s in ((False, seed), (True, seed + 7)):
+            folder = cache / f"eval_n{n}_s{s}"
+            if not (folder / "config.yaml").exists():
+                cfg = GenerateConfig(n=n, image_size=(256, 256), seed=s)
+                if photo:
+                    cfg.render_baseline.backgrounds = background_folder(cache)
+                generate(cfg, out=folder, progress=False)
+            names.update(pose_names(folder))
+    poses = builtin_poses()
+    with torch.no_grad():
+        score = get_prior().score(torch.as_tensor(poses.body_pose)).numpy()
+    names.update(str(poses.name[i]) for i in np.argsort(-score)[:n_hard])
+    return names
+
+
+def detector_swapped(detected_uv: np.ndarray, true_uv: np.ndarray) -> bool:
+    """True when the detector's 2D labels are left/right swapped: fewer than half of the limb pairs
+    (:data:`~diffusion_hpc.estimate.facing.LIMB_PAIRS`) have their detected left joint nearer the
+    true left joint than the true right one (pixels, (17, 2) COCO-17 each)."""
+    from diffusion_hpc.estimate.facing import LIMB_PAIRS
+
+    near = [np.linalg.norm(detected_uv[lt] - true_uv[lt]) < np.linalg.norm(detected_uv[lt] - true_uv[rt])
+            for lt, rt in LIMB_PAIRS]
+    return float(np.mean(near)) < 0.5
+
+
+def make_chunk(est, folder: Path, npz: Path, seed: int, n: int, pose_file: Path, photos: Path | None) -> None:
+    """Render one training dataset, detect on it and cache the arrays (module docstring, steps 2-3)."""
+    from diffusion_hpc.config import GenerateConfig
+    from diffusion_hpc.data import open_dataset
+    from diffusion_hpc.data.schema import persons_of
+    from diffusion_hpc.estimate.landmarks import coco17_from_mediapipe
+    from diffusion_hpc.pipeline.generate import generate
+    from diffusion_hpc.runtime.atomic import atomic_path
+
+    if not (folder / "config.yaml").exists():
+        cfg = GenerateConfig(n=n, image_size=(256, 256), seed=seed, poses=str(pose_file))
+        if photos is not None:
+            cfg.render_baseline.backgrounds = photos
+        generate(cfg, out=folder, progress=False)
+    samples = [p for s in open_dataset(folder) for p in persons_of(s)]
+    rows: dict[str, list] = {k: [] for k in ("landmarks2d", "world", "true3d", "true2d", "size", "swapped", "pose")}
+    for s in samples:
+        det = est.detector.detect(s["image"], np.asarray(s["mask"], np.float32))
+        if det is None:
+            continue
+        true2d = s["keypoints2d"][:, :2]
+        rows["landmarks2d"].append(det.landmarks2d)
+        rows["world"].append(det.world)
+        rows["true3d"].append(s["joints3d"]["coco17"])
+        rows["true2d"].append(true2d)
+        rows["size"].append(s["image"].shape[:2])
+        rows["swapped"].append(detector_swapped(coco17_from_mediapipe(det.landmarks2d)[:, :2], true2d))
+        rows["pose"].append(s["pose_source"])
+    with atomic_path(npz) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, seed=seed, photo=photos is not None, renders=len(samples),
+                     **{k: np.asarray(v) for k, v in rows.items()})
+
+
+def make_data(cache: Path, renders: int, chunk: int, holdout_n: int, n_hard: int) -> list[Path]:
+    """The cached training chunks (module docstring, steps 1-3), made where missing."""
+    from bench_estimate import background_folder
+    from diffusion_hpc.estimate import get_estimator
+    from diffusion_hpc.poses import builtin_poses
+    from diffusion_hpc.poses.io import save_pose_file
+
+    cache.mkdir(parents=True, exist_ok=True)
+    held = held_out_poses(cache, holdout_n, n_hard)
+    poses = builtin_poses()
+    keep = [i for i, name in enumerate(poses.name) if str(name) not in held]
+    pose_file = cache / "train_poses.npz"
+    save_pose_file(pose_file, poses.subset(keep))
+    print(f"poses: {len(poses.name)} built-in, {len(held)} held out (evaluation sets, hardest), {len(keep)} for training")
+    photos = background_folder(cache)
+    est = get_estimator("mediapipe")
+    out = []
+    for k in range(int(np.ceil(renders / chunk))):
+        seed = TRAIN_SEED + k
+        npz = cache / f"chunk_s{seed}_n{chunk}.npz"
+        if not npz.exists():
+            t0 = time.perf_counter()
+            make_chunk(est, cache / f"train_s{seed}", npz, seed, chunk, pose_file, photos if k % 2 else None)
+            with np.load(npz) as z:
+                print(f"  chunk {k}: seed {seed}, {'photo' if k % 2 else 'procedural'} backgrounds, "
+                      f"{len(z['world'])} of {int(z['renders'])} detected, {z['swapped'].mean():.1%} swapped, "
+                      f"{time.perf_counter() - t0:.0f} s", flush=True)
+        out.append(npz)
+    return out
+
+
+def load_chunks(chunks: list[Path]) -> dict[str, np.ndarray]:
+    """The cached arrays of several chunks, concatenated, with ``chunk`` (N,) the chunk index."""
+    parts: dict[str, list] = {}
+    for k, npz in enumerate(chunks):
+        with np.load(npz) as z:
+            for key in ("landmarks2d", "world", "true3d", "size", "swapped"):
+                parts.setdefault(key, []).append(z[key])
+            parts.setdefault("chunk", []).append(np.full(len(z["world"]), k))
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def training_arrays(data: dict[str, np.ndarray], mirror: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features (N, 198), targets (N, 17, 3), swapped (N,)) of cached detections (module docstring,
+    step 4), with their mirrored copies appended when ``mirror``."""
+    from diffusion_hpc.estimate.fit import COCO17_FLIP
+    from diffusion_hpc.estimate.lifter import hip_centred, lifter_features, mirror_joints, mirror_landmarks
+
+    swapped = data["swapped"].astype(bool)
+    # the detector's labels: a swapped detection's target is the true body with left and right exchanged
+    targets = hip_centred(np.where(swapped[:, None, None], data["true3d"][:, COCO17_FLIP], data["true3d"]))
+    features = lifter_features(data["landmarks2d"], data["world"])
+    if not mirror:
+        return features, targets, swapped
+    lm, world = mirror_landmarks(data["landmarks2d"], data["world"], data["size"][:, 1])
+    return (np.concatenate([features, lifter_features(lm, world)]), np.concatenate([targets, mirror_joints(targets)]),
+            np.concatenate([swapped, swapped]))
+
+
+def limb_pa_mpjpe_mm(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """(N,) limb PA-MPJPE (bench_estimate's figure) in mm of (N, 17, 3) joints."""
+    from bench_estimate import LIMBS, pa_mpjpe
+
+    return np.array([pa_mpjpe(p[LIMBS], t[LIMBS]) * 1000 for p, t in zip(pred, true)])
+
+
+def evaluate(lifter, features: np.ndarray, targets: np.ndarray, swapped: np.ndarray) -> dict[str, float]:
+    """Validation figures: limb PA-MPJPE (mean / median mm) of the lifted joints and of the world
+    landmarks' COCO-17 joints, and the swap logit's accuracy and recall of the detector's swaps."""
+    import torch
+
+    from diffusion_hpc.estimate.landmarks import COCO17_FROM_MEDIAPIPE
+    from diffusion_hpc.estimate.lifter import WORLD_SLICE, hip_centred
+
+    with torch.no_grad():
+        joints, logit = lifter(torch.as_tensor(features))
+    lifted = limb_pa_mpjpe_mm(joints.double().numpy(), targets)
+    world = hip_centred(features[:, WORLD_SLICE].reshape(-1, 33, 3)[:, COCO17_FROM_MEDIAPIPE])
+    raw = limb_pa_mpjpe_mm(world, targets)
+    said = logit.numpy() > 0
+    return {"lifted_mean_mm": float(lifted.mean()), "lifted_median_mm": float(np.median(lifted)),
+            "world_mean_mm": float(raw.mean()), "world_median_mm": float(np.median(raw)),
+            "swap_accuracy": float(np.mean(said == swapped)),
+            "swap_recall": float(said[swapped].mean()) if swapped.any() else float("nan"),
+            "swap_false_alarms": float(said[~swapped].mean()), "n": int(len(features))}
+
+
+def validation_chunks(n: int) -> np.ndarray:
+    """Indices of the chunks kept for validation: k % 12 in (6, 11), procedural and photo alike."""
+    return np.array([k for k in range(n) if k % 12 in (6, 11)], np.int64)
+
+
+def train(chunks: list[Path], args) -> None:
+    """Train on all chunks but :func:`validation_chunks`, report on those, then write the weights
+    (module docstring)."""
+    import torch
+
+    from diffusion_hpc.estimate.lifter import default_lifter_path, save_lifter, train_lifter
+
+    torch.set_num_threads(1)  # deterministic, and the machine is shared
+    data = load_chunks(chunks)
+    val_chunks = validation_chunks(len(chunks))
+    is_val = np.isin(data["chunk"], val_chunks)
+    split = lambda sel: {k: v[sel] for k, v in data.items()}  # noqa: E731
+    x, y, s = training_arrays(split(~is_val), mirror=True)
+    print(f"training: {len(x)} examples ({(~is_val).sum()} renders + mirrored), {s.mean():.1%} swapped; "
+          f"validation: {is_val.sum()} renders (chunks {val_chunks.tolist()})", flush=True)
+    t0 = time.perf_counter()
+    hyper = {"hidden": args.hidden, "depth": args.depth, "epochs": args.epochs, "seed": args.seed, "dropout": args.dropout,
+             "noise": args.noise, "weight_decay": args.weight_decay, "w_aligned": args.w_aligned}
+    lifter = train_lifter(x, y, s, **hyper, log_every=max(args.epochs // 10, 1))
+    figures = evaluate(lifter, *training_arrays(split(is_val), mirror=False))
+    print(f"trained in {time.perf_counter() - t0:.0f} s; validation: {figures}")
+    record = {"data": {"renders": int(len(data["world"])), "chunks": [c.name for c in chunks],
+                       "train_seeds": [TRAIN_SEED, TRAIN_SEED + len(chunks) - 1],
+                       "held_out": f"poses of bench_estimate seeds {EVAL_SEEDS} (+7 over photos), n={args.holdout_n} each, "
+                                   f"and the {args.n_hard} hardest built-in poses",
+                       "poses": "built-in CMU motion-capture poses (mocap.cs.cmu.edu; NSF EIA-0196217)"},
+              "training": hyper | {"examples": int(len(x)), "mirrored": True},
+              "validation": figures}
+    out = save_lifter(args.out or default_lifter_path(), lifter, record)
+    print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--renders", type=int, default=6144, help="renders (rounded up to whole chunks; a sixth validates)")
+    ap.add_argument("--chunk", type=int, default=128, help="renders per dataset (one seed each)")
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/lifter_data"), help="folder for renders and npz caches")
+    ap.add_argument("--holdout-n", type=int, default=32, help="renders per bench evaluation set whose poses are held out")
+    ap.add_argument("--n-hard", type=int, default=48, help="the prior's hardest built-in poses held out")
+    ap.add_argument("--data-only", action="store_true", help="make the cached data, do not train")
+    ap.add_argument("--out", type=Path, default=None, help="weights file (default: the package's lifter.safetensors)")
+    ap.add_argument("--epochs", type=int, default=120)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--depth", type=int, default=3)
+    ap.add_argument("--dropout", type=float, default=0.2)
+    ap.add_argument("--noise", type=float, default=0.1, help="feature noise while training, in standard deviations")
+    ap.add_argument("--weight-decay", type=float, default=0.01)
+    ap.add_argument("--w-aligned", type=float, default=1.0, help="weight of the rotation-aligned joint error")
+    args = ap.parse_args()
+    chunks = make_data(args.cache, args.renders, args.chunk, args.holdout_n, args.n_hard)
+    if args.data_only:
+        return
+    train(chunks, args)
+
+
+if __name__ == "__main__":
+    main()
