@@ -58,12 +58,16 @@ stopping at a safe tolerance never triggers.
 For Anny, stage 2 runs the bone chain on rotation matrices (:func:`chain_keypoints`: the reduced
 forward's keypoints without its 4x4 reference-pose kinematics) and records each shape's part of the
 forward pass once, with its gradient, for the held iterations and the next shape iteration: the
-same fit (joints within 0.01 mm of the previous version's on the same detections), CPU time per
-image at batch 1 1.48 -> 1.22 s (with masks 1.73 -> 1.29 s), batch 16 0.16 -> 0.11 s (masks 0.21 ->
-0.15 s), measured alternating on 16 renders under load. At batch 1 the fit is bound by per-operation
-overhead (about 1,000 small tensor operations per iteration, forward and backward, 120 iterations):
-fewer iterations (15 + 45, 20 + 60, at the same or a higher learning rate) and per-row L-BFGS
-(``body.convert.lbfgs_step``, 50 iterations: energy 1.08 against Adam's 0.91) lost accuracy.
+same fit (joints within 0.01 mm of the previous version's on the same detections; limb PA-MPJPE on
+64 renders unchanged), CPU time per image in two alternating runs on 16 renders under load: batch
+1 1.48 -> 1.22 and 1.49 -> 0.98 s (with masks 1.73 -> 1.29, 1.49 -> 1.36), batch 16 0.16 -> 0.11 and
+0.13 -> 0.09 s. At batch 1 the fit is bound by per-operation overhead (about 1,000 small tensor
+operations per iteration, forward and backward, 120 iterations), and the iterations cannot be cut
+without losing accuracy: stage 2's energy after 60 / 75 iterations lies 4.1 / 1.5 % above its value
+at 90 (medians over 32 renders; no render within 0.5 % at 60, 9 % at 75), 120 iterations lower it a
+further 1.3 %; 15 + 45 and 20 + 60 iterations at the same or a higher learning rate lost 2-8 mm, and
+per-row L-BFGS (``body.convert.lbfgs_step``, 50 iterations) ended at a higher energy (1.08 against
+Adam's 0.91) and 8.9 mm worse.
 """
 
 from __future__ import annotations
