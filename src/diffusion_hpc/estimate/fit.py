@@ -640,7 +640,7 @@ def chain_transforms(chain: BoneChain, rotations: torch.Tensor, transl: torch.Te
     # each bone's [D_c | h_c - h_p] as a 4x4 step, so a level costs one gather and one product
     n, bones = rotations.shape[:2]
     offsets = heads - heads[:, chain.parent]
-    bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=rotations.dtype).expand(n, bones, 1, 4)
+    bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=rotations.dtype, device=rotations.device).expand(n, bones, 1, 4)
     steps = torch.cat([torch.cat([rotations, offsets[..., None]], -1), bottom], -2)[:, chain.order]
     X = [torch.cat([rotations[:, :1], transl[:, None, :, None]], -1)]  # the root's [G_0 | w_0]
     for first, last in chain.levels[1:]:
