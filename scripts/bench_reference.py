@@ -35,7 +35,10 @@ normals, the one-person instance map) and two after, alternated; reference over 
     core, batch 16       5.39 / 5.20 | 5.01 / 5.60      5.42 / 4.92 | 6.31 / 4.59
     whole, batch 1       1.82 / 1.84 | 2.31 / 1.84      2.05 / 1.98 | 1.70 / 1.80
 
-The reference loop cost 310-680 ms wall (206-230 ms CPU) a sample here, ours at batch 16 about
+A third run after (load 4.0): whole at batch 16 1.80 / 2.64, core 3.78 / 5.64, whole at batch 1
+1.75 / 1.75: the wall ratios swing with the load (the reference's wall time did from 205 to 680
+ms), the CPU ratios hold (whole 2.6-2.9x, core 4.6-5.6x at batch 16).
+The reference loop cost 205-680 ms wall (200-230 ms CPU) a sample here, ours at batch 16 about
 77-100 ms CPU for the whole path and 40-49 for the core: the fixes' few ms are inside this
 machine's run-to-run spread (cProfile: camera stage 15.6 -> 9.7 ms a sample). The goals'
 absolute figures (core <= 8 ms, whole <= 15 ms) are far off; the largest remaining costs are
