@@ -64,6 +64,12 @@ def test_shipped_lifter_loads_once_and_runs_on_any_batch_shape():
     lifter = load_default_lifter()
     assert load_default_lifter() is lifter and not lifter.training
     assert lifter.record["data"]["renders"] > 1000  # the training record travels with the weights
+    from diffusion_hpc.estimate import describe_estimator, get_estimator
+
+    # run.json says which lifter labelled a dataset (file name and content fingerprint) or that none did
+    assert describe_estimator(get_estimator("mediapipe"))["lifter"] == f"lifter.safetensors {lifter.fingerprint}"
+    assert len(lifter.fingerprint) == 16
+    assert describe_estimator(get_estimator("mediapipe", lifter="off"))["lifter"] == "off"
     lm, world = fake_landmarks(6)
     joints, swap = lifter.lift(lm.reshape(2, 3, 33, 3), world.reshape(2, 3, 33, 3))
     assert joints.shape == (2, 3, 17, 3) and swap.shape == (2, 3)

@@ -22,6 +22,7 @@ metadata), loaded once per process (:func:`load_default_lifter`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -113,6 +114,9 @@ class LandmarkLifter(nn.Module):
                  std: torch.Tensor | None = None, dropout: float = 0.0) -> None:
         super().__init__()
         self.hidden, self.depth = int(hidden), int(depth)
+        #: where the weights came from (:func:`load_lifter`): the file's name, its content
+        #: fingerprint (sha256, 16 hex digits) and its training record
+        self.path_name, self.fingerprint, self.record = "in-memory", "", {}
         self.register_buffer("mean", torch.zeros(N_FEATURES) if mean is None else torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.ones(N_FEATURES) if std is None else torch.as_tensor(std, dtype=torch.float32))
         layers: list[nn.Module] = [nn.Linear(N_FEATURES, self.hidden), nn.GELU()]
@@ -185,6 +189,8 @@ def load_lifter(path: str | os.PathLike, device: str | torch.device = "cpu", dty
     lifter = LandmarkLifter(int(meta["hidden"]), int(meta["depth"]))
     lifter.load_state_dict(tensors)
     lifter.record = json.loads(meta.get("dhpc", "{}"))
+    lifter.fingerprint = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+    lifter.path_name = p.name
     return lifter.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 

@@ -295,6 +295,12 @@ class MediaPipeFitter(MeshEstimator):
                                              np.stack([det.world for det in detections]))
         return self.lifter_blend * lifted + (1.0 - self.lifter_blend) * world, swap_prob
 
+    def describe(self) -> dict:
+        """What ran, without a machine path (run.json): ``name``, ``body_model`` and ``lifter``
+        (``"off"``, or the lifter's weights file name and content fingerprint)."""
+        lifter = "off" if self.lifter is None else f"{self.lifter.path_name} {self.lifter.fingerprint}".strip()
+        return {"name": self.name, "body_model": self.body_model, "lifter": lifter}
+
     # -- the API --------------------------------------------------------------------------------
 
     def detect(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None] | None = None) -> list[Detection | None]:
