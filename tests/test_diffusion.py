@@ -357,6 +357,7 @@ def test_instance_segmenter_with_a_tiny_random_mask2former(tmp_path):
     assert out.person.shape == out.occluders.shape == (2, 48, 40)
     assert not (out.person & out.occluders).any()
     assert np.array_equal(out.person_found, out.person.reshape(2, -1).any(axis=1))
+    assert out.instances.shape == (2, 48, 40) and ((out.instances >= 0) <= out.person).all()  # people lie in the person mask
 
 
 # --------------------------------------------------------------------------------------------

@@ -106,7 +106,7 @@ class InstanceSegmenter:
             masks = np.stack([seg == s["id"] for s in info])
             labels = np.array([s["label_id"] for s in info])
             sc = np.array([s["score"] for s in info], np.float32)
-            person[i], occ[i], scores[i] = masks_from_instances(masks, labels, sc, self.person_ids,
-                                                                self.score_threshold)  # fmt: skip
+            person[i], occ[i], scores[i], people[i] = masks_from_instances(masks, labels, sc, self.person_ids,
+                                                                           self.score_threshold, self.min_height)  # fmt: skip
         return Segmentation(person, occ, person.reshape(b, -1).any(axis=1), scores,
-                            {"backend": self.name, "threshold": self.score_threshold})
+                            {"backend": self.name, "threshold": self.score_threshold}, people)  # fmt: skip
