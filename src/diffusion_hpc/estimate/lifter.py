@@ -38,6 +38,7 @@ from diffusion_hpc.errors import InputError, MissingModelError
 from diffusion_hpc.estimate.fit import COCO17_FLIP
 from diffusion_hpc.estimate.landmarks import COCO17_FROM_MEDIAPIPE, MEDIAPIPE33, MEDIAPIPE33_FLIP, MIN_VISIBILITY
 from diffusion_hpc.runtime.atomic import atomic_path
+from diffusion_hpc.runtime.weights import read_tagged_safetensors
 
 #: ``format`` metadata of a lifter weights file
 FORMAT = "dhpc-lifter/1"
@@ -171,21 +172,11 @@ def load_lifter(path: str | os.PathLike, device: str | torch.device = "cpu", dty
         MissingModelError: no file at ``path``.
         InputError: the file is not a lifter weights file.
     """
-    from safetensors import safe_open
-
     p = Path(path)
     if not p.is_file():
         raise MissingModelError(f"lifter weights not found: {p}; make them with `python scripts/train_lifter.py --out {p}` "
                                 "or leave the path out to use the shipped lifter")
-    try:
-        with safe_open(str(p), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    except Exception as exc:  # safetensors raises its own error types
-        raise InputError(f"{p}: not a readable safetensors lifter file ({type(exc).__name__}: {exc})") from None
-    if meta.get("format") != FORMAT:
-        raise InputError(f"{p}: metadata 'format' is {meta.get('format')!r}, expected {FORMAT!r} "
-                         "(a file written by scripts/train_lifter.py)")
+    tensors, meta = read_tagged_safetensors(p, FORMAT, "lifter", " (a file written by scripts/train_lifter.py)")
     lifter = LandmarkLifter(int(meta["hidden"]), int(meta["depth"]))
     lifter.load_state_dict(tensors)
     lifter.record = json.loads(meta.get("dhpc", "{}"))

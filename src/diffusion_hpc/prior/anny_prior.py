@@ -112,6 +112,7 @@ from diffusion_hpc.errors import InputError, MissingModelError
 from diffusion_hpc.geometry.rotations import rot6d_to_rotmat
 from diffusion_hpc.prior.base import PosePrior, as_generator
 from diffusion_hpc.runtime.atomic import atomic_path
+from diffusion_hpc.runtime.weights import read_tagged_safetensors
 
 FORMAT = "dhpc-anny-prior/1"
 NUM_BODY_JOINTS = len(ANNY_CMU31) - 1  # 30: body_pose holds bones 1..30
@@ -462,22 +463,13 @@ def save_prior_file(path: str | os.PathLike, params: dict[str, torch.Tensor], me
 
 def load_prior_file(path: str | os.PathLike) -> AnnyPosePrior:
     """Load an :class:`AnnyPosePrior` from a safetensors file written by :func:`save_prior_file`."""
-    from safetensors import safe_open
-
     p = Path(path)
     if not p.is_file():
         raise MissingModelError(
             f"Anny pose prior file not found: {p}. Fit one with `dhpc prior fit --poses builtin --out {p}` "
             "(or diffusion_hpc.prior.fit.fit_prior), or omit the path to use the shipped prior."
         )
-    try:
-        with safe_open(str(p), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    except Exception as exc:  # safetensors raises its own error types
-        raise InputError(f"{p}: not a readable safetensors prior file ({type(exc).__name__}: {exc})") from None
-    if meta.get("format") != FORMAT:
-        raise InputError(f"{p}: metadata 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
+    tensors, meta = read_tagged_safetensors(p, FORMAT, "prior")
     prior = AnnyPosePrior(tensors, json.loads(meta["dhpc"]))
     prior.path = p
     return prior

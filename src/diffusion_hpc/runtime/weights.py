@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
 
-from diffusion_hpc.errors import MissingModelError
+from diffusion_hpc.errors import InputError, MissingModelError
 
 #: a CLIP tokenizer smaller than this (real CLIP: 49,408) is treated as broken unless marked tiny
 MIN_TOKENIZER_SIZE = 1000
@@ -357,3 +357,25 @@ def resolve_backbone(backbone: str, controlnet: Optional[str] = None) -> Backbon
     """
     found = check_models({"backbone": backbone, "controlnet": controlnet})
     return backbone_set(found["backbone"], found.get("controlnet"))
+
+
+def read_tagged_safetensors(path: Path, fmt: str, what: str, made_by: str = "") -> tuple[dict, dict[str, str]]:
+    """(tensors, header metadata) of a safetensors file we wrote, whose metadata ``format`` is ``fmt``.
+
+    Args:
+        path: an existing file; what: its kind in the errors (``"prior"``, ``"lifter"``);
+        made_by: appended to the wrong-format error (e.g. which script writes such files).
+    Raises:
+        InputError: not a readable safetensors file, or another ``format``.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:  # safetensors raises its own error types
+        raise InputError(f"{path}: not a readable safetensors {what} file ({type(exc).__name__}: {exc})") from None
+    if meta.get("format") != fmt:
+        raise InputError(f"{path}: metadata 'format' is {meta.get('format')!r}, expected {fmt!r}{made_by}")
+    return tensors, meta
