@@ -194,6 +194,7 @@ def test_a_variant_whose_people_interpenetrate_is_dropped_unless_its_estimates_d
     from types import SimpleNamespace
 
     from diffusion_hpc.pipeline.guided import drop_interpenetrating
+    from diffusion_hpc.pipeline.stages import pose_bodies
     from diffusion_hpc.pipeline.samples import PlacedBodies, SampleLog
 
     zero = {"global_orient": np.array([np.pi, 0, 0], np.float32), "body_pose": np.zeros((anny_body.num_body_joints, 3), np.float32),
@@ -205,7 +206,8 @@ def test_a_variant_whose_people_interpenetrate_is_dropped_unless_its_estimates_d
     bodies = PlacedBodies([SampleLog(index=i, seed=i) for i in range(4)],
                           {k: np.stack([p[k] for p in persons]) for k in persons[0]}, np.tile(np.eye(3), (4, 1, 1)),
                           owner=np.repeat(np.arange(4), 2))  # fmt: skip
-    drop_interpenetrating(SimpleNamespace(body=anny_body, faces=anny_body.faces.numpy()), bodies, [g for g, _ in scenes])
+    bodies.vertices, bodies.joints = pose_bodies(SimpleNamespace(body=anny_body), bodies.params)
+    drop_interpenetrating(bodies, [g for g, _ in scenes], anny_body.faces.numpy())
     assert [log.reason for log in bodies.logs] == ["", "augment: the variant's people interpenetrate", "", ""]
 
 

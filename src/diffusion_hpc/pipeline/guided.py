@@ -31,7 +31,7 @@ from diffusion_hpc.geometry.scene import solid_occupancy
 from diffusion_hpc.pipeline.inputs import GuideImages
 from diffusion_hpc.pipeline.requests import pick_line, prompt_text, variant_prompt, variants_in_run
 from diffusion_hpc.pipeline.samples import PersonLog, PlacedBodies, SampleLog, StartImages, alive
-from diffusion_hpc.pipeline.stages import Stages, StageTimer
+from diffusion_hpc.pipeline.stages import Stages, StageTimer, pose_bodies
 from diffusion_hpc.prior.augment import augment_poses
 from diffusion_hpc.segment import Segmentation
 
@@ -258,8 +258,11 @@ def place_guided(config: GenerateConfig, stages: Stages, guide_images: Optional[
     stacked = {key: np.stack([q[key] for q in params]) for key in params[0]} if params else {}
     bodies = PlacedBodies(kept, stacked, np.stack(Ks) if Ks else np.zeros((0, 3, 3)), starts,
                           owner=np.array(owner, np.int64), people=persons)  # fmt: skip
-    # 6. a variant whose people interpenetrate where its guide's estimates do not is dropped
-    drop_interpenetrating(st, bodies, of_guide)
+    # 6. a variant whose people interpenetrate where its guide's estimates do not is dropped (the
+    #    meshes this needs are the label's: the tail does not pose the bodies again)
+    if (np.bincount(bodies.owners, minlength=len(bodies)) > 1).any():
+        bodies.vertices, bodies.joints = pose_bodies(st, stacked)
+        drop_interpenetrating(bodies, of_guide, st.faces)
     timer.lap("augment")
     return logs, bodies.take(alive(bodies.logs))
 
@@ -271,24 +274,16 @@ def interpenetrating(vertices: np.ndarray, faces: np.ndarray) -> bool:
     return any(solids[p].contains(vertices[q]).any() for p in range(len(vertices)) for q in range(p + 1, len(vertices)))
 
 
-def drop_interpenetrating(stages: Stages, bodies: PlacedBodies, of_guide: list[int]) -> None:
-    """Fail (``reason``) each sample of ``bodies`` holding several people that interpenetrate while the
-    estimates of its guide (variant 0, the sample ``of_guide`` meets first) do not: the augmentation
-    turned or bent someone into a neighbour. Estimates that touch (people in contact) are kept."""
-    import torch
-
+def drop_interpenetrating(bodies: PlacedBodies, of_guide: list[int], faces: np.ndarray) -> None:
+    """Fail (``reason``) each sample of ``bodies`` (posed: ``vertices`` set) holding several people that
+    interpenetrate while the estimates of its guide (variant 0, the sample ``of_guide`` meets first) do
+    not: the augmentation turned or bent someone into a neighbour. Estimates that touch (people in
+    contact) are kept."""
     owner = bodies.owners
-    counts = np.bincount(owner, minlength=len(bodies))
-    crowded = np.flatnonzero(counts[owner] > 1)
-    if not len(crowded):
-        return
-    with torch.no_grad():
-        out = stages.body({key: torch.as_tensor(v[crowded]) for key, v in bodies.params.items()})
-    vertices, faces = out.vertices.numpy(), np.asarray(stages.faces)
+    crowded = np.bincount(owner, minlength=len(bodies)) > 1
     first: dict[int, bool] = {}  # guide -> its estimates interpenetrate
-    for b in np.unique(owner[crowded]):
-        mine = vertices[owner[crowded] == b]
-        collides = interpenetrating(mine, faces)
+    for b in np.flatnonzero(crowded):
+        collides = interpenetrating(bodies.vertices[owner == b], np.asarray(faces))
         guide = of_guide[b]
         if guide not in first:  # variant 0: the guide's estimates
             first[guide] = collides

@@ -169,6 +169,16 @@ class Stages:
             self.estimator = estimator
 
 
+def pose_bodies(stages: Stages, params: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The body model on N persons' camera-frame ``params`` (run in float32, as the label renders them):
+    vertices (N, V, 3) float32 and joint-set name -> (N, J, 3) float64 joints."""
+    import torch
+
+    with torch.no_grad():
+        out = stages.body({key: torch.as_tensor(np.asarray(v, np.float32)) for key, v in params.items()})
+    return out.vertices.numpy().astype(np.float32), {name: j.numpy().astype(np.float64) for name, j in out.joints.items()}
+
+
 class StageTimer:
     """The clock of one batch: wall time per stage, and the UNet (+ ControlNet) time inside it.
 

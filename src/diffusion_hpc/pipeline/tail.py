@@ -43,7 +43,7 @@ from diffusion_hpc.pipeline.samples import (
     by_sample,
     slots_of,
 )
-from diffusion_hpc.pipeline.stages import Stages, StageTimer
+from diffusion_hpc.pipeline.stages import Stages, StageTimer, pose_bodies
 from diffusion_hpc.pipeline.verify import mask_iou, pck_agreement
 from diffusion_hpc.render.base import RenderOutput
 from diffusion_hpc.render.scene import render_scene, visible_fractions
@@ -60,18 +60,13 @@ def label(stages: Stages, bodies: PlacedBodies, size: tuple[int, int], timer: St
     """Step 1: the label of each sample: its people rendered together in its camera, their keypoints
     with visibility and the share of each person left visible; a sample whose meshes all lie
     outside the image fails."""
-    import torch
-
     if not len(bodies):
         return _empty_labels(bodies, size)
     params = {key: np.asarray(v, np.float32) for key, v in bodies.params.items()}  # as the body model runs them
-    if bodies.vertices is not None:  # the head ran the body model already (mode D)
+    if bodies.vertices is not None:  # the head ran the body model already (mode D; T, R with several people)
         vertices, joints3d = bodies.vertices, bodies.joints
     else:
-        with torch.no_grad():
-            out = stages.body({key: torch.as_tensor(v) for key, v in params.items()})
-        vertices = out.vertices.numpy().astype(np.float32)
-        joints3d = {name: j.numpy().astype(np.float64) for name, j in out.joints.items()}
+        vertices, joints3d = pose_bodies(stages, params)
         timer.lap("body")
     owner, count = bodies.owners, len(bodies)
     scene_vertices, present, slot = by_sample(vertices, owner, count)
