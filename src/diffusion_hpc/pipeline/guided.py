@@ -148,6 +148,17 @@ def estimate_people(estimator, images: np.ndarray, seg: Segmentation, most: int 
     return out
 
 
+def score_estimates(prior, estimates: Sequence[Estimate]) -> np.ndarray:
+    """(N,) the pose prior's score of each ok estimate's ``body_pose`` (one batch; empty for none)."""
+    import torch
+
+    if not estimates:
+        return np.zeros(0)
+    pose = torch.as_tensor(np.stack([e.params["body_pose"] for e in estimates]), dtype=torch.float32)
+    with torch.no_grad():
+        return prior.score(pose).numpy()
+
+
 def guide_reasons(config: GenerateConfig, seg: Segmentation, estimates: dict[int, list[Estimate]]) -> list[str]:
     """Why each start image fails all its samples ("" when it has people to label): no person found,
     none tall enough (``min_person_height``), no estimate, fewer labelled people than ``--people``'s MIN."""
@@ -196,14 +207,8 @@ def place_guided(config: GenerateConfig, stages: Stages, guide_images: Optional[
     # 4. prior score of the estimated poses; optional hard-pose filter (a guide counts when any person is hard)
     reasons = guide_reasons(cfg, seg, estimates)
     people = {i: [e for e in estimates[i] if e.ok] for i, r in enumerate(reasons) if not r}
-    guide_scores: dict[int, np.ndarray] = {}  # each kept guide's people's scores
-    if people:
-        import torch
-
-        pose = torch.as_tensor(np.stack([e.params["body_pose"] for i in people for e in people[i]]), dtype=torch.float32)
-        with torch.no_grad():
-            flat = iter(st.prior.score(pose).numpy())
-        guide_scores = {i: np.array([next(flat) for _ in people[i]]) for i in people}
+    flat = iter(score_estimates(st.prior, [e for i in people for e in people[i]]))
+    guide_scores = {i: np.array([next(flat) for _ in people[i]]) for i in people}  # each kept guide's people's
     prior_scores = np.array([guide_scores[i].max() if i in guide_scores else np.nan for i in range(len(guides))])
     for i in people:
         if cfg.hard_only and not prior_scores[i] >= st.prior.hard_threshold:

@@ -29,7 +29,7 @@ from diffusion_hpc.data.seeds import cycle_seed
 from diffusion_hpc.data.writer import ManifestRow
 from diffusion_hpc.generate.base import GenerationBatch, GenerationResult
 from diffusion_hpc.geometry.scene import scene_keypoints
-from diffusion_hpc.pipeline.guided import estimate_people, estimate_regions
+from diffusion_hpc.pipeline.guided import estimate_people, estimate_regions, score_estimates
 from diffusion_hpc.pipeline.records import records_and_rows
 from diffusion_hpc.pipeline.samples import (
     Generated,
@@ -163,12 +163,7 @@ def cycle(stages: Stages, previous: Generated, number: int, size: tuple[int, int
         persons += [PersonLog(f"{log.pose_source}#person{p}" if len(group) > 1 else log.pose_source,
                               {"fit_error_px": float(e.fit_error_px)}) for p, e in enumerate(group)]  # fmt: skip
     if found and stages.prior is not None:
-        import torch
-
-        pose = torch.as_tensor(np.stack([e.params["body_pose"] for e in found]), dtype=torch.float32)
-        with torch.no_grad():
-            scores = stages.prior.score(pose).numpy()
-        for person, score in zip(persons, scores):
+        for person, score in zip(persons, score_estimates(stages.prior, found)):
             person.scores = {"prior_score": float(score), "hard": float(score >= stages.prior.hard_threshold),
                              **person.scores}  # fmt: skip
     params = [{k: np.asarray(v, np.float32) for k, v in e.params.items()} for e in found]
