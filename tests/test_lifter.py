@@ -157,3 +157,26 @@ def test_training_is_reproducible_and_files_round_trip(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(InputError, match="junk.safetensors"):
         load_lifter(tmp_path / "junk.safetensors")
+
+
+def test_the_fitter_takes_a_retrained_weights_file_and_names_a_bad_one(tmp_path):
+    """MediaPipeFitter(lifter=...) resolves 'on', 'off' and a path to a file of train_lifter.py --out
+    (str or Path); a missing path or a file that is not a lifter fails with the value in the message."""
+    from diffusion_hpc.estimate.mediapipe_fit import resolve_lifter
+
+    lm, world = fake_landmarks(16)
+    mine = train_lifter(lifter_features(lm, world), hip_centred(coco17_from_mediapipe(world)), np.zeros(16, bool),
+                        hidden=8, depth=1, epochs=1, batch=8)
+    path = save_lifter(tmp_path / "retrained.safetensors", mine, {"note": "user"})
+    for spec in (path, str(path)):
+        got = resolve_lifter(spec)
+        assert got.path_name == "retrained.safetensors" and got.record == {"note": "user"}
+        np.testing.assert_allclose(got.lift(lm, world)[0], mine.lift(lm, world)[0], atol=1e-6)
+    assert resolve_lifter("off") is None and resolve_lifter("on") is load_default_lifter()
+    with pytest.raises(MissingModelError, match="'of' is neither 'on', 'off' nor"):
+        resolve_lifter("of")
+    with pytest.raises(MissingModelError, match="train_lifter.py --out"):
+        resolve_lifter(tmp_path / "missing.safetensors")
+    (tmp_path / "prior.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    with pytest.raises(InputError, match="prior.safetensors"):
+        resolve_lifter(tmp_path / "prior.safetensors")

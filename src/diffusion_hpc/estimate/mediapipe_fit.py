@@ -173,10 +173,13 @@ class MediaPipeFaceDetector:
 
 def resolve_lifter(lifter: LandmarkLifter | str | os.PathLike | None) -> LandmarkLifter | None:
     """The lifter a fitter uses: ``"off"`` / None -> None; ``"on"`` -> the shipped one (CPU, float32:
-    the fit's tensors are CPU); a path -> that weights file; a :class:`LandmarkLifter` -> itself.
+    the fit's tensors are CPU); any other string or path -> the lifter weights file there (made by
+    ``scripts/train_lifter.py --out FILE``; CPU, float32, loaded each time); a
+    :class:`LandmarkLifter` -> itself.
 
     Raises:
-        MissingModelError: the weights file is missing.
+        MissingModelError: no file at the path (the message names the value and the choices).
+        InputError: the file is not a lifter weights file.
     """
     if lifter is None or isinstance(lifter, LandmarkLifter):
         return lifter
@@ -184,6 +187,10 @@ def resolve_lifter(lifter: LandmarkLifter | str | os.PathLike | None) -> Landmar
         return None
     if lifter == "on":
         return load_default_lifter()
+    if not os.path.isfile(lifter):
+        raise MissingModelError(f"lifter={str(lifter)!r} is neither 'on', 'off' nor an existing lifter weights file; "
+                                "make one with `python scripts/train_lifter.py --out FILE`, or pass 'on' (the shipped "
+                                "lifter) or 'off' (MediaPipe's world landmarks)")
     return load_lifter(lifter)
 
 
