@@ -209,3 +209,25 @@ def test_estimate_rules(capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, (extra, err)
     assert _config(base).preview_dir.name == "f_preview" and _config(base).fit_body_model == "anny"
+
+
+def test_lifter_option_names_the_fix(tmp_path, capsys):
+    """--lifter takes on, off or an existing lifter weights file, for the runs the MediaPipe fit labels;
+    anything else is one line naming the value and what to pass, before a model loads."""
+    weights = tmp_path / "mine.safetensors"
+    weights.write_bytes(b"")
+    est = ["estimate", "--images", "p", "--out", "f.npz"]
+    gen = ["generate", "--mode", "R", "--guides", "photos", "--backbone", "b", "--out", "d"]
+    assert _config(est + ["--lifter", "off"]).lifter == "off"
+    assert _config(gen + ["--lifter", str(weights)]).lifter == str(weights)
+    assert _config(gen).lifter is None  # not set: the shipped lifter
+    for argv, message in (
+        (est + ["--lifter", "of"], "neither on, off nor"),
+        (est + ["--lifter", str(tmp_path / "gone.safetensors")], "train_lifter.py --out"),
+        (est + ["--estimator", "hmr", "--checkpoint", "r", "--lifter", "off"], "leave --lifter off out"),
+        (gen + ["--lifter", "maybe"], "neither on, off nor"),
+        (["generate", "--mode", "D", "--out", "d", "--lifter", "off"], "leave --lifter out"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, (argv, err)

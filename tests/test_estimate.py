@@ -7,6 +7,7 @@ One module-scoped call fits every image (one batched optimisation), so the file 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -269,6 +270,25 @@ def test_estimating_a_photo_prints_no_native_chatter(tmp_path):
     # the fit used the segmenter's person mask (the default), and the fitted body lies on it
     data = np.load(tmp_path / "e.npz")
     assert data["ok"][0] and data["mask_pixels"][0] > 0.05 * 512 * 512
+    # the npz says which estimator labelled it: the fit followed the shipped lifter
+    assert json.loads(str(data["estimator"]))["lifter"].startswith("lifter.safetensors ")
+
+
+def test_lifter_off_reaches_the_fit(tmp_path):
+    """``--lifter off`` (here through the Python API, which the CLI calls) fits to MediaPipe's world landmarks: the
+    npz records it, and the fitted body differs from the one that follows the shipped lifter."""
+    from diffusion_hpc.config import EstimateConfig
+    from diffusion_hpc.data.schema import encode_png
+    from diffusion_hpc.estimate.run import estimate
+
+    (tmp_path / "astronaut.png").write_bytes(encode_png(skdata.astronaut()))
+    fits = {name: estimate(EstimateConfig(images=[tmp_path / "astronaut.png"], out=tmp_path / f"{name}.npz",
+                                          lifter=lifter))
+            for name, lifter in (("on", None), ("off", "off"))}
+    assert json.loads(str(fits["off"]["estimator"]))["lifter"] == "off"
+    assert fits["on"]["ok"][0] and fits["off"]["ok"][0]
+    joints = {name: f["joints3d/coco17"][0] - f["joints3d/coco17"][0].mean(0) for name, f in fits.items()}
+    assert np.abs(joints["on"] - joints["off"]).max() > 0.01  # metres: another 3D target, another body
 
 
 def test_estimate_files_hands_each_photo_its_person_mask(tmp_path, estimator):

@@ -120,3 +120,15 @@ def test_a_row_names_the_fit_by_name_only():
     row = ManifestRow("k", 0, 0, 1, "ok", estimator=row_estimator({"name": "mediapipe", "body_model": "anny"}))
     assert json.loads(row.to_json())["estimator"] == {"name": "mediapipe"}
     assert "estimator" not in json.loads(ManifestRow("k", 0, 0, 1, "ok").to_json())
+
+
+def test_lifter_option_reaches_the_runs_fit(tmp_path):
+    """``--lifter`` of dhpc generate sets the MediaPipe fit the run labels with, and run.json's estimator record
+    (``describe_estimator``) says which lifter it followed."""
+    from diffusion_hpc.estimate import describe_estimator
+    from diffusion_hpc.pipeline.stages import load_estimator
+
+    base = dict(mode="R", guides=tmp_path, backbone=str(tmp_path))
+    assert describe_estimator(load_estimator(GenerateConfig(**base, lifter="off"), None, "cpu"))["lifter"] == "off"
+    shipped = describe_estimator(load_estimator(GenerateConfig(**base), None, "cpu"))["lifter"]
+    assert shipped.startswith("lifter.safetensors ")

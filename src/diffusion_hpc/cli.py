@@ -185,6 +185,8 @@ def _add_generate(sub) -> None:
           "(a 4D-Humans HMR 2.0 checkpoint; SMPL)")
     _flag(g, G, "estimator_checkpoint", type=Path, metavar="PATH", text="--estimator hmr|spin|hmr2: the regressor's "
           "weights (a dhpc train run folder; SPIN's model_checkpoint.pt; a 4D-Humans .ckpt)")
+    _flag(g, G, "lifter", metavar="on|off|FILE", text="the MediaPipe fit's 3D target: on (the shipped learned lifter "
+          "of MediaPipe's landmarks; default), off (MediaPipe's world landmarks) or a scripts/train_lifter.py weights file")
     s = g.add_argument_group("diffusion sampler (a preset, then any value given here overrides it)")
     S = SamplerConfig
     _flag(s, S, "preset", text="original (the paper: DDIM, 50 steps, guidance 7.5), default (DPM++ 2M, 20 steps), "
@@ -264,6 +266,7 @@ def _add_estimate(sub) -> None:
     _flag(est, E, "masks", "--no-masks", action="store_false",
           text="mediapipe: fit to the landmarks alone, without the segmenter's person mask")
     _flag(est, E, "segmenter", metavar="mediapipe|mediapipe:pose|DIR")
+    _flag(est, E, "lifter", metavar="on|off|FILE")
     _flag(est, E, "device", metavar="auto|cpu|cuda[:N]|mps")
     _flag(est, E, "dtype")
 

@@ -12,6 +12,23 @@ from diffusion_hpc.runtime.device import check_device_name
 
 #: the estimators that regress a mesh from a checkpoint (their body model is the checkpoint's)
 REGRESSORS = ("hmr", "spin", "hmr2")
+#: the MediaPipe fit's lifter choices besides a weights file
+LIFTER_CHOICES = ("on", "off")
+
+
+def check_lifter(value: Optional[str]) -> Optional[str]:
+    """A ``lifter`` setting: ``on``, ``off`` or an existing ``.safetensors`` file (any other value fails here,
+    before a model loads)."""
+    if value is None or value in LIFTER_CHOICES:
+        return value
+    path = Path(value).expanduser()
+    if path.suffix != ".safetensors":
+        raise ValueError(f"lifter: {value!r} is neither on, off nor a lifter weights file (.safetensors, made by "
+                         "scripts/train_lifter.py --out FILE)")
+    if not path.is_file():
+        raise ValueError(f"lifter: {value} does not exist; make it with `python scripts/train_lifter.py --out "
+                         f"{value}`, or pass --lifter on (the shipped lifter) or off")
+    return value
 
 
 class EstimateConfig(CommandConfig):
@@ -42,6 +59,9 @@ class EstimateConfig(CommandConfig):
     masks: bool = True
     """mediapipe: keep the fit on the person mask the segmenter finds in each photo (a landmark on a background
     object or another person no longer drags the body); --no-masks fits to the landmarks alone"""
+    lifter: Optional[str] = None
+    """mediapipe: the fit's 3D target: on (the shipped learned lifter of MediaPipe's landmarks; default), off
+    (MediaPipe's world landmarks) or a lifter weights file made by scripts/train_lifter.py"""
     segmenter: str = "mediapipe"
     """the person masks' segmenter: mediapipe (selfie, ships in the wheel), mediapipe:pose, or a local transformers
     instance-segmentation checkpoint folder"""
@@ -52,6 +72,7 @@ class EstimateConfig(CommandConfig):
     """hmr / spin / hmr2: precision of the regressor: auto (float32), float32, float16 (GPU only) or bfloat16"""
 
     _device = field_validator("device")(check_device_name)
+    _lifter = field_validator("lifter")(check_lifter)
 
     @property
     def fit_body_model(self) -> str:
@@ -77,6 +98,9 @@ class EstimateConfig(CommandConfig):
             if not self.prior:
                 raise ValueError(f"prior: --no-prior changes the MediaPipe fit; --estimator {self.estimator} "
                                  "regresses without a pose prior, leave --no-prior out")
+            if self.lifter is not None:
+                raise ValueError(f"lifter: --lifter changes the MediaPipe fit; --estimator {self.estimator} "
+                                 f"regresses without landmarks, leave --lifter {self.lifter} out")
             if not self.masks:
                 raise ValueError(f"masks: --no-masks changes the MediaPipe fit; --estimator {self.estimator} "
                                  "regresses from the crop without person masks, leave --no-masks out")

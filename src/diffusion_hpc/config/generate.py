@@ -13,6 +13,7 @@ from typing import Literal, Optional
 from pydantic import Field, field_validator, model_validator
 
 from diffusion_hpc.config.base import CommandConfig, Strict, check_range
+from diffusion_hpc.config.estimate import check_lifter
 from diffusion_hpc.runtime.device import check_device_name
 
 
@@ -236,6 +237,9 @@ class GenerateConfig(CommandConfig):
     estimator_checkpoint: Optional[Path] = None
     """hmr / spin / hmr2: the regressor's weights (a dhpc train run folder or RUN/best; SPIN's model_checkpoint.pt;
     a 4D-Humans .ckpt)"""
+    lifter: Optional[str] = None
+    """the MediaPipe fit's 3D target: on (the shipped learned lifter of MediaPipe's landmarks; also when not set),
+    off (MediaPipe's world landmarks) or a lifter weights file made by scripts/train_lifter.py"""
     sampler: SamplerConfig = SamplerConfig()
     """the diffusion sampler (preset, scheduler, steps, strength, guidance, ControlNet scale, blur)"""
     k: Optional[int] = Field(None, ge=1, le=64)
@@ -289,6 +293,7 @@ class GenerateConfig(CommandConfig):
     """decode / encode large images in overlapping tiles (less GPU memory at high resolution)"""
 
     _device = field_validator("device")(check_device_name)
+    _lifter = field_validator("lifter")(check_lifter)
 
     @model_validator(mode="after")
     def _memory_options(self):
@@ -467,6 +472,11 @@ class GenerateConfig(CommandConfig):
         return self
 
     @property
+    def estimates_bodies(self) -> bool:
+        """True when the run estimates bodies: modes T, R (start images), verification, cycles."""
+        return self.mode in ("T", "R") or bool(self.verify) or self.cycles > 0
+
+    @property
     def mesh_estimator(self) -> str:
         """The mesh estimator that runs (``estimator``; not set: ``"mediapipe"``)."""
         return self.estimator or "mediapipe"
@@ -474,6 +484,10 @@ class GenerateConfig(CommandConfig):
     @model_validator(mode="after")
     def _estimator(self):  # after _modes: reads the resolved verify
         name = self.mesh_estimator
+        if self.lifter is not None and (name != "mediapipe" or not self.estimates_bodies):
+            raise ValueError(f"lifter: --lifter {self.lifter} sets the MediaPipe fit of modes T and R, --verify and "
+                             f"--cycles; this run does not fit with MediaPipe (estimator {name}, mode {self.mode}), "
+                             "leave --lifter out")
         if name == "mediapipe":
             if self.estimator_checkpoint is not None:
                 raise ValueError("estimator_checkpoint: --estimator-checkpoint gives a regressor's weights; pass "

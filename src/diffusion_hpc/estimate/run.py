@@ -15,11 +15,15 @@ for N images in input order:
 - ``landmarks2d`` (N, 33, 3) and ``landmarks3d`` (N, 33, 3): the detector's landmarks
 - ``mask_pixels`` (N,) int: the size of the segmenter's person mask the fit used (0: fitted without a
   mask: ``--no-masks``, a regressor, or no person in the segmenter's view)
+- ``estimator`` () unicode: JSON of which estimator ran (:func:`~diffusion_hpc.estimate.describe_estimator`:
+  the MediaPipe fit's body model and lifter, or a regressor's checkpoint name and content fingerprint), as
+  a generated dataset's run.json records it
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -31,7 +35,7 @@ from diffusion_hpc.config.estimate import EstimateConfig
 from diffusion_hpc.data.schema import encode_png
 from diffusion_hpc.data.writer import atomic_write_bytes
 from diffusion_hpc.errors import ConfigError, InputError
-from diffusion_hpc.estimate import get_estimator
+from diffusion_hpc.estimate import describe_estimator, get_estimator
 from diffusion_hpc.estimate.base import Estimate, estimate_with_masks
 from diffusion_hpc.render import get_renderer
 from diffusion_hpc.runtime.device import resolve_placement
@@ -192,7 +196,7 @@ def estimate(config: EstimateConfig) -> dict[str, np.ndarray]:
                               "(MediaPipe and the body model are CPU-only here); leave --device / --dtype out, or "
                               "use --estimator hmr|spin|hmr2 to regress on a GPU")  # fmt: skip
         estimator = get_estimator("mediapipe", body_model=c.fit_body_model, prior="default" if c.prior else None,
-                                  model_path=c.smpl_path)
+                                  model_path=c.smpl_path, lifter=c.lifter or "on")
         segmenter = make_segmenter(c.segmenter) if c.masks else None
     elif c.estimator == "spin":
         estimator = get_estimator("spin", checkpoint=c.checkpoint, smpl_path=c.smpl_path, mean_params=c.mean_params,
@@ -245,6 +249,7 @@ def estimate_files(paths_or_dir, out_npz: str | Path, estimator, *, batch_size: 
         masks.extend(batch_masks)
     arrays = estimates_to_arrays(estimates, [str(p) for p in files], body_model)
     arrays["mask_pixels"] = np.array([0 if m is None else int(m.sum()) for m in masks], np.int64)
+    arrays["estimator"] = np.array(json.dumps(describe_estimator(estimator), sort_keys=True), dtype=np.str_)
     write_npz_atomic(out_npz, arrays)
     if preview_dir is not None:
         preview_dir = Path(preview_dir)

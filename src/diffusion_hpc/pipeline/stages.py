@@ -43,7 +43,7 @@ def check_run_estimator(cfg: GenerateConfig) -> None:
 
 def needs_estimator(cfg: GenerateConfig) -> bool:
     """True when the run estimates bodies: modes T, R (start images), verification, cycles."""
-    return cfg.mode in ("T", "R") or bool(cfg.verify) or cfg.cycles > 0
+    return cfg.estimates_bodies
 
 
 def load_estimator(cfg: GenerateConfig, prior, device) -> MeshEstimator:
@@ -51,7 +51,8 @@ def load_estimator(cfg: GenerateConfig, prior, device) -> MeshEstimator:
     regressor checkpoint (on the run's ``device``, in float32), both giving ``cfg.body_model`` bodies."""
     name = cfg.mesh_estimator
     if name == "mediapipe":
-        return get_estimator("mediapipe", body_model=cfg.body_model, prior=prior, model_path=cfg.smpl_path)
+        return get_estimator("mediapipe", body_model=cfg.body_model, prior=prior, model_path=cfg.smpl_path,
+                             lifter=cfg.lifter or "on")
     if name in ("spin", "hmr2"):
         return get_estimator(name, checkpoint=cfg.estimator_checkpoint, smpl_path=cfg.smpl_path, device=device)
     return get_estimator(name, checkpoint=cfg.estimator_checkpoint, model_path=cfg.smpl_path, device=device)
