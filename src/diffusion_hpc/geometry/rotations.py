@@ -59,5 +59,5 @@ def rigid_rotation(source: torch.Tensor, target: torch.Tensor, weights: torch.Te
         wn = (w / w.sum(-1, keepdim=True).clamp_min(1e-12))[..., None]
         source = source - (wn * source).sum(-2, keepdim=True)
         target = target - (wn * target).sum(-2, keepdim=True)
-    cov = torch.einsum("...n,...ni,...nj->...ij", w, target, source)
+    cov = (w[..., None] * target).transpose(-1, -2) @ source  # sum_n w_n t_n s_n^T
     return roma.special_procrustes(cov) if differentiable else special_procrustes_no_grad(cov)
