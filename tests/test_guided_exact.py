@@ -12,6 +12,9 @@ from diffusion_hpc.geometry.scene import VOXEL_M, solid_occupancy
 from diffusion_hpc.pipeline.guided import SOLID_REACH_M, interpenetrating
 from diffusion_hpc.pipeline.stages import pose_bodies
 
+from test_detect import counting_detector
+from test_multiperson_guided import two_people
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -71,3 +74,35 @@ def test_a_solid_reaching_past_its_box_is_still_found(voxelised):
                 assert interpenetrating(scene, faces) == expected, (axis, sign, gap)
                 touching += bool(expected and gap > 0)
     assert touching  # some boxes apart still touched through the solid's reach
+
+
+def test_people_of_one_image_share_its_whole_image_pass_and_search():
+    """Verification reads each person of a final image on its own region: the detector runs its
+    whole-image pass and its tile search once per image, and every person's reading is the one a
+    detector of its own gives (MediaPipe in static-image mode reads an image the same way twice)."""
+    from diffusion_hpc.estimate.landmarks import MediaPipeDetector
+
+    rng = np.random.default_rng(0)
+    pair = two_people(256)
+    noise = rng.integers(0, 256, (256, 256, 3), np.uint8)  # no one: the whole tile search runs
+    left, right = np.zeros((2, 256, 256), bool)
+    left[64:192, 8:120], right[64:192, 136:248] = True, True
+    shared, counter = counting_detector()
+    read = 0
+    for image in (pair, noise):
+        alone_calls = 0
+        for mask in (left, right, None):
+            alone, alone_counter = counting_detector()
+            expected = alone.detect(image, mask)
+            alone_calls += alone_counter.calls
+            found = shared.detect(image, mask)
+            assert (found is None) == (expected is None)
+            if found is not None:
+                np.testing.assert_array_equal(found.landmarks2d, expected.landmarks2d)
+                np.testing.assert_array_equal(found.world, expected.world)
+                assert found.crop == expected.crop
+                read += 1
+        assert counter.calls < alone_calls  # the whole-image pass (and the search) ran once
+        counter.calls = 0
+    assert read >= 2  # both people of the pair were read
+    assert MediaPipeDetector().detect(noise) is None

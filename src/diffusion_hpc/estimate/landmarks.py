@@ -282,6 +282,18 @@ class MediaPipeDetector:
         self._pose = None
         self._roi = None
         self._lock = threading.Lock()
+        self._readings: tuple[np.ndarray, dict] | None = None  # the last image detect() read, what it gave
+
+    def _readings_of(self, image: np.ndarray) -> dict:
+        """What :meth:`detect` found on ``image`` in earlier calls, when it was the last image read
+        (``"whole"``: the whole-image pass; ``"search"``: the tile search's person), else a fresh
+        store. The people of one image (verification reads each on its own region of one final
+        image) then share one whole-image pass and one search: MediaPipe in static-image mode reads
+        an image the same way every time, so the answers are those of a second pass."""
+        last = self._readings
+        if last is None or last[0].shape != image.shape or not np.array_equal(last[0], image):
+            self._readings = last = (image.copy(), {})
+        return last[1]
 
     def _create(self):
         os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ start-up chatter
@@ -426,7 +438,10 @@ class MediaPipeDetector:
             mask = mask > 0.5
         with self._lock:
             start = self.passes
-            found = self._process(image)
+            readings = self._readings_of(image)
+            if "whole" not in readings:
+                readings["whole"] = self._process(image)
+            found = readings["whole"]
             box = None if found is None else found.box()
             large = box is not None and box[1] / BOX_EXPAND >= SMALL_PERSON * max(image.shape[:2])
             on_mask = mask is None or not mask.any() or (
@@ -437,16 +452,22 @@ class MediaPipeDetector:
                 return replace(masked, passes=self.passes - start)
             if not self.grids:
                 return None if found is None else replace(found, passes=self.passes - start)
-            candidates = chain([found], chain.from_iterable(self._tile_people(image, t, o) for t, o in self.grids))
-            best = None
-            for candidate in candidates:
-                refined = None if candidate is None else self._refine(image, candidate)
-                if refined is not None and (best is None or refined.score > best.score):
-                    best = refined
-                if refined is not None and refined.score >= ACCEPT_SCORE:
-                    break
-            best = best or found  # no refined person: the whole image's small person, if any
+            if "search" not in readings:  # the search ignores the mask: one per image
+                readings["search"] = self._search(image, found)
+            best = readings["search"]
             return None if best is None else replace(best, passes=self.passes - start)
+
+    def _search(self, image: np.ndarray, found: Detection | None) -> Detection | None:
+        """:meth:`detect`'s step 3 after the whole image gave ``found``."""
+        candidates = chain([found], chain.from_iterable(self._tile_people(image, t, o) for t, o in self.grids))
+        best = None
+        for candidate in candidates:
+            refined = None if candidate is None else self._refine(image, candidate)
+            if refined is not None and (best is None or refined.score > best.score):
+                best = refined
+            if refined is not None and refined.score >= ACCEPT_SCORE:
+                break
+        return best or found  # no refined person: the whole image's small person, if any
 
 
 def detection_of(result, shape: tuple[int, int]) -> Detection | None:
