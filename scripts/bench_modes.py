@@ -6,23 +6,38 @@ carries its share of each stage's wall time (``timings``, seconds). The model st
 time is the diffusion models' (UNet, VAE, text encoders): ``regenerate`` and mode T's ``start``
 (txt2img); every other stage (mode R's ``start``: decoding and resizing the guide photos;
 ``segment``, ``estimate``, ``prior``, ``augment``, ``body``, ``render``, ``verify``, the cycles'
-estimates) is CPU-side work that could overlap the denoising. The script prints, per mode, the mean
-ms per row of every stage, the three slowest CPU stages, and
+estimates) is CPU-side work that could overlap the denoising. The script prints, per mode:
 
-    CPU ms per accepted sample = sum of the CPU stages over all rows / accepted samples
+    cpu_ms_per_accepted          sum of the CPU stages' wall time (manifest) / accepted samples
+    cpu_stage_ms_per_accepted    the same per stage
+    process_cpu_ms_per_accepted_in_cpu_stages, process_cpu_stage_ms_per_accepted
+                                 the process CPU time spent in the CPU stages, in all and per stage
+                                 (:class:`Probe`): on a machine shared with other jobs a stage's wall
+                                 time grows with the load (mode R's estimate read 133 CPU ms and 890
+                                 wall ms per sample in one run at load 9), its CPU time moves far less
+    write_cpu_ms_per_accepted    the shard writer's CPU time (encoding, tar), on its own thread
+    estimator_parts_ms_per_accepted, pose_passes
+                                 the MediaPipe fit's detection, face detection and fit (wall ms), in
+                                 the head and in verification, and MediaPipe pose passes per guide
+                                 (head) and per labelled person (verification)
 
-(goal: <= 50 ms at batch 16). The first batch (model warm-up) is excluded: a warm-up run of one batch
-runs first in the same process. The runs make each batch after the previous one (``overlap`` off):
-the CPU work is the same with the overlap, but on a CPU-only host its stages' wall times would also
-hold the other thread's competition for the cores (``--overlap`` runs them overlapped;
-scripts/bench_overlap.py measures what the overlap gains).
+(goal: <= 50 CPU ms per accepted sample at batch 16). The first batch (model warm-up) is excluded: a
+warm-up run of one batch runs first in the same process. The runs make each batch after the previous
+one (``overlap`` off): the CPU work is the same with the overlap, but on a CPU-only host its stages'
+times would also hold the other thread's competition for the cores (``--overlap`` runs them
+overlapped; scripts/bench_overlap.py measures what the overlap gains).
 
 Mode R's guides are real photos of people that ship in wheels (scikit-image's astronaut and camera,
 matplotlib's grace_hopper), as in scripts/kill_storm.py, each mirrored and cropped at other spots so
-that every guide of the run has a file of its own (``--reuse-guides``: the 3 photos, reused). The tiny backbone draws noise, so mode T's
-start images would hold no person and every row would fail before the CPU stages that matter: mode
-T runs the real tiny txt2img (its cost is counted) and then replaces each start image by one of the
-photos, as tests/test_pipeline_modes.py does.
+that every guide of the run has a file of its own (``--reuse-guides``: the 3 photos, reused);
+``--people 2``: each guide shows the astronaut beside Grace Hopper (tests/test_multiperson_guided.py's
+start image; MediaPipe needs about 100 px a person: use ``--image-size 256``), so every sample labels
+two people. The tiny backbone draws noise, so mode T's start images would hold no person and every
+row would fail before the CPU stages that matter: mode T runs the real tiny txt2img (its cost is
+counted) and then replaces each start image by one of the photos, as tests/test_pipeline_modes.py
+does. The noise also reaches verification: it finds no one in the final images, so it never fits
+(a real backbone's images cost a fit per person, about the head's fit per guide image) and, from
+256 px up, the detector searches every image's tiles for someone (13 passes a person at 256 px).
 
 ``--memory N1 N2 ...``: instead, peak resident memory (ru_maxrss) of a whole mode-R ``dhpc generate``
 run of each size, each in its own subprocess, and the ratio of each to the first (flat memory: a
@@ -30,9 +45,11 @@ run of each size, each in its own subprocess, and the ratio of each to the first
 k = 8 variants per guide (``--memory-k``): fewer estimator fits keep a 1,000-sample run to minutes,
 and the samples held and streamed to the shards are the same.
 
-``--profile``: also print the 25 functions with the most cumulative time (cProfile) of each mode.
+``--profile``: also print the functions with the most time (cProfile; ``--profile-sort``, default
+cumulative; ``--profile-lines``, default 25) of each mode.
 
-    .venv/bin/python scripts/bench_modes.py --n 45 --batch-size 16 --image-size 128
+    .venv/bin/python scripts/bench_modes.py --n 48 --batch-size 16 --image-size 128
+    .venv/bin/python scripts/bench_modes.py --n 48 --batch-size 16 --image-size 256 --people 2
     .venv/bin/python scripts/bench_modes.py --memory 100 1000 --image-size 64
 
 Measured on a shared 2-core CPU (batch 16, 128 px, k = 3, MediaPipe estimator, one torch thread):
@@ -54,6 +71,7 @@ import pstats
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -64,24 +82,52 @@ MODEL_STAGES = {"T": ("start", "regenerate"), "R": ("regenerate",)}
 T_PROMPT = "doing a backflip"
 
 
-def write_guides(folder: Path, distinct: int = 0) -> Path:
-    """Real photos of people from installed wheels: scikit-image's astronaut and camera, matplotlib's
-    grace_hopper; with ``distinct`` > 3, that many different files (each photo mirrored and cropped
-    at other spots), so no two guides of a run share a file, as when a user has a photo per guide."""
+def photos() -> dict[str, np.ndarray]:
+    """Real photos of people from installed wheels: scikit-image's astronaut and camera, matplotlib's grace_hopper."""
     import matplotlib
     import skimage.data
     from PIL import Image
 
+    return {"astronaut": skimage.data.astronaut(), "camera": np.stack([skimage.data.camera()] * 3, -1),
+            "grace_hopper": np.asarray(Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"))}
+
+
+def photo_pair(left: np.ndarray, right: np.ndarray, size: int = 512) -> np.ndarray:
+    """(size, size, 3) uint8: two photos side by side, each half the image high, a grey gap between
+    them (the layout of tests/test_multiperson_guided.py's astronaut + Grace Hopper start image)."""
+    import cv2
+
+    half, gap = size // 2, size // 16
+    canvas = np.full((size, size, 3), 200, np.uint8)
+    top = size // 4
+    left, right = (cv2.resize(p, (round(p.shape[1] * half / p.shape[0]), half), interpolation=cv2.INTER_AREA)
+                   for p in (left, right))  # fmt: skip
+    width = min(left.shape[1], half - gap)
+    canvas[top:top + half, :width] = left[:, left.shape[1] - width:]  # the left photo's right part
+    width = min(right.shape[1], half - gap)
+    canvas[top:top + half, half + gap:half + gap + width] = right[:, :width]
+    return canvas
+
+
+def write_guides(folder: Path, distinct: int = 0, people: int = 1) -> Path:
+    """Guide photos of ``people`` (1 or 2) people each. One person: the 3 photos of :func:`photos`;
+    two: the astronaut beside Grace Hopper (:func:`photo_pair`). With ``distinct`` > 3, that many
+    different files (each photo mirrored and cropped at other spots), so no two guides of a run share
+    a file, as when a user has a photo per guide."""
+    from PIL import Image
+
     folder.mkdir(parents=True, exist_ok=True)
-    photos = {"astronaut": skimage.data.astronaut(), "camera": np.stack([skimage.data.camera()] * 3, -1),
-              "grace_hopper": np.asarray(Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"))}
-    if distinct <= len(photos):
-        for name, image in photos.items():
-            Image.fromarray(image).save(folder / f"{name}.png")
+    shots = photos()
+    if people == 2:
+        shots = {"pair": photo_pair(shots["astronaut"], shots["grace_hopper"])}
+    if distinct <= 3:
+        for i in range(3):  # three files whatever the people, so a guide index maps to the same file in both
+            name, image = list(shots.items())[i % len(shots)]
+            Image.fromarray(image).save(folder / f"{i}-{name}.png")
         return folder
     for i in range(distinct):
-        name, image = list(photos.items())[i % len(photos)]
-        variant = i // len(photos)
+        name, image = list(shots.items())[i % len(shots)]
+        variant = i // len(shots)
         h, w = image.shape[:2]
         ch, cw = int(h * 0.85), int(w * 0.85)
         y0, x0 = (variant // 2 * 7) % (h - ch), (variant // 2 * 11) % (w - cw)
@@ -114,6 +160,106 @@ def config(mode: str, n: int, args, backbone: Path, guides: Path, overlap: bool 
                           batch_size=args.batch_size, seed=args.seed, overlap=overlap, **extra)  # fmt: skip
 
 
+class Probe:
+    """Where the CPU time goes, measured in this script only (the package is unchanged):
+
+    - each stage's process CPU time (``time.process_time`` between the stage clock's laps: every
+      thread, MediaPipe's own included; without the overlap only the shard writer runs beside the
+      stages, and its time is measured on its own below). On a machine shared with other jobs a
+      stage's wall time (the manifest's) grows with the load; its CPU time moves far less;
+    - the MediaPipe fit's detection (pose landmark passes, counted), face detection and fit (wall),
+      in the head (``estimate``) and in verification (``verify``);
+    - the shard writer's CPU time (``time.thread_time`` on its own thread: encoding the PNGs / npz /
+      JSON and appending them to the tar)."""
+
+    PARTS = ("detect", "detect_faces", "fit")
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.stage_cpu: dict[str, float] = {}  # process CPU seconds between a stage's laps
+        self.passes = {"estimate": 0, "verify": 0}
+        self.write_cpu = 0.0
+        self._where = threading.local()
+        self._undo: list = []
+
+    def _add(self, key: str, seconds: float) -> None:
+        self.seconds[key] = self.seconds.get(key, 0.0) + seconds
+
+    def install(self, stages) -> Probe:
+        from diffusion_hpc.data import writer
+        from diffusion_hpc.pipeline import tail
+        from diffusion_hpc.pipeline.stages import StageTimer
+
+        estimator = getattr(stages.estimator, "model", stages.estimator)  # the Serialized model's own
+        detector = getattr(estimator, "detector", None)
+
+        def timed(name: str, fn):
+            def call(*a, **kw):
+                where = getattr(self._where, "stage", "estimate")
+                before = detector.passes if detector is not None and name == "detect" else 0
+                t0 = time.perf_counter()
+                try:
+                    return fn(*a, **kw)
+                finally:
+                    self._add(f"{where}.{name}", time.perf_counter() - t0)
+                    if detector is not None and name == "detect":
+                        self.passes[where] += detector.passes - before
+            return call
+
+        def staged(fn):
+            def call(*a, **kw):
+                self._where.stage = "verify"
+                try:
+                    return fn(*a, **kw)
+                finally:
+                    self._where.stage = "estimate"
+            return call
+
+        def encoded(fn):
+            def call(*a, **kw):
+                t0 = time.thread_time()
+                try:
+                    return fn(*a, **kw)
+                finally:
+                    self.write_cpu += time.thread_time() - t0
+            return call
+
+        def restart(fn):
+            def call(timer):
+                fn(timer)
+                timer.cpu_mark = time.process_time()
+            return call
+
+        def lap(fn):
+            def call(timer, stage):
+                fn(timer, stage)
+                now = time.process_time()
+                self.stage_cpu[stage] = self.stage_cpu.get(stage, 0.0) + now - timer.cpu_mark
+                timer.cpu_mark = now
+            return call
+
+        self._patch(StageTimer, "restart", restart(StageTimer.restart))
+        self._patch(StageTimer, "lap", lap(StageTimer.lap))
+        for name in self.PARTS if hasattr(estimator, "detect_faces") else ():
+            self._patch(estimator, name, timed(name, getattr(estimator, name)))
+        self._patch(tail, "verify", staged(tail.verify))
+        self._patch(writer, "encode", encoded(writer.encode))
+        self._patch(writer, "_add_members", encoded(writer._add_members))
+        return self
+
+    def _patch(self, owner, name: str, value) -> None:
+        self._undo.append((owner, name, owner.__dict__.get(name)))
+        setattr(owner, name, value)
+
+    def remove(self) -> None:
+        for owner, name, value in reversed(self._undo):
+            if value is None:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, value)
+        self._undo.clear()
+
+
 def run_mode(mode: str, args, backbone: Path, guides: Path, work: Path, prepare=None) -> dict:
     """One timed run of ``mode`` after a one-batch warm-up in the same process; its manifest
     summarised, with the run's process CPU seconds per accepted sample. ``prepare(stages)`` is
@@ -138,27 +284,50 @@ def run_mode(mode: str, args, backbone: Path, guides: Path, work: Path, prepare=
     gen.stages = warm.stages  # the warm models (the start stage already swapped)
     if prepare is not None:
         prepare(gen.stages)
+    probe = Probe().install(gen.stages)
     profiler = cProfile.Profile() if getattr(args, "profile", False) else None
     start, cpu = time.perf_counter(), time.process_time()
-    if profiler:
-        profiler.enable()
-    gen.run(work / tag)
-    if profiler:
-        profiler.disable()
+    try:
+        if profiler:
+            profiler.enable()
+        gen.run(work / tag)
+        if profiler:
+            profiler.disable()
+    finally:
+        probe.remove()
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     rows = [json.loads(line) for line in (work / tag / "manifest.jsonl").read_text().splitlines()]
     summary = summarise(mode, rows, wall)
     summary["overlap"] = overlap
     summary["process_cpu_ms_per_accepted"] = round(1000 * cpu / summary["accepted"], 1) if summary["accepted"] else None
+    summary.update(probe_summary(mode, probe, rows, summary["accepted"], gen.config.k))
     if profiler:
-        stats = pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative")
-        print(f"--- mode {mode}: cProfile, cumulative ---", file=sys.stderr)
-        stats.print_stats(25)
+        stats = pstats.Stats(profiler, stream=sys.stderr).sort_stats(getattr(args, "profile_sort", "cumulative"))
+        print(f"--- mode {mode}: cProfile, {getattr(args, 'profile_sort', 'cumulative')} ---", file=sys.stderr)
+        stats.print_stats(getattr(args, "profile_lines", 25))
     return summary
 
 
+def probe_summary(mode: str, probe: Probe, rows: list[dict], accepted: int, k: int) -> dict:
+    """The probe's figures per accepted sample: the estimator's parts in the head and in verification,
+    MediaPipe pose passes per labelled person, the shard writer's CPU ms."""
+    per = max(accepted, 1)
+    persons = sum(int((r.get("scores") or {}).get("people") or 0) for r in rows)  # labelled people of the rows
+    guides = len({r["index"] // k for r in rows})
+    cpu = {s: t for s, t in probe.stage_cpu.items() if s not in MODEL_STAGES[mode]}
+    return {
+        "process_cpu_ms_per_accepted_in_cpu_stages": round(1000 * sum(cpu.values()) / per, 1),
+        "process_cpu_stage_ms_per_accepted": {s: round(1000 * t / per, 1) for s, t in sorted(cpu.items(), key=lambda x: -x[1])},
+        "estimator_parts_ms_per_accepted": {k: round(1000 * v / per, 1) for k, v in sorted(probe.seconds.items())},
+        "pose_passes": {"head_per_guide": round(probe.passes["estimate"] / max(guides, 1), 2),
+                        "verify_per_person": round(probe.passes["verify"] / max(persons, 1), 2)},
+        "people_per_row": round(persons / max(len(rows), 1), 2),
+        "write_cpu_ms_per_accepted": round(1000 * probe.write_cpu / per, 1),
+    }
+
+
 def summarise(mode: str, rows: list[dict], wall: float) -> dict:
-    """Stage ms per row, CPU ms per accepted sample, the three slowest CPU stages."""
+    """Stage ms per row, CPU ms per accepted sample (in all and per CPU stage), the three slowest CPU stages."""
     accepted = sum(r["status"] == "ok" for r in rows)
     totals: dict[str, float] = {}
     for r in rows:
@@ -172,6 +341,7 @@ def summarise(mode: str, rows: list[dict], wall: float) -> dict:
         "wall_ms_per_accepted": round(1000 * wall / accepted, 1) if accepted else None,
         "stage_ms_per_row": {s: round(1000 * t / len(rows), 2) for s, t in sorted(totals.items(), key=lambda x: -x[1])},
         "cpu_ms_per_accepted": round(1000 * cpu_total / accepted, 1) if accepted else None,
+        "cpu_stage_ms_per_accepted": {s: round(1000 * cpu[s] / max(accepted, 1), 1) for s in sorted(cpu, key=cpu.get, reverse=True)},
         "model_ms_per_accepted": round(1000 * (sum(totals.values()) - cpu_total) / accepted, 1) if accepted else None,
         "slowest_cpu_stages": {s: round(1000 * cpu[s] / max(accepted, 1), 1) for s in slowest},
         "cpu_share": round(cpu_total / max(sum(totals.values()), 1e-9), 3),
@@ -205,7 +375,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", type=int, nargs="+", help="peak RSS of mode-R runs of these sizes instead")
     parser.add_argument("--memory-k", type=int, default=8,
                         help="variants per guide of the --memory runs (fewer estimator fits: a short 1,000-sample run)")
+    parser.add_argument("--people", type=int, default=1, choices=[1, 2],
+                        help="people per guide photo: 1 (three photos) or 2 (the astronaut beside Grace Hopper)")
     parser.add_argument("--profile", action="store_true", help="print cProfile's top functions per mode (stderr)")
+    parser.add_argument("--profile-sort", default="cumulative", help="cProfile's sort key (cumulative, tottime)")
+    parser.add_argument("--profile-lines", type=int, default=25, help="cProfile's functions printed")
     parser.add_argument("--overlap", action="store_true",
                         help="make the next batch's head beside the current batch's tail (default: one after the other)")
     args = parser.parse_args(argv)
@@ -222,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
 
             backbone = write_tiny_backbone(work / "backbone")
         distinct = 0 if args.reuse_guides else -(-args.n // 3) + args.batch_size  # a file per guide (k = 3)
-        guides = write_guides(work / "guides", distinct)
+        guides = write_guides(work / "guides", distinct, args.people)
         if args.memory:
             peaks = {n: peak_rss_mb(n, args, backbone, guides, work / f"mem-{n}") for n in args.memory}
             first = peaks[args.memory[0]][0]

@@ -1,5 +1,6 @@
-"""The head of modes T and R does less work for the same answers: the interpenetration check of a
-several-people variant voxelises only the people whose boxes may meet, and decides as testing every pair."""
+"""Modes T and R do less CPU work for the same answers: the head's interpenetration check of a
+several-people variant voxelises only the people whose boxes may meet, and decides as testing every
+pair; the people of one image share the detector's whole-image pass and tile search."""
 
 from __future__ import annotations
 
