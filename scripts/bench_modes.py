@@ -13,7 +13,7 @@ estimates) is CPU-side work that could overlap the denoising. The script prints,
     process_cpu_ms_per_accepted_in_cpu_stages, process_cpu_stage_ms_per_accepted
                                  the process CPU time spent in the CPU stages, in all and per stage
                                  (:class:`Probe`): on a machine shared with other jobs a stage's wall
-                                 time grows with the load (mode R's estimate read 133 CPU ms and 890
+                                 time grows with the load (mode R's estimate read 133 CPU ms and 1,039
                                  wall ms per sample in one run at load 9), its CPU time moves far less
     write_cpu_ms_per_accepted    the shard writer's CPU time (encoding, tar), on its own thread
     estimator_parts_ms_per_accepted, pose_passes
@@ -37,7 +37,8 @@ row would fail before the CPU stages that matter: mode T runs the real tiny txt2
 counted) and then replaces each start image by one of the photos, as tests/test_pipeline_modes.py
 does. The noise also reaches verification: it finds no one in the final images, so it never fits
 (a real backbone's images cost a fit per person, about the head's fit per guide image) and, from
-256 px up, the detector searches every image's tiles for someone (13 passes a person at 256 px).
+256 px up, the detector searches every image's tiles for someone (16 MediaPipe passes a person at
+256 px, where a real image costs one to four).
 
 ``--memory N1 N2 ...``: instead, peak resident memory (ru_maxrss) of a whole mode-R ``dhpc generate``
 run of each size, each in its own subprocess, and the ratio of each to the first (flat memory: a
@@ -52,11 +53,24 @@ cumulative; ``--profile-lines``, default 25) of each mode.
     .venv/bin/python scripts/bench_modes.py --n 48 --batch-size 16 --image-size 256 --people 2
     .venv/bin/python scripts/bench_modes.py --memory 100 1000 --image-size 64
 
-Measured on a shared 2-core CPU (batch 16, 128 px, k = 3, MediaPipe estimator, one torch thread):
-CPU ms per accepted sample 187 in mode R and 149 in mode T (goal 50); the slowest CPU stages
-estimate (140 / 114 ms: the MediaPipe fit, about 0.4 s per guide image shared by its k samples),
-verify (26 / 22 ms: segmenter + estimator on every final image) and render (7 / 6 ms). Peak RSS of
-mode R at 64 px: 1,093 MB for 100 samples, 1,094 MB for 1,000 (1.001x).
+Measured on a shared 2-core CPU (batch 16, k = 3, MediaPipe estimator, one torch thread, load 5-10),
+process CPU ms per accepted sample in the CPU stages (goal 50):
+
+- one person per guide, 128 px: mode R 178 and 150 in two runs, mode T 165 and 173. The estimate is
+  112-138 ms of it (75 %), and the fit about 85 % of the estimate: a batch of 16 samples holds 5
+  guides, so the fit runs on 5 images a call, where its fixed cost per call dominates (one fit
+  call, CPU: 1.03 s for 1 image, 1.20 s for 5, 1.46 s for 10, 1.95 s for 20, 2.87 s for 40, i.e.
+  240 ms an image at 5 against 72 at 40); then verify 20-25 (the segmenter and one MediaPipe pass:
+  the noise images hold no one, so no fit), render 6-7, mode R's start 5, augment 3, segment 2,
+  body 2; the shard writer 3-4 ms on its own thread.
+- two people per guide (``--people 2``), 256 px: mode R 664 -> 522 and mode T 731 -> 545 when the
+  people of a final image share the detector's whole-image pass and tile search (verify 463 -> 309
+  and 552 -> 371 ms, MediaPipe passes per person 16 -> 10 on the noise images) and the head's
+  interpenetration check skips the voxels of people whose boxes lie apart (augment 16 -> 9 and 23
+  -> 10 ms); estimate 141-174 ms. The earlier figure (187 / 149 ms at 128 px, wall time) was
+  measured on one-person guides.
+
+Peak RSS of mode R at 64 px: 1,093 MB for 100 samples, 1,094 MB for 1,000 (1.001x).
 
 Runs under ``nice -n 10`` (it lowers its own priority) with one torch thread unless OMP_NUM_THREADS is set.
 """
