@@ -31,11 +31,12 @@
    (on the first ``--n`` procedural renders, ``--rounds`` alternating rounds, medians).
 4. With ``--n-hard M`` (default 48): M more renders of the M built-in poses the prior scores
    highest (the shipped set has few above the hard threshold), reported as ``hardest``.
-6. With ``--lifter SPEC`` (``on``: the shipped lifter, or a weights file of
+6. With ``--lifter SPEC [SPEC ...]`` (``on``: the shipped lifter, or weights files of
    ``scripts/train_lifter.py``): only the lifter comparison (:func:`compare_lifter`): the renders
-   detected without and with the segmenter's masks, each fitted with the world landmarks (lifter
-   off) and with the lifter's joints as the 3D target, swap-aware tables for both, and the facing
-   and keypoint agreement on the real photos. The lifter's training renders hold out the poses of
+   detected without (unless ``--no-maskless``) and with the segmenter's masks, each fitted with the
+   world landmarks (lifter off) and with each lifter's joints as the 3D target (and each weight of
+   the 3D term in ``--w-3d``), swap-aware tables for all, and the facing and keypoint agreement on
+   the real photos. The lifter's training renders hold out the poses of
    seeds 2024 and 2025 (``--n 32``) and use other seeds.
 5. With ``--budget``: the error budget of the easy renders, refitting with the renders' true COCO-17
    in place of the detector's 2D landmarks, of its 3D world landmarks, and of both (the last is
@@ -75,12 +76,18 @@ def background_folder(out: Path) -> Path:
     import cv2
     import skimage.data
 
+    from diffusion_hpc.runtime.atomic import atomic_path
+
     folder = out / "photo_backgrounds"
     folder.mkdir(parents=True, exist_ok=True)
     for name in BACKGROUND_PHOTOS:
+        if (folder / f"{name}.png").exists():  # written atomically: another process may be reading it
+            continue
         image = getattr(skimage.data, name)()
         image = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3]
-        cv2.imwrite(str(folder / f"{name}.png"), np.ascontiguousarray(image[..., ::-1]))
+        ok, png = cv2.imencode(".png", np.ascontiguousarray(image[..., ::-1]))
+        with atomic_path(folder / f"{name}.png") as tmp:
+            Path(tmp).write_bytes(png.tobytes())
     return folder
 
 
@@ -326,29 +333,41 @@ def real_photos() -> dict[str, np.ndarray]:
     }
 
 
-def compare_lifter(samples, photo_bg: np.ndarray, spec: str, blend: float) -> None:
-    """Print swap-aware tables of the fit with MediaPipe's world landmarks and with the lifter's
-    joints as its 3D target (same detections, faces and masks), without and with the segmenter's
-    masks, and each one's facing and keypoint agreement on :func:`real_photos`."""
-    from diffusion_hpc.estimate import get_estimator
+def compare_lifter(samples, photo_bg: np.ndarray, specs: list[str], blend: float, w_3d: list[float] | None = None,
+                   no_mask: bool = True) -> None:
+    """Print swap-aware tables of the fit with MediaPipe's world landmarks and with each lifter of
+    ``specs`` (``on`` or a weights file) as its 3D target, for each weight of the 3D term in ``w_3d``
+    (:attr:`FitWeights.w_3d`; None: the default), on the same detections, faces and masks, without
+    (``no_mask``) and with the segmenter's masks; and each one's facing and keypoint agreement on
+    :func:`real_photos`."""
+    from dataclasses import replace
 
-    plain, lifted = get_estimator("mediapipe", lifter="off"), get_estimator("mediapipe", lifter=spec, lifter_blend=blend)
+    from diffusion_hpc.estimate import get_estimator
+    from diffusion_hpc.estimate.fit import FitWeights
+
+    plain = get_estimator("mediapipe", lifter="off")
+    fitters = [("lifter off (world landmarks)", plain)]
+    for spec in specs:
+        for w in w_3d or [None]:
+            weights = None if w is None else replace(FitWeights(), w_3d=w)
+            label = f"lifter {spec} (blend {blend:g}" + ("" if w is None else f", w_3d {w:g}") + ")"
+            fitters.append((label, get_estimator("mediapipe", lifter=spec, lifter_blend=blend, weights=weights)))
     images = [s["image"] for s in samples]
     sizes = [im.shape[:2] for im in images]
     groups = {k: v for k, v in render_groups(samples, np.zeros(len(samples), bool), photo_bg).items()
               if k in ("all", "front", "side", "back", "near <2.5m", "far", "procedural", "photo bg")}
-    for name, masks in (("no mask", None), ("segmenter mask", segmenter_masks(images))):
+    for name, masks in ((("no mask", None),) if no_mask else ()) + (("segmenter mask", segmenter_masks(images)),):
         detections = plain.detect(images, masks)
         faces = plain.detect_faces(images, detections)
-        for label, est in (("lifter off (world landmarks)", plain), (f"lifter {spec} (blend {blend:g})", lifted)):
+        for label, est in fitters:
             print(f"{name}, {label}:")
             fit = (lambda d, z, f: est.fit(d, z, f)) if masks is None else (lambda d, z, f, m: est.fit(d, z, f, masks=m))
             results = in_batches(fit, detections, sizes, faces, *([] if masks is None else [masks]))
             swap_aware_table(results, samples, groups)
     photos = real_photos()
-    for label, est in (("off", plain), (spec, lifted)):
+    for label, est in fitters:
         for (name, _), r in zip(photos.items(), est.estimate(list(photos.values()))):
-            print(f"  real photo {name}, lifter {label}: " + (r.reason if not r.ok else
+            print(f"  real photo {name}, {label}: " + (r.reason if not r.ok else
                   f"facing {r.facing} ({r.fit_hypothesis}), keypoints vs detector median {r.fit_error_px:.1f} px"))
 
 
@@ -369,7 +388,13 @@ def main() -> None:
     ap.add_argument("--budget", action="store_true", help="also refit with true 2D / 3D inputs (error budget)")
     ap.add_argument("--timing", action="store_true", help="only time the stages at batch 1 and 16 (no accuracy)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of --timing (medians)")
-    ap.add_argument("--lifter", default=None, help="only compare the fit without and with this lifter (on: the shipped one, or a weights file)")
+    ap.add_argument("--compile-fit", action="store_true",
+                    help="with --timing: MediaPipeFitter(compile_fit=True); the warm-up line gives the compilation's cost")
+    ap.add_argument("--lifter", nargs="+", default=None,
+                    help="only compare the fit without and with these lifters (on: the shipped one, or weights files)")
+    ap.add_argument("--w-3d", type=float, nargs="+", default=None,
+                    help="with --lifter: weights of the fit's 3D term to compare (FitWeights.w_3d; default: its default)")
+    ap.add_argument("--no-maskless", action="store_true", help="with --lifter: only the segmenter-mask fits")
     ap.add_argument("--lifter-blend", type=float, default=1.0, help="with --lifter: its share of the fit's 3D target")
     args = ap.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_estimate_"))
@@ -387,9 +412,12 @@ def main() -> None:
     if not (ds / "config.yaml").exists():
         generate(GenerateConfig(n=args.n, image_size=(256, 256), seed=args.seed), out=ds, progress=False)
     if args.timing:
-        est = get_estimator("mediapipe")
+        est = get_estimator("mediapipe", **({"compile_fit": True} if args.compile_fit else {}))  # older fitters: no kwarg
         images = [s["image"] for s in open_dataset(ds)]
-        est.estimate(images[:2])  # warm-up: MediaPipe graphs, Anny load
+        t0 = np.array([time.perf_counter(), time.process_time()])
+        est.estimate(images[:2])  # warm-up: MediaPipe graphs, Anny load (and the fit's compilation)
+        wall, cpu = np.array([time.perf_counter(), time.process_time()]) - t0
+        print(f"warm-up (compile_fit={args.compile_fit}): {wall:.1f} s wall, {cpu:.1f} s CPU")
         print_timing(stage_timing(est, images, args.rounds, masks=segmenter_masks(images[:16])))
         return
     if not (ds_photo / "config.yaml").exists():
@@ -399,7 +427,7 @@ def main() -> None:
     samples = [p for d in (ds, ds_photo) for s in open_dataset(d) for p in persons_of(s)]  # one person per render
     photo_bg = np.arange(len(samples)) >= args.n
     if args.lifter:
-        compare_lifter(samples, photo_bg, args.lifter, args.lifter_blend)
+        compare_lifter(samples, photo_bg, args.lifter, args.lifter_blend, args.w_3d, not args.no_maskless)
         return
     est = get_estimator("mediapipe")
     body = est.body

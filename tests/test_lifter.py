@@ -60,7 +60,7 @@ def held_out_renders(tmp_path_factory):
 
 def test_shipped_lifter_loads_once_and_runs_on_any_batch_shape():
     path = default_lifter_path()
-    assert path.is_file() and path.stat().st_size < 1024 * 1024
+    assert path.is_file() and path.stat().st_size < 2 * 1024 * 1024  # the wheel's budget for it: under 2 MiB
     lifter = load_default_lifter()
     assert load_default_lifter() is lifter and not lifter.training
     assert lifter.record["data"]["renders"] > 1000  # the training record travels with the weights
