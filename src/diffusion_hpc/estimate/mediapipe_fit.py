@@ -58,8 +58,11 @@ Over photo backgrounds (32 per seed) the default goes from 82.5 / 65.4 to 82.3 /
 and from 126.5 / 110.8 to 114.3 / 102.8 mm (2025). Without the veto one more front view of seed
 2024 swapped; with the swap probability as a two-sided cue the astronaut photo swapped (0.70 on
 her: the lifter learned on faceless renders). ``FitWeights(world_reliability=False)`` with the
-first lifter: 66.4 / 53.3 (2024), 92.7 / 73.1 (2025), one more swap on 2025; not the default. The
-real photos keep facing the right way.
+first lifter: 66.4 / 53.3 (2024), 92.7 / 73.1 (2025), one more swap on 2025; not the default. A
+heavier 3D term with the shipped lifter, w_3d 9 / 12: 66.2 / 53.5 and 65.8 / 53.3 mm (2024), 93.4 /
+71.8 and 93.9 / 72.9 mm with one more swap (2025); not taken. The real photos keep facing the right
+way (the astronaut's facing margin stays thin: 0.161 without a lifter, 0.029 with the first, 0.028
+with the shipped one).
 
 Camera: the focal length comes from an assumed field of view, :data:`DEFAULT_FOV_DEG` across the
 image's longer side, principal point at the centre (a single photo does not determine the focal
