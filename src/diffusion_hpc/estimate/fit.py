@@ -71,20 +71,20 @@ Adam's 0.91) and 8.9 mm worse.
 
 Compiled (``optimise(compiled_energy=True)``, ``MediaPipeFitter(compile_fit=True)``; off by
 default): the energies are pure functions of their inputs (:func:`torso_energy`,
-:func:`chain_skeleton`, :func:`chain_energy`; the constants in :class:`FitTerms`) that
-``torch.compile`` (inductor, a C++ compiler at run time) turns into a few fused kernels, forward and
-backward, once per process (:func:`compiled`; the row dimension is dynamic, so any batch size reuses
-them); the skeleton's held iterations pass their parts with a gradient that is then dropped, so one
-graph serves every iteration, and Adam runs as one fused kernel. Same fit to float rounding:
-limb PA-MPJPE on 64 of ``scripts/bench_estimate.py``'s renders 63.2 / 50.9 mm (mean / median) without
-masks and 63.1 / 51.7 mm with the segmenter's, eager and compiled alike; joints within 0.32 mm of the
-eager fit's (mean 0.005 mm), the same hypothesis kept on every render. CPU time per image: (``bench_estimate.py --timing [--compile-fit]``, 2-core CPU,
-load 1.5-3.5) eager 0.72 s at batch 1 (with masks 0.90 s), 77 ms at batch 16 (100 ms); compiled
-0.25-0.39 s (0.29-0.51 s), 33-55 ms (48-65 ms). The compilation costs 71 s of CPU (124 s wall) in a fresh process with an empty cache
-(the maskless graphs; the first batch with masks adds about 50 s); inductor
-keeps what it compiled on disk (``TORCHINDUCTOR_CACHE_DIR``), and a later process with that cache
-warm pays 58 s of CPU (67 s wall). So it pays off for long runs (thousands of images at batch 16, hundreds at
-batch 1), not for a short one; hence off by default.
+:func:`chain_skeleton`, :func:`chain_energy`; the constants in :class:`FitTerms`, the weights baked
+in) that ``torch.compile`` (inductor, a C++ compiler at run time) turns into a few fused kernels,
+forward and backward, once per process (:func:`compiled`; the row dimension is dynamic, so any batch
+size reuses them); the held iterations pass the shape and skeleton with a gradient that is then
+dropped, so one graph serves every iteration, and Adam runs as one fused kernel. Same fit to float
+rounding: limb PA-MPJPE on 64 of ``scripts/bench_estimate.py``'s renders 63.2 / 50.9 mm (mean /
+median) without masks and 63.1 / 51.7 mm with the segmenter's, eager and compiled alike; joints
+within 0.32 mm of the eager fit's (mean 0.005 mm), the same hypothesis kept on every render. CPU ms
+per image, eager -> compiled, one process, 5 alternating rounds on 16 renders (2-core CPU, load 2-3.5):
+batch 1 744 -> 272 (with masks 1028 -> 309), batch 16 76 -> 36 (101 -> 50). The compilation costs
+71 s of CPU (124 s wall) in a fresh process with inductor's on-disk cache (``TORCHINDUCTOR_CACHE_DIR``)
+empty, and about 50 s more at the first batch with masks; with the cache warm, 15 s (16 s wall). So
+it pays off for runs of hundreds of images at batch 1 or thousands at batch 16, not a short one:
+hence off by default.
 """
 
 from __future__ import annotations
