@@ -42,13 +42,14 @@ dataset with a ``.claim`` file (:func:`claim`) and leaves the claimed ones to th
    augmented render trains.
 
 The shipped weights are this script's defaults: 6144 renders of the 575 training poses (6091
-detected, 5074 of them train), 12,288 of 1725 variants at strength 1 (11,862 detected), 33,872
-examples with the mirrored copies, 3 x 384 MLP, 80 epochs (about 8 min on one CPU thread), 1.5
-MiB. Validation (limb PA-MPJPE of the lifted joints, mean / median): 77.0 / 60.3 mm, the world
-landmarks 96.4 / 78.1 (the first lifter, 3 x 256 without the variants: 78.2 / 60.8). Also tried:
-3 x 256 with 6144 variant renders (78.5 / 60.6; in the fit no better on seed 2024's median, more
-swaps on 2025), 3 x 384 with 6144 (77.5 / 60.2); the fit's figures are in
-:mod:`diffusion_hpc.estimate.mediapipe_fit`.
+detected, 5074 of them train), 12,288 of their 1725 variants at strength 1 (11,987 detected),
+34,122 examples with the mirrored copies, 3 x 384 MLP, 80 epochs (3 min on an idle CPU thread, 8
+on the loaded machine), 1.5 MiB. Validation (limb PA-MPJPE of the lifted joints, mean / median):
+77.2 / 59.7 mm, the world landmarks 96.4 / 78.1 (the first lifter, 3 x 256 without the variants:
+78.2 / 60.8). Also tried: 3 x 256 with 6144 variant renders (78.5 / 60.6; in the fit no better on
+seed 2024's median and more swaps on 2025), 3 x 384 with 6144 (77.5 / 60.2; one more swap on 2025
+than the first lifter), 3 x 384 with 95 of the 96 variant datasets (77.0 / 60.3). The fit's
+figures are in :mod:`diffusion_hpc.estimate.mediapipe_fit`.
 
 Data and licence: the poses are the package's built-in CMU motion-capture poses ("The data used in
 this project was obtained from mocap.cs.cmu.edu. The database was created with funding from NSF

@@ -5,7 +5,7 @@ landmarks: with the true 3D joints in their place, limb PA-MPJPE drops by a quar
 a small MLP (:class:`LandmarkLifter`, 3 x 384) trained on our own renders (``scripts/train_lifter.py``:
 the 575 built-in CMU poses that the bench does not evaluate on and 1725 variants of them from the
 pose prior's augmentation, harder poses as modes T and R draw them, random Anny shapes, cameras and
-views over procedural and photo backgrounds, MediaPipe run on each render; 17,953 renders with a
+views over procedural and photo backgrounds, MediaPipe run on each render; 18,078 renders with a
 detection, mirrored copies doubling them). Its input is MediaPipe's output
 for one person (:func:`lifter_features`: the 33 image landmarks relative to the hips and scaled by
 the seen landmarks' extent, the 33 world landmarks, the 33 visibilities); its outputs are
@@ -24,10 +24,10 @@ MiB, its feature normalisation and training record in the metadata), loaded once
 
 Lifted joints alone (limb PA-MPJPE mean / median, no fit), first lifter (3 x 256, 6091 renders of
 the 575 poses) -> shipped: validation renders (poses it trained on, other seeds, 1017 renders) 78.2
-/ 60.8 -> 77.0 / 60.3 mm (world landmarks 96.4 / 78.1); bench_estimate's seed-2024 renders (poses
-never trained on, 62 detected) 67.4 / 57.6 -> 64.3 / 55.2 mm (world landmarks 84.8 / 74.3). The
-swap logit catches 19 % of the detector's swaps at 2.0 % false alarms on validation (before: 20 % at
-3.1 %).
+/ 60.8 -> 77.2 / 59.7 mm (world landmarks 96.4 / 78.1); bench_estimate's seed-2024 renders (poses
+never trained on, 62 detected) 67.4 / 57.6 -> 63.9 / 55.9 mm (world landmarks 84.8 / 74.3). The
+swap logit catches 22 % of the detector's swaps at 1.8 % false alarms on validation (before: 20 %
+at 3.1 %).
 """
 
 from __future__ import annotations
