@@ -231,3 +231,22 @@ def test_lifter_option_names_the_fix(tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, (argv, err)
+
+
+def test_compile_fit_option_names_the_fix(capsys):
+    """--compile-fit compiles the MediaPipe fit of Anny bodies; a run that fits none (a regressor, SMPL, mode D
+    without --verify) fails in one line naming the option and the fix, before a model loads."""
+    est = ["estimate", "--images", "p", "--out", "f.npz"]
+    gen = ["generate", "--mode", "R", "--guides", "photos", "--backbone", "b", "--out", "d"]
+    assert _config(est + ["--compile-fit"]).compile_fit is True
+    assert _config(gen + ["--compile-fit"]).compile_fit is True
+    assert _config(gen).compile_fit is False
+    for argv in (
+        est + ["--estimator", "hmr", "--checkpoint", "r", "--compile-fit"],
+        est + ["--body-model", "smpl", "--smpl-path", "s", "--compile-fit"],
+        ["generate", "--mode", "D", "--out", "d", "--compile-fit"],
+        gen + ["--body-model", "smpl", "--smpl-path", "s", "--compile-fit"],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "leave --compile-fit out" in err, (argv, err)

@@ -132,3 +132,21 @@ def test_lifter_option_reaches_the_runs_fit(tmp_path):
     assert describe_estimator(load_estimator(GenerateConfig(**base, lifter="off"), None, "cpu"))["lifter"] == "off"
     shipped = describe_estimator(load_estimator(GenerateConfig(**base), None, "cpu"))["lifter"]
     assert shipped.startswith("lifter.safetensors ")
+
+
+def test_compile_fit_option_reaches_the_runs_fit(tmp_path, monkeypatch):
+    """``--compile-fit`` of dhpc generate makes the run's MediaPipe fit compiled, run.json's estimator record says
+    so, and without a C++ compiler for torch.compile the estimator does not load: one message naming the option
+    and the fix, before any work (not the first compiled call's failure deep inside torch)."""
+    import torch._inductor.config as inductor
+
+    from diffusion_hpc.errors import ConfigError
+    from diffusion_hpc.estimate import describe_estimator
+    from diffusion_hpc.pipeline.stages import load_estimator
+
+    base = dict(mode="R", guides=tmp_path, backbone=str(tmp_path))
+    assert describe_estimator(load_estimator(GenerateConfig(**base, compile_fit=True), None, "cpu"))["compile_fit"]
+    assert not describe_estimator(load_estimator(GenerateConfig(**base), None, "cpu"))["compile_fit"]
+    monkeypatch.setattr(inductor.cpp, "cxx", ("no-such-compiler++",))
+    with pytest.raises(ConfigError, match="compile_fit compiles with torch.compile, which needs a C\\+\\+ compiler"):
+        load_estimator(GenerateConfig(**base, compile_fit=True), None, "cpu")

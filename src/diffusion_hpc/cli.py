@@ -187,6 +187,7 @@ def _add_generate(sub) -> None:
           "weights (a dhpc train run folder; SPIN's model_checkpoint.pt; a 4D-Humans .ckpt)")
     _flag(g, G, "lifter", metavar="on|off|FILE", text="the MediaPipe fit's 3D target: on (the shipped learned lifter "
           "of MediaPipe's landmarks; default), off (MediaPipe's world landmarks) or a scripts/train_lifter.py weights file")
+    _flag(g, G, "compile_fit", action="store_true")
     s = g.add_argument_group("diffusion sampler (a preset, then any value given here overrides it)")
     S = SamplerConfig
     _flag(s, S, "preset", text="original (the paper: DDIM, 50 steps, guidance 7.5), default (DPM++ 2M, 20 steps), "
@@ -267,6 +268,7 @@ def _add_estimate(sub) -> None:
           text="mediapipe: fit to the landmarks alone, without the segmenter's person mask")
     _flag(est, E, "segmenter", metavar="mediapipe|mediapipe:pose|DIR")
     _flag(est, E, "lifter", metavar="on|off|FILE")
+    _flag(est, E, "compile_fit", action="store_true")
     _flag(est, E, "device", metavar="auto|cpu|cuda[:N]|mps")
     _flag(est, E, "dtype")
 

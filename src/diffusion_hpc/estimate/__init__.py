@@ -20,6 +20,7 @@ from diffusion_hpc.estimate.hmr_adapter import HMREstimator, exported_body_model
 from diffusion_hpc.estimate.mediapipe_fit import MediaPipeFitter
 from diffusion_hpc.estimate.spin import SPINEstimator
 from diffusion_hpc.prior.base import PosePrior
+from diffusion_hpc.runtime.compiler import require_cpp_compiler
 from diffusion_hpc.runtime.images import check_image, load_image
 
 ESTIMATORS = ("mediapipe", "hmr", "spin", "hmr2")
@@ -42,11 +43,17 @@ def get_estimator(name: str = "mediapipe", body_model: str = "anny", prior: Pose
         prior: pose prior whose ``penalty`` regularises the fit; ``"default"`` (default): the shipped
             Anny prior when ``body_model`` is Anny, else the fallback; None: a documented L2 +
             joint-limit regulariser (:func:`diffusion_hpc.estimate.fit.fallback_pose_penalty`).
-        **kwargs: backend options (mediapipe: ``fov_deg``, ``weights``, ``model_path``; hmr / spin / hmr2:
+        **kwargs: backend options (mediapipe: ``fov_deg``, ``weights``, ``model_path``, ``lifter``,
+            ``compile_fit``; hmr / spin / hmr2:
             see :class:`~diffusion_hpc.estimate.hmr_adapter.HMREstimator`,
             :class:`~diffusion_hpc.estimate.spin.SPINEstimator`, :class:`~diffusion_hpc.estimate.hmr2.HMR2Estimator`).
+
+    Raises:
+        ConfigError: mediapipe with ``compile_fit=True`` and no C++ compiler for ``torch.compile``.
     """
     if name == "mediapipe":
+        if kwargs.get("compile_fit"):
+            require_cpp_compiler("compile_fit")
         return MediaPipeFitter(body_model=body_model, prior=prior, **kwargs)
     # regressor checkpoints: the body model is the checkpoint's
     if name == "hmr":

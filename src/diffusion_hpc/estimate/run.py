@@ -196,7 +196,8 @@ def estimate(config: EstimateConfig) -> dict[str, np.ndarray]:
                               "(MediaPipe and the body model are CPU-only here); leave --device / --dtype out, or "
                               "use --estimator hmr|spin|hmr2 to regress on a GPU")  # fmt: skip
         estimator = get_estimator("mediapipe", body_model=c.fit_body_model, prior="default" if c.prior else None,
-                                  model_path=c.smpl_path, lifter=c.lifter or "on")
+                                  model_path=c.smpl_path, lifter=c.lifter or "on",
+                                  compile_fit=c.compile_fit)
         segmenter = make_segmenter(c.segmenter) if c.masks else None
     elif c.estimator == "spin":
         estimator = get_estimator("spin", checkpoint=c.checkpoint, smpl_path=c.smpl_path, mean_params=c.mean_params,

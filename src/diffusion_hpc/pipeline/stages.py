@@ -52,7 +52,7 @@ def load_estimator(cfg: GenerateConfig, prior, device) -> MeshEstimator:
     name = cfg.mesh_estimator
     if name == "mediapipe":
         return get_estimator("mediapipe", body_model=cfg.body_model, prior=prior, model_path=cfg.smpl_path,
-                             lifter=cfg.lifter or "on")
+                             lifter=cfg.lifter or "on", compile_fit=cfg.compile_fit)
     if name in ("spin", "hmr2"):
         return get_estimator(name, checkpoint=cfg.estimator_checkpoint, smpl_path=cfg.smpl_path, device=device)
     return get_estimator(name, checkpoint=cfg.estimator_checkpoint, model_path=cfg.smpl_path, device=device)
