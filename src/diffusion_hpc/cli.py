@@ -12,6 +12,7 @@ import argparse
 import logging
 import sys
 import typing
+import warnings
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -705,6 +706,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
             os.environ.setdefault(name, "error")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        # torch.compile's code generator (--compile-fit) calls its own deprecated helpers
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\._inductor\.")
     if args.command is None:
         parser.print_help()
         return 2
