@@ -91,3 +91,43 @@ def test_fit_through_the_chain_lands_where_the_reduced_forward_fit_lands(anny_bo
     # and the fit did fit: the base hypothesis reprojects onto the keypoints within a few pixels
     base = joints[0][:2].double().numpy() @ K.T
     assert np.median(np.linalg.norm(base[..., :2] / base[..., 2:] - uv, axis=-1)) < 5.0
+
+
+def test_the_chains_skeleton_is_the_rest_skeletons_heads_and_basis(anny_body, fast):
+    """The fit's bone chain reads the rest skeleton without anny's 4x4 kinematics (no tails, no rest
+    poses): the heads and keypoint basis it gets are those of the whole rest skeleton, bit for bit,
+    and so are their gradients."""
+    chain = BoneChain.of(fast.keypoints)
+    phenotype = torch.rand(3, 6, generator=torch.Generator().manual_seed(3)).requires_grad_(True)
+    lean, whole = chain.skeleton(phenotype), fast.rest_skeleton(phenotype)
+    assert set(lean) == {"heads", "basis"} and {"tails", "rest_poses"} <= set(whole)
+    for key in lean:
+        assert torch.equal(lean[key], whole[key]), key
+        weights = torch.randn(lean[key].shape, generator=torch.Generator().manual_seed(4))
+        grads = [torch.autograd.grad((s[key] * weights).sum(), phenotype, retain_graph=True)[0] for s in (lean, whole)]
+        assert torch.equal(*grads), key
+
+
+def test_initial_placement_of_a_batch_is_each_rows_placement(anny_body, fast):
+    """One batched call places every row (one rotation solve for all) as a call per row does: to
+    float64 rounding, and identically once in float32, the fit's precision."""
+    rng = np.random.default_rng(7)
+    rest, root_to_hips = rest_joints_camera(anny_body, fast.keypoints, initial_pose(anny_body, None))
+    c2c = anny_body.canonical_to_camera.double().numpy()
+    n = 24
+    world = rest + rng.normal(scale=0.05, size=(n, 17, 3))
+    turn = np.stack([np.eye(3)] * n)
+    turn[:, [0, 0, 2, 2], [0, 2, 0, 2]] = np.stack([np.cos(a := rng.uniform(-3, 3, n)), np.sin(a), -np.sin(a), np.cos(a)], 1)
+    world = world @ np.swapaxes(turn, 1, 2)  # people turned any way about the vertical
+    K = np.tile(np.array([[400.0, 0.0, 128.0], [0.0, 400.0, 128.0], [0.0, 0.0, 1.0]]), (n, 1, 1))
+    uv = rng.uniform(40, 216, size=(n, 17, 2))
+    conf = rng.uniform(0.0, 1.0, size=(n, 17))
+    orient, transl = initial_placement(rest, root_to_hips, c2c, uv, conf, world, K)
+    rows = [initial_placement(rest, root_to_hips, c2c, uv[i], conf[i], world[i], K[i]) for i in range(n)]
+    assert orient.shape == transl.shape == (n, 3) and rows[0][0].shape == (3,)
+    for got, want in ((orient, np.stack([r[0] for r in rows])), (transl, np.stack([r[1] for r in rows]))):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+        assert np.array_equal(got.astype(np.float32), want.astype(np.float32))
+    batched = initial_placement(rest, root_to_hips, c2c, uv.reshape(4, 6, 17, 2), conf.reshape(4, 6, 17),
+                                world.reshape(4, 6, 17, 3), K.reshape(4, 6, 3, 3))
+    assert np.array_equal(batched[0].reshape(n, 3), orient) and np.array_equal(batched[1].reshape(n, 3), transl)

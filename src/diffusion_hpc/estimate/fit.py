@@ -528,24 +528,30 @@ def solve_translation(points: np.ndarray, uv: np.ndarray, K: np.ndarray, weights
 
 def initial_placement(rest: np.ndarray, root_to_hips: np.ndarray, canonical_to_camera: np.ndarray, uv: np.ndarray,
                       conf: np.ndarray, world: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(global_orient (3,), transl (3,)) the fit starts from, for one row.
+    """(global_orient (..., 3), transl (..., 3)) the fit starts from, for each row of any batch shape.
 
     The rotation R is the Kabsch fit of the rest torso onto the world landmarks' torso (weights:
     the confidences, at least 0.05); the translation puts the rotated rest joints onto ``uv``
     (:func:`solve_translation`, weights ``conf * COCO17_FIT_WEIGHT``), shifted because the body's
-    pivot is its root joint, not the hip midpoint.
+    pivot is its root joint, not the hip midpoint. The rotations of all rows are one batched
+    solve (a fit's fixed cost: one row at a time took 2 ms a row).
 
     Args:
         rest: (17, 3) hip-centred COCO-17 of the rest body in camera orientation.
         root_to_hips: (3,) hip midpoint relative to the root joint, canonical frame.
         canonical_to_camera: (3, 3) the body model's canonical-to-camera rotation.
-        uv: (17, 2); conf: (17,); world: (17, 3) hip-centred; K: (3, 3).
+        uv: (..., 17, 2); conf: (..., 17); world: (..., 17, 3) hip-centred; K: (..., 3, 3).
     """
-    torso = (rest[TORSO_INDEX], world[TORSO_INDEX], np.maximum(conf[TORSO_INDEX], 0.05))
-    R = rigid_rotation(*(torch.from_numpy(np.asarray(a, np.float64)) for a in torso)).numpy()
+    uv, conf, world, K = (np.asarray(a, np.float64) for a in (uv, conf, world, K))
+    batch = conf.shape[:-1]
+    torso = (np.broadcast_to(rest[TORSO_INDEX], (*batch, len(TORSO_INDEX), 3)).copy(), world[..., TORSO_INDEX, :],
+             np.maximum(conf[..., TORSO_INDEX], 0.05))
+    R = rigid_rotation(*(torch.from_numpy(np.ascontiguousarray(a, np.float64)) for a in torso)).numpy()
     orient = R @ canonical_to_camera
-    transl = solve_translation(rest @ R.T, uv, K, conf * COCO17_FIT_WEIGHT)
-    return rotmat_to_rotvec(torch.from_numpy(orient)).numpy(), transl - root_to_hips @ orient.T
+    rows = (a.reshape(-1, *a.shape[len(batch):]) for a in (R, uv, conf, K))
+    transl = np.stack([solve_translation(rest @ r.T, u, k, c * COCO17_FIT_WEIGHT)
+                       for r, u, c, k in zip(*rows)]).reshape(*batch, 3)
+    return rotmat_to_rotvec(torch.from_numpy(orient)).numpy(), transl - root_to_hips @ np.swapaxes(orient, -1, -2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -609,6 +615,9 @@ class BoneChain:
         parent: (Nb,) each bone's parent (the root: itself).
         bones: (N',) the bones that move a keypoint; const: (17, N') the keypoints' weight on each
             bone's translation (``contract_keypoint_regressor``'s ``bones`` and ``const``).
+        skeleton: (B, 6) phenotype -> the rest skeleton's ``heads`` and ``basis``, all that
+            :func:`chain_keypoints` reads (:meth:`AnnyReducedForward.chain_skeleton`: no tails and
+            rest poses of anny's 4x4 kinematics).
     """
 
     levels: tuple[tuple[int, int], ...]
@@ -618,6 +627,7 @@ class BoneChain:
     parent: torch.Tensor
     bones: torch.Tensor
     const: torch.Tensor
+    skeleton: Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
     @classmethod
     def of(cls, joints: Callable) -> BoneChain | None:
@@ -635,7 +645,7 @@ class BoneChain:
         local, order, inverse, parent = core.kinematic_chain_indices
         c = reduced.contraction
         return cls(tuple((int(a), int(b)) for a, b in core.kinematic_chain_levels), local, order, inverse, parent,
-                   c["bones"], c["const"])
+                   c["bones"], c["const"], reduced.chain_skeleton)
 
 
 def chain_transforms(chain: BoneChain, rotations: torch.Tensor, transl: torch.Tensor,
@@ -787,9 +797,8 @@ def torso_energy(terms: FitTerms, weights: FitWeights, rest: torch.Tensor, root:
 
 def chain_skeleton(rest_skeleton: Callable[[torch.Tensor], Mapping[str, torch.Tensor]],
                    shape: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(heads (N, Nb, 3), basis (N, 17, N', 3)): the parts of ``rest_skeleton(shape)``
-    (:meth:`AnnyReducedForward.rest_skeleton`) that :func:`chain_energy` reads (compiled, the others
-    are never computed)."""
+    """(heads (N, Nb, 3), basis (N, 17, N', 3)): ``rest_skeleton(shape)``
+    (:attr:`BoneChain.skeleton`), what :func:`chain_energy` reads."""
     skeleton = rest_skeleton(shape)
     return skeleton["heads"], skeleton["basis"]
 
@@ -851,6 +860,8 @@ def optimise(body: BodyModel, joints: Callable[[dict], torch.Tensor], targets: F
         shape_split: ``joints`` in two parts, (shape -> its part of the forward pass, (parameters,
             that part) -> joints), so that stage 2 can hold the shape for
             :attr:`FitWeights.shape_every` - 1 iterations out of ``shape_every``; None: never held.
+            Through the bone chain the shape's part is :attr:`BoneChain.skeleton` (the part of
+            ``shape_split[0]`` that the chain reads).
         compiled_energy: run both stages' energies, forward and backward, through ``torch.compile``
             (:func:`compiled`: :func:`torso_energy`, :func:`chain_skeleton`, :func:`chain_energy`;
             needs Anny's bone chain, else ``ValueError``) and Adam as one fused kernel: the same fit
@@ -898,6 +909,7 @@ def optimise(body: BodyModel, joints: Callable[[dict], torch.Tensor], targets: F
         return fit_params(terms, orient, transl, delta, shape_now())
 
     chain = None if shape_split is None else BoneChain.of(shape_split[1])
+    skeleton_of = None if shape_split is None else shape_split[0] if chain is None else chain.skeleton
     if compiled_energy and chain is None:
         raise ValueError(f"compiled_energy needs Anny's bone chain (the reduced forward's keypoints); the "
                          f"{body.name!r} body's fit runs eagerly only: pass compiled_energy=False")
@@ -940,9 +952,9 @@ def optimise(body: BodyModel, joints: Callable[[dict], torch.Tensor], targets: F
         if skeleton is None:  # the shape's part at the current phenotype, recorded for the next shape iteration
             if compiled_energy:
                 rows_dynamic(shape)
-                skeleton = dict(zip(("heads", "basis"), compiled(chain_skeleton)(shape_split[0], shape)))
+                skeleton = dict(zip(("heads", "basis"), compiled(chain_skeleton)(skeleton_of, shape)))
             else:
-                skeleton = shape_split[0](shape)
+                skeleton = skeleton_of(shape)
         if it % cw.shape_every == 0:
             part, skeleton = skeleton, None  # the shape moves now
         else:  # the shape is held (no gradient, Adam leaves it alone); its part of the forward pass is reused
