@@ -412,11 +412,10 @@ class MediaPipeFitter(MeshEstimator):
                                          cw.cover_points if cw.w_cover > 0 else 0)
         rest, root_to_hips = self._rest_joints()
         c2c = body.canonical_to_camera.double().numpy()
-        starts = [initial_placement(rest, root_to_hips, c2c, targets.uv[n], targets.conf[n], targets.world[n], targets.K[n])
-                  for n in range(len(targets.uv))]
+        orient0, transl0 = initial_placement(rest, root_to_hips, c2c, targets.uv, targets.conf, targets.world, targets.K)
         free = free_joint_mask(body)
-        result = optimise(body, self._joints, targets, np.stack([s[0] for s in starts]), np.stack([s[1] for s in starts]),
-                          self._init_pose(), free, unmodelled_joint_mask(body, self.prior, free), self.prior, self.weights,
+        result = optimise(body, self._joints, targets, orient0, transl0, self._init_pose(), free,
+                          unmodelled_joint_mask(body, self.prior, free), self.prior, self.weights,
                           None if self._fast is None else (self._fast.rest_skeleton, self._fast.keypoints),
                           compiled_energy=self.compile_fit)
         best, decision = self._decide_facing(todo, result, targets, swap_prob)
