@@ -9,7 +9,9 @@
    ankles, shoulders, elbows, wrists) against the TRUE joints, the same for MediaPipe's own world
    landmarks (what the fit has to beat), left/right accuracy (per limb pair, in the camera frame,
    hip-centred: is the fitted left joint nearer the true left than the true right one), the share
-   of images whose labels are swapped (fewer than half the pairs right) and the facing accuracy;
+   of images whose labels are swapped (fewer than half the pairs right) and the facing accuracy,
+   the share of fits to someone else (most seen landmarks off the render's person: the astronaut of
+   the ``astronaut`` background) and the swaps among the fits to the render's own person;
    split by view (front / side / back from the true torso's direction to the camera), near / far
    camera, easy / hard pose (the pose prior's ``is_hard``) and background. Also H36M-17 PA-MPJPE
    and MPJPE (root-relative) as before.
@@ -91,13 +93,30 @@ def background_folder(out: Path) -> Path:
     return folder
 
 
+def on_person_share(estimate, mask: np.ndarray) -> float:
+    """Share of an estimate's seen COCO-17 landmarks (visibility >= ``MIN_VISIBILITY``) that lie on a
+    render's true person mask: below one half the detector read someone else (the astronaut of the
+    ``astronaut`` background photo), not a left/right question."""
+    from diffusion_hpc.estimate.landmarks import MIN_VISIBILITY, coco17_from_mediapipe
+
+    k = coco17_from_mediapipe(estimate.landmarks2d)
+    k = k[k[:, 2] >= MIN_VISIBILITY]
+    mask = np.asarray(mask, bool)
+    inside = (k[:, 0] >= 0) & (k[:, 0] <= mask.shape[1] - 1) & (k[:, 1] >= 0) & (k[:, 1] <= mask.shape[0] - 1)
+    u = np.clip(np.round(k[:, 0]).astype(int), 0, mask.shape[1] - 1)
+    v = np.clip(np.round(k[:, 1]).astype(int), 0, mask.shape[0] - 1)
+    return float(np.mean(inside & mask[v, u])) if len(k) else 0.0
+
+
 def swap_aware_table(results, samples, groups: dict[str, np.ndarray]) -> None:
-    """Print limb PA-MPJPE (fit and detector), left/right accuracy, swaps and facing per group of renders."""
+    """Print limb PA-MPJPE (fit and detector), left/right accuracy, swaps and facing per group of
+    renders; ``other``: the share of fits to someone else (:func:`on_person_share` < 0.5), ``own
+    swapped``: the swaps among the rest (the facing decision's own figure)."""
     from diffusion_hpc.estimate.facing import facing_label, left_right_accuracy, torso_facing
     from diffusion_hpc.estimate.landmarks import coco17_from_mediapipe
 
     n = len(samples)
-    pa, det_pa, lr, facing_ok = (np.full(n, np.nan) for _ in range(4))
+    pa, det_pa, lr, facing_ok, own = (np.full(n, np.nan) for _ in range(5))
     for i, (r, s) in enumerate(zip(results, samples)):
         if not r.ok:
             continue
@@ -107,15 +126,18 @@ def swap_aware_table(results, samples, groups: dict[str, np.ndarray]) -> None:
         det_pa[i] = pa_mpjpe(coco17_from_mediapipe(r.landmarks3d)[LIMBS], true[LIMBS]) * 1000
         lr[i] = left_right_accuracy(fit, true)
         facing_ok[i] = facing_label(torso_facing(true)) == facing_label(torso_facing(fit))
+        own[i] = on_person_share(r, s["mask"]) >= 0.5
     print(f"  {'group':12s} {'n':>4s} {'fitted':>6s}  limb PA-MPJPE mean / median (mm)  detector's   "
-          f"L/R pairs  swapped  facing")
+          f"L/R pairs  swapped  facing   other  own swapped")
     for name, sel in groups.items():
         ok = sel & np.isfinite(pa)
         if not ok.any():
             continue
+        mine = ok & (own == 1)
+        own_swaps = f"{np.sum(lr[mine] < 0.5):3d}/{mine.sum():<3d} ({np.mean(lr[mine] < 0.5):5.3f})" if mine.any() else ""
         print(f"  {name:12s} {sel.sum():4d} {ok.sum():6d}  {pa[ok].mean():6.1f} / {np.median(pa[ok]):6.1f}"
               f"{'':18s}{det_pa[ok].mean():5.1f} / {np.median(det_pa[ok]):5.1f}  {lr[ok].mean():6.3f}"
-              f"  {np.mean(lr[ok] < 0.5):6.3f}  {facing_ok[ok].mean():6.3f}")
+              f"  {np.mean(lr[ok] < 0.5):6.3f}  {facing_ok[ok].mean():6.3f}  {np.mean(own[ok] == 0):6.3f}  {own_swaps}")
 
 
 #: person-height bins of :func:`recall_table` (fraction of the image height)
