@@ -70,6 +70,29 @@ process CPU ms per accepted sample in the CPU stages (goal 50):
   -> 10 ms); estimate 141-174 ms. The earlier figure (187 / 149 ms at 128 px, wall time) was
   measured on one-person guides.
 
+With the fit compiled (``--compile-fit``, after the fit's lean skeleton and batched placement; the
+warm-up, compilation included with inductor's cache warm, 10-47 CPU s), one run each, eager ->
+compiled, CPU ms per accepted sample in the CPU stages (load 1-4):
+
+- the tiny backbone's noise finals (no verification fit), one person at 128 px: mode R 205 -> 81
+  (estimate 155 -> 46), T 141 -> 93 (110 -> 61); two people at 256 px: R 511 -> 416 (estimate 160
+  -> 79; verify 317 -> 307 is MediaPipe's tile search on the noise, 10 passes a person), T 652 -> 559.
+- ``--photo-finals`` (verification fits every sample's people, as on a real backbone's images), one
+  person at 128 px: R 282 -> 125 (verify 165 -> 73: segment 2, one MediaPipe pass 33, faces 2, the
+  fit of 16 images a call 32; estimate 94 -> 36: detection 15, the fit of about 5 images a call
+  19), T 229 -> 122 (verify 138 -> 71, estimate 75 -> 39); render 6-9, augment, body and segment
+  2-4 each, the shard writer 3 on its own thread. Two people at 256 px: R 407 -> 274 (verify 283 ->
+  180: 1.9 MediaPipe passes a person, 89 ms, and the fit 76), T 594 -> 493 (verify 433 -> 383: 3.1
+  passes a person, 234 ms); render 18-24.
+
+The goal (50) is not met. Verification scores only the fitted body's 2D keypoints against the label
+(``pipeline.verify.pck_agreement``), and the fit's projection lies within 0.7-2.1 px of MediaPipe's
+own 2D landmarks (16 renders at 256 px, the same PCK on every one), so verification could read the
+landmarks without a fit (-32 ms a sample at one person, -76 at two); a head fitting 16 guide images
+a call instead of 5 costs 44 instead of 84 CPU ms an image compiled (-9 ms a sample at k = 3). What
+is left at one person, about 75 ms, is mostly MediaPipe: a pass costs about 30 ms at 128 px, one a
+verified person and 1.7-2.6 a guide image (a third of that a sample at k = 3).
+
 Peak RSS of mode R at 64 px: 1,093 MB for 100 samples, 1,094 MB for 1,000 (1.001x).
 
 Runs under ``nice -n 10`` (it lowers its own priority) with one torch thread unless OMP_NUM_THREADS is set.
@@ -170,8 +193,11 @@ class PhotoFinal:
     """The regeneration stage: the real tiny depth-to-image (its cost counted), each final image then
     replaced by its start image, a photo of the guide's people (``--photo-finals``): verification then
     finds and fits the people of every sample, as on a real backbone's images (on the tiny
-    backbone's noise it finds no one and never fits). The labels do not match the photos, so the
-    agreement scores mean nothing; without ``--min-agreement`` no sample is dropped for them."""
+    backbone's noise it finds no one and never fits). Each final image differs from the one before
+    it in one pixel's value, so the detector's reading of its last image (shared by the people of
+    one image) does not answer for the next variant of the same photo, as it would not on real
+    finals. The labels do not match the photos, so the agreement scores mean nothing; without
+    ``--min-agreement`` no sample is dropped for them."""
 
     def __init__(self, inner) -> None:
         self.inner = inner
@@ -183,6 +209,7 @@ class PhotoFinal:
         result = self.inner.generate(batch)
         if batch.start_images is not None:
             result.images = np.array(batch.start_images, copy=True)
+            result.images[:, 0, 0, 0] += np.arange(1, len(result.images) + 1, dtype=np.uint8)  # each final its own
         return result
 
 
