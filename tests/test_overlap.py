@@ -74,26 +74,28 @@ def run(config: GenerateConfig, out, monkeypatch=None, swap=None) -> Events:
     return events
 
 
-def assert_heads_made_beside_tails(events: Events, guides_per_batch: int, batches: int) -> None:
-    """Every head ran on the worker thread, and each batch's head started before the previous batch's tail ended."""
-    heads = [e for e in events.log if e[0] == "head"]
-    assert heads and all(thread == "dhpc-head" for *_, thread in heads)
+def assert_heads_made_beside_tails(events: Events, guides_per_batch: int, guides_per_head: int, heads: int) -> None:
+    """Every head ran on the worker thread, and each head (of ``guides_per_head`` guides: whole batches) started
+    before the tail of the previous head's last batch ended."""
+    made = [e for e in events.log if e[0] == "head"]
+    assert made and all(thread == "dhpc-head" for *_, thread in made)
+    assert len(made) == 2 * heads  # a start and an end each: one head call served its batches
     assert all(thread == threading.main_thread().name for p, *_, thread in events.log if p == "tail")
-    for b in range(1, batches):
-        this, previous = b * guides_per_batch, (b - 1) * guides_per_batch
-        assert events.time("head", "start", this) < events.time("tail", "end", previous)
+    for h in range(1, heads):
+        this = h * guides_per_head
+        assert events.time("head", "start", this) < events.time("tail", "end", this - guides_per_batch)
 
 
 def test_mode_r_same_bytes_with_and_without_overlap(tmp_path, tiny_backbone, guides, monkeypatch):
-    """Mode R, one shard of four batches (one guide each, verification on: the estimator serves the
-    next batch's head and the current batch's verification): the shards and manifest rows are
+    """Mode R, one shard of four batches (one guide each) in two heads of two batches (verification on: the
+    estimator serves the next head and the current batch's verification): the shards and manifest rows are
     byte-identical without timings, and the heads were made beside the tails."""
     config = GenerateConfig(mode="R", guides=guides, backbone=str(tiny_backbone), image_size=(SIZE, SIZE), n=8, k=2,
-                            seed=5, batch_size=2, shard_size=8, overlap=True)  # fmt: skip
+                            seed=5, batch_size=2, estimate_batch=2, shard_size=8, overlap=True)  # fmt: skip
     events = run(config, tmp_path / "on", monkeypatch)
     monkeypatch.undo()
     run(config.model_copy(update={"overlap": False}), tmp_path / "off")
-    assert_heads_made_beside_tails(events, guides_per_batch=1, batches=4)
+    assert_heads_made_beside_tails(events, guides_per_batch=1, guides_per_head=2, heads=2)
     assert manifest_rows(tmp_path / "on") == manifest_rows(tmp_path / "off")
     assert sum(r["status"] == "ok" for r in manifest_rows(tmp_path / "on")) >= 4  # people found, samples made
     assert dataset_digest(tmp_path / "on") == dataset_digest(tmp_path / "off")
@@ -110,8 +112,8 @@ def test_mode_t_controlnet_same_bytes_and_unet_counts(tmp_path, tiny_backbone, g
 
     photos = [GuideImages(guides, (SIZE, SIZE)).load(i) for i in range(2)]
     config = GenerateConfig(mode="T", prompt="doing a backflip", backbone=str(tiny_backbone), generator="controlnet",
-                            image_size=(SIZE, SIZE), n=6, k=2, seed=1, batch_size=2, shard_size=6, verify=False,
-                            overlap=True)  # fmt: skip
+                            image_size=(SIZE, SIZE), n=6, k=2, seed=1, batch_size=2, estimate_batch=1, shard_size=6,
+                            verify=False, overlap=True)  # fmt: skip
 
     def swap(stages):
         stages.start = PhotoStart(stages.start, photos)
@@ -119,7 +121,7 @@ def test_mode_t_controlnet_same_bytes_and_unet_counts(tmp_path, tiny_backbone, g
     events = run(config, tmp_path / "on", monkeypatch, swap)
     monkeypatch.undo()
     run(config.model_copy(update={"overlap": False}), tmp_path / "off", swap=swap)
-    assert_heads_made_beside_tails(events, guides_per_batch=1, batches=3)
+    assert_heads_made_beside_tails(events, guides_per_batch=1, guides_per_head=1, heads=3)
     on, off = manifest_rows(tmp_path / "on"), manifest_rows(tmp_path / "off")
     assert on == off and sum(r["status"] == "ok" for r in on) >= 4
     assert {r["unet_evals"] for r in on if r["status"] == "ok"} == {20 + 28}  # half of a guide's 40 + its regeneration

@@ -217,6 +217,8 @@ def _add_generate(sub) -> None:
           "e.g. anny,smpl: the run's own and each other one fitted to the sample's body (see dhpc convert)")
     _flag(g, G, "image_size", type=_size, metavar="SIZE", text="SIZE or HEIGHTxWIDTH in pixels")
     _flag(g, G, "batch_size", type=int, metavar="N", text="samples per batch")
+    _flag(g, G, "estimate_batch", type=int, metavar="N", text="T, R: start images segmented and fitted in one call "
+          "(whole batches' start images; a fit costs mostly per call, so larger calls cost less CPU per sample)")
     _flag(g, G, "shard_size", type=int, metavar="N", text="samples per shard (T, R: a multiple of -k)"
           + _by_mode("shard_size"))
     _flag(g, G, "renderer", text="rasteriser backend (auto: GL, else PyTorch)")

@@ -12,9 +12,11 @@ batch at a time, and hands records to the writer. Data flows one way: request ->
              (-> hard-only filter) -> k variants                             (pipeline.guided)
        tail: label (body, render, keypoints) -> image generator -> cycles -> verify -> records
                                                                              (pipeline.tail)
-       with ``overlap`` (default: when the diffusion models run on a GPU), the head of batch i+1 runs
-       on a worker thread while the tail of batch i runs (pipeline.ahead): the CPU stages of the
-       next batch while this one denoises
+       T, R: one head serves several batches (``estimate_batch`` start images fitted in one call: a
+       fit call's cost is mostly per call); each batch then goes through the tail on its own
+       with ``overlap`` (default: when the diffusion models run on a GPU), the next head runs on a
+       worker thread while the current batches' tails run (pipeline.ahead): the CPU stages of the
+       next batches while these denoise
     4. commit each shard atomically; consolidate the manifest; run.json (with what ran); preview
 
 A shard is the unit every engine drives (:mod:`diffusion_hpc.engine`): :meth:`Generator.plan`
@@ -25,7 +27,7 @@ A shard is the unit every engine drives (:mod:`diffusion_hpc.engine`): :meth:`Ge
 Each stage hands the next a typed output (:mod:`~diffusion_hpc.pipeline.samples`); every sample
 of a batch keeps a :class:`~diffusion_hpc.pipeline.samples.SampleLog` (reason, cost, scores, what
 ran) from which its manifest row is written. Shards hold whole guides (shard_size is a multiple of
-k), batches whole guides (``max(1, batch_size // k)``).
+k), batches whole guides (``max(1, batch_size // k)``), a head whole batches.
 
 Failures (no person found, estimation failed, filtered, out of frame, drifted) become manifest rows
 with a reason, never a crash; their UNet evaluations count in the manifest.
@@ -56,7 +58,7 @@ from diffusion_hpc.estimate.hmr_adapter import checkpoint_fingerprint, exported_
 from diffusion_hpc.generate.backgrounds import FolderBackgrounds
 from diffusion_hpc.generate.diffusion import lora_file
 from diffusion_hpc.pipeline.ahead import made_ahead
-from diffusion_hpc.pipeline.guided import place_guided
+from diffusion_hpc.pipeline.guided import place_guided, split_by_batches
 from diffusion_hpc.pipeline.inputs import GuideImages, read_prompt_lines
 from diffusion_hpc.pipeline.mode_d import hard_threshold_of_poses, place_bodies
 from diffusion_hpc.pipeline.records import run_sampler
@@ -253,17 +255,29 @@ class Generator:
         if cfg.mode == "D":
             return [range(lo, min(lo + cfg.batch_size, indices.stop)) for lo in range(indices.start, indices.stop, cfg.batch_size)]
         guides = guides_of(indices, cfg.k)
-        per = max(1, cfg.batch_size // cfg.k)
+        per = cfg.guides_per_batch
         return [guides[i:i + per] for i in range(0, len(guides), per)]
 
-    def _head(self, batch) -> tuple[list[SampleLog], PlacedBodies, StageTimer]:
-        """A batch's head (the mode's: bodies placed in their camera), on any thread; its clock."""
+    def _head_groups(self, batches: list) -> list[list]:
+        """The batches whose head is made in one call: mode D one batch a head; T, R the batches of
+        ``guides_per_estimate`` guides (``estimate_batch`` in whole batches)."""
+        cfg = self.config
+        if cfg.mode == "D":
+            return [[batch] for batch in batches]
+        m = cfg.guides_per_estimate // cfg.guides_per_batch
+        return [batches[i:i + m] for i in range(0, len(batches), m)]
+
+    def _head(self, group: list) -> list[tuple[list[SampleLog], PlacedBodies, StageTimer]]:
+        """The head of a group of batches (the mode's: bodies placed in their camera), on any thread:
+        each batch's logs, bodies and clock."""
         cfg, timer = self.config, StageTimer()
         if cfg.mode == "D":
+            [batch] = group
             logs, bodies = place_bodies(cfg, self.stages, self.poses, self.prompt_lines, batch, timer)
-        else:
-            logs, bodies = place_guided(cfg, self.stages, self.guides, self.prompt_lines, batch, timer)
-        return logs, bodies, timer
+            return [(logs, bodies, timer)]
+        guides = [g for batch in group for g in batch]
+        logs, bodies = place_guided(cfg, self.stages, self.guides, self.prompt_lines, guides, timer)
+        return split_by_batches(logs, bodies, timer, group, cfg.k)
 
     def _tail(self, head: tuple[list[SampleLog], PlacedBodies, StageTimer]
               ) -> tuple[list[SampleRecord], list[ManifestRow], int]:  # fmt: skip
@@ -274,12 +288,13 @@ class Generator:
         self.unet_seconds += timer.unet_seconds
         return records, rows, len(logs)
 
-    def _heads(self, batches: list) -> Iterator[tuple[list[SampleLog], PlacedBodies, StageTimer]]:
-        """The heads of ``batches`` in order: made one ahead on a worker thread with ``overlap``, else
-        when asked; a generator: close it when done (an error included), the worker thread ends and is joined."""
+    def _heads(self, groups: list) -> Iterator[list[tuple[list[SampleLog], PlacedBodies, StageTimer]]]:
+        """The heads of ``groups`` (:meth:`_head_groups`) in order: made one ahead on a worker thread with
+        ``overlap``, else when asked; a generator: close it when done (an error included), the worker
+        thread ends and is joined."""
         if self.overlaps():
-            return made_ahead(self._head, batches, name="dhpc-head")
-        return (self._head(batch) for batch in batches)
+            return made_ahead(self._head, groups, name="dhpc-head")
+        return (self._head(group) for group in groups)
 
     def overlaps(self) -> bool:
         """Whether each batch's head is made beside the previous batch's tail: ``config.overlap``, or when
@@ -345,18 +360,19 @@ class Generator:
         stage_seconds, unet_before = 0.0, self.unet_seconds
         # records are encoded and written on the stream's thread while the next batch is made; with
         # overlap, each batch's head is made on a worker thread while the previous batch's tail runs
-        heads = self._heads(self._batches(shard_ranges(cfg.n, cfg.shard_size)[s]))
+        heads = self._heads(self._head_groups(self._batches(shard_ranges(cfg.n, cfg.shard_size)[s])))
         with writer.open_shard(s) as stream, closing(heads):
             t0 = time.perf_counter()
-            for head in heads:
-                recs, rs, count = self._tail(head)
-                stage_seconds += time.perf_counter() - t0  # this thread's time on the batch (its head, or the wait for it)
-                stream.add(recs)
-                del recs  # the stream holds the records until they are written
-                rows.extend(rs)
-                if on_batch is not None:
-                    on_batch(count)
-                t0 = time.perf_counter()
+            for group in heads:
+                while group:
+                    recs, rs, count = self._tail(group.pop(0))  # the group lets go of each batch it hands on
+                    stage_seconds += time.perf_counter() - t0  # this thread's time on the batch (its head's, or the wait)
+                    stream.add(recs)
+                    del recs  # the stream holds the records until they are written
+                    rows.extend(rs)
+                    if on_batch is not None:
+                        on_batch(count)
+                    t0 = time.perf_counter()
             for row in rows:
                 row.shard = s
             stream.commit(rows)

@@ -57,14 +57,20 @@ class Guides:
 
 def start_images(config: GenerateConfig, stages: Stages, guide_images: Optional[GuideImages],
                  prompt_lines: list[str], guides: list[int], timer: StageTimer) -> Guides:  # fmt: skip
-    """Step 1: mode T makes the start images from text; mode R reads the user's."""
+    """Step 1: mode T makes the start images from text, a batch's guides (``guides_per_batch``) a call;
+    mode R reads the user's."""
     seeds = [guide_seed(config.seed, g) for g in guides]
     prompts = [prompt_text(pick_line(prompt_lines, g), s) for g, s in zip(guides, seeds)]
     if config.mode == "T":
-        result = stages.start.generate(GenerationBatch(seeds=seeds, prompts=prompts, size=tuple(config.image_size)))
-        timer.count_unet(result)
-        out = Guides(guides, prompts, [f"txt2img:{p}" for p in prompts], result.images,
-                     result.unet_evals.astype(np.float64), result.ran.steps_run if result.ran else None)  # fmt: skip
+        per, size = config.guides_per_batch, tuple(config.image_size)
+        results = [stages.start.generate(GenerationBatch(seeds=seeds[i:i + per], prompts=prompts[i:i + per], size=size))
+                   for i in range(0, len(guides), per)]  # fmt: skip
+        for result in results:
+            timer.count_unet(result)
+        ran = results[0].ran
+        out = Guides(guides, prompts, [f"txt2img:{p}" for p in prompts], np.concatenate([r.images for r in results]),
+                     np.concatenate([r.unet_evals for r in results]).astype(np.float64),
+                     ran.steps_run if ran else None)  # fmt: skip
     else:
         out = Guides(guides, prompts, [f"guide:{guide_images.path(g).name}" for g in guides],
                      np.stack([guide_images.load(g) for g in guides]), np.zeros(len(guides)), 0)  # fmt: skip
@@ -270,6 +276,24 @@ def place_guided(config: GenerateConfig, stages: Stages, guide_images: Optional[
         drop_interpenetrating(bodies, of_guide, st.faces)
     timer.lap("augment")
     return logs, bodies.take(alive(bodies.logs))
+
+
+def split_by_batches(logs: list[SampleLog], bodies: PlacedBodies, timer: StageTimer, batches: Sequence[Sequence[int]],
+                     k: int) -> list[tuple[list[SampleLog], PlacedBodies, StageTimer]]:  # fmt: skip
+    """The head of several batches (:func:`place_guided` of their guides together), batch by batch: each
+    batch's sample logs, placed bodies and a clock holding its share of the head's time (by samples).
+
+    Args:
+        logs, bodies, timer: :func:`place_guided`'s output for the guides of ``batches``, and its clock.
+        batches: each batch's guides, in order; ``k``: samples per guide (sample ``i`` is of guide ``i // k``).
+    """
+    out = []
+    for guides in batches:
+        mine = set(guides)
+        batch_logs = [log for log in logs if log.index // k in mine]
+        rows = [r for r, log in enumerate(bodies.logs) if log.index // k in mine]
+        out.append((batch_logs, bodies.take(rows), timer.share(len(batch_logs) / max(len(logs), 1))))
+    return out
 
 
 #: how far past its vertices' box a person's voxelised solid may reach (quantisation and the one-voxel

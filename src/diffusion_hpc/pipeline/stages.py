@@ -207,5 +207,13 @@ class StageTimer:
         """Add a generator call's UNet and ControlNet time."""
         self.unet_seconds += result.seconds.get("unet", 0.0) + result.seconds.get("controlnet", 0.0)
 
+    def share(self, fraction: float) -> "StageTimer":
+        """A new clock holding ``fraction`` of this one's stage and UNet times (a batch's share of a head
+        made for several batches), started now."""
+        part = StageTimer()
+        part.seconds = {k: v * fraction for k, v in self.seconds.items()}
+        part.unet_seconds = self.unet_seconds * fraction
+        return part
+
     def per_sample(self, count: int) -> dict[str, float]:
         return {k: v / max(count, 1) for k, v in self.seconds.items()}
