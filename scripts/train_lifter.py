@@ -181,15 +181,16 @@ def make_chunk(est, folder: Path, npz: Path, seed: int, n: int, pose_file: Path,
     from diffusion_hpc.pipeline.generate import generate
     from diffusion_hpc.runtime.atomic import atomic_path
 
-    if not (folder / "config.yaml").exists():
-        cfg = GenerateConfig(n=n, image_size=(256, 256), seed=seed, poses=str(pose_file))
-        if fov_deg is not None:
-            cfg.camera.fov_deg = fov_deg
-        if fill is not None:
-            cfg.camera.fill = fill
-        if photos is not None:
-            cfg.render_baseline.backgrounds = photos
-        generate(cfg, out=folder, progress=False)
+    cfg = GenerateConfig(n=n, image_size=(256, 256), seed=seed, poses=str(pose_file))
+    if fov_deg is not None:
+        cfg.camera.fov_deg = fov_deg
+    if fill is not None:
+        cfg.camera.fill = fill
+    if photos is not None:
+        cfg.render_baseline.backgrounds = photos
+    # a dataset a killed process began is finished (its committed shards kept, the rest made); a finished
+    # one loads no model
+    generate(cfg, out=folder, resume=(folder / "config.yaml").exists(), progress=False)
     samples = [p for s in open_dataset(folder) for p in persons_of(s)]
     rows: dict[str, list] = {k: [] for k in ("landmarks2d", "world", "true3d", "true2d", "size", "swapped", "pose")}
     for s in samples:
@@ -221,10 +222,10 @@ def aug_seed(strength: float) -> int:
 
 
 def make_data(cache: Path, renders: int, aug_renders: int, variants: int, strengths: list[float], chunk: int,
-              holdout_n: int, n_hard: int) -> tuple[list[Path], list[Path]]:
+              holdout_n: int, n_hard: int) -> tuple[list[Path], list[Path], list[Path]]:
     """The cached chunks of the built-in training poses and of their augmented variants (module
-    docstring, steps 1-3), made where missing; chunks another process claimed (:func:`claim`) are
-    left to it and not returned."""
+    docstring, steps 1-3), made where missing, and the chunks another process claimed (:func:`claim`)
+    and has not finished: left to it."""
     from bench_estimate import background_folder
     from diffusion_hpc.estimate import get_estimator
     from diffusion_hpc.poses import builtin_poses
@@ -256,10 +257,12 @@ def make_data(cache: Path, renders: int, aug_renders: int, variants: int, streng
         plan += [(f"chunk_{aug_tag(variants, strength)}_s{first + k}_n{chunk}.npz", first + k, aug_file,
                   photos if k % 2 else None, AUG_FOV_DEG, AUG_FILL) for k in range(int(np.ceil(aug_renders / chunk)))]
     out: list[Path] = []
+    pending: list[Path] = []
     for name, seed, poses_at, backgrounds, fov, fill in plan:
         npz = cache / name
         if not npz.exists():
             if not claim(npz):
+                pending.append(npz)
                 continue
             t0 = time.perf_counter()
             make_chunk(est, cache / name.split("_n")[0].replace("chunk", "train"), npz, seed, chunk, poses_at, backgrounds, fov, fill)
@@ -268,7 +271,7 @@ def make_data(cache: Path, renders: int, aug_renders: int, variants: int, streng
                       f"{len(z['world'])} of {int(z['renders'])} detected, {z['swapped'].mean():.1%} swapped, "
                       f"{time.perf_counter() - t0:.0f} s", flush=True)
         out.append(npz)
-    return [c for c in out if c.name.startswith("chunk_s")], [c for c in out if c.name.startswith("chunk_aug")]
+    return [c for c in out if c.name.startswith("chunk_s")], [c for c in out if c.name.startswith("chunk_aug")], pending
 
 
 def load_chunks(chunks: list[Path]) -> dict[str, np.ndarray]:
@@ -393,10 +396,14 @@ def main() -> None:
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--w-aligned", type=float, default=1.0, help="weight of the rotation-aligned joint error")
     args = ap.parse_args()
-    chunks, aug_chunks = make_data(args.cache, args.renders, args.aug_renders, args.variants, args.aug_strength,
-                                   args.chunk, args.holdout_n, args.n_hard)
+    chunks, aug_chunks, pending = make_data(args.cache, args.renders, args.aug_renders, args.variants,
+                                            args.aug_strength, args.chunk, args.holdout_n, args.n_hard)
     if args.data_only:
         return
+    if pending:  # training on part of the data would make other weights than these options make
+        raise SystemExit(f"{len(pending)} training datasets are still being made by other processes "
+                         f"({', '.join(p.name for p in pending[:3])}{', ...' if len(pending) > 3 else ''}): "
+                         "run this again when they have finished, or end those processes")
     train(chunks, aug_chunks, args)
 
 
