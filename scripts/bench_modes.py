@@ -214,9 +214,12 @@ class PhotoFinal:
 
 
 def config(mode: str, n: int, args, backbone: Path, guides: Path, overlap: bool = False):
+    """The run's GenerateConfig; ``args.estimate_batch`` (one value, when given) sets the head's fit size."""
     from diffusion_hpc.config import GenerateConfig
 
     extra = {"guides": guides} if mode == "R" else {"prompt": T_PROMPT}
+    if getattr(args, "estimate_batch", None) is not None:
+        extra["estimate_batch"] = args.estimate_batch
     return GenerateConfig(mode=mode, backbone=str(backbone), image_size=(args.image_size, args.image_size), n=n,
                           batch_size=args.batch_size, seed=args.seed, overlap=overlap,
                           compile_fit=bool(getattr(args, "compile_fit", False)), **extra)  # fmt: skip
@@ -367,6 +370,7 @@ def run_mode(mode: str, args, backbone: Path, guides: Path, work: Path, prepare=
     summary["overlap"] = overlap
     summary["compile_fit"] = bool(getattr(args, "compile_fit", False))
     summary["photo_finals"] = bool(getattr(args, "photo_finals", False))
+    summary["estimate_batch"] = gen.config.estimate_batch
     summary["warm_up_cpu_s"] = round(warm_cpu, 1)  # loading the models, one batch, the fit's compilation
     summary["process_cpu_ms_per_accepted"] = round(1000 * cpu / summary["accepted"], 1) if summary["accepted"] else None
     summary.update(probe_summary(mode, probe, rows, summary["accepted"], gen.config.k))
@@ -455,6 +459,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--photo-finals", action="store_true",
                         help="each final image is its start photo, so verification fits every sample's people "
                              "as on a real backbone's images (the tiny backbone's noise holds no one)")
+    parser.add_argument("--estimate-batch", type=int, nargs="+", default=[None],
+                        help="start images a head fits in one call (GenerateConfig.estimate_batch; default: its "
+                             "default); several values: each mode runs with each, in alternating order over --rounds")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of the runs (each round every mode and variant)")
     parser.add_argument("--overlap", action="store_true",
                         help="make the next batch's head beside the current batch's tail (default: one after the other)")
     args = parser.parse_args(argv)
@@ -481,7 +489,14 @@ def main(argv: list[str] | None = None) -> int:
                       "ratio_to_first": {n: round(mb / first, 3) for n, (mb, _) in peaks.items()}}  # fmt: skip
             print(json.dumps(result, indent=1))
             return 0
-        results = [run_mode(mode, args, backbone, guides, work) for mode in args.modes]
+        results = []
+        variants = list(args.estimate_batch)
+        for r in range(args.rounds):
+            for mode in args.modes:
+                for value in variants if r % 2 == 0 else variants[::-1]:  # alternating order
+                    results.append(run_mode(mode, argparse.Namespace(**{**vars(args), "estimate_batch": value}),
+                                            backbone, guides, work))
+                    print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     for r in results:
         print(json.dumps(r, indent=1))
     return 0
