@@ -214,12 +214,15 @@ class PhotoFinal:
 
 
 def config(mode: str, n: int, args, backbone: Path, guides: Path, overlap: bool = False):
-    """The run's GenerateConfig; ``args.estimate_batch`` (one value, when given) sets the head's fit size."""
+    """The run's GenerateConfig; ``args.estimate_batch`` and ``args.verify_by`` (one value each, when given)
+    set the head's fit size and what verification reads."""
     from diffusion_hpc.config import GenerateConfig
 
     extra = {"guides": guides} if mode == "R" else {"prompt": T_PROMPT}
     if getattr(args, "estimate_batch", None) is not None:
         extra["estimate_batch"] = args.estimate_batch
+    if getattr(args, "verify_by", None) is not None:
+        extra["verify_by"] = args.verify_by
     return GenerateConfig(mode=mode, backbone=str(backbone), image_size=(args.image_size, args.image_size), n=n,
                           batch_size=args.batch_size, seed=args.seed, overlap=overlap,
                           compile_fit=bool(getattr(args, "compile_fit", False)), **extra)  # fmt: skip
@@ -371,6 +374,7 @@ def run_mode(mode: str, args, backbone: Path, guides: Path, work: Path, prepare=
     summary["compile_fit"] = bool(getattr(args, "compile_fit", False))
     summary["photo_finals"] = bool(getattr(args, "photo_finals", False))
     summary["estimate_batch"] = gen.config.estimate_batch
+    summary["verify_by"] = gen.config.verify_by
     summary["warm_up_cpu_s"] = round(warm_cpu, 1)  # loading the models, one batch, the fit's compilation
     summary["process_cpu_ms_per_accepted"] = round(1000 * cpu / summary["accepted"], 1) if summary["accepted"] else None
     summary.update(probe_summary(mode, probe, rows, summary["accepted"], gen.config.k))
@@ -462,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--estimate-batch", type=int, nargs="+", default=[None],
                         help="start images a head fits in one call (GenerateConfig.estimate_batch; default: its "
                              "default); several values: each mode runs with each, in alternating order over --rounds")
+    parser.add_argument("--verify-by", nargs="+", default=[None], choices=["landmarks", "estimate"],
+                        help="what verification reads (GenerateConfig.verify_by; default: its default, landmarks); "
+                             "several values: each mode runs with each (and each --estimate-batch), alternating")
     parser.add_argument("--rounds", type=int, default=1, help="rounds of the runs (each round every mode and variant)")
     parser.add_argument("--overlap", action="store_true",
                         help="make the next batch's head beside the current batch's tail (default: one after the other)")
@@ -490,12 +497,12 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result, indent=1))
             return 0
         results = []
-        variants = list(args.estimate_batch)
+        variants = [{"estimate_batch": e, "verify_by": v} for e in args.estimate_batch for v in args.verify_by]
         for r in range(args.rounds):
             for mode in args.modes:
-                for value in variants if r % 2 == 0 else variants[::-1]:  # alternating order
-                    results.append(run_mode(mode, argparse.Namespace(**{**vars(args), "estimate_batch": value}),
-                                            backbone, guides, work))
+                for variant in variants if r % 2 == 0 else variants[::-1]:  # alternating order
+                    results.append(run_mode(mode, argparse.Namespace(**{**vars(args), **variant}), backbone, guides,
+                                            work))
                     print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     for r in results:
         print(json.dumps(r, indent=1))

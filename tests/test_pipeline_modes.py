@@ -483,6 +483,11 @@ class PhotoInput:
     def estimate(self, images):
         return self.inner.estimate([self.photo] * len(images))
 
+    reads_keypoints = True  # verification's reading (verify_by landmarks, the default)
+
+    def read_keypoints(self, images, masks=None):
+        return self.inner.read_keypoints([self.photo] * len(images))
+
 
 class SeedRecorder:
     """The image generator, recording the seeds of every call."""

@@ -253,6 +253,11 @@ class GenerateConfig(CommandConfig):
     """drop samples whose pck_agreement (label verification) is below this"""
     verify: Optional[bool] = None
     """run label verification on the final images (default: yes for diffusion generators)"""
+    verify_by: Optional[Literal["landmarks", "estimate"]] = None
+    """what label verification reads each person's 2D keypoints from: ``landmarks`` (the MediaPipe estimator's
+    detector alone, without its body fit; the default with the MediaPipe estimator) or ``estimate`` (the
+    estimator's whole estimate: the MediaPipe fit's body, or a regressor's; the only choice with a regressor).
+    Set when verification runs (null otherwise)"""
     cycles: int = Field(0, ge=0, le=10)
     """extra estimate -> regenerate cycles on the output image (diffusion generators)"""
     body_model: Literal["anny", "smpl", "smplx"] = "anny"
@@ -511,6 +516,17 @@ class GenerateConfig(CommandConfig):
             raise ValueError(f"compile_fit: --compile-fit compiles the MediaPipe fit of Anny bodies in modes T and R, "
                              f"--verify and --cycles; this run does not fit one (estimator {name}, body model "
                              f"{self.body_model}, mode {self.mode}), leave --compile-fit out")
+        d = self.__dict__  # as _modes: validate_assignment would re-run this validator on each assignment
+        if not self.verify:
+            if self.verify_by is not None:
+                raise ValueError(f"verify_by: --verify-by {self.verify_by} sets how label verification reads the final "
+                                 "images; this run does not verify: pass --verify, or leave --verify-by out")
+        elif self.verify_by is None:
+            d["verify_by"] = "landmarks" if name == "mediapipe" else "estimate"
+        elif self.verify_by == "landmarks" and name != "mediapipe":
+            raise ValueError(f"verify_by: --verify-by landmarks reads the MediaPipe detector's landmarks without the "
+                             f"fit; estimator {name} has no landmarks of its own: pass --verify-by estimate (its "
+                             "estimate is the cheap reading), or leave --verify-by out")
         if name == "mediapipe":
             if self.estimator_checkpoint is not None:
                 raise ValueError("estimator_checkpoint: --estimator-checkpoint gives a regressor's weights; pass "

@@ -8,6 +8,11 @@ of the input image, COCO-17 keypoints in pixels with a confidence.
 A photo without a person gives ``Estimate(ok=False, reason="no person found")``, never an
 exception; malformed input (not an (H, W, 3) uint8 array, an unreadable file) raises
 :class:`~diffusion_hpc.errors.InputError`.
+
+Label verification needs only a person's COCO-17 2D keypoints: an estimator that can read them
+without estimating a body (the MediaPipe fit: its detector's landmarks, without the fit) sets
+:attr:`MeshEstimator.reads_keypoints` and implements :meth:`MeshEstimator.read_keypoints`;
+:func:`keypoints_of` turns any other estimator's estimates into the same :class:`KeypointReading`.
 """
 
 from __future__ import annotations
@@ -73,6 +78,26 @@ class Estimate:
     facing_margin: float = float("nan")
 
 
+@dataclass
+class KeypointReading:
+    """A person's COCO-17 2D keypoints in one image, read with or without a fitted body.
+
+    Attributes:
+        ok: True when a person was found (and, for an estimator that fits, would be fitted).
+        reason: why ``ok`` is False; "" when ok.
+        keypoints2d: (17, 3) u, v in pixels and the detector's confidence of the joint in [0, 1].
+    """
+
+    ok: bool
+    reason: str = ""
+    keypoints2d: np.ndarray = field(default_factory=lambda: np.zeros((17, 3)))
+
+
+def keypoints_of(estimates: Sequence[Estimate]) -> list[KeypointReading]:
+    """The 2D keypoints of full estimates (their fitted or regressed body's, projected)."""
+    return [KeypointReading(e.ok, e.reason, np.asarray(e.keypoints2d)) for e in estimates]
+
+
 class MeshEstimator:
     """Interface of a mesh estimator. Subclasses implement :meth:`estimate`.
 
@@ -90,6 +115,9 @@ class MeshEstimator:
     uses_masks: bool = False
     #: :meth:`estimate` takes ``boxes=``: per image a square person box ``(centre (2,) px, side px)`` or None
     uses_boxes: bool = False
+    #: :meth:`read_keypoints` reads a person's 2D keypoints without estimating a body (cheaper than
+    #: :meth:`estimate`); estimators without it give their estimates' keypoints (:func:`keypoints_of`)
+    reads_keypoints: bool = False
 
     def estimate(self, images: Sequence[np.ndarray]) -> list[Estimate]:  # pragma: no cover
         """One :class:`Estimate` per image (the most prominent person), batched internally.
@@ -98,6 +126,13 @@ class MeshEstimator:
             images: list of (H, W, 3) uint8 RGB arrays (sizes may differ).
         """
         raise NotImplementedError
+
+    def read_keypoints(self, images: Sequence[np.ndarray],
+                       masks: Sequence[np.ndarray | None] | None = None) -> list[KeypointReading]:  # pragma: no cover
+        """One :class:`KeypointReading` per image (the person :meth:`estimate` would read, on its mask
+        when given), without estimating a body; only when :attr:`reads_keypoints`."""
+        raise NotImplementedError(f"estimator {self.name!r} reads keypoints only through estimate(); "
+                                  "use keypoints_of(estimate(...))")
 
     def __call__(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None] | None = None) -> list[Estimate]:
         return estimate_with_masks(self, images, masks)

@@ -99,7 +99,7 @@ from diffusion_hpc.body import check_body_model, get_body_model
 from diffusion_hpc.body.anny import AnnyReducedForward
 from diffusion_hpc.body.joint_sets import COCO17
 from diffusion_hpc.errors import InputError, MissingModelError
-from diffusion_hpc.estimate.base import Estimate, MeshEstimator
+from diffusion_hpc.estimate.base import Estimate, KeypointReading, MeshEstimator
 from diffusion_hpc.estimate.facing import (
     FacingWeights,
     choose_hypotheses,
@@ -172,6 +172,18 @@ def resolve_prior(prior: PosePrior | str | None, body_model: str) -> PosePrior |
     except MissingModelError as exc:  # pragma: no cover - broken install
         log.warning("no default pose prior (%s); fitting with the fallback regulariser", exc)
         return None
+
+
+#: why a detection is not fitted (:func:`fittable`)
+TOO_FEW_JOINTS = "person found but too few joints visible to fit (need both shoulders or both hips and 5 COCO joints)"
+
+
+def fittable(det: Detection) -> bool:
+    """Whether the fit takes a detection: at least 5 COCO-17 joints and both shoulders or both hips
+    seen with :data:`~diffusion_hpc.estimate.landmarks.MIN_VISIBILITY` (else :data:`TOO_FEW_JOINTS`)."""
+    vis = coco17_from_mediapipe(det.landmarks2d)[:, 2]
+    seen_torso = vis[[COCO17.index(n) for n in TORSO]] >= MIN_VISIBILITY
+    return bool((vis >= MIN_VISIBILITY).sum() >= 5 and (seen_torso[:2].all() or seen_torso[2:].all()))
 
 
 class MediaPipeFaceDetector:
@@ -275,6 +287,7 @@ class MediaPipeFitter(MeshEstimator):
 
     name = "mediapipe"
     uses_masks = True
+    reads_keypoints = True
 
     def __init__(self, body_model: str = "anny", prior: PosePrior | str | None = "default", fov_deg: float = DEFAULT_FOV_DEG,
                  weights: FitWeights | None = None, model_path: str | None = None,
@@ -355,6 +368,30 @@ class MediaPipeFitter(MeshEstimator):
         images = [check_image(im, f"images[{i}]") for i, im in enumerate(images)]
         return [self.detector.detect(im, m) for im, m in zip(images, check_masks(masks, [im.shape[:2] for im in images]))]
 
+    def read_keypoints(self, images: Sequence[np.ndarray],
+                       masks: Sequence[np.ndarray | None] | None = None) -> list[KeypointReading]:
+        """The detector's COCO-17 landmarks of the person :meth:`estimate` would fit, one
+        :class:`~diffusion_hpc.estimate.base.KeypointReading` per (H, W, 3) uint8 RGB image, without
+        the fit, its face detection or its left/right decision (labels as MediaPipe gives them): u,
+        v in pixels and MediaPipe's visibility. Not ok where :meth:`estimate` would not fit (no
+        person found, or too few joints seen: :func:`fittable`). ``masks`` as in :meth:`estimate`
+        (the detector reads the person on the mask's box when the whole image misses it).
+
+        Label verification reads these instead of the fitted body's projection
+        (``GenerateConfig.verify_by``) at the cost of the detection alone: the fit's keypoints lie a
+        median 1.3-1.4 px from these landmarks on 256 px renders, and both readings score right
+        and wrong labels alike (:mod:`diffusion_hpc.pipeline.verify`, scripts/bench_verify.py)."""
+        images = [check_image(im, f"images[{i}]") for i, im in enumerate(images)]
+        readings = []
+        for det in self.detect(images, masks):
+            if det is None:
+                readings.append(KeypointReading(False, "no person found"))
+            elif not fittable(det):
+                readings.append(KeypointReading(False, TOO_FEW_JOINTS))
+            else:
+                readings.append(KeypointReading(True, "", coco17_from_mediapipe(det.landmarks2d).astype(np.float64)))
+        return readings
+
     def detect_faces(self, images: Sequence[np.ndarray], detections: Sequence[Detection | None]) -> list[np.ndarray]:
         """(F, 5) faces per image (:class:`MediaPipeFaceDetector`), looked for only where a person was found."""
         return [np.zeros((0, 5)) if det is None else self.face_detector.detect(im) for im, det in zip(images, detections)]
@@ -390,11 +427,8 @@ class MediaPipeFitter(MeshEstimator):
                 results[i] = Estimate(ok=False, reason="no person found", body_model=self.body_model, K=K,
                                       image_size=tuple(size))
                 continue
-            vis = coco17_from_mediapipe(det.landmarks2d)[:, 2]
-            torso_vis = vis[[COCO17.index(n) for n in TORSO]]
-            seen_torso = torso_vis >= MIN_VISIBILITY
-            if (vis >= MIN_VISIBILITY).sum() < 5 or not (seen_torso[:2].all() or seen_torso[2:].all()):
-                results[i] = Estimate(ok=False, reason="person found but too few joints visible to fit (need both shoulders or both hips and 5 COCO joints)",
+            if not fittable(det):
+                results[i] = Estimate(ok=False, reason=TOO_FEW_JOINTS,
                                       body_model=self.body_model, K=K, landmarks2d=det.landmarks2d,
                                       landmarks3d=det.world, person_mask=det.mask, image_size=tuple(size))
                 continue

@@ -314,10 +314,12 @@ class Generator:
                 if self.config.mode == "D":
                     prior["hard_threshold_used"] = hard_threshold_of_poses(self.config, st.prior)
             return {"generator": self.config.generator, "sampler": run_sampler(st.start_sampler, st.sampler),
-                    "backbone": st.backbone, "prior": prior, "estimator": st.estimator_identity}  # fmt: skip
+                    "backbone": st.backbone, "prior": prior, "estimator": st.estimator_identity,
+                    "verify_by": self.config.verify_by}  # fmt: skip
         previous = Path(out) / "run.json"  # a resume with nothing left to make loads no model
         kept = json.loads(previous.read_text()) if previous.is_file() else {}
-        return {"generator": self.config.generator, **{k: kept.get(k) for k in WHAT_RAN_KEYS}}
+        return {"generator": self.config.generator, "verify_by": self.config.verify_by,
+                **{k: kept.get(k) for k in WHAT_RAN_KEYS}}
 
     # -- the run: a plan, shards (the unit every engine drives), finish ----------------------------
 

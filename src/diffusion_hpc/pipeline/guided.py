@@ -24,7 +24,7 @@ import numpy as np
 from diffusion_hpc.config import GenerateConfig
 from diffusion_hpc.data.seeds import augment_seed, guide_seed, sample_seed
 from diffusion_hpc.estimate import Estimate
-from diffusion_hpc.estimate.base import rebase_estimate
+from diffusion_hpc.estimate.base import KeypointReading, keypoints_of, rebase_estimate
 from diffusion_hpc.generate.base import GenerationBatch
 from diffusion_hpc.geometry.boxes import mask_box
 from diffusion_hpc.geometry.scene import VOXEL_M, Occupancy, bounds, solid_occupancy
@@ -91,6 +91,27 @@ def estimate_regions(estimator, images: Sequence[np.ndarray], regions: Sequence[
     if getattr(estimator, "uses_boxes", False) and any(r is not None for r in regions):
         return estimator.estimate(list(images), boxes=[None if r is None else mask_box(r) for r in regions])
     return estimator.estimate(list(images))
+
+
+def read_regions(estimator, images: Sequence[np.ndarray], regions: Sequence[Optional[np.ndarray]],
+                 by: str = "estimate") -> list[KeypointReading]:
+    """Each person's COCO-17 2D keypoints on one person region per image (as :func:`estimate_regions`
+    reads them): ``by`` ``"landmarks"``, the estimator's own reading without a body
+    (:meth:`~diffusion_hpc.estimate.base.MeshEstimator.read_keypoints`: the MediaPipe detector's
+    landmarks, without the fit); ``"estimate"``, the keypoints of its whole estimate.
+
+    Raises:
+        ValueError: ``by`` is ``"landmarks"`` and the estimator cannot read keypoints without an
+            estimate (:attr:`~diffusion_hpc.estimate.base.MeshEstimator.reads_keypoints`), or ``by`` is unknown.
+    """
+    if by == "estimate":
+        return keypoints_of(estimate_regions(estimator, images, regions))
+    if by != "landmarks":
+        raise ValueError(f"by must be 'landmarks' or 'estimate', got {by!r}")
+    if not getattr(estimator, "reads_keypoints", False):
+        raise ValueError(f"verify_by landmarks: estimator {getattr(estimator, 'name', estimator)!r} reads keypoints "
+                         "only through its estimate; pass verify_by='estimate'")
+    return estimator.read_keypoints(list(images), masks=list(regions))
 
 
 #: the colour the other people of an image are painted when one person is estimated

@@ -7,7 +7,8 @@
     3. cycles (optional): re-estimate the body in the output image, label that estimate, regenerate
        from the output image with fresh noise (:func:`cycle_seed`: the sample's seed and the cycle's
        number, so every cycle draws its own noise and a rerun draws the same)
-    4. verify (optional): re-estimate and segment the final image against its label
+    4. verify (optional): re-read the people's 2D keypoints (``verify_by``) and segment the final
+       image against its label
     5. records: accepted samples and every sample's manifest row (:mod:`~diffusion_hpc.pipeline.records`)
 
 Labels: the label of a sample is its own meshes and camera; the image is made to fit them. The
@@ -29,7 +30,7 @@ from diffusion_hpc.data.seeds import cycle_seed
 from diffusion_hpc.data.writer import ManifestRow
 from diffusion_hpc.generate.base import GenerationBatch, GenerationResult
 from diffusion_hpc.geometry.scene import scene_keypoints
-from diffusion_hpc.pipeline.guided import estimate_people, estimate_regions, score_estimates
+from diffusion_hpc.pipeline.guided import estimate_people, read_regions, score_estimates
 from diffusion_hpc.pipeline.records import records_and_rows
 from diffusion_hpc.pipeline.samples import (
     Generated,
@@ -178,21 +179,25 @@ def cycle(stages: Stages, previous: Generated, number: int, size: tuple[int, int
     return make_images(stages, labels.take(alive(labels.logs)), timer, "regenerate", cycle_number=number)
 
 
-def verify(stages: Stages, final: Generated, min_agreement: float | None, timer: StageTimer) -> Verification:
-    """Step 4: re-estimate and segment the final images; a sample below ``min_agreement`` drifted.
+def verify(stages: Stages, final: Generated, min_agreement: float | None, timer: StageTimer,
+           by: str = "estimate") -> Verification:  # fmt: skip
+    """Step 4: re-read each person's 2D keypoints in the final images and segment them; a sample below
+    ``min_agreement`` drifted.
 
-    A one-person sample is re-estimated on its whole image (the estimator's most prominent person); in
-    a sample of several people each person is re-estimated on its own region of the label
-    (:func:`~diffusion_hpc.pipeline.guided.estimate_regions`), so the sample's ``pck_agreement`` is
-    its least agreeing person's and each person records its own. ``mask_iou`` compares the union of
-    the final image's people with the label's."""
+    ``by`` (``GenerateConfig.verify_by``): ``"landmarks"``, the estimator's detector alone (the MediaPipe
+    landmarks, without the body fit), or ``"estimate"``, the keypoints of its whole estimate
+    (:func:`~diffusion_hpc.pipeline.guided.read_regions`). A one-person sample is read on its whole
+    image (the estimator's most prominent person); in a sample of several people each person is read
+    on its own region of the label, so the sample's ``pck_agreement`` is its least agreeing person's
+    and each person records its own. ``mask_iou`` compares the union of the final image's people with
+    the label's."""
     seg = stages.segmenter.segment(final.images)
     labels = final.labels
     masks, owner = labels.render.mask, labels.bodies.owners
     slot = slots_of(owner)
     alone = np.bincount(owner, minlength=len(final))[owner] == 1
     regions = [None if alone[n] else labels.render.instance[i] == p for n, (i, p) in enumerate(zip(owner, slot))]
-    estimates = estimate_regions(stages.estimator, [final.images[i] for i in owner], regions)
+    estimates = read_regions(stages.estimator, [final.images[i] for i in owner], regions, by)
     pck = np.full(len(final), np.nan)
     found = np.ones(len(final), bool)
     people = labels.bodies.people
@@ -226,6 +231,8 @@ def finish(config: GenerateConfig, stages: Stages, logs: list[SampleLog], bodies
     for number in range(1, config.cycles + 1):
         final = cycle(stages, final, number, size, timer, config.people_range()[1])
     # 4. label verification
-    verification = verify(stages, final, config.min_agreement, timer) if config.verify and len(final) else None
+    verification = None
+    if config.verify and len(final):
+        verification = verify(stages, final, config.min_agreement, timer, config.verify_by)
     # 5. records and manifest rows
     return records_and_rows(config, stages, logs, final, verification, timer.per_sample(len(logs)))

@@ -8,6 +8,37 @@ After regeneration the estimator runs on the final image and the segmenter gives
   final image; NaN when the label has no visible keypoint.
 - ``mask_iou``: IoU of the segmenter's person mask of the final image and the rendered silhouette.
 
+The re-estimated keypoints come from the estimator (``GenerateConfig.verify_by``): with the MediaPipe
+estimator by default its detector's COCO-17 landmarks alone (``landmarks``:
+:meth:`~diffusion_hpc.estimate.mediapipe_fit.MediaPipeFitter.read_keypoints`, one MediaPipe pass a
+person), else the projection of the whole estimate's body (``estimate``: the MediaPipe fit, about 32
+CPU ms a person more with the fit compiled, or a regressor's body). Both readings catch wrong labels
+alike. ``scripts/bench_verify.py --n 64`` (128 renders with known labels at 256 px, half over real
+photos; PCK of each reading against the render's own label, another render's label as it is,
+another render's pose moved onto this person's box, and the own label with left and right
+exchanged; mean PCK / share >= 0.5, read on the whole image as for one person):
+
+=====================  ===============  ===============  ===============  ===============
+seed, reading          right label      other's label    other's pose     left/right
+                                                         moved here       exchanged
+=====================  ===============  ===============  ===============  ===============
+2024, landmarks        0.826 / 82.8 %   0.044 / 0.8 %    0.266 / 24.2 %   0.428 / 39.1 %
+2024, estimate (fit)   0.820 / 82.0 %   0.043 / 0.8 %    0.270 / 24.2 %   0.406 / 35.9 %
+2025, landmarks        0.767 / 78.9 %   0.038 / 1.6 %    0.263 / 21.1 %   0.385 / 28.9 %
+2025, estimate (fit)   0.763 / 78.1 %   0.038 / 1.6 %    0.270 / 27.3 %   0.368 / 28.9 %
+=====================  ===============  ===============  ===============  ===============
+
+The share of renders whose right label scores above the wrong one (ties half), landmarks / fit: seed
+2024 0.934 / 0.922 (other's label), 0.930 / 0.922 (pose moved here), 0.871 / 0.867 (left/right);
+seed 2025 0.914 / 0.910, 0.906 / 0.895, 0.852 / 0.848. Read on the label's silhouette (a person of
+a several-people sample) the same picture: 2024 right 0.921 / 0.919, left/right exchanged 0.483 /
+0.456 mean PCK; 2025 0.881 / 0.886 and 0.448 / 0.420. The fit's keypoints lie a median 1.3-1.4 px
+from the landmarks (90th percentile 2.6-2.9 px), and the two readings decide a 0.5 threshold
+differently on 0-9 of 128 renders per label kind. Where they differ most, a label with left and
+right exchanged scores a little higher on the landmarks (0.02-0.03 mean PCK): the fit's left/right
+decision sometimes corrects MediaPipe's labels of a back view; neither reading can reject such a
+label on a side view, where left and right joints nearly coincide in the image.
+
 Pure numpy functions; the pipeline calls the estimator and the segmenter.
 """
 

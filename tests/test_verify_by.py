@@ -1,0 +1,105 @@
+"""Label verification reading MediaPipe's landmarks without the body fit (``verify_by landmarks``, the
+default with the MediaPipe estimator) against reading the fitted body (``verify_by estimate``): both
+score a right label high and a wrong one low, the landmark reading runs no fit, and the choice is
+recorded; a regressor has no landmarks of its own."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from diffusion_hpc.config import GenerateConfig
+from diffusion_hpc.pipeline.generate import Generator
+
+from conftest import manifest_rows
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+SIZE = 128
+#: samples whose final image is their start photo mirrored: the label is wrong for the image
+WRONG = {2, 3}
+
+
+@pytest.fixture(scope="module")
+def guides(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("guides")
+    Image.fromarray(skimage.data.astronaut()).save(folder / "astronaut.png")
+    return folder
+
+
+class PhotoFinal:
+    """The tiny regeneration (its cost counted), each final image then replaced by its start photo, a
+    real backbone's image of the label's person (the tiny backbone draws noise), or, for the samples
+    of :data:`WRONG`, by that photo mirrored: the person stands elsewhere and turned round."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def generate(self, batch):
+        result = self.inner.generate(batch)
+        from diffusion_hpc.data.seeds import sample_seed
+
+        wrong = {sample_seed(9, i) for i in WRONG}
+        result.images = np.stack([im[:, ::-1] if seed in wrong else im
+                                  for im, seed in zip(batch.start_images, batch.seeds)])  # fmt: skip
+        return result
+
+
+def run(tiny_backbone, guides, out, verify_by: str | None) -> tuple[list[dict], dict[str, int]]:
+    """Mode R, four samples of one photo (k = 1: each label is the estimate of its final's photo),
+    verified; (manifest rows by index, calls of the MediaPipe estimator's fit and landmark reading)."""
+    config = GenerateConfig(mode="R", guides=guides, backbone=str(tiny_backbone), image_size=(SIZE, SIZE), n=4, k=1,
+                            seed=9, batch_size=4, verify_by=verify_by)  # fmt: skip
+    gen = Generator(config, progress=False)
+    gen.load_models()
+    gen.stages.image_generator = PhotoFinal(gen.stages.image_generator)
+    fitter = gen.stages.estimator.model
+    calls = {"fit": 0, "read_keypoints": 0}
+    for name in calls:
+        method = getattr(fitter, name)
+
+        def counted(*args, _name=name, _method=method, **kwargs):
+            calls[_name] += 1
+            return _method(*args, **kwargs)
+
+        setattr(fitter, name, counted)
+    gen.run(out)
+    rows = sorted(manifest_rows(out), key=lambda r: r["index"])
+    return rows, calls
+
+
+def test_landmarks_and_the_fit_both_catch_a_wrong_label(tiny_backbone, guides, tmp_path):
+    """With photo finals, the samples whose image is their photo agree with their label and the samples
+    whose image is the photo mirrored do not, whichever reading verifies; the landmark reading (the
+    default) fits only the head's start images, the fit reading fits the finals too; config.yaml
+    and run.json record the choice."""
+    default, calls = run(tiny_backbone, guides, tmp_path / "landmarks", None)
+    by_fit, fit_calls = run(tiny_backbone, guides, tmp_path / "estimate", "estimate")
+    assert calls == {"fit": 1, "read_keypoints": 1}  # the head's one fit call; verification reads landmarks
+    assert fit_calls == {"fit": 2, "read_keypoints": 0}  # the head's and verification's
+    for rows in (default, by_fit):
+        assert [r["status"] for r in rows] == ["ok"] * 4
+        pck = [r["scores"]["pck_agreement"] for r in rows]
+        assert all(r["scores"]["person_found"] == 1.0 for r in rows)
+        right = [p for i, p in enumerate(pck) if i not in WRONG]
+        wrong = [p for i, p in enumerate(pck) if i in WRONG]
+        assert min(right) >= 0.8 and max(wrong) <= 0.3, pck
+    for name, value in (("landmarks", "landmarks"), ("estimate", "estimate")):
+        assert json.loads((tmp_path / name / "run.json").read_text())["verify_by"] == value
+        assert f"verify_by: {value}" in (tmp_path / name / "config.yaml").read_text()
+
+
+def test_verify_by_errors_name_the_option_and_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="verify_by: --verify-by landmarks .* pass --verify-by estimate"):
+        GenerateConfig(mode="D", verify=True, estimator="hmr", estimator_checkpoint=tmp_path, verify_by="landmarks")
+    with pytest.raises(ValueError, match="verify_by: .* this run does not verify: pass --verify"):
+        GenerateConfig(mode="D", verify_by="estimate")
+    assert GenerateConfig(mode="D", verify=True).verify_by == "landmarks"
+    assert GenerateConfig(mode="D", verify=True, estimator="hmr", estimator_checkpoint=tmp_path).verify_by == "estimate"
+    assert GenerateConfig(mode="D").verify_by is None
