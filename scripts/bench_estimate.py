@@ -37,7 +37,7 @@
    ``scripts/train_lifter.py``): only the lifter comparison (:func:`compare_lifter`): the renders
    detected without (unless ``--no-maskless``) and with the segmenter's masks, each fitted with the
    world landmarks (lifter off) and with each lifter's joints as the 3D target (and each weight of
-   the 3D term in ``--w-3d``), swap-aware tables for all, and the facing and keypoint agreement on
+   the 3D term in ``--w-3d``, the other weights ``mediapipe_fit.LIFTER_WEIGHTS``), swap-aware tables for all, and the facing and keypoint agreement on
    the real photos. The lifter's training renders hold out the poses of
    seeds 2024 and 2025 (``--n 32``) and use other seeds.
 5. With ``--budget``: the error budget of the easy renders, refitting with the renders' true COCO-17
@@ -368,13 +368,13 @@ def compare_lifter(samples, photo_bg: np.ndarray, specs: list[str], blend: float
     from dataclasses import replace
 
     from diffusion_hpc.estimate import get_estimator
-    from diffusion_hpc.estimate.fit import FitWeights
+    from diffusion_hpc.estimate.mediapipe_fit import LIFTER_WEIGHTS
 
     plain = get_estimator("mediapipe", lifter="off")
     fitters = [("lifter off (world landmarks)", plain)]
     for spec in specs:
         for w in w_3d or [None]:
-            weights = None if w is None else replace(FitWeights(), w_3d=w)
+            weights = None if w is None else replace(LIFTER_WEIGHTS, w_3d=w)  # the lifter's defaults but w_3d
             label = f"lifter {spec} (blend {blend:g}" + ("" if w is None else f", w_3d {w:g}") + ")"
             fitters.append((label, get_estimator("mediapipe", lifter=spec, lifter_blend=blend, weights=weights)))
     images = [s["image"] for s in samples]

@@ -14,11 +14,13 @@ visibilities (0 below the detector's threshold), s the person's height in pixels
 Geman-McClure (:func:`geman_mcclure`), W the world landmarks (rotated by R, the weighted Kabsch fit
 onto the model, so the 3D term constrains articulation, not the global orientation), r_j their
 per-joint reliability (:data:`COCO17_WORLD_WEIGHT`: torso 1, elbows/knees 0.6, wrists/ankles 0.35,
-face 0.2-0.3), and P either ``prior.penalty`` (``w_pose`` 0.03, pose started from
-``prior.mean_pose()``; free bones the prior does not model, Anny's clavicles, get an L2 pull) or
-:func:`fallback_pose_penalty` (no prior, ``w_fallback`` 1e-3, pose started from zeros). The
-phenotype is kept in [0, 1] through a sigmoid. The 3D term fixes what the 2D term cannot: depth
-ordering of the limbs (which elbow is in front) and which way the person faces.
+face 0.2-0.3; in the 3D term a joint seen below the threshold inside the image gets c_j =
+:attr:`FitWeights.unseen_3d`, 0.25 with a lifter, which predicts it), and P either
+``prior.penalty`` (``w_pose`` 0.03, pose started from ``prior.mean_pose()``; free bones the prior
+does not model, Anny's clavicles, get an L2 pull) or :func:`fallback_pose_penalty` (no prior,
+``w_fallback`` 1e-3, pose started from zeros). The phenotype is kept in [0, 1] through a sigmoid.
+The 3D term fixes what the 2D term cannot: depth ordering of the limbs (which elbow is in front)
+and which way the person faces.
 
 Person masks (optional, one per image, e.g. a segmenter's; :meth:`FitTargets.with_masks`): the
 last two terms run in stage 2 on images with a mask. ``X_p`` are points inside the body (limb
@@ -231,6 +233,11 @@ class FitWeights:
     #: the 2D term (and in the 3D term with ``mask_gate_3d``); 0: no gating
     mask_gate: float = 0.1
     mask_gate_3d: bool = True
+    #: visibility the 3D term gives the joints the detector does not see (below its threshold) but
+    #: places inside the image (:func:`stack_targets`): a lifter's 3D target predicts them from the
+    #: rest of the body; 0: they leave the 3D term. Their 2D term is 0 either way, and joints out of
+    #: the frame never enter it (nothing in the image tells where they are)
+    unseen_3d: float = 0.0
 
     def checked_hypotheses(self) -> tuple[str, ...]:
         """The hypotheses to run (``("base",)`` if none); ``ValueError`` names unknown ones."""
@@ -449,6 +456,8 @@ class FitTargets:
         the landmarks the hypotheses are compared on (the ``depth`` hypothesis is judged on the
         unmirrored ones); K: (N, 3, 3); scale: (N,) person size in pixels (>= 16);
         hypotheses: the M hypotheses; images: B.
+        conf_3d: (N, 17) the 3D term's visibility: ``conf``, and :attr:`FitWeights.unseen_3d` for the
+        joints seen below the threshold inside the image (:func:`stack_targets`); None: ``conf``.
     """
 
     uv: np.ndarray
@@ -467,6 +476,7 @@ class FitTargets:
     #: (N, Q, 2) the mask's skeleton points (:func:`mask_skeleton_points`) and (N, Q) 1 / 0 (padding)
     mask_points: np.ndarray | None = None
     mask_point_weight: np.ndarray | None = None
+    conf_3d: np.ndarray | None = None
 
     def with_masks(self, masks: Sequence[np.ndarray | None], windows: Sequence[tuple[int, int, int]], size: int,
                    points: int = 0) -> "FitTargets":
@@ -489,19 +499,26 @@ class FitTargets:
 
 
 def stack_targets(observations: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], hypotheses: Sequence[str],
-                  min_visibility: float) -> FitTargets:
+                  min_visibility: float, unseen_3d: float = 0.0,
+                  sizes: Sequence[tuple[int, int]] | None = None) -> FitTargets:
     """:class:`FitTargets` of B images under M hypotheses.
 
     Args:
         observations: per image (keypoints (17, 3) u, v, visibility; world (17, 3); K (3, 3)).
         hypotheses: names from :data:`HYPOTHESES`.
         min_visibility: keypoints below this visibility get confidence 0.
+        unseen_3d: :attr:`FitWeights.unseen_3d`: the 3D term's visibility (``conf_3d``) of the
+            keypoints below ``min_visibility`` whose pixel lies inside their image; 0: ``conf_3d`` None.
+        sizes: per image (H, W); needed when ``unseen_3d`` > 0 (else ``ValueError``).
     """
     B, M = len(observations), len(hypotheses)
     N = B * M
+    if unseen_3d > 0 and (sizes is None or len(sizes) != B):
+        raise ValueError(f"unseen_3d={unseen_3d} needs the (H, W) of each of the {B} images (sizes={sizes!r}); "
+                         "pass sizes, or unseen_3d=0")
     t = FitTargets(uv=np.zeros((N, 17, 2)), conf=np.zeros((N, 17)), world=np.zeros((N, 17, 3)),
                    world_select=np.zeros((N, 17, 3)), K=np.zeros((N, 3, 3)), scale=np.zeros(N),
-                   hypotheses=tuple(hypotheses), images=B)
+                   hypotheses=tuple(hypotheses), images=B, conf_3d=np.zeros((N, 17)) if unseen_3d > 0 else None)
     for h, hyp in enumerate(hypotheses):
         for b, (keypoints, world, K) in enumerate(observations):
             n = h * B + b
@@ -511,6 +528,10 @@ def stack_targets(observations: Sequence[tuple[np.ndarray, np.ndarray, np.ndarra
             t.conf[n] = np.where(vis >= min_visibility, vis, 0.0)
             seen = t.conf[n] > 0
             t.scale[n] = max(np.ptp(t.uv[n][seen], axis=0).max(), 16.0)
+            if t.conf_3d is not None:  # pixel centres are integers (DESIGN §4): the image spans -0.5 .. W - 0.5
+                height, width = sizes[b]
+                inside = ((t.uv[n] >= -0.5) & (t.uv[n] <= np.array([width, height]) - 0.5)).all(-1)
+                t.conf_3d[n] = np.where(seen, t.conf[n], np.where(inside, unseen_3d, 0.0))
     return t
 
 
@@ -888,7 +909,8 @@ def optimise(body: BodyModel, joints: Callable[[dict], torch.Tensor], targets: F
     # 1. constants, once per call
     uv_t, K_t, scale_t = tt(targets.uv), tt(targets.K), tt(targets.scale)
     w2_t = tt(targets.conf * COCO17_FIT_WEIGHT)
-    w3_t = tt(targets.conf * (COCO17_WORLD_WEIGHT if cw.world_reliability else COCO17_FIT_WEIGHT))
+    conf_3d = targets.conf if targets.conf_3d is None else targets.conf_3d
+    w3_t = tt(conf_3d * (COCO17_WORLD_WEIGHT if cw.world_reliability else COCO17_FIT_WEIGHT))
     masks: dict[str, torch.Tensor] = {}
     has_masks = targets.mask_dist is not None and bool(targets.has_mask.any())
     if has_masks:
