@@ -37,12 +37,13 @@
    ``scripts/train_lifter.py``): only the lifter comparison (:func:`compare_lifter`): the renders
    detected without (unless ``--no-maskless``) and with the segmenter's masks, each fitted with the
    world landmarks (lifter off) and with each lifter's joints as the 3D target (and each weight of
-   the 3D term in ``--w-3d``, the other weights ``mediapipe_fit.LIFTER_WEIGHTS``), swap-aware tables for all, and the facing and keypoint agreement on
-   the real photos. The lifter's training renders hold out the poses of
-   seeds 2024 and 2025 (``--n 32``) and use other seeds.
-5. With ``--budget``: the error budget of the easy renders, refitting with the renders' true COCO-17
-   in place of the detector's 2D landmarks, of its 3D world landmarks, and of both (the last is
-   the floor the fit itself sets: prior weight and iterations).
+   the 3D term in ``--w-3d``, the other weights ``mediapipe_fit.LIFTER_WEIGHTS``), swap-aware
+   tables for all, and the facing and keypoint agreement on the real photos. The lifter's training
+   renders hold out the poses of seeds 2024 and 2025 (``--n 32``) and use other seeds.
+5. With ``--budget``: the error budget (:func:`error_budget`), the segmenter-mask detections
+   refitted with the renders' true COCO-17 as the fit's 2D target, as its 3D target (in place of
+   the lifter's joints or the world landmarks), both (the floor the fit itself sets) and both with
+   every joint seen; limb PA-MPJPE. Figures: ``estimate.mediapipe_fit``'s docstring.
 """
 
 from __future__ import annotations
@@ -208,18 +209,37 @@ def hard_flags(samples, body) -> tuple[np.ndarray, str]:
     return np.array(flags), "head_top below pelvis in the camera's vertical (no pose prior module yet)"
 
 
-def with_true_inputs(detection, sample, true_2d: bool, true_3d: bool):
-    """A copy of a MediaPipe detection with its COCO-17 landmarks replaced by the render's truth:
-    2D (pixels) and/or 3D (camera-frame joints, hip-centred like MediaPipe's world landmarks)."""
+def with_true_inputs(detection, sample, true_2d: bool, all_seen: bool = False):
+    """A copy of a MediaPipe detection with its COCO-17 2D landmarks replaced by the render's true
+    keypoints (pixels; ``true_2d``) and / or every COCO-17 landmark's visibility set to 1
+    (``all_seen``); the world landmarks are kept (the 3D target is replaced by
+    :func:`true_3d_targets`)."""
     from diffusion_hpc.estimate.landmarks import COCO17_FROM_MEDIAPIPE, Detection
 
-    lm, world = detection.landmarks2d.copy(), detection.world.copy()
+    lm = detection.landmarks2d.copy()
     if true_2d:
         lm[COCO17_FROM_MEDIAPIPE, :2] = sample["keypoints2d"][:, :2]
-    if true_3d:
-        coco = sample["joints3d"]["coco17"]
-        world[COCO17_FROM_MEDIAPIPE] = coco - coco[[11, 12]].mean(0)  # COCO-17 hips: 11, 12
-    return Detection(lm, world, detection.mask)
+    if all_seen:
+        lm[COCO17_FROM_MEDIAPIPE, 2] = 1.0
+    return Detection(lm, detection.world.copy(), detection.mask, detection.crop, detection.passes)
+
+
+def true_3d_targets(est, originals: dict[int, tuple], true_3d: bool):
+    """A ``world_targets`` for ``est`` (:meth:`MediaPipeFitter.world_targets`) that reads the detector's
+    own landmarks for each detection (``originals``: id of the detection handed to the fit ->
+    (the detector's detection, its sample)), so a lifter lifts what the detector saw, and with
+    ``true_3d`` returns the renders' true hip-centred COCO-17 as the fit's 3D target (the lifter's
+    swap probabilities kept)."""
+    from diffusion_hpc.estimate.mediapipe_fit import MediaPipeFitter
+
+    def world_targets(detections):
+        world, swap_prob = MediaPipeFitter.world_targets(est, [originals[id(d)][0] for d in detections])
+        if true_3d:
+            world = np.stack([(lambda j: j - j[[11, 12]].mean(0))(originals[id(d)][1]["joints3d"]["coco17"].astype(np.float64))
+                              for d in detections])  # COCO-17 hips: 11, 12
+        return world, swap_prob
+
+    return world_targets
 
 
 def in_batches(fn, *sequences, size: int = 16) -> list:
@@ -330,18 +350,44 @@ def print_timing(timing: dict[str, dict[str, float]]) -> None:
               f"fit {t['fit'] * 1000:6.0f}{masked}  total {t['total'] * 1000:6.0f}")
 
 
-def error_budget(est, samples, easy: np.ndarray, detections: list | None = None) -> None:
-    """Print easy-render PA-MPJPE with the detector's inputs swapped for the truth (module docstring);
-    ``detections`` of the samples' images if already run."""
-    detections = est.detect([s["image"] for s in samples]) if detections is None else detections
-    sizes = [s["image"].shape[:2] for s in samples]
-    print("error budget (easy renders, PA-MPJPE mean / median mm):")
-    for label, t2, t3 in (("detector 2D + 3D", False, False), ("true 2D + detector 3D", True, False),
-                          ("detector 2D + true 3D", False, True), ("true 2D + 3D (fit floor)", True, True)):
-        dets = [None if d is None else with_true_inputs(d, s, t2, t3) for d, s in zip(detections, samples)]
-        pa = pa_mpjpe_mm(in_batches(est.fit, dets, sizes), samples)
-        sel = easy & np.isfinite(pa)
-        print(f"  {label:26s} {pa[sel].mean():6.1f} / {np.median(pa[sel]):6.1f}  (n={sel.sum()})")
+def error_budget(est, samples, masks: list | None = None, detections: list | None = None,
+                 faces: list | None = None) -> None:
+    """Print limb PA-MPJPE (mean / median mm, all renders, swap-aware as :func:`swap_aware_table`)
+    with the fit's inputs swapped for the truth: the fit's 2D target (the lifter, if any, still reads
+    the detector's landmarks), its 3D target (the lifter's joints or the world landmarks), both (the
+    fit's own floor) and both with every joint seen; ``masks`` the person masks of the fit (and of
+    the detection when ``detections`` is None)."""
+    images = [s["image"] for s in samples]
+    detections = est.detect(images, masks) if detections is None else detections
+    faces = est.detect_faces(images, detections) if faces is None else faces
+    sizes = [im.shape[:2] for im in images]
+    masks = [None] * len(samples) if masks is None else masks
+    print("error budget (limb PA-MPJPE mean / median mm, swapped renders; the detector's own detections refitted):")
+    for label, t2, t3, seen in (("detector 2D + 3D target", False, False, False), ("true 2D", True, False, False),
+                                ("true 3D target", False, True, False), ("true 2D + 3D (fit floor)", True, True, False),
+                                ("floor, every joint seen", True, True, True)):
+        dets, originals = [], {}
+        for d, s in zip(detections, samples):
+            dets.append(None if d is None else with_true_inputs(d, s, t2, seen))
+            if d is not None:
+                originals[id(dets[-1])] = (d, s)
+        est.world_targets = true_3d_targets(est, originals, t3)
+        try:
+            results = in_batches(lambda d, z, f, m: est.fit(d, z, f, masks=m), dets, sizes, faces, masks)
+        finally:
+            del est.world_targets  # the class's method again
+        pa = np.array([pa_mpjpe(r.joints3d["coco17"][LIMBS], s["joints3d"]["coco17"][LIMBS]) * 1000 if r.ok else np.nan
+                       for r, s in zip(results, samples)])
+        swapped = sum(left_right_swapped(r, s) for r, s in zip(results, samples))
+        ok = np.isfinite(pa)
+        print(f"  {label:26s} {pa[ok].mean():6.1f} / {np.median(pa[ok]):6.1f}  swapped {swapped}  (n={ok.sum()})")
+
+
+def left_right_swapped(estimate, sample) -> bool:
+    """Fewer than half of an ok estimate's left/right limb pairs on the right side (:func:`swap_aware_table`)."""
+    from diffusion_hpc.estimate.facing import left_right_accuracy
+
+    return bool(estimate.ok and left_right_accuracy(estimate.joints3d["coco17"], sample["joints3d"]["coco17"]) < 0.5)
 
 
 def real_photos() -> dict[str, np.ndarray]:
@@ -505,7 +551,8 @@ def main() -> None:
     if args.n_hard:
         hardest_poses(est, out, args.n_hard, args.seed + 1)
     if args.budget:
-        error_budget(est, samples, ~hard, detections)
+        error_budget(est, samples, masks["segmenter mask"], masked_detections["segmenter mask"],
+                     masked_faces["segmenter mask"])
     worst = np.argsort(-np.nan_to_num(pa, nan=-1))[:4]
     for i in list(worst) + [int(np.nanargmin(pa))]:
         (out / "overlays").mkdir(exist_ok=True)

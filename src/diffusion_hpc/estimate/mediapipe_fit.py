@@ -123,6 +123,10 @@ the 3D target alone, no fit: lifted joints         66.4 / 57.4    96.5 / 70.0
 the 3D target alone: MediaPipe's world landmarks   86.5 / 74.3    116.7 / 87.3
 =================================================  =============  =============
 
+With the unseen-joint weights (``scripts/bench_estimate.py --budget``, the first five rows in order)
+2024 63.8 / 50.4, 51.7 / 41.3, 41.1 / 33.0, 27.5 / 23.4, 22.8 / 19.6 and 2025 87.5 / 62.6, 62.5 /
+44.8, 51.0 / 42.8, 31.6 / 25.4, 23.3 / 20.8 mm; swapped renders 3 of 62 and 4 of 64, with a true 3D
+target 3 and 3, with a true 2D 0 and 3, with both 0 and 0.
 So the 3D target (18 / 31 mm of the mean) and the detector's 2D (12 / 27 mm) are the largest shares,
 overlapping, and with perfect inputs the fit still sits at 34-40 mm, 10-16 mm of it from joints the
 detector does not see (what the unseen-joint weight above takes back in part); the assumed field of
