@@ -150,7 +150,14 @@ swap); w_cover 0.5 / 2 within 0.9 mm (2: one more swap); the depth-mirrored thir
 0.1 mm at about 20 % more time. On top of the unseen-joint weights: w_3d 8 -0.7 / -0.3 (one more swap
 on 2025 and on 2026), w_3d 4.5 +1.0 / +1.9, the 2D term weighted by visibility^2 or ^0.5 within 1.2
 mm on six seeds (1-3 more swaps on 2025 and 2028), w_mask 0.5 within 0.6 mm (one more swap on 2025),
-``world_reliability=False`` -1.4 / +2.1 (two more swaps on 2025), w_shape 0.003 no change.
+``world_reliability=False`` -1.4 / +2.1 (two more swaps on 2025), w_shape 0.003 no change; the 3D
+term's reliability of elbows / knees and wrists / ankles 0.8 / 0.6 or 0.6 / 0.5 instead of 0.6 /
+0.35 within 1.2 mm on six seeds (one more swap on 2025), 0.5 / 0.25 +0.8 / +1.4; the 3D term's
+visibility of the seen joints 1, its square root or its square within 2.1 mm (1-2 more swaps on 2025
+or 2028); ``lifter_blend`` 0.9 / 0.8 0 / +0.4 and +0.4 / +3.2 (two more swaps on 2028); three starts
+turned 0 / -45 / +45 deg about the vertical, the lowest final energy kept: -0.8 / -0.1 (the best of
+the three by the truth would give -3.4 / -2.7: the fit is rarely caught in a wrong basin, its error
+is in its targets).
 
 Camera: the focal length comes from an assumed field of view, :data:`DEFAULT_FOV_DEG` across the
 image's longer side, principal point at the centre (a single photo does not determine the focal
