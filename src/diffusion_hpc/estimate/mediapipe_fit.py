@@ -157,7 +157,9 @@ visibility of the seen joints 1, its square root or its square within 2.1 mm (1-
 or 2028); ``lifter_blend`` 0.9 / 0.8 0 / +0.4 and +0.4 / +3.2 (two more swaps on 2028); three starts
 turned 0 / -45 / +45 deg about the vertical, the lowest final energy kept: -0.8 / -0.1 (the best of
 the three by the truth would give -3.4 / -2.7: the fit is rarely caught in a wrong basin, its error
-is in its targets).
+is in its targets); the lifted limbs rebuilt with the fitted body's bone lengths (each limb bone's
+direction from the target, its length from the body, no gradient through the rebuild) +0.5 / +0.6
+(two more swaps on 2025; 2026-2029 -0.8 to +0.7).
 
 Camera: the focal length comes from an assumed field of view, :data:`DEFAULT_FOV_DEG` across the
 image's longer side, principal point at the centre (a single photo does not determine the focal
