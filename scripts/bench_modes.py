@@ -85,13 +85,29 @@ compiled, CPU ms per accepted sample in the CPU stages (load 1-4):
   180: 1.9 MediaPipe passes a person, 89 ms, and the fit 76), T 594 -> 493 (verify 433 -> 383: 3.1
   passes a person, 234 ms); render 18-24.
 
-The goal (50) is not met. Verification scores only the fitted body's 2D keypoints against the label
-(``pipeline.verify.pck_agreement``), and the fit's projection lies within 0.7-2.1 px of MediaPipe's
-own 2D landmarks (16 renders at 256 px, the same PCK on every one), so verification could read the
-landmarks without a fit (-32 ms a sample at one person, -76 at two); a head fitting 16 guide images
-a call instead of 5 costs 44 instead of 84 CPU ms an image compiled (-9 ms a sample at k = 3). What
-is left at one person, about 75 ms, is mostly MediaPipe: a pass costs about 30 ms at 128 px, one a
-verified person and 1.7-2.6 a guide image (a third of that a sample at k = 3).
+The goal (50) is not met. ``--estimate-batch 5 16`` (the head fitting 15 start images a call instead
+of 5; one round on a loaded machine): R 119 -> 124, T 130 -> 112 (estimate 40 -> 34 and 50 -> 35).
+Verification reading MediaPipe's landmarks without the fit (``--verify-by``, default landmarks; its
+agreement with right and wrong labels is pipeline/verify.py's table), compiled fit, ``--photo-finals``,
+estimate_batch 16, alternating runs, estimate -> landmarks:
+
+- one person at 128 px, three rounds: mode R 134 / 109 / 106 -> 98 / 80 / 90, T 130 / 115 / 113 ->
+  92 / 87 / 84. Verify 62-77 -> 37-41 (one MediaPipe pass, 32-35, and the segmenter, about 5); estimate 30-44
+  (1.7 MediaPipe passes a guide in R, 2.6 in T, and the fit of 15 images a call, 14-18), render 5-7,
+  body, start, augment and segment 2-3 each; the shard writer 2-3 on its own thread.
+- two people at 256 px, two rounds: R 208 / 255 -> 152 / 175 (verify 140 / 166 -> 83 / 92: 1.9
+  MediaPipe passes a person), T 288 / 319 -> 225 / 229 (verify 223 / 241 -> 158 / 163: 3.1 passes a
+  person, the landmark model on each person's region and once more on its own landmarks' region when
+  the whole image's pass read the other person); estimate 44-62, render 13-16.
+
+What is left is mostly MediaPipe's passes, about 32 CPU ms each at any image size (the model runs at
+its own input size): one a verified person, 1.7-2.6 a guide image in the head (a third of that a
+sample at k = 3). Checked and left: the pose graph's segmentation output (``enable_segmentation``) is
+read by ``Estimate.person_mask`` only, not by verification, and costs nothing measurable (CPU ms a
+pass with / without it, 128 px: 31.8 / 31.7, 256 px: 31.6 / 31.9; landmarks bit-identical);
+verification's segmenter (``mask_iou``) is 5.5 CPU ms an image at 128 and 256 px, almost all
+MediaPipe's selfie model (splitting its mask into people 0.2-0.5 ms); cProfile of the compiled mode-R
+run shows no Python overhead of note in the CPU stages (MediaPipe's graph waits and the fit's kernels).
 
 Peak RSS of mode R at 64 px: 1,093 MB for 100 samples, 1,094 MB for 1,000 (1.001x).
 
@@ -461,8 +477,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the MediaPipe fit compiled (GenerateConfig.compile_fit); its one-off compilation "
                              "falls in the warm-up (warm_up_cpu_s), not in the timed samples")
     parser.add_argument("--photo-finals", action="store_true",
-                        help="each final image is its start photo, so verification fits every sample's people "
-                             "as on a real backbone's images (the tiny backbone's noise holds no one)")
+                        help="each final image is its start photo, so verification reads (--verify-by estimate: "
+                             "fits) every sample's people as on a real backbone's images (the tiny backbone's noise "
+                             "holds no one)")
     parser.add_argument("--estimate-batch", type=int, nargs="+", default=[None],
                         help="start images a head fits in one call (GenerateConfig.estimate_batch; default: its "
                              "default); several values: each mode runs with each, in alternating order over --rounds")
