@@ -362,3 +362,19 @@ def test_camera_placement_of_a_batch_equals_one_by_one():
         np.testing.assert_allclose(t[b], fit_translation(points[b], K[b], 96, 64, fill[b], tuple(offset[b])), atol=1e-12)
     with pytest.raises(RuntimeError, match="could not fit"):
         fit_translation(points[4], K[4], 96, 64, fill[4], tuple(offset[4]))
+
+
+def test_resume_of_a_mode_d_dataset_made_before_newer_options(dataset, tmp_path):
+    """Mode D never fits a start image: a dataset whose config.yaml predates --estimate-batch, --verify-by and
+    --compile-fit resumes with today's defaults."""
+    import shutil
+
+    import yaml
+
+    copy = tmp_path / "old"
+    shutil.copytree(dataset, copy)
+    stored = yaml.safe_load((copy / "config.yaml").read_text())
+    old = {k: v for k, v in stored.items() if k not in ("estimate_batch", "verify_by", "compile_fit")}
+    (copy / "config.yaml").write_text(yaml.safe_dump(old, sort_keys=True))
+    result = generate(small_config(), copy, resume=True, progress=False)
+    assert result.skipped_shards == 2 and result.accepted == 7

@@ -560,3 +560,34 @@ def test_generate_with_hmr2_labels_smpl_bodies(backbone, guides, fake_smpl, tmp_
     run = json.loads((tmp_path / "d" / "run.json").read_text())
     assert run["estimator"] == {"name": "hmr2", "body_model": "smpl", "architecture": "hmr2", "checkpoint": ckpt.name,
                                 "fingerprint": checkpoint_fingerprint([ckpt])}  # fmt: skip
+
+
+def strip_options(dataset: Path, options) -> None:
+    """Make ``dataset``'s config.yaml one written before ``options`` existed."""
+    import yaml
+
+    path = dataset / "config.yaml"
+    stored = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({k: v for k, v in stored.items() if k not in options}, sort_keys=True))
+
+
+def test_resume_of_a_dataset_made_before_newer_options(backbone, guides, tmp_path):
+    """A mode-R run killed before --verify-by and --estimate-batch existed (its config.yaml lacks them; made as
+    verify_by estimate, one batch a head): a resume with today's defaults is refused before any work, naming the
+    flags that continue it as it was made; with them it remakes the lost shard byte for byte."""
+    old = r_config(backbone, guides, verify_by="estimate", estimate_batch=1)
+    assert old.guides_per_estimate == old.guides_per_batch != r_config(backbone, guides).guides_per_estimate
+    out = tmp_path / "old"
+    generate(old, out, progress=False)
+    whole = dataset_digest(out)
+    for lost in ((out / "shards").glob("shard-000002.tar"), (out / "manifest").glob("shard-000002.jsonl")):
+        [path] = lost
+        path.unlink()
+    strip_options(out, ("verify_by", "estimate_batch", "compile_fit"))
+    with pytest.raises(ConfigError, match="with --estimate-batch 1, with --verify-by estimate") as err:
+        generate(r_config(backbone, guides), out, resume=True, progress=False)
+    assert "--compile-fit" not in str(err.value)  # left out, as before
+    assert not (out / "shards" / "shard-000002.tar").exists()
+    result = generate(old, out, resume=True, progress=False)
+    assert result.skipped_shards == 2
+    assert dataset_digest(out) == whole

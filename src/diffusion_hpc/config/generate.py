@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 
 from diffusion_hpc.config.base import CommandConfig, Strict, check_range
 from diffusion_hpc.config.estimate import check_lifter
+from diffusion_hpc.errors import ConfigError
 from diffusion_hpc.runtime.device import check_device_name
 
 
@@ -167,6 +168,14 @@ MIN_PERSON_HEIGHT = 0.1
 #: fields that choose how a run is executed, not what it makes: left out of the dataset's config.yaml,
 #: so --resume (and dhpc merge) accept a run continued with another engine or worker count
 EXECUTION_FIELDS = ("engine", "ray_address", "workers", "gpus_per_worker", "overlap")
+
+#: options added after datasets were first made, each with how a run makes data as the runs before the
+#: option did: a dataset whose config.yaml lacks one was made that way (GenerateConfig.made_as_before)
+ADDED_OPTIONS = {
+    "compile_fit": "without --compile-fit",
+    "estimate_batch": "with --estimate-batch 1",
+    "verify_by": "with --verify-by estimate",
+}
 
 
 class GenerateConfig(CommandConfig):
@@ -371,6 +380,37 @@ class GenerateConfig(CommandConfig):
         import yaml
 
         data = self.model_dump(mode="json", exclude=set(EXECUTION_FIELDS))
+        return yaml.safe_dump(data, sort_keys=True)
+
+    def made_as_before(self, option: str) -> bool:
+        """Whether this config makes data as runs did before ``option`` (a key of :data:`ADDED_OPTIONS`) existed."""
+        if option == "compile_fit":
+            return not self.compile_fit
+        if option == "estimate_batch":  # one batch a head
+            return self.mode == "D" or self.guides_per_estimate == self.guides_per_batch
+        if option == "verify_by":  # verification fitted a body
+            return self.verify_by in (None, "estimate")
+        raise KeyError(option)
+
+    def resumed_dataset_yaml(self, stored_yaml: str) -> str:
+        """:meth:`dataset_yaml` to compare with a dataset's stored ``config.yaml`` (``stored_yaml``) on a resume:
+        the options the stored config lacks (:data:`ADDED_OPTIONS`: the dataset was made before them) are left
+        out where this config makes data as before them.
+
+        Raises:
+            ConfigError: this config uses such an option otherwise (names the flags that continue the dataset).
+        """
+        import yaml
+
+        stored = yaml.safe_load(stored_yaml) or {}
+        missing = [o for o in ADDED_OPTIONS if o not in stored]
+        differ = [o for o in missing if not self.made_as_before(o)]
+        if differ:
+            raise ConfigError(
+                f"--resume: the dataset was made before {' and '.join('--' + o.replace('_', '-') for o in differ)} "
+                f"existed, so it continues only as it was made: {', '.join(ADDED_OPTIONS[o] for o in differ)}; "
+                "or choose a new --out")
+        data = self.model_dump(mode="json", exclude=set(EXECUTION_FIELDS) | set(missing))
         return yaml.safe_dump(data, sort_keys=True)
 
     @model_validator(mode="before")

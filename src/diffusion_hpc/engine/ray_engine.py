@@ -55,7 +55,7 @@ class ShardWorker:
             torch.set_num_threads(threads)  # the driver's count: CPU float32 bytes depend on it
             self.generator = Generator(GenerateConfig.model_validate(config), progress=False)
             self.generator.load_models()
-            self.writer = DatasetWriter(out, self.generator.config.dataset_yaml(), resume=True)
+            self.writer = DatasetWriter(out, self.generator.dataset_yaml(out), resume=True)
         except Exception as exc:  # raised again by ready(): the driver reports it as is
             self.error = exc
 

@@ -323,6 +323,12 @@ class Generator:
 
     # -- the run: a plan, shards (the unit every engine drives), finish ----------------------------
 
+    def dataset_yaml(self, out: str | Path) -> str:
+        """The config YAML a resume into ``out`` compares with the dataset's: written before some options
+        existed, it is compared without them (:meth:`GenerateConfig.resumed_dataset_yaml`)."""
+        stored = Path(out) / "config.yaml"
+        return self.config.resumed_dataset_yaml(stored.read_text()) if stored.is_file() else self.config.dataset_yaml()
+
     def plan(self, out: str | Path, resume: bool = False) -> RunPlan:
         """Take the lock of ``out`` and check ``out`` for this run (no data written yet); list the
         shards left to make.
@@ -335,7 +341,7 @@ class Generator:
         cfg = self.config
         lock = OutputLock(out).acquire()
         try:
-            writer = DatasetWriter(out, cfg.dataset_yaml(), resume=resume)
+            writer = DatasetWriter(out, self.dataset_yaml(out) if resume else cfg.dataset_yaml(), resume=resume)
             ranges = shard_ranges(cfg.n, cfg.shard_size)
             own = part_shards(len(ranges), cfg.part_numbers())
             if not own:
