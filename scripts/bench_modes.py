@@ -100,6 +100,15 @@ estimate_batch 16, alternating runs, estimate -> landmarks:
   person, the landmark model on each person's region and once more on its own landmarks' region when
   the whole image's pass read the other person); estimate 44-62, render 13-16.
 
+Verification reading each label's person with the landmark model alone on the region its label's
+joints give (``--verify-by label-box``, opt-in: pipeline/verify.py says why it is not the default),
+one person at 128 px, compiled fit, ``--photo-finals``, alternating rounds, landmarks -> label-box:
+mode R (three rounds) 101 / 82 / 88 -> 89 / 77 / 74, T (two) 89 / 89 -> 80 / 77; verify 37-42 -> 26-29,
+one pass a person either way (verify.read_on_label 21.7 wall ms against verify.detect 34.7; a landmark-model
+pass is 19-20.5 CPU ms against 30-33 for MediaPipe's whole graph, at 128 and 256 px alike: the
+person detector is about 11 of the 31). The goal (50) is still not met that way: the head's
+estimate (32-43) and verification's segmenter stay.
+
 What is left is mostly MediaPipe's passes, about 32 CPU ms each at any image size (the model runs at
 its own input size): one a verified person, 1.7-2.6 a guide image in the head (a third of that a
 sample at k = 3). Checked and left: the pose graph's segmentation output (``enable_segmentation``) is
@@ -280,13 +289,14 @@ class Probe:
         def timed(name: str, fn):
             def call(*a, **kw):
                 where = getattr(self._where, "stage", "estimate")
-                before = detector.passes if detector is not None and name == "detect" else 0
+                counted = detector is not None and name in ("detect", "read_on_label")
+                before = detector.passes if counted else 0
                 t0 = time.perf_counter()
                 try:
                     return fn(*a, **kw)
                 finally:
                     self._add(f"{where}.{name}", time.perf_counter() - t0)
-                    if detector is not None and name == "detect":
+                    if counted:
                         self.passes[where] += detector.passes - before
             return call
 
@@ -326,6 +336,8 @@ class Probe:
         self._patch(StageTimer, "lap", lap(StageTimer.lap))
         for name in self.PARTS if hasattr(estimator, "detect_faces") else ():
             self._patch(estimator, name, timed(name, getattr(estimator, name)))
+        if hasattr(detector, "read_on_label"):  # verify_by label-box: the landmark model alone, no detect()
+            self._patch(detector, "read_on_label", timed("read_on_label", detector.read_on_label))
         self._patch(tail, "verify", staged(tail.verify))
         self._patch(writer, "encode", encoded(writer.encode))
         self._patch(writer, "_add_members", encoded(writer._add_members))
@@ -483,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--estimate-batch", type=int, nargs="+", default=[None],
                         help="start images a head fits in one call (GenerateConfig.estimate_batch; default: its "
                              "default); several values: each mode runs with each, in alternating order over --rounds")
-    parser.add_argument("--verify-by", nargs="+", default=[None], choices=["landmarks", "estimate"],
+    parser.add_argument("--verify-by", nargs="+", default=[None], choices=["landmarks", "label-box", "estimate"],
                         help="what verification reads (GenerateConfig.verify_by; default: its default, landmarks); "
                              "several values: each mode runs with each (and each --estimate-batch), alternating")
     parser.add_argument("--rounds", type=int, default=1, help="rounds of the runs (each round every mode and variant)")

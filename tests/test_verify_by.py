@@ -1,7 +1,8 @@
 """Label verification reading MediaPipe's landmarks without the body fit (``verify_by landmarks``, the
 default with the MediaPipe estimator) against reading the fitted body (``verify_by estimate``): both
 score a right label high and a wrong one low, the landmark reading runs no fit, and the choice is
-recorded; a regressor has no landmarks of its own."""
+recorded; a regressor has no landmarks of its own. ``verify_by label-box`` (the landmark model alone on
+the region the label's joints give, no person detector) catches a wrong label too."""
 
 from __future__ import annotations
 
@@ -103,3 +104,21 @@ def test_verify_by_errors_name_the_option_and_the_fix(tmp_path):
     assert GenerateConfig(mode="D", verify=True).verify_by == "landmarks"
     assert GenerateConfig(mode="D", verify=True, estimator="hmr", estimator_checkpoint=tmp_path).verify_by == "estimate"
     assert GenerateConfig(mode="D").verify_by is None
+
+
+def test_the_label_box_reading_catches_a_wrong_label_without_the_person_detector(tiny_backbone, guides, tmp_path):
+    """``verify_by label-box`` reads each label's person with MediaPipe's landmark model alone on the box
+    of the label's silhouette: the photo finals agree with their labels, the mirrored ones (the person
+    elsewhere and turned round) do not, nothing is fitted, and the choice is recorded."""
+    rows, calls = run(tiny_backbone, guides, tmp_path / "label-box", "label-box")
+    assert calls == {"fit": 1, "read_keypoints": 1}  # the head's fit; verification reads the label's boxes
+    assert [r["status"] for r in rows] == ["ok"] * 4
+    pck = [r["scores"]["pck_agreement"] for r in rows]
+    right = [p for i, p in enumerate(pck) if i not in WRONG]
+    wrong = [p for i, p in enumerate(pck) if i in WRONG]
+    assert min(right) >= 0.8 and max(wrong) <= 0.3, pck
+    assert all(rows[i]["scores"]["person_found"] == 1.0 for i in range(4) if i not in WRONG)
+    assert json.loads((tmp_path / "label-box" / "run.json").read_text())["verify_by"] == "label-box"
+    assert "verify_by: label-box" in (tmp_path / "label-box" / "config.yaml").read_text()
+    with pytest.raises(ValueError, match="verify_by: --verify-by label-box .* pass --verify-by estimate"):
+        GenerateConfig(mode="D", verify=True, estimator="hmr", estimator_checkpoint=tmp_path, verify_by="label-box")

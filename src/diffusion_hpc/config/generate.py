@@ -262,10 +262,12 @@ class GenerateConfig(CommandConfig):
     """drop samples whose pck_agreement (label verification) is below this"""
     verify: Optional[bool] = None
     """run label verification on the final images (default: yes for diffusion generators)"""
-    verify_by: Optional[Literal["landmarks", "estimate"]] = None
+    verify_by: Optional[Literal["landmarks", "label-box", "estimate"]] = None
     """what label verification reads each person's 2D keypoints from: ``landmarks`` (the MediaPipe estimator's
-    detector alone, without its body fit; the default with the MediaPipe estimator) or ``estimate`` (the
-    estimator's whole estimate: the MediaPipe fit's body, or a regressor's; the only choice with a regressor).
+    detector alone, without its body fit; the default with the MediaPipe estimator), ``label-box`` (MediaPipe's
+    landmark model alone on the box the label's joints give, without its person detector; opt-in: see
+    :mod:`diffusion_hpc.pipeline.verify`) or ``estimate`` (the estimator's whole estimate: the MediaPipe fit's
+    body, or a regressor's; the only choice with a regressor).
     Set when verification runs (null otherwise)"""
     cycles: int = Field(0, ge=0, le=10)
     """extra estimate -> regenerate cycles on the output image (diffusion generators)"""
@@ -563,8 +565,8 @@ class GenerateConfig(CommandConfig):
                                  "images; this run does not verify: pass --verify, or leave --verify-by out")
         elif self.verify_by is None:
             d["verify_by"] = "landmarks" if name == "mediapipe" else "estimate"
-        elif self.verify_by == "landmarks" and name != "mediapipe":
-            raise ValueError(f"verify_by: --verify-by landmarks reads the MediaPipe detector's landmarks without the "
+        elif self.verify_by in ("landmarks", "label-box") and name != "mediapipe":
+            raise ValueError(f"verify_by: --verify-by {self.verify_by} reads MediaPipe's landmarks without the "
                              f"fit; estimator {name} has no landmarks of its own: pass --verify-by estimate (its "
                              "estimate is the cheap reading), or leave --verify-by out")
         if name == "mediapipe":

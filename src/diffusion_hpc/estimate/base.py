@@ -127,10 +127,11 @@ class MeshEstimator:
         """
         raise NotImplementedError
 
-    def read_keypoints(self, images: Sequence[np.ndarray],
-                       masks: Sequence[np.ndarray | None] | None = None) -> list[KeypointReading]:  # pragma: no cover
+    def read_keypoints(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None] | None = None,
+                       labels: Sequence[np.ndarray] | None = None) -> list[KeypointReading]:  # pragma: no cover
         """One :class:`KeypointReading` per image (the person :meth:`estimate` would read, on its mask
-        when given), without estimating a body; only when :attr:`reads_keypoints`."""
+        when given; with ``labels``, (17, >=2) COCO-17 joints per image, the person where that label
+        says), without estimating a body; only when :attr:`reads_keypoints`."""
         raise NotImplementedError(f"estimator {self.name!r} reads keypoints only through estimate(); "
                                   "use keypoints_of(estimate(...))")
 

@@ -459,8 +459,8 @@ class MediaPipeFitter(MeshEstimator):
         images = [check_image(im, f"images[{i}]") for i, im in enumerate(images)]
         return [self.detector.detect(im, m) for im, m in zip(images, check_masks(masks, [im.shape[:2] for im in images]))]
 
-    def read_keypoints(self, images: Sequence[np.ndarray],
-                       masks: Sequence[np.ndarray | None] | None = None) -> list[KeypointReading]:
+    def read_keypoints(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None] | None = None,
+                       labels: Sequence[np.ndarray] | None = None) -> list[KeypointReading]:
         """The detector's COCO-17 landmarks of the person :meth:`estimate` would fit, one
         :class:`~diffusion_hpc.estimate.base.KeypointReading` per (H, W, 3) uint8 RGB image, without
         the fit, its face detection or its left/right decision (labels as MediaPipe gives them): u,
@@ -471,8 +471,25 @@ class MediaPipeFitter(MeshEstimator):
         Label verification reads these instead of the fitted body's projection
         (``GenerateConfig.verify_by``) at the cost of the detection alone: the fit's keypoints lie a
         median 1.3-1.4 px from these landmarks on 256 px renders, and both readings score right
-        and wrong labels alike (:mod:`diffusion_hpc.pipeline.verify`, scripts/bench_verify.py)."""
+        and wrong labels alike (:mod:`diffusion_hpc.pipeline.verify`, scripts/bench_verify.py).
+
+        ``labels``: per image the (17, >=2) COCO-17 joints (px) of the label whose person should be
+        there (``verify_by label-box``): the landmark model alone reads the region those joints give,
+        without the person detector (:meth:`~diffusion_hpc.estimate.landmarks.MediaPipeDetector.read_on_label`),
+        and a region where MediaPipe sees nobody reads "no person on the label's region"; ``masks`` is
+        then not used.
+
+        Raises:
+            InputError: ``labels`` not one per image."""
         images = [check_image(im, f"images[{i}]") for i, im in enumerate(images)]
+        if labels is not None:
+            if len(labels) != len(images):
+                raise InputError(f"labels: {len(labels)} labels for {len(images)} images; pass one per image")
+            found = [self.detector.read_on_label(im, kp) for im, kp in zip(images, labels)]
+            return [KeypointReading(False, "no person on the label's region") if det is None
+                    else KeypointReading(False, TOO_FEW_JOINTS) if not fittable(det)
+                    else KeypointReading(True, "", coco17_from_mediapipe(det.landmarks2d).astype(np.float64))
+                    for det in found]  # fmt: skip
         readings = []
         for det in self.detect(images, masks):
             if det is None:

@@ -94,11 +94,14 @@ def estimate_regions(estimator, images: Sequence[np.ndarray], regions: Sequence[
 
 
 def read_regions(estimator, images: Sequence[np.ndarray], regions: Sequence[Optional[np.ndarray]],
-                 by: str = "estimate") -> list[KeypointReading]:
+                 by: str = "estimate", labels: Sequence[np.ndarray] | None = None) -> list[KeypointReading]:
     """Each person's COCO-17 2D keypoints on one person region per image (as :func:`estimate_regions`
     reads them): ``by`` ``"landmarks"``, the estimator's own reading without a body
     (:meth:`~diffusion_hpc.estimate.base.MeshEstimator.read_keypoints`: the MediaPipe detector's
-    landmarks, without the fit); ``"estimate"``, the keypoints of its whole estimate.
+    landmarks, without the fit); ``"label-box"``, the same landmarks read by the landmark model alone
+    on the region of each image's label (``labels``: (17, >=2) COCO-17 joints in px, where the person
+    should be), without the person detector (``regions`` unused); ``"estimate"``, the keypoints of
+    its whole estimate.
 
     Raises:
         ValueError: ``by`` is ``"landmarks"`` and the estimator cannot read keypoints without an
@@ -106,11 +109,16 @@ def read_regions(estimator, images: Sequence[np.ndarray], regions: Sequence[Opti
     """
     if by == "estimate":
         return keypoints_of(estimate_regions(estimator, images, regions))
-    if by != "landmarks":
-        raise ValueError(f"by must be 'landmarks' or 'estimate', got {by!r}")
+    if by not in ("landmarks", "label-box"):
+        raise ValueError(f"by must be 'landmarks', 'label-box' or 'estimate', got {by!r}")
     if not getattr(estimator, "reads_keypoints", False):
-        raise ValueError(f"verify_by landmarks: estimator {getattr(estimator, 'name', estimator)!r} reads keypoints "
+        raise ValueError(f"verify_by {by}: estimator {getattr(estimator, 'name', estimator)!r} reads keypoints "
                          "only through its estimate; pass verify_by='estimate'")
+    if by == "label-box":
+        if labels is None:
+            raise ValueError("by 'label-box' reads each person on its label's region: pass labels, one (17, 2+) "
+                             "COCO-17 array per image")
+        return estimator.read_keypoints(list(images), labels=list(labels))
     return estimator.read_keypoints(list(images), masks=list(regions))
 
 

@@ -185,11 +185,13 @@ def verify(stages: Stages, final: Generated, min_agreement: float | None, timer:
     ``min_agreement`` drifted.
 
     ``by`` (``GenerateConfig.verify_by``): ``"landmarks"``, the estimator's detector alone (the MediaPipe
-    landmarks, without the body fit), or ``"estimate"``, the keypoints of its whole estimate
-    (:func:`~diffusion_hpc.pipeline.guided.read_regions`). A one-person sample is read on its whole
-    image (the estimator's most prominent person); in a sample of several people each person is read
-    on its own region of the label, so the sample's ``pck_agreement`` is its least agreeing person's
-    and each person records its own. ``mask_iou`` compares the union of the final image's people with
+    landmarks, without the body fit), ``"label-box"`` (the landmark model alone on the box each
+    person's label joints give, without MediaPipe's person detector), or ``"estimate"``, the
+    keypoints of its whole estimate (:func:`~diffusion_hpc.pipeline.guided.read_regions`). Except
+    with ``"label-box"``, a one-person sample is read on its whole image (the estimator's most
+    prominent person) and in a sample of several people each person on its own region of the
+    label; the sample's ``pck_agreement`` is its least agreeing person's and each person of a
+    several-people sample records its own. ``mask_iou`` compares the union of the final image's people with
     the label's."""
     seg = stages.segmenter.segment(final.images)
     labels = final.labels
@@ -197,7 +199,7 @@ def verify(stages: Stages, final: Generated, min_agreement: float | None, timer:
     slot = slots_of(owner)
     alone = np.bincount(owner, minlength=len(final))[owner] == 1
     regions = [None if alone[n] else labels.render.instance[i] == p for n, (i, p) in enumerate(zip(owner, slot))]
-    estimates = read_regions(stages.estimator, [final.images[i] for i in owner], regions, by)
+    estimates = read_regions(stages.estimator, [final.images[i] for i in owner], regions, by, list(labels.keypoints2d))
     pck = np.full(len(final), np.nan)
     found = np.ones(len(final), bool)
     people = labels.bodies.people

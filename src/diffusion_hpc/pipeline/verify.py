@@ -39,6 +39,36 @@ right exchanged scores a little higher on the landmarks (0.02-0.03 mean PCK): th
 decision sometimes corrects MediaPipe's labels of a back view; neither reading can reject such a
 label on a side view, where left and right joints nearly coincide in the image.
 
+``verify_by label-box`` (opt-in) reads each label's person with MediaPipe's landmark model alone
+(:meth:`~diffusion_hpc.estimate.landmarks.MediaPipeDetector.read_on_label`), without its person
+detector, on the region the label's own joints give (as the detector's region: centred between the
+hips, 1.25 x the body's extent, turned along hips -> shoulders); a region where the model's presence
+score or mean visibility is low reads "no person". A pass costs 19-20.5 CPU ms against 30-33 for
+the whole graph (detector + landmark model), at 128 and at 256 px alike. ``bench_verify.py``, the
+same renders as above (read on the whole image; label-box reads each kind of label where that label
+says):
+
+=====================  ===============  ===============  ===============  ===============
+seed, reading          right label      other's label    other's pose     left/right
+                                                         moved here       exchanged
+=====================  ===============  ===============  ===============  ===============
+2024, landmarks        0.826 / 82.8 %   0.044 / 0.8 %    0.266 / 24.2 %   0.428 / 39.1 %
+2024, label-box        0.953 / 96.1 %   0.058 / 0.0 %    0.326 / 32.0 %   0.500 / 45.3 %
+2025, landmarks        0.767 / 78.9 %   0.038 / 1.6 %    0.263 / 21.1 %   0.385 / 28.9 %
+2025, label-box        0.929 / 96.1 %   0.055 / 2.3 %    0.298 / 25.8 %   0.461 / 36.7 %
+=====================  ===============  ===============  ===============  ===============
+
+Right labels are found and read far better (person found 89.8 -> 99.2 % and 89.1 -> 97.7 %), and a
+right label outscores the wrong one more often (landmarks -> label-box, 2024: 0.934 -> 0.996,
+0.930 -> 0.977, 0.871 -> 0.922; 2025: 0.914 -> 0.988, 0.906 -> 0.980, 0.852 -> 0.941), but wrong
+labels also score higher (a pose moved onto the person +0.035-0.06 mean PCK and +5-8 points at
+>= 0.5, left/right exchanged +0.07-0.08 and +6-8 points): read where the label says, the model
+finds the person there and the joints the wrong label has right count. At a fixed
+``--min-agreement`` more wrong labels pass, so it is not the default. A reading on the label's
+silhouette box (clipped to the image, upright) failed on a bust photo at 128 px (right labels 0.5-
+0.6 against >= 0.8), and a second pass on the region the first reading's landmarks give changed
+nothing of note (2024 right 0.945 against 0.953): neither is used.
+
 Pure numpy functions; the pipeline calls the estimator and the segmenter.
 """
 
