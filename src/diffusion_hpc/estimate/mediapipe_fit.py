@@ -277,6 +277,16 @@ def fittable(det: Detection) -> bool:
     return bool((vis >= MIN_VISIBILITY).sum() >= 5 and (seen_torso[:2].all() or seen_torso[2:].all()))
 
 
+def keypoint_reading(det: Detection | None, missing: str) -> KeypointReading:
+    """A detection's COCO-17 landmarks as a :class:`~diffusion_hpc.estimate.base.KeypointReading`: not ok
+    with the reason ``missing`` when there is none, or :data:`TOO_FEW_JOINTS` when the fit would not take it."""
+    if det is None:
+        return KeypointReading(False, missing)
+    if not fittable(det):
+        return KeypointReading(False, TOO_FEW_JOINTS)
+    return KeypointReading(True, "", coco17_from_mediapipe(det.landmarks2d).astype(np.float64))
+
+
 class MediaPipeFaceDetector:
     """MediaPipe's face detector (the short-range model, ``model_selection=0``, which ships in the
     wheel), created on first use and reused; calls are serialised. One of the facing cues
@@ -486,19 +496,8 @@ class MediaPipeFitter(MeshEstimator):
             if len(labels) != len(images):
                 raise InputError(f"labels: {len(labels)} labels for {len(images)} images; pass one per image")
             found = [self.detector.read_on_label(im, kp) for im, kp in zip(images, labels)]
-            return [KeypointReading(False, "no person on the label's region") if det is None
-                    else KeypointReading(False, TOO_FEW_JOINTS) if not fittable(det)
-                    else KeypointReading(True, "", coco17_from_mediapipe(det.landmarks2d).astype(np.float64))
-                    for det in found]  # fmt: skip
-        readings = []
-        for det in self.detect(images, masks):
-            if det is None:
-                readings.append(KeypointReading(False, "no person found"))
-            elif not fittable(det):
-                readings.append(KeypointReading(False, TOO_FEW_JOINTS))
-            else:
-                readings.append(KeypointReading(True, "", coco17_from_mediapipe(det.landmarks2d).astype(np.float64)))
-        return readings
+            return [keypoint_reading(det, "no person on the label's region") for det in found]
+        return [keypoint_reading(det, "no person found") for det in self.detect(images, masks)]
 
     def detect_faces(self, images: Sequence[np.ndarray], detections: Sequence[Detection | None]) -> list[np.ndarray]:
         """(F, 5) faces per image (:class:`MediaPipeFaceDetector`), looked for only where a person was found."""
