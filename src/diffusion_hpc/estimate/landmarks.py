@@ -253,6 +253,22 @@ def centred_in(detection: Detection, window: tuple[int, int, int], shape: tuple[
                 and max(y0, 0) - 0.5 <= cy <= min(y0 + side, height) - 0.5)
 
 
+def reads_person_in(found: Detection | None, window: tuple[int, int, int], shape: tuple[int, int]) -> bool:
+    """Whether a reading of the square ``window`` ``(x0, y0, side)`` of an image of ``shape`` (H, W) counts:
+    someone scoring :data:`MIN_SCORE`, centred in the window (:func:`centred_in`)."""
+    return found is not None and found.score >= MIN_SCORE and centred_in(found, window, shape)
+
+
+def normalized_rect(centre, side: float, rotation: float, shape: tuple[int, int]):
+    """MediaPipe's ``NormalizedRect`` of the square of ``side`` px about ``centre`` (x, y px; pixel
+    centres are integers, DESIGN §4), turned by ``rotation`` (radians), in an image of ``shape`` (H, W)."""
+    from mediapipe.framework.formats import rect_pb2
+
+    height, width = shape
+    return rect_pb2.NormalizedRect(x_center=(centre[0] + 0.5) / width, y_center=(centre[1] + 0.5) / height,
+                                   width=side / width, height=side / height, rotation=rotation)
+
+
 def cv2_interpolation(source: int, target: int) -> int:
     """OpenCV interpolation flag for resizing ``source`` px to ``target`` px: area when shrinking."""
     import cv2
@@ -351,31 +367,23 @@ class MediaPipeDetector:
            step; on the renders over photos of ``scripts/bench_estimate.py`` it cut the 2D error of
            most); the second reading is kept when it counts, else the first.
         """
-        from mediapipe.framework.formats import rect_pb2
-
         box = mask_box(mask, MASK_EXPAND)
         if box is None:
             return None
-        (cx, cy), side = box
-        height, width = image.shape[:2]
-        window = square_window(box[0], side / MASK_EXPAND)
-
-        def counts(found: Detection | None) -> bool:
-            return found is not None and found.score >= MIN_SCORE and centred_in(found, window, (height, width))
-
+        centre, side = box
+        shape = image.shape[:2]
+        window = square_window(centre, side / MASK_EXPAND)
         best, follow = None, None
         for rotation in MASK_ROTATIONS:
-            region = rect_pb2.NormalizedRect(x_center=(cx + 0.5) / width, y_center=(cy + 0.5) / height,
-                                             width=side / width, height=side / height, rotation=rotation)
-            found, next_region = self._process_region(image, region)
-            if counts(found) and (best is None or found.score > best.score):
+            found, next_region = self._process_region(image, normalized_rect(centre, side, rotation, shape))
+            if reads_person_in(found, window, shape) and (best is None or found.score > best.score):
                 best, follow = found, next_region
             if best is not None and best.score >= ACCEPT_SCORE:
                 break
         if best is None:
             return None
         again, _ = self._process_region(image, follow)
-        return again if counts(again) else best
+        return again if reads_person_in(again, window, shape) else best
 
     def read_on_label(self, image: np.ndarray, keypoints: np.ndarray) -> Detection | None:
         """The person where a label says one is, read by the landmark model alone (no person detector),
@@ -389,16 +397,11 @@ class MediaPipeDetector:
             image: (H, W, 3) uint8 RGB.
             keypoints: (17, >=2) the label's COCO-17 joints in image px (all of them, seen or not).
         """
-        height, width = image.shape[:2]
-        region, window = label_region(keypoints, (height, width))
-
-        def counts(found: Detection | None) -> bool:
-            return found is not None and found.score >= MIN_SCORE and centred_in(found, window, (height, width))
-
+        region, window = label_region(keypoints, image.shape[:2])
         with self._lock:
             start = self.passes
             found, _ = self._process_region(image, region)
-        return replace(found, passes=self.passes - start) if counts(found) else None
+        return replace(found, passes=self.passes - start) if reads_person_in(found, window, image.shape[:2]) else None
 
     def _process_window(self, image: np.ndarray, window: tuple[int, int, int], size: int) -> Detection | None:
         """MediaPipe on the square ``window`` of ``image`` resized to ``size``; landmarks and mask
@@ -431,9 +434,7 @@ class MediaPipeDetector:
             return None
         window = square_window(box[0], REFINE_EXPAND * box[1])
         refined = self._process_window(image, window, REFINE_SIZE)
-        if refined is None or refined.score < MIN_SCORE or not centred_in(refined, window, image.shape[:2]):
-            return None
-        return refined
+        return refined if reads_person_in(refined, window, image.shape[:2]) else None
 
     def detect(self, image: np.ndarray, mask: np.ndarray | None = None) -> Detection | None:
         """The most prominent person in an (H, W, 3) uint8 RGB image, or None.
@@ -510,8 +511,6 @@ def label_region(keypoints: np.ndarray, shape: tuple[int, int]):
     detector would give the body of (17, >=2) COCO-17 ``keypoints`` in an image of ``shape`` (H, W):
     centred between the hips, :data:`MASK_EXPAND` x twice the farthest joint's distance from there,
     turned so that hips -> shoulders points up (as ``PoseDetectionToRoi`` aligns hips -> head top)."""
-    from mediapipe.framework.formats import rect_pb2
-
     kp = np.asarray(keypoints, np.float64)[:, :2]
     hips = kp[[COCO17.index("left_hip"), COCO17.index("right_hip")]].mean(0)
     shoulders = kp[[COCO17.index("left_shoulder"), COCO17.index("right_shoulder")]].mean(0)
@@ -520,7 +519,4 @@ def label_region(keypoints: np.ndarray, shape: tuple[int, int]):
     up = shoulders - hips
     rotation = math.pi / 2 - math.atan2(-up[1], up[0])
     rotation = (rotation + math.pi) % (2 * math.pi) - math.pi
-    height, width = shape
-    region = rect_pb2.NormalizedRect(x_center=(hips[0] + 0.5) / width, y_center=(hips[1] + 0.5) / height,
-                                     width=side / width, height=side / height, rotation=rotation)
-    return region, square_window(hips, 2.0 * far)
+    return normalized_rect(hips, side, rotation, shape), square_window(hips, 2.0 * far)
