@@ -74,6 +74,22 @@ BACKGROUND_PHOTOS = ("coffee", "brick", "grass", "gravel", "rocket", "chelsea", 
                      "retina", "cell", "page", "moon")
 
 
+def bench_renders(out: Path, n: int, seed: int, photos: bool) -> Path:
+    """The benchmark's render dataset in ``out``, made where missing: ``n`` renders (256 px) of ``seed``
+    over procedural backgrounds, or of ``seed + 7`` over the photos of :func:`background_folder`. The
+    folder names n and seed: a reused ``out`` never mixes renders of another run."""
+    from diffusion_hpc.config import GenerateConfig
+    from diffusion_hpc.pipeline.generate import generate
+
+    folder = out / f"renders_{'photo_bg_' if photos else ''}n{n}_s{seed}"
+    if not (folder / "config.yaml").exists():
+        cfg = GenerateConfig(n=n, image_size=(256, 256), seed=seed + 7 if photos else seed)
+        if photos:
+            cfg.render_baseline.backgrounds = background_folder(out)
+        generate(cfg, out=folder, progress=False)
+    return folder
+
+
 def background_folder(out: Path) -> Path:
     """A folder of real photos (scikit-image's sample images) for the render baseline's backgrounds."""
     import cv2
@@ -471,17 +487,12 @@ def main() -> None:
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_estimate_"))
     out.mkdir(parents=True, exist_ok=True)
 
-    from diffusion_hpc.config import GenerateConfig
     from diffusion_hpc.data import open_dataset
     from diffusion_hpc.data.schema import persons_of
     from diffusion_hpc.estimate import get_estimator
     from diffusion_hpc.estimate.run import render_preview
-    from diffusion_hpc.pipeline.generate import generate
 
-    # the folders name n and seed: a reused --out never mixes renders of another run
-    ds, ds_photo = out / f"renders_n{args.n}_s{args.seed}", out / f"renders_photo_bg_n{args.n}_s{args.seed}"
-    if not (ds / "config.yaml").exists():
-        generate(GenerateConfig(n=args.n, image_size=(256, 256), seed=args.seed), out=ds, progress=False)
+    ds = bench_renders(out, args.n, args.seed, photos=False)
     if args.timing:
         est = get_estimator("mediapipe", **({"compile_fit": True} if args.compile_fit else {}))  # older fitters: no kwarg
         images = [s["image"] for s in open_dataset(ds)]
@@ -491,10 +502,7 @@ def main() -> None:
         print(f"warm-up (compile_fit={args.compile_fit}): {wall:.1f} s wall, {cpu:.1f} s CPU")
         print_timing(stage_timing(est, images, args.rounds, masks=segmenter_masks(images[:16])))
         return
-    if not (ds_photo / "config.yaml").exists():
-        cfg = GenerateConfig(n=args.n, image_size=(256, 256), seed=args.seed + 7)
-        cfg.render_baseline.backgrounds = background_folder(out)
-        generate(cfg, out=ds_photo, progress=False)
+    ds_photo = bench_renders(out, args.n, args.seed, photos=True)
     samples = [p for d in (ds, ds_photo) for s in open_dataset(d) for p in persons_of(s)]  # one person per render
     photo_bg = np.arange(len(samples)) >= args.n
     if args.lifter:

@@ -77,25 +77,17 @@ def main() -> None:
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_verify_"))
     out.mkdir(parents=True, exist_ok=True)
 
-    from bench_estimate import background_folder
+    from bench_estimate import bench_renders
 
-    from diffusion_hpc.config import GenerateConfig
     from diffusion_hpc.data import open_dataset
     from diffusion_hpc.data.schema import persons_of
     from diffusion_hpc.estimate import get_estimator
     from diffusion_hpc.estimate.fit import COCO17_FLIP
-    from diffusion_hpc.pipeline.generate import generate
     from diffusion_hpc.pipeline.guided import read_regions
     from diffusion_hpc.pipeline.verify import pck_agreement
 
-    # the folders of scripts/bench_estimate.py (same names, same renders)
-    ds, ds_photo = out / f"renders_n{args.n}_s{args.seed}", out / f"renders_photo_bg_n{args.n}_s{args.seed}"
-    if not (ds / "config.yaml").exists():
-        generate(GenerateConfig(n=args.n, image_size=(256, 256), seed=args.seed), out=ds, progress=False)
-    if not (ds_photo / "config.yaml").exists():
-        cfg = GenerateConfig(n=args.n, image_size=(256, 256), seed=args.seed + 7)
-        cfg.render_baseline.backgrounds = background_folder(out)
-        generate(cfg, out=ds_photo, progress=False)
+    # the renders of scripts/bench_estimate.py (same folders, same renders)
+    ds, ds_photo = (bench_renders(out, args.n, args.seed, photos) for photos in (False, True))
     samples = [p for d in (ds, ds_photo) for s in open_dataset(d) for p in persons_of(s)]
     images = [s["image"] for s in samples]
     labels = [np.asarray(s["keypoints2d"], np.float64) for s in samples]
