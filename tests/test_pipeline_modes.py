@@ -28,7 +28,7 @@ from diffusion_hpc.config import DEFAULT_PROMPT, GenerateConfig
 from diffusion_hpc.data import open_dataset
 from diffusion_hpc.data.reader import shard_without_timings
 from diffusion_hpc.data.schema import persons_of
-from diffusion_hpc.errors import ConfigError, InputError, MissingModelError
+from diffusion_hpc.errors import ConfigError, DhpcError, InputError, MissingModelError
 from diffusion_hpc.generate.base import PRESETS, expected_unet_evals, guidance_factor
 from diffusion_hpc.pipeline.generate import Generator, generate
 
@@ -591,3 +591,25 @@ def test_resume_of_a_dataset_made_before_newer_options(backbone, guides, tmp_pat
     result = generate(old, out, resume=True, progress=False)
     assert result.skipped_shards == 2
     assert dataset_digest(out) == whole
+
+
+def test_resume_keeps_the_verification_a_dataset_was_made_with(backbone, guides, tmp_path):
+    """A mode-R run killed while ``landmarks`` was the default reading of --verify (its config.yaml records
+    verify_by landmarks): a resume with the same flags continues it with landmarks, not today's default
+    label-box, and remakes the lost shard byte for byte; a resume that asks for label-box is refused,
+    naming verify_by, before any work."""
+    assert r_config(backbone, guides).verify_by == "label-box"
+    out = tmp_path / "landmarks"
+    generate(r_config(backbone, guides, verify_by="landmarks"), out, progress=False)
+    whole = dataset_digest(out)
+    for lost in ((out / "shards").glob("shard-000002.tar"), (out / "manifest").glob("shard-000002.jsonl")):
+        [path] = lost
+        path.unlink()
+    with pytest.raises(DhpcError, match=r"different config \(-verify_by: landmarks; \+verify_by: label-box\)"):
+        generate(r_config(backbone, guides, verify_by="label-box"), out, resume=True, progress=False)
+    assert not (out / "shards" / "shard-000002.tar").exists()
+    result = generate(r_config(backbone, guides), out, resume=True, progress=False)
+    assert result.skipped_shards == 2
+    assert dataset_digest(out) == whole
+    assert "verify_by: landmarks" in (out / "config.yaml").read_text()
+    assert json.loads((out / "run.json").read_text())["verify_by"] == "landmarks"

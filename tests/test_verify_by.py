@@ -1,8 +1,9 @@
-"""Label verification reading MediaPipe's landmarks without the body fit (``verify_by landmarks``, the
-default with the MediaPipe estimator) against reading the fitted body (``verify_by estimate``): both
-score a right label high and a wrong one low, the landmark reading runs no fit, and the choice is
-recorded; a regressor has no landmarks of its own. ``verify_by label-box`` (the landmark model alone on
-the region the label's joints give, no person detector) catches a wrong label too."""
+"""Label verification reading MediaPipe's landmarks without the body fit (``verify_by landmarks``)
+against reading the fitted body (``verify_by estimate``): both score a right label high and a wrong one
+low, the landmark reading runs no fit, and the choice is recorded; a regressor has no landmarks of its
+own. ``verify_by label-box`` (the landmark model alone on the region the label's joints give, no person
+detector; the default with the MediaPipe estimator) catches a wrong label too, also for each person of
+a several-people sample."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ import skimage.data
 from PIL import Image
 
 from diffusion_hpc.config import GenerateConfig
+from diffusion_hpc.data import open_dataset
+from diffusion_hpc.data.schema import persons_of
 from diffusion_hpc.pipeline.generate import Generator
 
 from conftest import manifest_rows
+from test_multiperson_guided import two_people
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SIZE = 128
@@ -52,10 +56,10 @@ class PhotoFinal:
         return result
 
 
-def run(tiny_backbone, guides, out, verify_by: str | None) -> tuple[list[dict], dict[str, int]]:
+def run(tiny_backbone, guides, out, verify_by: str | None, size: int = SIZE) -> tuple[list[dict], dict[str, int]]:
     """Mode R, four samples of one photo (k = 1: each label is the estimate of its final's photo),
     verified; (manifest rows by index, calls of the MediaPipe estimator's fit and landmark reading)."""
-    config = GenerateConfig(mode="R", guides=guides, backbone=str(tiny_backbone), image_size=(SIZE, SIZE), n=4, k=1,
+    config = GenerateConfig(mode="R", guides=guides, backbone=str(tiny_backbone), image_size=(size, size), n=4, k=1,
                             seed=9, batch_size=4, verify_by=verify_by)  # fmt: skip
     gen = Generator(config, progress=False)
     gen.load_models()
@@ -77,10 +81,10 @@ def run(tiny_backbone, guides, out, verify_by: str | None) -> tuple[list[dict], 
 
 def test_landmarks_and_the_fit_both_catch_a_wrong_label(tiny_backbone, guides, tmp_path):
     """With photo finals, the samples whose image is their photo agree with their label and the samples
-    whose image is the photo mirrored do not, whichever reading verifies; the landmark reading (the
-    default) fits only the head's start images, the fit reading fits the finals too; config.yaml
-    and run.json record the choice."""
-    default, calls = run(tiny_backbone, guides, tmp_path / "landmarks", None)
+    whose image is the photo mirrored do not, whichever reading verifies; the landmark reading fits only
+    the head's start images, the fit reading fits the finals too; config.yaml and run.json record the
+    choice."""
+    default, calls = run(tiny_backbone, guides, tmp_path / "landmarks", "landmarks")
     by_fit, fit_calls = run(tiny_backbone, guides, tmp_path / "estimate", "estimate")
     assert calls == {"fit": 1, "read_keypoints": 1}  # the head's one fit call; verification reads landmarks
     assert fit_calls == {"fit": 2, "read_keypoints": 0}  # the head's and verification's
@@ -101,16 +105,16 @@ def test_verify_by_errors_name_the_option_and_the_fix(tmp_path):
         GenerateConfig(mode="D", verify=True, estimator="hmr", estimator_checkpoint=tmp_path, verify_by="landmarks")
     with pytest.raises(ValueError, match="verify_by: .* this run does not verify: pass --verify"):
         GenerateConfig(mode="D", verify_by="estimate")
-    assert GenerateConfig(mode="D", verify=True).verify_by == "landmarks"
+    assert GenerateConfig(mode="D", verify=True).verify_by == "label-box"
     assert GenerateConfig(mode="D", verify=True, estimator="hmr", estimator_checkpoint=tmp_path).verify_by == "estimate"
     assert GenerateConfig(mode="D").verify_by is None
 
 
 def test_the_label_box_reading_catches_a_wrong_label_without_the_person_detector(tiny_backbone, guides, tmp_path):
-    """``verify_by label-box`` reads each label's person with MediaPipe's landmark model alone on the box
-    of the label's silhouette: the photo finals agree with their labels, the mirrored ones (the person
-    elsewhere and turned round) do not, nothing is fitted, and the choice is recorded."""
-    rows, calls = run(tiny_backbone, guides, tmp_path / "label-box", "label-box")
+    """``verify_by label-box`` (the default) reads each label's person with MediaPipe's landmark model alone
+    on the region the label's joints give: the photo finals agree with their labels, the mirrored ones
+    (the person elsewhere and turned round) do not, nothing is fitted, and the choice is recorded."""
+    rows, calls = run(tiny_backbone, guides, tmp_path / "label-box", None)
     assert calls == {"fit": 1, "read_keypoints": 1}  # the head's fit; verification reads the label's boxes
     assert [r["status"] for r in rows] == ["ok"] * 4
     pck = [r["scores"]["pck_agreement"] for r in rows]
@@ -122,3 +126,20 @@ def test_the_label_box_reading_catches_a_wrong_label_without_the_person_detector
     assert "verify_by: label-box" in (tmp_path / "label-box" / "config.yaml").read_text()
     with pytest.raises(ValueError, match="verify_by: --verify-by label-box .* pass --verify-by estimate"):
         GenerateConfig(mode="D", verify=True, estimator="hmr", estimator_checkpoint=tmp_path, verify_by="label-box")
+
+
+def test_label_box_reads_each_person_of_a_two_people_sample_where_its_label_is(tiny_backbone, tmp_path):
+    """Two people side by side (the astronaut and Grace Hopper, tests/test_multiperson_guided.py's start
+    image): each person's label is read on its own region; on the photo finals both people agree with
+    their labels, on the mirrored ones (the two exchanged places and turned round) neither does."""
+    folder = tmp_path / "pair"
+    folder.mkdir()
+    Image.fromarray(two_people()).save(folder / "pair.png")
+    rows, _ = run(tiny_backbone, folder, tmp_path / "label-box", None, size=two_people().shape[0])
+    assert [r["status"] for r in rows] == ["ok"] * 4
+    samples = sorted(open_dataset(tmp_path / "label-box"), key=lambda s: s["index"])
+    persons = [[p["scores"]["pck_agreement"] for p in persons_of(s)] for s in samples]
+    assert all(len(p) == 2 for p in persons), persons
+    right = [p for i, ps in enumerate(persons) if i not in WRONG for p in ps]
+    wrong = [p for i, ps in enumerate(persons) if i in WRONG for p in ps]
+    assert min(right) >= 0.8 and max(wrong) <= 0.3, persons

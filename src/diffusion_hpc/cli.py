@@ -208,11 +208,12 @@ def _add_generate(sub) -> None:
           text="T, R: keep only guides whose pose-prior score is >= the hard threshold")
     _flag(g, G, "verify", action=argparse.BooleanOptionalAction, text="re-estimate the body in the final image and "
           "record pck_agreement / mask_iou" + _by_mode("verify"))
-    _flag(g, G, "verify_by", text="what --verify reads each person's 2D keypoints from: landmarks (the MediaPipe "
-          "detector alone, without the body fit; default with --estimator mediapipe), label-box (MediaPipe's "
-          "landmark model alone on the box the label's joints give, without its person detector: a third cheaper, "
-          "opt-in) or estimate (the estimator's whole estimate: the MediaPipe fit, or a regressor's body; the only "
-          "choice with a regressor)")
+    _flag(g, G, "verify_by", text="what --verify reads each person's 2D keypoints from: label-box (MediaPipe's "
+          "landmark model alone on the region the label's joints give, without its person detector; default with "
+          "--estimator mediapipe), landmarks (the MediaPipe detector alone on the whole image, without the body "
+          "fit; a third dearer; the default of datasets made before label-box, which a --resume keeps) or estimate "
+          "(the estimator's whole estimate: the MediaPipe fit, or a regressor's body; the only choice with a "
+          "regressor)")
     _flag(g, G, "min_agreement", type=float, metavar="X", text="drop samples whose pck_agreement is below this (0..1)")
     _flag(g, G, "cycles", type=int, metavar="N", text="extra estimate -> regenerate cycles on the output image")
     _flag(g, G, "prior_path", type=Path, metavar="FILE", text="pose-prior weights (default: the shipped Anny prior)")

@@ -12,7 +12,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from diffusion_hpc.config.base import CommandConfig, Strict, check_range
+from diffusion_hpc.config.base import CommandConfig, Strict, build, check_range
 from diffusion_hpc.config.estimate import check_lifter
 from diffusion_hpc.errors import ConfigError
 from diffusion_hpc.runtime.device import check_device_name
@@ -178,6 +178,12 @@ ADDED_OPTIONS = {
 }
 
 
+#: options whose default changed after datasets were made with the earlier one: a resume that leaves the
+#: option unset continues with the value the dataset recorded (:meth:`GenerateConfig.resumed_config`).
+#: ``verify_by``: ``landmarks`` -> ``label-box`` with the MediaPipe estimator.
+CHANGED_DEFAULTS = ("verify_by",)
+
+
 class GenerateConfig(CommandConfig):
     """Everything a ``dhpc generate`` run depends on. Same config + seed = same dataset, byte for byte.
 
@@ -263,11 +269,11 @@ class GenerateConfig(CommandConfig):
     verify: Optional[bool] = None
     """run label verification on the final images (default: yes for diffusion generators)"""
     verify_by: Optional[Literal["landmarks", "label-box", "estimate"]] = None
-    """what label verification reads each person's 2D keypoints from: ``landmarks`` (the MediaPipe estimator's
-    detector alone, without its body fit; the default with the MediaPipe estimator), ``label-box`` (MediaPipe's
-    landmark model alone on the box the label's joints give, without its person detector; opt-in: see
-    :mod:`diffusion_hpc.pipeline.verify`) or ``estimate`` (the estimator's whole estimate: the MediaPipe fit's
-    body, or a regressor's; the only choice with a regressor).
+    """what label verification reads each person's 2D keypoints from: ``label-box`` (MediaPipe's landmark model
+    alone on the region the label's joints give, without its person detector; the default with the MediaPipe
+    estimator, see :mod:`diffusion_hpc.pipeline.verify`), ``landmarks`` (the MediaPipe estimator's detector
+    alone on the whole image, without its body fit; the default before label-box) or ``estimate`` (the
+    estimator's whole estimate: the MediaPipe fit's body, or a regressor's; the only choice with a regressor).
     Set when verification runs (null otherwise)"""
     cycles: int = Field(0, ge=0, le=10)
     """extra estimate -> regenerate cycles on the output image (diffusion generators)"""
@@ -393,6 +399,25 @@ class GenerateConfig(CommandConfig):
         if option == "verify_by":  # verification fitted a body
             return self.verify_by in (None, "estimate")
         raise KeyError(option)
+
+    def resumed_config(self, stored_yaml: str) -> GenerateConfig:
+        """This config continuing a dataset whose stored ``config.yaml`` is ``stored_yaml``: an option of
+        :data:`CHANGED_DEFAULTS` this config leaves unset (not given by a flag or its config file) takes the
+        value the dataset recorded, so a dataset made under an earlier default continues as it was made
+        (a resume with the same flags as the killed run). Itself when nothing changes.
+
+        Raises:
+            ConfigError: the recorded value does not hold with this config's other options.
+        """
+        import yaml
+
+        stored = yaml.safe_load(stored_yaml) or {}
+        kept = {o: stored[o] for o in CHANGED_DEFAULTS
+                if o not in self.model_fields_set and stored.get(o) is not None and stored[o] != getattr(self, o)}
+        if not kept:
+            return self
+        return build(type(self), {**self.model_dump(mode="json"), **kept},
+                     source=f"the dataset's config.yaml ({', '.join(kept)})")
 
     def resumed_dataset_yaml(self, stored_yaml: str) -> str:
         """:meth:`dataset_yaml` to compare with a dataset's stored ``config.yaml`` (``stored_yaml``) on a resume:
@@ -564,7 +589,7 @@ class GenerateConfig(CommandConfig):
                 raise ValueError(f"verify_by: --verify-by {self.verify_by} sets how label verification reads the final "
                                  "images; this run does not verify: pass --verify, or leave --verify-by out")
         elif self.verify_by is None:
-            d["verify_by"] = "landmarks" if name == "mediapipe" else "estimate"
+            d["verify_by"] = "label-box" if name == "mediapipe" else "estimate"
         elif self.verify_by in ("landmarks", "label-box") and name != "mediapipe":
             raise ValueError(f"verify_by: --verify-by {self.verify_by} reads MediaPipe's landmarks without the "
                              f"fit; estimator {name} has no landmarks of its own: pass --verify-by estimate (its "

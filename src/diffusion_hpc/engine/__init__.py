@@ -20,13 +20,15 @@ from pathlib import Path
 from diffusion_hpc.config import GenerateConfig
 from diffusion_hpc.engine.local import run_local
 from diffusion_hpc.engine.ray_engine import run_ray
-from diffusion_hpc.pipeline.generate import GenerateResult
+from diffusion_hpc.pipeline.generate import GenerateResult, run_config
 
 __all__ = ["generate", "run_local", "run_ray"]
 
 
 def generate(config: GenerateConfig, out: str | Path, resume: bool = False, progress: bool = True) -> GenerateResult:
-    """Python API of ``dhpc generate``: the run of ``config`` on its engine (``config.engine``)."""
+    """Python API of ``dhpc generate``: the run of ``config`` on its engine (``config.engine``); a resume
+    continues options whose default changed as the dataset recorded them (:func:`run_config`)."""
+    config = run_config(config, out, resume)
     if config.engine == "ray":
         return run_ray(config, out, resume=resume, progress=progress)
     return run_local(config, out, resume=resume, progress=progress)

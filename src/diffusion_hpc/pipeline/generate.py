@@ -455,9 +455,17 @@ def failure_counts(done: list[ShardResult]) -> dict[str, int]:
     return out
 
 
+def run_config(config: GenerateConfig, out: str | Path, resume: bool = False) -> GenerateConfig:
+    """The config a run into ``out`` makes data with: ``config``, or on a resume of a dataset made under an
+    earlier default, ``config`` with that option as the dataset recorded it, where ``config`` leaves it
+    unset (:meth:`~diffusion_hpc.config.generate.GenerateConfig.resumed_config`)."""
+    stored = Path(out) / "config.yaml"
+    return config.resumed_config(stored.read_text()) if resume and stored.is_file() else config
+
+
 def generate(config: GenerateConfig, out: str | Path, resume: bool = False, progress: bool = True) -> GenerateResult:
     """Python API of ``dhpc generate`` on the local engine: validate inputs, then generate into ``out``.
 
     ``diffusion_hpc.engine.generate`` takes the same arguments and also runs ``engine: ray``.
     """
-    return Generator(config, progress=progress).run(out, resume=resume)
+    return Generator(run_config(config, out, resume), progress=progress).run(out, resume=resume)
