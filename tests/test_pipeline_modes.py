@@ -483,10 +483,10 @@ class PhotoInput:
     def estimate(self, images):
         return self.inner.estimate([self.photo] * len(images))
 
-    reads_keypoints = True  # verification's reading (verify_by landmarks, the default)
+    reads_keypoints = True  # verification's reading (verify_by label-box, the default, or landmarks)
 
-    def read_keypoints(self, images, masks=None):
-        return self.inner.read_keypoints([self.photo] * len(images))
+    def read_keypoints(self, images, masks=None, labels=None):
+        return self.inner.read_keypoints([self.photo] * len(images), labels=labels)
 
 
 class SeedRecorder:
