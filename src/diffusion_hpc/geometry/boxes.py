@@ -29,6 +29,15 @@ def mask_extent(mask: np.ndarray) -> float:
     return float(max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1))
 
 
+def mask_edges(mask: np.ndarray) -> np.ndarray | None:
+    """(4,) float64 x0, y0, x1, y1: the edges of the bounding box of a (H, W) mask's pixels (pixel ``i``
+    spans ``i - 0.5 .. i + 0.5``), or None for an empty mask."""
+    ys, xs = np.nonzero(np.asarray(mask, bool))
+    if xs.size == 0:
+        return None
+    return np.array([xs.min() - 0.5, ys.min() - 0.5, xs.max() + 0.5, ys.max() + 0.5])
+
+
 def mask_box(mask: np.ndarray, expand: float = BOX_EXPAND) -> tuple[np.ndarray, float] | None:
     """Square box ``(centre (2,) px, side px)`` around a (H, W) mask, or None for an empty mask.
 

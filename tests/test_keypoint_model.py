@@ -1,0 +1,175 @@
+"""The top-down keypoint reader (``verify_by keypoint-model``) on tiny random ViTPose checkpoints: a
+person's keypoints come back where the model sees them in its crop, in the owner image's pixels, for
+boxes of any place and size; all boxes of a batch go through one forward; the decoding is
+transformers' own; a checkpoint without COCO-17 keypoints is refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import VitPoseConfig, VitPoseForPoseEstimation
+from transformers.models.vitpose.image_processing_pil_vitpose import VitPoseImageProcessorPil
+from transformers.models.vitpose.modeling_vitpose import VitPoseEstimatorOutput
+
+from diffusion_hpc.body.joint_sets import COCO17
+from diffusion_hpc.errors import ConfigError
+from diffusion_hpc.estimate.keypoint_model import FOUND_SCORE, KeypointModel, coco17_order
+
+#: ViTPose's COCO checkpoints' names (config.id2label)
+VITPOSE_NAMES = ["Nose", "L_Eye", "R_Eye", "L_Ear", "R_Ear", "L_Shoulder", "R_Shoulder", "L_Elbow", "R_Elbow",
+                 "L_Wrist", "R_Wrist", "L_Hip", "R_Hip", "L_Knee", "R_Knee", "L_Ankle", "R_Ankle"]  # fmt: skip
+INPUT = (64, 48)  # (H, W): heatmaps 16 x 12 (patch 16, scale 4)
+#: each joint's peak this many heatmap cells right of what the stand-in model sees
+OFFSETS = (np.arange(17) % 5 - 2) / 4
+
+
+def save_tiny(folder, names=VITPOSE_NAMES, experts: int = 1):
+    """A tiny random ViTPose (one layer, width 32) and its image processor saved to ``folder``."""
+    backbone = dict(model_type="vitpose_backbone", image_size=list(INPUT), patch_size=[16, 16], hidden_size=32,
+                    num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2, out_indices=[1], num_experts=experts,
+                    part_features=8)  # fmt: skip
+    config = VitPoseConfig(backbone_config=backbone, id2label=dict(enumerate(names)),
+                           label2id={n: i for i, n in enumerate(names)})  # fmt: skip
+    torch.manual_seed(0)
+    VitPoseForPoseEstimation(config).save_pretrained(folder)
+    VitPoseImageProcessorPil(size={"height": INPUT[0], "width": INPUT[1]}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return save_tiny(tmp_path_factory.mktemp("vitpose"))
+
+
+def blob(h: int, w: int, x: float, y: float, sigma: float = 1.5) -> torch.Tensor:
+    """(h, w) a Gaussian peak of height 1 at heatmap pixel (x, y)."""
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    return torch.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
+
+
+class SeesTheDot:
+    """A stand-in forward: for each crop, heatmaps peaking where the crop's brightest pixel lies (joint j
+    at that place + OFFSETS[j] heatmap cells right), at heatmap scale (crop pixel i of W -> i (w - 1) / (W - 1));
+    counts its calls and batch sizes."""
+
+    def __init__(self, reader: KeypointModel) -> None:
+        self.reader, self.calls = reader, []
+        self.inner = reader.model
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, pixel_values, **kwargs):
+        self.calls.append(len(pixel_values))
+        n, _, H, W = pixel_values.shape
+        h, w = H // 4, W // 4
+        maps = torch.zeros(n, 17, h, w)
+        for i in range(n):
+            red = pixel_values[i, 0].float()
+            weight = (red > red.max() - 0.5).float()  # the dot's pixels
+            yy, xx = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
+            cx, cy = (weight * xx).sum() / weight.sum(), (weight * yy).sum() / weight.sum()
+            for j in range(17):
+                maps[i, j] = blob(h, w, cx * (w - 1) / (W - 1) + OFFSETS[j], cy * (h - 1) / (H - 1))
+        return VitPoseEstimatorOutput(heatmaps=maps)
+
+
+def test_keypoints_land_where_the_model_sees_them_in_the_image(tiny):
+    """Boxes of different places and sizes (some leaving the image) on nine images of three sizes, listed
+    in another order than the images, each around a bright dot: every joint comes back on its image's dot
+    (+ its offset in image pixels) within a tenth of a heatmap cell, and all boxes went through one forward."""
+    reader = KeypointModel(tiny)
+    fake = reader.model = SeesTheDot(reader)
+    rng = np.random.default_rng(0)
+    sizes = [(128, 128), (96, 160), (200, 90)] * 3
+    owner = rng.permutation(len(sizes))
+    images = [np.zeros((ih, iw, 3), np.uint8) for ih, iw in sizes]
+    boxes, dots = [], []
+    for m in owner:
+        ih, iw = sizes[m]
+        bw, bh = rng.uniform(15, 0.8 * iw), rng.uniform(15, 0.8 * ih)
+        x0, y0 = rng.uniform(-0.1 * bw, iw - 0.9 * bw), rng.uniform(-0.1 * bh, ih - 0.9 * bh)
+        dot = np.array([rng.uniform(max(x0, 2), min(x0 + bw, iw - 3)),
+                        rng.uniform(max(y0, 2), min(y0 + bh, ih - 3))]).round()  # fmt: skip
+        images[m][int(dot[1]) - 1:int(dot[1]) + 2, int(dot[0]) - 1:int(dot[0]) + 2] = 255
+        boxes.append([x0, y0, x0 + bw, y0 + bh])
+        dots.append(dot)
+    readings = reader.read_on_boxes(images, np.array(boxes), owner)
+    assert fake.calls == [9]
+    for box, dot, reading in zip(boxes, dots, readings):
+        # the region read: the box widened to W / H = 3 / 4 and padded 1.25; one heatmap cell in image px
+        width = max(box[2] - box[0], (box[3] - box[1]) * 0.75) * 1.25
+        cell = width / (INPUT[1] // 4 - 1)
+        expected = dot[None] + np.stack([OFFSETS * cell, np.zeros(17)], axis=1)
+        assert reading.ok and reading.keypoints2d[:, 2].min() > 0.85  # the peak's height at its nearest cell
+        assert np.abs(reading.keypoints2d[:, :2] - expected).max() <= 0.1 * cell, (box, dot)
+
+
+def test_the_decoding_is_transformers_own(tiny):
+    """On the same heatmaps (peaks at sub-cell places, different for each joint) and boxes, the reader's
+    keypoints and scores are those of transformers' ``post_process_pose_estimation``; its crops are the
+    image processor's pixel values (away from the image border, where the two samplers pad differently)."""
+    reader = KeypointModel(tiny)
+    processor = VitPoseImageProcessorPil.from_pretrained(tiny)
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (120, 100, 3), dtype=np.uint8)
+    boxes = np.array([[20.0, 10.0, 60.0, 100.0], [35.5, 40.2, 70.1, 70.9]])
+    h, w = INPUT[0] // 4, INPUT[1] // 4
+    maps = torch.stack([torch.stack([0.9 * blob(h, w, *rng.uniform([1, 1], [w - 2, h - 2]), sigma=2.0)
+                                     for _ in range(17)]) for _ in boxes])  # fmt: skip
+    seen = []
+
+    def forward(pixel_values, **kwargs):
+        seen.append(pixel_values)
+        return VitPoseEstimatorOutput(heatmaps=maps)
+
+    reader.model = forward
+    ours = np.stack([r.keypoints2d for r in reader.read_on_boxes([image], boxes, np.zeros(2, int))])
+    coco = [[[b[0], b[1], b[2] - b[0], b[3] - b[1]] for b in boxes]]
+    theirs = processor.post_process_pose_estimation(VitPoseEstimatorOutput(heatmaps=maps), boxes=coco)[0]
+    for o, t in zip(ours, theirs):
+        assert np.abs(o[:, :2] - t["keypoints"].numpy()).max() < 0.01
+        assert np.allclose(o[:, 2], t["scores"].numpy(), atol=1e-6)
+    pixels = processor(images=[image], boxes=coco, return_tensors="pt")["pixel_values"]
+    inner = (slice(None), slice(None), slice(8, -8), slice(8, -8))  # box 0's padded region leaves the image
+    assert torch.allclose(seen[0][1:][inner], pixels[1:][inner].float(), atol=0.02)
+
+
+def test_a_random_model_runs_batched_in_chunks(tiny, monkeypatch):
+    """The real forward on 5 boxes over 2 images, 2 boxes a call: 3 calls, 17 COCO joints per box, finite,
+    inside each box's padded region; a person is found by the rule of its scores."""
+    import diffusion_hpc.estimate.keypoint_model as km
+
+    monkeypatch.setattr(km, "CHUNK", 2)
+    reader = KeypointModel(tiny)
+    calls = []
+    inner = reader.model.forward
+    reader.model.forward = lambda *a, **k: calls.append(1) or inner(*a, **k)
+    images = [np.full((64, 64, 3), 90, np.uint8), np.full((80, 50, 3), 200, np.uint8)]
+    boxes = np.array([[0, 0, 64, 64], [10, 10, 30, 50], [5, 5, 45, 70], [0, 0, 50, 80], [20, 20, 40, 40.0]])
+    readings = reader.read_on_boxes(images, boxes, np.array([0, 0, 1, 1, 0]))
+    assert len(calls) == 3 and len(readings) == 5
+    for box, r in zip(boxes, readings):
+        k = r.keypoints2d
+        assert k.shape == (17, 3) and np.isfinite(k).all()
+        width = max(box[2] - box[0], (box[3] - box[1]) * 0.75) * 1.25
+        assert np.all(np.abs(k[:, 0] - (box[0] + box[2]) / 2) <= width / 2 + 1e-6)
+        assert r.ok == (np.sort(k[:, 2])[-8:].mean() >= FOUND_SCORE)
+
+
+def test_the_moe_backbone_reads_with_coco_dataset_index(tmp_path):
+    reader = KeypointModel(save_tiny(tmp_path / "moe", experts=2))
+    [reading] = reader.read_on_boxes([np.zeros((64, 64, 3), np.uint8)], np.array([[8, 8, 40, 60.0]]), np.array([0]))
+    assert np.isfinite(reading.keypoints2d).all()
+
+
+def test_keypoint_names_map_to_coco17_and_others_are_refused(tmp_path):
+    shuffled = VITPOSE_NAMES[::-1]
+    order = coco17_order(dict(enumerate(shuffled)))
+    assert [shuffled[i] for i in order] == VITPOSE_NAMES
+    assert list(coco17_order({str(i): n for i, n in enumerate(COCO17)})) == list(range(17))
+    with pytest.raises(ConfigError, match="id2label names 2 keypoints .*not the 17 COCO keypoints.*--keypoint-model"):
+        coco17_order({0: "LABEL_0", 1: "LABEL_1"})
+    with pytest.raises(ConfigError, match="not the 17 COCO keypoints"):
+        KeypointModel(save_tiny(tmp_path / "mpii", names=[f"joint_{i}" for i in range(17)]))
