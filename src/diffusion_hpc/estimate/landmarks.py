@@ -28,6 +28,27 @@ MediaPipe tracks a person in video). Measured with ``scripts/bench_estimate.py``
 real photos: people found 21 -> 28 with the selfie segmenter's masks (seed 2024; 29 with the true
 masks), 21 -> 30 on seed 2025, at fewer MediaPipe calls (no tile search once the mask's person is
 read); ``scripts/bench_detect.py --masks``: people of >= 10 % of 512-2048 px frames 90 -> 100 %.
+
+With a mask the detector answers for the mask's person alone: the whole image's person when it is
+large and centred on the mask's box, else the landmark model's reading on the mask, else the whole
+image's (small) person centred on the mask's box, else None. It does not search tiles: the search
+looks at the whole image, so for a mask it could only add someone the landmark model could not read
+on the mask, or someone else. Measured before it stopped (``scripts/bench_estimate.py --n 32``,
+seeds 2024 and 2025, 64 renders of 256 px each, with the true and the segmenter's masks): of 255
+masked detections the search ran in the 7 the mask path missed, at 9-18 MediaPipe passes each
+(5-14 its own), and found one person, on seed 2025 with a segmenter mask spanning the whole frame
+(clouds taken for a person); ``scripts/bench_detect.py --masks --n 8`` (144 people of 5-80 % of
+512-2048 px frames, true masks): it ran once, 87 passes for no one. Without it, recall with the
+segmenter's masks is 60/64 -> 60/64 (seed 2024) and 61/64 -> 60/64 (2025), limb PA-MPJPE of those
+fitted 63.8 -> 63.8 mm (2024) and 87.5 -> 85.8 mm (2025, 64 -> 62 fitted); bench_detect's recall
+with masks 99.2 % for people of >= 10 % (98.6 % in all) as before, at 464 -> 377 passes; masked
+detections' passes on bench_estimate's renders 113 -> 86 (2024) and 116 -> 97 (2025) with the
+segmenter's masks. ``scripts/bench_modes.py --modes R T --n 96 --compile-fit --photo-finals`` (128 px,
+three alternating rounds): the head's passes per guide 1.53 (R) and 2.34 (T) before and after, its
+estimate 30-34 (R) and 32-39 (T) process CPU ms per accepted sample either way: at 128 px the tiles
+are below :data:`MIN_TILE`, so the search cost no pass there; the head's misses are a second, small
+instance of the segmenter's (about 22 px: the helmet of the mirrored astronaut photos), one whole-
+image pass and three mask readings each.
 """
 
 from __future__ import annotations
@@ -280,9 +301,10 @@ class MediaPipeDetector:
     """MediaPipe Pose, created on first use and reused (not thread-safe: calls are serialised).
 
     :meth:`detect` runs MediaPipe on the whole image, then, when it finds no one or someone small,
-    on tiles and a crop around the person (module docstring). ``passes`` counts MediaPipe calls
-    over the detector's life. MediaPipe's native start-up and first-frame log lines are filtered out
-    of stderr (:func:`filtered_native_stderr`); anything else it writes there is kept.
+    on the box of the person mask it is given, or without a mask on tiles and a crop around the
+    person (module docstring). ``passes`` counts MediaPipe calls over the detector's life.
+    MediaPipe's native start-up and first-frame log lines are filtered out of stderr
+    (:func:`filtered_native_stderr`); anything else it writes there is kept.
 
     Args:
         min_detection_confidence: MediaPipe's person-detector threshold.
@@ -441,15 +463,20 @@ class MediaPipeDetector:
 
         1. MediaPipe on the whole image; a person at least :data:`SMALL_PERSON` of the longer side
            (and, with a ``mask``, centred on the mask's box) is returned as found (one pass).
-        2. With a ``mask`` ((H, W) bool or [0, 1], e.g. a segmenter's): the landmark model alone on
-           the mask's box (:meth:`_on_mask`, module docstring; two to four passes); a confirmed
-           person there is returned.
-        3. Candidates, in order: the small person of step 1, then the most confident people of each
-           tile grid (:attr:`grids`, coarse to fine, :data:`TILE_CANDIDATES` a grid), each confirmed
-           by MediaPipe on a crop around its box (:meth:`_refine`; most tile persons on cups, cats
-           or gravel are not). The first refined person whose score reaches :data:`ACCEPT_SCORE`
-           ends the search; otherwise the most confident refined person is returned, or, when none
-           was confirmed, the small person of step 1 as the whole image gave it (``crop`` None).
+        2. With a non-empty ``mask`` ((H, W) bool or [0, 1], e.g. a segmenter's): the landmark model
+           alone on the mask's box (:meth:`_on_mask`, module docstring; two to four passes); a
+           confirmed person there is returned, else the whole image's person when centred on the
+           mask's box (as the whole image gave it), else None: a mask's answer is its person or no
+           one, never someone elsewhere, and costs at most the whole-image pass and the mask path's
+           (no step 3: on 255 masked detections of renders it ran 7 times, 9-18 passes each, and
+           found one person the mask path had missed; module docstring).
+        3. Without a mask (or with an empty one), candidates, in order: the small person of step 1,
+           then the most confident people of each tile grid (:attr:`grids`, coarse to fine,
+           :data:`TILE_CANDIDATES` a grid), each confirmed by MediaPipe on a crop around its box
+           (:meth:`_refine`; most tile persons on cups, cats or gravel are not). The first refined
+           person whose score reaches :data:`ACCEPT_SCORE` ends the search; otherwise the most
+           confident refined person is returned, or, when none was confirmed, the small person of
+           step 1 as the whole image gave it (``crop`` None).
 
         Raises:
             InputError: a ``mask`` that is not (H, W) of the image.
@@ -468,17 +495,17 @@ class MediaPipeDetector:
             found = readings["whole"]
             box = None if found is None else found.box()
             large = box is not None and box[1] / BOX_EXPAND >= SMALL_PERSON * max(image.shape[:2])
-            on_mask = mask is None or not mask.any() or (
-                found is not None and centred_in(found, square_window(*mask_box(mask, 1.0)), image.shape[:2]))
-            if not self.grids and mask is None or (found is not None and large and on_mask):
-                return None if found is None else replace(found, passes=self.passes - start)
-            if mask is not None and (masked := self._on_mask(image, mask)) is not None:
-                return replace(masked, passes=self.passes - start)
-            if not self.grids:
-                return None if found is None else replace(found, passes=self.passes - start)
-            if "search" not in readings:  # the search ignores the mask: one per image
-                readings["search"] = self._search(image, found)
-            best = readings["search"]
+            if mask is not None and mask.any():
+                on_mask = found is not None and centred_in(found, square_window(*mask_box(mask, 1.0)), image.shape[:2])
+                best = found if on_mask and large else self._on_mask(image, mask)
+                if best is None and on_mask:
+                    best = found  # the whole image's small person on the mask, as the whole image gave it
+            elif found is not None and large or not self.grids:
+                best = found
+            else:
+                if "search" not in readings:  # one per image (the people of one image share it)
+                    readings["search"] = self._search(image, found)
+                best = readings["search"]
             return None if best is None else replace(best, passes=self.passes - start)
 
     def _search(self, image: np.ndarray, found: Detection | None) -> Detection | None:
