@@ -101,7 +101,7 @@ estimate_batch 16, alternating runs, estimate -> landmarks:
   the whole image's pass read the other person); estimate 44-62, render 13-16.
 
 Verification reading each label's person with the landmark model alone on the region its label's
-joints give (``--verify-by label-box``, opt-in: pipeline/verify.py says why it is not the default),
+joints give (``--verify-by label-box``, the default since: pipeline/verify.py's threshold table),
 one person at 128 px, compiled fit, ``--photo-finals``, alternating rounds, landmarks -> label-box:
 mode R (three rounds) 101 / 82 / 88 -> 89 / 77 / 74, T (two) 89 / 89 -> 80 / 77; verify 37-42 -> 26-29,
 one pass a person either way (verify.read_on_label 21.7 wall ms against verify.detect 34.7; a landmark-model
