@@ -213,7 +213,11 @@ def _add_generate(sub) -> None:
           "--estimator mediapipe), landmarks (the MediaPipe detector alone on the whole image, without the body "
           "fit; a third dearer; the default of datasets made before label-box, which a --resume keeps) or estimate "
           "(the estimator's whole estimate: the MediaPipe fit, or a regressor's body; the only choice with a "
-          "regressor)")
+          "regressor) or keypoint-model (a top-down keypoint model, --keypoint-model, on the box of each label's "
+          "silhouette; any estimator)")
+    _flag(g, G, "keypoint_model", metavar="DIR|HUB_ID", text="--verify-by keypoint-model: a transformers top-down "
+          "COCO-17 keypoint checkpoint (e.g. a ViTPose COCO model), a local folder or a hub id in the local Hugging "
+          "Face cache; runs on --device in --dtype")
     _flag(g, G, "min_agreement", type=float, metavar="X", text="drop samples whose pck_agreement is below this (0..1)")
     _flag(g, G, "cycles", type=int, metavar="N", text="extra estimate -> regenerate cycles on the output image")
     _flag(g, G, "prior_path", type=Path, metavar="FILE", text="pose-prior weights (default: the shipped Anny prior)")

@@ -175,6 +175,7 @@ ADDED_OPTIONS = {
     "compile_fit": "without --compile-fit",
     "estimate_batch": "with --estimate-batch 1",
     "verify_by": "with --verify-by estimate",
+    "keypoint_model": "without --keypoint-model",
 }
 
 
@@ -268,13 +269,17 @@ class GenerateConfig(CommandConfig):
     """drop samples whose pck_agreement (label verification) is below this"""
     verify: Optional[bool] = None
     """run label verification on the final images (default: yes for diffusion generators)"""
-    verify_by: Optional[Literal["landmarks", "label-box", "estimate"]] = None
+    verify_by: Optional[Literal["landmarks", "label-box", "estimate", "keypoint-model"]] = None
     """what label verification reads each person's 2D keypoints from: ``label-box`` (MediaPipe's landmark model
     alone on the region the label's joints give, without its person detector; the default with the MediaPipe
     estimator, see :mod:`diffusion_hpc.pipeline.verify`), ``landmarks`` (the MediaPipe estimator's detector
     alone on the whole image, without its body fit; the default before label-box) or ``estimate`` (the
-    estimator's whole estimate: the MediaPipe fit's body, or a regressor's; the only choice with a regressor).
-    Set when verification runs (null otherwise)"""
+    estimator's whole estimate: the MediaPipe fit's body, or a regressor's) or ``keypoint-model`` (a top-down
+    keypoint model, ``keypoint_model``, on the box of each label's silhouette; any estimator). Set when
+    verification runs (null otherwise)"""
+    keypoint_model: Optional[str] = None
+    """``verify_by keypoint-model``: a transformers top-down COCO-17 keypoint checkpoint (ViTPose), a local folder
+    or a hub id in the local Hugging Face cache; runs on ``device`` in ``dtype``"""
     cycles: int = Field(0, ge=0, le=10)
     """extra estimate -> regenerate cycles on the output image (diffusion generators)"""
     body_model: Literal["anny", "smpl", "smplx"] = "anny"
@@ -398,6 +403,8 @@ class GenerateConfig(CommandConfig):
             return self.mode == "D" or self.guides_per_estimate == self.guides_per_batch
         if option == "verify_by":  # verification fitted a body
             return self.verify_by in (None, "estimate")
+        if option == "keypoint_model":
+            return self.keypoint_model is None
         raise KeyError(option)
 
     def resumed_config(self, stored_yaml: str) -> GenerateConfig:
@@ -590,7 +597,14 @@ class GenerateConfig(CommandConfig):
                                  "images; this run does not verify: pass --verify, or leave --verify-by out")
         elif self.verify_by is None:
             d["verify_by"] = "label-box" if name == "mediapipe" else "estimate"
-        elif self.verify_by in ("landmarks", "label-box") and name != "mediapipe":
+        if self.verify_by == "keypoint-model" and self.keypoint_model is None:
+            raise ValueError("keypoint_model: --verify-by keypoint-model reads each person with a top-down keypoint "
+                             "model: pass --keypoint-model DIR (or a cached hub id, e.g. a ViTPose COCO checkpoint)")
+        if self.keypoint_model is not None and self.verify_by != "keypoint-model":
+            raise ValueError(f"keypoint_model: --keypoint-model {self.keypoint_model} is the model of --verify-by "
+                             f"keypoint-model; this run verifies by {self.verify_by or 'nothing (no --verify)'}: pass "
+                             "--verify-by keypoint-model, or leave --keypoint-model out")
+        if self.verify_by in ("landmarks", "label-box") and name != "mediapipe":
             raise ValueError(f"verify_by: --verify-by {self.verify_by} reads MediaPipe's landmarks without the "
                              f"fit; estimator {name} has no landmarks of its own: pass --verify-by estimate (its "
                              "estimate is the cheap reading), or leave --verify-by out")

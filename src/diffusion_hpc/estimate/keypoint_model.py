@@ -13,7 +13,8 @@ around the forward runs on the same device too, as torch ops, not on the host:
   ``i`` of ``W`` looks at ``x0 + i * box_w / (W - 1)``: the "unbiased" warp of transformers'
   ``get_warp_matrix`` (``VitPoseImageProcessorPil.preprocess``), pixel centres at integer coordinates.
 - decoding: each heatmap's arg-max, refined as transformers' ``post_process_pose_estimation``
-  does (DARK: Gaussian blur sigma 0.8 over 11 taps, log, one Newton step from the 3x3 neighbourhood;
+  does (DARK: Gaussian blur sigma 0.8 over 11 taps, log, one Newton step from the 3x3 neighbourhood,
+  the blur computed at those 9 points only;
   here the step is clipped to one heatmap cell and the point to the heatmap, where transformers lets
   a flat heatmap throw the point anywhere), mapped back with ``x0 + x * box_w / (w - 1)``. A joint's score is its heatmap's
   maximum, clipped to [0, 1].
@@ -241,26 +242,34 @@ class KeypointModel:
             return out * self._a + self._b
 
     def _decode(self, heatmaps):
-        """Heatmaps (n, K, h, w) -> (xy (n, K, 2) heatmap px, score (n, K)): arg-max + DARK, as transformers."""
+        """Heatmaps (n, K, h, w) -> (xy (n, K, 2) heatmap px, score (n, K)): arg-max + DARK, as transformers.
+
+        transformers blurs every heatmap whole (scipy, mode "reflect") and then reads the blurred log
+        heatmap (edges replicated) at the arg-max's 3 x 3 neighbourhood; the blur is computed here at
+        those 9 points only, from the (3 + 10) x (3 + 10) patch around the arg-max (same values)."""
         import torch
-        import torch.nn.functional as F
 
         n, k, h, w = heatmaps.shape
+        dev = heatmaps.device
         score, idx = heatmaps.flatten(2).max(dim=-1)
         x, y = (idx % w), torch.div(idx, w, rounding_mode="floor")
         r = DARK_KERNEL // 2
-        # scipy's gaussian_filter, mode "reflect": half-sample symmetric padding (d c b a | a b c d)
-        rows = torch.as_tensor(np.pad(np.arange(h), r, mode="symmetric"), device=heatmaps.device)
-        cols = torch.as_tensor(np.pad(np.arange(w), r, mode="symmetric"), device=heatmaps.device)
-        blurred = heatmaps[:, :, rows][:, :, :, cols].reshape(n * k, 1, h + 2 * r, w + 2 * r)
-        blurred = F.conv2d(F.conv2d(blurred, self._blur.view(1, 1, -1, 1)), self._blur.view(1, 1, 1, -1))
-        logs = blurred.clamp(0.001, 50).log()
-        logs = F.pad(logs, (1, 1, 1, 1), mode="replicate").reshape(n, k, -1)  # (n, K, (h + 2) (w + 2))
-        stride = w + 2
-        at = (y + 1) * stride + (x + 1)
+        near = torch.arange(-1, 2, device=dev)
+        taps = torch.arange(-r, r + 1, device=dev)
+
+        def reflect(i, size: int):  # scipy's "reflect" = half-sample symmetric (d c b a | a b c d), r <= size
+            i = torch.where(i < 0, -i - 1, i)
+            return torch.where(i >= size, 2 * size - i - 1, i)
+
+        # neighbour a of the arg-max (edges replicated), then the blur's taps about it: (n, K, 3, 11)
+        rows = reflect((y[..., None] + near).clamp(0, h - 1)[..., None] + taps, h)
+        cols = reflect((x[..., None] + near).clamp(0, w - 1)[..., None] + taps, w)
+        flat = rows[:, :, :, :, None, None] * w + cols[:, :, None, None, :, :]  # (n, K, 3, 11, 3, 11)
+        patch = heatmaps.flatten(2).gather(2, flat.reshape(n, k, -1)).reshape(flat.shape)
+        logs = torch.einsum("nkaibj,i,j->nkab", patch, self._blur, self._blur).clamp(0.001, 50).log()  # (n, K, 3, 3)
 
         def value(dy: int, dx: int):
-            return logs.gather(2, (at + dy * stride + dx)[..., None])[..., 0]
+            return logs[:, :, 1 + dy, 1 + dx]
 
         c = value(0, 0)
         dx = 0.5 * (value(0, 1) - value(0, -1))

@@ -72,7 +72,7 @@ from diffusion_hpc.runtime.weights import backbone_set, check_models
 log = logging.getLogger(__name__)
 
 #: run.json keys describing what ran (kept from an earlier session when a resume loads no model)
-WHAT_RAN_KEYS = ("sampler", "backbone", "prior", "estimator")
+WHAT_RAN_KEYS = ("sampler", "backbone", "prior", "estimator", "keypoint_model")
 
 
 def check_resumed_estimator(cfg: GenerateConfig, out: Path) -> None:
@@ -201,6 +201,7 @@ class Generator:
             "backbone": cfg.backbone if diffusion else None,
             "controlnet": cfg.controlnet if diffusion else None,
             "segmenter": cfg.segmenter if needs_segmenter else None,
+            "keypoint_model": cfg.keypoint_model if cfg.verify and cfg.verify_by == "keypoint-model" else None,
         }
         found = check_models(specs)
         check_run_estimator(cfg)  # the mesh estimator's checkpoint, and its body model against the run's
@@ -315,7 +316,7 @@ class Generator:
                     prior["hard_threshold_used"] = hard_threshold_of_poses(self.config, st.prior)
             return {"generator": self.config.generator, "sampler": run_sampler(st.start_sampler, st.sampler),
                     "backbone": st.backbone, "prior": prior, "estimator": st.estimator_identity,
-                    "verify_by": self.config.verify_by}  # fmt: skip
+                    "verify_by": self.config.verify_by, "keypoint_model": st.keypoint_model_identity}  # fmt: skip
         previous = Path(out) / "run.json"  # a resume with nothing left to make loads no model
         kept = json.loads(previous.read_text()) if previous.is_file() else {}
         return {"generator": self.config.generator, "verify_by": self.config.verify_by,

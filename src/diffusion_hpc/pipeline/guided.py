@@ -26,7 +26,7 @@ from diffusion_hpc.data.seeds import augment_seed, guide_seed, sample_seed
 from diffusion_hpc.estimate import Estimate
 from diffusion_hpc.estimate.base import KeypointReading, keypoints_of, rebase_estimate
 from diffusion_hpc.generate.base import GenerationBatch
-from diffusion_hpc.geometry.boxes import mask_box
+from diffusion_hpc.geometry.boxes import mask_box, mask_edges
 from diffusion_hpc.geometry.scene import VOXEL_M, Occupancy, bounds, solid_occupancy
 from diffusion_hpc.pipeline.inputs import GuideImages
 from diffusion_hpc.pipeline.requests import pick_line, prompt_text, variant_prompt, variants_in_run
@@ -120,6 +120,27 @@ def read_regions(estimator, images: Sequence[np.ndarray], regions: Sequence[Opti
                              "COCO-17 array per image")
         return estimator.read_keypoints(list(images), labels=list(labels))
     return estimator.read_keypoints(list(images), masks=list(regions))
+
+
+def read_label_boxes(model, images: Sequence[np.ndarray], silhouettes: Sequence[np.ndarray],
+                     owner: np.ndarray) -> list[KeypointReading]:  # fmt: skip
+    """Each person's COCO-17 2D keypoints read by a top-down keypoint model
+    (:class:`~diffusion_hpc.estimate.keypoint_model.KeypointModel`) on the box of its label's silhouette,
+    as a top-down evaluation reads people on their ground-truth boxes; all people in one call.
+
+    Args:
+        images: M (H, W, 3) uint8 images; silhouettes: N (H, W) bool, person n's rendered silhouette in
+            image ``owner[n]``. A person with an empty silhouette (wholly out of the image) reads
+            "no person found" without the model.
+    """
+    boxes = [mask_edges(s) for s in silhouettes]
+    seen = [n for n, b in enumerate(boxes) if b is not None]
+    out = [KeypointReading(False, "the label's silhouette is empty")] * len(boxes)
+    if seen:
+        read = model.read_on_boxes(list(images), np.stack([boxes[n] for n in seen]), np.asarray(owner)[seen])
+        for n, reading in zip(seen, read):
+            out[n] = reading
+    return out
 
 
 #: the colour the other people of an image are painted when one person is estimated

@@ -26,11 +26,13 @@ from diffusion_hpc.estimate import MeshEstimator, check_estimator, describe_esti
 from diffusion_hpc.generate import make_image_generator, make_start_generator
 from diffusion_hpc.generate.base import GenerationResult, SamplerSettings
 from diffusion_hpc.generate.diffusion import lora_file
-from diffusion_hpc.generate.identity import backbone_identity
+from diffusion_hpc.estimate.keypoint_model import KeypointModel
+from diffusion_hpc.generate.identity import backbone_identity, model_identity
 from diffusion_hpc.generate.render_baseline import face_parts_for_body
 from diffusion_hpc.prior import get_prior
 from diffusion_hpc.render import get_renderer
 from diffusion_hpc.runtime.device import resolve_placement
+from diffusion_hpc.runtime.weights import check_models
 from diffusion_hpc.segment import make_segmenter
 
 
@@ -56,6 +58,15 @@ def load_estimator(cfg: GenerateConfig, prior, device) -> MeshEstimator:
     if name in ("spin", "hmr2"):
         return get_estimator(name, checkpoint=cfg.estimator_checkpoint, smpl_path=cfg.smpl_path, device=device)
     return get_estimator(name, checkpoint=cfg.estimator_checkpoint, model_path=cfg.smpl_path, device=device)
+
+
+def load_keypoint_model(spec: str, placement) -> tuple[KeypointModel, dict]:
+    """Verification's top-down keypoint model (``--keypoint-model``: a local folder or a cached hub id) on the
+    run's device in the run's precision (float16 only on a GPU), and what ran for run.json: the spec
+    (a folder by its name), the hub commit, a content fingerprint and the model's shape."""
+    path = check_models({"keypoint_model": spec})["keypoint_model"]
+    model = KeypointModel(path, device=placement.device, dtype=placement.dtype)
+    return model, {**model_identity(spec, path), **model.describe()}
 
 
 def load_prior(cfg: GenerateConfig):
@@ -117,6 +128,8 @@ class Stages:
         segmenter, estimator, prior: modes T, R, and verification / cycles (else None).
         estimator_identity: which estimator ran (:func:`~diffusion_hpc.estimate.describe_estimator`;
             a regressor's checkpoint by name and content fingerprint), None when none runs.
+        keypoint_model, keypoint_model_identity: verification's top-down keypoint model and what it is
+            (``verify_by keypoint-model``; it runs only in the tail, so it is not Serialized), else None.
         start_sampler, sampler: the samplers as they run (None where there is no such stage).
         backbone: the identity of the diffusion weights (:mod:`~diffusion_hpc.generate.identity`).
 
@@ -168,6 +181,10 @@ class Stages:
             estimator = load_estimator(cfg, self.prior, self.placement.device)
             self.estimator_identity = describe_estimator(estimator)
             self.estimator = estimator
+        self.keypoint_model: Optional[KeypointModel] = None
+        self.keypoint_model_identity: Optional[dict] = None
+        if cfg.verify and cfg.verify_by == "keypoint-model":
+            self.keypoint_model, self.keypoint_model_identity = load_keypoint_model(cfg.keypoint_model, self.placement)
 
 
 def pose_bodies(stages: Stages, params: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:

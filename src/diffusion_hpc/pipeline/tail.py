@@ -30,7 +30,7 @@ from diffusion_hpc.data.seeds import cycle_seed
 from diffusion_hpc.data.writer import ManifestRow
 from diffusion_hpc.generate.base import GenerationBatch, GenerationResult
 from diffusion_hpc.geometry.scene import scene_keypoints
-from diffusion_hpc.pipeline.guided import estimate_people, read_regions, score_estimates
+from diffusion_hpc.pipeline.guided import estimate_people, read_label_boxes, read_regions, score_estimates
 from diffusion_hpc.pipeline.records import records_and_rows
 from diffusion_hpc.pipeline.samples import (
     Generated,
@@ -187,9 +187,11 @@ def verify(stages: Stages, final: Generated, min_agreement: float | None, timer:
     ``by`` (``GenerateConfig.verify_by``): ``"landmarks"``, the estimator's detector alone (the MediaPipe
     landmarks, without the body fit), ``"label-box"`` (the landmark model alone on the box each
     person's label joints give, without MediaPipe's person detector), or ``"estimate"``, the
-    keypoints of its whole estimate (:func:`~diffusion_hpc.pipeline.guided.read_regions`). Except
-    with ``"label-box"``, a one-person sample is read on its whole image (the estimator's most
-    prominent person) and in a sample of several people each person on its own region of the
+    keypoints of its whole estimate (:func:`~diffusion_hpc.pipeline.guided.read_regions`), or
+    ``"keypoint-model"``, a top-down keypoint model on the box of each person's label silhouette
+    (:func:`~diffusion_hpc.pipeline.guided.read_label_boxes`, all people of the batch in one call). Except
+    with ``"label-box"`` and ``"keypoint-model"``, a one-person sample is read on its whole image (the
+    estimator's most prominent person) and in a sample of several people each person on its own region of the
     label; the sample's ``pck_agreement`` is its least agreeing person's and each person of a
     several-people sample records its own. ``mask_iou`` compares the union of the final image's people with
     the label's."""
@@ -198,15 +200,18 @@ def verify(stages: Stages, final: Generated, min_agreement: float | None, timer:
     masks, owner = labels.render.mask, labels.bodies.owners
     slot = slots_of(owner)
     alone = np.bincount(owner, minlength=len(final))[owner] == 1
-    regions = [None if alone[n] else labels.render.instance[i] == p for n, (i, p) in enumerate(zip(owner, slot))]
-    estimates = read_regions(stages.estimator, [final.images[i] for i in owner], regions, by, list(labels.keypoints2d))
+    silhouettes = [masks[i] if labels.slots == 1 else labels.render.instance[i] == p for i, p in zip(owner, slot)]
+    if by == "keypoint-model":
+        estimates = read_label_boxes(stages.keypoint_model, final.images, silhouettes, owner)
+    else:
+        regions = [None if alone[n] else silhouettes[n] for n in range(len(owner))]  # several people: each on its own
+        estimates = read_regions(stages.estimator, [final.images[i] for i in owner], regions, by, list(labels.keypoints2d))
     pck = np.full(len(final), np.nan)
     found = np.ones(len(final), bool)
     people = labels.bodies.people
     for n, (i, p) in enumerate(zip(owner.tolist(), slot.tolist())):
         est = estimates[n]
-        silhouette = masks[i] if labels.slots == 1 else labels.render.instance[i] == p
-        value = pck_agreement(est.keypoints2d if est.ok else None, labels.keypoints2d[n], silhouette)
+        value = pck_agreement(est.keypoints2d if est.ok else None, labels.keypoints2d[n], silhouettes[n])
         pck[i] = value if np.isnan(pck[i]) else np.fmin(pck[i], value)  # NaN (no visible keypoint) only when no person has one
         found[i] &= est.ok
         if people is not None and not alone[n]:

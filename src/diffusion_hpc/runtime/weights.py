@@ -39,7 +39,8 @@ TINY_MARKER = "dhpc_tiny.json"
 #: segmenter specs that need no weights on disk (the models ship in the mediapipe wheel)
 MEDIAPIPE_SPECS = ("mediapipe", "mediapipe:selfie", "mediapipe:pose")
 
-_FLAGS = {"backbone": "--backbone", "controlnet": "--controlnet", "segmenter": "--segmenter"}
+_FLAGS = {"backbone": "--backbone", "controlnet": "--controlnet", "segmenter": "--segmenter",
+          "keypoint_model": "--keypoint-model"}
 
 
 def ensure_offline() -> None:
@@ -90,6 +91,8 @@ def _fix_hint(name: str, spec: str) -> str:
             f"on a machine with network run `hf download {spec}` (older hubs: `huggingface-cli download {spec}`) "
             f"and copy the cache ({hf_cache_dir()}, or set HF_HOME), or pass a local directory: {flag} DIR"
         )
+    if name != "backbone":
+        return f"pass an existing model directory: {flag} DIR"
     return f"pass an existing model directory: {flag} DIR (for smoke tests: `dhpc backbone tiny --out DIR`)"
 
 
@@ -289,6 +292,19 @@ def _segmenter_problems(name: str, spec: str, folder: Path) -> list[ModelProblem
     return []
 
 
+def _keypoint_model_problems(name: str, spec: str, folder: Path) -> list[ModelProblem]:
+    cfg = folder / "config.json"
+    try:
+        kind = json.loads(cfg.read_text()).get("model_type")
+    except (OSError, ValueError):
+        kind = None
+    if kind != "vitpose":
+        found = "has no readable config.json" if kind is None else f"is a {kind!r} model"
+        return [ModelProblem(name, spec, f"{found}, not a top-down keypoint model (transformers' vitpose)",
+                             [str(folder)], _fix_hint(name, spec))]  # fmt: skip
+    return []
+
+
 def _mediapipe_problem(name: str, spec: str) -> Optional[ModelProblem]:
     import importlib.util
 
@@ -298,7 +314,8 @@ def _mediapipe_problem(name: str, spec: str) -> Optional[ModelProblem]:
     return None
 
 
-_VALIDATORS = {"backbone": _backbone_problems, "controlnet": _controlnet_problems, "segmenter": _segmenter_problems}
+_VALIDATORS = {"backbone": _backbone_problems, "controlnet": _controlnet_problems, "segmenter": _segmenter_problems,
+               "keypoint_model": _keypoint_model_problems}
 
 
 def check_models(specs: Mapping[str, Optional[str]]) -> dict[str, Path]:
