@@ -109,6 +109,18 @@ pass is 19-20.5 CPU ms against 30-33 for MediaPipe's whole graph, at 128 and 256
 person detector is about 11 of the 31). The goal (50) is still not met that way: the head's
 estimate (32-43) and verification's segmenter stay.
 
+With label-box the default, ``--n 96 --estimate-batch 16 32 --rounds 2`` (mode R, one person at 128 px,
+compiled fit, ``--photo-finals``): 69.4 / 67.2 CPU ms per accepted sample at 16, 66.1 / 66.1 at 32
+(estimate 28.5-30.4 -> 26.0-27.5: the fit of 30 start images a call instead of 15), verify 25-26 (one
+landmark-model pass, about 20, and the segmenter, about 5), render 5.4, start 2.5, body 2.4, augment
+1.8, segment 1.6. The head's 1.53 MediaPipe passes a guide (2.34 in T) are 1 for the person and 4
+for a second, small region the selfie segmenter cuts off some of the mirrored astronaut photos (her
+helmet, about 22 px at 128 px, which passes ``min_person_height``), read as a person and found to
+be no one in one whole-image pass and three mask readings: in R 4 of 42 head detections and 16 of
+59 passes, in T 16 of 54 and 64 of 97. Without such regions the head would need about 1.1 (R) and
+0.8 (T) passes a guide; telling a segmenter's fragment from a small person is left to a decision on
+``segment.base.split_people``.
+
 What is left is mostly MediaPipe's passes, about 32 CPU ms each at any image size (the model runs at
 its own input size): one a verified person, 1.7-2.6 a guide image in the head (a third of that a
 sample at k = 3). Checked and left: the pose graph's segmentation output (``enable_segmentation``) is
