@@ -17,7 +17,10 @@ score or mean visibility is low reads "no person". ``landmarks`` reads the detec
 landmarks on the whole image (detector + landmark model, the default before ``label-box``:
 :meth:`~diffusion_hpc.estimate.mediapipe_fit.MediaPipeFitter.read_keypoints`), ``estimate`` the
 projection of the whole estimate's body (the MediaPipe fit, about 32 CPU ms a person more with the fit
-compiled, or a regressor's body, the only choice with a regressor). A ``label-box`` pass costs 19-20.5
+compiled, or a regressor's body, the only choice with a regressor). ``keypoint-model`` reads each person with
+a top-down keypoint model (:mod:`~diffusion_hpc.estimate.keypoint_model`, a transformers ViTPose
+checkpoint) on the box of its label's silhouette, with any estimator; tested with tiny random models
+only, so its scores are not comparable with the tables below yet. A ``label-box`` pass costs 19-20.5
 CPU ms against 30-33 for the whole graph, at 128 and at 256 px alike.
 
 ``scripts/bench_verify.py --n 64`` (128 renders with known labels at 256 px, half over real photos; PCK of each reading against the render's own label, another render's label as it is,
