@@ -280,3 +280,28 @@ def test_the_cli_shows_and_passes_the_flag():
     args = parser.parse_args(["generate", "--out", "x", "--verify", "--verify-by", "keypoint-model",
                               "--keypoint-model", "vitpose-base"])  # fmt: skip
     assert (args.verify_by, args.keypoint_model) == ("keypoint-model", "vitpose-base")
+
+
+def test_verification_reads_each_person_on_its_silhouettes_box():
+    """Two people on one image and one on another go to the model in one call, each with the box edges of
+    its own silhouette and its image; a person whose silhouette is empty reads no person, unread."""
+    from diffusion_hpc.estimate.base import KeypointReading
+    from diffusion_hpc.pipeline.guided import read_label_boxes
+
+    seen = []
+
+    class Model:
+        def read_on_boxes(self, images, boxes, owner):
+            seen.append((len(images), boxes.copy(), owner.copy()))
+            return [KeypointReading(True, "", np.full((17, 3), float(i))) for i in range(len(boxes))]
+
+    a, b, c, empty = (np.zeros((40, 30), bool) for _ in range(4))
+    a[5:20, 2:10] = True
+    b[10:38, 15:29] = True
+    c[0:40, 0:30] = True
+    images = np.zeros((2, 40, 30, 3), np.uint8)
+    out = read_label_boxes(Model(), images, [a, b, empty, c], np.array([0, 0, 1, 1]))
+    [(n, boxes, owner)] = seen
+    assert n == 2 and list(owner) == [0, 0, 1]
+    assert np.allclose(boxes, [[1.5, 4.5, 9.5, 19.5], [14.5, 9.5, 28.5, 37.5], [-0.5, -0.5, 29.5, 39.5]])
+    assert [r.ok for r in out] == [True, True, False, True] and out[3].keypoints2d[0, 0] == 2.0
