@@ -211,7 +211,7 @@ def _add_generate(sub) -> None:
     _flag(g, G, "verify_by", text="what --verify reads each person's 2D keypoints from: label-box (MediaPipe's "
           "landmark model alone on the region the label's joints give, without its person detector; default with "
           "--estimator mediapipe), landmarks (the MediaPipe detector alone on the whole image, without the body "
-          "fit; a third dearer; the default of datasets made before label-box, which a --resume keeps) or estimate "
+          "fit; a third dearer; the default of datasets made before label-box, which a --resume keeps), estimate "
           "(the estimator's whole estimate: the MediaPipe fit, or a regressor's body; the only choice with a "
           "regressor) or keypoint-model (a top-down keypoint model, --keypoint-model, on the box of each label's "
           "silhouette; any estimator)")

@@ -273,7 +273,7 @@ class GenerateConfig(CommandConfig):
     """what label verification reads each person's 2D keypoints from: ``label-box`` (MediaPipe's landmark model
     alone on the region the label's joints give, without its person detector; the default with the MediaPipe
     estimator, see :mod:`diffusion_hpc.pipeline.verify`), ``landmarks`` (the MediaPipe estimator's detector
-    alone on the whole image, without its body fit; the default before label-box) or ``estimate`` (the
+    alone on the whole image, without its body fit; the default before label-box), ``estimate`` (the
     estimator's whole estimate: the MediaPipe fit's body, or a regressor's) or ``keypoint-model`` (a top-down
     keypoint model, ``keypoint_model``, on the box of each label's silhouette; any estimator). Set when
     verification runs (null otherwise)"""
