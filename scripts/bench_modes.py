@@ -121,6 +121,15 @@ be no one in one whole-image pass and three mask readings: in R 4 of 42 head det
 0.8 (T) passes a guide; telling a segmenter's fragment from a small person is left to a decision on
 ``segment.base.split_people``.
 
+``--verify-by keypoint-model`` (a top-down keypoint model on each label silhouette's box, on the run's
+device; ``--keypoint-model``, default a tiny random ViTPose standing in for a model on the GPU as the
+tiny backbone does for the UNet, its forward reported apart as ``verify.model_forward``), one round,
+``--n 96 --compile-fit --photo-finals``, one person at 128 px, label-box -> keypoint-model: mode R
+66.5 -> 46.6, T 70.9 -> 48.7 CPU ms per accepted sample; verify 24.7-25.5 -> 5.1 (the segmenter, about
+4.5; the reader's crops and decoding 0.5 and the tiny forward 0.2; a ViTPose-B input size makes the
+crops about 1.1 ms a person dearer on the CPU: scripts/bench_keypoint_model.py). That is the goal (50)
+with the fit compiled and verification on the device; what it reads with real weights is unmeasured.
+
 What is left is mostly MediaPipe's passes, about 32 CPU ms each at any image size (the model runs at
 its own input size): one a verified person, 1.7-2.6 a guide image in the head (a third of that a
 sample at k = 3). Checked and left: the pose graph's segmentation output (``enable_segmentation``) is
@@ -260,9 +269,28 @@ def config(mode: str, n: int, args, backbone: Path, guides: Path, overlap: bool 
         extra["estimate_batch"] = args.estimate_batch
     if getattr(args, "verify_by", None) is not None:
         extra["verify_by"] = args.verify_by
+    if extra.get("verify_by") == "keypoint-model":
+        extra["keypoint_model"] = str(args.keypoint_model)
     return GenerateConfig(mode=mode, backbone=str(backbone), image_size=(args.image_size, args.image_size), n=n,
                           batch_size=args.batch_size, seed=args.seed, overlap=overlap,
                           compile_fit=bool(getattr(args, "compile_fit", False)), **extra)  # fmt: skip
+
+
+class CpuTimed:
+    """A model whose calls report their process CPU seconds to ``report`` (everything else passes through)."""
+
+    def __init__(self, model, report) -> None:
+        self.model, self.report = model, report
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def __call__(self, *args, **kwargs):
+        t = time.process_time()
+        try:
+            return self.model(*args, **kwargs)
+        finally:
+            self.report(time.process_time() - t)
 
 
 class Probe:
@@ -273,7 +301,8 @@ class Probe:
       stages, and its time is measured on its own below). On a machine shared with other jobs a
       stage's wall time (the manifest's) grows with the load; its CPU time moves far less;
     - the MediaPipe fit's detection (pose landmark passes, counted), face detection and fit (wall),
-      in the head (``estimate``) and in verification (``verify``);
+      in the head (``estimate``) and in verification (``verify``); with ``--verify-by keypoint-model``
+      the reader's call (wall) and its model's forward (process CPU);
     - the shard writer's CPU time (``time.thread_time`` on its own thread: encoding the PNGs / npz /
       JSON and appending them to the tar)."""
 
@@ -350,6 +379,10 @@ class Probe:
             self._patch(estimator, name, timed(name, getattr(estimator, name)))
         if hasattr(detector, "read_on_label"):  # verify_by label-box: the landmark model alone, no detect()
             self._patch(detector, "read_on_label", timed("read_on_label", detector.read_on_label))
+        if stages.keypoint_model is not None:  # verify_by keypoint-model: crops, forward, decoding
+            reader = stages.keypoint_model
+            self._patch(reader, "read_on_boxes", timed("read_on_boxes", reader.read_on_boxes))
+            self._patch(reader, "model", CpuTimed(reader.model, lambda seconds: self._add("verify.model_forward", seconds)))
         self._patch(tail, "verify", staged(tail.verify))
         self._patch(writer, "encode", encoded(writer.encode))
         self._patch(writer, "_add_members", encoded(writer._add_members))
@@ -507,7 +540,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--estimate-batch", type=int, nargs="+", default=[None],
                         help="start images a head fits in one call (GenerateConfig.estimate_batch; default: its "
                              "default); several values: each mode runs with each, in alternating order over --rounds")
-    parser.add_argument("--verify-by", nargs="+", default=[None], choices=["landmarks", "label-box", "estimate"],
+    parser.add_argument("--keypoint-model", type=Path,
+                        help="--verify-by keypoint-model's checkpoint (default: a tiny random ViTPose written to a "
+                             "temporary folder, standing in for a model on the device as the tiny backbone does "
+                             "for the UNet: its forward is reported on its own, verify.model_forward)")
+    parser.add_argument("--verify-by", nargs="+", default=[None],
+                        choices=["landmarks", "label-box", "estimate", "keypoint-model"],
                         help="what verification reads (GenerateConfig.verify_by; default: its default, landmarks); "
                              "several values: each mode runs with each (and each --estimate-batch), alternating")
     parser.add_argument("--rounds", type=int, default=1, help="rounds of the runs (each round every mode and variant)")
@@ -526,6 +564,10 @@ def main(argv: list[str] | None = None) -> int:
             from diffusion_hpc.generate.tiny import write_tiny_backbone
 
             backbone = write_tiny_backbone(work / "backbone")
+        if "keypoint-model" in args.verify_by and args.keypoint_model is None:
+            from bench_keypoint_model import SHAPES, save_model
+
+            args.keypoint_model = save_model(work / "keypoint-model", SHAPES["tiny"])
         distinct = 0 if args.reuse_guides else -(-args.n // 3) + args.batch_size  # a file per guide (k = 3)
         guides = write_guides(work / "guides", distinct, args.people)
         if args.memory:
