@@ -30,6 +30,12 @@ A third reading, ``label-box`` (``GenerateConfig.verify_by``), reads each label'
 landmark model alone on the region that label's joints give (no person detector), so it is read
 once per label kind; its "found" column is the right label's.
 
+With ``--keypoint-model CHECKPOINT`` a fourth reading, ``keypoint-model``, reads each render with that
+top-down model on the box of the label's silhouette (the other render's for its label, the render's
+own for the rest, as verification reads a label). No real weights were at hand when it was written:
+run it where a ViTPose COCO checkpoint is, to compare it with label-box and to choose its
+``--min-agreement``.
+
 Then, per reading, the share of renders each ``--min-agreement`` of ``--thresholds`` lets through, for
 the right label and each wrong one (a label read as no person fails): a reading whose scores run
 higher compares with another at a higher threshold, not at the same one.
@@ -86,6 +92,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64, help="renders over procedural backgrounds, and as many over photos")
     ap.add_argument("--seed", type=int, default=2024)
     ap.add_argument("--out", type=Path, default=None, help="folder of the renders (default: a temp dir)")
+    ap.add_argument("--keypoint-model", help="also read with this top-down keypoint checkpoint (--verify-by "
+                    "keypoint-model: a ViTPose COCO folder or cached hub id) on each label silhouette's box")
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 0.9],
                     help="--min-agreement values at which each reading's pass shares are printed")
     args = ap.parse_args()
@@ -98,7 +106,7 @@ def main() -> None:
     from diffusion_hpc.data.schema import persons_of
     from diffusion_hpc.estimate import get_estimator
     from diffusion_hpc.estimate.fit import COCO17_FLIP
-    from diffusion_hpc.pipeline.guided import read_regions
+    from diffusion_hpc.pipeline.guided import read_label_boxes, read_regions
     from diffusion_hpc.pipeline.verify import pck_agreement
 
     # the renders of scripts/bench_estimate.py (same folders, same renders)
@@ -112,6 +120,12 @@ def main() -> None:
              "other here": [moved_onto(labels[(i + 1) % n], labels[i]) for i in range(n)],
              "mirrored": [label[COCO17_FLIP] for label in labels]}  # fmt: skip
 
+    keypoint_model = None
+    if args.keypoint_model is not None:
+        from diffusion_hpc.estimate.keypoint_model import KeypointModel
+        from diffusion_hpc.runtime.weights import check_models
+
+        keypoint_model = KeypointModel(check_models({"keypoint_model": args.keypoint_model})["keypoint_model"])
     est = get_estimator("mediapipe")
     est.estimate(images[:2])  # warm-up: MediaPipe graphs, Anny
     print(f"renders: {n} ({args.n} procedural, {args.n} over photos), seed {args.seed}; PCK at 0.1 x the person box")
@@ -122,27 +136,31 @@ def main() -> None:
             readings[by] = [r for lo in range(0, n, 16)
                             for r in read_regions(est, images[lo:lo + 16], regions[lo:lo + 16], by)]  # fmt: skip
         # the label-box reading looks where the label says: one reading per label kind
-        by_label = {name: read_regions(est, images, regions, "label-box", truths)
-                    for name, truths in {"right": labels, **wrong}.items()}  # fmt: skip
+        per_label = {"label-box": {name: read_regions(est, images, regions, "label-box", truths)
+                                   for name, truths in {"right": labels, **wrong}.items()}}  # fmt: skip
+        if keypoint_model is not None:  # on the label silhouette's box: the other render's for its label
+            same = read_label_boxes(keypoint_model, images, silhouettes, np.arange(n))
+            others = read_label_boxes(keypoint_model, images, [silhouettes[(i + 1) % n] for i in range(n)], np.arange(n))
+            per_label["keypoint-model"] = {name: others if name == "other" else same for name in ("right", *wrong)}
         print(f"\nread on the {region}:")
-        print(f"  {'reading':10s} {'found':>6s} | " + " | ".join(f"{name:>24s}" for name in ["right", *wrong])
+        print(f"  {'reading':14s} {'found':>6s} | " + " | ".join(f"{name:>24s}" for name in ["right", *wrong])
               + " |  separation (right > wrong): " + ", ".join(wrong))
-        print(f"  {'':10s} {'':>6s} | " + " | ".join(f"{'mean PCK, >= 0.5':>24s}" for _ in range(len(wrong) + 1)))
+        print(f"  {'':14s} {'':>6s} | " + " | ".join(f"{'mean PCK, >= 0.5':>24s}" for _ in range(len(wrong) + 1)))
         scores = {}
-        for by, reads in (*readings.items(), ("label-box", by_label["right"])):
+        for by, reads in (*readings.items(), *((name, kinds["right"]) for name, kinds in per_label.items())):
             pck = {name: np.array([pck_agreement(r.keypoints2d if r.ok else None, truth, sil)
-                                   for r, truth, sil in zip(by_label[name] if by == "label-box" else reads,
+                                   for r, truth, sil in zip(per_label[by][name] if by in per_label else reads,
                                                             truths, silhouettes)])
                    for name, truths in {"right": labels, **wrong}.items()}  # fmt: skip
             scores[by] = pck
             found = np.mean([r.ok for r in reads])
             cells = [f"{np.nanmean(v):6.3f}, {np.nanmean(v[np.isfinite(v)] >= THRESHOLD):6.1%}" for v in pck.values()]
             seps = [f"{separation(pck['right'], pck[name]):.3f}" for name in wrong]
-            print(f"  {by:10s} {found:6.1%} | " + " | ".join(f"{c:>24s}" for c in cells) + " |  " + ", ".join(seps))
+            print(f"  {by:14s} {found:6.1%} | " + " | ".join(f"{c:>24s}" for c in cells) + " |  " + ", ".join(seps))
         print(f"  share passing --min-agreement t (a label not found fails), right / {' / '.join(wrong)}:")
         for by, pck in scores.items():
             cells = [" / ".join(f"{pass_share(v, t):5.1%}" for v in pck.values()) for t in args.thresholds]
-            print(f"  {by:10s} " + " | ".join(f"t={t:.2f}: {c}" for t, c in zip(args.thresholds, cells)))
+            print(f"  {by:14s} " + " | ".join(f"t={t:.2f}: {c}" for t, c in zip(args.thresholds, cells)))
         both = [i for i in range(n) if readings["landmarks"][i].ok and readings["estimate"][i].ok]
         gaps = [np.median(np.linalg.norm(readings["landmarks"][i].keypoints2d[v, :2]
                                          - readings["estimate"][i].keypoints2d[v, :2], axis=1))
