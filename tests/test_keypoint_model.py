@@ -258,9 +258,13 @@ def test_keypoint_model_options_name_the_flag_and_the_fix(tmp_path):
     with pytest.raises(ValueError, match="--keypoint-model m .*verifies by nothing"):
         GenerateConfig(mode="D", keypoint_model="m")
     # any estimator: the model reads the label's boxes, not the estimator's
-    hmr = GenerateConfig(mode="D", verify=True, estimator="hmr", estimator_checkpoint=tmp_path,
+    hmr = GenerateConfig(mode="T", prompt="diving", backbone="b", estimator="hmr", estimator_checkpoint=tmp_path,
                          verify_by="keypoint-model", keypoint_model="m")  # fmt: skip
-    assert hmr.keypoint_model == "m"
+    assert hmr.keypoint_model == "m" and hmr.estimates_bodies
+    # mode D verified so estimates no body: an estimator would go unused
+    with pytest.raises(ValueError, match="estimator: mode D .* leave --estimator hmr out"):
+        GenerateConfig(mode="D", verify=True, estimator="hmr", estimator_checkpoint=tmp_path,
+                       verify_by="keypoint-model", keypoint_model="m")  # fmt: skip
     assert GenerateConfig(mode="D", verify=True).verify_by == "label-box"  # the default is unchanged
     # a dataset made before the option continues when it is not used, and is refused with it
     before = GenerateConfig(mode="D", verify=True, verify_by="estimate")
@@ -305,3 +309,25 @@ def test_verification_reads_each_person_on_its_silhouettes_box():
     assert n == 2 and list(owner) == [0, 0, 1]
     assert np.allclose(boxes, [[1.5, 4.5, 9.5, 19.5], [14.5, 9.5, 28.5, 37.5], [-0.5, -0.5, 29.5, 39.5]])
     assert [r.ok for r in out] == [True, True, False, True] and out[3].keypoints2d[0, 0] == 2.0
+
+
+def test_mode_d_verified_by_the_keypoint_model_loads_no_mesh_estimator(tiny, tmp_path, one_thread):
+    """The render baseline verified by the keypoint model estimates no body: no mesh estimator is loaded
+    and none is recorded, and every sample still gets its pck_agreement and mask_iou."""
+    import json
+
+    from diffusion_hpc.config import GenerateConfig
+    from diffusion_hpc.pipeline.generate import Generator
+
+    from conftest import manifest_rows
+
+    config = GenerateConfig(mode="D", verify=True, verify_by="keypoint-model", keypoint_model=str(tiny), n=2,
+                            batch_size=2, image_size=(64, 64), seed=4)  # fmt: skip
+    gen = Generator(config, progress=False)
+    gen.load_models()
+    assert gen.stages.estimator is None and gen.stages.keypoint_model is not None
+    gen.run(tmp_path / "out")
+    rows = manifest_rows(tmp_path / "out")
+    assert len(rows) == 2 and all({"pck_agreement", "mask_iou"} <= set(r["scores"]) for r in rows)
+    assert all("estimator" not in r for r in rows)
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["estimator"] is None

@@ -571,7 +571,15 @@ class GenerateConfig(CommandConfig):
 
     @property
     def estimates_bodies(self) -> bool:
-        """True when the run estimates bodies: modes T, R (start images), verification, cycles."""
+        """True when the run estimates bodies: modes T, R (start images), verification (unless a top-down
+        keypoint model reads the final images: ``verify_by keypoint-model``), cycles."""
+        verifies_by_estimator = bool(self.verify) and self.verify_by != "keypoint-model"
+        return self.mode in ("T", "R") or verifies_by_estimator or self.cycles > 0
+
+    @property
+    def segments_images(self) -> bool:
+        """True when the run segments images: modes T, R (start images), verification (the final image's
+        person mask), cycles."""
         return self.mode in ("T", "R") or bool(self.verify) or self.cycles > 0
 
     @property
@@ -617,9 +625,10 @@ class GenerateConfig(CommandConfig):
             raise ValueError(f"estimator_checkpoint: --estimator {name} regresses from a checkpoint: pass "
                              "--estimator-checkpoint PATH (hmr: a dhpc train run folder; spin: model_checkpoint.pt; "
                              "hmr2: a 4D-Humans .ckpt)")
-        if self.mode == "D" and not self.verify and not self.cycles:
-            raise ValueError(f"estimator: mode D without --verify or --cycles estimates no body (its poses come from "
-                             f"--poses); leave --estimator {name} out, or pass --verify")
+        if not self.estimates_bodies:
+            raise ValueError(f"estimator: mode D without --cycles, or a --verify that reads with the estimator, "
+                             f"estimates no body (its poses come from --poses; --verify-by keypoint-model reads with "
+                             f"its own model); leave --estimator {name} out, or pass --verify")
         if name in ("spin", "hmr2") and self.body_model != "smpl":
             raise ValueError(f"body_model: --estimator {name} regresses SMPL bodies, and the labels are its bodies; "
                              "pass --body-model smpl --smpl-path PATH (with --prior-path to VPoser's weights)")

@@ -196,11 +196,10 @@ class Generator:
         """Every model the run needs, checked at once: one error listing all that is missing."""
         cfg = self.config
         diffusion = cfg.generator in DIFFUSION_GENERATORS
-        needs_segmenter = cfg.mode in ("T", "R") or cfg.verify or cfg.cycles
         specs = {
             "backbone": cfg.backbone if diffusion else None,
             "controlnet": cfg.controlnet if diffusion else None,
-            "segmenter": cfg.segmenter if needs_segmenter else None,
+            "segmenter": cfg.segmenter if cfg.segments_images else None,
             "keypoint_model": cfg.keypoint_model if cfg.verify and cfg.verify_by == "keypoint-model" else None,
         }
         found = check_models(specs)

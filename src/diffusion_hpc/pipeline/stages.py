@@ -44,7 +44,7 @@ def check_run_estimator(cfg: GenerateConfig) -> None:
 
 
 def needs_estimator(cfg: GenerateConfig) -> bool:
-    """True when the run estimates bodies: modes T, R (start images), verification, cycles."""
+    """True when the run estimates bodies (:attr:`~diffusion_hpc.config.generate.GenerateConfig.estimates_bodies`)."""
     return cfg.estimates_bodies
 
 
@@ -173,10 +173,11 @@ class Stages:
         self.prior = None
         if cfg.mode == "D" and (cfg.body_model == "anny" or cfg.prior_path is not None):
             self.prior = load_prior(cfg)  # mode D scores every pose (prior_score, hard)
-        if needs_estimator(cfg):
+        if cfg.segments_images:
             # MediaPipe runs on the CPU; an instance segmenter (transformers) on the run's device, in float32
             on_device = {} if cfg.segmenter.startswith("mediapipe") else {"device": self.placement.device}
             self.segmenter = make_segmenter(cfg.segmenter, min_height=cfg.min_person_height, **on_device)
+        if needs_estimator(cfg):
             self.prior = self.prior or load_prior(cfg)
             estimator = load_estimator(cfg, self.prior, self.placement.device)
             self.estimator_identity = describe_estimator(estimator)
