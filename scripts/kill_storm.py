@@ -15,7 +15,8 @@ An unkilled run (same engine) goes to OUT-reference first and times the phases. 
 starts `dhpc generate` (the first fresh, then with --resume) in its own session and SIGKILLs the
 whole session (with Ray, its helpers too) at a random moment: a fifth of the kills during start-up
 (before the run takes the folder's lock); a fifth within the next shard after the round's first
-new commit (never when only the last shard is left); the rest at a uniform time after it took the
+new commit (in the first half of that shard, as the unkilled run timed it from commit to commit; never
+when only the last shard is left); the rest at a uniform time after it took the
 lock, within its model loading plus twice the rest of the work divided by --kills, so kills land
 mid-shard, at commits and at the end, and the run needs about --kills rounds to finish. A round
 whose run finished first is not a kill: it ends an episode, which is checked, and the next episode
@@ -188,11 +189,15 @@ def storm(out: Path, kills: int, n: int = 40, seed: int = 0, engine: str = "loca
     rng = random.Random(rng_seed)
     reference = out.with_name(out.name + "-reference")
     shutil.rmtree(reference, ignore_errors=True)
-    locked, first, total = timed_run(command(reference, n, seed, engine, False, flags), reference)
+    locked, first, last, total = timed_run(command(reference, n, seed, engine, False, flags), reference)
     locked = locked if locked is not None else total / 3
     first = first if first is not None else total / 2
     shards = committed(reference)
-    per_shard = (total - first) / max(1, shards - 1)  # from a commit, a moment in the next shard
+    # a shard's time, commit to commit (the end's manifest and preview after the last commit left out);
+    # a "commit" kill lands in the first half of the next shard, so a round whose shard runs faster than
+    # the reference's is still killed inside it
+    per_shard = ((last if shards > 1 and last is not None else total) - first) / max(1, shards - 1)
+    commit_window = per_shard / 2
     # after the lock: model loading (the first shard's time less one shard's), then the shards; about
     # 1/kills of the work per round on average
     loading = max(0.0, first - locked - per_shard)
@@ -211,7 +216,7 @@ def storm(out: Path, kills: int, n: int = 40, seed: int = 0, engine: str = "loca
             kind = phase or ("start" if draw < START_SHARE else "commit" if draw < START_SHARE + COMMIT_SHARE else "locked")
             if kind == "commit" and phase is None and committed(out) >= shards - 1:
                 kind = "locked"  # no commit left before the run's end
-            kill = (kind, rng.uniform(0.0, {"start": locked, "locked": window, "commit": per_shard}[kind]))
+            kill = (kind, rng.uniform(0.0, {"start": locked, "locked": window, "commit": commit_window}[kind]))
             before = committed(out)
             hit = run_round(command(out, n, seed, engine, not fresh, flags), out, kill)
             rounds, fresh, finished = rounds + 1, False, not hit
@@ -242,25 +247,27 @@ def storm(out: Path, kills: int, n: int = 40, seed: int = 0, engine: str = "loca
             "moments": moments, "digest_equal": same, "problems": problems}
 
 
-def timed_run(cmd: list[str], out: Path) -> tuple[float | None, float | None, float]:
+def timed_run(cmd: list[str], out: Path) -> tuple[float | None, float | None, float | None, float]:
     """Run ``cmd`` (into ``out``) to its end; seconds from its start until it took the lock, until its
-    first shard was committed (None: not seen), and until it ended."""
+    first and its last shard were committed (None: not seen), and until it ended."""
     with tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=ENV)
-        locked = first = None
+        locked = first = last = None
+        seen = 0
         while proc.poll() is None:
             now = time.perf_counter() - t0
             if locked is None and (out / LOCK).exists():
                 locked = now
-            if first is None and (out / "shards" / "shard-000000.tar").exists():
-                first = now
+            if (count := committed(out)) > seen:
+                seen, last = count, now
+                first = now if first is None else first
             time.sleep(0.01)
         if proc.returncode != 0:
             err.seek(0)
             raise SystemExit(f"kill_storm: the unkilled run into {out} failed ({proc.returncode}): "
                              f"{err.read().decode(errors='replace')[-2000:]}")
-        return locked, first, time.perf_counter() - t0
+        return locked, first, last, time.perf_counter() - t0
 
 
 def code_fingerprint() -> str:
