@@ -129,6 +129,8 @@ tiny backbone does for the UNet, its forward reported apart as ``verify.model_fo
 4.5; the reader's crops and decoding 0.5 and the tiny forward 0.2; a ViTPose-B input size makes the
 crops about 1.1 ms a person dearer on the CPU: scripts/bench_keypoint_model.py). That is the goal (50)
 with the fit compiled and verification on the device; what it reads with real weights is unmeasured.
+Two people at 256 px (``--people 2 --image-size 256``, one round): label-box R 106.8 (1.62 people a
+sample), T 118.6 (2); keypoint-model R 77.1, T 68.8, i.e. 48 and 34 a labelled person.
 
 What is left is mostly MediaPipe's passes, about 32 CPU ms each at any image size (the model runs at
 its own input size): one a verified person, 1.7-2.6 a guide image in the head (a third of that a
