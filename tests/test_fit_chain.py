@@ -12,14 +12,13 @@ from diffusion_hpc.estimate.fit import (
     BoneChain,
     FitWeights,
     chain_keypoints,
-    free_joint_mask,
     initial_placement,
     initial_pose,
-    optimise,
     rest_joints_camera,
     stack_targets,
-    unmodelled_joint_mask,
 )
+
+from helpers_fit import fit_from_start, observations_of
 
 
 @pytest.fixture(scope="module")
@@ -63,27 +62,15 @@ def test_fit_through_the_chain_lands_where_the_reduced_forward_fit_lands(anny_bo
     truth = random_params(anny_body, 2, seed=5)
     truth["global_orient"] = torch.tensor([[np.pi / 2, 0.0, 0.0], [np.pi / 2, 0.3, 0.0]])  # upright, facing the camera
     truth["transl"] = torch.tensor([[0.1, -0.2, 4.0], [-0.2, 0.1, 5.0]])
-    with torch.no_grad():
-        coco = fast.keypoints(truth).double().numpy()
     K = np.array([[500.0, 0.0, 128.0], [0.0, 500.0, 128.0], [0.0, 0.0, 1.0]])
-    uv = coco @ K.T
-    uv = uv[..., :2] / uv[..., 2:]
-    world = coco - coco[:, [11, 12]].mean(1, keepdims=True)
-    observations = [(np.concatenate([uv[i], np.ones((17, 1))], 1), world[i], K) for i in range(2)]
+    observations = observations_of(fast, truth, K)
+    uv = np.stack([keypoints[:, :2] for keypoints, _, _ in observations])
     weights = FitWeights(iters_global=10, iters_full=24)
     targets = stack_targets(observations, weights.checked_hypotheses(), 0.3)
-    pose0 = initial_pose(anny_body, None)
-    rest, root_to_hips = rest_joints_camera(anny_body, fast.keypoints, pose0)
-    c2c = anny_body.canonical_to_camera.double().numpy()
-    starts = [initial_placement(rest, root_to_hips, c2c, targets.uv[n], targets.conf[n], targets.world[n], targets.K[n])
-              for n in range(len(targets.uv))]
-    free = free_joint_mask(anny_body)
     results = []
     for keypoints in (fast.keypoints, lambda p, s=None: fast.keypoints(p, s)):
         torch.manual_seed(0)
-        results.append(optimise(anny_body, keypoints, targets, np.stack([s[0] for s in starts]),
-                                np.stack([s[1] for s in starts]), pose0, free, unmodelled_joint_mask(anny_body, None, free),
-                                None, weights, (fast.rest_skeleton, keypoints)))
+        results.append(fit_from_start(anny_body, keypoints, targets, weights, None, (fast.rest_skeleton, keypoints)))
     with torch.no_grad():
         joints = [fast.keypoints(r.params) for r in results]
     assert (joints[0] - joints[1]).norm(dim=-1).max() < 5e-4  # metres

@@ -11,13 +11,13 @@ from diffusion_hpc.body.anny import AnnyReducedForward
 from diffusion_hpc.estimate.fit import (
     FitWeights,
     free_joint_mask,
-    initial_placement,
     initial_pose,
     optimise,
-    rest_joints_camera,
     stack_targets,
     unmodelled_joint_mask,
 )
+
+from helpers_fit import fit_from_start, observations_of
 
 
 def posed_observations(body, fast, n: int, seed: int):
@@ -29,27 +29,14 @@ def posed_observations(body, fast, n: int, seed: int):
     truth["global_orient"] = torch.tensor([[np.pi / 2, 0.0, 0.0]]) + 0.2 * torch.randn(n, 3, generator=gen)
     truth["phenotype"] = torch.rand(n, 6, generator=gen)
     truth["transl"] = torch.tensor([[0.0, 0.0, 4.0]]) + 0.3 * torch.randn(n, 3, generator=gen)
-    with torch.no_grad():
-        coco = fast.keypoints(truth).double().numpy()
-    K = np.array([[500.0, 0.0, 128.0], [0.0, 500.0, 128.0], [0.0, 0.0, 1.0]])
-    uv = coco @ K.T
-    uv = uv[..., :2] / uv[..., 2:]
-    world = coco - coco[:, [11, 12]].mean(1, keepdims=True)
-    return [(np.concatenate([uv[i], np.ones((17, 1))], 1), world[i], K) for i in range(n)]
+    return observations_of(fast, truth, np.array([[500.0, 0.0, 128.0], [0.0, 500.0, 128.0], [0.0, 0.0, 1.0]]))
 
 
 def fit(body, fast, prior, observations, compiled: bool):
     weights = FitWeights(iters_global=10, iters_full=15)
     targets = stack_targets(observations, weights.checked_hypotheses(), 0.3)
-    pose0 = initial_pose(body, prior)
-    rest, root_to_hips = rest_joints_camera(body, fast.keypoints, pose0)
-    c2c = body.canonical_to_camera.double().numpy()
-    starts = [initial_placement(rest, root_to_hips, c2c, targets.uv[n], targets.conf[n], targets.world[n], targets.K[n])
-              for n in range(len(targets.uv))]
-    free = free_joint_mask(body)
-    result = optimise(body, fast.keypoints, targets, np.stack([s[0] for s in starts]), np.stack([s[1] for s in starts]),
-                      pose0, free, unmodelled_joint_mask(body, prior, free), prior, weights,
-                      (fast.rest_skeleton, fast.keypoints), compiled_energy=compiled)
+    result = fit_from_start(body, fast.keypoints, targets, weights, prior, (fast.rest_skeleton, fast.keypoints),
+                            compiled_energy=compiled)  # fmt: skip
     with torch.no_grad():
         return fast.keypoints(result.params), result.energy
 

@@ -10,17 +10,9 @@ import torch
 
 from diffusion_hpc.body.anny import AnnyReducedForward
 from diffusion_hpc.body.joint_sets import COCO17
-from diffusion_hpc.estimate.fit import (
-    COCO17_FLIP,
-    FitWeights,
-    free_joint_mask,
-    initial_placement,
-    initial_pose,
-    optimise,
-    rest_joints_camera,
-    stack_targets,
-    unmodelled_joint_mask,
-)
+from diffusion_hpc.estimate.fit import COCO17_FLIP, FitWeights, stack_targets
+
+from helpers_fit import fit_from_start, observations_of
 
 K = np.array([[500.0, 0.0, 127.5], [0.0, 500.0, 127.5], [0.0, 0.0, 1.0]])
 HIDDEN = [COCO17.index("right_elbow"), COCO17.index("right_wrist")]
@@ -51,24 +43,14 @@ def test_an_unseen_arm_follows_the_3d_target(anny_body):
     pose = torch.zeros(1, 30, 3, dtype=truth["body_pose"].dtype)
     pose[0, 19:21] = torch.tensor([[0.0, 0.6, 0.9], [0.0, 1.2, 0.0]])  # the right arm raised, its elbow bent
     truth.update(body_pose=pose, global_orient=torch.tensor([[np.pi / 2, 0.2, 0.0]]), transl=torch.tensor([[0.0, 0.0, 4.5]]))
-    with torch.no_grad():
-        coco = fast.keypoints(truth)[0].double().numpy()
-    uv = coco @ K.T
-    keypoints = np.concatenate([uv[:, :2] / uv[:, 2:], np.ones((17, 1))], 1)
+    [(keypoints, world, _)] = observations_of(fast, truth, K)
     keypoints[HIDDEN, 2] = 0.0
     assert ((keypoints[:, :2] > 0) & (keypoints[:, :2] < 255)).all()
-    world = coco - coco[[COCO17.index("left_hip"), COCO17.index("right_hip")]].mean(0)
-    pose0 = initial_pose(anny_body, None)
-    rest, root_to_hips = rest_joints_camera(anny_body, fast.keypoints, pose0)
-    free = free_joint_mask(anny_body)
     errors = []
     for unseen in (0.0, 0.25):
         weights = FitWeights(w_3d=6.0, iters_global=10, iters_full=45, hypotheses=("base",), unseen_3d=unseen)
         targets = stack_targets([(keypoints, world, K)], weights.checked_hypotheses(), 0.3, unseen, [(256, 256)])
-        orient0, transl0 = initial_placement(rest, root_to_hips, anny_body.canonical_to_camera.double().numpy(),
-                                             targets.uv, targets.conf, targets.world, targets.K)
-        result = optimise(anny_body, fast.keypoints, targets, orient0, transl0, pose0, free,
-                          unmodelled_joint_mask(anny_body, None, free), None, weights, (fast.rest_skeleton, fast.keypoints))
+        result = fit_from_start(anny_body, fast.keypoints, targets, weights, None, (fast.rest_skeleton, fast.keypoints))
         with torch.no_grad():
             fitted = fast.keypoints(result.params)[0].double().numpy()
         rel = fitted - fitted[[11, 12]].mean(0)
