@@ -573,8 +573,14 @@ class GenerateConfig(CommandConfig):
     def estimates_bodies(self) -> bool:
         """True when the run estimates bodies: modes T, R (start images), verification (unless a top-down
         keypoint model reads the final images: ``verify_by keypoint-model``), cycles."""
-        verifies_by_estimator = bool(self.verify) and self.verify_by != "keypoint-model"
+        verifies_by_estimator = bool(self.verify) and not self.verifies_by_keypoint_model
         return self.mode in ("T", "R") or verifies_by_estimator or self.cycles > 0
+
+    @property
+    def verifies_by_keypoint_model(self) -> bool:
+        """True when label verification reads the final images with the top-down keypoint model
+        (``verify_by keypoint-model``, ``keypoint_model``)."""
+        return bool(self.verify) and self.verify_by == "keypoint-model"
 
     @property
     def segments_images(self) -> bool:

@@ -200,7 +200,7 @@ class Generator:
             "backbone": cfg.backbone if diffusion else None,
             "controlnet": cfg.controlnet if diffusion else None,
             "segmenter": cfg.segmenter if cfg.segments_images else None,
-            "keypoint_model": cfg.keypoint_model if cfg.verify and cfg.verify_by == "keypoint-model" else None,
+            "keypoint_model": cfg.keypoint_model if cfg.verifies_by_keypoint_model else None,
         }
         found = check_models(specs)
         check_run_estimator(cfg)  # the mesh estimator's checkpoint, and its body model against the run's

@@ -184,7 +184,7 @@ class Stages:
             self.estimator = estimator
         self.keypoint_model: Optional[KeypointModel] = None
         self.keypoint_model_identity: Optional[dict] = None
-        if cfg.verify and cfg.verify_by == "keypoint-model":
+        if cfg.verifies_by_keypoint_model:
             self.keypoint_model, self.keypoint_model_identity = load_keypoint_model(cfg.keypoint_model, self.placement)
 
 
