@@ -49,6 +49,7 @@ from diffusion_hpc.body.joint_sets import COCO17
 from diffusion_hpc.errors import ConfigError, InputError
 from diffusion_hpc.estimate.base import KeypointReading
 from diffusion_hpc.runtime.device import resolve_device
+from diffusion_hpc.runtime.images import check_image
 
 #: boxes a forward call reads at most (memory: CHUNK x 3 x 256 x 192 inputs)
 CHUNK = 64
@@ -178,12 +179,8 @@ class KeypointModel:
             N readings: (17, 3) u, v px in the owner image and the joint's score in [0, 1]; ``ok`` when
             the person counts as found (module docstring).
         """
-        sizes = [np.asarray(im).shape[:2] for im in images]
-        for i, im in enumerate(images):
-            if not (isinstance(im, np.ndarray) and im.dtype == np.uint8 and im.ndim == 3 and im.shape[2] == 3):
-                raise InputError(f"read_on_boxes: images[{i}] must be an (H, W, 3) uint8 array, got "
-                                 f"{getattr(im, 'dtype', type(im))} {getattr(im, 'shape', '')}")
-        boxes, owner = check_boxes(boxes, owner, sizes)
+        images = [check_image(im, f"read_on_boxes: images[{i}]") for i, im in enumerate(images)]
+        boxes, owner = check_boxes(boxes, owner, [im.shape[:2] for im in images])
         keypoints = np.zeros((len(boxes), len(COCO17), 3))
         for lo in range(0, len(boxes), CHUNK):
             keypoints[lo:lo + CHUNK] = self._read_chunk(images, boxes[lo:lo + CHUNK], owner[lo:lo + CHUNK])
