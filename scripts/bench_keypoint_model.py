@@ -67,10 +67,11 @@ def save_model(folder: Path, shape: dict) -> Path:
 
 
 class TimedForward:
-    """The model with the process CPU time of its forward calls summed."""
+    """The model with the process CPU time of its forward calls summed (``seconds``), each call's also
+    passed to ``report`` when given (everything else passes through to the model)."""
 
-    def __init__(self, model) -> None:
-        self.model, self.seconds, self.last = model, 0.0, None
+    def __init__(self, model, report=None) -> None:
+        self.model, self.report, self.seconds, self.last = model, report, 0.0, None
 
     def __getattr__(self, name):
         return getattr(self.model, name)
@@ -78,7 +79,10 @@ class TimedForward:
     def __call__(self, *args, **kwargs):
         t = time.process_time()
         out = self.model(*args, **kwargs)
-        self.seconds += time.process_time() - t
+        spent = time.process_time() - t
+        self.seconds += spent
+        if self.report is not None:
+            self.report(spent)
         self.last = out
         return out
 

@@ -278,23 +278,6 @@ def config(mode: str, n: int, args, backbone: Path, guides: Path, overlap: bool 
                           compile_fit=bool(getattr(args, "compile_fit", False)), **extra)  # fmt: skip
 
 
-class CpuTimed:
-    """A model whose calls report their process CPU seconds to ``report`` (everything else passes through)."""
-
-    def __init__(self, model, report) -> None:
-        self.model, self.report = model, report
-
-    def __getattr__(self, name):
-        return getattr(self.model, name)
-
-    def __call__(self, *args, **kwargs):
-        t = time.process_time()
-        try:
-            return self.model(*args, **kwargs)
-        finally:
-            self.report(time.process_time() - t)
-
-
 class Probe:
     """Where the CPU time goes, measured in this script only (the package is unchanged):
 
@@ -384,7 +367,9 @@ class Probe:
         if stages.keypoint_model is not None:  # verify_by keypoint-model: crops, forward, decoding
             reader = stages.keypoint_model
             self._patch(reader, "read_on_boxes", timed("read_on_boxes", reader.read_on_boxes))
-            self._patch(reader, "model", CpuTimed(reader.model, lambda seconds: self._add("verify.model_forward", seconds)))
+            from bench_keypoint_model import TimedForward
+
+            self._patch(reader, "model", TimedForward(reader.model, lambda s: self._add("verify.model_forward", s)))
         self._patch(tail, "verify", staged(tail.verify))
         self._patch(writer, "encode", encoded(writer.encode))
         self._patch(writer, "_add_members", encoded(writer._add_members))
