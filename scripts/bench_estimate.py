@@ -133,13 +133,13 @@ def swap_aware_table(results, samples, groups: dict[str, np.ndarray]) -> None:
     from diffusion_hpc.estimate.landmarks import coco17_from_mediapipe
 
     n = len(samples)
-    pa, det_pa, lr, facing_ok, own = (np.full(n, np.nan) for _ in range(5))
+    pa = limb_pa_mpjpe_mm(results, samples)
+    det_pa, lr, facing_ok, own = (np.full(n, np.nan) for _ in range(4))
     for i, (r, s) in enumerate(zip(results, samples)):
         if not r.ok:
             continue
         true = s["joints3d"]["coco17"]
         fit = r.joints3d["coco17"]
-        pa[i] = pa_mpjpe(fit[LIMBS], true[LIMBS]) * 1000
         det_pa[i] = pa_mpjpe(coco17_from_mediapipe(r.landmarks3d)[LIMBS], true[LIMBS]) * 1000
         lr[i] = left_right_accuracy(fit, true)
         facing_ok[i] = facing_label(torso_facing(true)) == facing_label(torso_facing(fit))
@@ -264,6 +264,12 @@ def in_batches(fn, *sequences, size: int = 16) -> list:
     for lo in range(0, len(sequences[0]), size):
         out.extend(fn(*(seq[lo:lo + size] for seq in sequences)))
     return out
+
+
+def limb_pa_mpjpe_mm(results, samples) -> np.ndarray:
+    """(N,) limb PA-MPJPE in mm (:data:`LIMBS` of COCO-17) of estimates against their samples (NaN where not ok)."""
+    return np.array([pa_mpjpe(r.joints3d["coco17"][LIMBS], s["joints3d"]["coco17"][LIMBS]) * 1000 if r.ok else np.nan
+                     for r, s in zip(results, samples)])
 
 
 def pa_mpjpe_mm(results, samples) -> np.ndarray:
@@ -392,8 +398,7 @@ def error_budget(est, samples, masks: list | None = None, detections: list | Non
             results = in_batches(lambda d, z, f, m: est.fit(d, z, f, masks=m), dets, sizes, faces, masks)
         finally:
             del est.world_targets  # the class's method again
-        pa = np.array([pa_mpjpe(r.joints3d["coco17"][LIMBS], s["joints3d"]["coco17"][LIMBS]) * 1000 if r.ok else np.nan
-                       for r, s in zip(results, samples)])
+        pa = limb_pa_mpjpe_mm(results, samples)
         swapped = sum(left_right_swapped(r, s) for r, s in zip(results, samples))
         ok = np.isfinite(pa)
         print(f"  {label:26s} {pa[ok].mean():6.1f} / {np.median(pa[ok]):6.1f}  swapped {swapped}  (n={ok.sum()})")
@@ -529,11 +534,10 @@ def main() -> None:
     timing = stage_timing(est, images, rounds=1, masks=masks["segmenter mask"][:16])
 
     hard, rule = hard_flags(samples, body)
-    pa, mp = np.full(len(samples), np.nan), np.full(len(samples), np.nan)
+    pa, mp = pa_mpjpe_mm(results, samples), np.full(len(samples), np.nan)
     for i, (s, r) in enumerate(zip(samples, results)):
         if r.ok:
             g, e = s["joints3d"]["h36m17"], r.joints3d["h36m17"]
-            pa[i] = pa_mpjpe(e, g) * 1000
             mp[i] = np.linalg.norm((e - e[0]) - (g - g[0]), axis=1).mean() * 1000
     ok = np.isfinite(pa)
     print(f"renders: {len(samples)} ({ok.sum()} fitted; {args.n} procedural, {args.n} over photos), hard rule: {rule}")
