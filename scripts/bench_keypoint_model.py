@@ -37,6 +37,7 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -49,16 +50,19 @@ SHAPES = {
 }
 
 
-def save_model(folder: Path, shape: dict) -> Path:
-    """A random ViTPose of ``shape`` and its image processor saved to ``folder``."""
+def save_model(folder: Path, shape: dict, names: Sequence[str] = NAMES, experts: int = 1) -> Path:
+    """A random ViTPose of ``shape`` (:data:`SHAPES`) with keypoints ``names`` (ViTPose's COCO names by
+    default) and ``experts`` MoE experts (ViTPose+; 1: none), and its image processor, saved to ``folder``
+    (tests/test_keypoint_model.py's tiny models too)."""
     import torch
     from transformers import VitPoseConfig, VitPoseForPoseEstimation
     from transformers.models.vitpose.image_processing_pil_vitpose import VitPoseImageProcessorPil
 
+    moe = {"num_experts": experts, "part_features": 8} if experts > 1 else {}
     backbone = dict(model_type="vitpose_backbone", patch_size=[16, 16], out_indices=[shape["num_hidden_layers"]],
-                    **shape)  # fmt: skip
-    config = VitPoseConfig(backbone_config=backbone, id2label=dict(enumerate(NAMES)),
-                           label2id={n: i for i, n in enumerate(NAMES)})  # fmt: skip
+                    **shape, **moe)  # fmt: skip
+    config = VitPoseConfig(backbone_config=backbone, id2label=dict(enumerate(names)),
+                           label2id={n: i for i, n in enumerate(names)})  # fmt: skip
     torch.manual_seed(0)
     VitPoseForPoseEstimation(config).save_pretrained(folder)
     h, w = shape["image_size"]

@@ -5,10 +5,12 @@ transformers' own; a checkpoint without COCO-17 keypoints is refused."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
-from transformers import VitPoseConfig, VitPoseForPoseEstimation
 from transformers.models.vitpose.image_processing_pil_vitpose import VitPoseImageProcessorPil
 from transformers.models.vitpose.modeling_vitpose import VitPoseEstimatorOutput
 
@@ -16,25 +18,19 @@ from diffusion_hpc.body.joint_sets import COCO17
 from diffusion_hpc.errors import ConfigError
 from diffusion_hpc.estimate.keypoint_model import FOUND_SCORE, KeypointModel, coco17_order
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from bench_keypoint_model import NAMES, SHAPES, save_model  # the benchmark's random ViTPose writer
+
 #: ViTPose's COCO checkpoints' names (config.id2label)
-VITPOSE_NAMES = ["Nose", "L_Eye", "R_Eye", "L_Ear", "R_Ear", "L_Shoulder", "R_Shoulder", "L_Elbow", "R_Elbow",
-                 "L_Wrist", "R_Wrist", "L_Hip", "R_Hip", "L_Knee", "R_Knee", "L_Ankle", "R_Ankle"]  # fmt: skip
-INPUT = (64, 48)  # (H, W): heatmaps 16 x 12 (patch 16, scale 4)
+VITPOSE_NAMES = list(NAMES)
+INPUT = tuple(SHAPES["tiny"]["image_size"])  # (H, W) 64 x 48: heatmaps 16 x 12 (patch 16, scale 4)
 #: each joint's peak this many heatmap cells right of what the stand-in model sees
 OFFSETS = (np.arange(17) % 5 - 2) / 4
 
 
 def save_tiny(folder, names=VITPOSE_NAMES, experts: int = 1):
     """A tiny random ViTPose (one layer, width 32) and its image processor saved to ``folder``."""
-    backbone = dict(model_type="vitpose_backbone", image_size=list(INPUT), patch_size=[16, 16], hidden_size=32,
-                    num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2, out_indices=[1], num_experts=experts,
-                    part_features=8)  # fmt: skip
-    config = VitPoseConfig(backbone_config=backbone, id2label=dict(enumerate(names)),
-                           label2id={n: i for i, n in enumerate(names)})  # fmt: skip
-    torch.manual_seed(0)
-    VitPoseForPoseEstimation(config).save_pretrained(folder)
-    VitPoseImageProcessorPil(size={"height": INPUT[0], "width": INPUT[1]}).save_pretrained(folder)
-    return folder
+    return save_model(folder, SHAPES["tiny"], names, experts)
 
 
 @pytest.fixture(scope="module")
