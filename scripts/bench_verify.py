@@ -129,19 +129,19 @@ def main() -> None:
     est = get_estimator("mediapipe")
     est.estimate(images[:2])  # warm-up: MediaPipe graphs, Anny
     print(f"renders: {n} ({args.n} procedural, {args.n} over photos), seed {args.seed}; PCK at 0.1 x the person box")
+    # the readings that look where the label says, whatever the region: one reading per label kind
+    per_label = {"label-box": {name: read_regions(est, images, [None] * n, "label-box", truths)
+                               for name, truths in {"right": labels, **wrong}.items()}}  # fmt: skip
+    if keypoint_model is not None:  # on the label silhouette's box: the other render's for its label
+        same = read_label_boxes(keypoint_model, images, silhouettes, np.arange(n))
+        others = read_label_boxes(keypoint_model, images, [silhouettes[(i + 1) % n] for i in range(n)], np.arange(n))
+        per_label["keypoint-model"] = {name: others if name == "other" else same for name in ("right", *wrong)}
     for region in ("whole image", "label's silhouette"):
         regions = [None] * n if region == "whole image" else silhouettes
         readings = {}
         for by in ("landmarks", "estimate"):
             readings[by] = [r for lo in range(0, n, 16)
                             for r in read_regions(est, images[lo:lo + 16], regions[lo:lo + 16], by)]  # fmt: skip
-        # the label-box reading looks where the label says: one reading per label kind
-        per_label = {"label-box": {name: read_regions(est, images, regions, "label-box", truths)
-                                   for name, truths in {"right": labels, **wrong}.items()}}  # fmt: skip
-        if keypoint_model is not None:  # on the label silhouette's box: the other render's for its label
-            same = read_label_boxes(keypoint_model, images, silhouettes, np.arange(n))
-            others = read_label_boxes(keypoint_model, images, [silhouettes[(i + 1) % n] for i in range(n)], np.arange(n))
-            per_label["keypoint-model"] = {name: others if name == "other" else same for name in ("right", *wrong)}
         print(f"\nread on the {region}:")
         print(f"  {'reading':14s} {'found':>6s} | " + " | ".join(f"{name:>24s}" for name in ["right", *wrong])
               + " |  separation (right > wrong): " + ", ".join(wrong))
