@@ -106,6 +106,21 @@ def manifest_rows(root: Path) -> list[dict]:
     return rows
 
 
+def lose_shard(dataset: Path, s: int) -> None:
+    """Make ``dataset`` one killed before shard ``s`` was committed: its tar and manifest part removed."""
+    for path in (dataset / "shards" / f"shard-{s:06d}.tar", dataset / "manifest" / f"shard-{s:06d}.jsonl"):
+        path.unlink()
+
+
+def strip_options(dataset: Path, options) -> None:
+    """Make ``dataset``'s config.yaml one written before ``options`` existed."""
+    import yaml
+
+    path = dataset / "config.yaml"
+    stored = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({k: v for k, v in stored.items() if k not in options}, sort_keys=True))
+
+
 def generate_smpl_dataset(out, smpl_path, poses: int, seed: int, **config):
     """A native SMPL mode-D dataset at ``out`` (render baseline, 64 px, one batch of ``config["n"]``
     unless overridden) posed from a pose file of ``poses`` random SMPL poses (0.2 rad per joint,

@@ -22,7 +22,7 @@ from diffusion_hpc.data.schema import persons_of
 from diffusion_hpc.pipeline.generate import generate
 
 from conftest import dataset_digest as _digest
-from conftest import run_cli
+from conftest import run_cli, strip_options
 
 SMALL = dict(image_size=(96, 128), batch_size=3, shard_size=4)
 
@@ -369,12 +369,8 @@ def test_resume_of_a_mode_d_dataset_made_before_newer_options(dataset, tmp_path)
     --compile-fit resumes with today's defaults."""
     import shutil
 
-    import yaml
-
     copy = tmp_path / "old"
     shutil.copytree(dataset, copy)
-    stored = yaml.safe_load((copy / "config.yaml").read_text())
-    old = {k: v for k, v in stored.items() if k not in ("estimate_batch", "verify_by", "compile_fit")}
-    (copy / "config.yaml").write_text(yaml.safe_dump(old, sort_keys=True))
+    strip_options(copy, ("estimate_batch", "verify_by", "compile_fit"))
     result = generate(small_config(), copy, resume=True, progress=False)
     assert result.skipped_shards == 2 and result.accepted == 7

@@ -32,7 +32,7 @@ from diffusion_hpc.errors import ConfigError, DhpcError, InputError, MissingMode
 from diffusion_hpc.generate.base import PRESETS, expected_unet_evals, guidance_factor
 from diffusion_hpc.pipeline.generate import Generator, generate
 
-from conftest import dataset_digest, run_cli
+from conftest import dataset_digest, lose_shard, run_cli, strip_options
 
 SIZE = 64
 P = PRESETS["default"]
@@ -562,15 +562,6 @@ def test_generate_with_hmr2_labels_smpl_bodies(backbone, guides, fake_smpl, tmp_
                                 "fingerprint": checkpoint_fingerprint([ckpt])}  # fmt: skip
 
 
-def strip_options(dataset: Path, options) -> None:
-    """Make ``dataset``'s config.yaml one written before ``options`` existed."""
-    import yaml
-
-    path = dataset / "config.yaml"
-    stored = yaml.safe_load(path.read_text())
-    path.write_text(yaml.safe_dump({k: v for k, v in stored.items() if k not in options}, sort_keys=True))
-
-
 def test_resume_of_a_dataset_made_before_newer_options(backbone, guides, tmp_path):
     """A mode-R run killed before --verify-by and --estimate-batch existed (its config.yaml lacks them; made as
     verify_by estimate, one batch a head): a resume with today's defaults is refused before any work, naming the
@@ -580,9 +571,7 @@ def test_resume_of_a_dataset_made_before_newer_options(backbone, guides, tmp_pat
     out = tmp_path / "old"
     generate(old, out, progress=False)
     whole = dataset_digest(out)
-    for lost in ((out / "shards").glob("shard-000002.tar"), (out / "manifest").glob("shard-000002.jsonl")):
-        [path] = lost
-        path.unlink()
+    lose_shard(out, 2)
     strip_options(out, ("verify_by", "estimate_batch", "compile_fit"))
     with pytest.raises(ConfigError, match="with --estimate-batch 1, with --verify-by estimate") as err:
         generate(r_config(backbone, guides), out, resume=True, progress=False)
@@ -602,9 +591,7 @@ def test_resume_keeps_the_verification_a_dataset_was_made_with(backbone, guides,
     out = tmp_path / "landmarks"
     generate(r_config(backbone, guides, verify_by="landmarks"), out, progress=False)
     whole = dataset_digest(out)
-    for lost in ((out / "shards").glob("shard-000002.tar"), (out / "manifest").glob("shard-000002.jsonl")):
-        [path] = lost
-        path.unlink()
+    lose_shard(out, 2)
     with pytest.raises(DhpcError, match=r"different config \(-verify_by: landmarks; \+verify_by: label-box\)"):
         generate(r_config(backbone, guides, verify_by="label-box"), out, resume=True, progress=False)
     assert not (out / "shards" / "shard-000002.tar").exists()
