@@ -56,6 +56,13 @@ class PhotoFinal:
         return result
 
 
+def right_and_wrong(scores: list[list[float]]) -> tuple[list[float], list[float]]:
+    """The scores of the samples whose label is right for their final image, and of those whose final is
+    mirrored (:data:`WRONG`); ``scores`` per sample index, one per labelled person."""
+    right = [p for i, ps in enumerate(scores) if i not in WRONG for p in ps]
+    return right, [p for i, ps in enumerate(scores) if i in WRONG for p in ps]
+
+
 def run(tiny_backbone, guides, out, verify_by: str | None, size: int = SIZE) -> tuple[list[dict], dict[str, int]]:
     """Mode R, four samples of one photo (k = 1: each label is the estimate of its final's photo),
     verified; (manifest rows by index, calls of the MediaPipe estimator's fit and landmark reading)."""
@@ -92,8 +99,7 @@ def test_landmarks_and_the_fit_both_catch_a_wrong_label(tiny_backbone, guides, t
         assert [r["status"] for r in rows] == ["ok"] * 4
         pck = [r["scores"]["pck_agreement"] for r in rows]
         assert all(r["scores"]["person_found"] == 1.0 for r in rows)
-        right = [p for i, p in enumerate(pck) if i not in WRONG]
-        wrong = [p for i, p in enumerate(pck) if i in WRONG]
+        right, wrong = right_and_wrong([[p] for p in pck])
         assert min(right) >= 0.8 and max(wrong) <= 0.3, pck
     for name, value in (("landmarks", "landmarks"), ("estimate", "estimate")):
         assert json.loads((tmp_path / name / "run.json").read_text())["verify_by"] == value
@@ -118,8 +124,7 @@ def test_the_label_box_reading_catches_a_wrong_label_without_the_person_detector
     assert calls == {"fit": 1, "read_keypoints": 1}  # the head's fit; verification reads the label's boxes
     assert [r["status"] for r in rows] == ["ok"] * 4
     pck = [r["scores"]["pck_agreement"] for r in rows]
-    right = [p for i, p in enumerate(pck) if i not in WRONG]
-    wrong = [p for i, p in enumerate(pck) if i in WRONG]
+    right, wrong = right_and_wrong([[p] for p in pck])
     assert min(right) >= 0.8 and max(wrong) <= 0.3, pck
     assert all(rows[i]["scores"]["person_found"] == 1.0 for i in range(4) if i not in WRONG)
     assert json.loads((tmp_path / "label-box" / "run.json").read_text())["verify_by"] == "label-box"
@@ -134,12 +139,12 @@ def test_label_box_reads_each_person_of_a_two_people_sample_where_its_label_is(t
     their labels, on the mirrored ones (the two exchanged places and turned round) neither does."""
     folder = tmp_path / "pair"
     folder.mkdir()
-    Image.fromarray(two_people()).save(folder / "pair.png")
-    rows, _ = run(tiny_backbone, folder, tmp_path / "label-box", None, size=two_people().shape[0])
+    pair = two_people()
+    Image.fromarray(pair).save(folder / "pair.png")
+    rows, _ = run(tiny_backbone, folder, tmp_path / "label-box", None, size=pair.shape[0])
     assert [r["status"] for r in rows] == ["ok"] * 4
     samples = sorted(open_dataset(tmp_path / "label-box"), key=lambda s: s["index"])
     persons = [[p["scores"]["pck_agreement"] for p in persons_of(s)] for s in samples]
     assert all(len(p) == 2 for p in persons), persons
-    right = [p for i, ps in enumerate(persons) if i not in WRONG for p in ps]
-    wrong = [p for i, ps in enumerate(persons) if i in WRONG for p in ps]
+    right, wrong = right_and_wrong(persons)
     assert min(right) >= 0.8 and max(wrong) <= 0.3, persons
