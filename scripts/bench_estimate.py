@@ -19,10 +19,13 @@
    ``grace_hopper``): fitted COCO-17 vs the detector's landmarks (median px) and the fitted
    silhouette vs MediaPipe's person mask (IoU). Overlays go to ``--out``.
    Step 1 detects and fits each render three times: without masks, with the render's true person
-   mask and with MediaPipe's selfie-segmenter mask (what the pipeline holds in modes T / R), the
+   mask and with MediaPipe's selfie-segmenter mask (the union of the people it finds), the
    mask given to the detector (which reads the person on the mask's box when MediaPipe's person
    detector misses it) and to the fit (its mask terms), as ``MediaPipeFitter.estimate(images,
-   masks)`` does. :func:`recall_table` prints the share of renders whose person is found (the
+   masks)`` does; and a fourth time as the pipeline reads people in modes T / R (``segmenter
+   instance``, :func:`segmenter_instances`): the segmenter's person instance matched to the
+   render's person, the other people of the image (the astronaut of the ``astronaut`` background)
+   painted grey. ``--size`` renders at another side than 256 px (the pipeline's images are 512). :func:`recall_table` prints the share of renders whose person is found (the
    seen landmarks' box centred in the true mask's box, within a factor 2 of its size:
    ``bench_detect.found_person``) by person height (the mask's rows over the image height) and
    background, per detection; the masked tables also report the renders found without a mask
@@ -74,16 +77,17 @@ BACKGROUND_PHOTOS = ("coffee", "brick", "grass", "gravel", "rocket", "chelsea", 
                      "retina", "cell", "page", "moon")
 
 
-def bench_renders(out: Path, n: int, seed: int, photos: bool) -> Path:
-    """The benchmark's render dataset in ``out``, made where missing: ``n`` renders (256 px) of ``seed``
-    over procedural backgrounds, or of ``seed + 7`` over the photos of :func:`background_folder`. The
-    folder names n and seed: a reused ``out`` never mixes renders of another run."""
+def bench_renders(out: Path, n: int, seed: int, photos: bool, size: int = 256) -> Path:
+    """The benchmark's render dataset in ``out``, made where missing: ``n`` renders (``size`` px square)
+    of ``seed`` over procedural backgrounds, or of ``seed + 7`` over the photos of
+    :func:`background_folder`. The folder names n, seed and a size other than 256: a reused ``out``
+    never mixes renders of another run."""
     from diffusion_hpc.config import GenerateConfig
     from diffusion_hpc.pipeline.generate import generate
 
-    folder = out / f"renders_{'photo_bg_' if photos else ''}n{n}_s{seed}"
+    folder = out / f"renders_{'photo_bg_' if photos else ''}n{n}_s{seed}{'' if size == 256 else f'_{size}px'}"
     if not (folder / "config.yaml").exists():
-        cfg = GenerateConfig(n=n, image_size=(256, 256), seed=seed + 7 if photos else seed)
+        cfg = GenerateConfig(n=n, image_size=(size, size), seed=seed + 7 if photos else seed)
         if photos:
             cfg.render_baseline.backgrounds = background_folder(out)
         generate(cfg, out=folder, progress=False)
@@ -471,10 +475,42 @@ def segmenter_masks(images: list) -> list[np.ndarray]:
     return [segmenter.segment(im[None]).person[0] for im in images]
 
 
+def segmenter_instances(images: list, true_masks: list) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+    """Each render's person as the pipeline reads it (:func:`diffusion_hpc.pipeline.guided.estimate_people`):
+    the selfie segmenter's person instance (``Segmentation.instances``) that shares most pixels with the
+    render's true mask, as the person's mask, on a copy of the image whose other instances are painted
+    grey (:func:`~diffusion_hpc.pipeline.guided.without_others`). The pipeline labels every instance;
+    the render's person is matched to one, as an evaluation matches ground truth to predictions. None
+    where no instance touches the true mask (the pipeline gives that person no label).
+
+    Returns:
+        (images, masks): per render its input image and (H, W) bool instance mask or None.
+    """
+    from diffusion_hpc.pipeline.guided import without_others
+    from diffusion_hpc.segment import make_segmenter
+
+    segmenter = make_segmenter("mediapipe")
+    inputs, masks = [], []
+    for image, truth in zip(images, true_masks):
+        seg = segmenter.segment(image[None])
+        numbers = seg.instances[0]
+        shared = np.bincount(numbers[truth > 0.5] + 1, minlength=int(numbers.max()) + 2)[1:]
+        if not seg.person_found[0] or not shared.any():
+            inputs.append(image)
+            masks.append(None)
+            continue
+        person = int(np.argmax(shared))
+        inputs.append(without_others(image, numbers, person) if numbers.max() > 0 else image)
+        masks.append(numbers == person)
+    return inputs, masks
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=112)
     ap.add_argument("--seed", type=int, default=2024)
+    ap.add_argument("--size", type=int, default=256,
+                    help="render side in px (256: the figures quoted so far; the pipeline's images are 512)")
     ap.add_argument("--out", type=Path, default=None, help="folder for overlays (default: a temp dir)")
     ap.add_argument("--n-hard", type=int, default=48, help="renders of the highest-scoring built-in poses (0: none)")
     ap.add_argument("--budget", action="store_true", help="also refit with true 2D / 3D inputs (error budget)")
@@ -497,7 +533,7 @@ def main() -> None:
     from diffusion_hpc.estimate import get_estimator
     from diffusion_hpc.estimate.run import render_preview
 
-    ds = bench_renders(out, args.n, args.seed, photos=False)
+    ds = bench_renders(out, args.n, args.seed, photos=False, size=args.size)
     if args.timing:
         est = get_estimator("mediapipe", **({"compile_fit": True} if args.compile_fit else {}))  # older fitters: no kwarg
         images = [s["image"] for s in open_dataset(ds)]
@@ -507,7 +543,7 @@ def main() -> None:
         print(f"warm-up (compile_fit={args.compile_fit}): {wall:.1f} s wall, {cpu:.1f} s CPU")
         print_timing(stage_timing(est, images, args.rounds, masks=segmenter_masks(images[:16])))
         return
-    ds_photo = bench_renders(out, args.n, args.seed, photos=True)
+    ds_photo = bench_renders(out, args.n, args.seed, photos=True, size=args.size)
     samples = [p for d in (ds, ds_photo) for s in open_dataset(d) for p in persons_of(s)]  # one person per render
     photo_bg = np.arange(len(samples)) >= args.n
     if args.lifter:
@@ -528,6 +564,14 @@ def main() -> None:
     masked = {name: in_batches(lambda d, z, f, m: est.fit(d, z, f, masks=m), masked_detections[name], sizes,
                                masked_faces[name], m)
               for name, m in masks.items()}
+    # the pipeline's path: the render's person instance, the other people painted grey
+    pipeline_images, pipeline_masks = segmenter_instances(images, masks["true mask"])
+    pipeline_detections = [None if m is None else d
+                           for d, m in zip(est.detect(pipeline_images, pipeline_masks), pipeline_masks)]
+    masked_detections["segmenter instance"] = pipeline_detections
+    masked["segmenter instance"] = in_batches(
+        lambda d, z, f, m: est.fit(d, z, f, masks=m), pipeline_detections, sizes,
+        est.detect_faces(pipeline_images, pipeline_detections), pipeline_masks)
     # the masked fit on the maskless detections (the estimator before the detector took masks)
     masked["segmenter mask, detector without it"] = in_batches(
         lambda d, z, f, m: est.fit(d, z, f, masks=m), detections, sizes, faces, masks["segmenter mask"])
