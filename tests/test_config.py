@@ -250,3 +250,41 @@ def test_compile_fit_option_names_the_fix(capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "leave --compile-fit out" in err, (argv, err)
+
+
+def test_compile_fit_unset_compiles_large_runs_that_fit():
+    """--compile-fit left out compiles the MediaPipe fit of runs of COMPILE_FIT_FROM samples or more (where the
+    one-off compilation pays for itself) when a C++ compiler is found, and only runs that fit Anny bodies;
+    config.yaml records the decision, --no-compile-fit keeps a large run eager, and a machine without a compiler
+    runs a large run eagerly instead of refusing it (only an asked-for --compile-fit needs one)."""
+    import torch._inductor.config as inductor
+
+    from diffusion_hpc.config.generate import COMPILE_FIT_FROM
+    from diffusion_hpc.runtime.compiler import find_cpp_compiler
+
+    assert find_cpp_compiler() is not None  # the test suite's machines build the compiled fit (test_fit_compile)
+    gen = ["generate", "--mode", "R", "--guides", "photos", "--backbone", "b", "--out", "d"]
+    large, small = ["--num-samples", str(COMPILE_FIT_FROM)], ["--num-samples", str(COMPILE_FIT_FROM - 1)]
+    assert _config(gen + large).compile_fit is True
+    assert yaml.safe_load(_config(gen + large).dataset_yaml())["compile_fit"] is True
+    assert _config(gen + small).compile_fit is False
+    assert _config(gen + large + ["--no-compile-fit"]).compile_fit is False
+    assert _config(["generate", "--mode", "D", "--out", "d"] + large).compile_fit is False  # no fit
+    assert _config(["generate", "--mode", "D", "--out", "d", "--verify", "--verify-by", "keypoint-model",
+                    "--keypoint-model", "k"] + large).compile_fit is False
+    assert _config(gen + large + ["--body-model", "smpl", "--smpl-path", "s"]).compile_fit is False
+    assert f"{COMPILE_FIT_FROM:,} samples" in " ".join(GenerateConfig.model_fields["compile_fit"].description.split())
+    with inductor.patch({"cpp.cxx": ("no-such-compiler++",)}):  # (monkeypatch's undo deletes inductor's option)
+        assert _config(gen + large).compile_fit is False
+
+
+def test_resume_keeps_the_compile_fit_a_dataset_recorded():
+    """A dataset made before --compile-fit's default changed recorded compile_fit false; a resume that leaves the
+    option out continues it eagerly even at COMPILE_FIT_FROM samples, and one that asks for --compile-fit is
+    compared as given (the resume check then names the difference)."""
+    from diffusion_hpc.config.generate import COMPILE_FIT_FROM
+
+    gen = ["generate", "--mode", "R", "--guides", "photos", "--backbone", "b", "--out", "d", "--num-samples", str(COMPILE_FIT_FROM)]
+    stored = _config(gen + ["--no-compile-fit"]).dataset_yaml()
+    assert _config(gen).resumed_config(stored).compile_fit is False
+    assert _config(gen + ["--compile-fit"]).resumed_config(stored).compile_fit is True

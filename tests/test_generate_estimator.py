@@ -134,7 +134,7 @@ def test_lifter_option_reaches_the_runs_fit(tmp_path):
     assert shipped.startswith("lifter.safetensors ")
 
 
-def test_compile_fit_option_reaches_the_runs_fit(tmp_path, monkeypatch):
+def test_compile_fit_option_reaches_the_runs_fit(tmp_path):
     """``--compile-fit`` of dhpc generate makes the run's MediaPipe fit compiled, run.json's estimator record says
     so, and without a C++ compiler for torch.compile the estimator does not load: one message naming the option
     and the fix, before any work (not the first compiled call's failure deep inside torch)."""
@@ -147,6 +147,6 @@ def test_compile_fit_option_reaches_the_runs_fit(tmp_path, monkeypatch):
     base = dict(mode="R", guides=tmp_path, backbone=str(tmp_path))
     assert describe_estimator(load_estimator(GenerateConfig(**base, compile_fit=True), None, "cpu"))["compile_fit"]
     assert not describe_estimator(load_estimator(GenerateConfig(**base), None, "cpu"))["compile_fit"]
-    monkeypatch.setattr(inductor.cpp, "cxx", ("no-such-compiler++",))
-    with pytest.raises(ConfigError, match="compile_fit compiles with torch.compile, which needs a C\\+\\+ compiler"):
+    with inductor.patch({"cpp.cxx": ("no-such-compiler++",)}), pytest.raises(  # monkeypatch's undo deletes the option
+        ConfigError, match="compile_fit compiles with torch.compile, which needs a C\\+\\+ compiler"):
         load_estimator(GenerateConfig(**base, compile_fit=True), None, "cpu")

@@ -188,7 +188,7 @@ def _add_generate(sub) -> None:
           "weights (a dhpc train run folder; SPIN's model_checkpoint.pt; a 4D-Humans .ckpt)")
     _flag(g, G, "lifter", metavar="on|off|FILE", text="the MediaPipe fit's 3D target: on (the shipped learned lifter "
           "of MediaPipe's landmarks; default), off (MediaPipe's world landmarks) or a scripts/train_lifter.py weights file")
-    _flag(g, G, "compile_fit", action="store_true")
+    _flag(g, G, "compile_fit", action=argparse.BooleanOptionalAction)
     s = g.add_argument_group("diffusion sampler (a preset, then any value given here overrides it)")
     S = SamplerConfig
     _flag(s, S, "preset", text="original (the paper: DDIM, 50 steps, guidance 7.5), default (DPM++ 2M, 20 steps), "

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from diffusion_hpc.config.base import CommandConfig, Strict, build, check_range
 from diffusion_hpc.config.estimate import check_lifter
 from diffusion_hpc.errors import ConfigError
+from diffusion_hpc.runtime.compiler import find_cpp_compiler
 from diffusion_hpc.runtime.device import check_device_name
 
 
@@ -181,8 +182,17 @@ ADDED_OPTIONS = {
 
 #: options whose default changed after datasets were made with the earlier one: a resume that leaves the
 #: option unset continues with the value the dataset recorded (:meth:`GenerateConfig.resumed_config`).
-#: ``verify_by``: ``landmarks`` -> ``label-box`` with the MediaPipe estimator.
-CHANGED_DEFAULTS = ("verify_by",)
+#: ``verify_by``: ``landmarks`` -> ``label-box`` with the MediaPipe estimator; ``compile_fit``: off ->
+#: on from :data:`COMPILE_FIT_FROM` samples.
+CHANGED_DEFAULTS = ("verify_by", "compile_fit")
+
+#: ``compile_fit`` left unset compiles the MediaPipe fit of runs of at least this many samples (``n``, the
+#: whole dataset's, so every part and worker of a run decides alike). The compilation costs about 120 s
+#: of CPU in a fresh process (71 s, and about 50 s more at the first batch with masks; about 15 s with
+#: inductor's on-disk cache warm) and saves about 12 ms of CPU per accepted sample at batch 16, k = 3
+#: (``scripts/bench_modes.py --compile-fit``): it pays for itself from about 10,000 samples a process
+#: with a cold cache, about 1,500 with a warm one.
+COMPILE_FIT_FROM = 10_000
 
 
 class GenerateConfig(CommandConfig):
@@ -256,9 +266,11 @@ class GenerateConfig(CommandConfig):
     lifter: Optional[str] = None
     """the MediaPipe fit's 3D target: on (the shipped learned lifter of MediaPipe's landmarks; also when not set),
     off (MediaPipe's world landmarks) or a lifter weights file made by scripts/train_lifter.py"""
-    compile_fit: bool = False
-    """the MediaPipe fit with Anny, compiled (torch.compile; needs a C++ compiler): the same labels, about 2.5x less
-    CPU per fitted image, after a one-off compilation of about a minute per process (per worker)"""
+    compile_fit: Optional[bool] = None
+    """the MediaPipe fit with Anny, compiled (torch.compile; needs a C++ compiler): the same labels to 0.3 mm, about
+    half the fit's CPU per fitted image, after a one-off compilation of one to two minutes per process (per worker;
+    about 15 s with inductor's cache warm). Not set: on for runs of 10,000 samples or more that fit Anny bodies with
+    MediaPipe when a C++ compiler is found, else off (config.yaml records which)"""
     sampler: SamplerConfig = SamplerConfig()
     """the diffusion sampler (preset, scheduler, steps, strength, guidance, ControlNet scale, blur)"""
     k: Optional[int] = Field(None, ge=1, le=64)
@@ -600,11 +612,14 @@ class GenerateConfig(CommandConfig):
             raise ValueError(f"lifter: --lifter {self.lifter} sets the MediaPipe fit of modes T and R, --verify and "
                              f"--cycles; this run does not fit with MediaPipe (estimator {name}, mode {self.mode}), "
                              "leave --lifter out")
-        if self.compile_fit and (name != "mediapipe" or not self.estimates_bodies or self.body_model != "anny"):
+        fits_anny = name == "mediapipe" and self.estimates_bodies and self.body_model == "anny"
+        if self.compile_fit and not fits_anny:
             raise ValueError(f"compile_fit: --compile-fit compiles the MediaPipe fit of Anny bodies in modes T and R, "
                              f"--verify and --cycles; this run does not fit one (estimator {name}, body model "
                              f"{self.body_model}, mode {self.mode}), leave --compile-fit out")
         d = self.__dict__  # as _modes: validate_assignment would re-run this validator on each assignment
+        if self.compile_fit is None:
+            d["compile_fit"] = fits_anny and self.n >= COMPILE_FIT_FROM and find_cpp_compiler() is not None
         if not self.verify:
             if self.verify_by is not None:
                 raise ValueError(f"verify_by: --verify-by {self.verify_by} sets how label verification reads the final "
