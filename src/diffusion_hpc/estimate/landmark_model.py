@@ -54,7 +54,8 @@ at integers), or ``(None, None)`` when nobody is there.
 Parity (tests/test_landmark_model.py: astronaut, camera, Grace Hopper; tracking regions, turned a
 quarter either way, 30 % outside the image; float32): the same presence decision on all 15 regions,
 seen landmarks within 0.044 px, visibility 0.0004, world landmarks 0.22 mm, mask IoU >= 0.9993, next
-regions 2e-5. The network itself (:class:`~diffusion_hpc.runtime.tflite_graph.TFLiteGraph`) fed
+regions 2e-5; on six letterboxed (not square) turned regions, seen landmarks within 0.32 px (a crop
+with 18 values a level or two off MediaPipe's, at coordinate rounding ties), world 0.42 mm. The network itself (:class:`~diffusion_hpc.runtime.tflite_graph.TFLiteGraph`) fed
 MediaPipe's own input tensor gives XNNPACK's outputs within float noise.
 
 CPU cost: see ``scripts/bench_landmark_model.py``.
@@ -90,7 +91,7 @@ ROI_SCALE = 1.25
 #: regions a forward reads at most (memory: the full model's activations per region)
 CHUNK = 32
 #: forward precisions read close to MediaPipe (tests/test_landmark_model.py, real photos): float32
-#: (seen landmarks within 0.2 px) and float16 (within 1.2 px, world 14 mm); bfloat16 is not among them
+#: (seen landmarks within 0.32 px) and float16 (within 1.2 px, world 21 mm); bfloat16 is not among them
 #: (seen landmarks 8-128 px off, world 220-360 mm: it loses precision from the first layers on)
 DTYPES = ("float32", "float16")
 #: MediaPipe Pose's 33 landmarks (the 39 outputs' first 33; 33 and 34 place the next region)
@@ -244,8 +245,9 @@ class PoseLandmarkModel:
     """MediaPipe Pose's full landmark model (the wheel's ``.tflite``) as torch ops on ``device``.
 
     Args:
-        device: ``--device`` name or a ``torch.device``; dtype: the forward's ``torch.dtype`` (crops
-            and decoding run in float32): float32, or float16 (on a GPU; on a CPU it runs, slowly).
+        device: ``--device`` name or a ``torch.device``; dtype: the forward's ``torch.dtype`` (the crops
+            run in float64, float32 on MPS, the decoding in float32): float32, or float16 (on a GPU; on a
+            CPU it runs, slowly).
     Raises:
         MissingModelError: the mediapipe wheel or its model file is missing (:func:`model_path`).
         ConfigError: another dtype; bfloat16 is refused as it reads too far from MediaPipe
@@ -313,9 +315,9 @@ class PoseLandmarkModel:
                 for i in range(len(owner))]  # fmt: skip
 
     def _upload(self, image: np.ndarray):
-        """(H, W, 3) float32 on the device: the uint8 image's values 0..255."""
+        """(H, W, 3) on the device in the crops' dtype: the uint8 image's values 0..255."""
         pixels = np.ascontiguousarray(image) if image.flags.writeable else image.copy()  # torch wants writable arrays
-        return torch.from_numpy(pixels).to(self.device).float()
+        return torch.from_numpy(pixels).to(self.device).to(self._coords)
 
     def _crops(self, uploaded: dict, rois: np.ndarray, owner: np.ndarray):
         """(n, 256, 256, 3) model inputs in [0, 1]: each padded region of its image as OpenCV's uint8
@@ -336,7 +338,7 @@ class PoseLandmarkModel:
                    + steps[None, :, None, None] * corner[:, None, None, 2])  # fmt: skip
             src = torch.round(src * 32) / 32
             grid = (2 * src + 1) / torch.tensor([w, h], dtype=dtype, device=dev) - 1  # align_corners=False
-            pixels = image.to(dtype).permute(2, 0, 1)[None].expand(len(rows), -1, -1, -1)
+            pixels = image.permute(2, 0, 1)[None].expand(len(rows), -1, -1, -1)
             sampled = F.grid_sample(pixels, grid, mode="bilinear", padding_mode="border", align_corners=False)
             out[torch.as_tensor(rows, device=dev)] = torch.floor(sampled + (0.5 + 1e-6)).permute(0, 2, 3, 1).float()
         return out.div_(255.0)
