@@ -3,7 +3,7 @@ against reading the fitted body (``verify_by estimate``): both score a right lab
 low, the landmark reading runs no fit, and the choice is recorded; a regressor has no landmarks of its
 own. ``verify_by label-box`` (the landmark model alone on the region the label's joints give, no person
 detector; the default with the MediaPipe estimator) catches a wrong label too, also for each person of
-a several-people sample."""
+a several-people sample, and reads alike on the run's device (``landmark_runtime torch``)."""
 
 from __future__ import annotations
 
@@ -63,11 +63,12 @@ def right_and_wrong(scores: list[list[float]]) -> tuple[list[float], list[float]
     return right, [p for i, ps in enumerate(scores) if i in WRONG for p in ps]
 
 
-def run(tiny_backbone, guides, out, verify_by: str | None, size: int = SIZE) -> tuple[list[dict], dict[str, int]]:
+def run(tiny_backbone, guides, out, verify_by: str | None, size: int = SIZE, **options) -> tuple[list[dict], dict[str, int]]:
     """Mode R, four samples of one photo (k = 1: each label is the estimate of its final's photo),
-    verified; (manifest rows by index, calls of the MediaPipe estimator's fit and landmark reading)."""
+    verified; (manifest rows by index, calls of the MediaPipe estimator's fit and landmark reading).
+    ``options``: more GenerateConfig fields."""
     config = GenerateConfig(mode="R", guides=guides, backbone=str(tiny_backbone), image_size=(size, size), n=4, k=1,
-                            seed=9, batch_size=4, verify_by=verify_by)  # fmt: skip
+                            seed=9, batch_size=4, verify_by=verify_by, **options)  # fmt: skip
     gen = Generator(config, progress=False)
     gen.load_models()
     gen.stages.image_generator = PhotoFinal(gen.stages.image_generator)
@@ -131,6 +132,26 @@ def test_the_label_box_reading_catches_a_wrong_label_without_the_person_detector
     assert "verify_by: label-box" in (tmp_path / "label-box" / "config.yaml").read_text()
     with pytest.raises(ValueError, match="verify_by: --verify-by label-box .* pass --verify-by estimate"):
         GenerateConfig(mode="D", verify=True, estimator="hmr", estimator_checkpoint=tmp_path, verify_by="label-box")
+
+
+def test_label_box_on_the_runs_device_reads_as_mediapipes_own_graph(tiny_backbone, guides, tmp_path):
+    """``--landmark-runtime torch`` runs the same landmark model as torch operations on the run's device (here
+    the CPU), all people of a batch in one call: the same verdicts and agreement as MediaPipe's own graph (the
+    default on the CPU), and run.json says which read; the option belongs to label-box verification alone."""
+    graph, _ = run(tiny_backbone, guides, tmp_path / "graph", None)
+    device, calls = run(tiny_backbone, guides, tmp_path / "torch", None, landmark_runtime="torch")
+    assert calls == {"fit": 1, "read_keypoints": 1}
+    assert [r["status"] for r in device] == [r["status"] for r in graph] == ["ok"] * 4
+    for ours, theirs in zip(device, graph):
+        assert ours["scores"]["person_found"] == theirs["scores"]["person_found"]
+        assert abs(ours["scores"]["pck_agreement"] - theirs["scores"]["pck_agreement"]) <= 0.02, (ours, theirs)
+    right, wrong = right_and_wrong([[r["scores"]["pck_agreement"]] for r in device])
+    assert min(right) >= 0.8 and max(wrong) <= 0.3
+    recorded = {name: json.loads((tmp_path / name / "run.json").read_text())["estimator"]["landmark_runtime"]
+                for name in ("graph", "torch")}
+    assert recorded == {"graph": "mediapipe", "torch": "torch cpu float32"}
+    with pytest.raises(ValueError, match="landmark_runtime: .* this run verifies by estimate: leave --landmark-runtime out"):
+        GenerateConfig(mode="R", guides=guides, backbone=str(tiny_backbone), verify_by="estimate", landmark_runtime="torch")
 
 
 def test_label_box_reads_each_person_of_a_two_people_sample_where_its_label_is(tiny_backbone, tmp_path):

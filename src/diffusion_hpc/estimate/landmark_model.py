@@ -64,6 +64,7 @@ CPU cost: see ``scripts/bench_landmark_model.py``.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Sequence
@@ -73,7 +74,7 @@ import torch
 import torch.nn.functional as F
 
 from diffusion_hpc.errors import ConfigError, InputError, MissingModelError
-from diffusion_hpc.estimate.landmarks import PRESENCE_THRESHOLD, Detection
+from diffusion_hpc.estimate.landmarks import PRESENCE_THRESHOLD, Detection, label_region, reads_person_in
 from diffusion_hpc.runtime.device import resolve_device
 from diffusion_hpc.runtime.images import check_image
 from diffusion_hpc.runtime.tflite_graph import TFLiteGraph
@@ -297,6 +298,27 @@ class PoseLandmarkModel:
         for lo in range(0, len(owner), CHUNK):
             out += self._read_chunk(images, rects[lo:lo + CHUNK], owner[lo:lo + CHUNK], masks)
         return out
+
+    def read_on_labels(self, images: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> list[Detection | None]:
+        """:meth:`MediaPipeDetector.read_on_label <diffusion_hpc.estimate.landmarks.MediaPipeDetector.read_on_label>`
+        for every image at once: the person where each label says one is, on the region Pose's person
+        detector would give that body (:func:`~diffusion_hpc.estimate.landmarks.label_region`), or None
+        when nobody counts there (:func:`~diffusion_hpc.estimate.landmarks.reads_person_in`); one
+        reading (``passes`` 1) a person, without masks.
+
+        Args:
+            images: N (H, W, 3) uint8 RGB; labels: N (17, >=2) COCO-17 joints in image px, one per image.
+        """
+        if len(labels) != len(images):
+            raise InputError(f"read_on_labels: {len(labels)} labels for {len(images)} images; pass one per image")
+        places = [label_region(kp, np.asarray(im).shape[:2]) for im, kp in zip(images, labels)]
+        found = self.read_on_regions(images, [region for region, _ in places], range(len(images)), masks=False)
+        return [replace(det, passes=1) if reads_person_in(det, window, np.asarray(im).shape[:2]) else None
+                for (det, _), (_, window), im in zip(found, places, images)]
+
+    def describe(self) -> str:
+        """What reads (run.json): ``"torch <device> <dtype>"``."""
+        return f"torch {self.device} {str(self.dtype).removeprefix('torch.')}"
 
     # -- pieces ---------------------------------------------------------------------------------
 

@@ -384,6 +384,9 @@ class MediaPipeFitter(MeshEstimator):
         compile_fit: run the fit's energies through ``torch.compile``
             (:func:`~diffusion_hpc.estimate.fit.optimise`'s ``compiled_energy``; Anny only): the
             same fits to float rounding, faster per image, after a one-off compilation per process.
+        landmark_reader: a :class:`~diffusion_hpc.estimate.landmark_model.PoseLandmarkModel` that
+            reads people on their labels' regions (:meth:`read_keypoints` with ``labels``) for all
+            images at once on its device; None: MediaPipe's own graph, an image at a time on the CPU.
     """
 
     name = "mediapipe"
@@ -393,7 +396,7 @@ class MediaPipeFitter(MeshEstimator):
     def __init__(self, body_model: str = "anny", prior: PosePrior | str | None = "default", fov_deg: float = DEFAULT_FOV_DEG,
                  weights: FitWeights | None = None, model_path: str | None = None,
                  facing: FacingWeights | None = None, lifter: LandmarkLifter | str | os.PathLike = "on",
-                 lifter_blend: float = 1.0, compile_fit: bool = False) -> None:
+                 lifter_blend: float = 1.0, compile_fit: bool = False, landmark_reader=None) -> None:
         check_body_model(body_model, model_path)
         if compile_fit and body_model != "anny":
             raise InputError(f"compile_fit needs the anny body model, got {body_model!r}; pass compile_fit=False")
@@ -408,6 +411,7 @@ class MediaPipeFitter(MeshEstimator):
         self.fov_deg = float(fov_deg)
         self.facing = facing or FacingWeights()
         self.detector = MediaPipeDetector()
+        self.landmark_reader = landmark_reader
         self.face_detector = MediaPipeFaceDetector()
         self.lifter = resolve_lifter(lifter)
         self.lifter_blend = float(lifter_blend)
@@ -457,9 +461,13 @@ class MediaPipeFitter(MeshEstimator):
 
     def describe(self) -> dict:
         """What ran, without a machine path (run.json): ``name``, ``body_model`` and ``lifter``
-        (``"off"``, or the lifter's weights file name and content fingerprint), ``compile_fit``."""
+        (``"off"``, or the lifter's weights file name and content fingerprint), ``compile_fit``,
+        ``landmark_runtime`` (what reads people on their labels' regions: ``"mediapipe"``, or
+        ``"torch <device> <dtype>"``)."""
         lifter = "off" if self.lifter is None else f"{self.lifter.path_name} {self.lifter.fingerprint}".strip()
-        return {"name": self.name, "body_model": self.body_model, "lifter": lifter, "compile_fit": self.compile_fit}
+        runtime = "mediapipe" if self.landmark_reader is None else self.landmark_reader.describe()
+        return {"name": self.name, "body_model": self.body_model, "lifter": lifter, "compile_fit": self.compile_fit,
+                "landmark_runtime": runtime}
 
     # -- the API --------------------------------------------------------------------------------
 
@@ -485,7 +493,8 @@ class MediaPipeFitter(MeshEstimator):
 
         ``labels``: per image the (17, >=2) COCO-17 joints (px) of the label whose person should be
         there (``verify_by label-box``): the landmark model alone reads the region those joints give,
-        without the person detector (:meth:`~diffusion_hpc.estimate.landmarks.MediaPipeDetector.read_on_label`),
+        without the person detector (:meth:`~diffusion_hpc.estimate.landmarks.MediaPipeDetector.read_on_label`,
+        or the ``landmark_reader``'s batched reading on its device),
         and a region where MediaPipe sees nobody reads "no person on the label's region"; ``masks`` is
         then not used.
 
@@ -495,7 +504,10 @@ class MediaPipeFitter(MeshEstimator):
         if labels is not None:
             if len(labels) != len(images):
                 raise InputError(f"labels: {len(labels)} labels for {len(images)} images; pass one per image")
-            found = [self.detector.read_on_label(im, kp) for im, kp in zip(images, labels)]
+            if self.landmark_reader is None:
+                found = [self.detector.read_on_label(im, kp) for im, kp in zip(images, labels)]
+            else:
+                found = self.landmark_reader.read_on_labels(images, labels)
             return [keypoint_reading(det, "no person on the label's region") for det in found]
         return [keypoint_reading(det, "no person found") for det in self.detect(images, masks)]
 

@@ -19,6 +19,7 @@ import time
 from typing import Optional
 
 import numpy as np
+import torch
 
 from diffusion_hpc.body import get_body_model
 from diffusion_hpc.config import DIFFUSION_GENERATORS, GenerateConfig
@@ -27,6 +28,7 @@ from diffusion_hpc.generate import make_image_generator, make_start_generator
 from diffusion_hpc.generate.base import GenerationResult, SamplerSettings
 from diffusion_hpc.generate.diffusion import lora_file
 from diffusion_hpc.estimate.keypoint_model import KeypointModel
+from diffusion_hpc.estimate.landmark_model import PoseLandmarkModel
 from diffusion_hpc.generate.identity import backbone_identity, model_identity
 from diffusion_hpc.generate.render_baseline import face_parts_for_body
 from diffusion_hpc.prior import get_prior
@@ -48,13 +50,27 @@ def needs_estimator(cfg: GenerateConfig) -> bool:
     return cfg.estimates_bodies
 
 
-def load_estimator(cfg: GenerateConfig, prior, device) -> MeshEstimator:
-    """The run's mesh estimator: the MediaPipe fit (CPU, regularised by the run's prior) or a
-    regressor checkpoint (on the run's ``device``, in float32), both giving ``cfg.body_model`` bodies."""
+def landmark_runtime(cfg: GenerateConfig, device) -> str | None:
+    """How ``--verify-by label-box`` runs MediaPipe's landmark model (``landmark_runtime``; not set: ``torch``
+    on a GPU ``device``, ``mediapipe`` on the CPU); None without label-box verification."""
+    if cfg.verify_by != "label-box":
+        return None
+    return cfg.landmark_runtime or ("mediapipe" if torch.device(device).type == "cpu" else "torch")
+
+
+def load_estimator(cfg: GenerateConfig, prior, device, dtype=None) -> MeshEstimator:
+    """The run's mesh estimator: the MediaPipe fit (CPU, regularised by the run's prior; with
+    :func:`landmark_runtime` ``torch``, label verification's landmark model on ``device`` in ``dtype``,
+    float16 for bfloat16) or a regressor checkpoint (on the run's ``device``, in float32), both giving
+    ``cfg.body_model`` bodies."""
     name = cfg.mesh_estimator
     if name == "mediapipe":
+        reader = None
+        if landmark_runtime(cfg, device) == "torch":
+            dtype = torch.float16 if dtype == torch.bfloat16 else (dtype or torch.float32)
+            reader = PoseLandmarkModel(device=device, dtype=dtype)
         return get_estimator("mediapipe", body_model=cfg.body_model, prior=prior, model_path=cfg.smpl_path,
-                             lifter=cfg.lifter or "on", compile_fit=cfg.compile_fit)
+                             lifter=cfg.lifter or "on", compile_fit=cfg.compile_fit, landmark_reader=reader)
     if name in ("spin", "hmr2"):
         return get_estimator(name, checkpoint=cfg.estimator_checkpoint, smpl_path=cfg.smpl_path, device=device)
     return get_estimator(name, checkpoint=cfg.estimator_checkpoint, model_path=cfg.smpl_path, device=device)
@@ -179,7 +195,7 @@ class Stages:
             self.segmenter = make_segmenter(cfg.segmenter, min_height=cfg.min_person_height, **on_device)
         if needs_estimator(cfg):
             self.prior = self.prior or load_prior(cfg)
-            estimator = load_estimator(cfg, self.prior, self.placement.device)
+            estimator = load_estimator(cfg, self.prior, self.placement.device, self.placement.dtype)
             self.estimator_identity = describe_estimator(estimator)
             self.estimator = estimator
         self.keypoint_model: Optional[KeypointModel] = None
