@@ -132,6 +132,16 @@ with the fit compiled and verification on the device; what it reads with real we
 Two people at 256 px (``--people 2 --image-size 256``, one round): label-box R 106.8 (1.62 people a
 sample), T 118.6 (2); keypoint-model R 77.1, T 68.8, i.e. 48 and 34 a labelled person.
 
+``--landmark-runtime torch`` (label-box's landmark model, MediaPipe's own weights, as torch ops on the
+run's device: estimate.landmark_model; here the CPU, its forward reported apart as
+``verify.model_forward`` and left out of ``..._without_device_forward``), one round each, ``--n 96
+--compile-fit --photo-finals``, one person at 128 px, mediapipe -> torch: mode R 66.1 -> 50.1, T 65.0
+-> 51.1 process CPU ms per accepted sample in the CPU stages; verify 25.8 / 24.8 -> 8.1 / 8.5 (the
+segmenter about 5, the crops, decoding and uploads about 3 on this CPU, on the device on a GPU). The
+forward on this CPU is 36-39 ms a sample, more than MediaPipe's whole graph (20): on the CPU
+MediaPipe's own graph stays the default. The head's whole-image pass (estimate.detect, 14-18) is
+then the largest CPU part left.
+
 What is left is mostly MediaPipe's passes, about 32 CPU ms each at any image size (the model runs at
 its own input size): one a verified person, 1.7-2.6 a guide image in the head (a third of that a
 sample at k = 3). Checked and left: the pose graph's segmentation output (``enable_segmentation``) is
