@@ -156,7 +156,7 @@ def padded_rois(rects: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.nd
     return rois, pad
 
 
-def crop_corners(rois: np.ndarray) -> np.ndarray:
+def crop_corners(rois: np.ndarray, size: int = INPUT) -> np.ndarray:
     """(N, 3, 2) float64 image px: each padded region's top-left corner, and the steps of one output
     pixel right and one down, as ``cv::boxPoints`` of ``cv::RotatedRect`` (float32 arithmetic, the
     angle through degrees) gives the corners that ``cv::warpPerspective`` maps onto the tensor's
@@ -164,6 +164,7 @@ def crop_corners(rois: np.ndarray) -> np.ndarray:
 
     Args:
         rois: (N, 5) float32 px ``cx, cy, width, height, rotation`` (:func:`padded_rois`).
+        size: the square tensor's side (px).
     """
     f = np.float32
     cx, cy, w, h = (rois[:, k].astype(f) for k in range(4))
@@ -175,7 +176,7 @@ def crop_corners(rois: np.ndarray) -> np.ndarray:
     top_left = np.stack([cx + a * h - b * w, cy - b * h - a * w], axis=1).astype(f)
     top_right = (f(2) * np.stack([cx, cy], axis=1) - bottom_left).astype(f)
     tl = top_left.astype(np.float64)
-    return np.stack([tl, (top_right - tl) / INPUT, (bottom_left - tl) / INPUT], axis=1)
+    return np.stack([tl, (top_right - tl) / size, (bottom_left - tl) / size], axis=1)
 
 
 def mask_thetas(rois: np.ndarray, size: tuple[int, int]) -> np.ndarray:

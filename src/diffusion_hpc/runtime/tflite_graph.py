@@ -5,8 +5,10 @@ MediaPipe ships its models as ``.tflite`` files and runs them one image at a tim
 converted ahead of time, nothing downloaded) and executes its operators in order with torch: every
 4-D tensor is kept channels-first (NCHW), the constants become buffers (float16 weights dequantized
 once at load), so ``.to(device, dtype)`` moves the whole graph and a batch of any size goes through
-one call. Only the operators MediaPipe's pose landmark model uses are supported
-(:data:`SUPPORTED`); any other is refused at load, naming it.
+one call. Only the operators MediaPipe's pose landmark and pose detection models use are supported
+(:data:`SUPPORTED`); any other is refused at load, naming it. Sparse constants (``DENSIFY``: the
+detector's pruned float16 weights, TFLite's CSR format) are made dense once at load, as
+``DEQUANTIZE`` outputs are.
 
 The graph's outputs keep TFLite's layout: 4-D outputs channels-last (NHWC), as the ``.tflite``
 declares them.
@@ -30,8 +32,10 @@ from torch import nn
 from diffusion_hpc.errors import InputError
 
 #: TFLite builtin operators :class:`TFLiteGraph` executes
-SUPPORTED = ("ADD", "CONV_2D", "DEPTHWISE_CONV_2D", "DEQUANTIZE", "LOGISTIC", "MAX_POOL_2D", "PAD",
-             "RESHAPE", "RESIZE_BILINEAR")  # fmt: skip
+SUPPORTED = ("ADD", "CONCATENATION", "CONV_2D", "DENSIFY", "DEPTH_TO_SPACE", "DEPTHWISE_CONV_2D", "DEQUANTIZE",
+             "LOGISTIC", "MAX_POOL_2D", "PAD", "RESHAPE", "RESIZE_BILINEAR")  # fmt: skip
+#: where a TFLite (NHWC) axis of a 4-D tensor lies in the NCHW tensors run here
+_NCHW_AXIS = {0: 0, 1: 2, 2: 3, 3: 1}
 
 #: TFLite tensor types of constants -> numpy dtype
 _NUMPY_TYPES = {0: np.float32, 1: np.float16, 2: np.int32, 4: np.int64}
@@ -50,6 +54,50 @@ def _activation(x: torch.Tensor, code: int) -> torch.Tensor:
     if code == 4:
         return torch.tanh(x)
     raise InputError(f"TFLite fused activation {code} is not supported")
+
+
+def densify(tflite, values: np.ndarray, sparsity, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """The dense array of a sparse TFLite constant (``SparsityParameters``: each dimension DENSE or
+    SPARSE_CSR, in the tensor's own order; block maps are not supported).
+
+    Args:
+        values: (nnz,) the stored values; sparsity: the tensor's ``SparsityParameters``; shape: its
+            dense shape; name: the tensor, for errors.
+    Returns:
+        ``shape`` array of ``values``' dtype, zero where nothing is stored.
+    Raises:
+        InputError: a block map, or a traversal order other than the dimensions' own.
+    """
+    order = sparsity.TraversalOrderAsNumpy()
+    if sparsity.BlockMapLength() or (isinstance(order, np.ndarray) and not np.array_equal(order, np.arange(len(shape)))):
+        raise InputError(f"{name}: sparse constants with a block map or a reordered traversal are not supported")
+    vector_types = {1: tflite.Int32Vector, 2: tflite.Uint16Vector, 3: tflite.Uint8Vector}
+
+    def array(kind: int, table) -> np.ndarray:
+        vector = vector_types[kind]()
+        vector.Init(table.Bytes, table.Pos)
+        return vector.ValuesAsNumpy().astype(np.int64)
+
+    position = np.zeros(1, np.int64)  # flat dense index so far, per stored path
+    parent = np.zeros(1, np.int64)  # index into the level's segments (the last level: into values)
+    for level in range(sparsity.DimMetadataLength()):
+        meta = sparsity.DimMetadata(level)
+        size = int(shape[level])
+        if meta.Format() == 0:  # DENSE
+            step = np.arange(meta.DenseSize(), dtype=np.int64)
+            position = (position[:, None] * size + step).reshape(-1)
+            parent = (parent[:, None] * meta.DenseSize() + step).reshape(-1)
+        else:  # SPARSE_CSR
+            segments = array(meta.ArraySegmentsType(), meta.ArraySegments())
+            indices = array(meta.ArrayIndicesType(), meta.ArrayIndices())
+            counts = segments[parent + 1] - segments[parent]
+            child = np.concatenate([np.arange(a, b) for a, b in zip(segments[parent], segments[parent + 1])]
+                                   or [np.zeros(0, np.int64)])  # fmt: skip
+            position = np.repeat(position, counts) * size + indices[child]
+            parent = child
+    dense = np.zeros(int(np.prod(shape)), values.dtype)
+    dense[position] = values[parent]
+    return dense.reshape(shape)
 
 
 def _same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
@@ -103,7 +151,10 @@ class TFLiteGraph(nn.Module):
             tensor = graph.Tensors(i)
             raw = model.Buffers(tensor.Buffer()).DataAsNumpy()
             if isinstance(raw, np.ndarray) and raw.size:
-                constants[i] = raw.view(_NUMPY_TYPES[tensor.Type()]).reshape(shapes.get(i, (-1,)))
+                values = raw.view(_NUMPY_TYPES[tensor.Type()])
+                sparsity = tensor.Sparsity()
+                constants[i] = (values.reshape(shapes.get(i, (-1,))) if sparsity is None
+                                else densify(tflite, values, sparsity, shapes[i], f"{path.name} tensor {i}"))
         self.ops: list[tuple] = []
         for n in range(graph.OperatorsLength()):
             op = graph.Operators(n)
@@ -114,9 +165,11 @@ class TFLiteGraph(nn.Module):
             inputs = [int(op.Inputs(j)) for j in range(op.InputsLength())]
             outputs = [int(op.Outputs(j)) for j in range(op.OutputsLength())]
             self.ops.append((name, inputs, outputs, self._options(tflite, name, op)))
+            if name == "DENSIFY":  # a constant's dense copy, made here once
+                constants[outputs[0]] = constants[inputs[0]]
         # weights as torch tensors in torch's layouts; float16 constants are dequantized by their op
         self._consts: dict[int, str] = {}
-        quantized = {inputs[0] for name, inputs, _, _ in self.ops if name == "DEQUANTIZE"}
+        quantized = {inputs[0] for name, inputs, _, _ in self.ops if name in ("DEQUANTIZE", "DENSIFY")}
         for index, value in constants.items():
             if index not in quantized:
                 self._add_constant(index, value)
@@ -136,7 +189,8 @@ class TFLiteGraph(nn.Module):
         table = op.BuiltinOptions()
         kinds = {"CONV_2D": tflite.Conv2DOptions, "DEPTHWISE_CONV_2D": tflite.DepthwiseConv2DOptions,
                  "ADD": tflite.AddOptions, "MAX_POOL_2D": tflite.Pool2DOptions,
-                 "RESIZE_BILINEAR": tflite.ResizeBilinearOptions}  # fmt: skip
+                 "RESIZE_BILINEAR": tflite.ResizeBilinearOptions, "CONCATENATION": tflite.ConcatenationOptions,
+                 "DEPTH_TO_SPACE": tflite.DepthToSpaceOptions}  # fmt: skip
         if name not in kinds or table is None:
             return {}
         options = kinds[name]()
@@ -147,6 +201,10 @@ class TFLiteGraph(nn.Module):
                     "activation": options.FusedActivationFunction()}
         if name == "ADD":
             return {"activation": options.FusedActivationFunction()}
+        if name == "CONCATENATION":
+            return {"axis": options.Axis(), "activation": options.FusedActivationFunction()}
+        if name == "DEPTH_TO_SPACE":
+            return {"block": options.BlockSize()}
         if name == "MAX_POOL_2D":
             return {"stride": (options.StrideH(), options.StrideW()), "same": options.Padding() == 0,
                     "kernel": (options.FilterHeight(), options.FilterWidth()),
@@ -175,7 +233,7 @@ class TFLiteGraph(nn.Module):
         x = x.to(device=weight.device, dtype=weight.dtype)
         values: dict[int, torch.Tensor] = {self.input_index: x.permute(0, 3, 1, 2) if x.ndim == 4 else x}
         for name, inputs, outputs, options in self.ops:
-            if name == "DEQUANTIZE":
+            if name in ("DEQUANTIZE", "DENSIFY"):
                 continue  # its output is a constant made at load
             args = [values[i] if i in values else (self._const(i) if i in self._consts else None) for i in inputs]
             values[outputs[0]] = self._run(name, inputs, args, options)
@@ -192,6 +250,16 @@ class TFLiteGraph(nn.Module):
             return _activation(y, options["activation"])
         if name == "ADD":
             return _activation(x + args[1], options["activation"])
+        if name == "CONCATENATION":
+            axis = options["axis"] % x.ndim
+            axis = _NCHW_AXIS[axis] if x.ndim == 4 else axis
+            return _activation(torch.cat(args, dim=axis), options["activation"])
+        if name == "DEPTH_TO_SPACE":
+            # TFLite (NHWC): out[h * k + i, w * k + j, c] = in[h, w, (i * k + j) * C + c]
+            k = options["block"]
+            b, channels, h, w = x.shape
+            x = x.reshape(b, k, k, channels // (k * k), h, w).permute(0, 3, 4, 1, 5, 2)
+            return x.reshape(b, channels // (k * k), h * k, w * k)
         if name == "PAD":
             pads = self._const_array(inputs[1]).reshape(4, 2)  # NHWC (before, after)
             (top, bottom), (left, right), (front, back) = pads[1], pads[2], pads[3]
@@ -211,7 +279,7 @@ class TFLiteGraph(nn.Module):
             target = self._const_array(inputs[1])
             if x.ndim == 4:  # back to TFLite's channels-last order before flattening
                 x = x.permute(0, 2, 3, 1)
-            target = [-1] + [int(v) for v in target[1:]]
+            target = [x.shape[0]] + [int(v) for v in target[1:]]  # the batch stays the first dimension
             out = x.reshape(target)
             return out.permute(0, 3, 1, 2) if out.ndim == 4 else out
         raise InputError(f"TFLite operator {name} is not supported")
