@@ -42,7 +42,8 @@ found / not-found decision as MediaPipe's ``PoseDetectionCpu`` on all 13 images,
 the same decisions as ``MediaPipeDetector._process``, seen landmarks within 0.12 px but on one image,
 where MediaPipe's own landmark graph moves a hip by 2.07 px between its region and ours (1.8e-7
 apart: float noise of the detector's forward); float16 regions within 0.0013 of float32's, bfloat16
-0.072 (refused).
+0.072 (refused). Both models in float16 (astronaut, the two-person image, the cat): the same
+decisions as ``_process``, seen landmarks within 0.6 px, world 24 mm, mask IoU >= 0.989.
 
 CPU cost: see ``scripts/bench_pose_detector.py``.
 """
