@@ -135,9 +135,10 @@ def test_the_label_box_reading_catches_a_wrong_label_without_the_person_detector
 
 
 def test_label_box_on_the_runs_device_reads_as_mediapipes_own_graph(tiny_backbone, guides, tmp_path):
-    """``--landmark-runtime torch`` runs the same landmark model as torch operations on the run's device (here
-    the CPU), all people of a batch in one call: the same verdicts and agreement as MediaPipe's own graph (the
-    default on the CPU), and run.json says which read; the option belongs to label-box verification alone."""
+    """``--landmark-runtime torch`` runs MediaPipe Pose's person detector and landmark model as torch operations
+    on the run's device (here the CPU), all images of a batch in one call, for the head's whole-image pass and
+    label-box verification: the same verdicts and agreement as MediaPipe's own graph (the default on the CPU),
+    and run.json says which read; a run without the MediaPipe estimator refuses the option."""
     graph, _ = run(tiny_backbone, guides, tmp_path / "graph", None)
     device, calls = run(tiny_backbone, guides, tmp_path / "torch", None, landmark_runtime="torch")
     assert calls == {"fit": 1, "read_keypoints": 1}
@@ -150,8 +151,8 @@ def test_label_box_on_the_runs_device_reads_as_mediapipes_own_graph(tiny_backbon
     recorded = {name: json.loads((tmp_path / name / "run.json").read_text())["estimator"]["landmark_runtime"]
                 for name in ("graph", "torch")}
     assert recorded == {"graph": "mediapipe", "torch": "torch cpu float32"}
-    with pytest.raises(ValueError, match="landmark_runtime: .* this run verifies by estimate: leave --landmark-runtime out"):
-        GenerateConfig(mode="R", guides=guides, backbone=str(tiny_backbone), verify_by="estimate", landmark_runtime="torch")
+    with pytest.raises(ValueError, match="landmark_runtime: .* this run has none .*: leave --landmark-runtime out"):
+        GenerateConfig(mode="D", landmark_runtime="torch")
 
 
 def test_label_box_reads_each_person_of_a_two_people_sample_where_its_label_is(tiny_backbone, tmp_path):

@@ -295,11 +295,14 @@ class GenerateConfig(CommandConfig):
     """``verify_by keypoint-model``: a transformers top-down COCO-17 keypoint checkpoint (ViTPose), a local folder
     or a hub id in the local Hugging Face cache; runs on ``device`` in ``dtype``"""
     landmark_runtime: Optional[Literal["mediapipe", "torch"]] = None
-    """``verify_by label-box``: how MediaPipe Pose's landmark model runs: ``mediapipe`` (MediaPipe's own graph, one
-    person at a time on the CPU) or ``torch`` (the same weights from the mediapipe wheel as torch operations, all
-    people of a batch in one call on ``device``, in ``dtype``; float16 where ``dtype`` is bfloat16, which loses the
-    model's precision). The two agree within 0.4 px (tests/test_landmark_model.py). Not set: torch when the run's
-    device is a GPU, else mediapipe; run.json records which ran"""
+    """the MediaPipe estimator: how MediaPipe Pose's person detector and landmark model read the start images'
+    people (the head's whole-image pass) and the labels' regions (``verify_by label-box``): ``mediapipe``
+    (MediaPipe's own graph, one image at a time on the CPU) or ``torch`` (the same weights from the mediapipe
+    wheel as torch operations, all images of a batch in one call on ``device``, in ``dtype``; float16 where
+    ``dtype`` is bfloat16, which loses the models' precision). The two agree within 0.4 px but on rare regions
+    (tests/test_landmark_model.py, tests/test_pose_detector_model.py). Not set: torch when the run's device is a
+    GPU, else mediapipe; run.json records which ran. The readings on masks, tiles and crops that follow a
+    whole-image pass finding no one large stay MediaPipe's own"""
     cycles: int = Field(0, ge=0, le=10)
     """extra estimate -> regenerate cycles on the output image (diffusion generators)"""
     body_model: Literal["anny", "smpl", "smplx"] = "anny"
@@ -643,11 +646,10 @@ class GenerateConfig(CommandConfig):
             raise ValueError(f"keypoint_model: --keypoint-model {self.keypoint_model} is the model of --verify-by "
                              f"keypoint-model; this run verifies by {self.verify_by or 'nothing (no --verify)'}: pass "
                              "--verify-by keypoint-model, or leave --keypoint-model out")
-        if self.verify_by != "label-box":
-            if self.landmark_runtime is not None:
-                raise ValueError(f"landmark_runtime: --landmark-runtime {self.landmark_runtime} sets how --verify-by "
-                                 f"label-box reads people; this run verifies by {self.verify_by or 'nothing (no --verify)'}"
-                                 ": leave --landmark-runtime out")
+        if self.landmark_runtime is not None and (name != "mediapipe" or not self.estimates_bodies):
+            raise ValueError(f"landmark_runtime: --landmark-runtime {self.landmark_runtime} sets how the MediaPipe "
+                             f"estimator reads people; this run has none (estimator {name}, mode {self.mode}, "
+                             f"verify_by {self.verify_by}): leave --landmark-runtime out")
         if self.verify_by in ("landmarks", "label-box") and name != "mediapipe":
             raise ValueError(f"verify_by: --verify-by {self.verify_by} reads MediaPipe's landmarks without the "
                              f"fit; estimator {name} has no landmarks of its own: pass --verify-by estimate (its "

@@ -297,6 +297,10 @@ def cv2_interpolation(source: int, target: int) -> int:
     return cv2.INTER_AREA if target < source else cv2.INTER_LINEAR
 
 
+#: :meth:`MediaPipeDetector.detect`'s ``whole`` when no reading of the whole image is given
+NOT_READ = object()
+
+
 class MediaPipeDetector:
     """MediaPipe Pose, created on first use and reused (not thread-safe: calls are serialised).
 
@@ -458,8 +462,12 @@ class MediaPipeDetector:
         refined = self._process_window(image, window, REFINE_SIZE)
         return refined if reads_person_in(refined, window, image.shape[:2]) else None
 
-    def detect(self, image: np.ndarray, mask: np.ndarray | None = None) -> Detection | None:
+    def detect(self, image: np.ndarray, mask: np.ndarray | None = None, whole=NOT_READ) -> Detection | None:
         """The most prominent person in an (H, W, 3) uint8 RGB image, or None.
+
+        ``whole``: the whole-image pass's reading when it was read elsewhere (a batched reader on a
+        device: :func:`~diffusion_hpc.estimate.pose_detector_model.read_whole_images`; a
+        :class:`Detection` or None), used in place of step 1's MediaPipe call.
 
         1. MediaPipe on the whole image; a person at least :data:`SMALL_PERSON` of the longer side
            (and, with a ``mask``, centred on the mask's box) is returned as found (one pass).
@@ -490,7 +498,9 @@ class MediaPipeDetector:
         with self._lock:
             start = self.passes
             readings = self._readings_of(image)
-            if "whole" not in readings:
+            if whole is not NOT_READ:
+                readings["whole"] = whole
+            elif "whole" not in readings:
                 readings["whole"] = self._process(image)
             found = readings["whole"]
             box = None if found is None else found.box()

@@ -217,6 +217,7 @@ from diffusion_hpc.estimate.landmarks import (
     keypoint_agreement,
 )
 from diffusion_hpc.estimate.lifter import LandmarkLifter, load_default_lifter, load_lifter
+from diffusion_hpc.estimate.pose_detector_model import read_whole_images
 from diffusion_hpc.geometry.boxes import square_window
 from diffusion_hpc.geometry.camera import project
 from diffusion_hpc.prior import get_prior
@@ -387,6 +388,11 @@ class MediaPipeFitter(MeshEstimator):
         landmark_reader: a :class:`~diffusion_hpc.estimate.landmark_model.PoseLandmarkModel` that
             reads people on their labels' regions (:meth:`read_keypoints` with ``labels``) for all
             images at once on its device; None: MediaPipe's own graph, an image at a time on the CPU.
+        pose_detector: with a ``landmark_reader``, a
+            :class:`~diffusion_hpc.estimate.pose_detector_model.PoseDetectorModel` on the same device:
+            :meth:`detect`'s whole-image pass (MediaPipe's person detector, then the landmark model on
+            its region) for all images at once there; the readings on masks, tiles and crops that
+            follow where it finds no one large stay MediaPipe's own.
     """
 
     name = "mediapipe"
@@ -396,7 +402,8 @@ class MediaPipeFitter(MeshEstimator):
     def __init__(self, body_model: str = "anny", prior: PosePrior | str | None = "default", fov_deg: float = DEFAULT_FOV_DEG,
                  weights: FitWeights | None = None, model_path: str | None = None,
                  facing: FacingWeights | None = None, lifter: LandmarkLifter | str | os.PathLike = "on",
-                 lifter_blend: float = 1.0, compile_fit: bool = False, landmark_reader=None) -> None:
+                 lifter_blend: float = 1.0, compile_fit: bool = False, landmark_reader=None,
+                 pose_detector=None) -> None:
         check_body_model(body_model, model_path)
         if compile_fit and body_model != "anny":
             raise InputError(f"compile_fit needs the anny body model, got {body_model!r}; pass compile_fit=False")
@@ -411,7 +418,11 @@ class MediaPipeFitter(MeshEstimator):
         self.fov_deg = float(fov_deg)
         self.facing = facing or FacingWeights()
         self.detector = MediaPipeDetector()
+        if pose_detector is not None and landmark_reader is None:
+            raise InputError("pose_detector reads the whole image with the landmark model on its device: pass "
+                             "landmark_reader (a PoseLandmarkModel) too, or leave pose_detector out")
         self.landmark_reader = landmark_reader
+        self.pose_detector = pose_detector
         self.face_detector = MediaPipeFaceDetector()
         self.lifter = resolve_lifter(lifter)
         self.lifter_blend = float(lifter_blend)
@@ -462,7 +473,7 @@ class MediaPipeFitter(MeshEstimator):
     def describe(self) -> dict:
         """What ran, without a machine path (run.json): ``name``, ``body_model`` and ``lifter``
         (``"off"``, or the lifter's weights file name and content fingerprint), ``compile_fit``,
-        ``landmark_runtime`` (what reads people on their labels' regions: ``"mediapipe"``, or
+        ``landmark_runtime`` (what reads the whole images and the labels' regions: ``"mediapipe"``, or
         ``"torch <device> <dtype>"``)."""
         lifter = "off" if self.lifter is None else f"{self.lifter.path_name} {self.lifter.fingerprint}".strip()
         runtime = "mediapipe" if self.landmark_reader is None else self.landmark_reader.describe()
@@ -475,7 +486,11 @@ class MediaPipeFitter(MeshEstimator):
         """MediaPipe detections, one per image (None: no person); a person mask per image (or None)
         lets the detector read the person on the mask's box (:meth:`MediaPipeDetector.detect`)."""
         images = [check_image(im, f"images[{i}]") for i, im in enumerate(images)]
-        return [self.detector.detect(im, m) for im, m in zip(images, check_masks(masks, [im.shape[:2] for im in images]))]
+        masks = check_masks(masks, [im.shape[:2] for im in images])
+        if self.pose_detector is None:
+            return [self.detector.detect(im, m) for im, m in zip(images, masks)]
+        wholes = read_whole_images(self.pose_detector, self.landmark_reader, images)
+        return [self.detector.detect(im, m, whole=w) for im, m, w in zip(images, masks, wholes)]
 
     def read_keypoints(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None] | None = None,
                        labels: Sequence[np.ndarray] | None = None) -> list[KeypointReading]:
