@@ -57,10 +57,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from diffusion_hpc.errors import ConfigError, MissingModelError
-from diffusion_hpc.estimate.landmark_model import crop_corners, model_path as landmark_model_path, padded_rois
+from diffusion_hpc.estimate.landmark_model import crop_corners, model_path as landmark_model_path, opencv_warp, padded_rois
 from diffusion_hpc.estimate.landmarks import Detection
 from diffusion_hpc.runtime.device import resolve_device
 from diffusion_hpc.runtime.images import check_image
@@ -270,20 +269,12 @@ class PoseDetectorModel:
         ``warpPerspective`` samples it with ``BORDER_CONSTANT`` 0 (source coordinates rounded to 1/32
         px, bilinear, zero outside, the sum rounded half up)."""
         dev, dtype = self.device, self._coords
-        steps = torch.arange(INPUT, dtype=dtype, device=dev)
         corners = torch.as_tensor(crop_corners(rois, INPUT), dtype=dtype, device=dev)  # (n, 3, 2)
         out = torch.empty((len(images), INPUT, INPUT, 3), dtype=torch.float32, device=dev)
         for i, image in enumerate(images):
             pixels = np.ascontiguousarray(image) if image.flags.writeable else image.copy()
             pixels = torch.from_numpy(pixels).to(dev).to(dtype)
-            h, w = image.shape[:2]
-            c = corners[i]
-            src = c[0] + steps[None, :, None] * c[1] + steps[:, None, None] * c[2]  # (224, 224, 2) x, y
-            src = torch.round(src * 32) / 32
-            grid = (2 * src + 1) / torch.tensor([w, h], dtype=dtype, device=dev) - 1
-            sampled = F.grid_sample(pixels.permute(2, 0, 1)[None], grid[None], mode="bilinear", padding_mode="zeros",
-                                    align_corners=False)  # fmt: skip
-            out[i] = torch.floor(sampled[0] + (0.5 + 1e-6)).permute(1, 2, 0).float()
+            out[i] = opencv_warp(pixels.permute(2, 0, 1), corners[i:i + 1], INPUT, "zeros")[0]
         return out
 
     def _decode(self, raw_boxes, raw_scores):
