@@ -382,10 +382,14 @@ class Probe:
             reader = stages.keypoint_model
             self._patch(reader, "read_on_boxes", timed("read_on_boxes", reader.read_on_boxes))
             self._patch(reader, "model", TimedForward(reader.model, lambda s: self._add("verify.model_forward", s)))
+        def device_forward(seconds: float) -> None:  # in the head (estimate) or in verification
+            self._add(f"{getattr(self._where, 'stage', 'estimate')}.model_forward", seconds)
+
         landmarks = getattr(estimator, "landmark_reader", None)
-        if landmarks is not None:  # landmark_runtime torch: label-box's crops, forward, decoding on the device
+        if landmarks is not None:  # landmark_runtime torch: crops, forwards, decoding on the device
             self._patch(landmarks, "read_on_labels", timed("read_on_labels", landmarks.read_on_labels))
-            self._patch(landmarks, "model", TimedForward(landmarks.model, lambda s: self._add("verify.model_forward", s)))
+            self._patch(landmarks, "model", TimedForward(landmarks.model, device_forward))
+            self._patch(estimator.pose_detector, "model", TimedForward(estimator.pose_detector.model, device_forward))
         self._patch(tail, "verify", staged(tail.verify))
         self._patch(writer, "encode", encoded(writer.encode))
         self._patch(writer, "_add_members", encoded(writer._add_members))
@@ -468,7 +472,7 @@ def probe_summary(mode: str, probe: Probe, rows: list[dict], accepted: int, k: i
     persons = sum(int((r.get("scores") or {}).get("people") or 0) for r in rows)  # labelled people of the rows
     guides = len({r["index"] // k for r in rows})
     cpu = {s: t for s, t in probe.stage_cpu.items() if s not in MODEL_STAGES[mode]}
-    forward = probe.seconds.get("verify.model_forward", 0.0)  # a device model's forward, run here on the CPU
+    forward = sum(t for key, t in probe.seconds.items() if key.endswith(".model_forward"))  # device models, run here
     return {
         "process_cpu_ms_per_accepted_in_cpu_stages": round(1000 * sum(cpu.values()) / per, 1),
         "process_cpu_ms_per_accepted_in_cpu_stages_without_device_forward": round(1000 * (sum(cpu.values()) - forward) / per, 1),
@@ -554,8 +558,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="what verification reads (GenerateConfig.verify_by; default: its default, landmarks); "
                              "several values: each mode runs with each (and each --estimate-batch), alternating")
     parser.add_argument("--landmark-runtime", choices=["mediapipe", "torch"],
-                        help="--verify-by label-box's landmark model (GenerateConfig.landmark_runtime): torch runs "
-                             "it as torch ops on the run's device (here the CPU: its forward is reported on its own, "
+                        help="MediaPipe Pose's models (GenerateConfig.landmark_runtime): torch runs the head's "
+                             "whole-image pass and label-box's readings as torch ops on the run's device (here the "
+                             "CPU: their forwards are reported on their own, estimate.model_forward and "
                              "verify.model_forward, and left out of ..._without_device_forward)")
     parser.add_argument("--rounds", type=int, default=1, help="rounds of the runs (each round every mode and variant)")
     parser.add_argument("--overlap", action="store_true",
