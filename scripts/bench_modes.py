@@ -142,6 +142,16 @@ forward on this CPU is 36-39 ms a sample, more than MediaPipe's whole graph (20)
 MediaPipe's own graph stays the default. The head's whole-image pass (estimate.detect, 14-18) is
 then the largest CPU part left.
 
+With the person detector on the device too (estimate.pose_detector_model: the head's whole-image
+pass, its forwards reported apart as ``estimate.model_forward``), three alternating runs, torch /
+mediapipe / torch, ``--n 96 --compile-fit --photo-finals``, one person at 128 px: mode R 46.0 / 78.9
+/ 38.1, T 43.8 / 68.0 / 44.2 process CPU ms per accepted sample in the CPU stages without the
+devices' forwards (the mediapipe run on a busier machine than the 66 above). The head's MediaPipe
+passes left a guide: R 1.53 -> 0.44, T 2.31 -> 1.12 (readings on the segmenter's masks where the
+whole image gave no one large, mostly its small fragments: bench_modes' docstring above); verify
+reads no MediaPipe pass. That is the goal (50) with the fit compiled and MediaPipe's models on the
+device, the defaults of a GPU run of 10,000 samples or more.
+
 What is left is mostly MediaPipe's passes, about 32 CPU ms each at any image size (the model runs at
 its own input size): one a verified person, 1.7-2.6 a guide image in the head (a third of that a
 sample at k = 3). Checked and left: the pose graph's segmentation output (``enable_segmentation``) is
