@@ -274,6 +274,26 @@ def test_estimating_a_photo_prints_no_native_chatter(tmp_path):
     assert json.loads(str(data["estimator"]))["lifter"].startswith("lifter.safetensors ")
 
 
+def test_pose_models_on_the_device_fit_as_mediapipes_graph(tmp_path):
+    """``--landmark-runtime torch`` (here through the Python API, which the CLI calls) runs MediaPipe Pose's person
+    detector and landmark model as torch operations on ``--device`` (here the CPU): the same people found and fits
+    within a millimetre of MediaPipe's own graph on the wheels' photos, and the npz says which ran."""
+    from diffusion_hpc.config import EstimateConfig
+    from diffusion_hpc.data.schema import encode_png
+    from diffusion_hpc.estimate.run import estimate
+
+    for name, image in (("astronaut", skdata.astronaut()), ("camera", np.stack([skdata.camera()] * 3, -1))):
+        (tmp_path / f"{name}.png").write_bytes(encode_png(image))
+    fits = {runtime: estimate(EstimateConfig(images=[tmp_path], out=tmp_path / f"{runtime}.npz",
+                                             landmark_runtime=runtime))
+            for runtime in ("mediapipe", "torch")}  # fmt: skip
+    assert json.loads(str(fits["mediapipe"]["estimator"]))["landmark_runtime"] == "mediapipe"
+    assert json.loads(str(fits["torch"]["estimator"]))["landmark_runtime"] == "torch cpu float32"
+    assert fits["mediapipe"]["ok"].all() and fits["torch"]["ok"].all()
+    assert np.abs(fits["mediapipe"]["joints3d/coco17"] - fits["torch"]["joints3d/coco17"]).max() < 1e-3  # metres
+    assert np.array_equal(fits["mediapipe"]["fit_hypothesis"], fits["torch"]["fit_hypothesis"])
+
+
 def test_lifter_off_reaches_the_fit(tmp_path):
     """``--lifter off`` (here through the Python API, which the CLI calls) fits to MediaPipe's world landmarks: the
     npz records it, and the fitted body differs from the one that follows the shipped lifter."""

@@ -286,6 +286,7 @@ def _add_estimate(sub) -> None:
     _flag(est, E, "segmenter", metavar="mediapipe|mediapipe:pose|DIR")
     _flag(est, E, "lifter", metavar="on|off|FILE")
     _flag(est, E, "compile_fit", action="store_true")
+    _flag(est, E, "landmark_runtime")
     _flag(est, E, "device", metavar="auto|cpu|cuda[:N]|mps")
     _flag(est, E, "dtype")
 

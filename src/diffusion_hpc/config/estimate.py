@@ -66,14 +66,21 @@ class EstimateConfig(CommandConfig):
     """mediapipe with Anny: run the fit compiled (torch.compile; needs a C++ compiler): the same fits, about 2.5x
     less CPU per image, after a one-off compilation of about a minute per process; pays off from a few hundred
     images"""
+    landmark_runtime: Optional[Literal["mediapipe", "torch"]] = None
+    """mediapipe: how MediaPipe Pose's person detector and landmark model run: mediapipe (MediaPipe's own graph, one
+    image at a time on the CPU) or torch (the same weights as torch operations, a batch at once on --device in
+    --dtype; float16 for bfloat16). Not set: torch when --device is a GPU, else mediapipe. The fit itself runs on
+    the CPU either way"""
     segmenter: str = "mediapipe"
     """the person masks' segmenter: mediapipe (selfie, ships in the wheel), mediapipe:pose, or a local transformers
     instance-segmentation checkpoint folder"""
     device: str = "auto"
-    """hmr / spin / hmr2: torch device of the regressor: auto (the first CUDA device, else the CPU), cpu, cuda, cuda:N or
-    mps (the mediapipe fit runs on the CPU)"""
+    """torch device of the regressor (hmr / spin / hmr2) or of MediaPipe Pose's models (mediapipe with
+    landmark_runtime torch; the fit runs on the CPU): auto (the first CUDA device, else the CPU), cpu, cuda, cuda:N
+    or mps"""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    """hmr / spin / hmr2: precision of the regressor: auto (float32), float32, float16 (GPU only) or bfloat16"""
+    """precision of the regressor or of Pose's models on the device: auto (float32), float32, float16 (GPU only) or
+    bfloat16 (Pose's models: float16)"""
 
     _device = field_validator("device")(check_device_name)
     _lifter = field_validator("lifter")(check_lifter)
@@ -108,6 +115,9 @@ class EstimateConfig(CommandConfig):
             if self.compile_fit:
                 raise ValueError(f"compile_fit: --compile-fit compiles the MediaPipe fit; --estimator {self.estimator} "
                                  "regresses without a fit, leave --compile-fit out")
+            if self.landmark_runtime is not None:
+                raise ValueError(f"landmark_runtime: --landmark-runtime runs MediaPipe Pose's models for the MediaPipe "
+                                 f"fit; --estimator {self.estimator} regresses without them, leave it out")
             if not self.masks:
                 raise ValueError(f"masks: --no-masks changes the MediaPipe fit; --estimator {self.estimator} "
                                  "regresses from the crop without person masks, leave --no-masks out")

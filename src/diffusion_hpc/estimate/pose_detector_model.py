@@ -59,7 +59,9 @@ import numpy as np
 import torch
 
 from diffusion_hpc.errors import ConfigError, MissingModelError
-from diffusion_hpc.estimate.landmark_model import crop_corners, model_path as landmark_model_path, opencv_warp, padded_rois
+from diffusion_hpc.estimate.landmark_model import (
+    PoseLandmarkModel, crop_corners, model_path as landmark_model_path, opencv_warp, padded_rois,
+)
 from diffusion_hpc.estimate.landmarks import Detection
 from diffusion_hpc.runtime.device import resolve_device
 from diffusion_hpc.runtime.images import check_image
@@ -301,6 +303,21 @@ def _remove_letterbox(detection: PoseDetection, pad: np.ndarray) -> PoseDetectio
     box[:2] = ((box[:2] - p) / scale).astype(f)
     box[2:] = (box[2:] / scale).astype(f)
     return PoseDetection(detection.score, box, ((detection.keypoints - p) / scale).astype(f))
+
+
+def landmark_runtime(runtime: str | None, device) -> str:
+    """How the MediaPipe fit runs Pose's models: ``runtime`` (``"mediapipe"`` or ``"torch"``) when given,
+    else ``"torch"`` on a GPU ``device`` (a ``torch.device`` or its name) and ``"mediapipe"`` on the CPU."""
+    return runtime or ("mediapipe" if torch.device(device).type == "cpu" else "torch")
+
+
+def pose_models(device, dtype=None) -> dict:
+    """The MediaPipe fit's keyword arguments that run Pose's person detector and landmark model on
+    ``device`` in ``dtype`` (float32 when None; float16 for bfloat16, which reads too far from
+    MediaPipe): ``{"landmark_reader": PoseLandmarkModel, "pose_detector": PoseDetectorModel}``."""
+    dtype = torch.float16 if dtype == torch.bfloat16 else (dtype or torch.float32)
+    return {"landmark_reader": PoseLandmarkModel(device=device, dtype=dtype),
+            "pose_detector": PoseDetectorModel(device=device, dtype=dtype)}
 
 
 def read_whole_images(detector, landmarks, images: Sequence[np.ndarray], masks: bool = True) -> list[Detection | None]:

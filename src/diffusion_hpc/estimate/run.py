@@ -37,6 +37,7 @@ from diffusion_hpc.data.writer import atomic_write_bytes
 from diffusion_hpc.errors import ConfigError, InputError
 from diffusion_hpc.estimate import describe_estimator, get_estimator
 from diffusion_hpc.estimate.base import Estimate, estimate_with_masks
+from diffusion_hpc.estimate.pose_detector_model import landmark_runtime, pose_models
 from diffusion_hpc.render import get_renderer
 from diffusion_hpc.runtime.device import resolve_placement
 from diffusion_hpc.runtime.images import IMAGE_SUFFIXES, image_files, load_image
@@ -191,13 +192,15 @@ def estimate(config: EstimateConfig) -> dict[str, np.ndarray]:
     files = collect_images(c.images)  # before any model loads: a missing path fails at once
     placement = resolve_placement(c.device, c.dtype, diffusion=False)  # an unavailable device fails here too
     if c.estimator == "mediapipe":
-        if (c.device != "auto" and placement.device.type != "cpu") or c.dtype not in ("auto", "float32"):
+        on_device = landmark_runtime(c.landmark_runtime, placement.device) == "torch"
+        if not on_device and ((c.device != "auto" and placement.device.type != "cpu") or c.dtype not in ("auto", "float32")):
             raise ConfigError(f"--device {c.device} --dtype {c.dtype}: the MediaPipe fit runs on the CPU in float32 "
-                              "(MediaPipe and the body model are CPU-only here); leave --device / --dtype out, or "
-                              "use --estimator hmr|spin|hmr2 to regress on a GPU")  # fmt: skip
+                              "with MediaPipe's own graph (--landmark-runtime mediapipe); leave --device / --dtype out, "
+                              "pass --landmark-runtime torch to run Pose's models on that device, or use --estimator "
+                              "hmr|spin|hmr2 to regress on a GPU")  # fmt: skip
         estimator = get_estimator("mediapipe", body_model=c.fit_body_model, prior="default" if c.prior else None,
-                                  model_path=c.smpl_path, lifter=c.lifter or "on",
-                                  compile_fit=c.compile_fit)
+                                  model_path=c.smpl_path, lifter=c.lifter or "on", compile_fit=c.compile_fit,
+                                  **(pose_models(placement.device, placement.dtype) if on_device else {}))
         segmenter = make_segmenter(c.segmenter) if c.masks else None
     elif c.estimator == "spin":
         estimator = get_estimator("spin", checkpoint=c.checkpoint, smpl_path=c.smpl_path, mean_params=c.mean_params,

@@ -19,7 +19,6 @@ import time
 from typing import Optional
 
 import numpy as np
-import torch
 
 from diffusion_hpc.body import get_body_model
 from diffusion_hpc.config import DIFFUSION_GENERATORS, GenerateConfig
@@ -28,8 +27,7 @@ from diffusion_hpc.generate import make_image_generator, make_start_generator
 from diffusion_hpc.generate.base import GenerationResult, SamplerSettings
 from diffusion_hpc.generate.diffusion import lora_file
 from diffusion_hpc.estimate.keypoint_model import KeypointModel
-from diffusion_hpc.estimate.landmark_model import PoseLandmarkModel
-from diffusion_hpc.estimate.pose_detector_model import PoseDetectorModel
+from diffusion_hpc.estimate.pose_detector_model import landmark_runtime, pose_models
 from diffusion_hpc.generate.identity import backbone_identity, model_identity
 from diffusion_hpc.generate.render_baseline import face_parts_for_body
 from diffusion_hpc.prior import get_prior
@@ -51,26 +49,14 @@ def needs_estimator(cfg: GenerateConfig) -> bool:
     return cfg.estimates_bodies
 
 
-def landmark_runtime(cfg: GenerateConfig, device) -> str | None:
-    """How the MediaPipe estimator runs MediaPipe Pose's models (``landmark_runtime``; not set: ``torch`` on a
-    GPU ``device``, ``mediapipe`` on the CPU); None when the run has no MediaPipe estimator."""
-    if cfg.mesh_estimator != "mediapipe" or not cfg.estimates_bodies:
-        return None
-    return cfg.landmark_runtime or ("mediapipe" if torch.device(device).type == "cpu" else "torch")
-
-
 def load_estimator(cfg: GenerateConfig, prior, device, dtype=None) -> MeshEstimator:
-    """The run's mesh estimator: the MediaPipe fit (CPU, regularised by the run's prior; with
-    :func:`landmark_runtime` ``torch``, Pose's person detector and landmark model on ``device`` in
-    ``dtype``, float16 for bfloat16) or a regressor checkpoint (on the run's ``device``, in float32),
-    both giving ``cfg.body_model`` bodies."""
+    """The run's mesh estimator: the MediaPipe fit (CPU, regularised by the run's prior; Pose's person
+    detector and landmark model on ``device`` in ``dtype`` where the run's
+    :func:`~diffusion_hpc.estimate.pose_detector_model.landmark_runtime` is ``torch``) or a regressor
+    checkpoint (on the run's ``device``, in float32), both giving ``cfg.body_model`` bodies."""
     name = cfg.mesh_estimator
     if name == "mediapipe":
-        on_device = {}
-        if landmark_runtime(cfg, device) == "torch":
-            dtype = torch.float16 if dtype == torch.bfloat16 else (dtype or torch.float32)
-            on_device = {"landmark_reader": PoseLandmarkModel(device=device, dtype=dtype),
-                         "pose_detector": PoseDetectorModel(device=device, dtype=dtype)}
+        on_device = pose_models(device, dtype) if landmark_runtime(cfg.landmark_runtime, device) == "torch" else {}
         return get_estimator("mediapipe", body_model=cfg.body_model, prior=prior, model_path=cfg.smpl_path,
                              lifter=cfg.lifter or "on", compile_fit=cfg.compile_fit, **on_device)
     if name in ("spin", "hmr2"):
