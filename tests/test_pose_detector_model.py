@@ -62,7 +62,8 @@ node {
 #: tolerances, just above what was measured (module docstring)
 REGION = 1e-5
 SEEN_PX = 0.1
-WHOLE_SEEN_PX = 2.5
+WHOLE_SEEN_PX = 6.0
+WHOLE_REST_PX = 0.5
 VISIBILITY = 0.008
 WORLD_M = 0.0025
 MASK_IOU = 0.999
@@ -162,9 +163,11 @@ def test_whole_readings_match_mediapipes_whole_graph(readings):
     """:func:`read_whole_images` gives what ``MediaPipeDetector._process`` gives: the same people
     found; against MediaPipe's landmark graph on the same region, seen landmarks within
     :data:`SEEN_PX`, visibility :data:`VISIBILITY`, world :data:`WORLD_M`, mask IoU at least
-    :data:`MASK_IOU`; against the whole graph, seen landmarks within :data:`WHOLE_SEEN_PX` (the
-    regions differ by float noise, 1e-7, which MediaPipe's own landmark graph turns into up to 2.07 px
-    on the 256 px astronaut: a heatmap refinement at its threshold)."""
+    :data:`MASK_IOU`; against the whole graph, every seen landmark but one within :data:`WHOLE_REST_PX`
+    (0.37 px measured) and that one within :data:`WHOLE_SEEN_PX` (the regions differ by float noise, 1e-7, which MediaPipe's
+    own landmark graph turns into a jump of one landmark: 2.07 px on the 256 px astronaut here, 3.0 px
+    on the 300 x 200 astronaut in a CI run with another thread count; a crop coordinate or a heatmap
+    refinement at its rounding tie)."""
     names, images, _, reference, on_ours, _, _, whole = readings
     assert [w is not None for w in whole] == [r is not None for r in reference], names
     for name, image, ref, same_region, got in zip(names, images, reference, on_ours, whole):
@@ -174,9 +177,11 @@ def test_whole_readings_match_mediapipes_whole_graph(readings):
         px, visibility, world, iou = gaps(same_region, got)
         assert px <= SEEN_PX and visibility <= VISIBILITY and world <= WORLD_M and iou >= MASK_IOU, (
             name, px, visibility, world, iou)
-        px, visibility, world, iou = gaps(ref, got)
-        assert px <= WHOLE_SEEN_PX and visibility <= VISIBILITY and world <= WORLD_M and iou >= MASK_IOU, (
-            name, px, visibility, world, iou)
+        _, visibility, world, iou = gaps(ref, got)
+        seen = ref.landmarks2d[:, 2] >= 0.5
+        px = np.sort(np.linalg.norm(ref.landmarks2d[seen, :2] - got.landmarks2d[seen, :2], axis=1))
+        assert px[-2] <= WHOLE_REST_PX and px[-1] <= WHOLE_SEEN_PX and visibility <= VISIBILITY and world <= WORLD_M \
+            and iou >= MASK_IOU, (name, px[-3:], visibility, world, iou)
 
 
 def test_a_batch_detects_as_one_at_a_time(readings):
