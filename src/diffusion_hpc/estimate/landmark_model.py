@@ -93,7 +93,8 @@ ROI_SCALE = 1.25
 CHUNK = 32
 #: forward precisions read close to MediaPipe (tests/test_landmark_model.py, real photos): float32
 #: (seen landmarks within 0.32 px) and float16 (within 1.2 px, world 21 mm); bfloat16 is not among them
-#: (seen landmarks 8-128 px off, world 220-360 mm: it loses precision from the first layers on)
+#: (seen landmarks 8-128 px off, world 220-360 mm: it loses precision from the first layers on; the
+#: person detector's regions 0.072 off, against 0.0013 in float16: tests/test_pose_detector_model.py)
 DTYPES = ("float32", "float16")
 #: MediaPipe Pose's 33 landmarks (the 39 outputs' first 33; 33 and 34 place the next region)
 LANDMARKS = 33
@@ -272,7 +273,40 @@ def normalize_radians(angle):
     return angle - 2 * math.pi * torch.floor((angle + math.pi) / (2 * math.pi))
 
 
-class PoseLandmarkModel:
+class WheelGraph:
+    """A ``.tflite`` model of the mediapipe wheel (:class:`~diffusion_hpc.runtime.tflite_graph.TFLiteGraph`)
+    on ``device`` with its forward in ``dtype``, and what the readers built on it share: the crops'
+    coordinate dtype and the upload of an image.
+
+    Args:
+        path: the ``.tflite`` file; device: ``--device`` name or a ``torch.device``; dtype: the forward's
+            ``torch.dtype``: float32, or float16 (on a GPU; on a CPU it runs, slowly); refused: why
+            another dtype reads too far from MediaPipe, for the error.
+    Raises:
+        ConfigError: a dtype outside :data:`DTYPES`.
+    """
+
+    def __init__(self, path: Path, device, dtype, refused: str) -> None:
+        self.device = resolve_device(str(device))
+        self.dtype = dtype or torch.float32
+        if str(self.dtype).removeprefix("torch.") not in DTYPES:
+            raise ConfigError(f"{type(self).__name__}: dtype {self.dtype} is not supported; pass torch.float32 or "
+                              f"torch.float16 ({refused})")
+        self.model = TFLiteGraph(path).eval().to(device=self.device, dtype=self.dtype)
+        # crop coordinates in float64 (OpenCV's double), where the device has it
+        self._coords = torch.float32 if self.device.type == "mps" else torch.float64
+
+    def describe(self) -> str:
+        """What reads (run.json): ``"torch <device> <dtype>"``."""
+        return f"torch {self.device} {str(self.dtype).removeprefix('torch.')}"
+
+    def _upload(self, image: np.ndarray):
+        """(H, W, 3) on the device in the crops' dtype: the uint8 image's values 0..255."""
+        pixels = np.ascontiguousarray(image) if image.flags.writeable else image.copy()  # torch wants writable arrays
+        return torch.from_numpy(pixels).to(self.device).to(self._coords)
+
+
+class PoseLandmarkModel(WheelGraph):
     """MediaPipe Pose's full landmark model (the wheel's ``.tflite``) as torch ops on ``device``.
 
     Args:
@@ -286,15 +320,8 @@ class PoseLandmarkModel:
     """
 
     def __init__(self, device="cpu", dtype=None) -> None:
-        self.device = resolve_device(str(device))
-        self.dtype = dtype or torch.float32
-        if str(self.dtype).removeprefix("torch.") not in DTYPES:
-            raise ConfigError(f"PoseLandmarkModel: dtype {self.dtype} is not supported; pass torch.float32 or "
-                              "torch.float16 (bfloat16's 8-bit mantissa puts seen landmarks up to 128 px and world "
-                              "landmarks up to 0.36 m off MediaPipe's on real photos)")
-        self.model = TFLiteGraph(model_path()).eval().to(device=self.device, dtype=self.dtype)
-        # crop coordinates in float64 (OpenCV's double), where the device has it
-        self._coords = torch.float32 if self.device.type == "mps" else torch.float64
+        super().__init__(model_path(), device, dtype, "bfloat16's 8-bit mantissa puts seen landmarks up to 128 px "
+                         "and world landmarks up to 0.36 m off MediaPipe's on real photos")
 
     def read_on_regions(self, images: Sequence[np.ndarray], regions: Sequence, owner: Sequence[int],
                         masks: bool = True) -> list[tuple[Detection | None, object]]:
@@ -326,7 +353,7 @@ class PoseLandmarkModel:
         rects = region_array(regions, sizes)
         out: list[tuple[Detection | None, object]] = []
         for lo in range(0, len(owner), CHUNK):
-            out += self._read_chunk(images, rects[lo:lo + CHUNK], owner[lo:lo + CHUNK], masks)
+            out += self._read_chunk(images, rects[lo:lo + CHUNK], owner[lo:lo + CHUNK], sizes[lo:lo + CHUNK], masks)
         return out
 
     def read_on_labels(self, images: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> list[Detection | None]:
@@ -346,14 +373,9 @@ class PoseLandmarkModel:
         return [replace(det, passes=1) if reads_person_in(det, window, np.asarray(im).shape[:2]) else None
                 for (det, _), (_, window), im in zip(found, places, images)]
 
-    def describe(self) -> str:
-        """What reads (run.json): ``"torch <device> <dtype>"``."""
-        return f"torch {self.device} {str(self.dtype).removeprefix('torch.')}"
-
     # -- pieces ---------------------------------------------------------------------------------
 
-    def _read_chunk(self, images, rects: np.ndarray, owner: np.ndarray, masks: bool) -> list:
-        sizes = np.array([images[m].shape[:2] for m in owner], np.int64).reshape(-1, 2)
+    def _read_chunk(self, images, rects: np.ndarray, owner: np.ndarray, sizes: np.ndarray, masks: bool) -> list:
         rois, pad = padded_rois(rects, sizes)
         uploaded = {int(m): self._upload(images[m]) for m in np.unique(owner)}
         with torch.inference_mode():
@@ -365,11 +387,6 @@ class PoseLandmarkModel:
             lm, wl, nxt = (t.cpu().numpy().astype(np.float64) for t in decoded)
         return [self._reading(lm[i], wl[i], nxt[i], maps.get(i)) if present[i] else (None, None)
                 for i in range(len(owner))]  # fmt: skip
-
-    def _upload(self, image: np.ndarray):
-        """(H, W, 3) on the device in the crops' dtype: the uint8 image's values 0..255."""
-        pixels = np.ascontiguousarray(image) if image.flags.writeable else image.copy()  # torch wants writable arrays
-        return torch.from_numpy(pixels).to(self.device).to(self._coords)
 
     def _crops(self, uploaded: dict, rois: np.ndarray, owner: np.ndarray):
         """(n, 256, 256, 3) model inputs in [0, 1]: each padded region of its image as OpenCV's uint8

@@ -58,14 +58,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from diffusion_hpc.errors import ConfigError, MissingModelError
+from diffusion_hpc.errors import MissingModelError
 from diffusion_hpc.estimate.landmark_model import (
-    PoseLandmarkModel, crop_corners, model_path as landmark_model_path, opencv_warp, padded_rois,
+    PoseLandmarkModel, WheelGraph, crop_corners, model_path as landmark_model_path, opencv_warp, padded_rois,
 )
 from diffusion_hpc.estimate.landmarks import Detection
-from diffusion_hpc.runtime.device import resolve_device
 from diffusion_hpc.runtime.images import check_image
-from diffusion_hpc.runtime.tflite_graph import TFLiteGraph
 
 #: the detector's file inside the mediapipe wheel (Apache-2.0)
 MODEL_FILE = ("modules", "pose_detection", "pose_detection.tflite")
@@ -86,8 +84,6 @@ SUPPRESSION_IOU = 0.3
 ROI_SCALE = 1.25
 #: images a forward reads at most
 CHUNK = 64
-#: forward precisions read close to MediaPipe (tests/test_pose_detector_model.py)
-DTYPES = ("float32", "float16")
 
 
 @dataclass
@@ -191,7 +187,7 @@ def detection_region(detection: PoseDetection, size: tuple[int, int]):
                                    height=float(f(f(long_side / height) * f(ROI_SCALE))), rotation=float(rotation))
 
 
-class PoseDetectorModel:
+class PoseDetectorModel(WheelGraph):
     """MediaPipe Pose's person detector (the wheel's ``.tflite``) on whole images, as torch ops on
     ``device``.
 
@@ -201,19 +197,13 @@ class PoseDetectorModel:
         min_score: the detection threshold (``MediaPipeDetector``'s ``min_detection_confidence``).
     Raises:
         MissingModelError: the mediapipe wheel or its model file is missing.
-        ConfigError: another dtype (bfloat16: :data:`DTYPES`).
+        ConfigError: another dtype (bfloat16: :data:`~diffusion_hpc.estimate.landmark_model.DTYPES`).
     """
 
     def __init__(self, device="cpu", dtype=None, min_score: float = MIN_SCORE) -> None:
-        self.device = resolve_device(str(device))
-        self.dtype = dtype or torch.float32
-        if str(self.dtype).removeprefix("torch.") not in DTYPES:
-            raise ConfigError(f"PoseDetectorModel: dtype {self.dtype} is not supported; pass torch.float32 or "
-                              "torch.float16 (bfloat16 reads too far from MediaPipe's detector; "
-                              "tests/test_pose_detector_model.py)")
+        super().__init__(model_path(), device, dtype, "bfloat16 reads too far from MediaPipe's detector; "
+                         "tests/test_pose_detector_model.py")
         self.min_score = float(min_score)
-        self.model = TFLiteGraph(model_path()).eval().to(device=self.device, dtype=self.dtype)
-        self._coords = torch.float32 if self.device.type == "mps" else torch.float64
         self._anchors = torch.as_tensor(ssd_anchors(), device=self.device)
 
     def detect(self, images: Sequence[np.ndarray]) -> list[PoseDetection | None]:
@@ -240,10 +230,6 @@ class PoseDetectorModel:
         """
         found = self.detect(images)
         return [None if d is None else detection_region(d, np.asarray(im).shape[:2]) for d, im in zip(found, images)]
-
-    def describe(self) -> str:
-        """What detects (run.json): ``"torch <device> <dtype>"``."""
-        return f"torch {self.device} {str(self.dtype).removeprefix('torch.')}"
 
     # -- pieces ---------------------------------------------------------------------------------
 
@@ -274,9 +260,7 @@ class PoseDetectorModel:
         corners = torch.as_tensor(crop_corners(rois, INPUT), dtype=dtype, device=dev)  # (n, 3, 2)
         out = torch.empty((len(images), INPUT, INPUT, 3), dtype=torch.float32, device=dev)
         for i, image in enumerate(images):
-            pixels = np.ascontiguousarray(image) if image.flags.writeable else image.copy()
-            pixels = torch.from_numpy(pixels).to(dev).to(dtype)
-            out[i] = opencv_warp(pixels.permute(2, 0, 1), corners[i:i + 1], INPUT, "zeros")[0]
+            out[i] = opencv_warp(self._upload(image).permute(2, 0, 1), corners[i:i + 1], INPUT, "zeros")[0]
         return out
 
     def _decode(self, raw_boxes, raw_scores):
