@@ -621,11 +621,12 @@ class GenerateConfig(CommandConfig):
     @model_validator(mode="after")
     def _estimator(self):  # after _modes: reads the resolved verify
         name = self.mesh_estimator
-        if self.lifter is not None and (name != "mediapipe" or not self.estimates_bodies):
+        fits_with_mediapipe = name == "mediapipe" and self.estimates_bodies
+        if self.lifter is not None and not fits_with_mediapipe:
             raise ValueError(f"lifter: --lifter {self.lifter} sets the MediaPipe fit of modes T and R, --verify and "
                              f"--cycles; this run does not fit with MediaPipe (estimator {name}, mode {self.mode}), "
                              "leave --lifter out")
-        fits_anny = name == "mediapipe" and self.estimates_bodies and self.body_model == "anny"
+        fits_anny = fits_with_mediapipe and self.body_model == "anny"
         if self.compile_fit and not fits_anny:
             raise ValueError(f"compile_fit: --compile-fit compiles the MediaPipe fit of Anny bodies in modes T and R, "
                              f"--verify and --cycles; this run does not fit one (estimator {name}, body model "
@@ -646,7 +647,7 @@ class GenerateConfig(CommandConfig):
             raise ValueError(f"keypoint_model: --keypoint-model {self.keypoint_model} is the model of --verify-by "
                              f"keypoint-model; this run verifies by {self.verify_by or 'nothing (no --verify)'}: pass "
                              "--verify-by keypoint-model, or leave --keypoint-model out")
-        if self.landmark_runtime is not None and (name != "mediapipe" or not self.estimates_bodies):
+        if self.landmark_runtime is not None and not fits_with_mediapipe:
             raise ValueError(f"landmark_runtime: --landmark-runtime {self.landmark_runtime} sets how the MediaPipe "
                              f"estimator reads people; this run has none (estimator {name}, mode {self.mode}, "
                              f"verify_by {self.verify_by}): leave --landmark-runtime out")
