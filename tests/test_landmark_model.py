@@ -185,3 +185,17 @@ def test_a_region_that_is_not_square_is_letterboxed_as_mediapipe_does(readings):
             assert d["seen_px"] <= SEEN_PX and d["world_m"] <= WORLD_M and d["iou"] >= MASK_IOU, d
             assert d["region"] <= REGION and d["rotation"] <= REGION, d
     assert present >= 2
+
+
+def test_the_wheels_graphs_run_where_tensors_cannot_be_read_back():
+    """TFLiteGraph's forward reads nothing back to the host: moved to the meta device (tensors without data,
+    which numpy cannot read, as it cannot read a GPU's), both of the wheel's models give their outputs in the
+    file's shapes for a batch of 3. (Its integer constants, paddings and shapes, stay on the host.)"""
+    from diffusion_hpc.estimate import landmark_model, pose_detector_model
+    from diffusion_hpc.runtime.tflite_graph import TFLiteGraph
+
+    for path, side in ((landmark_model.model_path(), 256), (pose_detector_model.model_path(), 224)):
+        graph = TFLiteGraph(path).to("meta")
+        outputs = graph(torch.zeros(3, side, side, 3, device="meta"))
+        assert [o.device.type for o in outputs] == ["meta"] * len(outputs)
+        assert [tuple(o.shape) for o in outputs] == [(3,) + graph.shapes[i][1:] for i in graph.output_indices], path

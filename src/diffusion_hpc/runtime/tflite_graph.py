@@ -168,7 +168,8 @@ class TFLiteGraph(nn.Module):
             if name == "DENSIFY":  # a constant's dense copy, made here once
                 constants[outputs[0]] = constants[inputs[0]]
         # weights as torch tensors in torch's layouts; float16 constants are dequantized by their op
-        self._consts: dict[int, str] = {}
+        self._consts: dict[int, str] = {}  # float constants: tensor index -> buffer name
+        self._host: dict[int, np.ndarray] = {}  # integer constants: tensor index -> int64 array
         quantized = {inputs[0] for name, inputs, _, _ in self.ops if name in ("DEQUANTIZE", "DENSIFY")}
         for index, value in constants.items():
             if index not in quantized:
@@ -212,17 +213,24 @@ class TFLiteGraph(nn.Module):
         return {"align_corners": options.AlignCorners(), "half_pixel": options.HalfPixelCenters()}
 
     def _add_constant(self, index: int, value: np.ndarray, replace: bool = False) -> None:
-        name = f"t{index}"
-        if index in self._consts and not replace:
+        """A float constant (a weight) becomes a buffer, moved with the module; an integer one (paddings,
+        sizes, shapes: read by the operators as numbers) stays on the host, where a device's tensor
+        could not be read back without a copy per forward."""
+        if (index in self._consts or index in self._host) and not replace:
             return
-        tensor = torch.from_numpy(np.array(value, copy=True, order="C"))  # the flatbuffer's views are read-only
+        value = np.array(value, copy=True, order="C")  # the flatbuffer's views are read-only
+        if not np.issubdtype(value.dtype, np.floating):
+            self._host[index] = value.astype(np.int64)
+            return
+        name = f"t{index}"
         if replace and hasattr(self, name):
             delattr(self, name)
-        self.register_buffer(name, tensor if tensor.is_floating_point() else tensor.long(), persistent=False)
+        self.register_buffer(name, torch.from_numpy(value), persistent=False)
         self._consts[index] = name
 
     def _const_array(self, index: int) -> np.ndarray:
-        return getattr(self, self._consts[index]).numpy()
+        """A constant as a numpy array: an integer one (any time), or a weight while still on the CPU (at load)."""
+        return self._host[index] if index in self._host else getattr(self, self._consts[index]).numpy()
 
     def _const(self, index: int) -> torch.Tensor:
         return getattr(self, self._consts[index])
