@@ -209,3 +209,68 @@ def test_float16_stays_close_and_bfloat16_is_refused(readings):
     with pytest.raises(InputError):
         readings[5].detect([images[0][..., 0]])
 
+
+
+def box_mask(shape: tuple[int, int], top: int, left: int, bottom: int, right: int) -> np.ndarray:
+    """(H, W) bool mask of a box (a person mask's bounding box is all the mask path reads)."""
+    mask = np.zeros(shape, bool)
+    mask[top:bottom, left:right] = True
+    return mask
+
+
+def test_mask_readings_on_the_device_decide_as_mediapipes_graph():
+    """``MediaPipeDetector.detect_all`` with the landmark model on the device reading the mask
+    path's regions (as ``MediaPipeFitter`` does with ``landmark_runtime="torch"``) gives the people
+    MediaPipe's graph gives with ``detect``, one image at a time: each half of two photos side by side
+    (the whole image reads Grace Hopper; the astronaut's mask is read upright, quarter-turned both
+    ways and on its landmarks' region: 5 passes of MediaPipe's graph), the astronaut quarter-turned
+    and upside down (the whole image reads her), pasted small on coffee (the whole image finds no
+    one; the upright reading scores enough), and a mask over coffee alone (no one, both ways);
+    every seen landmark but one within
+    :data:`WHOLE_REST_PX`, that one within :data:`WHOLE_SEEN_PX`, as for the whole readings. The device
+    path makes no MediaPipe pass, and its regions are read in rounds (one call a round)."""
+    import skimage.data
+
+    found = photos()
+    pair = photo_pair(found["astronaut"], found["grace_hopper"])
+    small = resized(skimage.data.coffee(), 640, 480)
+    small[150:278, 300:428] = resized(found["astronaut"], 128, 128)
+    turned, upside_down = np.ascontiguousarray(np.rot90(found["astronaut"])), found["astronaut"][::-1].copy()
+    cases = {"pair, left": (pair, box_mask(pair.shape[:2], 128, 0, 384, 224)),
+             "pair, right": (pair, box_mask(pair.shape[:2], 128, 288, 384, 512)),
+             "quarter-turned": (turned, box_mask(turned.shape[:2], 20, 20, 492, 492)),
+             "upside down": (upside_down, box_mask(upside_down.shape[:2], 0, 40, 512, 470)),
+             "small on coffee": (small, box_mask(small.shape[:2], 150, 300, 278, 428)),
+             "coffee": (skimage.data.coffee(), box_mask((400, 600), 100, 150, 300, 450))}
+    images, masks = [im for im, _ in cases.values()], [m for _, m in cases.values()]
+    graph = MediaPipeDetector()
+    reference = [graph.detect(im, m) for im, m in zip(images, masks)]
+    landmarks, calls = PoseLandmarkModel(), []
+
+    def read_regions(ims, regions):
+        calls.append(len(regions))
+        return landmarks.read_on_regions(ims, regions, range(len(ims)))
+
+    wholes = read_whole_images(PoseDetectorModel(), landmarks, images)
+    device = MediaPipeDetector()
+    got = device.detect_all(images, masks, wholes, read_regions)
+    assert [g is not None for g in got] == [r is not None for r in reference], list(cases)
+    assert reference[-1] is None and sum(r is not None for r in reference) >= 4
+    assert device.passes == 0 and all(g.passes == 0 for g in got if g is not None)
+    assert max(r.passes for r in reference if r is not None) == 5, [r and r.passes for r in reference]  # every rotation
+    assert 1 <= len(calls) <= 4 and max(calls) >= 2, calls
+    for name, ref, det in zip(cases, reference, got):
+        if ref is None:
+            continue
+        seen = ref.landmarks2d[:, 2] >= 0.5
+        px = np.sort(np.linalg.norm(ref.landmarks2d[seen, :2] - det.landmarks2d[seen, :2], axis=1))
+        assert px[-2] <= WHOLE_REST_PX and px[-1] <= WHOLE_SEEN_PX, (name, px[-3:])
+
+
+def test_detect_all_refuses_unmatched_inputs():
+    """One mask and one whole-image reading per image, each mask of its image's size."""
+    image = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(InputError, match="one of each per image"):
+        MediaPipeDetector().detect_all([image], [None, None], [None], lambda ims, regions: [])
+    with pytest.raises(InputError, match="mask has shape"):
+        MediaPipeDetector().detect_all([image], [np.ones((32, 32), bool)], [None], lambda ims, regions: [])

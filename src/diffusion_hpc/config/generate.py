@@ -301,8 +301,9 @@ class GenerateConfig(CommandConfig):
     wheel as torch operations, all images of a batch in one call on ``device``, in ``dtype``; float16 where
     ``dtype`` is bfloat16, which loses the models' precision). The two agree within 0.4 px but on rare regions
     (tests/test_landmark_model.py, tests/test_pose_detector_model.py). Not set: torch when the run's device is a
-    GPU, else mediapipe; run.json records which ran. The readings on masks, tiles and crops that follow a
-    whole-image pass finding no one large stay MediaPipe's own"""
+    GPU, else mediapipe; run.json records which ran. With torch the readings on the people's masks that follow
+    a whole-image pass finding no one large run there too, a round of regions in one call; only the tile search of
+    an image without a mask stays MediaPipe's own"""
     cycles: int = Field(0, ge=0, le=10)
     """extra estimate -> regenerate cycles on the output image (diffusion generators)"""
     body_model: Literal["anny", "smpl", "smplx"] = "anny"

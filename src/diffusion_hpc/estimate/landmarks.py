@@ -57,6 +57,7 @@ import math
 import os
 import threading
 from dataclasses import dataclass, replace
+from collections.abc import Callable, Generator, Sequence
 from itertools import chain
 
 import numpy as np
@@ -301,6 +302,32 @@ def cv2_interpolation(source: int, target: int) -> int:
 NOT_READ = object()
 
 
+def drive(steps: Generator, read: Callable[[object], tuple]):
+    """The value a generator of region readings (:meth:`MediaPipeDetector._mask_steps`) returns when
+    each region it yields is read by ``read`` (one region -> ``(Detection or None, next region)``)."""
+    try:
+        region = next(steps)
+        while True:
+            region = steps.send(read(region))
+    except StopIteration as done:
+        return done.value
+
+
+def checked_mask(mask, shape: tuple[int, int]) -> np.ndarray | None:
+    """An (H, W) person mask as bool (values above 0.5), or None.
+
+    Raises:
+        InputError: a mask that is not (H, W) of its image.
+    """
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    if mask.shape != tuple(shape):
+        raise InputError(f"mask has shape {mask.shape} but its image is {tuple(shape)}; pass an (H, W) person mask of "
+                         "the image")
+    return mask > 0.5
+
+
 class MediaPipeDetector:
     """MediaPipe Pose, created on first use and reused (not thread-safe: calls are serialised).
 
@@ -383,8 +410,10 @@ class MediaPipeDetector:
         self.passes += 1
         return detection_of(result, image.shape[:2]), result.roi_from_landmarks
 
-    def _on_mask(self, image: np.ndarray, mask: np.ndarray) -> Detection | None:
-        """The person on a mask, or None.
+    def _mask_steps(self, shape: tuple[int, int], mask: np.ndarray) -> Generator[object, tuple, Detection | None]:
+        """The person on a mask of an image of ``shape`` (H, W), or None, as readings of regions: the
+        generator yields each MediaPipe ``NormalizedRect`` to read with the landmark model alone, is
+        sent what :meth:`_process_region` gives on it, and returns the person (:func:`drive`).
 
         1. The landmark model on the mask's box (:data:`MASK_EXPAND`), upright and then quarter-
            turned (:data:`MASK_ROTATIONS`) unless the upright reading scores :data:`ACCEPT_SCORE`;
@@ -397,18 +426,17 @@ class MediaPipeDetector:
         if box is None:
             return None
         centre, side = box
-        shape = image.shape[:2]
         window = square_window(centre, side / MASK_EXPAND)
         best, follow = None, None
         for rotation in MASK_ROTATIONS:
-            found, next_region = self._process_region(image, normalized_rect(centre, side, rotation, shape))
+            found, next_region = yield normalized_rect(centre, side, rotation, shape)
             if reads_person_in(found, window, shape) and (best is None or found.score > best.score):
                 best, follow = found, next_region
             if best is not None and best.score >= ACCEPT_SCORE:
                 break
         if best is None:
             return None
-        again, _ = self._process_region(image, follow)
+        again, _ = yield follow
         return again if reads_person_in(again, window, shape) else best
 
     def read_on_label(self, image: np.ndarray, keypoints: np.ndarray) -> Detection | None:
@@ -472,7 +500,7 @@ class MediaPipeDetector:
         1. MediaPipe on the whole image; a person at least :data:`SMALL_PERSON` of the longer side
            (and, with a ``mask``, centred on the mask's box) is returned as found (one pass).
         2. With a non-empty ``mask`` ((H, W) bool or [0, 1], e.g. a segmenter's): the landmark model
-           alone on the mask's box (:meth:`_on_mask`, module docstring; two to four passes); a
+           alone on the mask's box (:meth:`_mask_steps`, module docstring; two to four passes); a
            confirmed person there is returned, else the whole image's person when centred on the
            mask's box (as the whole image gave it), else None: a mask's answer is its person or no
            one, never someone elsewhere, and costs at most the whole-image pass and the mask path's
@@ -489,34 +517,77 @@ class MediaPipeDetector:
         Raises:
             InputError: a ``mask`` that is not (H, W) of the image.
         """
-        if mask is not None:
-            mask = np.asarray(mask)
-            if mask.shape != image.shape[:2]:
-                raise InputError(f"mask has shape {mask.shape} but its image is {image.shape[:2]}; "
-                                 "pass an (H, W) person mask of the image")
-            mask = mask > 0.5
+        mask = checked_mask(mask, image.shape[:2])
         with self._lock:
             start = self.passes
-            readings = self._readings_of(image)
-            if whole is not NOT_READ:
-                readings["whole"] = whole
-            elif "whole" not in readings:
-                readings["whole"] = self._process(image)
-            found = readings["whole"]
-            box = None if found is None else found.box()
-            large = box is not None and box[1] / BOX_EXPAND >= SMALL_PERSON * max(image.shape[:2])
-            if mask is not None and mask.any():
-                on_mask = found is not None and centred_in(found, square_window(*mask_box(mask, 1.0)), image.shape[:2])
-                best = found if on_mask and large else self._on_mask(image, mask)
-                if best is None and on_mask:
-                    best = found  # the whole image's small person on the mask, as the whole image gave it
-            elif found is not None and large or not self.grids:
-                best = found
-            else:
-                if "search" not in readings:  # one per image (the people of one image share it)
-                    readings["search"] = self._search(image, found)
-                best = readings["search"]
+            best = drive(self._detect_steps(image, mask, whole), lambda region: self._process_region(image, region))
             return None if best is None else replace(best, passes=self.passes - start)
+
+    def detect_all(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None], wholes: Sequence,
+                   read_regions: Callable[[list[np.ndarray], list], list[tuple]]) -> list[Detection | None]:
+        """:meth:`detect` on each image with its mask and its whole-image reading (``wholes``, as
+        ``whole``), the landmark model's readings on regions (:meth:`_mask_steps`) made by
+        ``read_regions`` instead of MediaPipe's graph: called with the images and one region of each
+        (``NormalizedRect``), it returns what :meth:`_process_region` gives on each (a batched reader
+        on a device: :meth:`~diffusion_hpc.estimate.landmark_model.PoseLandmarkModel.read_on_regions`).
+        The images' decisions advance side by side, so each round of readings is one call: at most
+        :data:`MASK_ROTATIONS` + 1 calls for all images. ``passes`` of each detection counts the
+        MediaPipe graph calls it still made (the tile search of an image without a mask)."""
+        if not len(images) == len(masks) == len(wholes):
+            raise InputError(f"detect_all: {len(images)} images, {len(masks)} masks and {len(wholes)} whole-image "
+                             "readings; pass one of each per image")
+        masks = [checked_mask(m, im.shape[:2]) for im, m in zip(images, masks)]
+        with self._lock:
+            steps = [self._detect_steps(im, m, w) for im, m, w in zip(images, masks, wholes)]
+            return [None if best is None else replace(best, passes=passes)
+                    for best, passes in self._drive_side_by_side(steps, images, read_regions)]
+
+    def _drive_side_by_side(self, steps: list[Generator], images: Sequence[np.ndarray], read_regions) -> list[tuple]:
+        """(result, MediaPipe graph passes) of each generator of :meth:`_detect_steps`, all advanced in
+        rounds: one ``read_regions`` call reads the region each unfinished one asks for."""
+        results: list[tuple] = [(None, 0)] * len(steps)
+        asked: dict[int, object] = {}
+
+        def advance(i: int, answer) -> None:
+            start = self.passes
+            try:
+                asked[i] = steps[i].send(answer)
+                results[i] = (None, results[i][1] + self.passes - start)
+            except StopIteration as done:
+                asked.pop(i, None)
+                results[i] = (done.value, results[i][1] + self.passes - start)
+
+        for i in range(len(steps)):
+            advance(i, None)
+        while asked:
+            order = list(asked)
+            answers = read_regions([images[i] for i in order], [asked[i] for i in order])
+            for i, answer in zip(order, answers):
+                advance(i, answer)
+        return results
+
+    def _detect_steps(self, image: np.ndarray, mask: np.ndarray | None, whole) -> Generator[object, tuple, Detection | None]:
+        """:meth:`detect`'s decision (its docstring), its landmark-model readings of regions yielded
+        as :meth:`_mask_steps` yields them (the caller holds the lock)."""
+        readings = self._readings_of(image)
+        if whole is not NOT_READ:
+            readings["whole"] = whole
+        elif "whole" not in readings:
+            readings["whole"] = self._process(image)
+        found = readings["whole"]
+        box = None if found is None else found.box()
+        large = box is not None and box[1] / BOX_EXPAND >= SMALL_PERSON * max(image.shape[:2])
+        if mask is not None and mask.any():
+            on_mask = found is not None and centred_in(found, square_window(*mask_box(mask, 1.0)), image.shape[:2])
+            best = found if on_mask and large else (yield from self._mask_steps(image.shape[:2], mask))
+            if best is None and on_mask:
+                best = found  # the whole image's small person on the mask, as the whole image gave it
+            return best
+        if found is not None and large or not self.grids:
+            return found
+        if "search" not in readings:  # one per image (the people of one image share it)
+            readings["search"] = self._search(image, found)
+        return readings["search"]
 
     def _search(self, image: np.ndarray, found: Detection | None) -> Detection | None:
         """:meth:`detect`'s step 3 after the whole image gave ``found``."""

@@ -391,8 +391,9 @@ class MediaPipeFitter(MeshEstimator):
         pose_detector: with a ``landmark_reader``, a
             :class:`~diffusion_hpc.estimate.pose_detector_model.PoseDetectorModel` on the same device:
             :meth:`detect`'s whole-image pass (MediaPipe's person detector, then the landmark model on
-            its region) for all images at once there; the readings on masks, tiles and crops that
-            follow where it finds no one large stay MediaPipe's own.
+            its region) for all images at once there, and the readings on the masks that follow
+            where it finds no one large (:meth:`MediaPipeDetector.detect_all`: a round of regions a
+            call); only the tile search of an image without a mask stays MediaPipe's own.
     """
 
     name = "mediapipe"
@@ -490,7 +491,11 @@ class MediaPipeFitter(MeshEstimator):
         if self.pose_detector is None:
             return [self.detector.detect(im, m) for im, m in zip(images, masks)]
         wholes = read_whole_images(self.pose_detector, self.landmark_reader, images)
-        return [self.detector.detect(im, m, whole=w) for im, m, w in zip(images, masks, wholes)]
+        return self.detector.detect_all(images, masks, wholes, self._read_regions)
+
+    def _read_regions(self, images: list[np.ndarray], regions: list) -> list[tuple]:
+        """The landmark model on one region of each image, on the device (``detect_all``'s reader)."""
+        return self.landmark_reader.read_on_regions(images, regions, range(len(images)))
 
     def read_keypoints(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None] | None = None,
                        labels: Sequence[np.ndarray] | None = None) -> list[KeypointReading]:
