@@ -152,6 +152,12 @@ whole image gave no one large, mostly its small fragments: bench_modes' docstrin
 reads no MediaPipe pass. That is the goal (50) with the fit compiled and MediaPipe's models on the
 device, the defaults of a GPU run of 10,000 samples or more.
 
+With the readings on the masks on the device as well (``MediaPipeDetector.detect_all``: the landmark
+model on every image's mask region, a round of regions a call), alternating runs torch / mediapipe /
+torch on an idle machine, same options: R 39.8 / 63.0 / 37.1, T 35.1 / 65.1 / 34.4; the head's
+MediaPipe passes a guide R 0.44 -> 0, T 1.12 -> 0; its CPU work besides the forwards (estimate.detect
+minus estimate.model_forward) 2.6-3.1 ms a sample.
+
 What is left is mostly MediaPipe's passes, about 32 CPU ms each at any image size (the model runs at
 its own input size): one a verified person, 1.7-2.6 a guide image in the head (a third of that a
 sample at k = 3). Checked and left: the pose graph's segmentation output (``enable_segmentation``) is
