@@ -27,10 +27,13 @@
    render's person, the other people of the image (the astronaut of the ``astronaut`` background)
    painted grey. ``--size`` renders at another side than 256 px (the pipeline's images are 512).
    ``--landmark-runtime torch`` runs MediaPipe Pose's person detector and landmark model as torch ops
-   (estimate.pose_detector_model, here on the CPU): on the segmenter-instance path of seeds 2024 and
-   2025 (256 px) the same people found and hypotheses kept as MediaPipe's graph, fitted joints a median
-   0.07-0.09 mm apart (at most 12.6 mm on one render), limb PA-MPJPE 63.2 / 51.1 and 83.4 / 61.5 mm
-   both ways. :func:`recall_table` prints the share of renders whose person is found (the
+   (estimate.pose_detector_model, here on the CPU; the readings on the masks too since
+   ``MediaPipeDetector.detect_all``): on the segmenter-instance path of seeds 2024 and 2025 (256 px)
+   the same people found as MediaPipe's graph, seen landmarks a median 0.1-0.5 px apart (at most 3.7
+   px, on 7 of 121 renders above 1 px), limb PA-MPJPE 63.2 / 51.1 mm both ways on 2024 and 83.4 / 61.5
+   -> 84.2 / 61.5 on 2025, where one render's fit keeps the swapped hypothesis with landmarks 0.4 px
+   from MediaPipe's (a facing decision at a near tie; before the mask readings moved, the same
+   hypotheses both ways). :func:`recall_table` prints the share of renders whose person is found (the
    seen landmarks' box centred in the true mask's box, within a factor 2 of its size:
    ``bench_detect.found_person``) by person height (the mask's rows over the image height) and
    background, per detection; the masked tables also report the renders found without a mask
