@@ -29,8 +29,8 @@
    ``--landmark-runtime torch`` runs MediaPipe Pose's person detector and landmark model as torch ops
    (estimate.pose_detector_model, here on the CPU; the readings on the masks too since
    ``MediaPipeDetector.detect_all``): on the segmenter-instance path of seeds 2024 and 2025 (256 px)
-   the same people found as MediaPipe's graph, seen landmarks a median 0.1-0.5 px apart (at most 3.7
-   px, on 7 of 121 renders above 1 px), limb PA-MPJPE 63.2 / 51.1 mm both ways on 2024 and 83.4 / 61.5
+   the same people found as MediaPipe's graph, seen landmarks within 1 px of its on all but 7 of 121
+   renders (at most 3.7 px), limb PA-MPJPE 63.2 / 51.1 mm both ways on 2024 and 83.4 / 61.5
    -> 84.2 / 61.5 on 2025, where one render's fit keeps the swapped hypothesis with landmarks 0.4 px
    from MediaPipe's (a facing decision at a near tie; before the mask readings moved, the same
    hypotheses both ways). :func:`recall_table` prints the share of renders whose person is found (the
