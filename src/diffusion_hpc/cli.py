@@ -219,9 +219,9 @@ def _add_generate(sub) -> None:
           "COCO-17 keypoint checkpoint (e.g. a ViTPose COCO model), a local folder or a hub id in the local Hugging "
           "Face cache; runs on --device in --dtype")
     _flag(g, G, "landmark_runtime", text="how the MediaPipe estimator runs Pose's person detector and landmark model "
-          "(the start images' whole-image pass and mask readings, --verify-by label-box): mediapipe (its own graph, an image at a time "
-          "on the CPU) or torch (the same weights as torch operations, a batch at once on --device in --dtype); "
-          "default torch on a GPU, else mediapipe")
+          "(the start images' whole-image pass and mask readings, --verify-by label-box): mediapipe (its own graph, "
+          "an image at a time on the CPU) or torch (the same weights as torch operations, a batch at once on --device "
+          "in --dtype); default torch on a GPU, else mediapipe")
     _flag(g, G, "min_agreement", type=float, metavar="X", text="drop samples whose pck_agreement is below this (0..1)")
     _flag(g, G, "cycles", type=int, metavar="N", text="extra estimate -> regenerate cycles on the output image")
     _flag(g, G, "prior_path", type=Path, metavar="FILE", text="pose-prior weights (default: the shipped Anny prior)")

@@ -56,8 +56,8 @@ from __future__ import annotations
 import math
 import os
 import threading
-from dataclasses import dataclass, replace
 from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, replace
 from itertools import chain
 
 import numpy as np
@@ -566,7 +566,8 @@ class MediaPipeDetector:
                 advance(i, answer)
         return results
 
-    def _detect_steps(self, image: np.ndarray, mask: np.ndarray | None, whole) -> Generator[object, tuple, Detection | None]:
+    def _detect_steps(self, image: np.ndarray, mask: np.ndarray | None,
+                      whole) -> Generator[object, tuple, Detection | None]:
         """:meth:`detect`'s decision (its docstring), its landmark-model readings of regions yielded
         as :meth:`_mask_steps` yields them (the caller holds the lock)."""
         readings = self._readings_of(image)
