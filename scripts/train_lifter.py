@@ -1,7 +1,7 @@
 """Make the MediaPipe landmark lifter's weights (``src/diffusion_hpc/estimate/lifter.safetensors``).
 
     .venv/bin/python scripts/train_lifter.py [--renders 6144] [--aug-renders 6144] [--aug-strength 1 0.5]
-        [--cache /tmp/lifter_data] [--out PATH]
+        [--masks true|segmenter [...]] [--cache /tmp/lifter_data] [--out PATH] [--data-only]
 
 Several processes may fill one cache side by side (``--data-only`` in each): a process claims a
 dataset with a ``.claim`` file (:func:`claim`) and leaves the claimed ones to the others.
@@ -26,10 +26,17 @@ dataset with a ``.claim`` file (:func:`claim`) and leaves the claimed ones to th
    generator keeps the whole body in frame, so no cropped people). The held-out poses stay out:
    variants are made of the training poses only.
 3. **Detections.** MediaPipe (:class:`~diffusion_hpc.estimate.mediapipe_fit.MediaPipeFitter`'s
-   detector) on each render with its true person mask (the path the pipeline takes with the
-   segmenter's mask). Per render the cache (``--cache``, one npz per dataset, reused) keeps the 33
-   image landmarks with visibility, the 33 world landmarks, the true COCO-17 joints (camera frame)
-   and 2D keypoints, and whether the detector swapped left and right (:func:`detector_swapped`).
+   detector) on each render with its true person mask (``--masks true``, the default: the path the
+   pipeline takes with the segmenter's mask, given a perfect mask), or as the pipeline reads the
+   person (``--masks segmenter``, :func:`segmenter_detections`: the selfie segmenter's instance that
+   matches the true mask as the mask, the other instances painted grey, as
+   :func:`bench_estimate.segmenter_instances`; a render without a matching instance has no
+   detection, as the pipeline gives it no label). Per render the cache (``--cache``, one npz per
+   dataset and way of reading it, ``..._n128.npz`` and ``..._n128_seg.npz``, reused; the renders are
+   shared) keeps the 33 image landmarks with visibility, the 33 world landmarks, the true COCO-17
+   joints (camera frame) and 2D keypoints, and whether the detector swapped left and right
+   (:func:`detector_swapped`). ``--masks segmenter true`` makes both in one pass over the renders
+   and trains on the first.
 4. **Training** (:func:`diffusion_hpc.estimate.lifter.train_lifter`, seeded, CPU, a few minutes):
    the MLP of :class:`~diffusion_hpc.estimate.lifter.LandmarkLifter` maps the detection's features
    (:func:`~diffusion_hpc.estimate.lifter.lifter_features`) to the true hip-centred COCO-17 joints,
@@ -50,6 +57,30 @@ on the loaded machine), 1.5 MiB. Validation (limb PA-MPJPE of the lifted joints,
 seed 2024's median and more swaps on 2025), 3 x 384 with 6144 (77.5 / 60.2; one more swap on 2025
 than the first lifter), 3 x 384 with 95 of the 96 variant datasets (77.0 / 60.3). The fit's
 figures are in :mod:`diffusion_hpc.estimate.mediapipe_fit`.
+
+``--masks segmenter`` (the pipeline's reading in training too) did not help. The default amounts
+read both ways in one pass (two ``--data-only`` processes, 15 s CPU per dataset of 128 renders for
+the renders and both readings, 30 min wall on the loaded machine): the segmenter reading detects
+17,572 of the 18,405 renders (the true masks 18,007), and swaps left and right more over photos
+(11.4 vs 9.8 % of the built-in poses' renders, 16.6 vs 15.8 % of the variants'). Fit with each
+lifter on bench_estimate's renders read the pipeline's way (seeds 2024 / 2025, 32 procedural + 32
+photo each; limb PA-MPJPE mean / median mm, swaps):
+
+================  =====================  =====================
+lifter            seed 2024              seed 2025
+================  =====================  =====================
+shipped           63.2 / 51.1, 3 of 59   83.4 / 61.5, 2 of 62
+true, seed 0      63.5 / 50.9, 3         85.1 / 62.1, 4
+true, seed 1      64.4 / 51.4, 3         83.6 / 62.8, 4
+segmenter, 0      63.9 / 52.6, 3         86.5 / 61.4, 5
+segmenter, 1      64.2 / 49.7, 3         85.6 / 61.7, 6
+both readings     62.5 / 51.0, 3         84.3 / 60.5, 3
+================  =====================  =====================
+
+(the true-mask retrains are this script's defaults again: their spread, 1-2 mm and two swaps, is
+the training's noise). On the validation datasets every lifter is within 0.4 mm of the others read
+either way (true masks 76.7-77.1 mean, segmenter 77.7-77.9): the segmenter's masks cost the lifted
+joints under 1 mm, so the photo renders' larger errors do not come from the lifter's training masks.
 
 Data and licence: the poses are the package's built-in CMU motion-capture poses ("The data used in
 this project was obtained from mocap.cs.cmu.edu. The database was created with funding from NSF
@@ -170,16 +201,26 @@ def claim(npz: Path) -> bool:
     return False
 
 
-def make_chunk(est, folder: Path, npz: Path, seed: int, n: int, pose_file: Path, photos: Path | None,
+#: how ``--masks`` reads each render (module docstring, step 3) and the suffix of its cached npz names
+MASKS = {"true": "", "segmenter": "_seg"}
+
+
+def chunk_name(stem: str, masks: str) -> str:
+    """The npz name of dataset ``stem`` (``chunk_s10000_n128``) read with ``masks`` (a :data:`MASKS` key)."""
+    if masks not in MASKS:
+        raise ValueError(f"masks={masks!r} is not one of {sorted(MASKS)}: pass --masks true or --masks segmenter")
+    return f"{stem}{MASKS[masks]}.npz"
+
+
+def make_chunk(est, folder: Path, npzs: dict[str, Path], seed: int, n: int, pose_file: Path, photos: Path | None,
                fov_deg: tuple[float, float] | None = None, fill: tuple[float, float] | None = None) -> None:
-    """Render one training dataset, detect on it and cache the arrays (module docstring, steps 2-3);
-    ``fov_deg`` / ``fill`` override the generator's camera draws."""
+    """Render one training dataset, detect on it and cache the arrays (module docstring, steps 2-3),
+    one npz per way of reading the renders (``npzs``: :data:`MASKS` key -> npz path; the renders are
+    made once); ``fov_deg`` / ``fill`` override the generator's camera draws."""
     from diffusion_hpc.config import GenerateConfig
     from diffusion_hpc.data import open_dataset
     from diffusion_hpc.data.schema import persons_of
-    from diffusion_hpc.estimate.landmarks import coco17_from_mediapipe
     from diffusion_hpc.pipeline.generate import generate
-    from diffusion_hpc.runtime.atomic import atomic_path
 
     cfg = GenerateConfig(n=n, image_size=(256, 256), seed=seed, poses=str(pose_file))
     if fov_deg is not None:
@@ -192,9 +233,37 @@ def make_chunk(est, folder: Path, npz: Path, seed: int, n: int, pose_file: Path,
     # one loads no model
     generate(cfg, out=folder, resume=(folder / "config.yaml").exists(), progress=False)
     samples = [p for s in open_dataset(folder) for p in persons_of(s)]
+    for masks, npz in npzs.items():
+        if masks == "true":
+            dets = [est.detector.detect(s["image"], np.asarray(s["mask"], np.float32)) for s in samples]
+        else:
+            dets = segmenter_detections(est, samples)
+        save_chunk(npz, samples, dets, seed, photos is not None)
+
+
+def segmenter_detections(est, samples: list[dict]) -> list:
+    """The detections of ``samples`` (renders' persons) read the pipeline's way: the selfie segmenter's
+    instance that matches the true mask as the mask, the other instances grey
+    (:func:`bench_estimate.segmenter_instances`); None where no instance touches the person (the
+    pipeline gives it no label) or the detector finds nobody."""
+    from bench_estimate import segmenter_instances
+
+    images, masks = segmenter_instances([s["image"] for s in samples], [s["mask"] for s in samples])
+    found = [k for k, m in enumerate(masks) if m is not None]
+    dets: list = [None] * len(samples)
+    for k, det in zip(found, est.detect([images[k] for k in found], [masks[k] for k in found])):
+        dets[k] = det
+    return dets
+
+
+def save_chunk(npz: Path, samples: list[dict], dets: list, seed: int, photo: bool) -> None:
+    """Cache the detections ``dets`` (one per sample, None: none) of a dataset's ``samples`` with their
+    true joints (module docstring, step 3)."""
+    from diffusion_hpc.estimate.landmarks import coco17_from_mediapipe
+    from diffusion_hpc.runtime.atomic import atomic_path
+
     rows: dict[str, list] = {k: [] for k in ("landmarks2d", "world", "true3d", "true2d", "size", "swapped", "pose")}
-    for s in samples:
-        det = est.detector.detect(s["image"], np.asarray(s["mask"], np.float32))
+    for s, det in zip(samples, dets):
         if det is None:
             continue
         true2d = s["keypoints2d"][:, :2]
@@ -207,7 +276,7 @@ def make_chunk(est, folder: Path, npz: Path, seed: int, n: int, pose_file: Path,
         rows["pose"].append(s["pose_source"])
     with atomic_path(npz) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, seed=seed, photo=photos is not None, renders=len(samples),
+            np.savez(fh, seed=seed, photo=photo, renders=len(samples),
                      **{k: np.asarray(v) for k, v in rows.items()})
 
 
@@ -222,10 +291,11 @@ def aug_seed(strength: float) -> int:
 
 
 def make_data(cache: Path, renders: int, aug_renders: int, variants: int, strengths: list[float], chunk: int,
-              holdout_n: int, n_hard: int) -> tuple[list[Path], list[Path], list[Path]]:
+              holdout_n: int, n_hard: int, masks: list[str]) -> tuple[list[Path], list[Path], list[Path]]:
     """The cached chunks of the built-in training poses and of their augmented variants (module
-    docstring, steps 1-3), made where missing, and the chunks another process claimed (:func:`claim`)
-    and has not finished: left to it."""
+    docstring, steps 1-3) read with ``masks[0]`` (a :data:`MASKS` key), made where missing, and the
+    chunks another process claimed (:func:`claim`) and has not finished: left to it. The chunks of the
+    other ``masks`` are made in the same pass (on the same renders) but not returned."""
     from bench_estimate import background_folder
     from diffusion_hpc.estimate import get_estimator
     from diffusion_hpc.poses import builtin_poses
@@ -250,27 +320,31 @@ def make_data(cache: Path, renders: int, aug_renders: int, variants: int, streng
               f"{np.median(score_out):.2f}, {np.mean(score_out >= get_prior().hard_threshold):.0%} hard")
     photos = background_folder(cache)
     est = get_estimator("mediapipe")
-    plan = [(f"chunk_s{TRAIN_SEED + k}_n{chunk}.npz", TRAIN_SEED + k, pose_file, photos if k % 2 else None, None, None)
+    plan = [(f"chunk_s{TRAIN_SEED + k}_n{chunk}", TRAIN_SEED + k, pose_file, photos if k % 2 else None, None, None)
             for k in range(int(np.ceil(renders / chunk)))]
     for strength, aug_file in aug_files.items():
         first = aug_seed(strength)
-        plan += [(f"chunk_{aug_tag(variants, strength)}_s{first + k}_n{chunk}.npz", first + k, aug_file,
+        plan += [(f"chunk_{aug_tag(variants, strength)}_s{first + k}_n{chunk}", first + k, aug_file,
                   photos if k % 2 else None, AUG_FOV_DEG, AUG_FILL) for k in range(int(np.ceil(aug_renders / chunk)))]
     out: list[Path] = []
     pending: list[Path] = []
-    for name, seed, poses_at, backgrounds, fov, fill in plan:
-        npz = cache / name
-        if not npz.exists():
-            if not claim(npz):
-                pending.append(npz)
-                continue
-            t0 = time.perf_counter()
-            make_chunk(est, cache / name.split("_n")[0].replace("chunk", "train"), npz, seed, chunk, poses_at, backgrounds, fov, fill)
-            with np.load(npz) as z:
-                print(f"  {name}: {'photo' if backgrounds else 'procedural'} backgrounds, "
-                      f"{len(z['world'])} of {int(z['renders'])} detected, {z['swapped'].mean():.1%} swapped, "
-                      f"{time.perf_counter() - t0:.0f} s", flush=True)
-        out.append(npz)
+    for stem, seed, poses_at, backgrounds, fov, fill in plan:
+        npzs = {m: cache / chunk_name(stem, m) for m in masks}
+        missing = {m: npz for m, npz in npzs.items() if not npz.exists()}
+        mine = {m: npz for m, npz in missing.items() if claim(npz)}
+        if mine:
+            t0, c0 = time.perf_counter(), time.process_time()
+            make_chunk(est, cache / stem.split("_n")[0].replace("chunk", "train"), mine, seed, chunk, poses_at,
+                       backgrounds, fov, fill)
+            for m, npz in mine.items():
+                with np.load(npz) as z:
+                    print(f"  {npz.name}: {'photo' if backgrounds else 'procedural'} backgrounds, {m} masks, "
+                          f"{len(z['world'])} of {int(z['renders'])} detected, {z['swapped'].mean():.1%} swapped", flush=True)
+            print(f"  {stem}: {time.perf_counter() - t0:.0f} s wall, {time.process_time() - c0:.0f} s CPU", flush=True)
+        if masks[0] in missing and masks[0] not in mine:
+            pending.append(npzs[masks[0]])
+        else:
+            out.append(npzs[masks[0]])
     return [c for c in out if c.name.startswith("chunk_s")], [c for c in out if c.name.startswith("chunk_aug")], pending
 
 
@@ -367,7 +441,7 @@ def train(chunks: list[Path], aug_chunks: list[Path], args) -> None:
                                    f"and the {args.n_hard} hardest built-in poses",
                        "poses": "built-in CMU motion-capture poses (mocap.cs.cmu.edu; NSF EIA-0196217) and the "
                                 "pose prior's augmented variants of them"},
-              "training": hyper | {"examples": int(len(x)), "mirrored": True},
+              "training": hyper | {"examples": int(len(x)), "mirrored": True, "masks": args.masks[0]},
               "validation": figures}
     out = save_lifter(args.out or default_lifter_path(), lifter, record)
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB)")
@@ -385,6 +459,10 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path("/tmp/lifter_data"), help="folder for renders and npz caches")
     ap.add_argument("--holdout-n", type=int, default=32, help="renders per bench evaluation set whose poses are held out")
     ap.add_argument("--n-hard", type=int, default=48, help="the prior's hardest built-in poses held out")
+    ap.add_argument("--masks", nargs="+", choices=sorted(MASKS), default=["true"],
+                    help="how each render's person is read (step 3): true: its true mask; segmenter: the pipeline's "
+                         "way (the segmenter's matching instance, the others grey). Trains on the first; the others' "
+                         "npz are made in the same pass on the same renders (with --data-only, say)")
     ap.add_argument("--data-only", action="store_true", help="make the cached data, do not train")
     ap.add_argument("--out", type=Path, default=None, help="weights file (default: the package's lifter.safetensors)")
     ap.add_argument("--epochs", type=int, default=80)
@@ -397,7 +475,7 @@ def main() -> None:
     ap.add_argument("--w-aligned", type=float, default=1.0, help="weight of the rotation-aligned joint error")
     args = ap.parse_args()
     chunks, aug_chunks, pending = make_data(args.cache, args.renders, args.aug_renders, args.variants,
-                                            args.aug_strength, args.chunk, args.holdout_n, args.n_hard)
+                                            args.aug_strength, args.chunk, args.holdout_n, args.n_hard, args.masks)
     if args.data_only:
         return
     if pending:  # training on part of the data would make other weights than these options make
