@@ -70,6 +70,27 @@ def save_model(folder: Path, shape: dict, names: Sequence[str] = NAMES, experts:
     return folder
 
 
+def cpu_bench_parser(doc: str, batch: int | None = None) -> argparse.ArgumentParser:
+    """The options the CPU benchmarks of the device models share: ``--rounds`` (alternating rounds,
+    medians printed) and ``--threads`` (torch's), and ``--batch`` with this default when given; the
+    first line of ``doc`` as the description. Parse with :func:`parse_cpu_bench`."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    if batch is not None:
+        parser.add_argument("--batch", type=int, default=batch)
+    return parser
+
+
+def parse_cpu_bench(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The parsed options of a :func:`cpu_bench_parser`, torch set to run on ``--threads`` threads."""
+    import torch
+
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    return args
+
+
 class TimedForward:
     """The model with the process CPU time of its forward calls summed (``seconds``), each call's also
     passed to ``report`` when given (everything else passes through to the model)."""
@@ -102,18 +123,14 @@ def inputs(size: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
+    parser = cpu_bench_parser(__doc__)
     parser.add_argument("--sizes", default="128,256")
     parser.add_argument("--models", default="tiny,base")
-    args = parser.parse_args()
-    import torch
+    args = parse_cpu_bench(parser)
     from transformers.models.vitpose.image_processing_pil_vitpose import VitPoseImageProcessorPil
 
     from diffusion_hpc.estimate.keypoint_model import KeypointModel
 
-    torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="bench_kp_"))
     readers = {}

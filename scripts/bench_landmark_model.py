@@ -37,7 +37,6 @@ machine MediaPipe's graph stays the cheaper reader.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -46,7 +45,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from bench_keypoint_model import TimedForward  # noqa: E402  (the forward's CPU time, summed)
+from bench_keypoint_model import TimedForward, cpu_bench_parser, parse_cpu_bench  # noqa: E402  (shared bench pieces)
 from bench_modes import photos  # noqa: E402
 
 
@@ -63,17 +62,10 @@ def readings(batch: int) -> tuple[list[np.ndarray], list, list[int]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=16)
-    args = parser.parse_args()
-    import torch
-
+    args = parse_cpu_bench(cpu_bench_parser(__doc__, batch=16))
     from diffusion_hpc.estimate.landmark_model import PoseLandmarkModel
     from diffusion_hpc.estimate.landmarks import MediaPipeDetector
 
-    torch.set_num_threads(args.threads)
     images, regions, owner = readings(args.batch)
     model = PoseLandmarkModel()
     timed = model.model = TimedForward(model.model)

@@ -39,7 +39,6 @@ MediaPipe's graph stays the cheaper whole-image reader.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -48,23 +47,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from bench_keypoint_model import TimedForward  # noqa: E402  (the forward's CPU time, summed)
+from bench_keypoint_model import TimedForward, cpu_bench_parser, parse_cpu_bench  # noqa: E402  (shared bench pieces)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=16)
-    args = parser.parse_args()
-    import torch
+    args = parse_cpu_bench(cpu_bench_parser(__doc__, batch=16))
     from test_pose_detector_model import test_images
 
     from diffusion_hpc.estimate.landmark_model import PoseLandmarkModel
     from diffusion_hpc.estimate.landmarks import MediaPipeDetector
     from diffusion_hpc.estimate.pose_detector_model import PoseDetectorModel, read_whole_images
 
-    torch.set_num_threads(args.threads)
     found = list(test_images().values())
     images = [found[i % len(found)] for i in range(args.batch)]
     detector, landmarks = PoseDetectorModel(), PoseLandmarkModel()
