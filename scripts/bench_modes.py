@@ -288,8 +288,8 @@ class PhotoFinal:
 
 
 def config(mode: str, n: int, args, backbone: Path, guides: Path, overlap: bool = False):
-    """The run's GenerateConfig; ``args.estimate_batch`` and ``args.verify_by`` (one value each, when given)
-    set the head's fit size and what verification reads."""
+    """The run's GenerateConfig; ``args.estimate_batch``, ``args.verify_by`` and ``args.landmark_views`` (one
+    value each, when given) set the head's fit size, what verification reads and the views the head reads."""
     from diffusion_hpc.config import GenerateConfig
 
     extra = {"guides": guides} if mode == "R" else {"prompt": T_PROMPT}
@@ -301,6 +301,8 @@ def config(mode: str, n: int, args, backbone: Path, guides: Path, overlap: bool 
         extra["keypoint_model"] = str(args.keypoint_model)
     if getattr(args, "landmark_runtime", None) is not None:
         extra["landmark_runtime"] = args.landmark_runtime
+    if getattr(args, "landmark_views", None) is not None:
+        extra["landmark_views"] = args.landmark_views.split("+")
     return GenerateConfig(mode=mode, backbone=str(backbone), image_size=(args.image_size, args.image_size), n=n,
                           batch_size=args.batch_size, seed=args.seed, overlap=overlap,
                           compile_fit=bool(getattr(args, "compile_fit", False)), **extra)  # fmt: skip
@@ -471,6 +473,7 @@ def run_mode(mode: str, args, backbone: Path, guides: Path, work: Path, prepare=
     summary["photo_finals"] = bool(getattr(args, "photo_finals", False))
     summary["estimate_batch"] = gen.config.estimate_batch
     summary["verify_by"] = gen.config.verify_by
+    summary["landmark_views"] = gen.config.landmark_views
     summary["warm_up_cpu_s"] = round(warm_cpu, 1)  # loading the models, one batch, the fit's compilation
     summary["process_cpu_ms_per_accepted"] = round(1000 * cpu / summary["accepted"], 1) if summary["accepted"] else None
     summary.update(probe_summary(mode, probe, rows, summary["accepted"], gen.config.k))
@@ -578,6 +581,10 @@ def main(argv: list[str] | None = None) -> int:
                              "whole-image pass and label-box's readings as torch ops on the run's device (here the "
                              "CPU: their forwards are reported on their own, estimate.model_forward and "
                              "verify.model_forward, and left out of ..._without_device_forward)")
+    parser.add_argument("--landmark-views", nargs="+", default=[None], metavar="VIEWS",
+                        help="the views the head's estimator reads, joined by + (GenerateConfig.landmark_views, e.g. "
+                             "image or image+mirror+grey; default: its default); several values: each mode runs with "
+                             "each, alternating")
     parser.add_argument("--rounds", type=int, default=1, help="rounds of the runs (each round every mode and variant)")
     parser.add_argument("--overlap", action="store_true",
                         help="make the next batch's head beside the current batch's tail (default: one after the other)")
@@ -610,7 +617,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result, indent=1))
             return 0
         results = []
-        variants = [{"estimate_batch": e, "verify_by": v} for e in args.estimate_batch for v in args.verify_by]
+        variants = [{"estimate_batch": e, "verify_by": v, "landmark_views": w}
+                    for e in args.estimate_batch for v in args.verify_by for w in args.landmark_views]
         for r in range(args.rounds):
             for mode in args.modes:
                 for variant in variants if r % 2 == 0 else variants[::-1]:  # alternating order

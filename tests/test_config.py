@@ -233,6 +233,30 @@ def test_lifter_option_names_the_fix(tmp_path, capsys):
         assert err.count("\n") == 1 and message in err, (argv, err)
 
 
+def test_landmark_views_option_names_the_fix(capsys):
+    """--landmark-views takes distinct views among them image, for the runs the MediaPipe estimator reads;
+    anything else is one line naming the value and what to pass, before a model loads."""
+    est = ["estimate", "--images", "p", "--out", "f.npz"]
+    gen = ["generate", "--mode", "R", "--guides", "photos", "--backbone", "b", "--out", "d"]
+    assert _config(est + ["--landmark-views", "grey", "image"]).landmark_views == ["image", "grey"]
+    assert _config(est).landmark_views is None  # not set: the default views
+    assert _config(gen).landmark_views is None  # not set: one reading, as before the option
+    assert _config(gen + ["--landmark-views", "image"]).landmark_views == ["image"]
+    assert _config(["generate", "--mode", "D", "--out", "d"]).landmark_views is None  # no estimator reads
+    for argv, message in (
+        (est + ["--landmark-views", "mirror"], "among them image"),
+        (est + ["--landmark-views", "image", "image"], "distinct views"),
+        (est + ["--estimator", "hmr", "--checkpoint", "r", "--landmark-views", "image"], "leave it out"),
+        (["generate", "--mode", "D", "--out", "d", "--landmark-views", "image"], "leave it out"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, (argv, err)
+    with pytest.raises(SystemExit):  # argparse names the choices
+        main(est + ["--landmark-views", "tilt"])
+    assert "invalid choice: 'tilt'" in capsys.readouterr().err
+
+
 def test_compile_fit_option_names_the_fix(capsys):
     """--compile-fit compiles the MediaPipe fit of Anny bodies; a run that fits none (a regressor, SMPL, mode D
     without --verify) fails in one line naming the option and the fix, before a model loads."""

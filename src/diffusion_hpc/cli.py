@@ -33,6 +33,7 @@ from diffusion_hpc.config import (
 )
 from diffusion_hpc.config.convert import ConvertConfig
 from diffusion_hpc.config.cycle import CycleConfig
+from diffusion_hpc.config.estimate import LANDMARK_VIEWS
 from diffusion_hpc.errors import DhpcError
 from diffusion_hpc.geometry.boxes import BOX_EXPAND
 from diffusion_hpc.runtime.device import check_offload, resolve_placement
@@ -189,6 +190,7 @@ def _add_generate(sub) -> None:
     _flag(g, G, "lifter", metavar="on|off|FILE", text="the MediaPipe fit's 3D target: on (the shipped learned lifter "
           "of MediaPipe's landmarks; default), off (MediaPipe's world landmarks) or a scripts/train_lifter.py weights file")
     _flag(g, G, "compile_fit", action=argparse.BooleanOptionalAction)
+    _flag(g, G, "landmark_views", nargs="+", choices=LANDMARK_VIEWS, metavar="VIEW")
     s = g.add_argument_group("diffusion sampler (a preset, then any value given here overrides it)")
     S = SamplerConfig
     _flag(s, S, "preset", text="original (the paper: DDIM, 50 steps, guidance 7.5), default (DPM++ 2M, 20 steps), "
@@ -287,6 +289,7 @@ def _add_estimate(sub) -> None:
     _flag(est, E, "lifter", metavar="on|off|FILE")
     _flag(est, E, "compile_fit", action="store_true")
     _flag(est, E, "landmark_runtime")
+    _flag(est, E, "landmark_views", nargs="+", choices=LANDMARK_VIEWS, metavar="VIEW")
     _flag(est, E, "device", metavar="auto|cpu|cuda[:N]|mps")
     _flag(est, E, "dtype")
 

@@ -16,6 +16,27 @@ REGRESSORS = ("hmr", "spin", "hmr2")
 LIFTER_CHOICES = ("on", "off")
 
 
+#: the views of a photo the MediaPipe estimator can read and merge (diffusion_hpc.estimate.views), in reading order
+LANDMARK_VIEWS = ("image", "mirror", "grey")
+#: the views it reads when none are set (one reading; estimate.views has the figures of the others)
+DEFAULT_LANDMARK_VIEWS = ("image",)
+
+
+def check_landmark_views(value: Optional[list[str]]) -> Optional[list[str]]:
+    """A ``landmark_views`` setting in reading order (:data:`LANDMARK_VIEWS`); None stays None.
+
+    Raises:
+        ValueError: a view not in :data:`LANDMARK_VIEWS`, a repeated one, or no ``image`` (before a model loads).
+    """
+    if value is None:
+        return None
+    value = list(value)
+    if any(v not in LANDMARK_VIEWS for v in value) or len(set(value)) != len(value) or "image" not in value:
+        raise ValueError(f"landmark_views: {value} must name distinct views of {list(LANDMARK_VIEWS)}, among them image "
+                         "(the photo as it is), e.g. --landmark-views image (one reading) or image mirror grey")
+    return [v for v in LANDMARK_VIEWS if v in value]
+
+
 def check_lifter(value: Optional[str]) -> Optional[str]:
     """A ``lifter`` setting: ``on``, ``off`` or an existing ``.safetensors`` file (any other value fails here,
     before a model loads)."""
@@ -66,6 +87,10 @@ class EstimateConfig(CommandConfig):
     """mediapipe with Anny: run the fit compiled (torch.compile; needs a C++ compiler): the same fits, about 2.5x
     less CPU per image, after a one-off compilation of about a minute per process; pays off from a few hundred
     images"""
+    landmark_views: Optional[list[Literal["image", "mirror", "grey"]]] = None
+    """mediapipe: the views of each photo MediaPipe Pose reads, their landmarks merged (per landmark the median;
+    diffusion_hpc.estimate.views): image (as it is), mirror (flipped left to right), grey (the background away
+    from the person painted grey). Not set: image (one reading); image mirror grey costs about three"""
     landmark_runtime: Optional[Literal["mediapipe", "torch"]] = None
     """mediapipe: how MediaPipe Pose's person detector and landmark model run: mediapipe (MediaPipe's own graph, one
     image at a time on the CPU) or torch (the same weights as torch operations, a batch at once on --device in
@@ -84,6 +109,7 @@ class EstimateConfig(CommandConfig):
 
     _device = field_validator("device")(check_device_name)
     _lifter = field_validator("lifter")(check_lifter)
+    _landmark_views = field_validator("landmark_views")(check_landmark_views)
 
     @property
     def fit_body_model(self) -> str:
@@ -118,6 +144,9 @@ class EstimateConfig(CommandConfig):
             if self.landmark_runtime is not None:
                 raise ValueError(f"landmark_runtime: --landmark-runtime runs MediaPipe Pose's models for the MediaPipe "
                                  f"fit; --estimator {self.estimator} regresses without them, leave it out")
+            if self.landmark_views is not None:
+                raise ValueError(f"landmark_views: --landmark-views sets what MediaPipe Pose reads for the MediaPipe "
+                                 f"fit; --estimator {self.estimator} regresses without it, leave it out")
             if not self.masks:
                 raise ValueError(f"masks: --no-masks changes the MediaPipe fit; --estimator {self.estimator} "
                                  "regresses from the crop without person masks, leave --no-masks out")

@@ -13,7 +13,7 @@ from typing import Literal, Optional
 from pydantic import Field, field_validator, model_validator
 
 from diffusion_hpc.config.base import CommandConfig, Strict, build, check_range
-from diffusion_hpc.config.estimate import check_lifter
+from diffusion_hpc.config.estimate import check_landmark_views, check_lifter
 from diffusion_hpc.errors import ConfigError
 from diffusion_hpc.runtime.compiler import find_cpp_compiler
 from diffusion_hpc.runtime.device import check_device_name
@@ -178,6 +178,7 @@ ADDED_OPTIONS = {
     "verify_by": "with --verify-by estimate",
     "keypoint_model": "without --keypoint-model",
     "landmark_runtime": "with --landmark-runtime mediapipe",
+    "landmark_views": "with --landmark-views image",
 }
 
 
@@ -268,6 +269,11 @@ class GenerateConfig(CommandConfig):
     lifter: Optional[str] = None
     """the MediaPipe fit's 3D target: on (the shipped learned lifter of MediaPipe's landmarks; also when not set),
     off (MediaPipe's world landmarks) or a lifter weights file made by scripts/train_lifter.py"""
+    landmark_views: Optional[list[Literal["image", "mirror", "grey"]]] = None
+    """the MediaPipe estimator: the views of each start image's person MediaPipe Pose reads, their landmarks merged
+    (per landmark the median; diffusion_hpc.estimate.views): image (as it is), mirror (flipped left to
+    right), grey (the background away from the person painted grey). Not set: image (one reading); image mirror
+    grey costs about three"""
     compile_fit: Optional[bool] = None
     """the MediaPipe fit with Anny, compiled (torch.compile; needs a C++ compiler): the same labels to 0.3 mm, about
     half the fit's CPU per fitted image, after a one-off compilation of one to two minutes per process (per worker;
@@ -353,6 +359,7 @@ class GenerateConfig(CommandConfig):
 
     _device = field_validator("device")(check_device_name)
     _lifter = field_validator("lifter")(check_lifter)
+    _landmark_views = field_validator("landmark_views")(check_landmark_views)
 
     @model_validator(mode="after")
     def _memory_options(self):
@@ -431,6 +438,8 @@ class GenerateConfig(CommandConfig):
             return self.keypoint_model is None
         if option == "landmark_runtime":  # MediaPipe's own graph read the labels' boxes
             return self.landmark_runtime in (None, "mediapipe")
+        if option == "landmark_views":  # one reading of each image
+            return self.landmark_views in (None, ["image"])
         raise KeyError(option)
 
     def resumed_config(self, stored_yaml: str) -> GenerateConfig:
@@ -632,6 +641,9 @@ class GenerateConfig(CommandConfig):
             raise ValueError(f"compile_fit: --compile-fit compiles the MediaPipe fit of Anny bodies in modes T and R, "
                              f"--verify and --cycles; this run does not fit one (estimator {name}, body model "
                              f"{self.body_model}, mode {self.mode}), leave --compile-fit out")
+        if self.landmark_views is not None and not fits_with_mediapipe:
+            raise ValueError(f"landmark_views: --landmark-views sets what the MediaPipe estimator reads; this run "
+                             f"estimates no bodies with it (estimator {name}, mode {self.mode}), leave it out")
         d = self.__dict__  # as _modes: validate_assignment would re-run this validator on each assignment
         if self.compile_fit is None:
             d["compile_fit"] = fits_anny and self.n >= COMPILE_FIT_FROM and find_cpp_compiler() is not None

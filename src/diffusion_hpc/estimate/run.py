@@ -31,7 +31,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from diffusion_hpc.body.joint_sets import COCO17
-from diffusion_hpc.config.estimate import EstimateConfig
+from diffusion_hpc.config.estimate import DEFAULT_LANDMARK_VIEWS, EstimateConfig
 from diffusion_hpc.data.schema import encode_png
 from diffusion_hpc.data.writer import atomic_write_bytes
 from diffusion_hpc.errors import ConfigError, InputError
@@ -200,6 +200,7 @@ def estimate(config: EstimateConfig) -> dict[str, np.ndarray]:
                               "hmr|spin|hmr2 to regress on a GPU")  # fmt: skip
         estimator = get_estimator("mediapipe", body_model=c.fit_body_model, prior="default" if c.prior else None,
                                   model_path=c.smpl_path, lifter=c.lifter or "on", compile_fit=c.compile_fit,
+                                  views=c.landmark_views or DEFAULT_LANDMARK_VIEWS,
                                   **(pose_models(placement.device, placement.dtype) if on_device else {}))
         segmenter = make_segmenter(c.segmenter) if c.masks else None
     elif c.estimator == "spin":

@@ -22,6 +22,7 @@ import numpy as np
 
 from diffusion_hpc.body import get_body_model
 from diffusion_hpc.config import DIFFUSION_GENERATORS, GenerateConfig
+from diffusion_hpc.config.estimate import DEFAULT_LANDMARK_VIEWS
 from diffusion_hpc.estimate import MeshEstimator, check_estimator, describe_estimator, get_estimator
 from diffusion_hpc.generate import make_image_generator, make_start_generator
 from diffusion_hpc.generate.base import GenerationResult, SamplerSettings
@@ -58,7 +59,8 @@ def load_estimator(cfg: GenerateConfig, prior, device, dtype=None) -> MeshEstima
     if name == "mediapipe":
         on_device = pose_models(device, dtype) if landmark_runtime(cfg.landmark_runtime, device) == "torch" else {}
         return get_estimator("mediapipe", body_model=cfg.body_model, prior=prior, model_path=cfg.smpl_path,
-                             lifter=cfg.lifter or "on", compile_fit=cfg.compile_fit, **on_device)
+                             lifter=cfg.lifter or "on", compile_fit=cfg.compile_fit,
+                             views=cfg.landmark_views or DEFAULT_LANDMARK_VIEWS, **on_device)
     if name in ("spin", "hmr2"):
         return get_estimator(name, checkpoint=cfg.estimator_checkpoint, smpl_path=cfg.smpl_path, device=device)
     return get_estimator(name, checkpoint=cfg.estimator_checkpoint, model_path=cfg.smpl_path, device=device)
