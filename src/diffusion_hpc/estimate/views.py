@@ -24,7 +24,7 @@ grey``: 73.3 / 55.1, 5.4 % of 370 fitted, 93.2 % -> 72.7 / 53.6, 4.8 % of 375, 9
 interval -4.2 to +1.8 (photos -4.0, -9.2 to +0.4; procedural +1.5, -1.7 to +5.6): not a gain the
 six seeds can tell from noise, hence not the default. Detection 36 -> 104 CPU ms per image with
 MediaPipe's graph (a whole decision per view); modes R / T (``scripts/bench_modes.py --n 48
---photo-finals``, eager fit, 128 px, loaded machine) 89.7 -> 112.5 and 88.6 -> 114.5 CPU ms per
+--photo-finals``, eager fit, 128 px, loaded machine) 90.5 -> 106.5 and 90.8 -> 113.4 CPU ms per
 accepted sample.
 
 Variants measured on the same renders and not kept: the grey view read through the whole decision
