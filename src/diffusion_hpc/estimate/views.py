@@ -28,14 +28,15 @@ MediaPipe's graph (a whole decision per view); modes R / T (``scripts/bench_mode
 accepted sample.
 
 Variants measured on the same renders and not kept: the grey view read through the whole decision
-(person detector, mask regions) 71.3 / 53.8, 5.1 %, 95.1 % (paired -2.6, -5.2 to -0.2), but the two
-landmark runtimes paint its image from their own masks, which differ by float noise, and its
-decision then reads the wheels' photos up to 16 px apart (fits 8 cm apart, where one reading agrees
-within a millimetre); grey painted hard (no :data:`GREY_RAMP`) 2 cm apart; the same with soft
-edges 71.9 / 53.2 but 5.9 % swapped; ``image mirror`` (the mean of two) 74.8; mirror alone 73.6;
-four or five views (a second mirror, a blurred background) 72.1-72.2; the grey view alone helps
-photos and hurts procedural backgrounds. Runtime parity with this module's views: the wheels'
-photos' fits 4 mm apart (median), 9 mm at most.
+(person detector, mask regions) with hard edges, 71.3 / 53.8, 5.1 %, 95.1 % (paired -2.6, -5.2 to
+-0.2), and with soft edges 71.9 / 53.2 but 5.9 % swapped; by the mean of the seeds' means (today
+73.2), the mirror alone 74.9, image + mirrored grey + grey 72.1, four views (+ a mirrored grey) 74.0,
+five (+ a blurred background) 72.2, and on seeds 2024 / 2025 ``image mirror`` (the mean of two)
+68.4 / 81.8 against 63.2 / 83.4; the grey view alone helps photos and hurts procedural backgrounds. The two landmark runtimes' person masks,
+and so their painted images, differ by float noise: through the whole decision they then read the
+wheels' photos up to 16 px apart (fits 8 cm apart, where one reading agrees within a millimetre);
+read on the region with hard edges, 2 cm apart; as here, with :data:`GREY_RAMP`, 4 mm (median) and
+9 mm at most.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ VIEWS = LANDMARK_VIEWS
 #: the views read by default
 DEFAULT_VIEWS = DEFAULT_LANDMARK_VIEWS
 #: the ``grey`` view keeps the first reading's person mask grown by this share of the mask's height
-#: (0.05 or more lets through background that misleads the model as much as no grey at all)
+#: (read alone, a growth of 0.05 read the bench's photos worse than no grey at all)
 GREY_GROW = 0.02
 #: the ``grey`` view's paint (uint8 RGB level)
 GREY_LEVEL = 128
