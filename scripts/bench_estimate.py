@@ -55,10 +55,10 @@
    renders of each seed (:func:`over_seeds`): per seed and pooled, limb PA-MPJPE of the fit and of
    its 3D target alone, swaps, recall of people >= 10 % of the height, and the detector's 2D error
    next to the landmark model's on the person's own region. One seed's 64 renders are too few to
-   judge a change of a few mm (its mean moves 3-5 mm with a retrained lifter or a re-read render);
-   pool six. ``--seeds 2024 2025 2026 2027 2028 2029 --n 32`` (the renders of seeds 2026-2029 may
-   share poses with the lifter's training; 2024 and 2025 do not), one reading of each person
-   (the default, one reading) -> ``--landmark-views image mirror grey`` (``estimate.views``):
+   judge a change of a few mm (below, one seed's mean moves up to 6 mm where the pooled one moves
+   0.6); pool six. ``--seeds 2024 2025 2026 2027 2028 2029 --n 32`` (the renders of seeds
+   2026-2029 may share poses with the lifter's training; 2024 and 2025 do not), the default (one
+   reading of each person) -> ``--landmark-views image mirror grey`` (``estimate.views``):
 
    ========  ==============  ================  =======  ============  ==================
    renders   fit (mean/med)  3D target alone   swapped  recall >=10%  2D error: read/own
