@@ -547,21 +547,23 @@ def over_seeds(est, out: Path, n: int, seeds: list[int], size: int, rows_file: P
               f"{a['found'][a['tall'] > 0].mean():10.1%} {np.nanmean(a['e2d']):13.3f} {np.nanmean(a['e2d_region']):10.3f}")
 
     for seed in seeds:
-        samples = [p for photos in (False, True)
-                   for s in open_dataset(bench_renders(out, n, seed, photos, size)) for p in persons_of(s)]
+        samples, photo = [], []
+        for photos in (False, True):
+            people = [p for s in open_dataset(bench_renders(out, n, seed, photos, size)) for p in persons_of(s)]
+            samples += people
+            photo += [photos] * len(people)
         images, masks = segmenter_instances([s["image"] for s in samples], [s["mask"] for s in samples])
         detections = [None if m is None else d for d, m in zip(est.detect(images, masks), masks)]
         results = in_batches(lambda d, z, f, m: est.fit(d, z, f, masks=m), detections, [im.shape[:2] for im in images],
                              est.detect_faces(images, detections), masks)
-        found = [d for d in detections if d is not None]
         target = np.full(len(samples), np.nan)
+        found = [i for i, d in enumerate(detections) if d is not None]
         if found:
-            joints = est.world_targets(found)[0]
-            for k, i in enumerate(i for i, d in enumerate(detections) if d is not None):
-                target[i] = pa_mpjpe(joints[k][LIMBS], samples[i]["joints3d"]["coco17"][LIMBS]) * 1000
+            for i, joints in zip(found, est.world_targets([detections[i] for i in found])[0]):
+                target[i] = pa_mpjpe(joints[LIMBS], samples[i]["joints3d"]["coco17"][LIMBS]) * 1000
         region = [est.detector.read_on_label(im, s["keypoints2d"]) for im, s in zip(images, samples)]
         rows["seed"] += [seed] * len(samples)
-        rows["photo"] += [False] * n + [True] * n
+        rows["photo"] += photo
         rows["pa"] += list(limb_pa_mpjpe_mm(results, samples))
         rows["target"] += list(target)
         rows["swapped"] += [left_right_swapped(r, s) for r, s in zip(results, samples)]
@@ -627,6 +629,8 @@ def bench_estimator(landmark_runtime: str, views: list[str] | None = None):
 
 
 def main() -> None:
+    from diffusion_hpc.config.estimate import LANDMARK_VIEWS
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=112)
     ap.add_argument("--seed", type=int, default=2024)
@@ -651,7 +655,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=None,
                     help="only the pipeline's reading over these seeds' renders, per seed and pooled (over_seeds)")
     ap.add_argument("--seeds-rows", type=Path, default=None, help="with --seeds: an npz of the per-render figures")
-    ap.add_argument("--landmark-views", nargs="+", default=None, choices=["image", "mirror", "grey"],
+    ap.add_argument("--landmark-views", nargs="+", default=None, choices=LANDMARK_VIEWS,
                     help="the views the estimator reads (MediaPipeFitter's views; default: its default)")
     args = ap.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_estimate_"))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, get_args
 
 from pydantic import Field, field_validator, model_validator
 
@@ -16,8 +16,10 @@ REGRESSORS = ("hmr", "spin", "hmr2")
 LIFTER_CHOICES = ("on", "off")
 
 
-#: the views of a photo the MediaPipe estimator can read and merge (diffusion_hpc.estimate.views), in reading order
-LANDMARK_VIEWS = ("image", "mirror", "grey")
+#: a view of a photo the MediaPipe estimator can read and merge (diffusion_hpc.estimate.views)
+LandmarkView = Literal["image", "mirror", "grey"]
+#: the views, in reading order
+LANDMARK_VIEWS: tuple[str, ...] = get_args(LandmarkView)
 #: the views it reads when none are set (one reading; estimate.views has the figures of the others)
 DEFAULT_LANDMARK_VIEWS = ("image",)
 
@@ -87,7 +89,7 @@ class EstimateConfig(CommandConfig):
     """mediapipe with Anny: run the fit compiled (torch.compile; needs a C++ compiler): the same fits, about 2.5x
     less CPU per image, after a one-off compilation of about a minute per process; pays off from a few hundred
     images"""
-    landmark_views: Optional[list[Literal["image", "mirror", "grey"]]] = None
+    landmark_views: Optional[list[LandmarkView]] = None
     """mediapipe: the views of each photo MediaPipe Pose reads, their landmarks merged (per landmark the median;
     diffusion_hpc.estimate.views): image (as it is), mirror (flipped left to right), grey (the background away
     from the person painted grey). Not set: image (one reading); image mirror grey costs about three"""

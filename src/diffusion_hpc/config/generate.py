@@ -13,7 +13,7 @@ from typing import Literal, Optional
 from pydantic import Field, field_validator, model_validator
 
 from diffusion_hpc.config.base import CommandConfig, Strict, build, check_range
-from diffusion_hpc.config.estimate import check_landmark_views, check_lifter
+from diffusion_hpc.config.estimate import LandmarkView, check_landmark_views, check_lifter
 from diffusion_hpc.errors import ConfigError
 from diffusion_hpc.runtime.compiler import find_cpp_compiler
 from diffusion_hpc.runtime.device import check_device_name
@@ -269,7 +269,7 @@ class GenerateConfig(CommandConfig):
     lifter: Optional[str] = None
     """the MediaPipe fit's 3D target: on (the shipped learned lifter of MediaPipe's landmarks; also when not set),
     off (MediaPipe's world landmarks) or a lifter weights file made by scripts/train_lifter.py"""
-    landmark_views: Optional[list[Literal["image", "mirror", "grey"]]] = None
+    landmark_views: Optional[list[LandmarkView]] = None
     """the MediaPipe estimator: the views of each start image's person MediaPipe Pose reads, their landmarks merged
     (per landmark the median; diffusion_hpc.estimate.views): image (as it is), mirror (flipped left to
     right), grey (the background away from the person painted grey). Not set: image (one reading); image mirror

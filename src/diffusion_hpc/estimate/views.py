@@ -22,8 +22,8 @@ median mm, left/right swaps, recall of people >= 10 % of the height), ``image`` 
 grey``: 73.3 / 55.1, 5.4 % of 370 fitted, 93.2 % -> 72.7 / 53.6, 4.8 % of 375, 94.3 %; over photos
 88.9 / 66.2 -> 85.7 / 62.8. Paired render by render (``--seeds-rows``): -1.2 mm, bootstrap 95 %
 interval -4.2 to +1.8 (photos -4.0, -9.2 to +0.4; procedural +1.5, -1.7 to +5.6): not a gain the
-six seeds can tell from noise, hence not the default. Detection 36 -> 104 CPU ms per image with
-MediaPipe's graph (a whole decision per view); modes R / T (``scripts/bench_modes.py --n 48
+six seeds can tell from noise, hence not the default. Detection 36 -> 91 CPU ms per image with
+MediaPipe's graph (a whole decision for the mirror, one region for the grey view); modes R / T (``scripts/bench_modes.py --n 48
 --photo-finals``, eager fit, 128 px, loaded machine) 90.5 -> 106.5 and 90.8 -> 113.4 CPU ms per
 accepted sample.
 
@@ -32,9 +32,9 @@ Variants measured on the same renders and not kept: the grey view read through t
 -0.2), and with soft edges 71.9 / 53.2 but 5.9 % swapped; by the mean of the seeds' means (today
 73.2), the mirror alone 74.9, image + mirrored grey + grey 72.1, four views (+ a mirrored grey) 74.0,
 five (+ a blurred background) 72.2, and on seeds 2024 / 2025 ``image mirror`` (the mean of two)
-68.4 / 81.8 against 63.2 / 83.4; the grey view alone helps photos and hurts procedural backgrounds. The two landmark runtimes' person masks,
-and so their painted images, differ by float noise: through the whole decision they then read the
-wheels' photos up to 16 px apart (fits 8 cm apart, where one reading agrees within a millimetre);
+68.4 / 81.8 against 63.2 / 83.4; the grey view alone helps photos and hurts procedural backgrounds.
+The two landmark runtimes' person masks, and so their painted images, differ by float noise:
+through the whole decision they then read the wheels' photos up to 16 px apart (fits 8 cm apart, where one reading agrees within a millimetre);
 read on the region with hard edges, 2 cm apart; as here, with :data:`GREY_RAMP`, 4 mm (median) and
 9 mm at most.
 """
@@ -125,7 +125,7 @@ def median_reading(readings: Sequence[Detection | None]) -> Detection | None:
     if not found:
         return None
     if len(found) == 1:
-        return replace(found[0], passes=sum(r.passes for r in found))
+        return found[0]
     landmarks = np.stack([r.landmarks2d for r in found])
     merged = landmarks.mean(axis=0)
     merged[:, :2] = np.median(landmarks[..., :2], axis=0)
