@@ -297,6 +297,20 @@ def test_pose_models_on_the_device_fit_as_mediapipes_graph(tmp_path):
     assert np.array_equal(fits["mediapipe"]["fit_hypothesis"], fits["torch"]["fit_hypothesis"])
 
 
+def test_a_runs_settings_make_the_fitter_they_name():
+    """``dhpc generate`` and ``dhpc estimate`` build the MediaPipe fit through one function: unset settings give the
+    fitter's defaults (the shipped lifter, one reading, MediaPipe's graph on the CPU), set ones reach it."""
+    from diffusion_hpc.estimate import run_mediapipe_fitter
+
+    common = {"body_model": "anny", "prior": None, "model_path": None, "compile_fit": False, "device": "cpu"}
+    unset = run_mediapipe_fitter(lifter=None, views=None, landmark_runtime=None, **common).describe()
+    assert unset["lifter"].startswith("lifter.safetensors ") and unset["views"] == ["image"]
+    assert unset["landmark_runtime"] == "mediapipe"
+    chosen = run_mediapipe_fitter(lifter="off", views=["image", "mirror"], landmark_runtime="torch", **common).describe()
+    assert (chosen["lifter"], chosen["views"], chosen["landmark_runtime"]) == ("off", ["image", "mirror"],
+                                                                              "torch cpu float32")
+
+
 def test_lifter_off_reaches_the_fit(tmp_path):
     """``--lifter off`` (here through the Python API, which the CLI calls) fits to MediaPipe's world landmarks: the
     npz records it, and the fitted body differs from the one that follows the shipped lifter."""

@@ -11,6 +11,7 @@ batched body-model fit. MediaPipe itself loads with the first estimator.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from diffusion_hpc.errors import ConfigError, MissingModelError
@@ -63,6 +64,23 @@ def get_estimator(name: str = "mediapipe", body_model: str = "anny", prior: Pose
     if name == "hmr2":
         return HMR2Estimator(**kwargs)
     raise ValueError(f"unknown mesh estimator {name!r}; choose one of {ESTIMATORS}")
+
+
+def run_mediapipe_fitter(*, body_model: str, prior: PosePrior | str | None, model_path, lifter: str | None,
+                         views: Sequence[str] | None, compile_fit: bool, landmark_runtime: str | None, device,
+                         dtype=None) -> MediaPipeFitter:
+    """The MediaPipe fit as a run's settings ask for it (``dhpc generate`` and ``dhpc estimate``; their
+    config fields of the same names): ``lifter`` / ``views`` None -> the fitter's defaults (the
+    shipped lifter, one reading of each person); Pose's person detector and landmark model as torch
+    ops on ``device`` in ``dtype`` where ``landmark_runtime`` resolves to ``"torch"``
+    (:func:`~diffusion_hpc.estimate.pose_detector_model.landmark_runtime`: by default on a GPU), else
+    MediaPipe's own graph on the CPU."""
+    from diffusion_hpc.estimate.pose_detector_model import landmark_runtime as resolve_runtime, pose_models
+
+    on_device = pose_models(device, dtype) if resolve_runtime(landmark_runtime, device) == "torch" else {}
+    defaults_unless_set = {k: v for k, v in (("lifter", lifter), ("views", views)) if v is not None}
+    return get_estimator("mediapipe", body_model=body_model, prior=prior, model_path=model_path,
+                         compile_fit=compile_fit, **defaults_unless_set, **on_device)
 
 
 def estimator_body_model(name: str, checkpoint: str | Path | None = None, fit_body_model: str = "anny") -> str:

@@ -22,13 +22,13 @@ import numpy as np
 
 from diffusion_hpc.body import get_body_model
 from diffusion_hpc.config import DIFFUSION_GENERATORS, GenerateConfig
-from diffusion_hpc.config.estimate import DEFAULT_LANDMARK_VIEWS
-from diffusion_hpc.estimate import MeshEstimator, check_estimator, describe_estimator, get_estimator
+from diffusion_hpc.estimate import (
+    MeshEstimator, check_estimator, describe_estimator, get_estimator, run_mediapipe_fitter,
+)
 from diffusion_hpc.generate import make_image_generator, make_start_generator
 from diffusion_hpc.generate.base import GenerationResult, SamplerSettings
 from diffusion_hpc.generate.diffusion import lora_file
 from diffusion_hpc.estimate.keypoint_model import KeypointModel
-from diffusion_hpc.estimate.pose_detector_model import landmark_runtime, pose_models
 from diffusion_hpc.generate.identity import backbone_identity, model_identity
 from diffusion_hpc.generate.render_baseline import face_parts_for_body
 from diffusion_hpc.prior import get_prior
@@ -57,10 +57,9 @@ def load_estimator(cfg: GenerateConfig, prior, device, dtype=None) -> MeshEstima
     checkpoint (on the run's ``device``, in float32), both giving ``cfg.body_model`` bodies."""
     name = cfg.mesh_estimator
     if name == "mediapipe":
-        on_device = pose_models(device, dtype) if landmark_runtime(cfg.landmark_runtime, device) == "torch" else {}
-        return get_estimator("mediapipe", body_model=cfg.body_model, prior=prior, model_path=cfg.smpl_path,
-                             lifter=cfg.lifter or "on", compile_fit=cfg.compile_fit,
-                             views=cfg.landmark_views or DEFAULT_LANDMARK_VIEWS, **on_device)
+        return run_mediapipe_fitter(body_model=cfg.body_model, prior=prior, model_path=cfg.smpl_path, lifter=cfg.lifter,
+                                    views=cfg.landmark_views, compile_fit=cfg.compile_fit,
+                                    landmark_runtime=cfg.landmark_runtime, device=device, dtype=dtype)
     if name in ("spin", "hmr2"):
         return get_estimator(name, checkpoint=cfg.estimator_checkpoint, smpl_path=cfg.smpl_path, device=device)
     return get_estimator(name, checkpoint=cfg.estimator_checkpoint, model_path=cfg.smpl_path, device=device)
