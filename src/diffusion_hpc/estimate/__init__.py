@@ -19,6 +19,7 @@ from diffusion_hpc.estimate.base import Estimate, MeshEstimator
 from diffusion_hpc.estimate.hmr2 import HMR2Estimator
 from diffusion_hpc.estimate.hmr_adapter import HMREstimator, exported_body_model
 from diffusion_hpc.estimate.mediapipe_fit import MediaPipeFitter
+from diffusion_hpc.estimate.pose_detector_model import landmark_runtime as resolve_landmark_runtime, pose_models
 from diffusion_hpc.estimate.spin import SPINEstimator
 from diffusion_hpc.prior.base import PosePrior
 from diffusion_hpc.runtime.compiler import require_cpp_compiler
@@ -75,9 +76,7 @@ def run_mediapipe_fitter(*, body_model: str, prior: PosePrior | str | None, mode
     ops on ``device`` in ``dtype`` where ``landmark_runtime`` resolves to ``"torch"``
     (:func:`~diffusion_hpc.estimate.pose_detector_model.landmark_runtime`: by default on a GPU), else
     MediaPipe's own graph on the CPU."""
-    from diffusion_hpc.estimate.pose_detector_model import landmark_runtime as resolve_runtime, pose_models
-
-    on_device = pose_models(device, dtype) if resolve_runtime(landmark_runtime, device) == "torch" else {}
+    on_device = pose_models(device, dtype) if resolve_landmark_runtime(landmark_runtime, device) == "torch" else {}
     defaults_unless_set = {k: v for k, v in (("lifter", lifter), ("views", views)) if v is not None}
     return get_estimator("mediapipe", body_model=body_model, prior=prior, model_path=model_path,
                          compile_fit=compile_fit, **defaults_unless_set, **on_device)
