@@ -95,8 +95,8 @@
    the pipeline's reading            73.3 / 55.1  5.4 %     58.8 / 50.4  3.1 %     88.9 / 66.2  7.9 %
    read on the true region           64.8 / 50.7  3.0 %     59.8 / 48.4  1.6 %     70.5 / 52.2  4.6 %
    true 2D                           56.2 / 40.5  1.4 %     46.3 / 36.3  1.6 %     66.9 / 45.5  1.1 %
-   true 2D of the seen joints        59.2 / 42.0  1.6 %     47.7 / 37.9  1.6 %     71.6 / 49.1  1.7 %
-   true 2D of the unseen joints      72.8 / 54.6  6.5 %     58.7 / 49.5  3.6 %     87.9 / 63.2  9.6 %
+   true 2D of the seen joints        56.5 / 40.5  1.6 %     46.3 / 36.3  1.6 %     67.5 / 45.5  1.7 %
+   true 2D of the unseen joints      73.3 / 55.1  5.4 %     58.8 / 50.4  3.1 %     88.9 / 66.2  7.9 %
    true 2D where off < 0.1 h         64.9 / 43.1  5.7 %     50.5 / 39.6  3.1 %     80.4 / 52.5  8.4 %
    true 2D where off > 0.1 h         66.7 / 53.2  1.9 %     55.8 / 49.1  1.6 %     78.4 / 60.9  2.2 %
    true 3D target                    47.9 / 38.2  3.5 %     40.2 / 33.9  2.1 %     56.1 / 46.1  5.1 %
@@ -104,18 +104,18 @@
    **512 px**
    the pipeline's reading            69.2 / 53.6  4.3 %     56.5 / 49.7  1.6 %     82.5 / 59.2  7.1 %
    read on the true region           62.3 / 50.5  1.3 %     56.1 / 47.5  0.5 %     68.9 / 53.1  2.2 %
-   true 2D of the seen joints        57.3 / 40.8  1.3 %     47.5 / 38.4  1.0 %     67.5 / 46.4  1.6 %
+   true 2D of the seen joints        55.1 / 39.9  1.1 %     44.9 / 36.9  0.5 %     65.7 / 44.4  1.6 %
    true 2D where off < 0.1 h         61.6 / 42.1  3.7 %     49.0 / 39.0  1.6 %     74.7 / 49.0  6.0 %
    true 2D where off > 0.1 h         64.5 / 52.1  1.3 %     53.5 / 47.9  0.5 %     75.9 / 57.8  2.2 %
    true 3D target                    45.9 / 36.2  2.9 %     38.7 / 32.9  0.0 %     53.5 / 41.4  6.0 %
    ================================  =====================  =====================  =====================
 
    Recall of people >= 10 % of the height at 512 px: 93.8 % pooled, 99.0 % procedural, 88.5 %
-   photo (256 px: 93.2 / 99.5 / 87.0). What this says: the 2D of the joints MediaPipe sees sets
-   the median (their fine error, under a tenth of the height, alone 12 mm of it), its gross
-   misreads set the swaps (true 2D there: 5.4 -> 1.9 %), and over photos the region it reads on
-   carries most of the mean (read on the true region 88.9 -> 70.5); the unseen joints' 2D counts for
-   nothing. Over procedural backgrounds at 512 px the reading meets limb PA-MPJPE <= 65 mean and
+   photo (256 px: 93.2 / 99.5 / 87.0). Seen: visibility >= ``landmarks.MIN_VISIBILITY``, as the
+   fit counts them. What this says: the 2D of the joints MediaPipe sees sets the median (their
+   fine error, under a tenth of the height, alone 12 mm of it), its gross misreads set the swaps
+   (true 2D there: 5.4 -> 1.9 %), and over photos the region it reads on carries most of the mean
+   (read on the true region 88.9 -> 70.5); the unseen joints' 2D counts for nothing. Over procedural backgrounds at 512 px the reading meets limb PA-MPJPE <= 65 mean and
    <= 50 median, <= 2 % swaps and >= 95 % recall; over photos it meets none, and even the true
    region leaves the photo mean at 69-71 mm. Trying a wider mask box (2x) when the 1.25x one reads
    no one found 6 more people at 256 px (recall 93.2 -> 94.8 %) whose fits erred 51-307 mm (4 of
@@ -326,16 +326,22 @@ def with_true_inputs(detection, sample, true_2d: str | None, all_seen: bool = Fa
     return Detection(lm, detection.world.copy(), detection.mask, detection.crop, detection.passes)
 
 
-#: a detected landmark's visibility from which it counts as seen (the fit's ``min_visibility``)
-SEEN = 0.5
+def seen_landmarks(detected: np.ndarray) -> np.ndarray:
+    """(17,) bool: the detected COCO-17 landmarks ((17, 3) u, v, visibility) the fit counts as seen
+    (visibility >= ``landmarks.MIN_VISIBILITY``; the others weigh in as unseen joints)."""
+    from diffusion_hpc.estimate.landmarks import MIN_VISIBILITY
+
+    return detected[:, 2] >= MIN_VISIBILITY
+
+
 #: a detected landmark this far from its true keypoint (share of the person's height) is a gross misread
 GROSS = 0.1
 #: which COCO-17 landmarks :func:`with_true_inputs` replaces: name -> f(detected (17, 3) u, v,
 #: visibility; true (17, 2) u, v; person height px) -> (17,) bool
 TRUE_2D = {
     "all": lambda det, true, height: np.ones(len(det), bool),
-    "seen": lambda det, true, height: det[:, 2] >= SEEN,
-    "unseen": lambda det, true, height: det[:, 2] < SEEN,
+    "seen": lambda det, true, height: seen_landmarks(det),
+    "unseen": lambda det, true, height: ~seen_landmarks(det),
     "fine": lambda det, true, height: np.linalg.norm(det[:, :2] - true, axis=1) <= GROSS * height,
     "gross": lambda det, true, height: np.linalg.norm(det[:, :2] - true, axis=1) > GROSS * height,
 }
@@ -490,8 +496,9 @@ ON_REGION = "2D read on the true region"
 def budget_refits(est, samples, detections: list, faces: list, masks: list) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The detector's own detections refitted with the fit's inputs swapped for the truth
     (:data:`BUDGET_ROWS`): its 2D target, all of it or some joints (the lifter, if any, still reads
-    the detector's landmarks), its 3D target (the lifter's joints or the world landmarks), both (the fit's own floor) and both
-    with every joint seen; ``masks`` the person masks of the fit (None entries: none).
+    the detector's landmarks), its 3D target (the lifter's joints or the world landmarks), both (the
+    fit's own floor) and both with every joint seen; ``masks`` the person masks of the fit (None
+    entries: none).
 
     Returns:
         label -> ((N,) limb PA-MPJPE mm, NaN where not fitted; (N,) bool left and right swapped).

@@ -109,7 +109,10 @@ per image at batch 16 (``stage_timing``, 16 renders, 4 alternating rounds, load 
 99.8 -> 98.5, 85.1 -> 85.1 and 73.1 -> 71.6 mm (seeds 2024-2027), but one more swap on 2026.
 
 Error budget (before this change; the same detections refitted with the renders' true inputs,
-segmenter's masks, shipped lifter; limb PA-MPJPE mean / median mm, seeds 2024 and 2025):
+segmenter's masks, shipped lifter; limb PA-MPJPE mean / median mm, seeds 2024 and 2025; the budget
+of the pipeline's reading over six seeds, at 256 and 512 px, with the 2D made true for seen or
+unseen joints, fine or gross misreads, and the reading on the true region, is in
+``scripts/bench_estimate.py``'s docstring, item 7):
 
 =================================================  =============  =============
 fit's inputs                                       2024           2025
