@@ -121,6 +121,12 @@
    no one found 6 more people at 256 px (recall 93.2 -> 94.8 %) whose fits erred 51-307 mm (4 of
    6 above 150; not kept); always reading on the mask, never the whole image's person, raised the
    pooled mean 73.3 -> 80.5 (not kept).
+   ``--keypoint-model DIR`` (a ViTPose checkpoint folder, as ``--verify-by keypoint-model`` takes)
+   adds the row ``seen 2D from --keypoint-model``: the fit given that model's 2D of the joints
+   MediaPipe sees, read on their box (:func:`with_keypoint_model`), what a stronger 2D model would
+   give the fit before it is wired in. No real weights are on the machine this was written on; a
+   random tiny ViTPose (``bench_keypoint_model.save_model``) takes seed 2024's 8 renders (``--n 4``)
+   from 49.4 / 47.4 to 66.8 / 61.1 mm, so the row sees a bad 2D source.
 5. With ``--budget``: the error budget (:func:`error_budget`, :func:`budget_refits`), the
    segmenter-mask detections refitted with the renders' true COCO-17 as the fit's 2D target (all
    joints, or those seen, unseen, misread by under or over :data:`GROSS` of the height), as its 3D
@@ -491,6 +497,8 @@ BUDGET_ROWS = {"detector 2D + 3D target": (None, False, False), "true 2D": ("all
 
 #: the error budget's row of the landmark model read on the region the render's true joints give
 ON_REGION = "2D read on the true region"
+#: the error budget's row of the seen joints' 2D read by a keypoint model (``--keypoint-model``)
+KEYPOINT_ROW = "seen 2D from --keypoint-model"
 
 
 def budget_refits(est, samples, detections: list, faces: list, masks: list) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -503,22 +511,54 @@ def budget_refits(est, samples, detections: list, faces: list, masks: list) -> d
     Returns:
         label -> ((N,) limb PA-MPJPE mm, NaN where not fitted; (N,) bool left and right swapped).
     """
-    sizes = [s["image"].shape[:2] for s in samples]
-    rows = {}
-    for label, (t2, t3, seen) in BUDGET_ROWS.items():
-        dets, originals = [], {}
-        for d, s in zip(detections, samples):
-            dets.append(None if d is None else with_true_inputs(d, s, t2, seen))
-            if d is not None:
-                originals[id(dets[-1])] = (d, s)
-        est.world_targets = true_3d_targets(est, originals, t3)
-        try:
-            results = in_batches(lambda d, z, f, m: est.fit(d, z, f, masks=m), dets, sizes, faces, masks)
-        finally:
-            del est.world_targets  # the class's method again
-        rows[label] = (limb_pa_mpjpe_mm(results, samples),
-                       np.array([left_right_swapped(r, s) for r, s in zip(results, samples)]))
-    return rows
+    return {label: refit_with(est, samples, detections, faces, masks,
+                              lambda d, s, t2=t2, seen=seen: with_true_inputs(d, s, t2, seen), t3)
+            for label, (t2, t3, seen) in BUDGET_ROWS.items()}
+
+
+def refit_with(est, samples, detections: list, faces: list, masks: list, replace, true_3d: bool = False
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """The detections refitted with each one's inputs replaced: ``replace(detection, sample)`` -> the
+    detection the fit reads (the lifter, if any, still reads the detector's own landmarks), and with
+    ``true_3d`` the render's true joints as the 3D target (:func:`true_3d_targets`).
+
+    Returns:
+        ((N,) limb PA-MPJPE mm, NaN where not fitted; (N,) bool left and right swapped).
+    """
+    dets, originals = [], {}
+    for d, s in zip(detections, samples):
+        dets.append(None if d is None else replace(d, s))
+        if d is not None:
+            originals[id(dets[-1])] = (d, s)
+    est.world_targets = true_3d_targets(est, originals, true_3d)
+    try:
+        results = in_batches(lambda d, z, f, m: est.fit(d, z, f, masks=m), dets, [s["image"].shape[:2] for s in samples],
+                             faces, masks)
+    finally:
+        del est.world_targets  # the class's method again
+    return limb_pa_mpjpe_mm(results, samples), np.array([left_right_swapped(r, s) for r, s in zip(results, samples)])
+
+
+def with_keypoint_model(reader, images: list, detections: list) -> list:
+    """Each detection (None kept) with the 2D of its seen COCO-17 landmarks (:func:`seen_landmarks`)
+    replaced by a top-down keypoint model's reading (``estimate.keypoint_model.KeypointModel``) on
+    the box of those landmarks: what the fit would make of a stronger 2D model's keypoints, its
+    visibilities (which joints it counts as seen) and the lifter's input kept."""
+    from diffusion_hpc.estimate.landmarks import COCO17_FROM_MEDIAPIPE, Detection
+
+    found = [i for i, d in enumerate(detections) if d is not None and d.box(1.0) is not None]
+    out = list(detections)
+    if not found:
+        return out
+    boxes = np.array([(lambda c, side: [*(c - side / 2), *(c + side / 2)])(*detections[i].box(1.0)) for i in found])
+    readings = reader.read_on_boxes(images, boxes, np.array(found))
+    for i, reading in zip(found, readings):
+        d = detections[i]
+        lm = d.landmarks2d.copy()
+        seen = seen_landmarks(lm[COCO17_FROM_MEDIAPIPE])
+        lm[np.asarray(COCO17_FROM_MEDIAPIPE)[seen], :2] = reading.keypoints2d[seen, :2]
+        out[i] = Detection(lm, d.world.copy(), d.mask, d.crop, d.passes)
+    return out
 
 
 def error_budget(est, samples, masks: list | None = None, detections: list | None = None,
@@ -611,7 +651,7 @@ def keypoint_error(landmarks2d: np.ndarray | None, sample) -> float:
 
 
 def over_seeds(est, out: Path, n: int, seeds: list[int], size: int, rows_file: Path | None = None,
-               budget: bool = False) -> None:
+               budget: bool = False, keypoint_model: Path | None = None) -> None:
     """The pipeline's reading (:func:`segmenter_instances`) over ``n`` procedural and ``n`` photo
     renders of each seed: per seed and pooled over all renders, limb PA-MPJPE (mean / median mm) of
     the fit and of its 3D target alone (the lifter's joints, or the world landmarks; what the fit
@@ -624,10 +664,17 @@ def over_seeds(est, out: Path, n: int, seeds: list[int], size: int, rows_file: P
     ``rows_file``: an npz of the per-render figures (the same renders in the same order for the same
     seeds and ``n``), to pair two estimators render by render. ``budget``: also the error budget
     of the same people per split: :func:`budget_refits` of the same detections, and the fit of the
-    landmark model's reading on the region their true joints give (:data:`ON_REGION`)."""
+    landmark model's reading on the region their true joints give (:data:`ON_REGION`);
+    ``keypoint_model`` (a ViTPose checkpoint folder): also the fit with that model's 2D of the seen
+    joints (:func:`with_keypoint_model`, :data:`KEYPOINT_ROW`)."""
     from diffusion_hpc.data import open_dataset
     from diffusion_hpc.data.schema import persons_of
 
+    reader = None
+    if keypoint_model is not None:
+        from diffusion_hpc.estimate.keypoint_model import KeypointModel
+
+        reader = KeypointModel(keypoint_model)
     rows: dict[str, list] = {k: [] for k in ("seed", "photo", "pa", "target", "swapped", "found", "tall", "e2d", "e2d_region",
                                              "other")}
     print(f"pipeline reading over seeds {seeds} ({n} procedural + {n} photo renders each, {size} px):")
@@ -665,6 +712,9 @@ def over_seeds(est, out: Path, n: int, seeds: list[int], size: int, rows_file: P
                                 est.detect_faces(images, on_region), masks)
             refits = {ON_REGION: (limb_pa_mpjpe_mm(refits, samples),
                                   np.array([left_right_swapped(r, s) for r, s in zip(refits, samples)]))}
+            if reader is not None:
+                read = dict(zip(map(id, detections), with_keypoint_model(reader, images, detections)))
+                refits[KEYPOINT_ROW] = refit_with(est, samples, detections, faces, masks, lambda d, s: read[id(d)])
             for label, (pa, swapped) in (refits | budget_refits(est, samples, detections, faces, masks)).items():
                 rows.setdefault(f"budget {label}", []).extend(pa)
                 rows.setdefault(f"budget {label} swapped", []).extend(swapped)
@@ -694,7 +744,7 @@ def over_seeds(est, out: Path, n: int, seeds: list[int], size: int, rows_file: P
         print("error budget (the same detections refitted; limb PA-MPJPE mean / median mm, swapped):")
         print(f"  {'':30s} " + "".join(f"{name:>24s}" for name in ("pooled", "proc.", "photo")))
         photo = np.asarray(rows["photo"])
-        for label in [ON_REGION, *BUDGET_ROWS]:
+        for label in [ON_REGION, *([KEYPOINT_ROW] if reader is not None else []), *BUDGET_ROWS]:
             pa, swapped = np.asarray(rows[f"budget {label}"]), np.asarray(rows[f"budget {label} swapped"])
             cells = []
             for sel in (np.ones_like(photo), ~photo, photo):
@@ -778,6 +828,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=None,
                     help="only the pipeline's reading over these seeds' renders, per seed and pooled (over_seeds)")
     ap.add_argument("--seeds-rows", type=Path, default=None, help="with --seeds: an npz of the per-render figures")
+    ap.add_argument("--keypoint-model", type=Path, default=None,
+                    help="with --seeds --budget: a ViTPose checkpoint folder; the budget also fits its 2D of the seen "
+                         "joints (what a stronger 2D model would give the fit)")
     ap.add_argument("--landmark-views", nargs="+", default=None, choices=LANDMARK_VIEWS,
                     help="the views the estimator reads (MediaPipeFitter's views; default: its default)")
     args = ap.parse_args()
@@ -791,7 +844,7 @@ def main() -> None:
 
     if args.seeds:
         over_seeds(bench_estimator(args.landmark_runtime, args.landmark_views), out, args.n, args.seeds, args.size,
-                   args.seeds_rows, args.budget)
+                   args.seeds_rows, args.budget, args.keypoint_model)
         return
     ds = bench_renders(out, args.n, args.seed, photos=False, size=args.size)
     if args.timing:
