@@ -795,10 +795,10 @@ def bench_estimator(landmark_runtime: str, views: list[str] | None = None):
     """The MediaPipe estimator as ``dhpc estimate`` builds it (shipped prior and lifter), its Pose
     models run by MediaPipe's graph or (``torch``) as torch ops on the CPU, reading ``views`` (None:
     its default)."""
-    from diffusion_hpc.estimate import run_mediapipe_fitter
+    from diffusion_hpc.estimate import mediapipe_fitter_for_run
 
-    return run_mediapipe_fitter(body_model="anny", prior="default", model_path=None, lifter=None, views=views,
-                                compile_fit=False, landmark_runtime=landmark_runtime, device="cpu")
+    return mediapipe_fitter_for_run(body_model="anny", prior="default", model_path=None, lifter=None, views=views,
+                                    compile_fit=False, landmark_runtime=landmark_runtime, device="cpu")
 
 
 def main() -> None:

@@ -300,15 +300,15 @@ def test_pose_models_on_the_device_fit_as_mediapipes_graph(tmp_path):
 def test_a_runs_settings_make_the_fitter_they_name():
     """``dhpc generate`` and ``dhpc estimate`` build the MediaPipe fit through one function: unset settings give the
     fitter's defaults (the shipped lifter, one reading, MediaPipe's graph on the CPU), set ones reach it."""
-    from diffusion_hpc.estimate import run_mediapipe_fitter
+    from diffusion_hpc.estimate import mediapipe_fitter_for_run
 
     common = {"body_model": "anny", "prior": None, "model_path": None, "compile_fit": False, "device": "cpu"}
-    unset = run_mediapipe_fitter(lifter=None, views=None, landmark_runtime=None, **common).describe()
+    unset = mediapipe_fitter_for_run(lifter=None, views=None, landmark_runtime=None, **common).describe()
     assert unset["lifter"].startswith("lifter.safetensors ") and unset["views"] == ["image"]
     assert unset["landmark_runtime"] == "mediapipe"
-    chosen = run_mediapipe_fitter(lifter="off", views=["image", "mirror"], landmark_runtime="torch", **common).describe()
-    assert (chosen["lifter"], chosen["views"], chosen["landmark_runtime"]) == ("off", ["image", "mirror"],
-                                                                              "torch cpu float32")
+    chosen = mediapipe_fitter_for_run(lifter="off", views=["image", "mirror"], landmark_runtime="torch", **common)
+    assert (chosen.describe()["lifter"], chosen.describe()["views"], chosen.describe()["landmark_runtime"]) == (
+        "off", ["image", "mirror"], "torch cpu float32")
 
 
 def test_lifter_off_reaches_the_fit(tmp_path):

@@ -67,9 +67,9 @@ def get_estimator(name: str = "mediapipe", body_model: str = "anny", prior: Pose
     raise ValueError(f"unknown mesh estimator {name!r}; choose one of {ESTIMATORS}")
 
 
-def run_mediapipe_fitter(*, body_model: str, prior: PosePrior | str | None, model_path, lifter: str | None,
-                         views: Sequence[str] | None, compile_fit: bool, landmark_runtime: str | None, device,
-                         dtype=None) -> MediaPipeFitter:
+def mediapipe_fitter_for_run(*, body_model: str, prior: PosePrior | str | None, model_path, lifter: str | None,
+                             views: Sequence[str] | None, compile_fit: bool, landmark_runtime: str | None, device,
+                             dtype=None) -> MediaPipeFitter:
     """The MediaPipe fit as a run's settings ask for it (``dhpc generate`` and ``dhpc estimate``; their
     config fields of the same names): ``lifter`` / ``views`` None -> the fitter's defaults (the
     shipped lifter, one reading of each person); Pose's person detector and landmark model as torch
@@ -132,4 +132,5 @@ def describe_estimator(estimator: MeshEstimator) -> dict:
 
 
 __all__ = ["Estimate", "MeshEstimator", "get_estimator", "load_image", "check_image", "ESTIMATORS",
-           "REGRESSOR_ESTIMATORS", "check_estimator", "describe_estimator", "estimator_body_model"]
+           "REGRESSOR_ESTIMATORS", "check_estimator", "describe_estimator", "estimator_body_model",
+           "mediapipe_fitter_for_run"]

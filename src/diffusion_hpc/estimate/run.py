@@ -35,7 +35,7 @@ from diffusion_hpc.config.estimate import EstimateConfig
 from diffusion_hpc.data.schema import encode_png
 from diffusion_hpc.data.writer import atomic_write_bytes
 from diffusion_hpc.errors import ConfigError, InputError
-from diffusion_hpc.estimate import describe_estimator, get_estimator, run_mediapipe_fitter
+from diffusion_hpc.estimate import describe_estimator, get_estimator, mediapipe_fitter_for_run
 from diffusion_hpc.estimate.base import Estimate, estimate_with_masks
 from diffusion_hpc.estimate.pose_detector_model import landmark_runtime
 from diffusion_hpc.render import get_renderer
@@ -198,10 +198,10 @@ def estimate(config: EstimateConfig) -> dict[str, np.ndarray]:
                               "with MediaPipe's own graph (--landmark-runtime mediapipe); leave --device / --dtype out, "
                               "pass --landmark-runtime torch to run Pose's models on that device, or use --estimator "
                               "hmr|spin|hmr2 to regress on a GPU")  # fmt: skip
-        estimator = run_mediapipe_fitter(body_model=c.fit_body_model, prior="default" if c.prior else None,
-                                         model_path=c.smpl_path, lifter=c.lifter, views=c.landmark_views,
-                                         compile_fit=c.compile_fit, landmark_runtime=c.landmark_runtime,
-                                         device=placement.device, dtype=placement.dtype)
+        estimator = mediapipe_fitter_for_run(body_model=c.fit_body_model, prior="default" if c.prior else None,
+                                             model_path=c.smpl_path, lifter=c.lifter, views=c.landmark_views,
+                                             compile_fit=c.compile_fit, landmark_runtime=c.landmark_runtime,
+                                             device=placement.device, dtype=placement.dtype)
         segmenter = make_segmenter(c.segmenter) if c.masks else None
     elif c.estimator == "spin":
         estimator = get_estimator("spin", checkpoint=c.checkpoint, smpl_path=c.smpl_path, mean_params=c.mean_params,

@@ -23,7 +23,7 @@ import numpy as np
 from diffusion_hpc.body import get_body_model
 from diffusion_hpc.config import DIFFUSION_GENERATORS, GenerateConfig
 from diffusion_hpc.estimate import (
-    MeshEstimator, check_estimator, describe_estimator, get_estimator, run_mediapipe_fitter,
+    MeshEstimator, check_estimator, describe_estimator, get_estimator, mediapipe_fitter_for_run,
 )
 from diffusion_hpc.generate import make_image_generator, make_start_generator
 from diffusion_hpc.generate.base import GenerationResult, SamplerSettings
@@ -57,9 +57,9 @@ def load_estimator(cfg: GenerateConfig, prior, device, dtype=None) -> MeshEstima
     checkpoint (on the run's ``device``, in float32), both giving ``cfg.body_model`` bodies."""
     name = cfg.mesh_estimator
     if name == "mediapipe":
-        return run_mediapipe_fitter(body_model=cfg.body_model, prior=prior, model_path=cfg.smpl_path, lifter=cfg.lifter,
-                                    views=cfg.landmark_views, compile_fit=cfg.compile_fit,
-                                    landmark_runtime=cfg.landmark_runtime, device=device, dtype=dtype)
+        return mediapipe_fitter_for_run(body_model=cfg.body_model, prior=prior, model_path=cfg.smpl_path,
+                                        lifter=cfg.lifter, views=cfg.landmark_views, compile_fit=cfg.compile_fit,
+                                        landmark_runtime=cfg.landmark_runtime, device=device, dtype=dtype)
     if name in ("spin", "hmr2"):
         return get_estimator(name, checkpoint=cfg.estimator_checkpoint, smpl_path=cfg.smpl_path, device=device)
     return get_estimator(name, checkpoint=cfg.estimator_checkpoint, model_path=cfg.smpl_path, device=device)
