@@ -385,6 +385,13 @@ def limb_pa_mpjpe_mm(results, samples) -> np.ndarray:
                      for r, s in zip(results, samples)])
 
 
+def limb_figures(results, samples) -> tuple[np.ndarray, np.ndarray]:
+    """((N,) limb PA-MPJPE mm, NaN where not fitted (:func:`limb_pa_mpjpe_mm`); (N,) bool left and
+    right swapped (:func:`left_right_swapped`)) of estimates against their samples."""
+    swapped = np.array([left_right_swapped(r, s) for r, s in zip(results, samples)])
+    return limb_pa_mpjpe_mm(results, samples), swapped
+
+
 def pa_mpjpe_mm(results, samples) -> np.ndarray:
     """(N,) PA-MPJPE in mm on H36M-17 of estimates against their samples (NaN where not ok)."""
     return np.array([pa_mpjpe(r.joints3d["h36m17"], s["joints3d"]["h36m17"]) * 1000 if r.ok else np.nan
@@ -536,7 +543,7 @@ def refit_with(est, samples, detections: list, faces: list, masks: list, replace
                              faces, masks)
     finally:
         del est.world_targets  # the class's method again
-    return limb_pa_mpjpe_mm(results, samples), np.array([left_right_swapped(r, s) for r, s in zip(results, samples)])
+    return limb_figures(results, samples)
 
 
 def with_keypoint_model(reader, images: list, detections: list) -> list:
@@ -708,10 +715,9 @@ def over_seeds(est, out: Path, n: int, seeds: list[int], size: int, rows_file: P
         region = [est.detector.read_on_label(im, s["keypoints2d"]) for im, s in zip(images, samples)]
         if budget:
             on_region = [r if d is not None else None for r, d in zip(region, detections)]  # the same people
-            refits = in_batches(lambda d, z, f, m: est.fit(d, z, f, masks=m), on_region, [im.shape[:2] for im in images],
-                                est.detect_faces(images, on_region), masks)
-            refits = {ON_REGION: (limb_pa_mpjpe_mm(refits, samples),
-                                  np.array([left_right_swapped(r, s) for r, s in zip(refits, samples)]))}
+            refits = {ON_REGION: limb_figures(in_batches(lambda d, z, f, m: est.fit(d, z, f, masks=m), on_region,
+                                                         [im.shape[:2] for im in images],
+                                                         est.detect_faces(images, on_region), masks), samples)}
             if reader is not None:
                 read = dict(zip(map(id, detections), with_keypoint_model(reader, images, detections)))
                 refits[KEYPOINT_ROW] = refit_with(est, samples, detections, faces, masks, lambda d, s: read[id(d)])
@@ -720,9 +726,10 @@ def over_seeds(est, out: Path, n: int, seeds: list[int], size: int, rows_file: P
                 rows.setdefault(f"budget {label} swapped", []).extend(swapped)
         rows["seed"] += [seed] * len(samples)
         rows["photo"] += photo
-        rows["pa"] += list(limb_pa_mpjpe_mm(results, samples))
+        pa, swapped = limb_figures(results, samples)
+        rows["pa"] += list(pa)
         rows["target"] += list(target)
-        rows["swapped"] += [left_right_swapped(r, s) for r, s in zip(results, samples)]
+        rows["swapped"] += list(swapped)
         rows["found"] += list(found_people(detections, samples))
         rows["tall"] += [person_height(s) >= 0.1 for s in samples]
         rows["e2d"] += [keypoint_error(None if d is None else d.landmarks2d, s) for d, s in zip(detections, samples)]
@@ -842,6 +849,8 @@ def main() -> None:
     from diffusion_hpc.estimate import get_estimator
     from diffusion_hpc.estimate.run import render_preview
 
+    if args.keypoint_model is not None and not (args.seeds and args.budget):
+        ap.error("--keypoint-model adds a row to the error budget over seeds: pass it with --seeds ... --budget")
     if args.seeds:
         over_seeds(bench_estimator(args.landmark_runtime, args.landmark_views), out, args.n, args.seeds, args.size,
                    args.seeds_rows, args.budget, args.keypoint_model)

@@ -170,9 +170,9 @@ the first reading's person painted grey, and merge the readings per landmark (th
 seeds' 384 renders read the pipeline's way (``scripts/bench_estimate.py --seeds``): limb PA-MPJPE
 73.3 / 55.1 -> 72.7 / 53.6 mm, swaps 5.4 -> 4.8 %, recall of people >= 10 % of the height 93.2 ->
 94.3 %, detection 36 -> 91 CPU ms per image; paired, -1.2 mm (95 % interval -4.2 to +1.8), so not
-the default. Also measured on those seeds and not kept (each within 2 mm, the fit following its 3D
-target, whose error is mostly depth the landmarks cannot tell): a lifter ensemble (six lifters'
-joints averaged), a learned per-joint uncertainty weighting the 3D term, each person re-read on her
+the default. Also measured on those seeds and not kept (each within 2 mm; where the error is, by
+the six-seed budget in ``scripts/bench_estimate.py``: the 2D of the joints MediaPipe sees, the
+region it reads over photos, the lifted depth): a lifter ensemble (six lifters' joints averaged), a learned per-joint uncertainty weighting the 3D term, each person re-read on her
 own landmarks' region (with the shipped lifter or one retrained on such readings), and a lifter
 fed the landmark model's own image features (its last encoder map, pooled or whole).
 
